@@ -1,0 +1,38 @@
+# One command each: `make demo` sets up and runs a secure inference; `make test` sets up and runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export KERAS_BACKEND := torch
+
+.PHONY: setup demo test test-slow lint format bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+demo: setup
+	$(PY) -m mpcc.demo
+
+lint: setup
+	$(VENV)/bin/ruff check mpcc tests benchmarks
+	$(VENV)/bin/ruff format --check mpcc tests benchmarks
+
+format: setup
+	$(VENV)/bin/ruff check --fix mpcc tests benchmarks
+	$(VENV)/bin/ruff format mpcc tests benchmarks
+
+test: lint
+	$(PY) -m pytest -q
+
+test-slow: setup
+	$(PY) -m pytest -q -m slow
+
+bench: setup
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

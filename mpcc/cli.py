@@ -1,0 +1,139 @@
+"""The `mpcc` command line: compile, inspect and run secure inference plans."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mpcc.errors import InputError, MpccError
+
+
+def _load_input(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"no input file at {path}") from None
+    except ValueError as e:
+        raise InputError(f"{path} is not a .npy array file ({e})") from None
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from mpcc.compiler import planfile
+    from mpcc.compiler.pipeline import compile_onnx
+    from mpcc.compiler.report import format_report, report_json
+    from mpcc.frontends.onnx import parse_input_shapes
+
+    shapes = parse_input_shapes(args.input_shape) if args.input_shape else None
+    prog, weights = compile_onnx(
+        args.model, shapes, frac_bits=args.frac_bits, public_weights=args.public_weights
+    )
+    out = Path(args.output) if args.output else Path(args.model).with_suffix(".mpcc")
+    planfile.save(out, prog, weights)
+    if args.json:
+        print(json.dumps(dict(report_json(prog), plan_file=str(out)), indent=1))
+    else:
+        print(format_report(prog))
+        print(f"wrote {out}")
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from mpcc.compiler import planfile
+    from mpcc.compiler.report import format_report, report_json
+
+    prog, weights = planfile.load(args.plan)
+    if args.json:
+        print(json.dumps(report_json(prog), indent=1))
+    else:
+        print(format_report(prog))
+        held = "with" if weights else "without"
+        print(f"{args.plan}: plan file {held} the owner's weights ({len(prog.weights)} tensors)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from mpcc.compiler import planfile
+
+    prog, weights = planfile.load(args.plan)
+    if not weights:
+        raise MpccError(f"{args.plan} holds no weights; run it through deployed parties")
+    x = _load_input(args.input)
+    if args.cleartext:
+        from mpcc.runtime.cleartext import predict
+
+        y = predict(prog, weights, x)
+        stats = None
+    else:
+        from mpcc.runtime.cluster import LocalCluster
+
+        with LocalCluster(prog, weights) as cluster:
+            y = cluster.predict(x, progress=not args.quiet)
+            stats = cluster.stats
+    if args.output:
+        np.save(args.output, y)
+    if not args.quiet:
+        mode = "cleartext" if args.cleartext else "secure"
+        print(f"{mode} inference: {len(y)} samples, output shape {list(y.shape)}")
+        if stats is not None:
+            print(stats.summary())
+        if not args.output:
+            print(np.array2string(y, precision=4, max_line_width=120))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mpcc", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compile", help="compile an ONNX model to a secure plan file")
+    c.add_argument("model", help="ONNX model file")
+    c.add_argument("-o", "--output", help="plan file to write (default: MODEL.mpcc)")
+    c.add_argument(
+        "--input-shape",
+        action="append",
+        metavar="[NAME=]DxDx..",
+        help="fix an input's shape, e.g. 1x1x28x28 or input=64x1x28x28 (repeatable)",
+    )
+    c.add_argument("--frac-bits", type=int, default=16, help="fixed-point fractional bits")
+    c.add_argument(
+        "--public-weights",
+        action="store_true",
+        help="keep weights public (linear layers become local): only if the model is not secret",
+    )
+    c.add_argument("--json", action="store_true", help="print the report as JSON")
+    c.set_defaults(fn=cmd_compile)
+
+    i = sub.add_parser("inspect", help="print a plan file")
+    i.add_argument("plan")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(fn=cmd_inspect)
+
+    r = sub.add_parser("run", help="run a plan on inputs from a .npy file")
+    r.add_argument("plan")
+    r.add_argument("--input", required=True, help=".npy file with one or more samples")
+    r.add_argument("--output", help=".npy file for the outputs")
+    r.add_argument("--cleartext", action="store_true", help="plaintext fixed-point interpreter")
+    r.add_argument("-q", "--quiet", action="store_true")
+    r.set_defaults(fn=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `mpcc` console script; user errors exit with status 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except MpccError as e:
+        print(f"mpcc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mpcc: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The cost of every secure protocol, in one place.
+
+The compiler's cost model sums these per instruction; the protocol tests assert that the
+bytes and rounds the transport counts are exactly these. Conventions:
+
+- `rounds`: online communication rounds (each compute party sends one message, then waits).
+- `sent`: bytes each compute party sends to the other online (the protocols are symmetric).
+- `dealer`: bytes the dealer sends to P1 for one query (P0's material all comes from its seed).
+- `macs`: ring multiply-adds each compute party does online (linear layers only).
+- `setup`: bytes each compute party sends once per session (opening the masked weights).
+
+Boolean values are bit-sliced: 64 elements share one uint64 word, so boolean traffic is in
+words of `words(n) = ceil(n / 64)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+WORD = 8  # bytes per ring element / packed word
+
+# Comparison tree over the low 62 bits of the opened value: AND gates per level of the
+# pairwise tree that combines (lt, eq) from bit 0 upwards, skipping eq for every node that
+# holds bit 0 (its eq is never needed). 31+30, 15+14, 8+7, 4+3, 2+1, 1+0.
+COMPARE_BITS = 62
+COMPARE_AND_LEVELS = (61, 29, 15, 7, 3, 1)
+COMPARE_ANDS = sum(COMPARE_AND_LEVELS)  # 116
+MASK_BITS = COMPARE_BITS + 1  # bits 0..62 of the mask r are shared as bits
+
+
+def words(n: int) -> int:
+    """Packed uint64 words holding n bits."""
+    return -(-n // 64)
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Online and offline cost of one instruction (or a sum of them)."""
+
+    rounds: int = 0
+    sent: int = 0
+    dealer: int = 0
+    macs: int = 0
+    setup: int = 0
+
+    def __add__(self, other: Cost) -> Cost:
+        return Cost(*(a + b for a, b in zip(self.astuple(), other.astuple(), strict=True)))
+
+    def astuple(self) -> tuple[int, ...]:
+        return (self.rounds, self.sent, self.dealer, self.macs, self.setup)
+
+    def asdict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+FREE = Cost()
+
+
+def linear(x_elems: int, z_elems: int, macs: int) -> Cost:
+    """Bilinear layer L(X, W) with a matrix/conv Beaver triple, W masked once per session.
+
+    Online: open E = X - A (one round). Dealer: the correction of C = L(A, B) for P1.
+    """
+    return Cost(rounds=1, sent=WORD * x_elems, dealer=WORD * z_elems, macs=macs)
+
+
+def weight_opening(w_elems: int) -> Cost:
+    """Opening F = W - B once per session for a secret weight tensor."""
+    return Cost(setup=WORD * w_elems)
+
+
+def multiply(x_elems: int, y_elems: int, z_elems: int) -> Cost:
+    """Elementwise product of two secrets (with broadcasting) with a fresh Beaver triple."""
+    return Cost(rounds=1, sent=WORD * (x_elems + y_elems), dealer=WORD * z_elems, macs=z_elems)
+
+
+def truncate(n: int) -> Cost:
+    """Known-MSB truncation with a 2^62 bias: open c = x + 2^62 + r; corrections r_hi, r_63."""
+    return Cost(rounds=1, sent=WORD * n, dealer=2 * WORD * n)
+
+
+def relu(n: int, shift: int = 0) -> Cost:
+    """ReLU of x (optionally of x truncated by `shift` bits) by masked opening + bit tree.
+
+    Round 1 opens c = x + 2^62 + r. Rounds 2..7 evaluate the comparison tree; round 2 also
+    opens d = y - sigma for the select. Round 8 opens e = t xor rho (one bit per element).
+    Dealer: bits 0..62 of r, the AND triples' third words, [rho], [rho*sigma], and with a
+    shift the truncation corrections [r_hi], [r_63].
+    """
+    w = words(n)
+    sent = WORD * n + WORD * n + 2 * WORD * COMPARE_ANDS * w + WORD * w
+    dealer = WORD * (MASK_BITS * w + COMPARE_ANDS * w) + 2 * WORD * n
+    if shift:
+        dealer += 2 * WORD * n
+    return Cost(rounds=2 + len(COMPARE_AND_LEVELS), sent=sent, dealer=dealer)

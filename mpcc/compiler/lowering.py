@@ -1,0 +1,311 @@
+"""Lowering: a normalized fixed-shape graph (after the passes) to the secure-op IR.
+
+The lowering tracks each value's fixed-point scale. Weights are encoded with `f` fractional
+bits, so a linear layer doubles its input's scale; truncations are inserted lazily, where a
+value would otherwise grow past its budget, and fused into the next ReLU/Clip when there is
+one. A window mean over 2^j elements costs nothing: the window sum *is* the mean at j more
+fractional bits.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from mpcc.compiler.graph import Graph
+from mpcc.compiler.ir import CLIENT, Program, Value, WeightSpec
+from mpcc.compiler.poolshapes import pool_divisors
+from mpcc.errors import ModelError
+
+# A value multiplied again may carry at most this many fractional bits above f (the window
+# sum of a power-of-two average pool adds a few); larger ones are truncated to f first.
+SLACK_BITS = 8
+
+
+class _Lowering:
+    def __init__(self, g: Graph, frac_bits: int, public_weights: bool) -> None:
+        self.g = g
+        self.f = frac_bits
+        self.prog = Program(name=g.name, frac_bits=frac_bits, public_weights=public_weights)
+        self.prog.notes = list(g.notes)
+        self.weights: dict[str, np.ndarray] = {}
+        self.env: dict[str, Value] = {}
+
+    # -- helpers -----------------------------------------------------------------------
+    def weight(self, tensor: str, array: np.ndarray, scale: int) -> str:
+        """Register a weight operand (the same tensor at another scale gets its own name)."""
+        name = tensor
+        k = 1
+        while name in self.prog.weights and (
+            self.prog.weights[name].scale != scale or not np.array_equal(self.weights[name], array)
+        ):
+            name = f"{tensor}#{k}"
+            k += 1
+        arr = np.asarray(array, dtype=np.float64)
+        self.prog.weights[name] = WeightSpec(name, tuple(int(d) for d in arr.shape), scale)
+        self.weights[name] = arr
+        return name
+
+    def arg(self, node: str, tensor: str) -> Value:
+        if tensor not in self.env:
+            raise ModelError(
+                f"node '{node}' needs a computed tensor '{tensor}' but got a constant or "
+                "an unknown tensor; only weights of linear ops may be constants"
+            )
+        return self.env[tensor]
+
+    def fit(self, v: Value, max_scale: int | None = None) -> Value:
+        """Truncate v to f fractional bits if it carries more than `max_scale`."""
+        limit = self.f + SLACK_BITS if max_scale is None else max_scale
+        if v.scale <= limit:
+            return v
+        return self.prog.emit("trunc", (v.id,), v.shape, self.f, shift=v.scale - self.f)
+
+    def rescale(self, v: Value, scale: int) -> Value:
+        """Represent v at a higher scale (multiply by a power of two: exact and local)."""
+        if v.scale == scale:
+            return v
+        k = scale - v.scale
+        return self.prog.emit("mul_public", (v.id,), v.shape, scale, factor=2**k, shift=k)
+
+    def align(self, vals: list[Value]) -> list[Value]:
+        top = max(v.scale for v in vals)
+        return [self.rescale(v, top) for v in vals]
+
+    def out_shape(self, data: dict) -> tuple[int, ...]:
+        return tuple(self.g.shapes[data["outputs"][0]])
+
+    # -- ops -----------------------------------------------------------------------------
+    def lower_linear(self, name: str, data: dict, op: str) -> Value:
+        x = self.fit(self.arg(name, data["inputs"][0]))
+        ins = data["inputs"]
+        w = self.weight(ins[1], self.g.const(ins[1]), self.f)
+        out_scale = x.scale + self.f
+        weights = [w]
+        if len(ins) > 2 and ins[2]:
+            weights.append(self.weight(ins[2], self.g.const(ins[2]), out_scale))
+        attrs = {}
+        if op == "conv2d":
+            a = data["attrs"]
+            attrs = dict(
+                strides=list(a["strides"]),
+                pads=list(a["pads"]),
+                dilations=list(a["dilations"]),
+                groups=int(a["group"]),
+            )
+        return self.prog.emit(op, (x.id,), self.out_shape(data), out_scale, tuple(weights), **attrs)
+
+    def lower_add_sub(self, name: str, data: dict, op: str) -> Value:
+        a_t, b_t = data["inputs"]
+        shape = self.out_shape(data)
+        if self.g.is_const(b_t) and op == "Add":
+            x = self.arg(name, a_t)
+            w = self.weight(b_t, self.g.const(b_t), x.scale)
+            return self.prog.emit("add_w", (x.id,), shape, x.scale, (w,))
+        if self.g.is_const(a_t) and op == "Sub":  # c - x = (-x) + c
+            x = self.arg(name, b_t)
+            neg = self.prog.emit("mul_public", (x.id,), x.shape, x.scale, factor=-1, shift=0)
+            w = self.weight(a_t, self.g.const(a_t), x.scale)
+            return self.prog.emit("add_w", (neg.id,), shape, x.scale, (w,))
+        a, b = self.align([self.arg(name, a_t), self.arg(name, b_t)])
+        return self.prog.emit(op.lower(), (a.id, b.id), shape, a.scale)
+
+    def lower_mul(self, name: str, data: dict) -> Value:
+        a_t, b_t = data["inputs"]
+        shape = self.out_shape(data)
+        if self.g.is_const(a_t):
+            a_t, b_t = b_t, a_t
+        if self.g.is_const(b_t):
+            x = self.fit(self.arg(name, a_t), self.f)
+            w = self.weight(b_t, self.g.const(b_t), self.f)
+            return self.prog.emit("mul_w", (x.id,), shape, x.scale + self.f, (w,))
+        a = self.fit(self.arg(name, a_t), self.f)
+        b = self.fit(self.arg(name, b_t), self.f)
+        return self.prog.emit("mul", (a.id, b.id), shape, a.scale + b.scale)
+
+    def lower_relu(self, name: str, data: dict) -> Value:
+        x = self.arg(name, data["inputs"][0])
+        shift = max(x.scale - self.f, 0)
+        return self.prog.emit("relu", (x.id,), x.shape, x.scale - shift, shift=shift)
+
+    def lower_leaky_relu(self, name: str, data: dict) -> Value:
+        x = self.fit(self.arg(name, data["inputs"][0]), self.f)
+        alpha = float(data["attrs"]["alpha"])
+        return self.prog.emit("leaky_relu", (x.id,), x.shape, x.scale + self.f, alpha=alpha)
+
+    def lower_prelu(self, name: str, data: dict) -> Value:
+        # prelu(x) = relu(x) + slope * (x - relu(x)); the slope is a (secret) weight.
+        x = self.fit(self.arg(name, data["inputs"][0]), self.f)
+        p = self.prog
+        r = p.emit("relu", (x.id,), x.shape, x.scale, shift=0)
+        neg = p.emit("sub", (x.id, r.id), x.shape, x.scale)
+        slope_t = data["inputs"][1]
+        w = self.weight(slope_t, self.g.const(slope_t), self.f)
+        m = p.emit("mul_w", (neg.id,), x.shape, x.scale + self.f, (w,))
+        return p.emit("add", (self.rescale(r, m.scale).id, m.id), x.shape, m.scale)
+
+    def lower_clip(self, name: str, data: dict) -> Value:
+        x = self.arg(name, data["inputs"][0])
+        lo, hi = float(data["attrs"]["min"]), float(data["attrs"]["max"])
+        if math.isinf(lo) and math.isinf(hi):
+            return x
+        shift = max(x.scale - self.f, 0)
+        return self.prog.emit(
+            "clip",
+            (x.id,),
+            x.shape,
+            x.scale - shift,
+            lo=None if math.isinf(lo) else lo,
+            hi=None if math.isinf(hi) else hi,
+            shift=shift,
+        )
+
+    def lower_maxpool(self, name: str, data: dict, global_: bool = False) -> Value:
+        x = self.arg(name, data["inputs"][0])
+        if global_:
+            attrs = dict(
+                kernel=list(x.shape[2:]),
+                strides=[1, 1],
+                pads=[0, 0, 0, 0],
+                dilations=[1, 1],
+                ceil_mode=0,
+            )
+        else:
+            a = data["attrs"]
+            attrs = dict(
+                kernel=list(a["kernel_shape"]),
+                strides=list(a["strides"]),
+                pads=list(a["pads"]),
+                dilations=list(a["dilations"]),
+                ceil_mode=int(a["ceil_mode"]),
+            )
+        return self.prog.emit("maxpool", (x.id,), self.out_shape(data), x.scale, **attrs)
+
+    def lower_avgpool(self, name: str, data: dict, global_: bool = False) -> Value:
+        x = self.arg(name, data["inputs"][0])
+        if global_:
+            kernel, strides, pads, ceil, incl = list(x.shape[2:]), [1, 1], [0, 0, 0, 0], 0, 1
+        else:
+            a = data["attrs"]
+            kernel, strides, pads = list(a["kernel_shape"]), list(a["strides"]), list(a["pads"])
+            ceil, incl = int(a["ceil_mode"]), int(a["count_include_pad"])
+        div = pool_divisors(x.shape[2:], kernel, strides, pads, ceil, incl)
+        attrs = dict(
+            kernel=kernel, strides=strides, pads=pads, ceil_mode=ceil, count_include_pad=incl
+        )
+        d = int(div.flat[0])
+        if np.all(div == d) and d & (d - 1) == 0:
+            k = d.bit_length() - 1
+            return self.prog.emit(
+                "avgpool", (x.id,), self.out_shape(data), x.scale + k, mode="shift", **attrs
+            )
+        x = self.fit(x, self.f)
+        return self.prog.emit(
+            "avgpool", (x.id,), self.out_shape(data), x.scale + self.f, mode="mul", **attrs
+        )
+
+    def lower_sumpool(self, name: str, data: dict) -> Value:
+        x = self.arg(name, data["inputs"][0])
+        a = data["attrs"]
+        return self.prog.emit(
+            "sumpool",
+            (x.id,),
+            self.out_shape(data),
+            x.scale,
+            kernel=list(a["kernel_shape"]),
+            strides=list(a["strides"]),
+            pads=list(a["pads"]),
+            ceil_mode=int(a["ceil_mode"]),
+        )
+
+    def lower_movement(self, name: str, data: dict, op: str) -> Value:
+        a = data["attrs"]
+        shape = self.out_shape(data)
+        if op == "Concat":
+            vals = self.align([self.arg(name, t) for t in data["inputs"]])
+            return self.prog.emit(
+                "concat", tuple(v.id for v in vals), shape, vals[0].scale, axis=int(a["axis"])
+            )
+        x = self.arg(name, data["inputs"][0])
+        if op == "Reshape":
+            return self.prog.emit("reshape", (x.id,), shape, x.scale, shape=list(shape))
+        if op == "Transpose":
+            return self.prog.emit("transpose", (x.id,), shape, x.scale, perm=list(a["perm"]))
+        if op == "Slice":
+            return self.prog.emit(
+                "slice",
+                (x.id,),
+                shape,
+                x.scale,
+                starts=list(a["starts"]),
+                ends=list(a["ends"]),
+                axes=list(a["axes"]),
+                steps=list(a["steps"]),
+            )
+        if op == "Pad":
+            return self.prog.emit(
+                "pad",
+                (x.id,),
+                shape,
+                x.scale,
+                pads=list(a["pads"]),
+                value=float(a.get("value", 0.0)),
+            )
+        raise AssertionError(op)
+
+    def run(self) -> tuple[Program, dict[str, np.ndarray]]:
+        p = self.prog
+        for t in self.g.inputs:
+            v = p.emit("input", (), tuple(self.g.shapes[t]), self.f, name=t)
+            self.env[t] = v
+            p.inputs.append((t, v.id))
+        for node in self.g.topo_nodes():
+            data = self.g.nx.nodes[node]
+            op = data["op"]
+            handler = _HANDLERS.get(op)
+            if handler is None:
+                raise ModelError(
+                    f"node '{node}' (op {op}) survived the graph passes but has no secure "
+                    f"lowering; lowered ops are: {', '.join(sorted(_HANDLERS))}"
+                )
+            out = handler(self, node, data)
+            self.env[data["outputs"][0]] = out
+        for t in self.g.outputs:
+            v = self.arg("output", t)
+            o = p.emit("output", (v.id,), v.shape, v.scale, vis=CLIENT, name=t)
+            p.outputs.append((t, o.id))
+        return p, self.weights
+
+
+_HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
+    "Conv": lambda s, n, d: s.lower_linear(n, d, "conv2d"),
+    "MatMul": lambda s, n, d: s.lower_linear(n, d, "matmul"),
+    "Add": lambda s, n, d: s.lower_add_sub(n, d, "Add"),
+    "Sub": lambda s, n, d: s.lower_add_sub(n, d, "Sub"),
+    "Mul": _Lowering.lower_mul,
+    "Relu": _Lowering.lower_relu,
+    "LeakyRelu": _Lowering.lower_leaky_relu,
+    "PRelu": _Lowering.lower_prelu,
+    "Clip": _Lowering.lower_clip,
+    "MaxPool": _Lowering.lower_maxpool,
+    "GlobalMaxPool": lambda s, n, d: s.lower_maxpool(n, d, global_=True),
+    "AveragePool": _Lowering.lower_avgpool,
+    "GlobalAveragePool": lambda s, n, d: s.lower_avgpool(n, d, global_=True),
+    "SumPool": _Lowering.lower_sumpool,
+    "Reshape": lambda s, n, d: s.lower_movement(n, d, "Reshape"),
+    "Transpose": lambda s, n, d: s.lower_movement(n, d, "Transpose"),
+    "Concat": lambda s, n, d: s.lower_movement(n, d, "Concat"),
+    "Slice": lambda s, n, d: s.lower_movement(n, d, "Slice"),
+    "Pad": lambda s, n, d: s.lower_movement(n, d, "Pad"),
+}
+
+LOWERED_OPS = frozenset(_HANDLERS)
+
+
+def lower(
+    g: Graph, frac_bits: int = 16, public_weights: bool = False
+) -> tuple[Program, dict[str, np.ndarray]]:
+    """Lower a graph that went through `passes.run_all` to a Program and its weights."""
+    return _Lowering(g, frac_bits, public_weights).run()

@@ -1,0 +1,36 @@
+"""ONNX model in, secure plan out: load, fix shapes, build the graph, run passes, lower."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mpcc.compiler import passes
+from mpcc.compiler.graph import Graph
+from mpcc.compiler.ir import Program
+from mpcc.compiler.lowering import lower
+from mpcc.frontends import onnx as onnx_frontend
+
+DEFAULT_FRAC_BITS = 16
+
+
+def compile_onnx(
+    model: str | Path | onnx.ModelProto,
+    input_shapes: dict | tuple | None = None,
+    frac_bits: int = DEFAULT_FRAC_BITS,
+    public_weights: bool = False,
+    name: str | None = None,
+) -> tuple[Program, dict[str, np.ndarray]]:
+    """Compile an ONNX model to a Program and its (plaintext, owner-side) weights."""
+    if not 8 <= frac_bits <= 24:
+        raise ValueError("frac_bits must be between 8 and 24")
+    proto = onnx_frontend.load(model, input_shapes)
+    g = Graph.from_onnx(proto)
+    if name:
+        g.name = name
+    elif isinstance(model, str | Path):
+        g.name = Path(model).stem
+    g = passes.run_all(g)
+    return lower(g, frac_bits=frac_bits, public_weights=public_weights)

@@ -1,0 +1,143 @@
+"""Plan files: a versioned, self-describing zip with the public plan and, apart, the weights.
+
+`plan.json` holds the public part (IR, shapes, fixed-point parameters, protocol choices);
+its canonical SHA-256 is what all parties compare at start-up. `weights.npz` holds the model
+owner's weights; parties never receive it, only shares of it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpcc.compiler.ir import Instr, Program, Value, WeightSpec
+from mpcc.errors import PlanError
+
+FORMAT = "mpcc-plan"
+VERSION = 1
+PROTOCOLS = {
+    "linear": "beaver triple, weights masked once per session (F = W - B)",
+    "truncation": "known-MSB with a 2^62 bias, 1 round, |x| < 2^62, error in {-1, 0} LSB",
+    "relu": "masked opening + 62-bit comparison tree (116 ANDs, 6 rounds) + daBit select",
+    "randomness": "AES-128-CTR keyed by HKDF-SHA256 from secrets; seed-compressed dealer",
+}
+_FIXED_DATE = (2020, 1, 1, 0, 0, 0)  # zip entries carry no real timestamp: builds reproduce
+
+
+def to_public(prog: Program) -> dict[str, Any]:
+    """The public part of a plan as plain JSON data."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "name": prog.name,
+        "ring_bits": 64,
+        "frac_bits": prog.frac_bits,
+        "public_weights": prog.public_weights,
+        "protocols": PROTOCOLS,
+        "values": [[list(v.shape), v.scale, v.vis] for v in prog.values],
+        "instrs": [
+            {
+                "op": i.op,
+                "out": i.out,
+                "args": list(i.args),
+                "weights": list(i.weights),
+                "attrs": i.attrs,
+            }
+            for i in prog.instrs
+        ],
+        "weights": {
+            n: {"shape": list(w.shape), "scale": w.scale} for n, w in sorted(prog.weights.items())
+        },
+        "inputs": [[n, v] for n, v in prog.inputs],
+        "outputs": [[n, v] for n, v in prog.outputs],
+        "notes": prog.notes,
+    }
+
+
+def canonical_json(public: dict[str, Any]) -> bytes:
+    return json.dumps(public, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def plan_hash(prog: Program) -> str:
+    """SHA-256 (hex) of the canonical public part: equal plans, equal hashes."""
+    return hashlib.sha256(canonical_json(to_public(prog))).hexdigest()
+
+
+def from_public(d: dict[str, Any]) -> Program:
+    """Rebuild a Program from its public part, checking format and version."""
+    if d.get("format") != FORMAT:
+        raise PlanError("not an mpcc plan (format field missing or wrong)")
+    if d.get("version") != VERSION:
+        raise PlanError(
+            f"plan format version {d.get('version')} is not supported by this mpcc "
+            f"(it reads version {VERSION}); recompile the model"
+        )
+    try:
+        prog = Program(
+            name=d["name"], frac_bits=int(d["frac_bits"]), public_weights=d["public_weights"]
+        )
+        prog.values = [Value(i, tuple(s), sc, vis) for i, (s, sc, vis) in enumerate(d["values"])]
+        prog.instrs = [
+            Instr(i["op"], i["out"], tuple(i["args"]), tuple(i["weights"]), i["attrs"])
+            for i in d["instrs"]
+        ]
+        prog.weights = {
+            n: WeightSpec(n, tuple(w["shape"]), w["scale"]) for n, w in d["weights"].items()
+        }
+        prog.inputs = [(n, v) for n, v in d["inputs"]]
+        prog.outputs = [(n, v) for n, v in d["outputs"]]
+        prog.notes = list(d["notes"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanError(f"plan file is malformed: {e!r}") from None
+    return prog
+
+
+def save(path: str | Path, prog: Program, weights: dict[str, np.ndarray] | None) -> str:
+    """Write a plan file; returns the plan's hash."""
+    public = to_public(prog)
+    digest = hashlib.sha256(canonical_json(public)).hexdigest()
+    manifest = {"format": FORMAT, "version": VERSION, "sha256": digest}
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+        _write(z, "manifest.json", json.dumps(manifest, indent=1).encode())
+        _write(z, "plan.json", canonical_json(public))
+        if weights is not None:
+            buf = io.BytesIO()
+            np.savez(buf, **{n: np.asarray(weights[n], dtype=np.float64) for n in sorted(weights)})
+            _write(z, "weights.npz", buf.getvalue())
+    return digest
+
+
+def _write(z: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
+    info.compress_type = zipfile.ZIP_DEFLATED
+    z.writestr(info, data)
+
+
+def load(path: str | Path, with_weights: bool = True) -> tuple[Program, dict[str, np.ndarray]]:
+    """Read a plan file, verifying its hash; weights are {} if absent or not wanted."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            manifest = json.loads(z.read("manifest.json"))
+            raw = z.read("plan.json")
+            names = z.namelist()
+            weights: dict[str, np.ndarray] = {}
+            if with_weights and "weights.npz" in names:
+                with np.load(io.BytesIO(z.read("weights.npz"))) as npz:
+                    weights = {n: npz[n] for n in npz.files}
+    except FileNotFoundError:
+        raise PlanError(f"no plan file at {path}") from None
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, ValueError) as e:
+        raise PlanError(f"{path} is not a readable mpcc plan file ({e})") from None
+    if hashlib.sha256(raw).hexdigest() != manifest.get("sha256"):
+        raise PlanError(f"{path}: plan.json does not match the hash in its manifest")
+    prog = from_public(json.loads(raw))
+    missing = sorted(set(prog.weights) - set(weights))
+    if with_weights and weights and missing:
+        raise PlanError(f"{path}: weights missing for {', '.join(missing)}")
+    return prog, weights

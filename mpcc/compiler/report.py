@@ -1,0 +1,61 @@
+"""The compile report: the IR with each instruction's cost, and the totals per query."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mpcc.compiler.costmodel import CostReport, estimate
+from mpcc.compiler.ir import Program
+from mpcc.compiler.planfile import plan_hash, to_public
+
+
+def _bytes(n: int) -> str:
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B" if n else "-"
+
+
+def format_report(prog: Program, report: CostReport | None = None) -> str:
+    """A human-readable plan: header, notes, one line per instruction, totals."""
+    report = report or estimate(prog)
+    head = (
+        f"plan {prog.name}  ring=2^64 f={prog.frac_bits}  batch={prog.batch}  "
+        f"weights={'public' if prog.public_weights else 'secret'}  "
+        f"sha256={plan_hash(prog)[:16]}"
+    )
+    lines = [head]
+    lines += [f"  note: {n}" for n in prog.notes]
+    lines.append(f"  {'instruction':<96} {'rounds':>6} {'sent/party':>11} {'dealer':>10}")
+    body = prog.text().splitlines()[1:]
+    for text, c in zip(body, report.per_instr, strict=True):
+        lines.append(f"{text:<98} {c.rounds or '-':>6} {_bytes(c.sent):>11} {_bytes(c.dealer):>10}")
+    t, s = report.total, report.setup
+    lines += [
+        "totals per query:",
+        f"  online rounds          {t.rounds}",
+        f"  sent by each party     {_bytes(t.sent)}  ({t.sent} B)",
+        f"  dealer to P1           {_bytes(t.dealer)}  ({t.dealer} B; P0 expands a seed)",
+        f"  multiply-adds / party  {t.macs:,}",
+        f"  client -> each party   {_bytes(report.client_sent)}",
+        f"  each party -> client   {_bytes(report.client_received)}",
+        f"once per session: opening masked weights, {_bytes(s.setup)} sent by each party",
+    ]
+    return "\n".join(lines)
+
+
+def report_json(prog: Program, report: CostReport | None = None) -> dict[str, Any]:
+    """The same report as JSON data (with the full public plan)."""
+    report = report or estimate(prog)
+    return {
+        "name": prog.name,
+        "sha256": plan_hash(prog),
+        "batch": prog.batch,
+        "notes": prog.notes,
+        "instructions": [
+            dict(i, cost=c.asdict())
+            for i, c in zip(to_public(prog)["instrs"], report.per_instr, strict=True)
+        ],
+        "values": to_public(prog)["values"],
+        **report.asdict(),
+    }

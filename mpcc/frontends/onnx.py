@@ -1,0 +1,335 @@
+"""Load an ONNX model as a fixed-shape, constant-folded ModelProto.
+
+`load` checks the file, fixes every graph input's shape (from `--input-shape`, or a symbolic
+leading batch dim defaulting to 1), infers shapes and folds every computation on constants,
+including the Shape/Gather/Unsqueeze/Concat chains exporters emit in front of Reshape. What
+remains computes on the model's inputs only, with a static shape for every tensor.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx.inliner
+from onnx import helper, numpy_helper, shape_inference, version_converter
+from onnx.reference import ReferenceEvaluator
+
+from mpcc.errors import ModelError
+
+MIN_OPSET = 13
+NOTES_KEY = "mpcc.notes"  # metadata_props key holding load's notes, one per line
+_NONDETERMINISTIC = {
+    "RandomNormal",
+    "RandomUniform",
+    "RandomNormalLike",
+    "RandomUniformLike",
+    "Multinomial",
+    "Bernoulli",
+}
+_DIMS = re.compile(r"^\d+(x\d+)*$")
+
+Shapes = dict[str | None, tuple[int, ...]]
+
+
+def parse_input_shapes(specs: list[str]) -> Shapes:
+    """Parse `--input-shape` values: `1x1x28x28` (the only input) or `name=1x1x28x28`."""
+    shapes: Shapes = {}
+    for spec in specs:
+        name, _, dims = spec.strip().rpartition("=")
+        key = name.strip() or None
+        dims = dims.strip().lower()
+        if not _DIMS.match(dims):
+            raise ModelError(
+                f"bad --input-shape {spec!r}: expected dims like 1x1x28x28 or name=1x1x28x28"
+            )
+        shape = tuple(int(d) for d in dims.split("x"))
+        if any(d <= 0 for d in shape):
+            raise ModelError(f"bad --input-shape {spec!r}: every dim must be positive")
+        if key in shapes:
+            what = f"input {key!r}" if key else "the (unnamed) input"
+            raise ModelError(f"--input-shape given twice for {what}")
+        shapes[key] = shape
+    if None in shapes and len(shapes) > 1:
+        raise ModelError("--input-shape without a name is only allowed for a single input")
+    return shapes
+
+
+def load(
+    model: str | Path | onnx.ModelProto,
+    input_shapes: Shapes | tuple[int, ...] | None = None,
+) -> onnx.ModelProto:
+    """Load, check and fix the shapes of an ONNX model, folding everything constant.
+
+    Returns a new model (the argument is not modified) whose every non-constant tensor has a
+    static shape in `graph.value_info` / `graph.input` / `graph.output`. Notes for the compile
+    report (e.g. a batch dim defaulted to 1) are in the metadata property `mpcc.notes`.
+    """
+    m, label = _read(model)
+    _check(m, label)
+    if m.functions:
+        m = onnx.inliner.inline_local_functions(m)
+    m = _upgrade(m)
+    _name_nodes(m.graph)
+    notes = _fix_input_shapes(m.graph, input_shapes)
+    _fold_constants(m)
+    m = _infer(m)
+    _check_static(m.graph)
+    for p in [p for p in m.metadata_props if p.key == NOTES_KEY]:
+        m.metadata_props.remove(p)
+    if notes:
+        m.metadata_props.add(key=NOTES_KEY, value="\n".join(notes))
+    return m
+
+
+def notes(model: onnx.ModelProto) -> list[str]:
+    """The notes `load` left in the model for the compile report."""
+    for p in model.metadata_props:
+        if p.key == NOTES_KEY:
+            return [line for line in p.value.split("\n") if line]
+    return []
+
+
+def _read(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
+    if isinstance(model, onnx.ModelProto):
+        m = onnx.ModelProto()
+        m.CopyFrom(model)
+        return m, f"model {m.graph.name or '(unnamed)'!r}"
+    path = Path(model)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such file")
+    try:
+        m = onnx.load(str(path))
+    except Exception as e:  # protobuf decode errors have no common public base class
+        raise ModelError(f"{path}: not an ONNX model (cannot parse it: {e})") from e
+    if not m.graph.node and not m.graph.output:
+        raise ModelError(f"{path}: not an ONNX model (no graph found in the file)")
+    return m, str(path)
+
+
+def _check(m: onnx.ModelProto, label: str) -> None:
+    try:
+        onnx.checker.check_model(m)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{label}: not a valid ONNX model: {first}") from e
+
+
+def _opset(m: onnx.ModelProto) -> int:
+    return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def _upgrade(m: onnx.ModelProto) -> onnx.ModelProto:
+    if _opset(m) >= MIN_OPSET:
+        return m
+    try:
+        return version_converter.convert_version(m, MIN_OPSET)
+    except Exception as e:
+        raise ModelError(
+            f"cannot convert the model from opset {_opset(m)} to opset {MIN_OPSET}: {e}"
+        ) from e
+
+
+def _name_nodes(g: onnx.GraphProto) -> None:
+    """Give every node a unique, non-empty name."""
+    seen: set[str] = set()
+    for i, n in enumerate(g.node):
+        name = n.name or f"{n.op_type}_{i}"
+        while name in seen:
+            name = f"{name}_{i}"
+        n.name = name
+        seen.add(name)
+
+
+def _fix_input_shapes(g: onnx.GraphProto, given: Shapes | tuple[int, ...] | None) -> list[str]:
+    """Drop initializers from the inputs and set every input's shape; return notes."""
+    inits = {t.name for t in g.initializer}
+    real = [i for i in g.input if i.name not in inits]
+    del_inputs = [i for i in g.input if i.name in inits]
+    for i in del_inputs:
+        g.input.remove(i)
+    if isinstance(given, tuple):
+        given = {None: given}
+    given = dict(given or {})
+    if None in given:
+        if len(real) != 1:
+            names = ", ".join(repr(i.name) for i in real)
+            raise ModelError(
+                f"an unnamed --input-shape needs a model with one input; this one has {names}: "
+                "use --input-shape name=DIMS"
+            )
+        given[real[0].name] = given.pop(None)
+    unknown = set(given) - {i.name for i in real}
+    if unknown:
+        names = ", ".join(repr(i.name) for i in real)
+        raise ModelError(f"--input-shape for unknown input {sorted(unknown)[0]!r}; inputs: {names}")
+    notes = []
+    for inp in real:
+        tt = inp.type.tensor_type
+        if not inp.type.HasField("tensor_type"):
+            raise ModelError(f"input {inp.name!r} is not a tensor")
+        dims = list(tt.shape.dim) if tt.HasField("shape") else None
+        if inp.name in given:
+            shape = given[inp.name]
+            if dims is not None:
+                if len(dims) != len(shape):
+                    raise ModelError(
+                        f"--input-shape for {inp.name!r} has {len(shape)} dims; "
+                        f"the model's input has {len(dims)}"
+                    )
+                for k, (d, s) in enumerate(zip(dims, shape, strict=True)):
+                    if d.HasField("dim_value") and d.dim_value != s:
+                        raise ModelError(
+                            f"--input-shape for {inp.name!r} sets dim {k} to {s}; "
+                            f"the model fixes it to {d.dim_value}"
+                        )
+        elif dims is None:
+            raise ModelError(
+                f"input {inp.name!r} has no shape in the model: give it with "
+                f"--input-shape {inp.name}=DIMS"
+            )
+        else:
+            shape = []
+            for k, d in enumerate(dims):
+                if d.HasField("dim_value"):
+                    shape.append(d.dim_value)
+                elif k == 0:
+                    shape.append(1)
+                    sym = f" {d.dim_param!r}" if d.dim_param else ""
+                    notes.append(
+                        f"input {inp.name!r}: symbolic batch dim{sym} set to 1 "
+                        "(use --input-shape to change it)"
+                    )
+                else:
+                    sym = f" ({d.dim_param!r})" if d.dim_param else ""
+                    example = "x".join(
+                        str(x.dim_value) if x.HasField("dim_value") else "1" if j == 0 else "<?>"
+                        for j, x in enumerate(dims)
+                    )
+                    raise ModelError(
+                        f"input {inp.name!r}: dim {k}{sym} is not fixed; give the whole shape "
+                        f"with --input-shape {inp.name}={example}"
+                    )
+        tt.ClearField("shape")
+        tt.shape.SetInParent()
+        for s in shape:
+            tt.shape.dim.add().dim_value = s
+    return notes
+
+
+def _infer(m: onnx.ModelProto) -> onnx.ModelProto:
+    """Re-run strict shape inference from the inputs' shapes alone."""
+    del m.graph.value_info[:]
+    for out in m.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    try:
+        return shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as e:
+        raise ModelError(f"shape inference failed: {str(e).strip()}") from e
+
+
+def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    if not all(d.HasField("dim_value") for d in tt.shape.dim):
+        return None
+    return tuple(d.dim_value for d in tt.shape.dim)
+
+
+def _fold_constants(m: onnx.ModelProto) -> None:
+    """Evaluate every node whose inputs are all constant, until nothing changes."""
+    opsets = {o.domain or "": o.version for o in m.opset_import}
+    for _ in range(100):
+        inferred = _infer(m)
+        shapes = {
+            vi.name: _static_shape(vi)
+            for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
+        }
+        g = m.graph
+        values = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        folded = []
+        for n in g.node:
+            out = _evaluate(n, values, shapes, opsets)
+            if out is not None:
+                values.update(zip(n.output, out, strict=False))
+                folded.append(n)
+        if not folded:
+            return
+        graph_outputs = {o.name for o in g.output}
+        for n in folded:
+            if graph_outputs & set(n.output):
+                raise ModelError(
+                    f"output {sorted(graph_outputs & set(n.output))[0]!r} is a constant: "
+                    "it does not depend on the model's inputs"
+                )
+            g.node.remove(n)
+        used = {t for n in g.node for t in n.input} | graph_outputs
+        have = {t.name for t in g.initializer}
+        for n in folded:
+            for t in n.output:
+                if t and t in used and t not in have:
+                    g.initializer.append(numpy_helper.from_array(np.asarray(values[t]), t))
+        _prune(g)
+    raise ModelError("constant folding did not converge")
+
+
+def _evaluate(
+    n: onnx.NodeProto,
+    values: dict[str, np.ndarray],
+    shapes: dict[str, tuple[int, ...] | None],
+    opsets: dict[str, int],
+) -> list[np.ndarray] | None:
+    """The outputs of `n` if they are constant, else None."""
+    if n.op_type in ("Shape", "Size") and n.domain in ("", "ai.onnx"):
+        shape = shapes.get(n.input[0])
+        if shape is None:
+            return None
+        if n.op_type == "Size":
+            return [np.array(int(np.prod(shape)), dtype=np.int64)]
+        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+        start, end = attrs.get("start", 0), attrs.get("end", len(shape))
+        return [np.array(shape[start:end], dtype=np.int64)]
+    inputs = [t for t in n.input if t]
+    if n.op_type in _NONDETERMINISTIC or any(a.type in (5, 10) for a in n.attribute):
+        return None  # random, or has a subgraph (If, Loop, Scan)
+    if not inputs and n.op_type != "Constant":
+        return None
+    if not all(t in values for t in inputs):
+        return None
+    try:
+        ev = ReferenceEvaluator(n, opsets=opsets)
+        return ev.run(None, {t: values[t] for t in inputs})
+    except Exception as e:
+        raise ModelError(
+            f"node {n.name!r} (op {n.op_type}): cannot evaluate it on its constant inputs: {e}"
+        ) from e
+
+
+def _prune(g: onnx.GraphProto) -> None:
+    """Remove nodes whose outputs nobody uses, and unused initializers."""
+    while True:
+        used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
+        dead = [n for n in g.node if not any(t in used for t in n.output)]
+        if not dead:
+            break
+        for n in dead:
+            g.node.remove(n)
+    for t in [t for t in g.initializer if t.name not in used]:
+        g.initializer.remove(t)
+
+
+def _check_static(g: onnx.GraphProto) -> None:
+    known = {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
+    consts = {t.name for t in g.initializer}
+    for n in g.node:
+        for t in n.output:
+            if not t or t in consts:
+                continue
+            if t not in known or _static_shape(known[t]) is None:
+                raise ModelError(
+                    f"tensor {t!r} (output of node {n.name!r}, op {n.op_type}) has no static "
+                    "shape after fixing the input shapes and folding constants"
+                )

@@ -1,0 +1,107 @@
+"""The cleartext interpreter: runs a Program in plaintext Z_2^64 fixed-point arithmetic.
+
+Same encoding, same kernels, same compositions as the secure executor, with no randomness
+and exact truncation (the secure truncation may be 1 LSB lower). It separates lowering bugs
+from protocol bugs, and predicts the secure result's error before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from mpcc.compiler.ir import Program
+from mpcc.errors import InputError
+from mpcc.runtime import localops
+from mpcc.runtime.fixedpoint import arith_shift, decode, encode
+
+
+def plain_relu(x: np.ndarray, shift: int) -> np.ndarray:
+    y = arith_shift(x, shift)
+    return np.where(y.view(np.int64) > 0, y, np.uint64(0))
+
+
+def encode_weights(prog: Program, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Each weight encoded at the scale its instruction needs."""
+    return {n: encode(weights[n], spec.scale) for n, spec in prog.weights.items()}
+
+
+def run_encoded(
+    prog: Program, weights: dict[str, np.ndarray], inputs: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Run one batch on encoded inputs and weights; returns the raw (encoded) outputs."""
+    env: dict[int, np.ndarray] = {}
+    for ins in prog.instrs:
+        args = [env[a] for a in ins.args]
+        out = localops.local(ins, args, prog, party=0)
+        if out is None:
+            out = _nonlocal(prog, ins, args, weights, inputs)
+        env[ins.out] = out
+    return {name: env[v] for name, v in prog.outputs}
+
+
+def _nonlocal(prog, ins, args, weights, inputs) -> np.ndarray:
+    a = ins.attrs
+    x = args[0] if args else None
+    if ins.op in ("input", "output"):
+        return inputs[a["name"]] if ins.op == "input" else x
+    if ins.op in ("matmul", "conv2d", "mul_w"):
+        z = localops.bilinear(prog, ins)(x, weights[ins.weights[0]])
+        if len(ins.weights) > 1:
+            z = z + localops.bias_shape(ins, weights[ins.weights[1]], z.ndim)
+        return z
+    if ins.op == "add_w":
+        return x + weights[ins.weights[0]]
+    if ins.op == "mul":
+        return args[0] * args[1]
+    if ins.op == "trunc":
+        return arith_shift(x, a["shift"])
+    if ins.op == "relu":
+        return plain_relu(x, a["shift"])
+    if ins.op == "leaky_relu":
+        return localops.leaky_relu(x, a["alpha"], prog.frac_bits, plain_relu)
+    if ins.op == "clip":
+        return localops.clip(
+            x, a["lo"], a["hi"], prog.value(ins.args[0]).scale, a["shift"], 0, plain_relu
+        )
+    if ins.op == "maxpool":
+        return localops.maxpool(x, a, 0, plain_relu)
+    raise AssertionError(f"no cleartext semantics for {ins.op}")
+
+
+def in_batches(prog: Program, x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """Apply a one-batch function to any number of samples, padding the last batch."""
+    shape = prog.value(prog.inputs[0][1]).shape
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape[1:] != shape[1:] and x.shape != shape[1:]:
+        raise InputError(
+            f"input has shape {list(x.shape)}, but the plan expects "
+            f"[n, {', '.join(map(str, shape[1:]))}] (any number of samples n)"
+        )
+    if x.shape == shape[1:]:
+        x = x[None]
+    b = shape[0]
+    outs = []
+    for start in range(0, len(x), b):
+        chunk = x[start : start + b]
+        n = len(chunk)
+        if n < b:
+            chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:])])
+        outs.append(fn(chunk)[:n])
+    return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+def predict(prog: Program, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
+    """Cleartext fixed-point prediction for any number of samples (first output, decoded)."""
+    if len(prog.inputs) != 1:
+        raise InputError("this model has several inputs; use run_encoded")
+    enc_w = encode_weights(prog, weights)
+    (in_name, _), (_, out_vid) = prog.inputs[0], prog.outputs[0]
+    out_name, out_scale = prog.outputs[0][0], prog.value(out_vid).scale
+
+    def one(chunk: np.ndarray) -> np.ndarray:
+        raw = run_encoded(prog, enc_w, {in_name: encode(chunk, prog.frac_bits)})[out_name]
+        return decode(raw, out_scale)
+
+    return in_batches(prog, x, one)

@@ -1,0 +1,187 @@
+"""LocalCluster: the dealer, P0 and P1 on this machine (threads, in-process transport).
+
+with LocalCluster(prog, weights) as cluster:
+    logits = cluster.predict(x)
+    print(cluster.stats.summary())
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpcc.compiler.ir import Program
+from mpcc.compiler.planfile import plan_hash
+from mpcc.errors import MpccError, PartyError
+from mpcc.runtime.cleartext import in_batches
+from mpcc.runtime.dealer import Dealer
+from mpcc.runtime.executor import PartyExecutor
+from mpcc.runtime.fixedpoint import decode, encode
+from mpcc.runtime.material import Bundle
+from mpcc.runtime.owner import share_weights
+from mpcc.runtime.prg import reconstruct, share
+from mpcc.runtime.session import Session, new_seeds
+from mpcc.runtime.transport import DEFAULT_TIMEOUT_S, local_link
+
+
+@dataclass(frozen=True)
+class QueryStats:
+    """What the last query cost: time, traffic and rounds, as counted by the transport."""
+
+    batch: int
+    online_s: float
+    offline_s: float
+    sent: tuple[int, int]  # bytes P0 and P1 sent to each other online
+    rounds: int
+    dealer_bytes: int  # correction payload the dealer sent to P1 (P0: nothing)
+    client_bytes: int  # input shares the client sent to each compute party
+
+    def summary(self) -> str:
+        return (
+            f"last query: batch {self.batch}, online {self.online_s * 1e3:.1f} ms, "
+            f"offline (dealer + expansion) {self.offline_s * 1e3:.1f} ms, "
+            f"{self.rounds} rounds, sent P0 {self.sent[0] / 1e3:.1f} KB / "
+            f"P1 {self.sent[1] / 1e3:.1f} KB, dealer {self.dealer_bytes / 1e3:.1f} KB"
+        )
+
+
+class LocalCluster:
+    """Three parties in one process; the model owner's weights enter only as shares."""
+
+    def __init__(
+        self, prog: Program, weights: dict[str, np.ndarray], *, timeout: float = DEFAULT_TIMEOUT_S
+    ) -> None:
+        self.prog = prog
+        self._weights = weights
+        self.timeout = timeout
+        self.stats: QueryStats | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._failed: str | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def __enter__(self) -> LocalCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        """New session: fresh seeds and id, weights shared, masked weights opened."""
+        self.session = Session.new(plan_hash(self.prog))
+        seeds = new_seeds()
+        self.dealer = Dealer(self.prog, self.session, seeds)
+        shares = share_weights(self.prog, self._weights)
+        ch0, ch1 = local_link("P0", "P1", self.timeout)
+        self._dealer_out, self._p1_from_dealer = local_link("dealer", "P1", self.timeout)
+        self.parties = (
+            PartyExecutor(0, self.prog, self.session, seeds[0], shares[0], ch0),
+            PartyExecutor(1, self.prog, self.session, seeds[1], shares[1], ch1),
+        )
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mpcc-party")
+        self._next_query = 0
+        self._prepared: list[int] = []
+        self._offline: dict[int, tuple[float, int]] = {}  # query -> (seconds, dealer bytes)
+        self._both(lambda p: p.open_weights())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _both(self, fn, args=(None, None)):
+        """Run fn(party, arg) on P0 and P1 concurrently; a failure aborts the other side."""
+        if self._failed:
+            raise MpccError(f"this cluster's session ended after a failure: {self._failed}")
+        if self._pool is None:
+            raise MpccError("the cluster is not started (use `with LocalCluster(...)`)")
+
+        def guarded(p: PartyExecutor, arg):
+            try:
+                return fn(p) if arg is None else fn(p, arg)
+            except BaseException as e:
+                p.ch.abort(f"P{p.party} failed: {e}")
+                raise
+
+        futs = [self._pool.submit(guarded, p, a) for p, a in zip(self.parties, args, strict=True)]
+        results, errors = [], []
+        for f in futs:
+            try:
+                results.append(f.result())
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+        if errors:
+            # The root cause is the error that is not the peer's abort notice.
+            root = next((e for e in errors if not isinstance(e, PartyError)), errors[0])
+            self._failed = str(root)
+            raise root
+        return results
+
+    # -- offline -----------------------------------------------------------------------------
+    def preprocess(self, queries: int = 1) -> float:
+        """Make material for the next `queries` queries ahead of time; returns the seconds."""
+        start = time.perf_counter()
+        for _ in range(queries):
+            t0 = time.perf_counter()
+            q = self._next_query + len(self._prepared)
+            bundle = self.dealer.deal(q)
+            self._dealer_out.send(bundle.to_arrays())
+
+            def prep(p: PartyExecutor, q=q):
+                b = Bundle.from_arrays(self._p1_from_dealer.recv()) if p.party == 1 else None
+                p.prepare(q, b)
+
+            self._both(prep)
+            self._prepared.append(q)
+            self._offline[q] = (time.perf_counter() - t0, bundle.nbytes)
+        return time.perf_counter() - start
+
+    # -- online ------------------------------------------------------------------------------
+    def run_batch(self, x: np.ndarray) -> np.ndarray:
+        """One query on exactly one batch of inputs; returns the decoded first output."""
+        if not self._prepared:
+            self.preprocess(1)
+        q = self._prepared.pop(0)
+        offline, dealer_bytes = self._offline.pop(q)
+        self._next_query = q + 1
+        (in_name, in_vid) = self.prog.inputs[0]
+        x0, x1 = share(encode(x, self.prog.frac_bits))
+        before = [p.ch.traffic.snapshot() for p in self.parties]
+        t0 = time.perf_counter()
+        outs = self._both(lambda p, s: p.run(q, {in_name: s}), (x0, x1))
+        online = time.perf_counter() - t0
+        out_name, out_vid = self.prog.outputs[0]
+        y = decode(
+            reconstruct(outs[0][out_name], outs[1][out_name]), self.prog.value(out_vid).scale
+        )
+        used = [p.ch.traffic.since(b) for p, b in zip(self.parties, before, strict=True)]
+        self.stats = QueryStats(
+            batch=len(x),
+            online_s=online,
+            offline_s=offline,
+            sent=(used[0].bytes_sent, used[1].bytes_sent),
+            rounds=used[0].rounds,
+            dealer_bytes=dealer_bytes,
+            client_bytes=x0.nbytes,
+        )
+        return y
+
+    def predict(self, x: np.ndarray, progress: bool = False) -> np.ndarray:
+        """Secure prediction for any number of samples, in batches of the plan's batch size."""
+        done = [0]
+        total = -(-len(np.atleast_2d(x)) // self.prog.batch)
+
+        def one(chunk: np.ndarray) -> np.ndarray:
+            y = self.run_batch(chunk)
+            done[0] += 1
+            if progress and total > 1:
+                print(f"\rsecure inference: batch {done[0]}/{total}", end="", file=sys.stderr)
+                if done[0] == total:
+                    print(file=sys.stderr)
+            return y
+
+        return in_batches(self.prog, x, one)

@@ -1,0 +1,101 @@
+"""Preprocessing material bookkeeping: tagged, consumed exactly once, in the plan's order.
+
+Every piece of material carries (session, query, instruction, call). A party's store hands
+out the material of a query strictly in the order the plan consumes it and forgets it
+when taken, so nothing is used twice, out of order, or across sessions.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mpcc.errors import MaterialError
+
+BUNDLE_TAG_BYTES = 24  # framing of a Bundle on the wire, not counted as dealer payload
+Tag = tuple[str, int, int, int]  # (session id, query, instruction index, call index)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """The dealer's corrections for P1 for one query, in the plan's call order."""
+
+    session: str
+    query: int
+    corrections: list[np.ndarray]
+
+    @property
+    def nbytes(self) -> int:
+        """Payload bytes: the corrections (the cost model's dealer bytes)."""
+        return sum(c.nbytes for c in self.corrections)
+
+    def to_arrays(self) -> list[np.ndarray]:
+        """As a transport message: a 24-byte tag (session id, query), then the corrections."""
+        head = np.frombuffer(bytes.fromhex(self.session), dtype=np.uint64)
+        return [np.concatenate([head, np.array([self.query], dtype=np.uint64)]), *self.corrections]
+
+    @classmethod
+    def from_arrays(cls, arrays: list[np.ndarray]) -> Bundle:
+        head = arrays[0]
+        if head.dtype != np.uint64 or head.shape != (3,):
+            raise MaterialError("malformed dealer bundle")
+        return cls(head[:2].tobytes().hex(), int(head[2]), list(arrays[1:]))
+
+
+class MaterialStore:
+    """One party's prepared material, queue by query, each item taken exactly once."""
+
+    def __init__(self, session: str) -> None:
+        self.session = session
+        self._queries: OrderedDict[int, deque[tuple[Tag, Any]]] = OrderedDict()
+        self._consumed_up_to = -1  # queries at or below this have been used
+        self._lock = threading.Lock()
+
+    def add_query(self, query: int, items: list[tuple[Tag, Any]]) -> None:
+        """Store a query's material (already expanded), in consumption order."""
+        with self._lock:
+            if query <= self._consumed_up_to or query in self._queries:
+                raise MaterialError(f"material for query {query} was already prepared or used")
+            for tag, _ in items:
+                if tag[0] != self.session or tag[1] != query:
+                    raise MaterialError(
+                        f"material tagged {tag[:2]} offered for session {self.session}, "
+                        f"query {query}"
+                    )
+            self._queries[query] = deque(items)
+
+    def prepared(self) -> list[int]:
+        with self._lock:
+            return list(self._queries)
+
+    def take(self, tag: Tag) -> Any:
+        """The material for `tag`, which must be the next one of its query; then forgotten."""
+        session, query = tag[0], tag[1]
+        with self._lock:
+            if session != self.session:
+                raise MaterialError(
+                    f"material requested for session {session}, store is {self.session}"
+                )
+            items = self._queries.get(query)
+            if items is None:
+                state = "already consumed" if query <= self._consumed_up_to else "not prepared"
+                raise MaterialError(f"material for query {query} is {state}")
+            if not items:
+                raise MaterialError(f"query {query} has no material left for {tag}")
+            head_tag, mat = items[0]
+            if head_tag != tag:
+                raise MaterialError(f"material out of order: next is {head_tag}, asked for {tag}")
+            items.popleft()
+            return mat
+
+    def finish(self, query: int) -> None:
+        """Close a query: all its material must have been used; it can never be used again."""
+        with self._lock:
+            items = self._queries.pop(query, None)
+            self._consumed_up_to = max(self._consumed_up_to, query)
+            if items:
+                raise MaterialError(f"query {query} ended with {len(items)} unused items")

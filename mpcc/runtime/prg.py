@@ -1,0 +1,76 @@
+"""Cryptographic randomness: AES-128-CTR streams keyed from `secrets` through HKDF-SHA256.
+
+Every mask, share and triple in mpcc comes from here. numpy's generators are never used
+for anything secret: PCG64's state can be recovered from a few hundred bytes of output.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+SEED_BYTES = 16
+
+
+def new_seed() -> bytes:
+    """A fresh 128-bit seed from the operating system's CSPRNG."""
+    return secrets.token_bytes(SEED_BYTES)
+
+
+class Prg:
+    """A deterministic stream of uniform words: AES-128 in counter mode over zeros.
+
+    Two holders of the same seed and label draw the same words in the same order, which is
+    what seed-compressed preprocessing relies on. A (key, counter) pair never repeats because
+    each label derives its own key.
+    """
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) != 16:
+            raise ValueError("AES-128 key must be 16 bytes")
+        self._enc = Cipher(algorithms.AES(key), modes.CTR(bytes(16))).encryptor()
+
+    @classmethod
+    def derive(cls, seed: bytes, *label: object) -> Prg:
+        """The stream for `label` (e.g. session, query, op id, purpose) under `seed`."""
+        info = "/".join(str(part) for part in label).encode()
+        key = HKDF(algorithm=hashes.SHA256(), length=16, salt=None, info=info).derive(seed)
+        return cls(key)
+
+    @classmethod
+    def fresh(cls) -> Prg:
+        """A stream keyed by a fresh random seed that nobody else holds."""
+        return cls(new_seed())
+
+    def bytes(self, n: int) -> np.ndarray:
+        """`n` uniform bytes as a uint8 array."""
+        out = np.empty(n + 15, dtype=np.uint8)
+        written = self._enc.update_into(np.zeros(n, dtype=np.uint8), out)
+        assert written == n
+        return out[:n]
+
+    def uint64(self, *shape: int) -> np.ndarray:
+        """Uniform elements of Z_2^64 (also used as 64 packed uniform bits per word)."""
+        n = math.prod(shape)
+        return self.bytes(8 * n).view(np.uint64).reshape(shape)
+
+    def bits(self, *shape: int) -> np.ndarray:
+        """Uniform bits (0 or 1) as uint64."""
+        return self.bytes(math.prod(shape)).reshape(shape).astype(np.uint64) & np.uint64(1)
+
+
+def share(x: np.ndarray, prg: Prg | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Split ring elements into two additive shares; each share alone is uniform."""
+    x = np.asarray(x, dtype=np.uint64)
+    s0 = (prg or Prg.fresh()).uint64(*x.shape)
+    return s0, x - s0
+
+
+def reconstruct(s0: np.ndarray, s1: np.ndarray) -> np.ndarray:
+    """Add two additive shares back together."""
+    return np.asarray(s0, dtype=np.uint64) + np.asarray(s1, dtype=np.uint64)

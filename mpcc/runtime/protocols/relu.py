@@ -1,0 +1,238 @@
+"""ReLU, optionally with a fused known-MSB truncation: [x] -> [ReLU(trunc(x, shift))], for
+signed |x| < 2^62, in 8 rounds (`costs.relu`).
+
+Round 1 opens c = x + 2^62 + r (P0 adds the bias); x' = x + 2^62 lies in [0, 2^63).
+  - shift > 0: y = ((c mod 2^63) >> shift) - [r_hi] + [b] 2^(63-shift) - 2^(62-shift) with
+    [b] = c_63 + [r_63] - 2 c_63 [r_63] (the known-MSB truncation of `truncation.py`):
+    y = floor(x / 2^shift) + u, u in {0, 1}, P(u = 1) = (x mod 2^shift) / 2^shift.
+  - shift = 0: y = x.
+Rounds 2..7 compute beta = [c mod 2^62 < r mod 2^62] with a bit-sliced tree over bits 0..61
+of c (public) and r (XOR-shared by the dealer): leaves lt_i = ~c_i & r_i, eq_i = ~(c_i ^ r_i);
+nodes lt = lt_hi ^ (eq_hi & lt_lo), eq = eq_hi & eq_lo, eq skipped for nodes holding bit 0;
+61, 29, 15, 7, 3, 1 Beaver ANDs per level, one exchange per level. Round 2 also opens
+d = y - sigma. Then t = c_62 ^ r_62 ^ beta is bit 62 of x' = c - r, i.e. 1 iff x >= 0.
+Round 8 opens e = t ^ rho (daBit rho) and sets t^A = e + (1 - 2e)[rho],
+
+    t y = d t^A + e [sigma] + (1 - 2e) [rho sigma].
+
+So the output is max(floor(x / 2^shift), 0), plus u for x >= 0 (error 0 or +1 LSB, never a
+wrong sign); exactly max(x, 0) for shift = 0.
+
+Material (drawn from each party's prg in the order of `_draw`): r; P0's XOR shares of bits
+0..62 of r; triples u, v (both seeds) and P0's share of w = u & v; the daBit <rho> (both
+seeds) and P0's [rho]; sigma (both seeds) and P0's [rho sigma]; with a shift P0's [r_hi],
+[r_63]. P1's shares of the structured values are the dealer's correction, flat, in order:
+r bits [63, words], w [116, words], [rho] [n], [rho sigma] [n], then [r_hi] [n], [r_63] [n].
+
+Padding lanes (beyond n in the last word) carry c = 0 and r bits = 0: a consistent virtual
+element. Every word kernel is lane-wise, the openings in those lanes are masked by fresh
+u, v, rho like any other lane, and unpacking drops them, so they neither leak nor disturb
+the real lanes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpcc.errors import MaterialError
+from mpcc.runtime import bitslice
+from mpcc.runtime.prg import Prg
+from mpcc.runtime.transport import Channel
+
+
+
+def _and_levels(m: int) -> tuple[int, ...]:
+    """AND gates per level of the pairwise tree over m leaves (an odd top node carried)."""
+    levels = []
+    while m > 1:
+        levels.append(bitslice.level_ands(m))
+        m = (m + 1) // 2
+    return tuple(levels)
+
+
+COMPARE_BITS = 62  # the tree compares bits 0..61; bit 62 gives the sign
+MASK_BITS = COMPARE_BITS + 1  # bits 0..62 of r are XOR-shared
+AND_LEVELS = _and_levels(COMPARE_BITS)  # (61, 29, 15, 7, 3, 1)
+ANDS = sum(AND_LEVELS)  # 116
+
+BIAS = np.uint64(1 << 62)
+LOW63 = np.uint64((1 << 63) - 1)
+_ONE = np.uint64(1)
+_63 = np.uint64(63)
+
+
+@dataclass
+class ReluMaterial:
+    """One party's preprocessing for one ReLU over n elements (vectors flat, planes [k, words])."""
+
+    n: int
+    shift: int
+    r: np.ndarray  # [r]_p, n
+    r_bits: np.ndarray  # <bits 0..62 of r>_p, [63, words]
+    u: np.ndarray  # AND triples, [116, words]
+    v: np.ndarray
+    w: np.ndarray
+    rho_bits: np.ndarray  # <rho>_p, [words]
+    rho: np.ndarray  # [rho]_p, n
+    sigma: np.ndarray  # [sigma]_p, n
+    rho_sigma: np.ndarray  # [rho sigma]_p, n
+    r_hi: np.ndarray | None = None  # [(r mod 2^63) >> shift]_p, n (shift > 0)
+    r_63: np.ndarray | None = None  # [r_63]_p, n (shift > 0)
+    used: bool = False
+
+
+def _size(n: int | Sequence[int]) -> int:
+    return int(n) if np.isscalar(n) else math.prod(int(d) for d in n)
+
+
+def _check_shift(shift: int) -> int:
+    shift = int(shift)
+    if not 0 <= shift <= 62:
+        raise ValueError(f"relu shift must be in 0..62, got {shift}")
+    return shift
+
+
+def correction_words(n: int, shift: int) -> int:
+    """Length of P1's correction (uint64 words)."""
+    return (MASK_BITS + ANDS) * bitslice.words(n) + (4 if shift else 2) * n
+
+
+def _draw(party: int, n: int, shift: int, prg: Prg) -> dict[str, np.ndarray]:
+    """The seeded parts of party's material, in the one order dealer and party both use."""
+    nw = bitslice.words(n)
+    p0 = party == 0
+    m = {"r": prg.uint64(n)}
+    if p0:
+        m["r_bits"] = prg.uint64(MASK_BITS, nw)
+    m["u"] = prg.uint64(ANDS, nw)
+    m["v"] = prg.uint64(ANDS, nw)
+    if p0:
+        m["w"] = prg.uint64(ANDS, nw)
+    m["rho_bits"] = prg.uint64(nw)
+    if p0:
+        m["rho"] = prg.uint64(n)
+    m["sigma"] = prg.uint64(n)
+    if p0:
+        m["rho_sigma"] = prg.uint64(n)
+        if shift:
+            m["r_hi"] = prg.uint64(n)
+            m["r_63"] = prg.uint64(n)
+    return m
+
+
+def deal(n: int | Sequence[int], shift: int, prg0: Prg, prg1: Prg) -> np.ndarray:
+    """Dealer: P1's correction, flat uint64 (`costs.relu(n, shift).dealer` bytes)."""
+    n, shift = _size(n), _check_shift(shift)
+    m0, m1 = _draw(0, n, shift, prg0), _draw(1, n, shift, prg1)
+    r = m0["r"] + m1["r"]
+    r_bits = bitslice.pack(r, MASK_BITS)  # padding lanes 0
+    w = (m0["u"] ^ m1["u"]) & (m0["v"] ^ m1["v"])
+    rho = bitslice.unpack(m0["rho_bits"] ^ m1["rho_bits"], n)
+    sigma = m0["sigma"] + m1["sigma"]
+    parts = [r_bits ^ m0["r_bits"], w ^ m0["w"], rho - m0["rho"], rho * sigma - m0["rho_sigma"]]
+    if shift:
+        parts.append(((r & LOW63) >> np.uint64(shift)) - m0["r_hi"])
+        parts.append((r >> _63) - m0["r_63"])
+    return np.concatenate([p.reshape(-1) for p in parts])
+
+
+def expand(
+    party: int, n: int | Sequence[int], shift: int, prg: Prg, correction: np.ndarray | None
+) -> ReluMaterial:
+    """Party side: everything from the seed (P0), or uniform parts from the seed and the
+    structured shares from the dealer's correction (P1)."""
+    n, shift = _size(n), _check_shift(shift)
+    m = _draw(party, n, shift, prg)
+    if party == 1:
+        size = correction_words(n, shift)
+        if correction is None or correction.size != size:
+            got = None if correction is None else correction.size
+            raise MaterialError(f"relu: P1 needs {size} correction words, got {got}")
+        corr = np.asarray(correction, dtype=np.uint64).reshape(-1)
+        nw = bitslice.words(n)
+        shapes = {"r_bits": (MASK_BITS, nw), "w": (ANDS, nw), "rho": (n,), "rho_sigma": (n,)}
+        if shift:
+            shapes |= {"r_hi": (n,), "r_63": (n,)}
+        at = 0
+        for name, shape in shapes.items():
+            size = math.prod(shape)
+            m[name] = corr[at : at + size].reshape(shape)
+            at += size
+    elif correction is not None:
+        raise MaterialError("relu: P0 takes no correction")
+    return ReluMaterial(n=n, shift=shift, **m)
+
+
+def _truncate(party: int, c: np.ndarray, r_hi: np.ndarray, r_63: np.ndarray, shift: int):
+    """[floor(x / 2^shift) + u] from the opened c (known-MSB truncation, local)."""
+    c_63 = c >> _63
+    b = r_63 - ((c_63 * r_63) << _ONE)  # [r_63] - 2 c_63 [r_63]
+    y = (b << np.uint64(63 - shift)) - r_hi
+    if party == 0:
+        y += ((c & LOW63) >> np.uint64(shift)) + (c_63 << np.uint64(63 - shift))
+        y -= np.uint64(1 << (62 - shift))
+    return y
+
+
+def _open_masked(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray):
+    """Round 1: open c = x + 2^62 + r; returns c and this party's share of y."""
+    c_share = x + mat.r
+    if party == 0:
+        c_share += BIAS
+    (peer,) = ch.exchange([c_share])
+    c = c_share + peer
+    if mat.shift:
+        return c, _truncate(party, c, mat.r_hi, mat.r_63, mat.shift)
+    return c, x
+
+
+def _nonneg(
+    ch: Channel, party: int, mat: ReluMaterial, c: np.ndarray, extra: list[np.ndarray]
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Rounds 2..7: XOR shares of t = [x >= 0] (packed, [words]); `extra` rides in round 2
+    and the peer's counterpart is returned."""
+    c_bits = bitslice.pack(c, MASK_BITS)
+    lt, eq = bitslice.leaves(party, c_bits[:COMPARE_BITS], mat.r_bits[:COMPARE_BITS])
+    at = 0
+    peer_extra: list[np.ndarray] = []
+    for level, k in enumerate(AND_LEVELS):
+        u, v, w = mat.u[at : at + k], mat.v[at : at + k], mat.w[at : at + k]
+        at += k
+        de = bitslice.level_open(lt, eq, u, v)
+        got = ch.exchange([de, *extra] if level == 0 else [de])
+        if level == 0:
+            peer_extra = got[1:]
+        lt, eq = bitslice.level_close(party, lt, eq, de, got[0], u, v, w)
+    assert lt.shape[0] == 1 and at == ANDS
+    t = lt[0] ^ mat.r_bits[COMPARE_BITS]
+    if party == 0:
+        t ^= c_bits[COMPARE_BITS]
+    return t, peer_extra
+
+
+def run(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray) -> np.ndarray:
+    """Online: this party's share of ReLU(trunc(x, shift)), same shape as x (8 rounds)."""
+    if mat.used:
+        raise MaterialError("relu: material already used (a reused mask leaks the input)")
+    mat.used = True
+    x = np.asarray(x, dtype=np.uint64)
+    if x.size != mat.n:
+        raise ValueError(f"relu: input has {x.size} elements, material is for {mat.n}")
+    shape = x.shape
+    c, y = _open_masked(ch, party, mat, x.reshape(-1))
+    d_share = y - mat.sigma
+    t, (d_peer,) = _nonneg(ch, party, mat, c, [d_share])
+    d = d_share + d_peer
+    e_share = t ^ mat.rho_bits
+    (e_peer,) = ch.exchange([e_share])
+    e = bitslice.unpack(e_share ^ e_peer, mat.n)
+    flip = _ONE - (e << _ONE)  # 1 - 2e
+    t_a = flip * mat.rho
+    if party == 0:
+        t_a += e
+    out = d * t_a + e * mat.sigma + flip * mat.rho_sigma
+    return out.reshape(shape)

@@ -1,0 +1,86 @@
+"""Bit-slicing kernels: packing, unpacking, and the comparison tree's word-level ANDs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpcc.compiler import costs
+from mpcc.runtime import bitslice
+from mpcc.runtime.protocols import relu
+
+ONE = np.uint64(1)
+
+
+def _naive_pack(x: np.ndarray, nbits: int) -> np.ndarray:
+    x = x.reshape(-1)
+    out = np.zeros((nbits, bitslice.words(x.size)), dtype=np.uint64)
+    for i in range(nbits):
+        for j, xj in enumerate(x):
+            out[i, j // 64] |= ((xj >> np.uint64(i)) & ONE) << np.uint64(j % 64)
+    return out
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 63, 64, 65, 127, 128, 129, 1000])
+def test_pack_matches_naive_and_unpacks(n: int) -> None:
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 2**64, n, dtype=np.uint64)
+    x[: n // 4] = np.uint64(2**64 - 1)  # all-ones rows exercise every swap stage
+    packed = bitslice.pack(x, 64)
+    assert packed.shape == (64, bitslice.words(n)) and packed.dtype == np.uint64
+    np.testing.assert_array_equal(packed, _naive_pack(x, 64))
+    for i in (0, 1, 31, 32, 62, 63):
+        np.testing.assert_array_equal(bitslice.unpack(packed[i], n), (x >> np.uint64(i)) & ONE)
+    if n % 64:  # padding lanes are 0
+        assert not np.any(packed[:, -1] >> np.uint64(n % 64))
+
+
+def test_pack_fewer_planes_any_shape() -> None:
+    x = np.arange(2 * 3 * 17, dtype=np.uint64).reshape(2, 3, 17) * np.uint64(0x9E3779B97F4A7C15)
+    np.testing.assert_array_equal(bitslice.pack(x, 7), _naive_pack(x, 64)[:7])
+    assert bitslice.pack(x, 0).shape == (0, 2)
+    with pytest.raises(ValueError):
+        bitslice.pack(x, 65)
+    with pytest.raises(ValueError):
+        bitslice.unpack(np.zeros(1, np.uint64), 65)
+
+
+def test_levels_match_cost_model() -> None:
+    assert relu.AND_LEVELS == costs.COMPARE_AND_LEVELS
+    assert relu.ANDS == costs.COMPARE_ANDS and relu.MASK_BITS == costs.MASK_BITS
+
+
+def _shared_tree(c: np.ndarray, r: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Run the comparison tree on XOR shares of r's bits with locally made triples; return
+    the reconstructed packed beta = [c mod 2^62 < r mod 2^62]."""
+    nb = relu.COMPARE_BITS
+    c_bits, r_bits = bitslice.pack(c, nb), bitslice.pack(r, nb)
+    nw = c_bits.shape[1]
+    r0 = rng.integers(0, 2**64, r_bits.shape, dtype=np.uint64)
+    state = [bitslice.leaves(p, c_bits, s) for p, s in ((0, r0), (1, r_bits ^ r0))]
+    for k in relu.AND_LEVELS:
+        tri = [rng.integers(0, 2**64, (3, k, nw), dtype=np.uint64) for _ in range(2)]
+        w = (tri[0][0] ^ tri[1][0]) & (tri[0][1] ^ tri[1][1])
+        tri[1][2] = w ^ tri[0][2]
+        de = [bitslice.level_open(*state[p], tri[p][0], tri[p][1]) for p in (0, 1)]
+        state = [bitslice.level_close(p, *state[p], de[p], de[1 - p], *tri[p]) for p in (0, 1)]
+    assert state[0][0].shape == (1, nw)
+    return state[0][0][0] ^ state[1][0][0]
+
+
+def test_comparison_tree() -> None:
+    rng = np.random.default_rng(7)
+    n = 5000
+    r = rng.integers(0, 2**64, n, dtype=np.uint64)
+    c = rng.integers(0, 2**64, n, dtype=np.uint64)
+    low = np.uint64(2**62 - 1)
+    c[:1000] = r[:1000]  # equal
+    c[1000:2000] = r[1000:2000] ^ (ONE << rng.integers(0, 62, 1000).astype(np.uint64))  # 1 bit
+    c[2000:2500] = r[2000:2500] ^ np.uint64(3 << 62)  # differ only above bit 61
+    c[2500:2600], r[2500:2600] = 0, low
+    c[2600:2700], r[2600:2700] = low, 0
+    perm = rng.permutation(n)
+    c, r = c[perm], r[perm]
+    beta = _shared_tree(c, r, rng)
+    want = ((c & low) < (r & low)).astype(np.uint64)
+    np.testing.assert_array_equal(bitslice.unpack(beta, n), want)
