@@ -32,7 +32,7 @@ def model(
 ) -> onnx.ModelProto:
     """A float32 model; `inits` values become initializers (float arrays as float32).
 
-    The outputs' shapes are filled by (lenient) shape inference."""
+    The outputs' types and shapes are filled by (lenient) shape inference."""
     tensors = []
     for t, v in (inits or {}).items():
         a = np.asarray(v)
@@ -42,7 +42,7 @@ def model(
         nodes,
         name,
         [helper.make_tensor_value_info(t, TensorProto.FLOAT, list(s)) for t, s in inputs.items()],
-        [helper.make_tensor_value_info(t, TensorProto.FLOAT, None) for t in outputs],
+        [helper.make_tensor_value_info(t, TensorProto.UNDEFINED, None) for t in outputs],
         tensors,
     )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
@@ -148,9 +148,33 @@ def _torch_module(kind: str):
             x = nn.functional.leaky_relu(self.fc1(x), 0.1)
             return torch.log_softmax(self.fc2(x), dim=1)
 
-    module = {"convnet": ConvNet, "mixed": Mixed}[kind]()
+    class Kitchen(nn.Module):
+        """Many ops at once: strided conv + bn + relu6, same-padded conv + prelu, concat, pad,
+        slicing, ceil-mode maxpool, a linear layer on a 3-D tensor, adaptive average pooling,
+        linear + bn1d, squeeze/unsqueeze and arithmetic on the outputs."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.c1, self.bn1 = (
+                nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(8),
+            )
+            self.c2, self.prelu = nn.Conv2d(8, 8, 3, padding="same"), nn.PReLU(8)
+            self.c3, self.gap = nn.Conv2d(16, 8, 1), nn.AdaptiveAvgPool2d(1)
+            self.fc, self.bn2, self.seq = nn.Linear(8, 6), nn.BatchNorm1d(6), nn.Linear(4, 5)
+
+        def forward(self, x):
+            y = nn.functional.relu6(self.bn1(self.c1(x)))
+            y = torch.cat([y, self.prelu(self.c2(y))], dim=1)
+            y = self.c3(nn.functional.pad(y, (1, 1, 0, 0)))[:, :, 1:, ::2]
+            y = nn.functional.max_pool2d(torch.relu(y), 2, ceil_mode=True)
+            t = self.seq(y.flatten(2).transpose(1, 2)[..., :4])
+            g = self.bn2(self.fc(self.gap(y).flatten(1)))
+            return torch.squeeze(torch.cat([g, t.flatten(1)], 1).unsqueeze(1) * 2 - 1, 1)
+
+    module = {"convnet": ConvNet, "mixed": Mixed, "kitchen": Kitchen}[kind]()
     for m in module.modules():  # non-trivial batch-norm statistics
-        if isinstance(m, nn.BatchNorm2d):
+        if isinstance(m, nn.BatchNorm2d | nn.BatchNorm1d):
             with torch.no_grad():
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
@@ -161,15 +185,16 @@ def _torch_module(kind: str):
 
 @functools.cache
 def export(kind: str, dynamo: bool) -> tuple[onnx.ModelProto, Any]:
-    """A small torch model ("convnet" or "mixed", input [N, 1, 12, 12] with a dynamic batch
-    axis) exported with the dynamo or the TorchScript exporter; returns (model, module)."""
+    """A small torch model ("convnet", "mixed": input [N, 1, 12, 12]; "kitchen": [N, 3, 16, 16];
+    a dynamic batch axis) exported with the dynamo or the TorchScript exporter (opset 13,
+    constant folding off); returns (model, module)."""
     import tempfile
     import warnings
 
     import torch
 
     module = _torch_module(kind)
-    x = torch.randn(2, 1, 12, 12)
+    x = torch.randn(2, 3, 16, 16) if kind == "kitchen" else torch.randn(2, 1, 12, 12)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = f"{tmp}/{kind}.onnx"

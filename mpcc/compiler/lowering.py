@@ -16,7 +16,7 @@ import numpy as np
 
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.ir import CLIENT, Program, Value, WeightSpec
-from mpcc.compiler.poolshapes import pool_divisors
+from mpcc.compiler.poolshapes import pool_divisors, pool_output_shape
 from mpcc.errors import ModelError
 
 # A value multiplied again may carry at most this many fractional bits above f (the window
@@ -76,6 +76,19 @@ class _Lowering:
 
     def out_shape(self, data: dict) -> tuple[int, ...]:
         return tuple(self.g.shapes[data["outputs"][0]])
+
+    def pool_shape(self, x: Value, attrs: dict) -> tuple[int, ...]:
+        """A pool's output shape by ONNX Runtime's rule (onnx's shape inference disagrees
+        for some ceil_mode windows that would start in the padding)."""
+        hw = pool_output_shape(
+            x.shape[2:],
+            attrs["kernel"],
+            attrs["strides"],
+            attrs["pads"],
+            attrs.get("dilations", (1, 1)),
+            bool(attrs["ceil_mode"]),
+        )
+        return x.shape[:2] + hw
 
     # -- ops -----------------------------------------------------------------------------
     def lower_linear(self, name: str, data: dict, op: str) -> Value:
@@ -181,7 +194,7 @@ class _Lowering:
                 dilations=list(a["dilations"]),
                 ceil_mode=int(a["ceil_mode"]),
             )
-        return self.prog.emit("maxpool", (x.id,), self.out_shape(data), x.scale, **attrs)
+        return self.prog.emit("maxpool", (x.id,), self.pool_shape(x, attrs), x.scale, **attrs)
 
     def lower_avgpool(self, name: str, data: dict, global_: bool = False) -> Value:
         x = self.arg(name, data["inputs"][0])
@@ -199,26 +212,32 @@ class _Lowering:
         if np.all(div == d) and d & (d - 1) == 0:
             k = d.bit_length() - 1
             return self.prog.emit(
-                "avgpool", (x.id,), self.out_shape(data), x.scale + k, mode="shift", **attrs
+                "avgpool", (x.id,), self.pool_shape(x, attrs), x.scale + k, mode="shift", **attrs
             )
+        # Multiply by round(2^bits / count), with enough bits that the reciprocal keeps f
+        # significant bits (2^16/196 alone would be off by 0.1%).
         x = self.fit(x, self.f)
+        bits = self.f + int(div.max()).bit_length()
         return self.prog.emit(
-            "avgpool", (x.id,), self.out_shape(data), x.scale + self.f, mode="mul", **attrs
+            "avgpool",
+            (x.id,),
+            self.pool_shape(x, attrs),
+            x.scale + bits,
+            mode="mul",
+            recip_bits=bits,
+            **attrs,
         )
 
     def lower_sumpool(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
         a = data["attrs"]
-        return self.prog.emit(
-            "sumpool",
-            (x.id,),
-            self.out_shape(data),
-            x.scale,
+        attrs = dict(
             kernel=list(a["kernel_shape"]),
             strides=list(a["strides"]),
             pads=list(a["pads"]),
             ceil_mode=int(a["ceil_mode"]),
         )
+        return self.prog.emit("sumpool", (x.id,), self.pool_shape(x, attrs), x.scale, **attrs)
 
     def lower_movement(self, name: str, data: dict, op: str) -> Value:
         a = data["attrs"]

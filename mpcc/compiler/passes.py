@@ -203,6 +203,28 @@ def _batchnorm(g: Graph, n: str) -> None:
     d["attrs"] = {"epsilon": float(a.get("epsilon", 1e-5))}
 
 
+def _reduce_mean(g: Graph, n: str) -> None:
+    d, a = g.node(n), g.node(n)["attrs"]
+    x, out = d["inputs"][0], d["outputs"][0]
+    rank = len(g.shape(x))
+    if len(d["inputs"]) > 1 and d["inputs"][1]:
+        axes = _ints(g.const(d["inputs"][1]))
+    else:
+        axes = _ints(a.get("axes", []))
+    axes = tuple(sorted(ax % rank for ax in axes)) or tuple(range(rank))
+    if rank < 3 or axes != tuple(range(2, rank)):
+        raise ModelError(
+            f"{_where(g, n)}: only a mean over all the spatial axes (2..{rank - 1}) is "
+            f"supported, not over axes {axes}"
+        )
+    d["op"], d["attrs"] = "GlobalAveragePool", {}
+    g.set_inputs(n, [x])
+    if not a.get("keepdims", 1):
+        mid = g.new_tensor(f"{out}_keepdims", (*g.shape(out)[:2], *(1,) * (rank - 2)))
+        g.set_outputs(n, [mid])
+        g.add_node("Reshape", [mid], [out], {"shape": g.shape(out)}, name=f"{n}_reshape")
+
+
 def _leaky_relu(g: Graph, n: str) -> None:
     g.node(n)["attrs"] = {"alpha": float(g.node(n)["attrs"].get("alpha", 0.01))}
 
@@ -300,6 +322,7 @@ _NORMALIZE: dict[str, Callable[[Graph, str], None]] = {
     "Mul": _binary,
     "Div": _binary,
     "BatchNormalization": _batchnorm,
+    "ReduceMean": _reduce_mean,
     "LeakyRelu": _leaky_relu,
     "Clip": _clip,
     "PRelu": _prelu,

@@ -73,6 +73,7 @@ def load(
         m = onnx.inliner.inline_local_functions(m)
     m = _upgrade(m)
     _name_nodes(m.graph)
+    _check_domains(m.graph)
     notes = _fix_input_shapes(m.graph, input_shapes)
     _fold_constants(m)
     m = _infer(m)
@@ -141,6 +142,13 @@ def _name_nodes(g: onnx.GraphProto) -> None:
             name = f"{name}_{i}"
         n.name = name
         seen.add(name)
+
+
+def _check_domains(g: onnx.GraphProto) -> None:
+    custom = [n for n in g.node if n.domain not in ("", "ai.onnx")]
+    if custom:
+        listed = ", ".join(f"node {n.name!r} (op {n.domain}.{n.op_type})" for n in custom)
+        raise ModelError(f"only standard ONNX ops are supported, not {listed}")
 
 
 def _fix_input_shapes(g: onnx.GraphProto, given: Shapes | tuple[int, ...] | None) -> list[str]:

@@ -134,8 +134,8 @@ def sumpool(x: np.ndarray, attrs: dict) -> np.ndarray:
     )
 
 
-def avgpool(x: np.ndarray, attrs: dict, frac_bits: int) -> np.ndarray:
-    """Window sums; in mode 'mul' times round(2^f / count) per position (scale + f)."""
+def avgpool(x: np.ndarray, attrs: dict) -> np.ndarray:
+    """Window sums; in mode 'mul' times round(2^recip_bits / count) per position."""
     s = sumpool(x, attrs)
     if attrs["mode"] == "shift":
         return s
@@ -147,7 +147,7 @@ def avgpool(x: np.ndarray, attrs: dict, frac_bits: int) -> np.ndarray:
         bool(attrs["ceil_mode"]),
         bool(attrs["count_include_pad"]),
     )
-    recip = np.rint(2.0**frac_bits / div).astype(np.int64).view(np.uint64)
+    recip = np.rint(2.0 ** attrs["recip_bits"] / div).astype(np.int64).view(np.uint64)
     return s * recip
 
 
@@ -201,7 +201,7 @@ def local(ins: Instr, args: list[np.ndarray], prog: Program, party: int) -> np.n
     if ins.op == "sumpool":
         return sumpool(args[0], a)
     if ins.op == "avgpool":
-        return avgpool(args[0], a, prog.frac_bits)
+        return avgpool(args[0], a)
     return None
 
 

@@ -268,8 +268,8 @@ def train(
     training many times slower when other processes compete for the cores. Leaves the module
     in eval mode; the caller's torch RNG state and thread count are left untouched.
     """
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
-    yt = torch.as_tensor(np.asarray(y, dtype=np.int64))
+    Xt = torch.tensor(np.asarray(X), dtype=torch.float32)  # a copy: X may be read-only
+    yt = torch.tensor(np.asarray(y), dtype=torch.int64)
     fwd = getattr(module, "logits", module)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -315,7 +315,7 @@ def _train_loop(
 def accuracy(module: nn.Module, X: np.ndarray, y: np.ndarray, batch_size: int = 512) -> float:
     """Fraction of ``X`` that ``module`` (in eval mode) classifies as ``y``."""
     module.eval()
-    Xt = torch.as_tensor(np.asarray(X, dtype=np.float32))
+    Xt = torch.tensor(np.asarray(X), dtype=torch.float32)
     pred = torch.cat(
         [module(Xt[i : i + batch_size]).argmax(1) for i in range(0, len(Xt), batch_size)]
     )
@@ -339,8 +339,7 @@ def _key(name: str) -> str:
 
 def trained(name: str, *, cache_dir: Path | None = None) -> nn.Module:
     """The named zoo model, trained on the digits train split (cached), in eval mode."""
-    if name not in MODELS:
-        raise KeyError(f"unknown zoo model {name!r}; choose from {', '.join(MODELS)}")
+    _check(name)
     cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
     weights = cache / f"{_key(name)}.pt"
     module = _fresh(name)
@@ -358,6 +357,7 @@ def build(name: str, *, dynamo: bool = False, cache_dir: Path | None = None) -> 
 
     Returns the path of the cached ``.onnx`` file; a second call returns at once.
     """
+    _check(name)
     cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
     path = cache / f"{_key(name)}-{'dynamo' if dynamo else 'torchscript'}.onnx"
     if path.exists():
@@ -375,6 +375,11 @@ def info(name: str, *, cache_dir: Path | None = None) -> dict[str, float]:
     cache = Path(cache_dir) if cache_dir is not None else cache_dir_default()
     trained(name, cache_dir=cache)
     return json.loads((cache / f"{_key(name)}.json").read_text())
+
+
+def _check(name: str) -> None:
+    if name not in MODELS:
+        raise KeyError(f"unknown zoo model {name!r}; choose from {', '.join(MODELS)}")
 
 
 def _fresh(name: str) -> nn.Module:
@@ -404,6 +409,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; these files are shareable
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-__all__ = ["run_onnxruntime"]
+__all__ = ["run_logits", "run_onnxruntime", "without_final_softmax"]
 
 
 def run_onnxruntime(
@@ -48,3 +48,27 @@ def run_onnxruntime(
     if not outs:
         raise ValueError("run_onnxruntime needs at least one input row")
     return np.concatenate(outs).astype(np.float64)
+
+
+def without_final_softmax(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    """The model with a final Softmax/LogSoftmax removed, so onnxruntime returns the logits
+    the secure plan returns (the compiler drops that softmax; argmax is unchanged)."""
+    m = model if isinstance(model, onnx.ModelProto) else onnx.load(str(model))
+    m = onnx.ModelProto.FromString(m.SerializeToString())
+    out = m.graph.output[0]
+    last = next((n for n in m.graph.node if out.name in n.output), None)
+    if last is None or last.op_type not in ("Softmax", "LogSoftmax"):
+        return m
+    src = last.input[0]
+    m.graph.node.remove(last)
+    for n in m.graph.node:
+        n.input[:] = [out.name if t == src else t for t in n.input]
+        n.output[:] = [out.name if t == src else t for t in n.output]
+    return m
+
+
+def run_logits(
+    model: str | Path | onnx.ModelProto, x: np.ndarray, batch: int | None = None
+) -> np.ndarray:
+    """onnxruntime's logits: like run_onnxruntime, with a final softmax removed first."""
+    return run_onnxruntime(without_final_softmax(model), x, batch)

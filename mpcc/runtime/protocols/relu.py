@@ -44,7 +44,6 @@ from mpcc.runtime.prg import Prg
 from mpcc.runtime.transport import Channel
 
 
-
 def _and_levels(m: int) -> tuple[int, ...]:
     """AND gates per level of the pairwise tree over m leaves (an odd top node carried)."""
     levels = []
@@ -167,7 +166,9 @@ def expand(
     return ReluMaterial(n=n, shift=shift, **m)
 
 
-def _truncate(party: int, c: np.ndarray, r_hi: np.ndarray, r_63: np.ndarray, shift: int):
+def _truncate(
+    party: int, c: np.ndarray, r_hi: np.ndarray, r_63: np.ndarray, shift: int
+) -> np.ndarray:
     """[floor(x / 2^shift) + u] from the opened c (known-MSB truncation, local)."""
     c_63 = c >> _63
     b = r_63 - ((c_63 * r_63) << _ONE)  # [r_63] - 2 c_63 [r_63]
@@ -178,7 +179,9 @@ def _truncate(party: int, c: np.ndarray, r_hi: np.ndarray, r_63: np.ndarray, shi
     return y
 
 
-def _open_masked(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray):
+def _open_masked(
+    ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """Round 1: open c = x + 2^62 + r; returns c and this party's share of y."""
     c_share = x + mat.r
     if party == 0:

@@ -1,0 +1,88 @@
+"""Secure and cleartext inference against onnxruntime on real digits, for the four reference
+models, and the transport's counted traffic against the compiler's cost model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mpcc.compiler.costmodel import estimate
+from mpcc.compiler.pipeline import compile_onnx
+from mpcc.runtime.cleartext import predict
+from mpcc.runtime.cluster import LocalCluster
+from mpcc.zoo.reference import run_logits
+
+MODELS = ["mlp", "cnn", "lenet", "resnet"]
+
+
+@pytest.fixture(scope="module")
+def plans(zoo_model):
+    cache: dict = {}
+
+    def get(name: str, batch: int):
+        if (name, batch) not in cache:
+            path = zoo_model(name)
+            cache[name, batch] = (path, *compile_onnx(path, (batch, 1, 28, 28), name=name))
+        return cache[name, batch]
+
+    return get
+
+
+@pytest.fixture(scope="module")
+def reference(zoo_model, digits_test):
+    cache: dict = {}
+
+    def get(name: str) -> np.ndarray:
+        if name not in cache:
+            cache[name] = run_logits(zoo_model(name), digits_test[0], batch=64)
+        return cache[name]
+
+    return get
+
+
+def _agreement(got: np.ndarray, ref: np.ndarray) -> float:
+    return float((got.argmax(1) == ref.argmax(1)).mean())
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_cleartext_interpreter_matches_onnxruntime(name, plans, reference, digits_test) -> None:
+    _, prog, weights = plans(name, 64)
+    got = predict(prog, weights, digits_test[0])
+    ref = reference(name)
+    assert got.shape == ref.shape == (len(digits_test[0]), 10)
+    assert _agreement(got, ref) >= 0.995
+    assert np.abs(got - ref).max() <= 0.01
+
+
+@pytest.mark.parametrize("batch", [1, 64])
+@pytest.mark.parametrize("name", MODELS)
+def test_secure_inference_matches_onnxruntime(name, batch, plans, reference, digits_test) -> None:
+    _, prog, weights = plans(name, batch)
+    x = digits_test[0]
+    with LocalCluster(prog, weights) as cluster:
+        got = cluster.predict(x)
+        stats = cluster.stats
+    ref = reference(name)
+    assert got.shape == ref.shape
+    assert _agreement(got, ref) >= 0.995
+    assert np.abs(got - ref).max() <= 0.02
+    # What the transport counted for the last query is what the compiler predicted.
+    want = estimate(prog).total
+    assert stats.sent == (want.sent, want.sent)
+    assert stats.rounds == want.rounds
+    assert stats.dealer_bytes == want.dealer
+
+
+def test_public_weights_make_linear_layers_local(plans, reference, digits_test) -> None:
+    path = plans("lenet", 1)[0]
+    prog, weights = compile_onnx(path, (8, 1, 28, 28), public_weights=True)
+    x = digits_test[0][:16]
+    with LocalCluster(prog, weights) as cluster:
+        got = cluster.predict(x)
+        stats = cluster.stats
+    ref = reference("lenet")[:16]
+    assert _agreement(got, ref) == 1.0 and np.abs(got - ref).max() <= 0.02
+    secret = estimate(compile_onnx(path, (8, 1, 28, 28))[0]).total
+    want = estimate(prog).total
+    assert stats.rounds == want.rounds == secret.rounds - 4  # four linear layers, no rounds
+    assert stats.sent == (want.sent, want.sent) and want.sent < secret.sent
