@@ -184,10 +184,10 @@ def _torch_module(kind: str):
 
 
 @functools.cache
-def export(kind: str, dynamo: bool) -> tuple[onnx.ModelProto, Any]:
+def export(kind: str, dynamo: bool, opset: int | None = None) -> tuple[onnx.ModelProto, Any]:
     """A small torch model ("convnet", "mixed": input [N, 1, 12, 12]; "kitchen": [N, 3, 16, 16];
-    a dynamic batch axis) exported with the dynamo or the TorchScript exporter (opset 13,
-    constant folding off); returns (model, module)."""
+    a dynamic batch axis) exported with the dynamo or the TorchScript exporter (by default
+    opset 13 and constant folding off for TorchScript); returns (model, module)."""
     import tempfile
     import warnings
 
@@ -207,6 +207,7 @@ def export(kind: str, dynamo: bool) -> tuple[onnx.ModelProto, Any]:
                 input_names=["x"],
                 dynamo=True,
                 verbose=False,
+                opset_version=opset,
                 dynamic_shapes={"x": {0: batch}},
             )
         else:
@@ -216,7 +217,7 @@ def export(kind: str, dynamo: bool) -> tuple[onnx.ModelProto, Any]:
                 path,
                 input_names=["x"],
                 dynamo=False,
-                opset_version=13,
+                opset_version=opset or 13,
                 dynamic_axes={"x": {0: "batch"}},
                 do_constant_folding=False,
             )

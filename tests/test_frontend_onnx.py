@@ -6,9 +6,11 @@ import numpy as np
 import onnx
 import pytest
 
+from mpcc.compiler.graph import Graph
+from mpcc.compiler.passes import run_all
 from mpcc.errors import ModelError
 from mpcc.frontends.onnx import load, notes, parse_input_shapes
-from tests.onnx_builders import export, model, node, rand, run
+from tests.onnx_builders import export, feeds_for, model, node, rand, run
 
 
 def shape_of(m: onnx.ModelProto, t: str) -> tuple[int, ...]:
@@ -208,6 +210,22 @@ def test_old_opset_is_upgraded():
     assert shape_of(m, "z") == (1, 2, 3)
 
 
+def test_custom_domain_ops_are_listed():
+    nodes = [
+        onnx.helper.make_node("Gelu", ["x"], ["a"], "g1", domain="com.microsoft"),
+        onnx.helper.make_node("FusedX", ["a"], ["y"], "f1", domain="my.ops"),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes, "g", [onnx.helper.make_tensor_value_info("x", 1, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", 1, [1, 4])],
+    )  # fmt: skip
+    opsets = [onnx.helper.make_opsetid(d, 1) for d in ("com.microsoft", "my.ops")]
+    m = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17), *opsets])
+    with pytest.raises(ModelError) as e:
+        load(m)
+    assert "node 'g1' (op com.microsoft.Gelu), node 'f1' (op my.ops.FusedX)" in str(e.value)
+
+
 def test_unnamed_nodes_get_unique_names():
     m = relu_model()
     m.graph.node.append(onnx.helper.make_node("Relu", ["y"], ["z"]))
@@ -228,3 +246,15 @@ def test_torch_exports_load_to_static_graphs(dynamo):
     ops = {n.op_type for n in out.graph.node}
     assert not ops & {"Shape", "Gather", "Concat", "Constant", "Cast", "Unsqueeze"}
     assert shape_of(out, out.graph.output[0].name) == (3, 5)
+
+
+@pytest.mark.parametrize("dynamo, opset", [(False, 17), (True, 21)], ids=["torchscript", "dynamo"])
+def test_torch_export_other_opsets(dynamo, opset):
+    m, _ = export("convnet", dynamo, opset)
+    assert next(o.version for o in m.opset_import if o.domain == "") == opset
+    g = Graph.from_onnx(load(m))
+    feeds = feeds_for(g)
+    ref = run(m, feeds)[0]
+    (logits,) = run(run_all(g).to_onnx(), feeds)
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    np.testing.assert_allclose(e / e.sum(-1, keepdims=True), ref, rtol=1e-5, atol=1e-6)

@@ -254,6 +254,26 @@ def test_normalize_pad_errors(mode, pads, match):
         P.normalize(graph_of(m))
 
 
+@pytest.mark.parametrize("keepdims", [0, 1])
+@pytest.mark.parametrize("opset", [17, 18])
+def test_normalize_reduce_mean(keepdims, opset):
+    if opset >= 18:
+        nodes = [node("ReduceMean", ["x", "axes"], ["y"], keepdims=keepdims)]
+        inits = {"axes": np.array([-1, 2])}
+    else:
+        nodes, inits = [node("ReduceMean", ["x"], ["y"], axes=[3, -2], keepdims=keepdims)], {}
+    m = model(nodes, {"x": (2, 3, 4, 5)}, ["y"], inits, opset=opset)
+    g = check_passes(m, P.normalize)
+    check_contract(g)
+    assert ops(g) == ["GlobalAveragePool"] + ["Reshape"] * (1 - keepdims)
+
+
+def test_reduce_mean_over_other_axes_is_an_error():
+    m = model([node("ReduceMean", ["x"], ["y"], axes=[1])], {"x": (2, 3, 4, 5)}, ["y"])
+    with pytest.raises(ModelError, match=r"spatial axes \(2..3\).*\(1,\)"):
+        P.normalize(graph_of(m))
+
+
 # ---- 2. Identity / Dropout ---------------------------------------------------------------
 
 

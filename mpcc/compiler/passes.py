@@ -10,8 +10,14 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
 - Relu; LeakyRelu (alpha); Clip (min, max floats, +-inf when absent); PRelu [x, slope].
 - MaxPool (kernel_shape, strides, pads, dilations, ceil_mode); AveragePool and SumPool
   (kernel_shape, strides, pads, count_include_pad, ceil_mode); GlobalAveragePool; GlobalMaxPool.
-- Reshape (shape), Transpose (perm), Concat (axis >= 0), Slice (starts, ends, axes, steps),
-  Pad (pads in ONNX order, value).
+- Reshape (shape: static, no -1 or 0), Transpose (perm), Concat (axis >= 0; inputs may be
+  constants), Pad (pads in ONNX order over all axes, value; mode constant).
+- Slice (starts, ends, axes, steps): axes >= 0 in increasing order; starts and ends are
+  non-negative and clamped like Python's slice with those bounds, except that with a negative
+  step `end == -1` means "through index 0".
+
+No Identity, Dropout, BatchNormalization, Softmax, LogSoftmax, Gemm, Div, Flatten, Squeeze,
+Unsqueeze or ReduceMean remains.
 """
 
 from __future__ import annotations

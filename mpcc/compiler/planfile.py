@@ -23,7 +23,7 @@ FORMAT = "mpcc-plan"
 VERSION = 1
 PROTOCOLS = {
     "linear": "beaver triple, weights masked once per session (F = W - B)",
-    "truncation": "known-MSB with a 2^62 bias, 1 round, |x| < 2^62, error in {-1, 0} LSB",
+    "truncation": "known-MSB with a 2^62 bias, 1 round, |x| < 2^62, error in {0, +1} LSB",
     "relu": "masked opening + 62-bit comparison tree (116 ANDs, 6 rounds) + daBit select",
     "randomness": "AES-128-CTR keyed by HKDF-SHA256 from secrets; seed-compressed dealer",
 }

@@ -74,14 +74,14 @@ def load(
     m = _upgrade(m)
     _name_nodes(m.graph)
     _check_domains(m.graph)
-    notes = _fix_input_shapes(m.graph, input_shapes)
+    found = _fix_input_shapes(m.graph, input_shapes)
     _fold_constants(m)
     m = _infer(m)
     _check_static(m.graph)
     for p in [p for p in m.metadata_props if p.key == NOTES_KEY]:
         m.metadata_props.remove(p)
-    if notes:
-        m.metadata_props.add(key=NOTES_KEY, value="\n".join(notes))
+    if found:
+        m.metadata_props.add(key=NOTES_KEY, value="\n".join(found))
     return m
 
 

@@ -38,6 +38,12 @@ class Traffic:
         )
 
 
+def _contiguous(a: np.ndarray) -> np.ndarray:
+    """A C-contiguous array of the same shape (0-d included, unlike np.ascontiguousarray)."""
+    a = np.asarray(a)
+    return a if a.flags.c_contiguous else np.ascontiguousarray(a)
+
+
 class _Abort:
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -54,7 +60,7 @@ class Channel:
 
     def send(self, arrays: list[np.ndarray]) -> None:
         """Send one message (a list of arrays) to the peer."""
-        arrays = [np.ascontiguousarray(a) for a in arrays]
+        arrays = [_contiguous(a) for a in arrays]
         self._put(arrays)
         self.traffic.bytes_sent += sum(a.nbytes for a in arrays)
         self.traffic.messages_sent += 1

@@ -41,6 +41,7 @@ import numpy as np
 from mpcc.errors import MaterialError
 from mpcc.runtime import bitslice
 from mpcc.runtime.prg import Prg
+from mpcc.runtime.protocols import truncation
 from mpcc.runtime.transport import Channel
 
 
@@ -166,19 +167,6 @@ def expand(
     return ReluMaterial(n=n, shift=shift, **m)
 
 
-def _truncate(
-    party: int, c: np.ndarray, r_hi: np.ndarray, r_63: np.ndarray, shift: int
-) -> np.ndarray:
-    """[floor(x / 2^shift) + u] from the opened c (known-MSB truncation, local)."""
-    c_63 = c >> _63
-    b = r_63 - ((c_63 * r_63) << _ONE)  # [r_63] - 2 c_63 [r_63]
-    y = (b << np.uint64(63 - shift)) - r_hi
-    if party == 0:
-        y += ((c & LOW63) >> np.uint64(shift)) + (c_63 << np.uint64(63 - shift))
-        y -= np.uint64(1 << (62 - shift))
-    return y
-
-
 def _open_masked(
     ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -189,7 +177,7 @@ def _open_masked(
     (peer,) = ch.exchange([c_share])
     c = c_share + peer
     if mat.shift:
-        return c, _truncate(party, c, mat.r_hi, mat.r_63, mat.shift)
+        return c, truncation.output_share(party, c, mat.r_hi, mat.r_63, mat.shift)
     return c, x
 
 

@@ -1,0 +1,111 @@
+"""The `mpcc` command line: compile, inspect, run, and clear errors (status 2, no traceback)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from mpcc.cli import main
+from mpcc.zoo.reference import run_logits
+from tests.onnx_builders import model, node, rand
+
+
+@pytest.fixture(scope="module")
+def lenet_plan(zoo_model, tmp_path_factory):
+    path = zoo_model("lenet")
+    out = tmp_path_factory.mktemp("cli") / "lenet.mpcc"
+    assert main(["compile", str(path), "--input-shape", "4x1x28x28", "-o", str(out)]) == 0
+    return path, out
+
+
+def test_compile_prints_the_cost_table(lenet_plan, capsys, zoo_model, tmp_path) -> None:
+    out = tmp_path / "l.mpcc"
+    assert (
+        main(["compile", str(zoo_model("lenet")), "--input-shape", "1x1x28x28", "-o", str(out)])
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "online rounds          60" in text and "= maxpool" in text and f"wrote {out}" in text
+    assert main(["compile", str(zoo_model("lenet")), "-o", str(out), "--json"]) == 0
+    assert '"rounds": 60' in capsys.readouterr().out
+
+
+def test_inspect(lenet_plan, capsys) -> None:
+    assert main(["inspect", str(lenet_plan[1])]) == 0
+    assert "plan file with the owner's weights" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_run_any_number_of_samples(lenet_plan, digits_test, tmp_path, secure) -> None:
+    onnx_path, plan = lenet_plan
+    x = digits_test[0][:10]  # not a multiple of the plan's batch of 4
+    np.save(tmp_path / "x.npy", x)
+    args = [
+        "run",
+        str(plan),
+        "--input",
+        str(tmp_path / "x.npy"),
+        "--output",
+        str(tmp_path / "y.npy"),
+        "-q",
+    ]
+    assert main(args + ([] if secure else ["--cleartext"])) == 0
+    y = np.load(tmp_path / "y.npy")
+    ref = run_logits(onnx_path, x)
+    assert y.shape == (10, 10) and np.abs(y - ref).max() < 0.02
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mpcc", *args], capture_output=True, text=True, timeout=300
+    )
+
+
+def _assert_user_error(res: subprocess.CompletedProcess, *needles: str) -> None:
+    assert res.returncode == 2, res.stderr
+    assert "Traceback" not in res.stderr
+    assert res.stderr.startswith("mpcc: error: ")
+    for n in needles:
+        assert n in res.stderr, res.stderr
+
+
+def test_malformed_file_is_a_clear_error(tmp_path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    _assert_user_error(_cli("compile", str(bad)), "bad.onnx")
+
+
+def test_unsupported_ops_are_listed_at_once(tmp_path) -> None:
+    m = model(
+        [node("Sigmoid", ["x"], ["a"]), node("Relu", ["a"], ["b"]), node("Tanh", ["b"], ["y"])],
+        {"x": [1, 4]},
+        ["y"],
+    )
+    onnx.save(m, tmp_path / "m.onnx")
+    _assert_user_error(_cli("compile", str(tmp_path / "m.onnx")), "Sigmoid", "Tanh", "Relu")
+
+
+def test_dynamic_dimension_left_unfixed(tmp_path) -> None:
+    m = model([node("Relu", ["x"], ["y"])], {"x": [1, "width"]}, ["y"])
+    onnx.save(m, tmp_path / "m.onnx")
+    _assert_user_error(_cli("compile", str(tmp_path / "m.onnx")), "--input-shape")
+
+
+def test_non_constant_weight(tmp_path) -> None:
+    m = model([node("Conv", ["x", "w"], ["y"])], {"x": [1, 1, 4, 4], "w": [1, 1, 3, 3]}, ["y"])
+    onnx.save(m, tmp_path / "m.onnx")
+    _assert_user_error(_cli("compile", str(tmp_path / "m.onnx")), "Conv")
+
+
+def test_wrong_input_shape_names_the_expected_shape(lenet_plan, tmp_path) -> None:
+    np.save(tmp_path / "x.npy", rand(3, 1, 20, 20))
+    res = _cli("run", str(lenet_plan[1]), "--input", str(tmp_path / "x.npy"), "--cleartext")
+    _assert_user_error(res, "[n, 1, 28, 28]")
+
+
+def test_missing_plan_file(tmp_path) -> None:
+    _assert_user_error(_cli("inspect", str(tmp_path / "nope.mpcc")), "nope.mpcc")
