@@ -14,7 +14,7 @@ import pytest
 
 from mpcc.errors import ModelError
 from mpcc.zoo.digits import load_digits_28
-from mpcc.zoo.reference import run_onnxruntime
+from mpcc.zoo.reference import run_logits, run_onnxruntime, without_final_softmax
 
 torch = pytest.importorskip("torch")
 
@@ -214,3 +214,14 @@ def test_run_onnxruntime_fixed_batch_and_chunks():
         np.testing.assert_allclose(run_onnxruntime(proto, xs.numpy(), batch), want, atol=1e-5)
     dyn = export(m, torch.rand(2, 1, 4, 4), dynamic_batch=True)
     np.testing.assert_allclose(run_onnxruntime(dyn, xs.numpy(), batch=3), want, atol=1e-5)
+
+
+def test_run_logits_drops_the_final_softmax(zoo_model, digits_test):
+    path = zoo_model("resnet")
+    X = digits_test[0][:64]
+    logits = run_logits(path, X)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    np.testing.assert_allclose(e / e.sum(1, keepdims=True), run_onnxruntime(path, X), atol=1e-5)
+    assert op_types(without_final_softmax(onnx.load(path)))[-1] == "Gemm"
+    mlp = zoo_model("mlp")
+    np.testing.assert_array_equal(run_logits(mlp, X), run_onnxruntime(mlp, X))

@@ -84,8 +84,11 @@ def export(
     except ModelError:
         raise
     except Exception as e:
+        detail = str(e).strip()
+        if len(detail) > 800:  # torch.export's reports run to pages; the cause stays chained
+            detail = detail[:800] + " ..."
         raise ModelError(
-            f"{kind} ONNX export of {type(module).__name__} failed: {type(e).__name__}: {e}"
+            f"{kind} ONNX export of {type(module).__name__} failed: {type(e).__name__}: {detail}"
         ) from e
 
     if path is not None:

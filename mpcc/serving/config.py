@@ -1,0 +1,159 @@
+"""The cluster configuration file, `cluster.toml`: addresses, credentials, serving limits.
+
+Relative paths in the file are relative to the file's directory, so a directory holding the
+file, `ca.crt` and one role's key and certificate can be copied to that role's machine.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from mpcc.errors import MpccError
+from mpcc.serving.certs import ROLES
+
+PARTIES = ("p0", "p1", "dealer")
+CONFIG_NAME = "cluster.toml"
+
+
+class ConfigError(MpccError):
+    """The cluster configuration is missing, malformed or incomplete."""
+
+
+@dataclass(frozen=True)
+class Serving:
+    """Limits and timing of the serving loop (the `[serving]` table)."""
+
+    timeout_s: float = 5.0  # silence on a link during a query or start-up step: a fault
+    setup_timeout_s: float = 60.0  # a whole session start-up (weights are opened in it)
+    client_timeout_s: float = 30.0  # a client's wait for one answer, queueing included
+    max_frame_mb: float = 256.0  # largest frame a peer may send
+    stock: int = 4  # queries of preprocessing kept ready ahead (per compute party)
+    batch_wait_ms: float = 2.0  # how long P0 waits to fill a batch with queued requests
+    max_connections: int = 64  # concurrent connections a party accepts
+
+    @property
+    def max_frame_bytes(self) -> int:
+        return int(self.max_frame_mb * 2**20)
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """A parsed `cluster.toml`; paths are absolute."""
+
+    path: Path
+    name: str
+    ca: Path
+    addresses: dict[str, tuple[str, int]]
+    credentials: dict[str, tuple[Path, Path]]  # role -> (certificate, private key)
+    state_dir: Path
+    serving: Serving = field(default_factory=Serving)
+
+    def address(self, role: str) -> tuple[str, int]:
+        try:
+            return self.addresses[role]
+        except KeyError:
+            raise ConfigError(f"{self.path}: no address for {role}") from None
+
+    def credential(self, role: str) -> tuple[Path, Path]:
+        """(certificate, key) of a role; both files must exist on this machine."""
+        if role not in self.credentials:
+            raise ConfigError(f"{self.path}: no credentials for role {role!r}")
+        cert, key = self.credentials[role]
+        for p in (cert, key):
+            if not p.is_file():
+                raise ConfigError(f"the {role} credentials are not on this machine: no {p}")
+        return cert, key
+
+    def role_state_dir(self, role: str) -> Path:
+        return self.state_dir / role
+
+    def with_serving(self, **changes: Any) -> ClusterConfig:
+        """A copy with some `[serving]` values changed (tests, command-line overrides)."""
+        return replace(self, serving=replace(self.serving, **changes))
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[IPv6]:PORT' -> (host, port)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"address {text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def format_address(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def load(path: str | Path) -> ClusterConfig:
+    """Read and check a `cluster.toml` (or the one inside a directory)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / CONFIG_NAME
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no cluster configuration at {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    base = path.resolve().parent
+    try:
+        cluster = raw["cluster"]
+        addresses = {r: parse_address(raw["parties"][r]) for r in PARTIES}
+        creds = {
+            r: (base / c["cert"], base / c["key"]) for r, c in raw.get("credentials", {}).items()
+        }
+        known = {f for f in Serving.__dataclass_fields__}
+        extra = set(raw.get("serving", {})) - known
+        if extra:
+            raise ConfigError(f"{path}: unknown [serving] keys: {', '.join(sorted(extra))}")
+        serving = Serving(**raw.get("serving", {}))
+        return ClusterConfig(
+            path=path.resolve(),
+            name=str(cluster["name"]),
+            ca=base / cluster.get("ca", "ca.crt"),
+            addresses=addresses,
+            credentials=creds,
+            state_dir=base / cluster.get("state_dir", "state"),
+            serving=serving,
+        )
+    except (KeyError, TypeError) as e:
+        raise ConfigError(f"{path}: missing or malformed entry {e}") from None
+
+
+def _q(s: str) -> str:
+    return json.dumps(s)  # a JSON string is a valid TOML basic string for these values
+
+
+def render(
+    name: str,
+    addresses: dict[str, tuple[str, int]],
+    roles: tuple[str, ...] = ROLES,
+    serving: Serving | None = None,
+) -> str:
+    """The text of a `cluster.toml` (written by hand: the standard library reads TOML only)."""
+    s = serving or Serving()
+    lines = [
+        "# mpcc cluster configuration, written by `mpcc cluster init`.",
+        "# A machine needs this file, ca.crt and the .key/.crt of its own role only.",
+        "# Relative paths are relative to this file.",
+        "",
+        "[cluster]",
+        f"name = {_q(name)}",
+        'ca = "ca.crt"',
+        'state_dir = "state"   # each party keeps its deployed model under state/<role>',
+        "",
+        "[parties]",
+        *(f"{r} = {_q(format_address(addresses[r]))}" for r in PARTIES),
+        "",
+    ]
+    for r in roles:
+        lines += [f"[credentials.{r}]", f'cert = "{r}.crt"', f'key = "{r}.key"', ""]
+    lines += ["[serving]"]
+    for k in Serving.__dataclass_fields__:
+        lines.append(f"{k} = {getattr(s, k)!r}")
+    return "\n".join(lines) + "\n"
