@@ -16,7 +16,7 @@ import numpy as np
 
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.ir import CLIENT, Program, Value, WeightSpec
-from mpcc.compiler.poolshapes import pool_divisors, pool_output_shape
+from mpcc.compiler.poolshapes import pool_counts, pool_output_shape
 from mpcc.errors import ModelError
 
 # A value multiplied again may carry at most this many fractional bits above f (the window
@@ -204,7 +204,9 @@ class _Lowering:
             a = data["attrs"]
             kernel, strides, pads = list(a["kernel_shape"]), list(a["strides"]), list(a["pads"])
             ceil, incl = int(a["ceil_mode"]), int(a["count_include_pad"])
-        div = pool_divisors(x.shape[2:], kernel, strides, pads, ceil, incl)
+        div = pool_counts(
+            x.shape[2:], kernel, strides, pads, bool(ceil), count_include_pad=bool(incl)
+        )
         attrs = dict(
             kernel=kernel, strides=strides, pads=pads, ceil_mode=ceil, count_include_pad=incl
         )

@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
+from mpcc.compiler.poolshapes import pool_counts, pool_output_shape, window
+
 _ZERO = np.uint64(0)
 # Rows of Bt per column block of the product: their K words should stay in L2.
 _L2_WORDS = 32768
@@ -309,73 +311,6 @@ def _ring(x: np.ndarray, ndim: int | None, name: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    t = (int(v), int(v)) if np.isscalar(v) else tuple(int(e) for e in v)
-    if len(t) != 2:
-        raise ValueError(f"{name}: expected 2 values, got {v!r}")
-    return t  # type: ignore[return-value]
-
-
-def _pads4(pads: int | Sequence[int]) -> tuple[int, int, int, int]:
-    t = (int(pads),) * 4 if np.isscalar(pads) else tuple(int(e) for e in pads)
-    if len(t) != 4:
-        raise ValueError(f"pads: expected [top, left, bottom, right], got {pads!r}")
-    if min(t) < 0:
-        raise ValueError(f"pads must be non-negative, got {pads!r}")
-    return t  # type: ignore[return-value]
-
-
-def _window(
-    kernel: int | Sequence[int],
-    strides: int | Sequence[int],
-    pads: int | Sequence[int],
-    dilations: int | Sequence[int],
-) -> tuple[int, int, int, int, int, int, int, int, int, int]:
-    """(kh, kw, sh, sw, pt, pl, pb, pr, dh, dw) from ONNX-style window attributes."""
-    return (
-        *_pair(kernel, "kernel"),
-        *_pair(strides, "strides"),
-        *_pads4(pads),
-        *_pair(dilations, "dilations"),
-    )  # type: ignore[return-value]
-
-
-def _out_size(size: int, k: int, s: int, head: int, tail: int, d: int, ceil_mode: bool) -> int:
-    span = size + head + tail - d * (k - 1) - 1
-    if k < 1 or s < 1 or d < 1:
-        raise ValueError(f"kernel, stride and dilation must be positive (k={k}, s={s}, d={d})")
-    if span < 0:
-        raise ValueError(f"window of size {k} (dilation {d}) does not fit input {size} + pads")
-    if not ceil_mode:
-        return span // s + 1
-    out = -(-span // s) + 1
-    # A last window that would start in the tail padding is dropped (ONNX Runtime, PyTorch).
-    if (out - 1) * s >= size + head:
-        out -= 1
-    return out
-
-
-def pool_output_shape(
-    input_hw: Sequence[int],
-    kernel: int | Sequence[int],
-    strides: int | Sequence[int],
-    pads: int | Sequence[int],
-    dilations: int | Sequence[int] = (1, 1),
-    ceil_mode: bool = False,
-) -> tuple[int, int]:
-    """Output (OH, OW) of ONNX Conv/MaxPool/AveragePool; pads = [top, left, bottom, right].
-
-    With `ceil_mode` the last partial window is kept unless it would start in the bottom/right
-    padding. Convolution uses `ceil_mode=False`.
-    """
-    h, w = (int(e) for e in input_hw)
-    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = _window(kernel, strides, pads, dilations)
-    return (
-        _out_size(h, kh, sh, pt, pb, dh, ceil_mode),
-        _out_size(w, kw, sw, pl, pr, dw, ceil_mode),
-    )
-
-
 def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Ring product a @ b of uint64 matrices (M, K) x (K, N) -> (M, N), mod 2^64."""
     a, b = _ring(a, 2, "a"), _ring(b, 2, "b")
@@ -411,7 +346,7 @@ def conv2d(
     groups = int(groups)
     if groups < 1 or c % groups or o % groups or cg * groups != c:
         raise ValueError(f"conv2d: x {x.shape}, w {w.shape} and groups={groups} do not agree")
-    _, _, sh, sw, pt, pl, _, _, dh, dw = _window((kh, kw), strides, pads, dilations)
+    _, _, sh, sw, pt, pl, _, _, dh, dw = window((kh, kw), strides, pads, dilations)
     oh, ow = pool_output_shape((h, wd), (kh, kw), strides, pads, dilations)
     if cg == 1:  # depthwise, or a single input channel: no im2col
         out = np.empty((n, o, oh, ow), np.uint64)
@@ -438,7 +373,7 @@ def pool_windows(
     `pad_value` reduced mod 2^64 (so -2**63 gives the most negative ring element).
     """
     x = _ring(x, 4, "x")
-    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = _window(kernel, strides, pads, dilations)
+    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = window(kernel, strides, pads, dilations)
     oh, ow = pool_output_shape(x.shape[2:], kernel, strides, pads, dilations, ceil_mode)
     out = np.empty((*x.shape[:2], oh, ow, kh * kw), np.uint64)
     pad = np.uint64(int(pad_value) % 2**64)
@@ -456,39 +391,12 @@ def sum_pool(
 ) -> np.ndarray:
     """Sum over each pooling window of x (N, C, H, W) -> (N, C, OH, OW); padding counts as 0."""
     x = _ring(x, 4, "x")
-    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = _window(kernel, strides, pads, dilations)
+    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = window(kernel, strides, pads, dilations)
     oh, ow = pool_output_shape(x.shape[2:], kernel, strides, pads, dilations, ceil_mode)
     out = np.empty((*x.shape[:2], oh, ow), np.uint64)
     ones = np.ones((x.shape[1], kh * kw), np.uint64)
     _conv_depthwise(x, ones, out, kh, kw, sh, sw, pt, pl, dh, dw)
     return out
-
-
-def pool_counts(
-    input_hw: Sequence[int],
-    kernel: int | Sequence[int],
-    strides: int | Sequence[int],
-    pads: int | Sequence[int],
-    ceil_mode: bool = False,
-    dilations: int | Sequence[int] = (1, 1),
-    count_include_pad: bool = False,
-) -> np.ndarray:
-    """Elements each pooling window averages over, int64 (OH, OW): AveragePool's divisors.
-
-    By default the positions inside the image (count_include_pad=0). With
-    `count_include_pad` the positions inside the padded image, as ONNX Runtime and PyTorch
-    count them: a ceil_mode window's overhang past the bottom/right padding is not counted.
-    """
-    h, w = (int(e) for e in input_hw)
-    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = _window(kernel, strides, pads, dilations)
-    oh, ow = pool_output_shape((h, w), kernel, strides, pads, dilations, ceil_mode)
-    lo_h, hi_h = (0, h) if not count_include_pad else (-pt, h + pb)
-    lo_w, hi_w = (0, w) if not count_include_pad else (-pl, w + pr)
-    rows = np.arange(oh)[:, None] * sh - pt + np.arange(kh)[None, :] * dh
-    cols = np.arange(ow)[:, None] * sw - pl + np.arange(kw)[None, :] * dw
-    n_rows = ((rows >= lo_h) & (rows < hi_h)).sum(axis=1)
-    n_cols = ((cols >= lo_w) & (cols < hi_w)).sum(axis=1)
-    return (n_rows[:, None] * n_cols[None, :]).astype(np.int64)
 
 
 __all__ = [

@@ -17,7 +17,7 @@ import numpy as np
 
 from mpcc.compiler.costmodel import maxpool_levels
 from mpcc.compiler.ir import Instr, Program
-from mpcc.compiler.poolshapes import pool_divisors
+from mpcc.compiler.poolshapes import pool_counts
 from mpcc.runtime import kernels
 from mpcc.runtime.fixedpoint import encode
 
@@ -139,13 +139,13 @@ def avgpool(x: np.ndarray, attrs: dict) -> np.ndarray:
     s = sumpool(x, attrs)
     if attrs["mode"] == "shift":
         return s
-    div = pool_divisors(
+    div = pool_counts(
         x.shape[2:],
         attrs["kernel"],
         attrs["strides"],
         attrs["pads"],
         bool(attrs["ceil_mode"]),
-        bool(attrs["count_include_pad"]),
+        count_include_pad=bool(attrs["count_include_pad"]),
     )
     recip = np.rint(2.0 ** attrs["recip_bits"] / div).astype(np.int64).view(np.uint64)
     return s * recip
