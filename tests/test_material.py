@@ -66,3 +66,39 @@ def test_bundle_round_trips_through_arrays() -> None:
     assert got.session == b.session and got.query == 7
     assert np.array_equal(got.corrections[0], b.corrections[0])
     assert b.nbytes == 40
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    from mpcc.compiler.pipeline import compile_onnx
+    from tests.onnx_builders import model, node, rand
+
+    m = model(
+        [node("Gemm", ["x", "W"], ["h"], transB=1), node("Relu", ["h"], ["y"])],
+        {"x": [2, 6]},
+        ["y"],
+        {"W": rand(4, 6)},
+    )
+    return compile_onnx(m, (2, 6))
+
+
+def test_dealer_material_from_another_session_is_refused(tiny) -> None:
+    from mpcc.runtime.cluster import LocalCluster
+
+    prog, weights = tiny
+    with LocalCluster(prog, weights) as a, LocalCluster(prog, weights) as b:
+        foreign = a.dealer.deal(0)
+        with pytest.raises(MaterialError, match="session"):
+            b.parties[1].prepare(0, foreign)
+
+
+def test_a_query_cannot_run_twice_on_the_same_material(tiny) -> None:
+    from mpcc.runtime.cluster import LocalCluster
+    from mpcc.runtime.prg import share
+
+    prog, weights = tiny
+    with LocalCluster(prog, weights) as c:
+        c.predict(np.ones((2, 6)))
+        s0, s1 = share(np.zeros((2, 6), dtype=np.uint64))
+        with pytest.raises(MaterialError, match="already consumed"):
+            c._both(lambda p, s: p.run(0, {"x": s}), (s0, s1))

@@ -11,9 +11,11 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
+from mpcc.compiler import planfile
 from mpcc.compiler.ir import Program
 from mpcc.compiler.planfile import plan_hash
 from mpcc.errors import MpccError, PartyError
@@ -53,10 +55,20 @@ class LocalCluster:
     """Three parties in one process; the model owner's weights enter only as shares."""
 
     def __init__(
-        self, prog: Program, weights: dict[str, np.ndarray], *, timeout: float = DEFAULT_TIMEOUT_S
+        self,
+        plan: Program | str | Path,
+        weights: dict[str, np.ndarray] | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        self.prog = prog
-        self._weights = weights
+        """`plan` is a compiled Program with its `weights`, or a plan file holding both."""
+        if isinstance(plan, str | Path):
+            plan, stored = planfile.load(plan)
+            weights = weights if weights is not None else stored
+        if not weights and plan.weights:
+            raise MpccError("LocalCluster needs the model owner's weights (none were given)")
+        self.prog = plan
+        self._weights = weights or {}
         self.timeout = timeout
         self.stats: QueryStats | None = None
         self._pool: ThreadPoolExecutor | None = None
