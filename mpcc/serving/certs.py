@@ -68,10 +68,12 @@ def _name(cn: str, cluster: str) -> x509.Name:
     )
 
 
-def make_ca(cluster: str, days: int = DEFAULT_DAYS) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+def make_ca(
+    cluster: str, days: int = DEFAULT_DAYS
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A fresh self-signed CA for one cluster."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     name = _name("mpcc cluster CA", cluster)
     cert = (
         x509.CertificateBuilder()
@@ -111,7 +113,7 @@ def issue(
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A key and a CA-signed certificate for one role (usable as TLS client and server)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(f"mpcc {role}", cluster))
@@ -126,7 +128,9 @@ def issue(
             critical=False,
         )
         .add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
             critical=False,
         )
         .add_extension(

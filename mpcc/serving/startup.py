@@ -53,11 +53,14 @@ def weights_digest(opened: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+def _short(v: object) -> str:
+    return f"{v[:12]}…" if isinstance(v, str) and len(v) > 12 else repr(v)
+
+
 def mismatch(what: str, mine: object, theirs: object, me: str, peer: str) -> None:
     """Raise a clear start-up error if two parties disagree on `what`."""
     if mine != theirs:
-        short = (lambda v: f"{v[:12]}…" if isinstance(v, str) and len(v) > 12 else repr(v))
         raise PartyError(
             f"start-up aborted: {me} and {peer} disagree on the {what} "
-            f"({me}: {short(mine)}, {peer}: {short(theirs)})"
+            f"({me}: {_short(mine)}, {peer}: {_short(theirs)})"
         )

@@ -104,5 +104,7 @@ def load(directory: Path) -> Deployment | None:
             names = json.loads(z["__names__"].tobytes())
             shares = {n: z[f"w{i}"] for i, n in enumerate(names)} if meta["has_shares"] else None
     except (OSError, ValueError, KeyError) as e:
-        raise PlanError(f"{path} is not a readable deployment ({e}); deploy the model again")
+        raise PlanError(
+            f"{path} is not a readable deployment ({e}); deploy the model again"
+        ) from None
     return Deployment.build(meta["plan"], meta["plan_hash"], meta["deploy_id"], shares)

@@ -88,7 +88,11 @@ def client_context(
 def _tune(sock: socket.socket, timeout: float) -> None:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for opt, val in (("TCP_KEEPIDLE", max(1, int(timeout))), ("TCP_KEEPINTVL", 1), ("TCP_KEEPCNT", 3)):
+    for opt, val in (
+        ("TCP_KEEPIDLE", max(1, int(timeout))),
+        ("TCP_KEEPINTVL", 1),
+        ("TCP_KEEPCNT", 3),
+    ):
         if hasattr(socket, opt):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
     sock.settimeout(timeout)
@@ -149,12 +153,13 @@ class TlsChannel(Channel):
                     self._ssl.do_handshake()
                     break
                 except ssl.SSLWantReadError:
-                    self._flush_handshake()
-                    data = self._sock.recv(CHUNK)
-                    if not data:
-                        raise PartyError("the peer closed the connection during the TLS handshake")
-                    self.wire.received += len(data)
-                    self._in.write(data)
+                    pass
+                self._flush_handshake()
+                data = self._sock.recv(CHUNK)
+                if not data:
+                    raise PartyError("the peer closed the connection in the TLS handshake")
+                self.wire.received += len(data)
+                self._in.write(data)
             self._flush_handshake()
         except ssl.SSLError as e:
             self._flush_handshake(quiet=True)
@@ -187,28 +192,16 @@ class TlsChannel(Channel):
                     reason = "the connection was closed"
                     break
                 self.wire.received += len(data)
-                plain = bytearray()
-                with self._ssl_lock:
-                    self._in.write(data)
-                    while True:
-                        try:
-                            chunk = self._ssl.read(CHUNK)
-                        except ssl.SSLWantReadError:
-                            break
-                        if not chunk:
-                            raise ssl.SSLZeroReturnError(6, "TLS connection closed")
-                        plain += chunk
-                    pending = self._out.pending
-                if pending:
-                    self._send_raw(b"")
+                plain, ended = self._decrypt(data)
                 if plain:
-                    for msg in self._parser.feed(bytes(plain)):
+                    for msg in self._parser.feed(plain):
                         msg.wire_bytes = self.wire.received - self._last_wire
                         self._last_wire = self.wire.received
                         self.wire.frames_received += 1
                         self._inbox.put(msg)
-        except ssl.SSLZeroReturnError:
-            reason = "the connection was closed"
+                if ended:
+                    reason = "the connection was closed"
+                    break
         except ssl.SSLError as e:
             reason = f"TLS error: {_reason(e)}"
         except FrameError as e:
@@ -217,6 +210,28 @@ class TlsChannel(Channel):
         except OSError as e:
             reason = f"connection error: {e}"
         self.close(reason, _from_reader=True)
+
+    def _decrypt(self, data: bytes) -> tuple[bytes, bool]:
+        """Plaintext from received bytes, and whether the peer closed TLS (close_notify)."""
+        plain, ended = bytearray(), False
+        with self._ssl_lock:
+            self._in.write(data)
+            while True:
+                try:
+                    chunk = self._ssl.read(CHUNK)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    ended = True
+                    break
+                if not chunk:
+                    ended = True
+                    break
+                plain += chunk
+            pending = self._out.pending
+        if pending and not ended:
+            self._send_raw(b"")
+        return bytes(plain), ended
 
     def _send_raw(self, plain: bytes | memoryview) -> None:
         """Encrypt and send (callers hold no locks; ciphertext order is kept by _send_lock)."""
@@ -241,12 +256,13 @@ class TlsChannel(Channel):
             for b in bufs:
                 self._send_raw(b)
         except ssl.SSLError as e:
-            self.close(f"TLS error: {_reason(e)}")
-            raise PartyError(f"sending to {self.peer} failed: {_reason(e)}") from None
+            why = self._closed or f"TLS error: {_reason(e)}"  # the reader may know better
+            self.close(why)
+            raise PartyError(f"{self.peer}: {why}") from None
         except (TimeoutError, OSError) as e:
-            why = "stalled" if isinstance(e, TimeoutError) else str(e)
-            self.close(f"send failed: {why}")
-            raise PartyError(f"sending to {self.peer} failed: {why}") from None
+            why = self._closed or ("send stalled" if isinstance(e, TimeoutError) else str(e))
+            self.close(why)
+            raise PartyError(f"{self.peer}: {why}") from None
         self.wire.frames_sent += 1
 
     def poll(self, timeout: float | None) -> Message | None:
@@ -369,7 +385,12 @@ def dial(
     except OSError as e:
         raise PartyError(f"cannot reach {where}: {e.strerror or e}") from None
     ch = TlsChannel(
-        sock, ctx, server=False, name=me, timeout=t, max_frame_bytes=cfg.serving.max_frame_bytes,
+        sock,
+        ctx,
+        server=False,
+        name=me,
+        timeout=t,
+        max_frame_bytes=cfg.serving.max_frame_bytes,
         label=target.upper() if target != "dealer" else "dealer",
     )
     if ch.peer_role != target:

@@ -291,7 +291,7 @@ def _train_loop(
     batch_size: int,
     seed: int,
 ) -> None:
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # not secret
         torch.manual_seed(seed)  # not secret
         opt = torch.optim.Adam(module.parameters(), lr=lr)
         # Full batches only (the remainder changes with each shuffle): a tiny last batch would
@@ -383,7 +383,7 @@ def _check(name: str) -> None:
 
 
 def _fresh(name: str) -> nn.Module:
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]):  # not secret
         torch.manual_seed(SPECS[name].seed)  # not secret
         return MODELS[name]()
 
