@@ -40,8 +40,11 @@ class Dealer:
         self._seeds = seeds
         # B = B_0 + B_1 for every masked weight: both halves come from the parties' seeds.
         self._masks = {
-            n: linear.weight_mask(prog.weights[n].shape, session.weight_prg(seeds[0], n))
-            + linear.weight_mask(prog.weights[n].shape, session.weight_prg(seeds[1], n))
+            n: linear.dealer_weight_mask(
+                prog.weights[n].shape,
+                session.weight_prg(seeds[0], n),
+                session.weight_prg(seeds[1], n),
+            )
             for n in secret_linear_weights(prog)
         }
 

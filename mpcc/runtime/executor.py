@@ -140,7 +140,7 @@ class PartyExecutor:
             fn = localops.bilinear(prog, ins)
             w = ins.weights[0]
             if prog.public_weights:
-                z = fn(x, self._w[w])
+                z = linear.public_weights(x, self._w[w], fn)
             else:
                 z = linear.run(ch, party, material(), x, self._masks[w], self._opened[w], fn)
             if len(ins.weights) > 1:

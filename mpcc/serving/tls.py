@@ -182,16 +182,9 @@ class TlsChannel(Channel):
 
     def _read_loop(self) -> None:
         reason = "closed"
+        data = b""  # first, records that arrived together with the end of the handshake
         try:
             while self._closed is None:
-                try:
-                    data = self._sock.recv(CHUNK)
-                except TimeoutError:
-                    continue
-                if not data:
-                    reason = "the connection was closed"
-                    break
-                self.wire.received += len(data)
                 plain, ended = self._decrypt(data)
                 if plain:
                     for msg in self._parser.feed(plain):
@@ -202,6 +195,15 @@ class TlsChannel(Channel):
                 if ended:
                     reason = "the connection was closed"
                     break
+                try:
+                    data = self._sock.recv(CHUNK)
+                except TimeoutError:
+                    data = b""
+                    continue
+                if not data:
+                    reason = "the connection was closed"
+                    break
+                self.wire.received += len(data)
         except ssl.SSLError as e:
             reason = f"TLS error: {_reason(e)}"
         except FrameError as e:
