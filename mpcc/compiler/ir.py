@@ -71,11 +71,13 @@ class Instr:
 
 @dataclass(frozen=True)
 class WeightSpec:
-    """A named weight operand: its shape and the scale it is encoded at."""
+    """A named weight operand: its shape, the scale it is encoded at, and the ONNX tensor it
+    was made from (after folding)."""
 
     name: str
     shape: tuple[int, ...]
     scale: int
+    source: str = ""
 
     @property
     def size(self) -> int:
@@ -133,21 +135,38 @@ class Program:
             v = self.values[ins.out]
             lhs = f"%{v.id} : {v.vis} [{','.join(map(str, v.shape))}] @{v.scale}"
             operands = [f"%{a}" for a in ins.args] + list(ins.weights)
-            attrs = " ".join(f"{k}={_fmt(val)}" for k, val in ins.attrs.items())
+            attrs = " ".join(
+                f"{_SHORT.get(k, k)}={_fmt(val)}"
+                for k, val in ins.attrs.items()
+                if _DEFAULTS.get(k) != val
+            )
             rhs = " ".join(p for p in (ins.op, ", ".join(operands), attrs) if p)
-            line = f"  {lhs:<34} = {rhs}"
+            line = f"  {lhs:<32} = {rhs}"
             if costs is not None:
                 c = costs[i]
-                line = f"{line:<96} {c.rounds:>3} rnd {_kb(c.sent):>10}"
+                line = f"{line:<84} {c.rounds:>3} rnd {_kb(c.sent):>10}"
             lines.append(line)
         return "\n".join(lines)
 
 
+# Attributes at these values are not printed; these are printed under a short name.
+_DEFAULTS: dict[str, Any] = {
+    "strides": [1, 1],
+    "pads": [0, 0, 0, 0],
+    "dilations": [1, 1],
+    "groups": 1,
+    "ceil_mode": 0,
+}
+_SHORT = {"kernel": "k", "strides": "s", "pads": "p", "dilations": "d", "count_include_pad": "incl"}
+
+
 def _fmt(val: Any) -> str:
     if isinstance(val, list | tuple):
+        if len(val) == 4:  # pads: top,left,bottom,right
+            return ",".join(map(str, val))
         return "x".join(map(str, val)) if val else "()"
     if isinstance(val, str):
-        return repr(val)
+        return val
     return str(val)
 
 

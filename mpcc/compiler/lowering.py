@@ -34,17 +34,16 @@ class _Lowering:
         self.env: dict[str, Value] = {}
 
     # -- helpers -----------------------------------------------------------------------
-    def weight(self, tensor: str, array: np.ndarray, scale: int) -> str:
-        """Register a weight operand (the same tensor at another scale gets its own name)."""
-        name = tensor
-        k = 1
-        while name in self.prog.weights and (
-            self.prog.weights[name].scale != scale or not np.array_equal(self.weights[name], array)
-        ):
-            name = f"{tensor}#{k}"
-            k += 1
+    def weight(self, tensor: str, array: np.ndarray, scale: int, role: str = "w") -> str:
+        """Register a weight operand, named after the instruction about to use it (`w5` is
+        the weight of %5); the ONNX tensor it came from is kept as its `source`."""
+        for name, spec in self.prog.weights.items():
+            if spec.source == tensor and spec.scale == scale:
+                return name  # the same constant used twice at the same scale
+        name = f"{role}{len(self.prog.instrs)}"
         arr = np.asarray(array, dtype=np.float64)
-        self.prog.weights[name] = WeightSpec(name, tuple(int(d) for d in arr.shape), scale)
+        shape = tuple(int(d) for d in arr.shape)
+        self.prog.weights[name] = WeightSpec(name, shape, scale, source=tensor)
         self.weights[name] = arr
         return name
 
@@ -98,7 +97,7 @@ class _Lowering:
         out_scale = x.scale + self.f
         weights = [w]
         if len(ins) > 2 and ins[2]:
-            weights.append(self.weight(ins[2], self.g.const(ins[2]), out_scale))
+            weights.append(self.weight(ins[2], self.g.const(ins[2]), out_scale, role="b"))
         attrs = {}
         if op == "conv2d":
             a = data["attrs"]
@@ -115,12 +114,12 @@ class _Lowering:
         shape = self.out_shape(data)
         if self.g.is_const(b_t) and op == "Add":
             x = self.arg(name, a_t)
-            w = self.weight(b_t, self.g.const(b_t), x.scale)
+            w = self.weight(b_t, self.g.const(b_t), x.scale, role="b")
             return self.prog.emit("add_w", (x.id,), shape, x.scale, (w,))
         if self.g.is_const(a_t) and op == "Sub":  # c - x = (-x) + c
             x = self.arg(name, b_t)
             neg = self.prog.emit("mul_public", (x.id,), x.shape, x.scale, factor=-1, shift=0)
-            w = self.weight(a_t, self.g.const(a_t), x.scale)
+            w = self.weight(a_t, self.g.const(a_t), x.scale, role="b")
             return self.prog.emit("add_w", (neg.id,), shape, x.scale, (w,))
         a, b = self.align([self.arg(name, a_t), self.arg(name, b_t)])
         return self.prog.emit(op.lower(), (a.id, b.id), shape, a.scale)

@@ -52,7 +52,8 @@ def to_public(prog: Program) -> dict[str, Any]:
             for i in prog.instrs
         ],
         "weights": {
-            n: {"shape": list(w.shape), "scale": w.scale} for n, w in sorted(prog.weights.items())
+            n: {"shape": list(w.shape), "scale": w.scale, "source": w.source}
+            for n, w in sorted(prog.weights.items())
         },
         "inputs": [[n, v] for n, v in prog.inputs],
         "outputs": [[n, v] for n, v in prog.outputs],
@@ -88,7 +89,8 @@ def from_public(d: dict[str, Any]) -> Program:
             for i in d["instrs"]
         ]
         prog.weights = {
-            n: WeightSpec(n, tuple(w["shape"]), w["scale"]) for n, w in d["weights"].items()
+            n: WeightSpec(n, tuple(w["shape"]), w["scale"], w.get("source", ""))
+            for n, w in d["weights"].items()
         }
         prog.inputs = [(n, v) for n, v in d["inputs"]]
         prog.outputs = [(n, v) for n, v in d["outputs"]]

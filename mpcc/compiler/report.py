@@ -26,7 +26,7 @@ def format_report(prog: Program, report: CostReport | None = None) -> str:
     )
     lines = [head]
     lines += [f"  note: {n}" for n in prog.notes]
-    lines.append(f"  {'instruction':<96} {'rounds':>6} {'sent/party':>11} {'dealer':>10}")
+    lines.append(f"  {'instruction':<84} {'rounds':>6} {'sent/party':>11} {'dealer':>10}")
     body = prog.text().splitlines()[1:]
     for text, c in zip(body, report.per_instr, strict=True):
         lines.append(f"{text:<98} {c.rounds or '-':>6} {_bytes(c.sent):>11} {_bytes(c.dealer):>10}")
