@@ -120,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cleartext", action="store_true", help="plaintext fixed-point interpreter")
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(fn=cmd_run)
+
+    from mpcc import bench
+
+    bench.add_command(sub)
     return p
 
 

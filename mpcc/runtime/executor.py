@@ -38,6 +38,7 @@ class PartyExecutor:
         self._w = weight_shares
         self._masks: dict[str, np.ndarray] = {}
         self._opened: dict[str, np.ndarray] = {}
+        self._w_terms: dict[str, np.ndarray] = {}  # per session: [B]_0 + F (P0), [B]_1 (P1)
         self.store = MaterialStore(session.id)
 
     # -- once per session ------------------------------------------------------------------
@@ -55,6 +56,9 @@ class PartyExecutor:
         mine = [self._w[n] - self._masks[n] for n in names]
         theirs = self.ch.exchange(mine)
         self._opened = {n: m + t for n, m, t in zip(names, mine, theirs, strict=True)}
+        self._w_terms = {
+            n: linear.weight_term(self.party, self._masks[n], self._opened[n]) for n in names
+        }
 
     # -- offline, per query -----------------------------------------------------------------
     def prepare(self, query: int, bundle: Bundle | None) -> None:
@@ -142,7 +146,9 @@ class PartyExecutor:
             if prog.public_weights:
                 z = linear.public_weights(x, self._w[w], fn)
             else:
-                z = linear.run(ch, party, material(), x, self._masks[w], self._opened[w], fn)
+                z = linear.run(
+                    ch, party, material(), x, self._masks[w], self._opened[w], fn, self._w_terms[w]
+                )
             if len(ins.weights) > 1:
                 z = z + localops.bias_shape(ins, self._w[ins.weights[1]], z.ndim)
             return z

@@ -135,8 +135,12 @@ def run(
     b_share: np.ndarray,
     f: np.ndarray,
     bilinear: Bilinear,
+    w_term: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Online: open E = X - A (one round, `costs.linear`), then one bilinear map; [Z]_p."""
+    """Online: open E = X - A (one round, `costs.linear`), then one bilinear map; [Z]_p.
+
+    `w_term` is `weight_term(party, b_share, f)`, fixed for the session: pass it to skip
+    recomputing it per query (a weight-sized add that dominates small batches)."""
     if mat.used:
         raise MaterialError("linear: material already used (a reused A would leak X1 - X2)")
     mat.used = True
@@ -145,8 +149,14 @@ def run(
         raise ValueError(f"linear: input shape {x_share.shape}, material for {mat.a.shape}")
     e_share = x_share - mat.a
     (e,) = _open(ch, [e_share])
-    w_term = b_share + f if party == 0 else b_share
+    if w_term is None:
+        w_term = weight_term(party, b_share, f)
     return np.asarray(bilinear(e, w_term), dtype=np.uint64) + mat.pre
+
+
+def weight_term(party: int, b_share: np.ndarray, f: np.ndarray) -> np.ndarray:
+    """The weight operand of party's online map: [B]_0 + F for P0, [B]_1 for P1."""
+    return b_share + f if party == 0 else b_share
 
 
 # --- public weights --------------------------------------------------------------------------
