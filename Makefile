@@ -18,12 +18,12 @@ demo: setup
 	$(PY) -m mpcc.demo
 
 lint: setup
-	$(VENV)/bin/ruff check mpcc tests benchmarks
-	$(VENV)/bin/ruff format --check mpcc tests benchmarks
+	$(VENV)/bin/ruff check mpcc tests benchmarks examples
+	$(VENV)/bin/ruff format --check mpcc tests benchmarks examples
 
 format: setup
-	$(VENV)/bin/ruff check --fix mpcc tests benchmarks
-	$(VENV)/bin/ruff format mpcc tests benchmarks
+	$(VENV)/bin/ruff check --fix mpcc tests benchmarks examples
+	$(VENV)/bin/ruff format mpcc tests benchmarks examples
 
 test: lint
 	$(PY) -m pytest -q

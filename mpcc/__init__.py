@@ -13,7 +13,9 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "LocalCluster": ("mpcc.runtime.cluster", "LocalCluster"),
+    "compile": ("mpcc.api", "compile"),
     "compile_onnx": ("mpcc.compiler.pipeline", "compile_onnx"),
+    "export_onnx": ("mpcc.api", "export_onnx"),
 }
 
 

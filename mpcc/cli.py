@@ -23,14 +23,17 @@ def _load_input(path: str) -> np.ndarray:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
+    from mpcc.api import compile as compile_model
     from mpcc.compiler import planfile
-    from mpcc.compiler.pipeline import compile_onnx
     from mpcc.compiler.report import format_report, report_json
     from mpcc.frontends.onnx import parse_input_shapes
 
     shapes = parse_input_shapes(args.input_shape) if args.input_shape else None
-    prog, weights = compile_onnx(
-        args.model, shapes, frac_bits=args.frac_bits, public_weights=args.public_weights
+    prog, weights = compile_model(
+        args.model,
+        input_shape=shapes,
+        frac_bits=args.frac_bits,
+        public_weights=args.public_weights,
     )
     out = Path(args.output) if args.output else Path(args.model).with_suffix(".mpcc")
     planfile.save(out, prog, weights)
@@ -90,8 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mpcc", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    c = sub.add_parser("compile", help="compile an ONNX model to a secure plan file")
-    c.add_argument("model", help="ONNX model file")
+    c = sub.add_parser("compile", help="compile an ONNX or Keras model to a secure plan file")
+    c.add_argument("model", help="model file: .onnx, or Keras .keras / full-model .h5")
     c.add_argument("-o", "--output", help="plan file to write (default: MODEL.mpcc)")
     c.add_argument(
         "--input-shape",
@@ -124,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     from mpcc import bench
 
     bench.add_command(sub)
+
+    from mpcc.serving.commands import add_commands
+
+    add_commands(sub)
     return p
 
 

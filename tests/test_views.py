@@ -55,8 +55,11 @@ def lenet(zoo_model):
 
 def test_views_are_uniform_for_very_different_inputs(lenet, digits_test, monkeypatch) -> None:
     prog, weights = lenet
-    inputs = {"zeros": np.zeros((1, 1, 28, 28)), "digit": digits_test[0][:1],
-              "large": np.full((1, 1, 28, 28), 50.0)}
+    inputs = {
+        "zeros": np.zeros((1, 1, 28, 28)),
+        "digit": digits_test[0][:1],
+        "large": np.full((1, 1, 28, 28), 50.0),
+    }
     for label, x in inputs.items():
         views = _views(prog, weights, x, monkeypatch)
         assert set(views) == {"P0", "P1"}, label

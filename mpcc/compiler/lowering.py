@@ -137,6 +137,10 @@ class _Lowering:
         b = self.fit(self.arg(name, b_t), self.f)
         return self.prog.emit("mul", (a.id, b.id), shape, a.scale + b.scale)
 
+    def lower_neg(self, name: str, data: dict) -> Value:
+        x = self.arg(name, data["inputs"][0])
+        return self.prog.emit("mul_public", (x.id,), x.shape, x.scale, factor=-1, shift=0)
+
     def lower_relu(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
         shift = max(x.scale - self.f, 0)
@@ -305,6 +309,7 @@ _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Add": lambda s, n, d: s.lower_add_sub(n, d, "Add"),
     "Sub": lambda s, n, d: s.lower_add_sub(n, d, "Sub"),
     "Mul": _Lowering.lower_mul,
+    "Neg": lambda s, n, d: s.lower_neg(n, d),
     "Relu": _Lowering.lower_relu,
     "LeakyRelu": _Lowering.lower_leaky_relu,
     "PRelu": _Lowering.lower_prelu,

@@ -7,9 +7,10 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
 - MatMul [x, W, (B)]: W constant [K, N], B constant [N].
 - Add / Sub / Mul [a, b]: both computed, or a constant second operand (Add, Mul) broadcasting
   to the first one's shape; Sub keeps a constant only as its first operand.
-- Relu; LeakyRelu (alpha); Clip (min, max floats, +-inf when absent); PRelu [x, slope].
+- Neg; Relu; LeakyRelu (alpha); Clip (min, max floats, +-inf when absent); PRelu [x, slope].
 - MaxPool (kernel_shape, strides, pads, dilations, ceil_mode); AveragePool and SumPool
-  (kernel_shape, strides, pads, count_include_pad, ceil_mode); GlobalAveragePool; GlobalMaxPool.
+  (kernel_shape, strides, pads, count_include_pad, ceil_mode); GlobalAveragePool; GlobalMaxPool
+  (also from ReduceMean / ReduceMax; ReduceSum becomes a SumPool).
 - Reshape (shape: static, no -1 or 0), Transpose (perm), Concat (axis >= 0; inputs may be
   constants), Pad (pads in ONNX order over all axes, value; mode constant).
 - Slice (starts, ends, axes, steps): axes >= 0 in increasing order; starts and ends are
@@ -17,7 +18,7 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
   step `end == -1` means "through index 0".
 
 No Identity, Dropout, BatchNormalization, Softmax, LogSoftmax, Gemm, Div, Flatten, Squeeze,
-Unsqueeze or ReduceMean remains.
+Unsqueeze, ReduceMean, ReduceMax or ReduceSum remains; a Concat's inputs are all computed.
 """
 
 from __future__ import annotations
@@ -209,24 +210,52 @@ def _batchnorm(g: Graph, n: str) -> None:
     d["attrs"] = {"epsilon": float(a.get("epsilon", 1e-5))}
 
 
-def _reduce_mean(g: Graph, n: str) -> None:
-    d, a = g.node(n), g.node(n)["attrs"]
+_GLOBAL_POOL = {
+    "ReduceMean": "GlobalAveragePool",
+    "ReduceMax": "GlobalMaxPool",
+    "ReduceSum": "SumPool",
+}
+
+
+def _reduce(g: Graph, n: str) -> None:
+    """ReduceMean/Max/Sum over all the spatial axes -> GlobalAveragePool/GlobalMaxPool/SumPool.
+
+    Channels-last [N, H, W, C] reduced over (1, 2) is transposed to NCHW first (local).
+    """
+    d, a, op = g.node(n), g.node(n)["attrs"], g.op(n)
     x, out = d["inputs"][0], d["outputs"][0]
-    rank = len(g.shape(x))
+    shape = g.shape(x)
+    rank = len(shape)
     if len(d["inputs"]) > 1 and d["inputs"][1]:
         axes = _ints(g.const(d["inputs"][1]))
     else:
         axes = _ints(a.get("axes", []))
     axes = tuple(sorted(ax % rank for ax in axes)) or tuple(range(rank))
+    if rank == 4 and axes == (1, 2):  # channels-last
+        nchw = g.new_tensor(f"{x}_nchw", (shape[0], shape[3], shape[1], shape[2]))
+        g.add_node("Transpose", [x], [nchw], {"perm": (0, 3, 1, 2)}, name=f"{n}_to_nchw")
+        x, shape, axes = nchw, g.shape(nchw), (2, 3)
     if rank < 3 or axes != tuple(range(2, rank)):
         raise ModelError(
-            f"{_where(g, n)}: only a mean over all the spatial axes (2..{rank - 1}) is "
-            f"supported, not over axes {axes}"
+            f"{_where(g, n)}: only a reduction over all the spatial axes (2..{rank - 1}) is "
+            f"supported (or over 1, 2 of a channels-last image), not over axes {axes}"
         )
-    d["op"], d["attrs"] = "GlobalAveragePool", {}
+    pooled = (*shape[:2], *(1,) * (rank - 2))
+    d["op"] = _GLOBAL_POOL[op]
+    d["attrs"] = {}
+    if op == "ReduceSum":
+        if rank != 4:
+            raise ModelError(f"{_where(g, n)}: ReduceSum needs a 4-D tensor")
+        d["attrs"] = {
+            "kernel_shape": tuple(shape[2:]),
+            "strides": (1, 1),
+            "pads": (0, 0, 0, 0),
+            "count_include_pad": 1,
+            "ceil_mode": 0,
+        }
     g.set_inputs(n, [x])
-    if not a.get("keepdims", 1):
-        mid = g.new_tensor(f"{out}_keepdims", (*g.shape(out)[:2], *(1,) * (rank - 2)))
+    if g.shape(out) != pooled:
+        mid = g.new_tensor(f"{out}_pooled", pooled)
         g.set_outputs(n, [mid])
         g.add_node("Reshape", [mid], [out], {"shape": g.shape(out)}, name=f"{n}_reshape")
 
@@ -263,8 +292,42 @@ def _transpose(g: Graph, n: str) -> None:
 
 
 def _concat(g: Graph, n: str) -> None:
+    """Normalize the axis; a Concat mixing computed and constant tensors becomes the sum of the
+    computed ones, each zero-padded into place, plus a constant holding the rest (all local)."""
     d = g.node(n)
-    d["attrs"] = {"axis": int(d["attrs"]["axis"]) % len(g.shape(d["outputs"][0]))}
+    out = d["outputs"][0]
+    shape = g.shape(out)
+    axis = int(d["attrs"]["axis"]) % len(shape)
+    d["attrs"] = {"axis": axis}
+    ins = d["inputs"]
+    if all(g.is_const(t) for t in ins) or not any(g.is_const(t) for t in ins):
+        return
+    rank = len(shape)
+    consts = np.zeros(shape)
+    parts: list[str] = []
+    offset = 0
+    for t in ins:
+        size = g.const(t).shape[axis] if g.is_const(t) else g.shape(t)[axis]
+        if g.is_const(t):
+            where = [slice(None)] * rank
+            where[axis] = slice(offset, offset + size)
+            consts[tuple(where)] = g.const(t)
+        else:
+            pads = [0] * 2 * rank
+            pads[axis], pads[axis + rank] = offset, shape[axis] - offset - size
+            part = g.new_tensor(f"{out}_part{len(parts)}", shape)
+            g.add_node(
+                "Pad", [t], [part], {"pads": tuple(pads), "value": 0.0}, name=f"{n}_pad{len(parts)}"
+            )
+            parts.append(part)
+        offset += size
+    total = parts[0]
+    for i, part in enumerate(parts[1:]):
+        s = g.new_tensor(f"{out}_sum{i}", shape)
+        g.add_node("Add", [total, part], [s], {}, name=f"{n}_sum{i}")
+        total = s
+    d["op"], d["attrs"] = "Add", {}
+    g.set_inputs(n, [total, g.add_const(consts, f"{n}_consts")])
 
 
 def _slice(g: Graph, n: str) -> None:
@@ -328,7 +391,9 @@ _NORMALIZE: dict[str, Callable[[Graph, str], None]] = {
     "Mul": _binary,
     "Div": _binary,
     "BatchNormalization": _batchnorm,
-    "ReduceMean": _reduce_mean,
+    "ReduceMean": _reduce,
+    "ReduceMax": _reduce,
+    "ReduceSum": _reduce,
     "LeakyRelu": _leaky_relu,
     "Clip": _clip,
     "PRelu": _prelu,
@@ -474,10 +539,22 @@ def _per_input(g: Graph, p: str, v: np.ndarray) -> np.ndarray:
 def _fold_after(g: Graph, n: str) -> bool:
     x, c = g.node(n)["inputs"]
     p = g.producer(x)
-    if p is None or g.op(p) not in AFFINE or g.only_consumer(x) != n:
+    if p is None or g.only_consumer(x) != n:
+        return False
+    layout = None  # a Transpose between the affine op and n (channels-last models)
+    if g.op(p) == "Transpose":
+        t = g.node(p)["inputs"][0]
+        q = g.producer(t)
+        if q is None or g.op(q) not in AFFINE or g.only_consumer(t) != p:
+            return False
+        layout, p = p, q
+    if g.op(p) not in AFFINE:
         return False
     shape = g.shape(x)
-    v = _channel(g.const(c), shape, 1 if g.op(p) == "Conv" else len(shape) - 1)
+    axis = 1 if g.op(p) == "Conv" else len(shape) - 1
+    if layout is not None:
+        axis = list(g.node(layout)["attrs"]["perm"]).index(axis)
+    v = _channel(g.const(c), shape, axis)
     if v is None:
         return False
     if g.op(n) == "Add":
@@ -487,7 +564,7 @@ def _fold_after(g: Graph, n: str) -> bool:
         _scale_shift_after(g, p, v, None)
         what = "weights and bias" if len(g.node(p)["inputs"]) > 2 else "weights"
     op = g.op(n)
-    _absorb_output(g, p, n)
+    _absorb_output(g, p if layout is None else layout, n)
     g.notes.append(f"folded {op} {n!r} into the {what} of the {g.op(p)} {p!r} before it")
     return True
 
@@ -585,6 +662,7 @@ _SCALE_COMMUTING = (
     "Transpose",
     "Slice",
     "Mul",
+    "Neg",
 )
 
 

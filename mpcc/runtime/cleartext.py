@@ -82,13 +82,21 @@ def in_batches(prog: Program, x: np.ndarray, fn: Callable[[np.ndarray], np.ndarr
     if x.shape == shape[1:]:
         x = x[None]
     b = shape[0]
+    if len(x) == b:
+        return fn(x)  # exactly one batch: the output may have any layout
     outs = []
     for start in range(0, len(x), b):
         chunk = x[start : start + b]
         n = len(chunk)
         if n < b:
             chunk = np.concatenate([chunk, np.zeros((b - n,) + chunk.shape[1:])])
-        outs.append(fn(chunk)[:n])
+        y = fn(chunk)
+        if y.shape[0] != b:
+            raise InputError(
+                f"the plan's output has shape {list(y.shape)}, which does not keep the batch "
+                f"({b}) first; give exactly {b} samples at a time"
+            )
+        outs.append(y[:n])
     return np.concatenate(outs) if outs else np.zeros((0,))
 
 

@@ -5,6 +5,8 @@ Protocols know nothing of the IR; this module supplies their shapes, material an
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from mpcc.compiler.costmodel import LINEAR_OPS, protocol_calls
@@ -59,6 +61,13 @@ class PartyExecutor:
         self._w_terms = {
             n: linear.weight_term(self.party, self._masks[n], self._opened[n]) for n in names
         }
+
+    def opened_digest(self) -> str:
+        """SHA-256 of the opened masked weights F, which P0 and P1 compare at start-up."""
+        h = hashlib.sha256(b"mpcc/opened-weights")
+        for name in sorted(self._opened):
+            h.update(name.encode() + b"\0" + np.ascontiguousarray(self._opened[name]).tobytes())
+        return h.hexdigest()
 
     # -- offline, per query -----------------------------------------------------------------
     def prepare(self, query: int, bundle: Bundle | None) -> None:

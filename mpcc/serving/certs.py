@@ -17,9 +17,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-ROLES = ("p0", "p1", "dealer", "owner", "client")
+from mpcc.serving.config import DEFAULT_DAYS, ROLES
+
+__all__ = ["DEFAULT_DAYS", "ROLES", "init_ca", "issue", "make_ca", "role_from_peercert"]
+
 ROLE_URI = "urn:mpcc:role:"
-DEFAULT_DAYS = 365
 
 
 def role_uri(role: str) -> str:

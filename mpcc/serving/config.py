@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from mpcc.errors import MpccError
-from mpcc.serving.certs import ROLES
 
-PARTIES = ("p0", "p1", "dealer")
+ROLES = ("p0", "p1", "dealer", "owner", "client")  # one certificate each
+PARTIES = ("p0", "p1", "dealer")  # the roles that run servers
+DEFAULT_DAYS = 365  # certificate validity
 CONFIG_NAME = "cluster.toml"
 
 

@@ -45,14 +45,6 @@ def prg_kat() -> str:
     return hashlib.sha256(words.tobytes()).hexdigest()
 
 
-def weights_digest(opened: dict[str, np.ndarray]) -> str:
-    """Digest of the opened masked weights F, which P0 and P1 compare after opening them."""
-    h = hashlib.sha256(b"mpcc/opened-weights")
-    for name in sorted(opened):
-        h.update(name.encode() + b"\0" + np.ascontiguousarray(opened[name]).tobytes())
-    return h.hexdigest()
-
-
 def _short(v: object) -> str:
     return f"{v[:12]}…" if isinstance(v, str) and len(v) > 12 else repr(v)
 

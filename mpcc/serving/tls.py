@@ -39,6 +39,10 @@ class LinkRefused(PartyError):
     """The peer's certificate or its hello does not fit the link."""
 
 
+class HandshakeEOF(PartyError):
+    """The peer hung up before the TLS handshake ended (e.g. a port probe)."""
+
+
 @dataclass
 class WireTraffic:
     """Bytes on the socket (TLS records included) and frames, each way."""
@@ -98,9 +102,14 @@ def _tune(sock: socket.socket, timeout: float) -> None:
     sock.settimeout(timeout)
 
 
-class _Closed:
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
+@dataclass(frozen=True)
+class LinkClosed:
+    """Delivered to a forwarding queue (see `TlsChannel.forward_to`) when a link closes."""
+
+    reason: str
+
+
+_Closed = LinkClosed
 
 
 class TlsChannel(Channel):
@@ -124,6 +133,8 @@ class TlsChannel(Channel):
         self._ssl_lock = threading.Lock()
         self._send_lock = threading.Lock()
         self._inbox: queue.Queue[Message | _Closed] = queue.Queue()
+        self._forward: tuple[queue.Queue, Any] | None = None
+        self._fwd_lock = threading.Lock()
         self._parser = FrameParser(max_frame_bytes)
         self._closed: str | None = None
         self._close_lock = threading.Lock()
@@ -157,7 +168,7 @@ class TlsChannel(Channel):
                 self._flush_handshake()
                 data = self._sock.recv(CHUNK)
                 if not data:
-                    raise PartyError("the peer closed the connection in the TLS handshake")
+                    raise HandshakeEOF("the peer closed the connection in the TLS handshake")
                 self.wire.received += len(data)
                 self._in.write(data)
             self._flush_handshake()
@@ -165,6 +176,9 @@ class TlsChannel(Channel):
             self._flush_handshake(quiet=True)
             self._sock.close()
             raise LinkRefused(f"TLS handshake with {self.peer_addr} failed: {_reason(e)}") from None
+        except HandshakeEOF:
+            self._sock.close()
+            raise
         except (TimeoutError, OSError) as e:
             self._sock.close()
             raise PartyError(f"TLS handshake with {self.peer_addr} failed: {e}") from None
@@ -191,7 +205,7 @@ class TlsChannel(Channel):
                         msg.wire_bytes = self.wire.received - self._last_wire
                         self._last_wire = self.wire.received
                         self.wire.frames_received += 1
-                        self._inbox.put(msg)
+                        self._deliver(msg)
                 if ended:
                     reason = "the connection was closed"
                     break
@@ -235,18 +249,31 @@ class TlsChannel(Channel):
             self._send_raw(b"")
         return bytes(plain), ended
 
-    def _send_raw(self, plain: bytes | memoryview) -> None:
-        """Encrypt and send (callers hold no locks; ciphertext order is kept by _send_lock)."""
+    def _send_raw(self, *bufs: bytes | memoryview) -> None:
+        """Encrypt and send buffers as one unit. Small buffers are coalesced into one TLS
+        record and one system call; `_send_lock` keeps frames whole and ciphertext in order."""
         with self._send_lock:
-            view = memoryview(plain).cast("B")
-            for start in range(0, max(len(view), 1), CHUNK):
-                with self._ssl_lock:
-                    if len(view):
-                        self._ssl.write(view[start : start + CHUNK])
-                    data = self._out.read()
-                if data:
-                    self._sock.sendall(data)
-                    self.wire.sent += len(data)
+            small = bytearray()
+            for b in bufs:
+                view = memoryview(b).cast("B")
+                if len(small) + len(view) <= CHUNK:
+                    small += view
+                    continue
+                if small:
+                    self._write(small)
+                    small = bytearray()
+                for start in range(0, len(view), CHUNK):
+                    self._write(view[start : start + CHUNK])
+            self._write(small)  # also flushes what TLS itself has to send
+
+    def _write(self, plain: bytes | memoryview) -> None:
+        with self._ssl_lock:
+            if len(plain):
+                self._ssl.write(plain)
+            data = self._out.read()
+        if data:
+            self._sock.sendall(data)
+            self.wire.sent += len(data)
 
     # -- messages ---------------------------------------------------------------------------
     def send_msg(self, kind: str, meta: dict[str, Any] | None = None, arrays=()) -> None:
@@ -255,8 +282,7 @@ class TlsChannel(Channel):
             raise PartyError(f"link to {self.peer} is closed: {self._closed}")
         bufs = encode(kind, meta or {}, list(arrays))
         try:
-            for b in bufs:
-                self._send_raw(b)
+            self._send_raw(*bufs)
         except ssl.SSLError as e:
             why = self._closed or f"TLS error: {_reason(e)}"  # the reader may know better
             self.close(why)
@@ -299,6 +325,25 @@ class TlsChannel(Channel):
             raise PartyError(f"{self.peer} sent {msg.kind!r} where {expect!r} was expected")
         return msg
 
+    def _deliver(self, item: Message | _Closed) -> None:
+        with self._fwd_lock:
+            if self._forward is None:
+                self._inbox.put(item)
+            else:
+                self._forward[0].put((self._forward[1], item))
+
+    def forward_to(self, q: queue.Queue, tag: Any) -> None:
+        """Deliver this link's messages, and a `LinkClosed` at the end, to `q` as (tag, item).
+
+        For waiting on several links at once; `poll` and `recv_msg` no longer see them."""
+        with self._fwd_lock:
+            while True:
+                try:
+                    q.put((tag, self._inbox.get_nowait()))
+                except queue.Empty:
+                    break
+            self._forward = (q, tag)
+
     # -- Channel interface (protocol rounds) ------------------------------------------------
     def _put(self, arrays: list[np.ndarray]) -> None:
         self.send_msg("data", None, arrays)
@@ -318,6 +363,10 @@ class TlsChannel(Channel):
         """None while open, else why it closed."""
         return self._closed
 
+    def limit_frames(self, max_frame_bytes: int) -> None:
+        """Change the largest frame this end accepts (e.g. once the link's kind is known)."""
+        self._parser.max_frame_bytes = max_frame_bytes
+
     def on_close(self, fn: Callable[[str], None]) -> None:
         """Call fn(reason) once when the link closes (at once if it is closed already)."""
         with self._close_lock:
@@ -332,7 +381,7 @@ class TlsChannel(Channel):
                 return
             self._closed = reason
             callbacks, self._on_close = self._on_close, []
-        self._inbox.put(_Closed(reason))
+        self._deliver(_Closed(reason))
         if not _from_reader:
             try:
                 with self._ssl_lock:

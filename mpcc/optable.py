@@ -1,0 +1,278 @@
+"""The table of supported ONNX ops and what each costs securely, generated from the code.
+
+Every op in :data:`mpcc.compiler.graph.SUPPORTED_OPS` is compiled in a tiny sample model (one
+per case, e.g. Mul by a constant or of two secrets) through the real passes and lowering; the
+IR instructions it leaves and their rounds come from the lowered program and the cost model
+(:func:`mpcc.compiler.costmodel.estimate`). Context nodes a case needs (the Conv before a
+folded BatchNormalization) are compiled alone and subtracted. A supported op without a sample
+is an error, so the table cannot fall behind the compiler.
+
+    python -m mpcc.optable                      # print the markdown table
+    python -m mpcc.optable --write README.md    # replace it between the markers in files
+    python -m mpcc.optable --check README.md    # exit 1 if a file's copy is stale
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from mpcc.compiler.costmodel import estimate, protocol_calls
+from mpcc.compiler.graph import SUPPORTED_OPS
+from mpcc.compiler.pipeline import compile_onnx
+
+__all__ = ["START", "END", "Sample", "SAMPLES", "Row", "rows", "table", "replace_table"]
+
+START = "<!-- optable:start -->"
+END = "<!-- optable:end -->"
+
+IMAGE = (1, 4, 8, 8)
+FLAT = (1, 16)
+SECRET = "x"  # an extra input named SECRET is the model's input itself (a second secret)
+
+
+def _w(*shape: int) -> np.ndarray:
+    """A deterministic, non-degenerate constant (the values do not matter)."""
+    n = int(np.prod(shape))
+    return (np.linspace(-1.0, 1.0, n) + 0.05).reshape(shape).astype(np.float32)
+
+
+def _pos(*shape: int) -> np.ndarray:
+    return (np.abs(_w(*shape)) + 0.5).astype(np.float32)
+
+
+def _i64(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """A chain of nodes on input ``x``; each node takes the previous output, then ``extra``.
+
+    The first ``context`` nodes are context: their own IR and rounds are subtracted.
+    """
+
+    op: str
+    case: str
+    nodes: tuple[tuple[str, tuple[str, ...], dict], ...]
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    shape: tuple[int, ...] = IMAGE
+    context: int = 0
+
+
+def _s(op: str, case: str, *nodes, consts=None, shape=IMAGE, context=0) -> Sample:
+    return Sample(op, case, tuple(nodes), dict(consts or {}), shape, context)
+
+
+def _n(op: str, *extra: str, **attrs) -> tuple[str, tuple[str, ...], dict]:
+    return (op, extra, attrs)
+
+
+_CONV = _n("Conv", "W", pads=[1, 1, 1, 1])
+_CONV_W = {"W": _w(4, 4, 3, 3)}
+_BN = {"g": _pos(4), "b": _w(4), "m": _w(4), "v": _pos(4)}
+
+SAMPLES: tuple[Sample, ...] = (
+    _s("Conv", "3x3, any stride/padding/dilation/groups", _CONV, consts=_CONV_W),
+    _s("Gemm", "", _n("Gemm", "B", "C", transB=1), consts={"B": _w(8, 16), "C": _w(8)}, shape=FLAT),
+    _s("MatMul", "by a constant matrix", _n("MatMul", "W"), consts={"W": _w(16, 8)}, shape=FLAT),
+    _s("Add", "a constant", _n("Add", "c"), consts={"c": _w(1, 4, 8, 8)}),
+    _s("Add", "two secrets", _n("Add", SECRET)),
+    _s("Sub", "a constant", _n("Sub", "c"), consts={"c": _w(1, 4, 1, 1)}),
+    _s("Sub", "two secrets", _n("Sub", SECRET)),
+    _s("Mul", "by a constant", _n("Mul", "c"), consts={"c": _w(1, 4, 1, 1)}),
+    _s("Mul", "two secrets", _n("Mul", SECRET)),
+    _s("Div", "by a constant", _n("Div", "c"), consts={"c": _pos(1, 4, 1, 1)}),
+    _s(
+        "BatchNormalization",
+        "after Conv / Gemm / MatMul",
+        _CONV,
+        _n("BatchNormalization", "g", "b", "m", "v"),
+        consts={**_CONV_W, **_BN},
+        context=1,
+    ),
+    _s("BatchNormalization", "elsewhere", _n("BatchNormalization", "g", "b", "m", "v"), consts=_BN),
+    _s("Relu", "", _n("Relu")),
+    _s("LeakyRelu", "", _n("LeakyRelu", alpha=0.1)),
+    _s("Clip", "one bound (ReLU-like)", _n("Clip", "lo"), consts={"lo": np.float32(0.0)}),
+    _s(
+        "Clip",
+        "both bounds (ReLU6)",
+        _n("Clip", "lo", "hi"),
+        consts={"lo": np.float32(0.0), "hi": np.float32(6.0)},
+    ),
+    _s("PRelu", "", _n("PRelu", "s"), consts={"s": _w(4, 1, 1)}),
+    _s("MaxPool", "2x2 window", _n("MaxPool", kernel_shape=[2, 2], strides=[2, 2])),
+    _s("MaxPool", "3x3 window", _n("MaxPool", kernel_shape=[3, 3], strides=[2, 2])),
+    _s("AveragePool", "2^j window", _n("AveragePool", kernel_shape=[2, 2], strides=[2, 2])),
+    _s("AveragePool", "other windows", _n("AveragePool", kernel_shape=[3, 3], strides=[1, 1])),
+    _s("GlobalAveragePool", "", _n("GlobalAveragePool")),
+    _s("GlobalMaxPool", "8x8 input", _n("GlobalMaxPool")),
+    _s("ReduceMean", "", _n("ReduceMean", axes=[2, 3])),
+    _s("ReduceMax", "8x8 input", _n("ReduceMax", axes=[2, 3])),
+    _s("ReduceSum", "", _n("ReduceSum", "ax"), consts={"ax": _i64(2, 3)}),
+    _s("Neg", "", _n("Neg")),
+    _s("Flatten", "", _n("Flatten")),
+    _s("Reshape", "", _n("Reshape", "s"), consts={"s": _i64(1, 4, 64)}),
+    _s("Transpose", "", _n("Transpose", perm=[0, 2, 3, 1])),
+    _s("Concat", "", _n("Concat", SECRET, axis=1)),
+    _s(
+        "Slice", "", _n("Slice", "a", "b", "ax"), consts={"a": _i64(1), "b": _i64(5), "ax": _i64(2)}
+    ),
+    _s("Pad", "", _n("Pad", "p"), consts={"p": _i64(0, 0, 1, 1, 0, 0, 1, 1)}),
+    _s("Squeeze", "", _n("Squeeze", "ax"), consts={"ax": _i64(0)}),
+    _s("Unsqueeze", "", _n("Unsqueeze", "ax"), consts={"ax": _i64(0)}),
+    _s("Identity", "", _n("Identity")),
+    _s("Dropout", "", _n("Dropout")),
+    _s("Softmax", "", _n("Flatten"), _n("Softmax", axis=1), context=1),
+    _s("LogSoftmax", "", _n("Flatten"), _n("LogSoftmax", axis=1), context=1),
+)
+
+
+def _model(sample: Sample, upto: int) -> onnx.ModelProto:
+    nodes, prev = [], SECRET
+    for i, (op, extra, attrs) in enumerate(sample.nodes[:upto]):
+        out = f"t{i}"
+        nodes.append(helper.make_node(op, [prev, *extra], [out], f"{op.lower()}_{i}", **attrs))
+        prev = out
+    used = {t for n in nodes for t in n.input}
+    inits = [
+        numpy_helper.from_array(np.asarray(v), k) for k, v in sample.consts.items() if k in used
+    ]
+    graph = helper.make_graph(
+        nodes,
+        f"{sample.op}_sample",
+        [helper.make_tensor_value_info(SECRET, TensorProto.FLOAT, list(sample.shape))],
+        [helper.make_tensor_value_info(prev, TensorProto.UNDEFINED, None)],
+        inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return onnx.shape_inference.infer_shapes(m)
+
+
+def _lowered(sample: Sample, upto: int) -> tuple[Counter, int, set[str]]:
+    """IR op counts, online rounds and protocols of the sample's first ``upto`` nodes."""
+    if upto == 0:
+        return Counter(), 0, set()
+    prog, _ = compile_onnx(_model(sample, upto), sample.shape)
+    ops = Counter(i.op for i in prog.instrs if i.op not in ("input", "output"))
+    protocols = {p for i in prog.instrs for p, _ in protocol_calls(prog, i)}
+    return ops, estimate(prog).total.rounds, protocols
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table."""
+
+    op: str
+    case: str
+    ir: tuple[str, ...]  # IR ops, in first-emitted order, with repeats as "op x2"
+    cost: str  # "free", "local", "1 round", "N rounds" or "comparison"
+    rounds: int
+
+
+def _row(sample: Sample) -> Row:
+    ops, rounds, protocols = _lowered(sample, len(sample.nodes))
+    ctx_ops, ctx_rounds, ctx_protocols = _lowered(sample, sample.context)
+    own = ops - ctx_ops
+    rounds -= ctx_rounds
+    if not own:
+        cost = "free"
+    elif "relu" in protocols - ctx_protocols:
+        cost = "comparison"
+    elif rounds == 0:
+        cost = "local"
+    else:
+        cost = f"{rounds} round{'s' * (rounds > 1)}"
+    ir = tuple(op if k == 1 else f"{op} x{k}" for op, k in own.items())
+    return Row(sample.op, sample.case, ir, cost, rounds)
+
+
+def rows() -> list[Row]:
+    """One row per sample of a supported op, in :data:`SAMPLES` order.
+
+    Raises if a supported op has no sample. Samples of ops the compiler does not support
+    (yet) are left out.
+    """
+    missing = sorted(set(SUPPORTED_OPS) - {s.op for s in SAMPLES})
+    if missing:
+        raise AssertionError(f"mpcc.optable.SAMPLES has no sample for {missing}: add one")
+    return [_row(s) for s in SAMPLES if s.op in SUPPORTED_OPS]
+
+
+_FREE_WHY = {
+    "BatchNormalization": "folded into the weights",
+    "Identity": "removed",
+    "Dropout": "removed",
+    "Softmax": "dropped",
+    "LogSoftmax": "dropped",
+}
+
+
+def table() -> str:
+    """The markdown table (with its legend), as printed by ``python -m mpcc.optable``."""
+    lines = [
+        "| ONNX op | case | secure IR | cost | online rounds |",
+        "|---|---|---|---|---|",
+    ]
+    for r in rows():
+        case = r.case or SUPPORTED_OPS[r.op]
+        ir = ", ".join(f"`{op}`" for op in r.ir) if r.ir else f"none ({_FREE_WHY.get(r.op, '')})"
+        lines.append(f"| {r.op} | {case} | {ir} | {r.cost} | {r.rounds} |")
+    lines += [
+        "",
+        "*free*: no instruction; *local*: no communication; *N round(s)*: Beaver-triple "
+        "products (with secret weights; `--public-weights` makes Conv/Gemm/MatMul local); "
+        "*comparison*: masked opening + 62-bit comparison tree, 8 rounds per ReLU level "
+        "(MaxPool: one level per halving of the window). A product's truncation is fused into "
+        "the next ReLU/Clip, or costs 1 round where it is needed. Generated by "
+        "`python -m mpcc.optable` from the compiler's passes, lowering and cost model.",
+    ]
+    return "\n".join(lines)
+
+
+def replace_table(text: str, new_table: str | None = None) -> str:
+    """``text`` with everything between the optable markers replaced by the table."""
+    body = table() if new_table is None else new_table
+    start, end = text.find(START), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"no {START} ... {END} markers")
+    return f"{text[: start + len(START)]}\n{body}\n{text[end:]}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m mpcc.optable", description=__doc__.split("\n")[0])
+    ap.add_argument("--write", nargs="+", metavar="FILE", help="update the table in FILEs")
+    ap.add_argument("--check", nargs="+", metavar="FILE", help="exit 1 if a FILE's table is stale")
+    args = ap.parse_args(argv)
+    body = table()
+    if not args.write and not args.check:
+        print(body)
+        return 0
+    stale = []
+    for name in [*(args.write or []), *(args.check or [])]:
+        path = Path(name)
+        text = path.read_text()
+        new = replace_table(text, body)
+        if new != text:
+            if args.write and name in args.write:
+                path.write_text(new)
+                print(f"updated {path}")
+            else:
+                stale.append(name)
+    for name in stale:
+        print(f"{name}: the op table is stale; run python -m mpcc.optable --write {name}")
+    return 1 if stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,275 @@
+"""The client: secret-shares inputs to P0 and P1 and reconstructs the logits from both answers.
+
+    with Client("cluster/cluster.toml") as c:
+        logits = c.predict(x)           # any number of samples, in the plan's batches
+        print(c.stats.summary())        # latency, and how much of it was the online phase
+
+Inputs are encoded in fixed point and split with the CSPRNG; each party sees one uniformly
+random share. Only the client holds both shares of the output. A Client is used from one
+thread at a time; use one Client per thread for concurrent requests.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpcc.errors import InputError, MpccError, PartyError
+from mpcc.runtime.fixedpoint import decode, encode
+from mpcc.runtime.prg import reconstruct, share
+from mpcc.serving.config import ClusterConfig
+from mpcc.serving.config import load as load_config
+from mpcc.serving.tls import LinkClosed, TlsChannel, client_context, dial
+from mpcc.serving.wire import Message
+
+PARTIES = ("p0", "p1")
+
+
+@dataclass(frozen=True)
+class RequestStats:
+    """One request (one chunk of at most a batch): the client's latency and the parties' view."""
+
+    rows: int
+    latency_s: float  # from sending the shares to holding both answers
+    queued_s: float  # waiting at P0 before its query started
+    online_s: float  # the online phase (slower of the two parties)
+    offline_s: float  # preprocessing of that query, done ahead in the background
+    rounds: int
+    sent: tuple[int, int]  # payload bytes P0 and P1 sent each other online
+    wire_sent: tuple[int, int]  # the same on the wire (framing and TLS included)
+    dealer_bytes: int  # dealer payload to P1 for the query
+    dealer_wire: int
+    client_bytes: int  # share bytes sent to each party
+    batch_requests: int  # requests that shared the query
+    session: str
+
+
+@dataclass
+class PredictStats:
+    """All requests of the last `predict` call."""
+
+    requests: list[RequestStats] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def summary(self) -> str:
+        r = self.requests
+        if not r:
+            return "no requests"
+        lat = [x.latency_s for x in r]
+        online = sum(x.online_s for x in r)
+        return (
+            f"{len(r)} requests in {self.wall_s:.2f} s: latency median "
+            f"{statistics.median(lat) * 1e3:.1f} ms, online {online / sum(lat):.0%} of it "
+            f"(median {statistics.median(x.online_s for x in r) * 1e3:.1f} ms, "
+            f"{r[-1].rounds} rounds), queued median "
+            f"{statistics.median(x.queued_s for x in r) * 1e3:.1f} ms; preprocessing "
+            f"{statistics.median(x.offline_s for x in r) * 1e3:.1f} ms/query done ahead; "
+            f"P0<->P1 {r[-1].sent[0] / 1e3:.1f} KB payload, {r[-1].wire_sent[0] / 1e3:.1f} KB "
+            f"on the wire per party; dealer {r[-1].dealer_bytes / 1e3:.1f} KB; session "
+            f"{r[-1].session}…"
+        )
+
+
+class Client:
+    """Secure predictions from a deployed cluster."""
+
+    def __init__(
+        self,
+        config: str | Path | ClusterConfig,
+        *,
+        timeout: float | None = None,
+        window: int = 2,
+        role: str | None = "client",
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+    ) -> None:
+        self.cfg = config if isinstance(config, ClusterConfig) else load_config(config)
+        self.timeout = timeout if timeout is not None else self.cfg.serving.client_timeout_s
+        self.window = max(1, window)
+        self._ctx = client_context(self.cfg, None if cert else role, cert, key)
+        self._links: dict[str, TlsChannel] = {}
+        self._inbox: queue.Queue[tuple[str, Message | LinkClosed]] = queue.Queue()
+        self._plan: dict[str, Any] | None = None
+        self.stats = PredictStats()
+
+    # -- connection ---------------------------------------------------------------------------
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for ch in self._links.values():
+            ch.close("client closed")
+        self._links = {}
+        self._plan = None
+        self._inbox = queue.Queue()
+
+    def _connect(self) -> dict[str, TlsChannel]:
+        if self._links and all(ch.closed is None for ch in self._links.values()):
+            return self._links
+        self.close()
+        try:
+            for role in PARTIES:
+                ch, _ = dial(self.cfg, self._ctx, role, me="client", link="client")
+                ch.forward_to(self._inbox, role)
+                self._links[role] = ch
+        except MpccError:
+            self.close()
+            raise
+        return self._links
+
+    def _next(self, timeout: float) -> tuple[str, Message]:
+        try:
+            role, item = self._inbox.get(timeout=timeout)
+        except queue.Empty:
+            raise PartyError(f"no answer from the parties within {timeout:g} s") from None
+        if isinstance(item, LinkClosed):
+            raise PartyError(f"lost the connection to {role.upper()}: {item.reason}")
+        if item.kind == "error":
+            raise PartyError(f"{role.upper()}: {item.meta.get('msg', 'error')}")
+        return role, item
+
+    def info(self) -> dict[str, dict[str, Any]]:
+        """Each compute party's public facts: plan interface, session id, counters."""
+        links = self._connect()
+        try:
+            for ch in links.values():
+                ch.send_msg("info")
+            got: dict[str, dict[str, Any]] = {}
+            while len(got) < len(links):
+                role, msg = self._next(self.cfg.serving.timeout_s)
+                if msg.kind == "info":
+                    got[role] = msg.meta
+            return got
+        except MpccError:
+            self.close()
+            raise
+
+    def wait_ready(self, timeout: float = 60.0) -> str:
+        """Wait until P0 and P1 share a live session; returns its id."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while time.monotonic() < deadline:
+            try:
+                got = self.info()
+                sids = {m.get("session") for m in got.values()}
+                if len(sids) == 1 and None not in sids:
+                    return sids.pop()
+                last = "; ".join(
+                    f"{r.upper()}: session {m.get('session')}, {m.get('last_error')}"
+                    for r, m in got.items()
+                )
+            except MpccError as e:
+                last = str(e)
+            time.sleep(0.2)
+        raise PartyError(f"the cluster is not ready after {timeout:g} s ({last})")
+
+    def _interface(self) -> dict[str, Any]:
+        if self._plan is None:
+            got = self.info()
+            p0, p1 = got["p0"], got["p1"]
+            if not p0.get("deployed") or not p1.get("deployed"):
+                raise MpccError("no model is deployed on the cluster (run `mpcc deploy`)")
+            if p0.get("plan_hash") != p1.get("plan_hash"):
+                raise PartyError("P0 and P1 serve different plans; redeploy the model")
+            self._plan = p0
+        return self._plan
+
+    # -- predictions --------------------------------------------------------------------------
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Logits (the plan's first output) for any number of samples."""
+        plan = self._interface()
+        shape, batch = tuple(plan["input_shape"]), int(plan["batch"])
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape == shape[1:]:
+            x = x[None]
+        if x.ndim != len(shape) or x.shape[1:] != shape[1:] or len(x) == 0:
+            raise InputError(
+                f"input has shape {list(x.shape)}, but the plan expects "
+                f"[n, {', '.join(map(str, shape[1:]))}] (n >= 1 samples)"
+            )
+        chunks = [x[i : i + batch] for i in range(0, len(x), batch)]
+        try:
+            outs = self._run(chunks, plan)
+        except MpccError:
+            self.close()  # answers still in flight would be out of step: start afresh
+            raise
+        return np.concatenate(outs)
+
+    def _run(self, chunks: list[np.ndarray], plan: dict[str, Any]) -> list[np.ndarray]:
+        links = self._connect()
+        frac, scale = int(plan["frac_bits"]), int(plan["output_scale"])
+        out_tail = tuple(plan["output_shape"][1:])
+        outs: list[np.ndarray | None] = [None] * len(chunks)
+        stats: list[RequestStats | None] = [None] * len(chunks)
+        pending: dict[str, tuple[int, float, int, dict[str, Message]]] = {}
+        t_start, nxt = time.perf_counter(), 0
+        while nxt < len(chunks) or pending:
+            while nxt < len(chunks) and len(pending) < self.window:
+                rid = secrets.token_hex(16)
+                s0, s1 = share(encode(chunks[nxt], frac))
+                pending[rid] = (nxt, time.perf_counter(), s0.nbytes, {})
+                meta = {"rid": rid, "rows": len(chunks[nxt])}
+                links["p0"].send_msg("request", meta, [s0])
+                links["p1"].send_msg("request", meta, [s1])
+                nxt += 1
+            role, msg = self._next(self.timeout)
+            rid = msg.meta.get("rid")
+            if rid not in pending:
+                continue  # e.g. a late answer to an info request
+            if msg.kind == "failed":
+                raise PartyError(f"{msg.meta.get('msg', 'request failed')}")
+            if msg.kind != "result":
+                raise PartyError(f"{role.upper()} answered with {msg.kind!r}")
+            i, t0, nbytes, got = pending[rid]
+            want = (len(chunks[i]), *out_tail)
+            if len(msg.arrays) != 1 or msg.arrays[0].shape != want:
+                raise PartyError(f"{role.upper()} answered with a malformed result")
+            got[role] = msg
+            if len(got) == 2:
+                del pending[rid]
+                a0, a1 = got["p0"].arrays[0], got["p1"].arrays[0]
+                outs[i] = decode(reconstruct(a0, a1), scale)
+                stats[i] = _stats(got, len(chunks[i]), time.perf_counter() - t0, nbytes)
+        self.stats = PredictStats([s for s in stats if s], time.perf_counter() - t_start)
+        return [o for o in outs if o is not None]
+
+    # -- low level (tests, tools) -------------------------------------------------------------
+    def send_raw(
+        self, role: str, kind: str, meta: dict[str, Any], arrays: list[np.ndarray]
+    ) -> Message:
+        """Send one message to P0 or P1 and return that party's next message."""
+        links = self._connect()
+        links[role].send_msg(kind, meta, arrays)
+        while True:
+            got, msg = self._next(self.timeout)
+            if got == role:
+                return msg
+
+
+def _stats(got: dict[str, Message], rows: int, latency: float, share_bytes: int) -> RequestStats:
+    s0, s1 = got["p0"].meta.get("stats", {}), got["p1"].meta.get("stats", {})
+    return RequestStats(
+        rows=rows,
+        latency_s=latency,
+        queued_s=float(s0.get("queued_s", 0.0)),
+        online_s=max(float(s0.get("online_s", 0.0)), float(s1.get("online_s", 0.0))),
+        offline_s=max(float(s0.get("offline_s", 0.0)), float(s1.get("offline_s", 0.0))),
+        rounds=int(s0.get("rounds", 0)),
+        sent=(int(s0.get("sent", 0)), int(s1.get("sent", 0))),
+        wire_sent=(int(s0.get("wire_sent", 0)), int(s1.get("wire_sent", 0))),
+        dealer_bytes=int(s1.get("dealer_bytes", 0)),
+        dealer_wire=int(s1.get("dealer_wire", 0)),
+        client_bytes=share_bytes,
+        batch_requests=int(s0.get("batch_requests", 1)),
+        session=str(s0.get("session", "")),
+    )

@@ -1,0 +1,153 @@
+"""Command-line subcommands for deployment: `cluster init`, `party`, `deploy`, `predict`.
+
+`add_commands(subparsers)` registers them on the `mpcc` parser; each sets `fn(args) -> int`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import secrets
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from mpcc.errors import InputError, MpccError
+from mpcc.serving import config as cfgmod
+from mpcc.serving.config import DEFAULT_DAYS, ROLES
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register the deployment subcommands on an argparse subparsers object."""
+    c = subparsers.add_parser("cluster", help="set up a three-party cluster")
+    csub = c.add_subparsers(dest="cluster_command", required=True)
+    i = csub.add_parser(
+        "init", help="write DIR/cluster.toml and a fresh CA with a key+certificate per role"
+    )
+    i.add_argument("dir", help="directory to create (certificates, keys and cluster.toml)")
+    for role in ("p0", "p1", "dealer"):
+        i.add_argument(f"--{role}", required=True, metavar="HOST:PORT", help=f"{role}'s address")
+    i.add_argument("--days", type=int, default=DEFAULT_DAYS, help="certificate validity")
+    i.add_argument("--force", action="store_true", help="overwrite an existing cluster")
+    i.set_defaults(fn=cmd_cluster_init)
+
+    p = subparsers.add_parser("party", help="run one party (p0, p1 or dealer) until stopped")
+    p.add_argument("--config", required=True, help="cluster.toml")
+    p.add_argument("--role", required=True, choices=("p0", "p1", "dealer"))
+    p.add_argument("--state-dir", help="where the deployed model is kept (default: from config)")
+    p.add_argument(
+        "--num-requests", type=int, help="stop after this many answered requests (dealer: queries)"
+    )
+    p.add_argument("--timeout", type=float, help="override [serving] timeout_s")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.set_defaults(fn=cmd_party)
+
+    d = subparsers.add_parser(
+        "deploy", help="share a plan's weights to P0 and P1, its public part to all three"
+    )
+    d.add_argument("plan", help="plan file with the owner's weights (from `mpcc compile`)")
+    d.add_argument("--config", required=True, help="cluster.toml (owner credentials)")
+    d.set_defaults(fn=cmd_deploy)
+
+    r = subparsers.add_parser("predict", help="secure prediction from a deployed cluster")
+    r.add_argument("--config", required=True, help="cluster.toml (client credentials)")
+    r.add_argument("--input", required=True, help=".npy file with one or more samples")
+    r.add_argument("--output", help=".npy file for the logits (or labels with --argmax)")
+    r.add_argument("--argmax", action="store_true", help="output class labels")
+    r.add_argument("--timeout", type=float, help="seconds to wait for an answer")
+    r.add_argument("-q", "--quiet", action="store_true")
+    r.set_defaults(fn=cmd_predict)
+
+
+def cmd_cluster_init(args: argparse.Namespace) -> int:
+    from mpcc.serving.certs import init_ca
+
+    d = Path(args.dir)
+    if (d / cfgmod.CONFIG_NAME).exists() and not args.force:
+        raise MpccError(f"{d / cfgmod.CONFIG_NAME} exists; use --force to replace the cluster")
+    addresses = {r: cfgmod.parse_address(getattr(args, r)) for r in cfgmod.PARTIES}
+    name = secrets.token_hex(4)
+    init_ca(d, name, ROLES, args.days)
+    (d / cfgmod.CONFIG_NAME).write_text(cfgmod.render(name, addresses))
+    print(f"cluster {name}: wrote {d / cfgmod.CONFIG_NAME}, ca.crt and a key+certificate for")
+    print(f"  {', '.join(ROLES)} (keys mode 0600) into {d}/")
+    print("Give each machine cluster.toml, ca.crt and only its own <role>.key/<role>.crt;")
+    print("keep ca.key offline (it is needed only to issue new certificates).")
+    return 0
+
+
+def _setup_logging(role: str, level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format=f"%(asctime)s {role} %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def cmd_party(args: argparse.Namespace) -> int:
+    cfg = cfgmod.load(args.config)
+    if args.timeout is not None:
+        cfg = cfg.with_serving(timeout_s=args.timeout)
+    _setup_logging(args.role, args.log_level)
+    state_dir = Path(args.state_dir) if args.state_dir else None
+    if args.role == "dealer":
+        from mpcc.serving.dealer import DealerParty
+
+        server = DealerParty(cfg, "dealer", state_dir, args.num_requests)
+    else:
+        from mpcc.serving.party import ComputeParty
+
+        server = ComputeParty(cfg, args.role, state_dir, args.num_requests)
+    return server.run()
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from mpcc.serving.owner import deploy
+
+    deploy_id = deploy(args.plan, args.config)
+    print(f"deployed {args.plan} to p0, p1 (weight shares) and the dealer (public plan)")
+    print(f"deployment {deploy_id[:8]}…; the parties start a new session now")
+    return 0
+
+
+def _load_input(path: str) -> np.ndarray:
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"no input file at {path}") from None
+    except ValueError as e:
+        raise InputError(f"{path} is not a .npy array file ({e})") from None
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from mpcc.serving.client import Client
+
+    x = _load_input(args.input)
+    with Client(args.config, timeout=args.timeout) as client:
+        y = client.predict(x)
+        stats = client.stats
+    if args.argmax:
+        y = y.argmax(axis=1)
+    if args.output:
+        np.save(args.output, y)
+    if not args.quiet:
+        print(f"secure inference on the cluster: {len(y)} samples, output {list(y.shape)}")
+        print(stats.summary())
+        if not args.output:
+            print(np.array2string(y, precision=4, max_line_width=120))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m mpcc.serving ...`: these subcommands alone (until they are in `mpcc`)."""
+    parser = argparse.ArgumentParser(prog="python -m mpcc.serving", description=__doc__)
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except MpccError as e:
+        print(f"mpcc: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,174 @@
+"""The dealer as a long-running server: starts sessions and streams preprocessing to P1.
+
+The dealer dials P0 and P1, offers a session (plan hash, deployment id, its contribution to
+the session id), sends each compute party its fresh seed, and once both report ready deals
+material ahead of the queries, as far as P1's credit allows (`stock` queries). It only ever
+sends material: it never receives a share, an opened value or a weight. When a session ends
+(a party died, a link dropped, a new model was deployed) it starts a new one, retrying with
+back-off until both parties answer.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from mpcc.errors import MpccError, PartyError
+from mpcc.runtime.dealer import Dealer
+from mpcc.runtime.session import Session, new_seeds
+from mpcc.serving.config import ClusterConfig
+from mpcc.serving.server import PartyServer
+from mpcc.serving.startup import contribution, mismatch, prg_kat, session_id
+from mpcc.serving.state import Deployment
+from mpcc.serving.tls import TlsChannel, dial
+from mpcc.serving.wire import Message
+
+BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 1.0
+
+
+class DealerParty(PartyServer):
+    """The dealer process."""
+
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        role: str = "dealer",
+        state_dir: Path | None = None,
+        num_requests: int | None = None,
+    ) -> None:
+        super().__init__(cfg, "dealer", state_dir, num_requests)
+        self._thread = threading.Thread(target=self._loop, name="mpcc-dealer", daemon=True)
+        self._links: dict[str, TlsChannel] = {}
+        self.consumed = 0  # queries whose material P1 has used, over all sessions
+        self.session: str | None = None
+
+    def start(self) -> None:
+        super().start()
+        self._thread.start()
+
+    def on_new_deployment(self) -> None:
+        self._close_links("a new model was deployed")
+
+    def shutdown(self) -> None:
+        self._close_links("the dealer is shutting down")
+        self._thread.join(timeout=self.cfg.serving.timeout_s)
+
+    def _close_links(self, why: str) -> None:
+        for ch in list(self._links.values()):
+            ch.close(why)
+
+    def _loop(self) -> None:
+        backoff, said = BACKOFF_MIN_S, None
+        while not self.stop_event.is_set():
+            dep = self.deployment
+            if dep is None:
+                with self.deployed:
+                    self.deployed.wait(0.5)
+                continue
+            try:
+                self._session(dep, self.deploy_generation)
+                backoff = BACKOFF_MIN_S
+                said = None
+            except MpccError as e:
+                self.last_error = str(e)
+                if str(e) != said:  # say each new reason once, not at every retry
+                    self.log.warning("no session: %s (retrying)", e)
+                    said = str(e)
+            except Exception as e:  # noqa: BLE001 - a bug: log it, keep the dealer alive
+                self.log.exception("session failed")
+                self.last_error = f"internal error ({type(e).__name__})"
+            finally:
+                self._close_links("session over")
+                self._links = {}
+                self.session = None
+            self.stop_event.wait(backoff)
+            backoff = min(2 * backoff, BACKOFF_MAX_S)
+
+    def _session(self, dep: Deployment, generation: int) -> None:
+        """Start a session; on success serve material until it ends (returns normally)."""
+        t = self.cfg.serving.setup_timeout_s
+        for role in ("p0", "p1"):
+            self._links[role], _ = dial(self.cfg, self.client_ctx, role, me="dealer", link="dealer")
+        links = self._links
+        mine, kat = contribution(), prg_kat()
+        offer = {"plan_hash": dep.plan_hash, "deploy_id": dep.deploy_id, "contribution": mine}
+        for ch in links.values():
+            ch.send_msg("offer", offer)
+        accepts = {r: m.meta for r, m in _await_all(links, "accept", t).items()}
+        for r, a in accepts.items():
+            mismatch("plan hash", dep.plan_hash, a.get("plan_hash"), "dealer", r.upper())
+            mismatch("deployment", dep.deploy_id, a.get("deploy_id"), "dealer", r.upper())
+            mismatch("PRG known answer", kat, a.get("kat"), "dealer", r.upper())
+        contribs = {
+            "dealer": mine,
+            "p0": accepts["p0"].get("contribution"),
+            "p1": accepts["p1"].get("contribution"),
+        }
+        sid = session_id(dep.plan_hash, dep.deploy_id, contribs)
+        seeds = new_seeds()
+        for seed, role in zip(seeds, ("p0", "p1"), strict=True):  # P0's seed to P0 only, ...
+            seed_arr = np.frombuffer(seed, dtype=np.uint8)
+            links[role].send_msg("start", {"sid": sid, "contributions": contribs}, [seed_arr])
+        for role, ready in _await_all(links, "ready", t).items():
+            mismatch("session id", sid, ready.meta.get("sid"), "dealer", role.upper())
+        dealer = Dealer(dep.prog, Session(sid, dep.plan_hash), seeds)
+        del seeds
+        self.session, self.last_error = sid, None
+        self.log.info("session %s… started (plan %s)", sid[:8], dep.plan_hash[:12])
+        try:
+            self._serve(dealer, generation)
+        except PartyError as e:
+            self.log.info("session %s… ended: %s", sid[:8], e)
+            self.last_error = f"session ended: {e}"
+
+    def _serve(self, dealer: Dealer, generation: int) -> None:
+        """Deal each query's material as soon as P1 has room for it (its credit)."""
+        p0, p1 = self._links["p0"], self._links["p1"]
+        upto, q, base = -1, 0, self.consumed
+        while not self.stop_event.is_set():
+            if self.deploy_generation != generation:
+                raise PartyError("a new model was deployed")
+            if p0.poll(0) is not None:
+                raise PartyError("P0 sent a message on the dealer link")
+            msg = p1.poll(0 if q <= upto else 0.2)
+            if msg is not None:
+                if msg.kind != "credit":
+                    raise PartyError(f"P1 sent {msg.kind!r} on the dealer link")
+                upto = max(upto, int(msg.meta.get("upto", -1)))
+                self.consumed = base + int(msg.meta.get("consumed", 0))
+                if self.num_requests is not None and self.consumed >= self.num_requests:
+                    self.stop(f"material for {self.consumed} queries was used")
+                    return
+            if q <= upto:
+                t0 = time.perf_counter()
+                bundle = dealer.deal(q)
+                deal_s = time.perf_counter() - t0
+                p1.send_msg("bundle", {"deal_s": deal_s}, bundle.to_arrays())
+                p1.traffic.bytes_sent += bundle.nbytes
+                p1.traffic.messages_sent += 1
+                q += 1
+
+
+def _await_all(links: dict[str, TlsChannel], kind: str, timeout: float) -> dict[str, Message]:
+    """One `kind` message from every link; the first error or closed link fails at once."""
+    deadline = time.monotonic() + timeout
+    got: dict[str, Message] = {}
+    while len(got) < len(links):
+        for role, ch in links.items():
+            if role in got:
+                continue
+            msg = ch.poll(0.02)
+            if msg is None:
+                continue
+            if msg.kind == "error":
+                raise PartyError(f"{role.upper()}: {msg.meta.get('msg', 'error')}")
+            if msg.kind != kind:
+                raise PartyError(f"{role.upper()} sent {msg.kind!r} where {kind!r} was expected")
+            got[role] = msg
+        if len(got) < len(links) and time.monotonic() > deadline:
+            late = ", ".join(r.upper() for r in links if r not in got)
+            raise PartyError(f"{late} did not answer within {timeout:g} s")
+    return got

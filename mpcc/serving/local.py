@@ -1,0 +1,111 @@
+"""Three party processes on 127.0.0.1, for tests, benchmarks and trying things out.
+
+with ProcessCluster(tmp_dir) as pc:        # cluster init on free loopback ports
+    pc.start_all()
+    deploy_program(prog, weights, pc.cfg)
+    with Client(pc.cfg) as c: ...
+# every process started here is killed on exit
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mpcc.errors import MpccError
+from mpcc.serving import config as cfgmod
+from mpcc.serving.certs import init_ca
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def init_local(directory: Path, **serving: Any) -> cfgmod.ClusterConfig:
+    """`cluster init` on free 127.0.0.1 ports, with optional `[serving]` values."""
+    init_ca(directory, "local")
+    addrs = {r: ("127.0.0.1", free_port()) for r in cfgmod.PARTIES}
+    text = cfgmod.render("local", addrs, serving=cfgmod.Serving(**serving))
+    (directory / cfgmod.CONFIG_NAME).write_text(text)
+    return cfgmod.load(directory / cfgmod.CONFIG_NAME)
+
+
+class ProcessCluster:
+    """Starts, kills and restarts `python -m mpcc.serving party` processes."""
+
+    def __init__(self, directory: Path, **serving: Any) -> None:
+        self.dir = Path(directory)
+        self.cfg = init_local(self.dir, **serving)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.logs = self.dir / "logs"
+        self.logs.mkdir(exist_ok=True)
+
+    def __enter__(self) -> ProcessCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill_all()
+
+    def start(self, role: str, *extra: str) -> subprocess.Popen:
+        if role in self.procs and self.procs[role].poll() is None:
+            raise MpccError(f"{role} is already running")
+        log = open(self.logs / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
+        root = str(Path(__file__).resolve().parents[2])  # so `-m mpcc.serving` finds mpcc
+        path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
+        cmd = [sys.executable, "-m", "mpcc.serving", "party", "--config", str(self.cfg.path)]
+        self.procs[role] = subprocess.Popen(
+            [*cmd, "--role", role, *extra], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        log.close()
+        return self.procs[role]
+
+    def start_all(self) -> None:
+        for role in cfgmod.PARTIES:
+            self.start(role)
+        self.wait_listening()
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        """Until every running party accepts TCP connections."""
+        deadline = time.monotonic() + timeout
+        for role, p in self.procs.items():
+            while True:
+                if p.poll() is not None:
+                    raise MpccError(f"{role} exited with {p.returncode}: {self.log(role)[-2000:]}")
+                try:
+                    socket.create_connection(self.cfg.address(role), timeout=1).close()
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise MpccError(f"{role} is not listening after {timeout:g} s") from None
+                    time.sleep(0.05)
+
+    def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
+        p = self.procs.get(role)
+        if p is not None and p.poll() is None:
+            p.send_signal(sig)
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def kill_all(self) -> None:
+        for role in list(self.procs):
+            self.kill(role)
+
+    def alive(self, role: str) -> bool:
+        p = self.procs.get(role)
+        return p is not None and p.poll() is None
+
+    def log(self, role: str) -> str:
+        path = self.logs / f"{role}.log"
+        return path.read_text(errors="replace") if path.exists() else ""

@@ -1,0 +1,69 @@
+"""The model owner's deployment: the public plan to all three parties, shares to P0 and P1.
+
+The weights are encoded and split into fresh additive shares here (`share_weights`); P0 and
+P1 each receive one share of every weight, the dealer the public plan only. Every deploy
+carries a fresh deployment id, which the parties compare at start-up, so shares of two
+different deploys are never combined.
+"""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+import numpy as np
+
+from mpcc.compiler import planfile
+from mpcc.compiler.ir import Program
+from mpcc.errors import MpccError, PartyError
+from mpcc.runtime.owner import share_weights
+from mpcc.serving.config import ClusterConfig
+from mpcc.serving.config import load as load_config
+from mpcc.serving.tls import client_context, dial
+
+
+class DeployError(MpccError):
+    """A party did not accept the deployment."""
+
+
+def deploy(plan: str | Path, config: str | Path | ClusterConfig) -> str:
+    """Deploy a plan file (with the owner's weights); returns the deployment id."""
+    prog, weights = planfile.load(plan)
+    if not weights:
+        raise MpccError(f"{plan} holds no weights: deploy the owner's plan file")
+    return deploy_program(prog, weights, config)
+
+
+def deploy_program(
+    prog: Program, weights: dict[str, np.ndarray], config: str | Path | ClusterConfig
+) -> str:
+    """Share `weights` afresh and send plan and shares to the parties of `config`."""
+    cfg = config if isinstance(config, ClusterConfig) else load_config(config)
+    if len(prog.inputs) != 1:
+        raise MpccError("serving supports plans with exactly one input")
+    ctx = client_context(cfg, "owner")
+    public = planfile.to_public(prog)
+    digest = planfile.plan_hash(prog)
+    deploy_id = secrets.token_hex(16)
+    shares = dict(zip(("p0", "p1"), share_weights(prog, weights), strict=True))
+    errors = []
+    for role in ("p0", "p1", "dealer"):
+        mine = shares.get(role)
+        names = sorted(mine) if mine is not None else []
+        try:
+            ch, _ = dial(cfg, ctx, role, me="owner", link="deploy")
+            try:
+                head = {"plan": public, "plan_hash": digest, "deploy_id": deploy_id}
+                ch.send_msg("deploy", {**head, "weights": names})
+                for n in names:
+                    ch.send_msg("share", {"name": n}, [mine[n]])
+                ch.send_msg("commit")
+                ch.recv_msg(cfg.serving.setup_timeout_s, expect="deployed")
+            finally:
+                ch.close("deployed")
+        except PartyError as e:
+            errors.append(f"{role}: {e}")
+    del shares
+    if errors:
+        raise DeployError("deployment incomplete; " + "; ".join(errors))
+    return deploy_id

@@ -1,0 +1,709 @@
+"""A compute party (P0 or P1) as a long-running server.
+
+Links: clients and the owner dial in; the dealer dials in to start each session; P1 dials
+P0 for their peer link. A session starts when the dealer offers one: the three compare the
+plan hash and deployment id, derive the session id from everyone's contribution, the
+dealer sends each party its seed, P0 and P1 check each other and open the masked weights.
+
+Queries: clients send one share of an input batch to each party, tagged with a request
+id. P0 leads: it takes queued requests (several per query if the plan's batch allows),
+announces them to P1, and both run the plan on the shares and answer the client. P1 keeps
+its requests until P0 announces them. Preprocessing is made ahead in the background, up to
+`stock` queries (P0 expands its seed; P1 also takes the dealer's corrections), so a query
+pays only the online phase. Any fault inside a session -- a peer that dies, a link that
+drops or stalls, a malformed frame -- fails the queries in flight with a clear error and
+ends the session on all three parties; the dealer then starts a new one, with fresh seeds
+and material.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import re
+import threading
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mpcc.errors import InputError, MpccError, PartyError
+from mpcc.runtime.executor import PartyExecutor
+from mpcc.runtime.material import Bundle
+from mpcc.runtime.session import Session
+from mpcc.serving.config import ClusterConfig
+from mpcc.serving.server import PartyServer
+from mpcc.serving.startup import (
+    contribution,
+    mismatch,
+    prg_kat,
+    session_id,
+)
+from mpcc.serving.state import Deployment
+from mpcc.serving.tls import LinkRefused, TlsChannel, dial
+from mpcc.serving.wire import Message
+
+RID = re.compile(r"^[0-9a-f]{16,64}$")
+MAX_QUEUE = 1024
+
+
+@dataclass
+class Request:
+    """One client request: a share of `rows` samples, waiting to be run."""
+
+    rid: str
+    rows: int
+    share: np.ndarray
+    ch: TlsChannel
+    arrived: float
+
+
+@dataclass
+class Prepared:
+    offline_s: float  # expanding this party's material (P1: plus the dealer's dealing time)
+    ready_at: float
+    dealer_bytes: int = 0
+    dealer_wire: int = 0
+
+
+class PartySession:
+    """One session at a compute party: its links, executor and stock of material."""
+
+    def __init__(
+        self,
+        server: ComputeParty,
+        dep: Deployment,
+        sid: str,
+        seed: bytes,
+        dealer: TlsChannel,
+        peer: TlsChannel,
+    ) -> None:
+        self.server, self.dep, self.sid = server, dep, sid
+        self.dealer, self.peer = dealer, peer
+        self.ex = PartyExecutor(
+            server.party, dep.prog, Session(sid, dep.plan_hash), seed, dep.shares, peer
+        )
+        self.cond = threading.Condition()
+        self.prepared: dict[int, Prepared] = {}
+        self.prepared_upto = -1
+        self.next_q = 0
+        self.ended: str | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.ended is None
+
+    def watch_links(self) -> None:
+        self.dealer.on_close(lambda why: self.end(f"the dealer link closed ({why})"))
+        self.peer.on_close(lambda why: self.end(f"the link to the peer closed ({why})"))
+
+    def end(self, reason: str) -> None:
+        with self.cond:
+            if self.ended is not None:
+                return
+            self.ended = reason
+            self.prepared.clear()
+            self.cond.notify_all()
+        self.server.log.info("session %s… ended: %s", self.sid[:8], reason)
+        self.server.last_error = f"session ended: {reason}"
+        self.dealer.close(reason)
+        self.peer.close(reason)
+        self.server.drop_requests(f"the session ended ({reason})")
+
+    def mark_prepared(self, q: int, p: Prepared) -> None:
+        with self.cond:
+            self.prepared[q] = p
+            self.prepared_upto = q
+            self.cond.notify_all()
+
+    def wait_prepared(self, q: int, timeout: float) -> Prepared:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while q not in self.prepared:
+                left = deadline - time.monotonic()
+                if self.ended is not None:
+                    raise PartyError(f"session ended: {self.ended}")
+                if left <= 0:
+                    raise PartyError(f"no preprocessing for query {q} after {timeout:g} s")
+                self.cond.wait(left)
+            return self.prepared.pop(q)
+
+    def consumed(self, q: int) -> None:
+        with self.cond:
+            self.next_q = q + 1
+            self.cond.notify_all()
+
+    def stock_full(self, stock: int) -> bool:
+        return self.prepared_upto - self.next_q + 1 >= stock
+
+
+class ComputeParty(PartyServer):
+    """P0 (leader) or P1 (follower)."""
+
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        role: str,
+        state_dir: Path | None = None,
+        num_requests: int | None = None,
+    ) -> None:
+        if role not in ("p0", "p1"):
+            raise MpccError(f"a compute party is p0 or p1, not {role!r}")
+        super().__init__(cfg, role, state_dir, num_requests)
+        self.party = int(role[1])
+        self.label = role.upper()
+        self.peer_label = "P1" if self.party == 0 else "P0"
+        self._session: PartySession | None = None
+        self._session_lock = threading.Lock()
+        self._req = threading.Condition()
+        self._queue: deque[Request] = deque()  # P0: waiting to be scheduled
+        self._pending: dict[str, Request] = {}  # P1: waiting to be announced by P0
+        self._rejected: OrderedDict[str, float] = OrderedDict()  # P1: rids it refused
+        self._peer_links: queue.Queue[tuple[Any, TlsChannel]] = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self.answered = 0
+        self._janitor = threading.Thread(
+            target=self._janitor_loop, name="mpcc-janitor", daemon=True
+        )
+
+    # -- links ------------------------------------------------------------------------------
+    def handlers(self):
+        h = super().handlers()
+        h["client"] = ({"client"}, self.on_client)
+        h["dealer"] = ({"dealer"}, self.on_dealer)
+        if self.party == 0:
+            h["peer"] = ({"p1"}, self.on_peer)
+        return h
+
+    def start(self) -> None:
+        super().start()
+        self._janitor.start()
+
+    def on_peer(self, ch: TlsChannel, hello: Message) -> None:
+        """P1's link: kept for the session start-up waiting for it."""
+        ch.peer = "P1"
+        ch.send_msg("welcome", {"role": self.role})
+        self._peer_links.put((hello.meta.get("sid"), ch))
+
+    def info(self) -> dict[str, Any]:
+        """Public facts for clients: the plan's interface, the session, counters."""
+        dep, s = self.deployment, self._session
+        d: dict[str, Any] = {
+            "role": self.role,
+            "deployed": dep is not None,
+            "session": s.sid if s is not None and s.alive else None,
+            "answered": self.answered,
+            "last_error": self.last_error,
+        }
+        if dep is not None:
+            prog = dep.prog
+            (_, in_vid), (out_name, out_vid) = prog.inputs[0], prog.outputs[0]
+            d.update(
+                plan_hash=dep.plan_hash,
+                name=prog.name,
+                input_shape=list(prog.value(in_vid).shape),
+                batch=prog.batch,
+                frac_bits=prog.frac_bits,
+                output_name=out_name,
+                output_shape=list(prog.value(out_vid).shape),
+                output_scale=prog.value(out_vid).scale,
+            )
+        return d
+
+    # -- clients ----------------------------------------------------------------------------
+    def on_client(self, ch: TlsChannel, hello: Message) -> None:
+        dep = self.deployment
+        if dep is not None:  # a request is one share of at most a batch: no larger frames
+            shape = dep.prog.value(dep.prog.inputs[0][1]).shape
+            ch.limit_frames(min(self.cfg.serving.max_frame_bytes, 8 * math.prod(shape) + 4096))
+        ch.send_msg("welcome", {"role": self.role})
+        try:
+            while not self.stop_event.is_set():
+                msg = ch.poll(0.5)
+                if msg is None:
+                    continue
+                if msg.kind == "info":
+                    ch.send_msg("info", self.info())
+                elif msg.kind == "request":
+                    self._on_request(ch, msg)
+                else:
+                    ch.send_msg("error", {"msg": f"unknown request kind {msg.kind!r}"})
+        except PartyError:
+            pass  # the client left, or sent a bad frame (logged by the link)
+        finally:
+            ch.close("client link done")
+
+    def _on_request(self, ch: TlsChannel, msg: Message) -> None:
+        rid = msg.meta.get("rid")
+        try:
+            rid = self._check_request(msg)
+        except InputError as e:
+            shown = rid[:8] if isinstance(rid, str) and RID.match(rid) else "?"
+            self.log.warning("rejected request %s from %s: %s", shown, ch.peer, e)
+            if isinstance(rid, str) and RID.match(rid):
+                with self._req:
+                    self._rejected[rid] = time.monotonic()
+                    while len(self._rejected) > MAX_QUEUE:
+                        self._rejected.popitem(last=False)
+                self._send_failed(ch, rid, f"{self.label} rejected the request: {e}")
+            else:
+                ch.send_msg("error", {"msg": f"{self.label} rejected a request: {e}"})
+            return
+        r = Request(rid, int(msg.meta["rows"]), msg.arrays[0], ch, time.monotonic())
+        with self._req:
+            held = len(self._queue) + len(self._pending)
+            busy = held >= MAX_QUEUE
+            dup = rid in self._pending or any(q.rid == rid for q in self._queue)
+            if not busy and not dup:
+                if self.party == 0:
+                    self._queue.append(r)
+                else:
+                    self._pending[rid] = r
+                self._req.notify_all()
+        if busy or dup:
+            why = "too many queued requests" if busy else "duplicate request id"
+            self._send_failed(ch, rid, f"{self.label} rejected the request: {why}")
+
+    def _check_request(self, msg: Message) -> str:
+        dep = self.deployment
+        if dep is None:
+            raise InputError(f"no model is deployed at {self.label}")
+        rid, rows = msg.meta.get("rid"), msg.meta.get("rows")
+        if not isinstance(rid, str) or not RID.match(rid):
+            raise InputError("malformed request id")
+        prog = dep.prog
+        shape = prog.value(prog.inputs[0][1]).shape
+        if not isinstance(rows, int) or not 1 <= rows <= prog.batch:
+            raise InputError(f"a request carries 1 to {prog.batch} samples, not {rows!r}")
+        if len(msg.arrays) != 1:
+            raise InputError("a request carries exactly one share")
+        a = msg.arrays[0]
+        want = (rows, *shape[1:])
+        if a.dtype != np.uint64 or a.shape != want:
+            raise InputError(
+                f"input share is {a.dtype}{list(a.shape)}, expected uint64{list(want)}"
+            )
+        return rid
+
+    def _send_failed(self, ch: TlsChannel, rid: str, why: str) -> None:
+        try:
+            ch.send_msg("failed", {"rid": rid, "msg": why})
+        except PartyError:
+            pass
+
+    def _fail(self, reqs: list[Request], why: str) -> None:
+        for r in reqs:
+            self._send_failed(r.ch, r.rid, why)
+
+    def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any]) -> None:
+        try:
+            r.ch.send_msg("result", {"rid": r.rid, "stats": stats}, [y])
+        except PartyError as e:
+            self.log.info("could not answer request %s: %s", r.rid[:8], e)
+            return
+        self.answered += 1
+        if self.num_requests is not None and self.answered >= self.num_requests:
+            self.stop(f"answered {self.answered} requests")
+
+    def drop_requests(self, why: str) -> None:
+        """Fail every waiting request: its twin at the other party may be gone with the session."""
+        with self._req:
+            stale = list(self._queue) + list(self._pending.values())
+            self._queue.clear()
+            self._pending.clear()
+        if stale:
+            msg = f"{self.label}: {why}; please retry"
+            threading.Thread(target=self._fail, args=(stale, msg), daemon=True).start()
+
+    def _janitor_loop(self) -> None:
+        """Fail requests that can no longer be served in time."""
+        t = self.cfg.serving
+        while not self.stop_event.wait(0.25):
+            now = time.monotonic()
+            expired: list[tuple[Request, str]] = []
+            s = self._session
+            with self._req:
+                if self.party == 0 and (s is None or not s.alive):
+                    while self._queue and now - self._queue[0].arrived > t.timeout_s:
+                        why = self.last_error or "waiting for the dealer and P1"
+                        expired.append((self._queue.popleft(), f"no session ({why})"))
+                for rid, r in list(self._pending.items()):
+                    if now - r.arrived > t.client_timeout_s:
+                        del self._pending[rid]
+                        expired.append((r, "P0 did not schedule this request in time"))
+                while self._rejected and now - next(iter(self._rejected.values())) > 60:
+                    self._rejected.popitem(last=False)
+            for r, why in expired:
+                self._fail([r], f"{self.label}: {why}")
+
+    # -- sessions ---------------------------------------------------------------------------
+    def on_new_deployment(self) -> None:
+        self._end_session("a new model was deployed")
+
+    def _end_session(self, reason: str) -> None:
+        with self._session_lock:
+            s, self._session = self._session, None
+        if s is not None:
+            s.end(reason)
+
+    def on_dealer(self, ch: TlsChannel, hello: Message) -> None:
+        """The dealer starts a session; this thread then runs it until it ends."""
+        ch.peer = "dealer"
+        self._end_session("the dealer started a new session")
+        ch.send_msg("welcome", {"role": self.role})
+        generation = self.deploy_generation
+        try:
+            s = self._setup(ch)
+        except MpccError as e:
+            self.last_error = f"session start-up failed: {e}"
+            if ch.closed is not None and "sent nothing" not in str(e):
+                self.log.info("the dealer abandoned a session start-up (%s)", ch.closed)
+            else:
+                self.log.error("session start-up failed: %s", e)
+            try:
+                ch.send_msg("error", {"msg": str(e)})
+            except PartyError:
+                pass
+            ch.close("start-up failed")
+            return
+        with self._session_lock:
+            if self.stop_event.is_set() or generation != self.deploy_generation:
+                s.end("stopping" if self.stop_event.is_set() else "a new model was deployed")
+                return
+            self._session = s
+        self.last_error = None
+        s.watch_links()
+        self.log.info("session %s… ready (plan %s)", s.sid[:8], s.dep.plan_hash[:12])
+        threading.Thread(
+            target=self._prepare_loop, args=(s,), name="mpcc-prep", daemon=True
+        ).start()
+        try:
+            (self._lead if self.party == 0 else self._follow)(s)
+        finally:
+            s.end("stopping" if self.stop_event.is_set() else "session loop ended")
+
+    def _setup(self, dealer: TlsChannel) -> PartySession:
+        t = self.cfg.serving.setup_timeout_s
+        offer = dealer.recv_msg(t, expect="offer")
+        dep = self.deployment
+        if dep is None:
+            raise PartyError(f"no model is deployed at {self.label}")
+        mismatch("plan hash", dep.plan_hash, offer.meta.get("plan_hash"), self.label, "dealer")
+        mismatch("deployment", dep.deploy_id, offer.meta.get("deploy_id"), self.label, "dealer")
+        mine, kat = contribution(), prg_kat()
+        dealer.send_msg(
+            "accept",
+            {
+                "plan_hash": dep.plan_hash,
+                "deploy_id": dep.deploy_id,
+                "contribution": mine,
+                "kat": kat,
+            },
+        )
+        start = dealer.recv_msg(t, expect="start")
+        contribs = start.meta.get("contributions")
+        if not isinstance(contribs, dict):
+            raise PartyError("malformed session start")
+        mismatch(
+            "contribution of " + self.label, mine, contribs.get(self.role), self.label, "dealer"
+        )
+        sid = session_id(dep.plan_hash, dep.deploy_id, contribs)
+        mismatch("session id", sid, start.meta.get("sid"), self.label, "dealer")
+        if (
+            len(start.arrays) != 1
+            or start.arrays[0].dtype != np.uint8
+            or start.arrays[0].size != 16
+        ):
+            raise PartyError("the dealer sent a malformed seed")
+        seed = start.arrays[0].tobytes()
+        peer = self._peer_link(sid, t, dealer)
+        try:
+            check = {
+                "plan_hash": dep.plan_hash,
+                "deploy_id": dep.deploy_id,
+                "sid": sid,
+                "kat": kat,
+                "contributions": contribs,
+            }
+            peer.send_msg("check", check)
+            theirs = peer.recv_msg(t, expect="check").meta
+            for k, v in check.items():
+                mismatch(k.replace("_", " "), v, theirs.get(k), self.label, self.peer_label)
+            s = PartySession(self, dep, sid, seed, dealer, peer)
+            s.ex.open_weights()
+            # Only a digest of the opened F = W - B is compared, never the values
+            # (the executor has no public accessor for F yet).
+            digest = s.ex.opened_digest()
+            peer.send_msg("opened", {"digest": digest})
+            theirs = peer.recv_msg(t, expect="opened").meta.get("digest")
+            mismatch("opened masked weights", digest, theirs, self.label, self.peer_label)
+            dealer.send_msg("ready", {"sid": sid})
+            if self.party == 1:
+                stock = self.cfg.serving.stock
+                dealer.send_msg("credit", {"upto": stock - 1, "consumed": 0})
+        except BaseException:
+            peer.close("start-up failed")
+            raise
+        return s
+
+    def _peer_link(self, sid: str, timeout: float, dealer: TlsChannel) -> TlsChannel:
+        """P1 dials P0 (retrying briefly: P0 may be starting); P0 waits for P1's link."""
+        deadline = time.monotonic() + timeout
+        dial_until = time.monotonic() + min(timeout, self.cfg.serving.timeout_s)
+        while True:
+            if dealer.closed is not None:
+                raise PartyError(f"the dealer abandoned the start-up ({dealer.closed})")
+            if self.stop_event.is_set():
+                raise PartyError("stopping")
+            if self.party == 1:
+                try:
+                    ch, _ = dial(
+                        self.cfg, self.client_ctx, "p0", me="p1", link="peer", meta={"sid": sid}
+                    )
+                    return ch
+                except LinkRefused:
+                    raise
+                except PartyError:
+                    if time.monotonic() > dial_until:
+                        raise
+                    time.sleep(0.2)
+                    continue
+            try:
+                got, ch = self._peer_links.get(timeout=0.2)
+            except queue.Empty:
+                if time.monotonic() > deadline:
+                    raise PartyError(f"P1 did not connect within {timeout:g} s") from None
+                continue
+            if got == sid and ch.closed is None:
+                return ch
+            ch.close("stale session")
+
+    # -- preprocessing ----------------------------------------------------------------------
+    def _prepare_loop(self, s: PartySession) -> None:
+        """Keep up to `stock` queries of material ready (P1: as the dealer's bundles arrive)."""
+        stock = self.cfg.serving.stock
+        try:
+            while s.alive:
+                if self.party == 0:
+                    with s.cond:
+                        while s.alive and s.stock_full(stock):
+                            s.cond.wait(0.5)
+                    if not s.alive:
+                        return
+                    q = s.prepared_upto + 1
+                    t0 = time.perf_counter()
+                    s.ex.prepare(q, None)
+                    s.mark_prepared(q, Prepared(time.perf_counter() - t0, time.monotonic()))
+                else:
+                    msg = s.dealer.poll(0.5)
+                    if msg is None:
+                        continue
+                    if msg.kind != "bundle":
+                        raise PartyError(f"the dealer sent {msg.kind!r} where material was due")
+                    t0 = time.perf_counter()
+                    bundle = Bundle.from_arrays(msg.arrays)
+                    if bundle.query != s.prepared_upto + 1:
+                        raise PartyError(f"the dealer sent material for query {bundle.query}")
+                    s.ex.prepare(bundle.query, bundle)
+                    deal_s = float(msg.meta.get("deal_s", 0.0))
+                    p = Prepared(
+                        time.perf_counter() - t0 + deal_s,
+                        time.monotonic(),
+                        bundle.nbytes,
+                        msg.wire_bytes,
+                    )
+                    s.mark_prepared(bundle.query, p)
+        except MpccError as e:
+            s.end(f"preprocessing failed: {e}")
+        except Exception as e:  # noqa: BLE001 - end the session, keep the party
+            self.log.exception("preprocessing failed")
+            s.end(f"preprocessing failed: {type(e).__name__}")
+
+    # -- queries ----------------------------------------------------------------------------
+    def _take_batch(self, s: PartySession) -> list[Request]:
+        """P0: the next queued requests that fit in one batch of the plan (or [])."""
+        cap = s.dep.prog.batch
+        wait = self.cfg.serving.batch_wait_ms / 1e3
+        with self._req:
+            if not self._queue:
+                self._req.wait(0.2)
+            if not self._queue or not s.alive:
+                return []
+            if self._queue[0].rows < cap and wait > 0:
+                deadline = time.monotonic() + wait
+                while sum(r.rows for r in self._queue) < cap and time.monotonic() < deadline:
+                    self._req.wait(deadline - time.monotonic())
+            batch = [self._queue.popleft()]
+            rows = batch[0].rows
+            while self._queue and rows + self._queue[0].rows <= cap:
+                rows += self._queue[0].rows
+                batch.append(self._queue.popleft())
+            return batch
+
+    def _requeue(self, reqs: list[Request]) -> None:
+        with self._req:
+            self._queue.extendleft(reversed(reqs))
+            self._req.notify_all()
+
+    def _lead(self, s: PartySession) -> None:
+        """P0's loop: schedule queued requests, announce them to P1, run them."""
+        t = self.cfg.serving.timeout_s
+        while s.alive and not self.stop_event.is_set():
+            batch = self._take_batch(s)
+            if not batch:
+                continue
+            if not s.alive or self.stop_event.is_set():
+                self._requeue(batch)
+                return
+            self._idle.clear()
+            try:
+                q = s.next_q
+                s.peer.send_msg("announce", {"q": q, "reqs": [[r.rid, r.rows] for r in batch]})
+                reply = s.peer.recv_msg(2 * t + 1)
+                if reply.kind == "skip":
+                    missing = set(reply.meta.get("missing", []))
+                    self._fail(
+                        [r for r in batch if r.rid in missing],
+                        f"{self.peer_label} never received this request (or rejected it)",
+                    )
+                    self._requeue([r for r in batch if r.rid not in missing])
+                    continue
+                if reply.kind != "go":
+                    raise PartyError(f"P1 answered the announcement with {reply.kind!r}")
+                self._execute(s, q, batch)
+            except MpccError as e:
+                self._query_failed(s, batch, e)
+                return
+            except Exception as e:  # noqa: BLE001 - a bug: fail the query, keep the party
+                self.log.exception("query failed")
+                self._query_failed(s, batch, PartyError(f"internal error ({type(e).__name__})"))
+                return
+            finally:
+                self._idle.set()
+
+    def _follow(self, s: PartySession) -> None:
+        """P1's loop: wait for P0's announcements, then run the announced requests."""
+        t = self.cfg.serving.timeout_s
+        while s.alive:
+            batch: list[Request] = []
+            try:
+                msg = s.peer.poll(0.5)
+                if msg is None:
+                    continue
+                self._idle.clear()
+                if msg.kind != "announce":
+                    raise PartyError(f"P0 sent {msg.kind!r} between queries")
+                q, reqs = msg.meta.get("q"), msg.meta.get("reqs")
+                if q != s.next_q:
+                    raise PartyError(f"P0 announced query {q}, expected {s.next_q}")
+                batch, missing = self._gather(reqs, s.dep.prog.batch, t)
+                if missing:
+                    s.peer.send_msg("skip", {"missing": missing})
+                    continue
+                s.peer.send_msg("go")
+                self._execute(s, q, batch)
+                batch = []  # answered
+                s.dealer.send_msg(
+                    "credit",
+                    {"upto": s.next_q - 1 + self.cfg.serving.stock, "consumed": s.next_q},
+                )
+            except MpccError as e:
+                self._query_failed(s, batch, e)
+                return
+            except Exception as e:  # noqa: BLE001 - a bug: fail the query, keep the party
+                self.log.exception("query failed")
+                self._query_failed(s, batch, PartyError(f"internal error ({type(e).__name__})"))
+                return
+            finally:
+                self._idle.set()
+
+    def _gather(self, reqs: Any, cap: int, timeout: float) -> tuple[list[Request], list[str]]:
+        """P1: the announced requests, waiting for late ones; or the ids it does not have."""
+        if (
+            not isinstance(reqs, list)
+            or not reqs
+            or not all(
+                isinstance(x, list)
+                and len(x) == 2
+                and isinstance(x[0], str)
+                and isinstance(x[1], int)
+                for x in reqs
+            )
+            or sum(x[1] for x in reqs) > cap
+        ):
+            raise PartyError("P0 sent a malformed announcement")
+        deadline = time.monotonic() + timeout
+        with self._req:
+            while True:
+                missing = [
+                    rid
+                    for rid, rows in reqs
+                    if rid in self._rejected
+                    or (rid in self._pending and self._pending[rid].rows != rows)
+                ]
+                if missing:
+                    return [], missing
+                absent = [rid for rid, _ in reqs if rid not in self._pending]
+                if not absent:
+                    return [self._pending.pop(rid) for rid, _ in reqs], []
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return [], absent
+                self._req.wait(left)
+
+    def _execute(self, s: PartySession, q: int, batch: list[Request]) -> None:
+        """Run query q on the batch's shares (zero rows pad it) and answer each client."""
+        prog = s.dep.prog
+        prep = s.wait_prepared(q, self.cfg.serving.timeout_s)
+        x = np.concatenate([r.share for r in batch]) if len(batch) > 1 else batch[0].share
+        if len(x) < prog.batch:
+            x = np.concatenate([x, np.zeros((prog.batch - len(x), *x.shape[1:]), np.uint64)])
+        (in_name, _), (out_name, _) = prog.inputs[0], prog.outputs[0]
+        t_before, w_before = s.peer.traffic.snapshot(), s.peer.wire.snapshot()
+        start = time.monotonic()
+        t0 = time.perf_counter()
+        y = s.ex.run(q, {in_name: x})[out_name]
+        online = time.perf_counter() - t0
+        s.consumed(q)
+        used = s.peer.traffic.since(t_before)
+        stats = {
+            "party": self.role,
+            "session": s.sid[:8],
+            "query": q,
+            "batch_requests": len(batch),
+            "online_s": online,
+            "offline_s": prep.offline_s,
+            "ahead_s": max(0.0, start - prep.ready_at),
+            "rounds": used.rounds,
+            "sent": used.bytes_sent,
+            "wire_sent": s.peer.wire.sent - w_before.sent,
+            "dealer_bytes": prep.dealer_bytes,
+            "dealer_wire": prep.dealer_wire,
+        }
+        row = 0
+        for r in batch:
+            stats["queued_s"] = start - r.arrived
+            self._answer(r, y[row : row + r.rows], dict(stats))
+            row += r.rows
+
+    def _query_failed(self, s: PartySession, batch: list[Request], e: MpccError) -> None:
+        why = f"{self.label}: query failed: {e}" if s.alive else f"{self.label}: {s.ended}"
+        if s.alive:
+            s.peer.abort(str(e))
+        self._fail(batch, why)
+        s.end(str(e))
+
+    # -- stopping ---------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        self._idle.wait(self.cfg.serving.timeout_s)  # let a query in flight finish
+        self._end_session("the party is shutting down")
+        with self._req:
+            left = list(self._queue) + list(self._pending.values())
+            self._queue.clear()
+            self._pending.clear()
+        self._fail(left, f"{self.label} is shutting down")
+        self._janitor.join(timeout=1)

@@ -1,0 +1,284 @@
+"""What every party process shares: the TLS listener, deployments from the owner, shutdown.
+
+The listener accepts connections on the party's address, runs each TLS handshake and hello
+in its own thread (bounded in time and number), and hands a greeted link to the handler for
+its kind. A bad peer -- no or wrong certificate, wrong role, oversized or malformed frame --
+is logged and dropped; the party keeps serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from mpcc.errors import MpccError, PartyError
+from mpcc.serving import state
+from mpcc.serving.config import ClusterConfig, format_address
+from mpcc.serving.state import Deployment
+from mpcc.serving.tls import (
+    HandshakeEOF,
+    LinkRefused,
+    TlsChannel,
+    client_context,
+    greet,
+    server_context,
+)
+from mpcc.serving.wire import Message
+
+Handler = Callable[[TlsChannel, Message], None]
+HELLO_MAX_FRAME = 1 << 16  # before a peer has said what its link is for
+
+
+class Listener:
+    """Accepts TLS links on one address and dispatches them by link kind."""
+
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        role: str,
+        handlers: dict[str, tuple[set[str], Handler]],
+        log: logging.Logger,
+    ) -> None:
+        self.cfg, self.role, self.log = cfg, role, log
+        self._handlers = handlers
+        self._ctx = server_context(cfg, role)
+        self._slots = threading.BoundedSemaphore(cfg.serving.max_connections)
+        host, port = cfg.address(role)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            self._sock.bind((host, port))
+        except OSError as e:
+            self._sock.close()
+            raise MpccError(
+                f"{role} cannot listen on {format_address((host, port))}: {e}"
+            ) from None
+        self._sock.listen(64)
+        self._sock.settimeout(0.5)
+        self._closed = threading.Event()
+        self._thread = threading.Thread(target=self._accept_loop, name="mpcc-accept", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._closed.set()
+        self._sock.close()
+        self._thread.join(timeout=2)
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                sock, addr = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._closed.is_set():
+                    return
+                time.sleep(0.1)
+                continue
+            if not self._slots.acquire(blocking=False):
+                self.log.warning("refused %s: too many connections", format_address(addr[:2]))
+                sock.close()
+                continue
+            threading.Thread(
+                target=self._serve, args=(sock, addr), name="mpcc-conn", daemon=True
+            ).start()
+
+    def _serve(self, sock: socket.socket, addr) -> None:
+        """Handshake, hello, then the link's handler, which owns the channel from then on."""
+        where = format_address(addr[:2])
+        ch = None
+        try:
+            t = self.cfg.serving.timeout_s
+            ch = TlsChannel(
+                sock,
+                self._ctx,
+                server=True,
+                name=self.role,
+                timeout=t,
+                max_frame_bytes=HELLO_MAX_FRAME,  # raised once the link is known
+            )
+            allowed = {k: roles for k, (roles, _) in self._handlers.items()}
+            hello = greet(ch, allowed, t)
+            ch.limit_frames(self.cfg.serving.max_frame_bytes)
+            if self._closed.is_set():
+                ch.send_msg("refused", {"msg": f"{self.role} is shutting down"})
+                ch.close("shutting down")
+                return
+            self._handlers[hello.meta["link"]][1](ch, hello)
+        except HandshakeEOF:
+            self.log.debug("connection from %s closed before TLS started", where)
+        except LinkRefused as e:
+            self.log.warning("refused connection from %s: %s", where, e)
+        except PartyError as e:
+            self.log.warning("connection from %s ended: %s", where, e)
+            if ch is not None:
+                ch.close(str(e))
+        except Exception as e:  # noqa: BLE001 - one bad connection must not take the party down
+            self.log.exception("connection from %s failed", where)
+            if ch is not None:
+                ch.close(f"internal error: {type(e).__name__}")
+        finally:
+            self._slots.release()
+
+
+class PartyServer:
+    """Base of the dealer and compute party processes: state, deploys, listener, stopping."""
+
+    role: str
+
+    def __init__(
+        self,
+        cfg: ClusterConfig,
+        role: str,
+        state_dir: Path | None = None,
+        num_requests: int | None = None,
+    ) -> None:
+        self.cfg, self.role = cfg, role
+        self.log = logging.getLogger(f"mpcc.serving.{role}")
+        self.state_dir = state_dir or cfg.role_state_dir(role)
+        self.num_requests = num_requests
+        self.client_ctx = client_context(cfg, role)
+        self.stop_event = threading.Event()
+        self.deployed = threading.Condition()
+        self.deploy_generation = 0
+        self.last_error: str | None = None
+        self.deployment: Deployment | None = None
+        try:
+            self.deployment = state.load(self.state_dir)
+        except MpccError as e:
+            self.log.error("ignoring the stored deployment: %s", e)
+        if self.deployment:
+            self.log.info(
+                "loaded deployment of plan %s (%s) from %s",
+                self.deployment.plan_hash[:12],
+                self.deployment.prog.name,
+                self.state_dir,
+            )
+        self.listener: Listener | None = None
+
+    # -- to be filled by subclasses -------------------------------------------------------
+    def handlers(self) -> dict[str, tuple[set[str], Handler]]:
+        return {"deploy": ({"owner"}, self.on_deploy)}
+
+    def on_new_deployment(self) -> None:
+        """Called after a deployment was stored (end the current session)."""
+
+    def shutdown(self) -> None:
+        """Release the subclass's resources at stop."""
+
+    # -- running --------------------------------------------------------------------------
+    def start(self) -> None:
+        """Listen and start background work (returns at once)."""
+        self.listener = Listener(self.cfg, self.role, self.handlers(), self.log)
+        self.listener.start()
+        host, port = self.cfg.address(self.role)
+        self.log.info("%s listening on %s (TLS 1.3, mutual auth)", self.role, f"{host}:{port}")
+
+    def stop(self, reason: str = "stop requested") -> None:
+        if not self.stop_event.is_set():
+            self.log.info("stopping: %s", reason)
+            self.stop_event.set()
+            with self.deployed:
+                self.deployed.notify_all()
+
+    def run(self, install_signals: bool = True) -> int:
+        """Serve until SIGINT/SIGTERM or the request limit; returns the exit status."""
+        got: list[str] = []
+
+        def on_signal(sig: int, _frame: object) -> None:
+            got.append(signal.Signals(sig).name)  # only flag it: the loop below logs and stops
+            self.stop_event.set()
+
+        if install_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(sig, on_signal)
+        self.start()
+        try:
+            while not self.stop_event.wait(0.5):
+                pass
+        finally:
+            self.close(f"signal {got[0]}" if got else "stop requested")
+        return 0
+
+    def close(self, reason: str = "stop requested") -> None:
+        if not self.stop_event.is_set() or reason != "stop requested":
+            self.log.info("stopping: %s", reason)
+        self.stop_event.set()
+        with self.deployed:
+            self.deployed.notify_all()
+        if self.listener is not None:
+            self.listener.close()
+        self.shutdown()
+        self.log.info("stopped")
+
+    # -- deployment -----------------------------------------------------------------------
+    def takes_shares(self) -> bool:
+        return self.role in ("p0", "p1")
+
+    def on_deploy(self, ch: TlsChannel, hello: Message) -> None:
+        """The owner sends the public plan and, to P0/P1, this party's weight shares."""
+        t = self.cfg.serving.setup_timeout_s
+        ch.send_msg("welcome", {"role": self.role})
+        try:
+            dep = self._receive_deployment(ch, t)
+        except MpccError as e:
+            self.log.error("deployment from %s rejected: %s", ch.peer, e)
+            try:
+                ch.send_msg("error", {"msg": f"{self.role} rejected the deployment: {e}"})
+            except PartyError:
+                pass
+            ch.close("deployment rejected")
+            return
+        with self.deployed:
+            self.deployment = dep
+            self.deploy_generation += 1
+            self.deployed.notify_all()
+        self.log.info(
+            "deployed plan %s (%s), deployment %s",
+            dep.plan_hash[:12],
+            dep.prog.name,
+            dep.deploy_id[:8],
+        )
+        self.on_new_deployment()
+        try:
+            ch.send_msg("deployed", {"role": self.role, "plan_hash": dep.plan_hash})
+        finally:
+            ch.close("deployment done")
+
+    def _receive_deployment(self, ch: TlsChannel, t: float) -> Deployment:
+        """The deploy header, one message per weight share, then a commit."""
+        head = ch.recv_msg(t, expect="deploy")
+        names = head.meta.get("weights", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise PartyError("malformed deploy header")
+        if self.takes_shares() != bool(names):
+            raise PartyError(
+                "the dealer takes the public plan only"
+                if names
+                else f"{self.role} needs its weight shares"
+            )
+        shares: dict[str, np.ndarray] = {}
+        for n in names:
+            msg = ch.recv_msg(t, expect="share")
+            if msg.meta.get("name") != n or len(msg.arrays) != 1:
+                raise PartyError("weight shares arrived out of order")
+            shares[n] = msg.arrays[0]
+        ch.recv_msg(t, expect="commit")
+        dep = Deployment.build(
+            head.meta.get("plan"),
+            head.meta.get("plan_hash", ""),
+            head.meta.get("deploy_id", ""),
+            shares if names else None,
+        )
+        state.save(self.state_dir, dep)
+        return dep

@@ -1,0 +1,242 @@
+"""End to end: P0, P1 and the dealer as separate processes on 127.0.0.1, over mutual TLS.
+
+One cluster serves LeNet for the whole module; the tests run in file order, the fault tests
+last (they kill and restart P1), and the final test stops every party with SIGTERM.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import signal
+import socket
+import stat
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mpcc.errors import InputError, MpccError, PartyError
+from mpcc.serving.client import Client
+from mpcc.serving.local import ProcessCluster
+from mpcc.serving.owner import deploy_program
+from mpcc.serving.tls import LinkRefused, TlsChannel, client_context
+from mpcc.serving.wire import FRAME_HEAD, MAGIC
+
+TIMEOUT_S = 3.0
+
+
+@pytest.fixture(scope="module")
+def lenet(zoo_model):
+    from mpcc.compiler.pipeline import compile_onnx
+
+    path = zoo_model("lenet")
+    prog, weights = compile_onnx(path, (1, 1, 28, 28))
+    return path, prog, weights
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, lenet):
+    _, prog, weights = lenet
+    pc = ProcessCluster(tmp_path_factory.mktemp("cluster"), timeout_s=TIMEOUT_S, stock=3)
+    try:
+        pc.start_all()
+        deploy_program(prog, weights, pc.cfg)
+        with Client(pc.cfg) as c:
+            c.wait_ready(60)
+        yield pc
+    finally:
+        pc.kill_all()
+
+
+@pytest.fixture(scope="module")
+def reference(lenet, digits_test):
+    from mpcc.zoo.reference import run_onnxruntime
+
+    X, _ = digits_test
+    return X[:48], run_onnxruntime(lenet[0], X[:48])
+
+
+def check(y, ref):
+    assert y.shape == ref.shape
+    assert np.array_equal(y.argmax(1), ref.argmax(1))
+    assert np.abs(y - ref).max() < 0.02
+
+
+def test_concurrent_clients_match_onnxruntime(cluster, reference):
+    X, ref = reference
+    results, errors = {}, []
+
+    def work(k: int) -> None:
+        try:
+            with Client(cluster.cfg) as c:
+                results[k] = (c.predict(X[k::4]), c.stats)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for k in range(4):
+        y, stats = results[k]
+        check(y, ref[k::4])
+        r = stats.requests[-1]
+        assert r.rounds > 0 and r.sent[0] > 0 and r.dealer_bytes > 0
+        assert r.wire_sent[0] > r.sent[0]  # framing + TLS on top of the payload
+        assert 0 < r.online_s < r.latency_s
+
+
+def test_traffic_matches_in_process(cluster, lenet, reference):
+    from mpcc.runtime.cluster import LocalCluster
+
+    _, prog, weights = lenet
+    X, _ = reference
+    with LocalCluster(prog, weights) as lc:
+        lc.predict(X[:1])
+        local = lc.stats
+    with Client(cluster.cfg) as c:
+        c.predict(X[:1])
+        r = c.stats.requests[0]
+    assert r.sent == local.sent and r.rounds == local.rounds
+    assert r.dealer_bytes == local.dealer_bytes and r.client_bytes == local.client_bytes
+
+
+def test_cli_predict_and_state_on_disk(cluster, reference, tmp_path):
+    from mpcc.serving.commands import main
+
+    X, ref = reference
+    np.save(tmp_path / "x.npy", X[:3])
+    cfg = str(cluster.cfg.path)
+    args = ["predict", "--config", cfg, "--input", str(tmp_path / "x.npy"), "-q"]
+    assert main([*args, "--output", str(tmp_path / "y.npy")]) == 0
+    check(np.load(tmp_path / "y.npy"), ref[:3])
+    assert main([*args, "--output", str(tmp_path / "l.npy"), "--argmax"]) == 0
+    assert np.array_equal(np.load(tmp_path / "l.npy"), ref[:3].argmax(1))
+    for role in ("p0", "p1", "dealer"):
+        f = cluster.cfg.role_state_dir(role) / "deployment.npz"
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o600
+    with np.load(cluster.cfg.role_state_dir("dealer") / "deployment.npz") as z:
+        assert not [k for k in z.files if k.startswith("w")]  # the dealer holds no shares
+
+
+def test_client_without_certificate_is_refused(cluster, reference):
+    with pytest.raises(PartyError, match="(?i)certificate"):
+        with Client(cluster.cfg, role=None, timeout=TIMEOUT_S) as c:
+            c.predict(reference[0][:1])
+
+
+def test_certificate_of_wrong_role_is_refused(cluster, reference):
+    for role in ("dealer", "owner", "p1"):
+        with pytest.raises(LinkRefused, match=f"role '{role}' may not open a client link"):
+            with Client(cluster.cfg, role=role, timeout=TIMEOUT_S) as c:
+                c.predict(reference[0][:1])
+
+
+def test_wrong_shape_input_is_rejected(cluster, reference):
+    X, ref = reference
+    with Client(cluster.cfg) as c:
+        bad = np.zeros((1, 1, 27, 27), dtype=np.uint64)
+        for role in ("p0", "p1"):
+            msg = c.send_raw(role, "request", {"rid": secrets.token_hex(16), "rows": 1}, [bad])
+            assert msg.kind == "failed"
+            assert "expected uint64[1, 1, 28, 28]" in msg.meta["msg"]
+        with pytest.raises(InputError):
+            c.predict(np.zeros((2, 3)))
+        check(c.predict(X[:2]), ref[:2])  # the parties keep serving
+
+
+def _raw_link(cluster, role: str) -> TlsChannel:
+    from mpcc.serving.tls import dial
+
+    ch, _ = dial(cluster.cfg, client_context(cluster.cfg, "client"), role, me="t", link="client")
+    return ch
+
+
+def test_oversized_and_malformed_frames_are_rejected(cluster, reference):
+    X, ref = reference
+    for role in ("p0", "p1"):
+        ch = _raw_link(cluster, role)
+        ch._send_raw(FRAME_HEAD.pack(MAGIC, 1 << 40))  # claims a terabyte
+        with pytest.raises(PartyError, match="closed"):
+            ch.recv_msg(TIMEOUT_S)
+        ch.close()
+        ch = _raw_link(cluster, role)
+        body = b"\x05\x00\x00\x00nope!"
+        ch._send_raw(FRAME_HEAD.pack(MAGIC, len(body)) + body)
+        with pytest.raises(PartyError, match="closed"):
+            ch.recv_msg(TIMEOUT_S)
+        ch.close()
+    with Client(cluster.cfg) as c:
+        check(c.predict(X[:2]), ref[:2])
+    assert "exceeds the limit" in cluster.log("p0")
+    assert "not valid JSON" in cluster.log("p1")
+
+
+def test_kill_p1_mid_query_then_restart(cluster, reference):
+    X, ref = reference
+    with Client(cluster.cfg) as c:
+        old = c.wait_ready(10)
+    outcome: dict = {}
+
+    def stream() -> None:
+        with Client(cluster.cfg, timeout=30) as c:
+            try:
+                c.predict(np.concatenate([X] * 10))  # hundreds of queries: P1 dies in one
+            except MpccError as e:
+                outcome["error"], outcome["at"] = e, time.monotonic()
+
+    t = threading.Thread(target=stream)
+    t.start()
+    time.sleep(1.0)
+    killed = time.monotonic()
+    cluster.kill("p1", signal.SIGKILL)
+    t.join(30)
+    assert not t.is_alive()
+    assert "error" in outcome, "the client should see P1 fail"
+    assert outcome["at"] - killed < TIMEOUT_S + 1
+    assert re.search(r"P1|peer", str(outcome["error"]))
+    # nobody hangs: P0 answers at once and the dealer is still up
+    assert cluster.alive("p0") and cluster.alive("dealer")
+    ch = _raw_link(cluster, "p0")
+    ch.send_msg("info")
+    info = ch.recv_msg(TIMEOUT_S).meta
+    ch.close()
+    assert info["session"] is None
+    # a client now gets a clear error, not a hang
+    started = time.monotonic()
+    with pytest.raises(PartyError, match="p1|P1"):
+        with Client(cluster.cfg, timeout=TIMEOUT_S) as c:
+            c.predict(X[:1])
+    assert time.monotonic() - started < TIMEOUT_S + 1
+    # restart P1: it reloads its shares from disk; a new session starts with fresh material
+    cluster.start("p1")
+    cluster.wait_listening()
+    with Client(cluster.cfg) as c:
+        new = c.wait_ready(60)
+        assert new != old
+        check(c.predict(X[:4]), ref[:4])
+        assert c.stats.requests[0].session == new[:8]
+
+
+def test_logs_hold_no_secrets(cluster):
+    for role in ("p0", "p1", "dealer"):
+        text = cluster.log(role)
+        assert text
+        # shares, masks, seeds and opened values are 64-bit words or long hex strings
+        assert not re.search(r"\d{15,}", text), role
+        assert not re.search(r"[0-9a-f]{20,}", text), role
+        assert "Traceback" not in text, role
+
+
+def test_clean_shutdown_on_sigterm(cluster):
+    for role in ("p0", "p1", "dealer"):
+        cluster.kill(role, signal.SIGTERM)
+        assert cluster.procs[role].returncode == 0, cluster.log(role)[-2000:]
+        assert "stopped" in cluster.log(role)
+    with socket.socket() as s:
+        assert s.connect_ex(cluster.cfg.address("p0")) != 0
