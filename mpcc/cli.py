@@ -71,6 +71,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         y = predict(prog, weights, x)
         stats = None
+    elif args.processes:
+        y, stats = _run_in_processes(prog, weights, x)
     else:
         from mpcc.runtime.cluster import LocalCluster
 
@@ -87,6 +89,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.output:
             print(np.array2string(y, precision=4, max_line_width=120))
     return 0
+
+
+def _run_in_processes(prog, weights, x: np.ndarray):
+    """Three party processes on 127.0.0.1 over mutually authenticated TLS, then a client."""
+    import tempfile
+
+    from mpcc.serving.client import Client
+    from mpcc.serving.local import ProcessCluster
+    from mpcc.serving.owner import deploy_program
+
+    with tempfile.TemporaryDirectory(prefix="mpcc-run-") as tmp, ProcessCluster(tmp) as pc:
+        pc.start_all()
+        pc.wait_listening()
+        deploy_program(prog, weights, pc.cfg)
+        with Client(pc.cfg) as client:
+            client.wait_ready()
+            y = client.predict(x)
+            return y, client.stats
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--input", required=True, help=".npy file with one or more samples")
     r.add_argument("--output", help=".npy file for the outputs")
     r.add_argument("--cleartext", action="store_true", help="plaintext fixed-point interpreter")
+    r.add_argument(
+        "--processes",
+        action="store_true",
+        help="run the three parties as local processes over TLS instead of threads",
+    )
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(fn=cmd_run)
 

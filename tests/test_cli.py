@@ -39,8 +39,8 @@ def test_inspect(lenet_plan, capsys) -> None:
     assert "plan file with the owner's weights" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("secure", [False, True])
-def test_run_any_number_of_samples(lenet_plan, digits_test, tmp_path, secure) -> None:
+@pytest.mark.parametrize("mode", ["--cleartext", "threads", "--processes"])
+def test_run_any_number_of_samples(lenet_plan, digits_test, tmp_path, mode) -> None:
     onnx_path, plan = lenet_plan
     x = digits_test[0][:10]  # not a multiple of the plan's batch of 4
     np.save(tmp_path / "x.npy", x)
@@ -53,7 +53,7 @@ def test_run_any_number_of_samples(lenet_plan, digits_test, tmp_path, secure) ->
         str(tmp_path / "y.npy"),
         "-q",
     ]
-    assert main(args + ([] if secure else ["--cleartext"])) == 0
+    assert main(args + ([] if mode == "threads" else [mode])) == 0
     y = np.load(tmp_path / "y.npy")
     ref = run_logits(onnx_path, x)
     assert y.shape == (10, 10) and np.abs(y - ref).max() < 0.02
