@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from mpcc.compiler.batching import row_mixing
 from mpcc.compiler.costmodel import CostReport, estimate
 from mpcc.compiler.ir import Program
 from mpcc.compiler.planfile import plan_hash, to_public
@@ -16,6 +17,15 @@ def _bytes(n: int) -> str:
     return f"{n} B" if n else "-"
 
 
+def _batching(prog: Program) -> str:
+    why = row_mixing(prog)
+    if why is None and prog.batch == 1:
+        return "one sample per query (a larger batch in --input-shape lets clients share one)"
+    if why is None:
+        return f"rows independent: up to {prog.batch} samples of several clients share a query"
+    return f"one client per query, {prog.batch} samples a request (rows mix at {why})"
+
+
 def format_report(prog: Program, report: CostReport | None = None) -> str:
     """A human-readable plan: header, notes, one line per instruction, totals."""
     report = report or estimate(prog)
@@ -24,7 +34,7 @@ def format_report(prog: Program, report: CostReport | None = None) -> str:
         f"weights={'public' if prog.public_weights else 'secret'}  "
         f"sha256={plan_hash(prog)[:16]}"
     )
-    lines = [head]
+    lines = [head, f"  serving: {_batching(prog)}"]
     lines += [f"  note: {n}" for n in prog.notes]
     lines.append(f"  {'instruction':<84} {'rounds':>6} {'sent/party':>11} {'dealer':>10}")
     body = prog.text().splitlines()[1:]
@@ -52,6 +62,7 @@ def report_json(prog: Program, report: CostReport | None = None) -> dict[str, An
         "sha256": plan_hash(prog),
         "batch": prog.batch,
         "notes": prog.notes,
+        "rows_mixed_by": row_mixing(prog),
         "instructions": [
             dict(i, cost=c.asdict())
             for i, c in zip(to_public(prog)["instrs"], report.per_instr, strict=True)

@@ -197,6 +197,13 @@ class Client:
                 f"input has shape {list(x.shape)}, but the plan expects "
                 f"[n, {', '.join(map(str, shape[1:]))}] (n >= 1 samples)"
             )
+        if not plan.get("rows_independent", False):
+            whole = len(x) == batch or (len(x) % batch == 0 and plan["output_shape"][:1] == [batch])
+            if not whole:
+                raise InputError(
+                    f"this plan mixes samples across its batch axis: give exactly {batch} "
+                    f"samples (or a multiple, if its output keeps the batch first), not {len(x)}"
+                )
         chunks = [x[i : i + batch] for i in range(0, len(x), batch)]
         try:
             outs = self._run(chunks, plan)
@@ -208,7 +215,8 @@ class Client:
     def _run(self, chunks: list[np.ndarray], plan: dict[str, Any]) -> list[np.ndarray]:
         links = self._connect()
         frac, scale = int(plan["frac_bits"]), int(plan["output_scale"])
-        out_tail = tuple(plan["output_shape"][1:])
+        out_shape, out_tail = tuple(plan["output_shape"]), tuple(plan["output_shape"][1:])
+        rowwise = bool(plan.get("rows_independent", False))
         outs: list[np.ndarray | None] = [None] * len(chunks)
         stats: list[RequestStats | None] = [None] * len(chunks)
         pending: dict[str, tuple[int, float, int, dict[str, Message]]] = {}
@@ -231,7 +239,7 @@ class Client:
             if msg.kind != "result":
                 raise PartyError(f"{role.upper()} answered with {msg.kind!r}")
             i, t0, nbytes, got = pending[rid]
-            want = (len(chunks[i]), *out_tail)
+            want = (len(chunks[i]), *out_tail) if rowwise else out_shape
             if len(msg.arrays) != 1 or msg.arrays[0].shape != want:
                 raise PartyError(f"{role.upper()} answered with a malformed result")
             got[role] = msg

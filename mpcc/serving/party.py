@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcc.compiler.batching import rows_independent
 from mpcc.errors import InputError, MpccError, PartyError
 from mpcc.runtime.executor import PartyExecutor
 from mpcc.runtime.material import Bundle
@@ -211,6 +212,7 @@ class ComputeParty(PartyServer):
                 output_name=out_name,
                 output_shape=list(prog.value(out_vid).shape),
                 output_scale=prog.value(out_vid).scale,
+                rows_independent=rows_independent(prog),
             )
         return d
 
@@ -279,6 +281,11 @@ class ComputeParty(PartyServer):
         shape = prog.value(prog.inputs[0][1]).shape
         if not isinstance(rows, int) or not 1 <= rows <= prog.batch:
             raise InputError(f"a request carries 1 to {prog.batch} samples, not {rows!r}")
+        if rows != prog.batch and not rows_independent(prog):
+            raise InputError(
+                f"this plan mixes samples across its batch axis, so a request carries exactly "
+                f"{prog.batch} samples, not {rows}"
+            )
         if len(msg.arrays) != 1:
             raise InputError("a request carries exactly one share")
         a = msg.arrays[0]
@@ -533,6 +540,9 @@ class ComputeParty(PartyServer):
                 self._req.wait(0.2)
             if not self._queue or not s.alive:
                 return []
+            if not rows_independent(s.dep.prog):
+                # Rows of one query influence each other: never let two clients share one.
+                return [self._queue.popleft()]
             if self._queue[0].rows < cap and wait > 0:
                 deadline = time.monotonic() + wait
                 while sum(r.rows for r in self._queue) < cap and time.monotonic() < deadline:
@@ -684,6 +694,12 @@ class ComputeParty(PartyServer):
             "dealer_bytes": prep.dealer_bytes,
             "dealer_wire": prep.dealer_wire,
         }
+        if len(batch) == 1 and not rows_independent(prog):
+            stats["queued_s"] = start - batch[0].arrived
+            self._answer(batch[0], y, stats)
+            return
+        if y.shape[0] != prog.batch:  # the row check lets no such plan batch requests
+            raise PartyError(f"output shape {list(y.shape)} does not keep the batch first")
         row = 0
         for r in batch:
             stats["queued_s"] = start - r.arrived
