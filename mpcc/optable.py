@@ -81,7 +81,7 @@ _CONV_W = {"W": _w(4, 4, 3, 3)}
 _BN = {"g": _pos(4), "b": _w(4), "m": _w(4), "v": _pos(4)}
 
 SAMPLES: tuple[Sample, ...] = (
-    _s("Conv", "3x3, any stride/padding/dilation/groups", _CONV, consts=_CONV_W),
+    _s("Conv", "any kernel size, stride, padding, dilation, groups", _CONV, consts=_CONV_W),
     _s("Gemm", "", _n("Gemm", "B", "C", transB=1), consts={"B": _w(8, 16), "C": _w(8)}, shape=FLAT),
     _s("MatMul", "by a constant matrix", _n("MatMul", "W"), consts={"W": _w(16, 8)}, shape=FLAT),
     _s("Add", "a constant", _n("Add", "c"), consts={"c": _w(1, 4, 8, 8)}),

@@ -194,3 +194,17 @@ def test_the_compile_report_says_how_requests_are_batched():
     rowwise, _ = compile_onnx(_rowwise_model(), (B, 4))
     assert f"up to {B} samples of several clients" in format_report(rowwise)
     assert report_json(rowwise)["rows_mixed_by"] is None
+
+
+def test_local_runs_refuse_to_pad_a_plan_that_mixes_rows():
+    from mpcc.runtime.cleartext import predict
+    from mpcc.runtime.cluster import LocalCluster
+
+    onnx_model = _mixing_model()
+    prog, weights = compile_onnx(onnx_model)
+    with pytest.raises(InputError, match="mixes samples"):
+        predict(prog, weights, rand(3, 4, seed=6))
+    x = rand(2 * B, 4, seed=7)  # two whole batches: two queries, nothing padded
+    ref = np.concatenate([run(onnx_model, {"x": x[i : i + B]})[0] for i in (0, B)])
+    with LocalCluster(prog, weights) as cluster:
+        assert np.abs(cluster.predict(x) - ref).max() < 1e-3

@@ -309,3 +309,15 @@ def test_pool_output_shape():
         kernels.pool_output_shape((2, 2), 3, 1, 0)
     with pytest.raises(ValueError):
         kernels.pool_output_shape((4, 4), 2, 0, 0)
+
+
+def test_dense_t_matches_dense() -> None:
+    rng = np.random.default_rng(0)
+    w = rng.integers(0, 2**64, size=(13, 7), dtype=np.uint64)
+    for shape in [(1, 13), (3, 13), (17, 13), (2, 5, 13)]:
+        x = rng.integers(0, 2**64, size=shape, dtype=np.uint64)
+        wt = kernels.transpose(w)
+        assert wt.flags.c_contiguous and wt.shape == (7, 13)
+        np.testing.assert_array_equal(kernels.dense_t(x, wt), kernels.dense(x, w))
+    with pytest.raises(ValueError):
+        kernels.dense_t(np.zeros((2, 7), np.uint64), wt)

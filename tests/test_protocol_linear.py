@@ -78,7 +78,8 @@ class Session:
         def party(ch, p):
             if log is not None:
                 record(ch, log)
-            return linear.run(ch, p, mats[p], xs[p], self.b_shares[p], self.f, self.bilinear)
+            term = linear.weight_term(p, self.b_shares[p], self.f)
+            return linear.run(ch, p, mats[p], xs[p], term, self.bilinear)
 
         z0, z1, chans = run_parties(party)
         return z0 + z1, corr, [c.traffic for c in chans]
@@ -185,7 +186,7 @@ def test_material_misuse():
     xs = share(x)
     mats = (m0, m1)
     fn = lambda ch, p: linear.run(  # noqa: E731
-        ch, p, mats[p], xs[p], sess.b_shares[p], sess.f, kernels.dense
+        ch, p, mats[p], xs[p], linear.weight_term(p, sess.b_shares[p], sess.f), kernels.dense
     )
     run_parties(fn)
     with pytest.raises(MaterialError):

@@ -28,7 +28,7 @@ OPS: dict[str, str] = {
     "add": "x + y of two secrets (local)",
     "sub": "x - y of two secrets (local)",
     "mul": "x * y of two secrets, elementwise: fresh Beaver triple",
-    "mul_public": "x * factor / 2^shift's worth of scale: multiply by a public integer (local)",
+    "mul_public": "x * factor: multiply by a public integer (local)",
     "trunc": "drop `shift` fractional bits (known-MSB truncation, 1 round)",
     "relu": "max(x, 0), with `shift` fractional bits truncated in the same protocol",
     "leaky_relu": "x if x > 0 else alpha * x",

@@ -5,6 +5,10 @@ bits, so a linear layer doubles its input's scale; truncations are inserted lazi
 value would otherwise grow past its budget, and fused into the next ReLU/Clip when there is
 one. A window mean over 2^j elements costs nothing: the window sum *is* the mean at j more
 fractional bits.
+
+The budget: no value carries more than 2f + SLACK_BITS fractional bits. Since every secure
+comparison and truncation needs |x| < 2^62 in the ring, a value at scale s must stay within
+|v| < 2^(62 - s) in real terms: 2^30 at the usual 2f = 32 (f = 16), 2^22 at the most.
 """
 
 from __future__ import annotations
@@ -20,8 +24,15 @@ from mpcc.compiler.poolshapes import pool_counts, pool_output_shape
 from mpcc.errors import ModelError
 
 # A value multiplied again may carry at most this many fractional bits above f (the window
-# sum of a power-of-two average pool adds a few); larger ones are truncated to f first.
+# sum of a power-of-two average pool adds a few); larger ones are truncated to f first. So
+# no value ever carries more than 2f + SLACK_BITS fractional bits.
 SLACK_BITS = 8
+
+
+# A global pool: one window over the whole plane.
+_GLOBAL_POOL = dict(
+    strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], ceil_mode=0, count_include_pad=1
+)
 
 
 class _Lowering:
@@ -67,7 +78,7 @@ class _Lowering:
         if v.scale == scale:
             return v
         k = scale - v.scale
-        return self.prog.emit("mul_public", (v.id,), v.shape, scale, factor=2**k, shift=k)
+        return self.prog.emit("mul_public", (v.id,), v.shape, scale, factor=2**k)
 
     def align(self, vals: list[Value]) -> list[Value]:
         top = max(v.scale for v in vals)
@@ -118,7 +129,7 @@ class _Lowering:
             return self.prog.emit("add_w", (x.id,), shape, x.scale, (w,))
         if self.g.is_const(a_t) and op == "Sub":  # c - x = (-x) + c
             x = self.arg(name, b_t)
-            neg = self.prog.emit("mul_public", (x.id,), x.shape, x.scale, factor=-1, shift=0)
+            neg = self.prog.emit("mul_public", (x.id,), x.shape, x.scale, factor=-1)
             w = self.weight(a_t, self.g.const(a_t), x.scale, role="b")
             return self.prog.emit("add_w", (neg.id,), shape, x.scale, (w,))
         a, b = self.align([self.arg(name, a_t), self.arg(name, b_t)])
@@ -139,7 +150,7 @@ class _Lowering:
 
     def lower_neg(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
-        return self.prog.emit("mul_public", (x.id,), x.shape, x.scale, factor=-1, shift=0)
+        return self.prog.emit("mul_public", (x.id,), x.shape, x.scale, factor=-1)
 
     def lower_relu(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
@@ -178,51 +189,54 @@ class _Lowering:
             shift=shift,
         )
 
-    def lower_maxpool(self, name: str, data: dict, global_: bool = False) -> Value:
-        x = self.arg(name, data["inputs"][0])
+    def pool_attrs(self, x: Value, data: dict, keys: tuple[str, ...], global_: bool) -> dict:
+        """A pooling node's attributes named in `keys` (in that order); a global pool's
+        window is the whole plane."""
         if global_:
-            attrs = dict(
-                kernel=list(x.shape[2:]),
-                strides=[1, 1],
-                pads=[0, 0, 0, 0],
-                dilations=[1, 1],
-                ceil_mode=0,
-            )
+            full = dict(_GLOBAL_POOL, kernel=list(x.shape[2:]))
         else:
             a = data["attrs"]
-            attrs = dict(
+            full = dict(
                 kernel=list(a["kernel_shape"]),
                 strides=list(a["strides"]),
                 pads=list(a["pads"]),
-                dilations=list(a["dilations"]),
+                dilations=list(a.get("dilations", (1, 1))),
                 ceil_mode=int(a["ceil_mode"]),
+                count_include_pad=int(a.get("count_include_pad", 0)),
             )
+        return {k: full[k] for k in keys}
+
+    def lower_maxpool(self, name: str, data: dict, global_: bool = False) -> Value:
+        x = self.arg(name, data["inputs"][0])
+        keys = ("kernel", "strides", "pads", "dilations", "ceil_mode")
+        attrs = self.pool_attrs(x, data, keys, global_)
         return self.prog.emit("maxpool", (x.id,), self.pool_shape(x, attrs), x.scale, **attrs)
 
     def lower_avgpool(self, name: str, data: dict, global_: bool = False) -> Value:
         x = self.arg(name, data["inputs"][0])
-        if global_:
-            kernel, strides, pads, ceil, incl = list(x.shape[2:]), [1, 1], [0, 0, 0, 0], 0, 1
-        else:
-            a = data["attrs"]
-            kernel, strides, pads = list(a["kernel_shape"]), list(a["strides"]), list(a["pads"])
-            ceil, incl = int(a["ceil_mode"]), int(a["count_include_pad"])
+        keys = ("kernel", "strides", "pads", "ceil_mode", "count_include_pad")
+        attrs = self.pool_attrs(x, data, keys, global_)
         div = pool_counts(
-            x.shape[2:], kernel, strides, pads, bool(ceil), count_include_pad=bool(incl)
-        )
-        attrs = dict(
-            kernel=kernel, strides=strides, pads=pads, ceil_mode=ceil, count_include_pad=incl
+            x.shape[2:],
+            attrs["kernel"],
+            attrs["strides"],
+            attrs["pads"],
+            bool(attrs["ceil_mode"]),
+            count_include_pad=bool(attrs["count_include_pad"]),
         )
         d = int(div.flat[0])
         if np.all(div == d) and d & (d - 1) == 0:
             k = d.bit_length() - 1
+            # The mean is the sum at k more bits: truncate first if that would pass the budget.
+            x = self.fit(x, 2 * self.f + SLACK_BITS - k)
             return self.prog.emit(
                 "avgpool", (x.id,), self.pool_shape(x, attrs), x.scale + k, mode="shift", **attrs
             )
         # Multiply by round(2^bits / count), with enough bits that the reciprocal keeps f
-        # significant bits (2^16/196 alone would be off by 0.1%).
+        # significant bits (2^16/196 alone would be off by 0.1%), but with at most
+        # f + SLACK_BITS bits so that the result stays within the budget.
         x = self.fit(x, self.f)
-        bits = self.f + int(div.max()).bit_length()
+        bits = self.f + min(int(div.max()).bit_length(), SLACK_BITS)
         return self.prog.emit(
             "avgpool",
             (x.id,),
@@ -235,13 +249,7 @@ class _Lowering:
 
     def lower_sumpool(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
-        a = data["attrs"]
-        attrs = dict(
-            kernel=list(a["kernel_shape"]),
-            strides=list(a["strides"]),
-            pads=list(a["pads"]),
-            ceil_mode=int(a["ceil_mode"]),
-        )
+        attrs = self.pool_attrs(x, data, ("kernel", "strides", "pads", "ceil_mode"), False)
         return self.prog.emit("sumpool", (x.id,), self.pool_shape(x, attrs), x.scale, **attrs)
 
     def lower_movement(self, name: str, data: dict, op: str) -> Value:
@@ -325,8 +333,6 @@ _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Slice": lambda s, n, d: s.lower_movement(n, d, "Slice"),
     "Pad": lambda s, n, d: s.lower_movement(n, d, "Pad"),
 }
-
-LOWERED_OPS = frozenset(_HANDLERS)
 
 
 def lower(

@@ -11,9 +11,13 @@ from mpcc.compiler import passes
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.ir import Program
 from mpcc.compiler.lowering import lower
+from mpcc.errors import ModelError
 from mpcc.frontends import onnx as onnx_frontend
 
 DEFAULT_FRAC_BITS = 16
+# Fewer fractional bits lose precision; more shrink the range of values at scale 2f + 8
+# (|v| < 2^(62 - 2f - 8): 2^6 at f = 24) below what ordinary networks need.
+MIN_FRAC_BITS, MAX_FRAC_BITS = 8, 24
 
 
 def compile_onnx(
@@ -24,8 +28,10 @@ def compile_onnx(
     name: str | None = None,
 ) -> tuple[Program, dict[str, np.ndarray]]:
     """Compile an ONNX model to a Program and its (plaintext, owner-side) weights."""
-    if not 8 <= frac_bits <= 24:
-        raise ValueError("frac_bits must be between 8 and 24")
+    if not MIN_FRAC_BITS <= frac_bits <= MAX_FRAC_BITS:
+        raise ModelError(
+            f"frac_bits must be between {MIN_FRAC_BITS} and {MAX_FRAC_BITS}, got {frac_bits}"
+        )
     proto = onnx_frontend.load(model, input_shapes)
     g = Graph.from_onnx(proto)
     if name:

@@ -19,7 +19,7 @@ from mpcc.compiler import planfile
 from mpcc.compiler.ir import Program
 from mpcc.compiler.planfile import plan_hash
 from mpcc.errors import MpccError, PartyError
-from mpcc.runtime.cleartext import in_batches
+from mpcc.runtime.cleartext import check_samples, in_batches
 from mpcc.runtime.dealer import Dealer
 from mpcc.runtime.executor import PartyExecutor
 from mpcc.runtime.fixedpoint import decode, encode
@@ -155,13 +155,13 @@ class LocalCluster:
     # -- online ------------------------------------------------------------------------------
     def run_batch(self, x: np.ndarray) -> np.ndarray:
         """One query on exactly one batch of inputs; returns the decoded first output."""
+        x0, x1 = share(encode(x, self.prog.frac_bits))  # a bad input costs no material
         if not self._prepared:
             self.preprocess(1)
         q = self._prepared.pop(0)
         offline, dealer_bytes = self._offline.pop(q)
         self._next_query = q + 1
-        (in_name, in_vid) = self.prog.inputs[0]
-        x0, x1 = share(encode(x, self.prog.frac_bits))
+        in_name = self.prog.inputs[0][0]
         before = [p.ch.traffic.snapshot() for p in self.parties]
         t0 = time.perf_counter()
         outs = self._both(lambda p, s: p.run(q, {in_name: s}), (x0, x1))
@@ -184,8 +184,9 @@ class LocalCluster:
 
     def predict(self, x: np.ndarray, progress: bool = False) -> np.ndarray:
         """Secure prediction for any number of samples, in batches of the plan's batch size."""
+        x = check_samples(self.prog, x)
         done = [0]
-        total = -(-len(np.atleast_2d(x)) // self.prog.batch)
+        total = -(-len(x) // self.prog.batch)
 
         def one(chunk: np.ndarray) -> np.ndarray:
             y = self.run_batch(chunk)

@@ -47,6 +47,12 @@ class Dealer:
             )
             for n in secret_linear_weights(prog)
         }
+        # ... laid out for each linear instruction's kernel, once per session
+        self._operands = {
+            (ins.weights[0], ins.op): localops.prepare_weight(ins, self._masks[ins.weights[0]])
+            for ins in prog.instrs
+            if ins.op in LINEAR_OPS and ins.weights[0] in self._masks
+        }
 
     def deal(self, query: int) -> Bundle:
         """All of P1's corrections for one query, in the plan's call order."""
@@ -59,10 +65,9 @@ class Dealer:
                 if proto == "linear":
                     x_shape = prog.value(ins.args[0]).shape
                     z_shape = prog.value(ins.out).shape
-                    fn = localops.bilinear(prog, ins)
-                    corr = linear.deal(
-                        fn, x_shape, z_shape, self._masks[ins.weights[0]], prg0, prg1
-                    )
+                    fn = localops.bilinear(prog, ins, prepared=True)
+                    b = self._operands[ins.weights[0], ins.op]
+                    corr = linear.deal(fn, x_shape, z_shape, b, prg0, prg1)
                 elif proto == "multiply":
                     x_shape = prog.value(ins.args[0]).shape
                     y_shape = prog.value(ins.args[1]).shape

@@ -5,8 +5,6 @@ Protocols know nothing of the IR; this module supplies their shapes, material an
 
 from __future__ import annotations
 
-import hashlib
-
 import numpy as np
 
 from mpcc.compiler.costmodel import LINEAR_OPS, protocol_calls
@@ -40,15 +38,23 @@ class PartyExecutor:
         self._w = weight_shares
         self._masks: dict[str, np.ndarray] = {}
         self._opened: dict[str, np.ndarray] = {}
-        self._w_terms: dict[str, np.ndarray] = {}  # per session: [B]_0 + F (P0), [B]_1 (P1)
+        # per session, per (weight, op): the online weight operand ([B]_0 + F for P0, [B]_1
+        # for P1, or W when public) and F, in the layout the op's kernel reads
+        self._operands: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] = {}
         self.store = MaterialStore(session.id)
 
     # -- once per session ------------------------------------------------------------------
     def open_weights(self) -> None:
-        """Open F = W - B for every secret linear weight, all in one round."""
+        """Open F = W - B for every secret linear weight, all in one round; then lay out
+        every linear layer's weight operands for its kernel, once for the session."""
         names = secret_linear_weights(self.prog)
-        if not names:
-            return
+        if names:
+            self._open(names)
+        for ins in self.prog.instrs:
+            if ins.op in LINEAR_OPS:
+                self._weight_operands(ins)
+
+    def _open(self, names: list[str]) -> None:
         self._masks = {
             n: linear.weight_mask(
                 self.prog.weights[n].shape, self.session.weight_prg(self._seed, n)
@@ -58,20 +64,29 @@ class PartyExecutor:
         mine = [self._w[n] - self._masks[n] for n in names]
         theirs = self.ch.exchange(mine)
         self._opened = {n: m + t for n, m, t in zip(names, mine, theirs, strict=True)}
-        self._w_terms = {
-            n: linear.weight_term(self.party, self._masks[n], self._opened[n]) for n in names
-        }
 
-    def opened_digest(self) -> str:
-        """SHA-256 of the opened masked weights F, which P0 and P1 compare at start-up."""
-        h = hashlib.sha256(b"mpcc/opened-weights")
-        for name in sorted(self._opened):
-            h.update(name.encode() + b"\0" + np.ascontiguousarray(self._opened[name]).tobytes())
-        return h.hexdigest()
+    def _weight_operands(self, ins: Instr) -> tuple[np.ndarray, np.ndarray | None]:
+        """(online weight operand, F) of a linear instruction, prepared for its kernel
+        (`localops.prepare_weight`) once per session; F is None for public weights."""
+        n = ins.weights[0]
+        key = (n, ins.op)
+        got = self._operands.get(key)
+        if got is None:
+            if self.prog.public_weights:
+                got = (localops.prepare_weight(ins, self._w[n]), None)
+            else:
+                term = linear.weight_term(self.party, self._masks[n], self._opened[n])
+                got = (
+                    localops.prepare_weight(ins, term),
+                    localops.prepare_weight(ins, self._opened[n]),
+                )
+            self._operands[key] = got
+        return got
 
     # -- offline, per query -----------------------------------------------------------------
-    def prepare(self, query: int, bundle: Bundle | None) -> None:
-        """Expand this party's material for a query (P1 also takes the dealer's bundle)."""
+    def prepare(self, query: int, bundle: Bundle | None) -> int:
+        """Expand this party's material for a query (P1 also takes the dealer's bundle);
+        returns the bytes of material now held for it."""
         prog, s = self.prog, self.session
         if self.party == 1:
             if bundle is None:
@@ -92,17 +107,16 @@ class PartyExecutor:
                 items.append(((s.id, query, i, j), self._expand(ins, proto, p, prg, corr)))
         if self.party == 1 and next(corrections, None) is not None:
             raise MaterialError(f"dealer bundle for query {query} is too long")
-        self.store.add_query(query, items)
+        return self.store.add_query(query, items)
 
     def _expand(self, ins: Instr, proto: str, p: dict, prg, corr):
         prog = self.prog
         if proto == "linear":
             x_shape = prog.value(ins.args[0]).shape
             z_shape = prog.value(ins.out).shape
-            fn = localops.bilinear(prog, ins)
-            return linear.expand(
-                self.party, fn, x_shape, z_shape, prg, corr, self._opened[ins.weights[0]]
-            )
+            fn = localops.bilinear(prog, ins, prepared=True)
+            _, f = self._weight_operands(ins)
+            return linear.expand(self.party, fn, x_shape, z_shape, prg, corr, f)
         if proto == "multiply":
             x_shape = prog.value(ins.args[0]).shape
             y_shape = prog.value(ins.args[1]).shape
@@ -137,7 +151,13 @@ class PartyExecutor:
             return self.store.take((self.session.id, query, i, next(calls)))
 
         def secure_relu(v: np.ndarray, shift: int) -> np.ndarray:
-            return relu.run(ch, party, material(), v.reshape(-1)).reshape(v.shape)
+            mat = material()
+            if mat.shift != shift:
+                raise MaterialError(
+                    f"instruction {i} ({ins.op}) asks for a ReLU truncating {shift} bits, "
+                    f"but its material truncates {mat.shift}"
+                )
+            return relu.run(ch, party, mat, v.reshape(-1)).reshape(v.shape)
 
         if ins.op == "input":
             share = inputs[a["name"]]
@@ -150,30 +170,20 @@ class PartyExecutor:
         if ins.op == "output":
             return x
         if ins.op in LINEAR_OPS:
-            fn = localops.bilinear(prog, ins)
-            w = ins.weights[0]
+            fn = localops.bilinear(prog, ins, prepared=True)
+            term, f = self._weight_operands(ins)
             if prog.public_weights:
-                z = linear.public_weights(x, self._w[w], fn)
+                z = linear.public_weights(x, term, fn)
             else:
-                z = linear.run(
-                    ch, party, material(), x, self._masks[w], self._opened[w], fn, self._w_terms[w]
-                )
-            if len(ins.weights) > 1:
-                z = z + localops.bias_shape(ins, self._w[ins.weights[1]], z.ndim)
-            return z
+                z = linear.run(ch, party, material(), x, term, fn)
+            return localops.add_bias(ins, z, self._w)
         if ins.op == "add_w":
             return x + self._w[ins.weights[0]]
         if ins.op == "mul":
             return multiply.run(ch, party, material(), args[0], args[1])
         if ins.op == "trunc":
             return truncation.run(ch, party, material(), x.reshape(-1)).reshape(x.shape)
-        if ins.op == "relu":
-            return secure_relu(x, a["shift"])
-        if ins.op == "leaky_relu":
-            return localops.leaky_relu(x, a["alpha"], prog.frac_bits, secure_relu)
-        if ins.op == "clip":
-            scale = prog.value(ins.args[0]).scale
-            return localops.clip(x, a["lo"], a["hi"], scale, a["shift"], party, secure_relu)
-        if ins.op == "maxpool":
-            return localops.maxpool(x, a, party, secure_relu)
+        out = localops.comparison(ins, x, prog, party, secure_relu)
+        if out is not None:
+            return out
         raise AssertionError(f"no secure semantics for {ins.op}")

@@ -4,15 +4,28 @@ from __future__ import annotations
 
 import numpy as np
 
-RING_BITS = 64
-DEFAULT_FRAC_BITS = 16
+from mpcc.errors import InputError
+
+# Every secure comparison and truncation needs |x| < 2^62 as a signed ring element, so no
+# value is encoded outside that range: |v| < 2^(62 - frac_bits) in real terms.
+RANGE_BITS = 62
 
 
 def encode(x: np.ndarray | float, frac_bits: int) -> np.ndarray:
-    """Round reals to the nearest multiple of 2^-frac_bits and map them into the ring."""
+    """Round reals to the nearest multiple of 2^-frac_bits and map them into the ring.
+
+    Raises InputError for values that are not finite or not within |v| < 2^(62 - frac_bits).
+    """
     scaled = np.rint(np.asarray(x, dtype=np.float64) * float(2**frac_bits))
-    if scaled.size and np.abs(scaled).max() >= 2.0**63:
-        raise OverflowError(f"value too large for the ring at {frac_bits} fractional bits")
+    if scaled.size and not np.abs(scaled).max() < 2.0**RANGE_BITS:  # also catches nan
+        bits = RANGE_BITS - frac_bits
+        allowed = (
+            f"finite and within |v| < 2^{bits} (~{2.0**bits:.3g}) at {frac_bits} fractional bits"
+        )
+        if not np.isfinite(scaled).all():
+            raise InputError(f"values must be {allowed}; got nan or inf")
+        top = float(np.abs(np.asarray(x, dtype=np.float64)).max())
+        raise InputError(f"value out of range: values must be {allowed}; got |v| = {top:.3g}")
     return scaled.astype(np.int64).view(np.uint64)
 
 

@@ -173,6 +173,13 @@ def _matmul(a, b):
     return c
 
 
+@_jit
+def _matmul_nt(a, bt):
+    c = np.empty((a.shape[0], bt.shape[0]), np.uint64)
+    _gemm_nt(a, bt, c)
+    return c
+
+
 # ---------------------------------------------------------------------------------------------
 # Sliding windows (convolution and pooling)
 #
@@ -327,6 +334,22 @@ def dense(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return matmul(x.reshape(-1, w.shape[0]), w).reshape(*x.shape[:-1], w.shape[1])
 
 
+def transpose(w: np.ndarray) -> np.ndarray:
+    """A (K, N) ring matrix as its C-contiguous transpose (N, K): the operand `dense_t` takes."""
+    return _transpose(_ring(w, 2, "w"))
+
+
+def dense_t(x: np.ndarray, wt: np.ndarray) -> np.ndarray:
+    """`dense(x, wt.T)` with the weight already transposed: x (..., K) @ wt.T, wt (N, K).
+
+    For a weight used many times (every query of a session), transposing it once with
+    `transpose` saves a weight-sized transpose per call."""
+    x, wt = _ring(x, None, "x"), _ring(wt, 2, "wt")
+    if x.ndim < 1 or x.shape[-1] != wt.shape[1]:
+        raise ValueError(f"dense_t: shapes {x.shape} and {wt.shape}.T do not chain")
+    return _matmul_nt(x.reshape(-1, wt.shape[1]), wt).reshape(*x.shape[:-1], wt.shape[0])
+
+
 def conv2d(
     x: np.ndarray,
     w: np.ndarray,
@@ -402,9 +425,11 @@ def sum_pool(
 __all__ = [
     "conv2d",
     "dense",
+    "dense_t",
     "matmul",
     "pool_counts",
     "pool_output_shape",
     "pool_windows",
     "sum_pool",
+    "transpose",
 ]

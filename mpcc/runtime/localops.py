@@ -9,7 +9,6 @@ the secure protocol, and both compose it identically.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 
@@ -24,9 +23,11 @@ from mpcc.runtime.fixedpoint import encode
 ReluFn = Callable[[np.ndarray, int], np.ndarray]  # (x, shift) -> relu(x >> shift), same shape
 Bilinear = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
-# MaxPool's padding: a public value below anything a real activation reaches, small enough
-# that differences with real values stay within the comparison's |x| < 2^62 range.
-MAXPOOL_PAD = -(2**60)
+# MaxPool's padding. The tournament compares differences a - b, and the comparison needs
+# |a - b| < 2^62, so a MaxPool input must satisfy |x| < 2^61 at its scale (at 2f = 32 bits:
+# |v| < 2^29 in real terms). The pad is the bottom of that range: below every legal value,
+# and pad - x stays in (-2^62, 0] for every legal x.
+MAXPOOL_PAD = -(2**61)
 
 
 def u64(v: int) -> np.uint64:
@@ -42,10 +43,13 @@ def add_public(x: np.ndarray, c: np.ndarray | int, party: int) -> np.ndarray:
     return x + c
 
 
-def bilinear(prog: Program, ins: Instr) -> Bilinear:
-    """The ring bilinear map L(x, w) of a linear instruction."""
+def bilinear(prog: Program, ins: Instr, prepared: bool = False) -> Bilinear:
+    """The ring bilinear map L(x, w) of a linear instruction.
+
+    With `prepared`, the map takes its weight operand as `prepare_weight` lays it out: a
+    weight used on every query is then rearranged once per session, not on every call."""
     if ins.op == "matmul":
-        return kernels.dense
+        return kernels.dense_t if prepared else kernels.dense
     if ins.op == "conv2d":
         a = ins.attrs
         return partial(
@@ -60,11 +64,21 @@ def bilinear(prog: Program, ins: Instr) -> Bilinear:
     raise ValueError(ins.op)
 
 
-def bias_shape(ins: Instr, bias: np.ndarray, out_ndim: int) -> np.ndarray:
-    """A conv bias [O] broadcast over [N, O, H, W]; other biases broadcast as they are."""
+def prepare_weight(ins: Instr, w: np.ndarray) -> np.ndarray:
+    """A linear instruction's weight operand in the layout `bilinear(..., prepared=True)`
+    reads: a matmul's W (K, N) transposed to contiguous (N, K), other weights unchanged."""
+    return kernels.transpose(w) if ins.op == "matmul" else w
+
+
+def add_bias(ins: Instr, z: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
+    """z plus the linear instruction's bias (its second weight), if it has one: a conv bias
+    [O] broadcast over [N, O, H, W], other biases broadcast as they are."""
+    if len(ins.weights) < 2:
+        return z
+    bias = weights[ins.weights[1]]
     if ins.op == "conv2d":
-        return bias.reshape((1, -1) + (1,) * (out_ndim - 2))
-    return bias
+        bias = bias.reshape((1, -1) + (1,) * (z.ndim - 2))
+    return z + bias
 
 
 def leaky_relu(x: np.ndarray, alpha: float, frac_bits: int, relu: ReluFn) -> np.ndarray:
@@ -104,8 +118,29 @@ def clip(
     return add_public(-r, enc(hi, out_scale), party)
 
 
+def comparison(
+    ins: Instr, x: np.ndarray, prog: Program, party: int, relu: ReluFn
+) -> np.ndarray | None:
+    """The instructions built on ReLU, composed over `relu` (the plaintext one or the secure
+    protocol); None for any other instruction."""
+    a = ins.attrs
+    if ins.op == "relu":
+        return relu(x, a["shift"])
+    if ins.op == "leaky_relu":
+        return leaky_relu(x, a["alpha"], prog.frac_bits, relu)
+    if ins.op == "clip":
+        scale = prog.value(ins.args[0]).scale
+        return clip(x, a["lo"], a["hi"], scale, a["shift"], party, relu)
+    if ins.op == "maxpool":
+        return maxpool(x, a, party, relu)
+    return None
+
+
 def maxpool(x: np.ndarray, attrs: dict, party: int, relu: ReluFn) -> np.ndarray:
-    """Max over windows by a tournament: max(a, b) = b + relu(a - b), a level at a time."""
+    """Max over windows by a tournament: max(a, b) = b + relu(a - b), a level at a time.
+
+    Exact for inputs with |x| < 2^61 (as signed ring elements); padded positions hold
+    `MAXPOOL_PAD`, which loses every comparison with such an input."""
     win = kernels.pool_windows(
         x,
         tuple(attrs["kernel"]),
@@ -203,7 +238,3 @@ def local(ins: Instr, args: list[np.ndarray], prog: Program, party: int) -> np.n
     if ins.op == "avgpool":
         return avgpool(args[0], a)
     return None
-
-
-def window_count(ins: Instr) -> int:
-    return math.prod(ins.attrs["kernel"])

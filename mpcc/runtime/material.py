@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
 import numpy as np
 
 from mpcc.errors import MaterialError
 
-BUNDLE_TAG_BYTES = 24  # framing of a Bundle on the wire, not counted as dealer payload
 Tag = tuple[str, int, int, int]  # (session id, query, instruction index, call index)
 
 
@@ -46,6 +45,19 @@ class Bundle:
         return cls(head[:2].tobytes().hex(), int(head[2]), list(arrays[1:]))
 
 
+def held_bytes(material: Any) -> int:
+    """Bytes of the arrays inside one piece of material (a protocol's dataclass, a tuple...)."""
+    if isinstance(material, np.ndarray):
+        return material.nbytes
+    if is_dataclass(material) and not isinstance(material, type):
+        return sum(held_bytes(getattr(material, f.name)) for f in fields(material))
+    if isinstance(material, (tuple, list)):
+        return sum(held_bytes(m) for m in material)
+    if isinstance(material, dict):
+        return sum(held_bytes(m) for m in material.values())
+    return 0
+
+
 class MaterialStore:
     """One party's prepared material, queue by query, each item taken exactly once."""
 
@@ -55,8 +67,9 @@ class MaterialStore:
         self._consumed_up_to = -1  # queries at or below this have been used
         self._lock = threading.Lock()
 
-    def add_query(self, query: int, items: list[tuple[Tag, Any]]) -> None:
-        """Store a query's material (already expanded), in consumption order."""
+    def add_query(self, query: int, items: list[tuple[Tag, Any]]) -> int:
+        """Store a query's material (already expanded), in consumption order; returns the
+        bytes it holds."""
         with self._lock:
             if query <= self._consumed_up_to or query in self._queries:
                 raise MaterialError(f"material for query {query} was already prepared or used")
@@ -67,10 +80,7 @@ class MaterialStore:
                         f"query {query}"
                     )
             self._queries[query] = deque(items)
-
-    def prepared(self) -> list[int]:
-        with self._lock:
-            return list(self._queries)
+        return sum(held_bytes(m) for _, m in items)
 
     def take(self, tag: Tag) -> Any:
         """The material for `tag`, which must be the next one of its query; then forgotten."""

@@ -1,4 +1,4 @@
-"""Cryptographic randomness: AES-128-CTR streams keyed from `secrets` through HKDF-SHA256.
+"""Cryptographic randomness: AES-128-CTR streams keyed by `secrets` or by HKDF-SHA256 from a seed.
 
 Every mask, share and triple in mpcc comes from here. numpy's generators are never used
 for anything secret: PCG64's state can be recovered from a few hundred bytes of output.
@@ -15,6 +15,11 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 SEED_BYTES = 16
+
+# The plaintext of every keystream: read-only zeros shared by all streams (the keystream is
+# the encryption of zeros). Longer requests go through it in chunks, so no call allocates
+# or zeroes an input buffer.
+_ZEROS = memoryview(np.zeros(1 << 18, dtype=np.uint8).tobytes())
 
 
 def new_seed() -> bytes:
@@ -48,20 +53,21 @@ class Prg:
         return cls(new_seed())
 
     def bytes(self, n: int) -> np.ndarray:
-        """`n` uniform bytes as a uint8 array."""
-        out = np.empty(n + 15, dtype=np.uint8)
-        written = self._enc.update_into(np.zeros(n, dtype=np.uint8), out)
-        assert written == n
+        """`n` uniform bytes as a uint8 array (a fresh array the caller owns)."""
+        out = np.empty(n + 15, dtype=np.uint8)  # update_into wants one spare block
+        if n <= len(_ZEROS):  # the common case, in one call
+            self._enc.update_into(_ZEROS[:n], out)
+            return out[:n]
+        for at in range(0, n, len(_ZEROS)):
+            k = min(len(_ZEROS), n - at)
+            written = self._enc.update_into(_ZEROS[:k], out[at : at + k + 15])
+            assert written == k
         return out[:n]
 
     def uint64(self, *shape: int) -> np.ndarray:
         """Uniform elements of Z_2^64 (also used as 64 packed uniform bits per word)."""
         n = math.prod(shape)
         return self.bytes(8 * n).view(np.uint64).reshape(shape)
-
-    def bits(self, *shape: int) -> np.ndarray:
-        """Uniform bits (0 or 1) as uint64."""
-        return self.bytes(math.prod(shape)).reshape(shape).astype(np.uint64) & np.uint64(1)
 
 
 def share(x: np.ndarray, prg: Prg | None = None) -> tuple[np.ndarray, np.ndarray]:

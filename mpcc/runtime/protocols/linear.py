@@ -13,7 +13,8 @@ online phase opens E = X - A (one round) and evaluates one bilinear map per part
 
 which sums to L(E, W) + L(A, F) + L(A, B) = L(E + A, W) = L(X, W).
 
-`bilinear` is any map (x, w) -> z that is bilinear over Z_2^64: `kernels.dense`, a
+`bilinear` is any map (x, w) -> z that is bilinear over Z_2^64: `kernels.dense` (or
+`kernels.dense_t` with every weight operand transposed once per session), a
 `functools.partial` of `kernels.conv2d`, `np.multiply` (elementwise with broadcasting).
 B is the only mask ever reused (it masks the constant W); every A is used exactly once.
 """
@@ -26,18 +27,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpcc.errors import MaterialError
 from mpcc.runtime.prg import Prg
+from mpcc.runtime.protocols.common import checked_correction, consume, open_shares
 from mpcc.runtime.transport import Channel
 
 Bilinear = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Shape = tuple[int, ...]
-
-
-def _open(ch: Channel, shares: list[np.ndarray]) -> list[np.ndarray]:
-    """Open additive shares in one round (flat on the wire, so 0-d arrays travel too)."""
-    got = ch.exchange([np.asarray(s).reshape(-1) for s in shares])
-    return [np.asarray(s + g.reshape(np.shape(s))) for s, g in zip(shares, got, strict=True)]
 
 
 @dataclass
@@ -65,7 +60,7 @@ def dealer_weight_mask(w_shape: Shape, prg0: Prg, prg1: Prg) -> np.ndarray:
 def open_weights(ch: Channel, w_share: np.ndarray, b_share: np.ndarray) -> np.ndarray:
     """Open F = W - B once per session (one round, `costs.weight_opening`)."""
     f_share = np.asarray(w_share, dtype=np.uint64) - b_share
-    (f,) = _open(ch, [f_share])
+    (f,) = open_shares(ch, [f_share])
     return f
 
 
@@ -113,13 +108,9 @@ def expand(
     and the offline precompute L([A]_p, F) + [C]_p."""
     x_shape, z_shape = tuple(x_shape), tuple(z_shape)
     a, c = _draw(party, x_shape, z_shape, prg)
-    if party == 1:
-        if correction is None or correction.size != math.prod(z_shape):
-            got = None if correction is None else correction.size
-            raise MaterialError(f"linear: P1 needs {math.prod(z_shape)} words, got {got}")
-        c = np.asarray(correction, dtype=np.uint64).reshape(z_shape)
-    elif correction is not None:
-        raise MaterialError("linear: P0 takes no correction")
+    corr = checked_correction("linear", party, correction, math.prod(z_shape))
+    if corr is not None:
+        c = corr.reshape(z_shape)
     pre = np.asarray(bilinear(a, f), dtype=np.uint64)
     if pre.shape != z_shape:
         raise ValueError(f"bilinear map gives shape {pre.shape}, expected {z_shape}")
@@ -132,25 +123,19 @@ def run(
     party: int,
     mat: LinearMaterial,
     x_share: np.ndarray,
-    b_share: np.ndarray,
-    f: np.ndarray,
+    w_term: np.ndarray,
     bilinear: Bilinear,
-    w_term: np.ndarray | None = None,
 ) -> np.ndarray:
     """Online: open E = X - A (one round, `costs.linear`), then one bilinear map; [Z]_p.
 
-    `w_term` is `weight_term(party, b_share, f)`, fixed for the session: pass it to skip
-    recomputing it per query (a weight-sized add that dominates small batches)."""
-    if mat.used:
-        raise MaterialError("linear: material already used (a reused A would leak X1 - X2)")
-    mat.used = True
+    `w_term` is `weight_term(party, [B]_p, F)`, fixed for the session (computed once, not
+    per query: a weight-sized add that would dominate small batches)."""
+    consume("linear", mat, "a reused A would leak X1 - X2")
     x_share = np.asarray(x_share, dtype=np.uint64)
     if x_share.shape != mat.a.shape:
         raise ValueError(f"linear: input shape {x_share.shape}, material for {mat.a.shape}")
     e_share = x_share - mat.a
-    (e,) = _open(ch, [e_share])
-    if w_term is None:
-        w_term = weight_term(party, b_share, f)
+    (e,) = open_shares(ch, [e_share])
     return np.asarray(bilinear(e, w_term), dtype=np.uint64) + mat.pre
 
 

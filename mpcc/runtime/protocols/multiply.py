@@ -12,17 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpcc.errors import MaterialError
 from mpcc.runtime.prg import Prg
+from mpcc.runtime.protocols.common import checked_correction, consume, open_shares
 from mpcc.runtime.transport import Channel
 
 Shape = tuple[int, ...]
-
-
-def _open(ch: Channel, shares: list[np.ndarray]) -> list[np.ndarray]:
-    """Open additive shares in one round (flat on the wire, so 0-d arrays travel too)."""
-    got = ch.exchange([np.asarray(s).reshape(-1) for s in shares])
-    return [np.asarray(s + g.reshape(np.shape(s))) for s, g in zip(shares, got, strict=True)]
 
 
 @dataclass
@@ -61,13 +55,9 @@ def expand(
     x_shape, y_shape = tuple(x_shape), tuple(y_shape)
     z_shape = np.broadcast_shapes(x_shape, y_shape)
     a, b, c = _draw(party, x_shape, y_shape, prg)
-    if party == 1:
-        if correction is None or correction.size != math.prod(z_shape):
-            got = None if correction is None else correction.size
-            raise MaterialError(f"multiply: P1 needs {math.prod(z_shape)} words, got {got}")
-        c = np.asarray(correction, dtype=np.uint64).reshape(z_shape)
-    elif correction is not None:
-        raise MaterialError("multiply: P0 takes no correction")
+    corr = checked_correction("multiply", party, correction, math.prod(z_shape))
+    if corr is not None:
+        c = corr.reshape(z_shape)
     return MultiplyMaterial(a=a, b=b, c=c)
 
 
@@ -75,9 +65,7 @@ def run(
     ch: Channel, party: int, mat: MultiplyMaterial, x_share: np.ndarray, y_share: np.ndarray
 ) -> np.ndarray:
     """Online: open E = X - A and F = Y - B (one round, `costs.multiply`); returns [X * Y]_p."""
-    if mat.used:
-        raise MaterialError("multiply: material already used")
-    mat.used = True
+    consume("multiply", mat, "a reused triple would leak X1 - X2 and Y1 - Y2")
     x_share = np.asarray(x_share, dtype=np.uint64)
     y_share = np.asarray(y_share, dtype=np.uint64)
     if x_share.shape != mat.a.shape or y_share.shape != mat.b.shape:
@@ -86,7 +74,7 @@ def run(
             f"material for {mat.a.shape}, {mat.b.shape}"
         )
     e_share, f_share = x_share - mat.a, y_share - mat.b
-    e, f = _open(ch, [e_share, f_share])
+    e, f = open_shares(ch, [e_share, f_share])
     z = mat.c + e * mat.b + mat.a * f
     if party == 0:
         z += e * f

@@ -38,10 +38,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpcc.errors import MaterialError
 from mpcc.runtime import bitslice
 from mpcc.runtime.prg import Prg
-from mpcc.runtime.protocols import truncation
+from mpcc.runtime.protocols import common, truncation
+from mpcc.runtime.protocols.truncation import LOW63, SIXTY_THREE
 from mpcc.runtime.transport import Channel
 
 
@@ -59,10 +59,7 @@ MASK_BITS = COMPARE_BITS + 1  # bits 0..62 of r are XOR-shared
 AND_LEVELS = _and_levels(COMPARE_BITS)  # (61, 29, 15, 7, 3, 1)
 ANDS = sum(AND_LEVELS)  # 116
 
-BIAS = np.uint64(1 << 62)
-LOW63 = np.uint64((1 << 63) - 1)
 _ONE = np.uint64(1)
-_63 = np.uint64(63)
 
 
 @dataclass
@@ -136,7 +133,7 @@ def deal(n: int | Sequence[int], shift: int, prg0: Prg, prg1: Prg) -> np.ndarray
     parts = [r_bits ^ m0["r_bits"], w ^ m0["w"], rho - m0["rho"], rho * sigma - m0["rho_sigma"]]
     if shift:
         parts.append(((r & LOW63) >> np.uint64(shift)) - m0["r_hi"])
-        parts.append((r >> _63) - m0["r_63"])
+        parts.append((r >> SIXTY_THREE) - m0["r_63"])
     return np.concatenate([p.reshape(-1) for p in parts])
 
 
@@ -147,12 +144,8 @@ def expand(
     structured shares from the dealer's correction (P1)."""
     n, shift = _size(n), _check_shift(shift)
     m = _draw(party, n, shift, prg)
-    if party == 1:
-        size = correction_words(n, shift)
-        if correction is None or correction.size != size:
-            got = None if correction is None else correction.size
-            raise MaterialError(f"relu: P1 needs {size} correction words, got {got}")
-        corr = np.asarray(correction, dtype=np.uint64).reshape(-1)
+    corr = common.checked_correction("relu", party, correction, correction_words(n, shift))
+    if corr is not None:
         nw = bitslice.words(n)
         shapes = {"r_bits": (MASK_BITS, nw), "w": (ANDS, nw), "rho": (n,), "rho_sigma": (n,)}
         if shift:
@@ -162,8 +155,6 @@ def expand(
             size = math.prod(shape)
             m[name] = corr[at : at + size].reshape(shape)
             at += size
-    elif correction is not None:
-        raise MaterialError("relu: P0 takes no correction")
     return ReluMaterial(n=n, shift=shift, **m)
 
 
@@ -171,11 +162,7 @@ def _open_masked(
     ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """Round 1: open c = x + 2^62 + r; returns c and this party's share of y."""
-    c_share = x + mat.r
-    if party == 0:
-        c_share += BIAS
-    (peer,) = ch.exchange([c_share])
-    c = c_share + peer
+    c = truncation.open_biased(ch, party, x, mat.r)
     if mat.shift:
         return c, truncation.output_share(party, c, mat.r_hi, mat.r_63, mat.shift)
     return c, x
@@ -207,9 +194,7 @@ def _nonneg(
 
 def run(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray) -> np.ndarray:
     """Online: this party's share of ReLU(trunc(x, shift)), same shape as x (8 rounds)."""
-    if mat.used:
-        raise MaterialError("relu: material already used (a reused mask leaks the input)")
-    mat.used = True
+    common.consume("relu", mat, "a reused mask leaks the input")
     x = np.asarray(x, dtype=np.uint64)
     if x.size != mat.n:
         raise ValueError(f"relu: input has {x.size} elements, material is for {mat.n}")

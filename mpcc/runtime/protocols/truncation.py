@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpcc.errors import MaterialError
 from mpcc.runtime.prg import Prg
+from mpcc.runtime.protocols.common import checked_correction, consume, open_shares
 from mpcc.runtime.transport import Channel
 
 Shape = tuple[int, ...]
@@ -32,12 +32,6 @@ Shape = tuple[int, ...]
 BIAS = np.uint64(1 << 62)
 LOW63 = np.uint64((1 << 63) - 1)
 SIXTY_THREE = np.uint64(63)
-
-
-def _open(ch: Channel, shares: list[np.ndarray]) -> list[np.ndarray]:
-    """Open additive shares in one round (flat on the wire, so 0-d arrays travel too)."""
-    got = ch.exchange([np.asarray(s).reshape(-1) for s in shares])
-    return [np.asarray(s + g.reshape(np.shape(s))) for s, g in zip(shares, got, strict=True)]
 
 
 @dataclass
@@ -87,17 +81,21 @@ def expand(
     """Party side: [r]_p from the seed; [r_hi]_p, [r_63]_p from the seed (P0) or correction."""
     shape, shift = _shape(shape), _check_shift(shift)
     drawn = _draw(party, shape, prg)
-    if party == 1:
-        n = math.prod(shape)
-        if correction is None or correction.size != 2 * n:
-            got = None if correction is None else correction.size
-            raise MaterialError(f"truncation: P1 needs {2 * n} correction words, got {got}")
-        corr = np.asarray(correction, dtype=np.uint64)
+    n = math.prod(shape)
+    corr = checked_correction("truncation", party, correction, 2 * n)
+    if corr is not None:
         r_hi, r_63 = corr[:n].reshape(shape), corr[n:].reshape(shape)
         return TruncMaterial(shift, drawn[0], r_hi, r_63)
-    if correction is not None:
-        raise MaterialError("truncation: P0 takes no correction")
     return TruncMaterial(shift, *drawn)
+
+
+def open_biased(ch: Channel, party: int, x_share: np.ndarray, r_share: np.ndarray) -> np.ndarray:
+    """Open c = x + 2^62 + r in one round (P0 adds the bias); x' = x + 2^62 is in [0, 2^63)."""
+    c_share = x_share + r_share
+    if party == 0:
+        c_share += BIAS
+    (c,) = open_shares(ch, [c_share])
+    return c
 
 
 def output_share(
@@ -115,14 +113,9 @@ def output_share(
 
 def run(ch: Channel, party: int, mat: TruncMaterial, x_share: np.ndarray) -> np.ndarray:
     """Online: open c = x + 2^62 + r (one round, `costs.truncate`); returns [y]_p."""
-    if mat.used:
-        raise MaterialError("truncation: material already used (a reused r leaks x1 - x2)")
-    mat.used = True
+    consume("truncation", mat, "a reused r leaks x1 - x2")
     x_share = np.asarray(x_share, dtype=np.uint64)
     if x_share.shape != mat.r.shape:
         raise ValueError(f"truncation: input shape {x_share.shape}, material for {mat.r.shape}")
-    c_share = x_share + mat.r
-    if party == 0:
-        c_share += BIAS
-    (c,) = _open(ch, [c_share])
+    c = open_biased(ch, party, x_share, mat.r)
     return output_share(party, c, mat.r_hi, mat.r_63, mat.shift)
