@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -148,6 +149,15 @@ def result(suite: dict, model: str, batch: int) -> dict[str, Any] | None:
     return next((r for r in rep["results"] if r["batch"] == batch), None) if rep else None
 
 
+def suite_rows(suite: dict) -> Iterator[tuple[str, str, int, dict[str, Any]]]:
+    """(model, label, batch, result) for every result of the suite, in the tables' order."""
+    for model, label in MODELS.items():
+        for batch in BATCHES:
+            r = result(suite, model, batch)
+            if r is not None:
+                yield model, label, batch, r
+
+
 def metric(r: dict[str, Any], name: str) -> float:
     if name == "sent":
         return float(max(r["sent_bytes"]))
@@ -223,27 +233,23 @@ def markdown(suite: dict) -> str:
         "sent / party | dealer bytes | rounds | plaintext | secure / plain | prior system |",
         "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for model, label in MODELS.items():
-        for batch in BATCHES:
-            r = result(suite, model, batch)
-            if r is None:
-                continue
-            pt = r["plaintext_s"]
-            ratio = f"{r['ratio']:.0f}x" if r["ratio"] else "-"
-            prior = PRIOR.get((model, batch))
-            prior_txt = (
-                f"{fmt_s(prior)} ({prior / r['online_s']['median']:.0f}x slower)" if prior else "-"
-            )
-            passes = ", ".join(fmt_s(v) for v in r.get("pass_medians", []))
-            lines.append(
-                f"| {label} | {batch} | {fmt_s(r['online_s']['median'])} | "
-                f"{fmt_s(r['online_s']['p90'])} | {passes or '-'} | "
-                f"{fmt_s(r['offline_s']['median'])} | "
-                f"{fmt_s(r['dealer_s']['median'])} | {fmt_bytes(max(r['sent_bytes']))} | "
-                f"{fmt_bytes(r['dealer_bytes'])} | {r['rounds']} | "
-                f"{fmt_s(pt['median']) if pt else '-'} | "
-                f"{ratio} | {prior_txt} |"
-            )
+    for model, label, batch, r in suite_rows(suite):
+        pt = r["plaintext_s"]
+        ratio = f"{r['ratio']:.0f}x" if r["ratio"] else "-"
+        prior = PRIOR.get((model, batch))
+        prior_txt = (
+            f"{fmt_s(prior)} ({prior / r['online_s']['median']:.0f}x slower)" if prior else "-"
+        )
+        passes = ", ".join(fmt_s(v) for v in r.get("pass_medians", []))
+        lines.append(
+            f"| {label} | {batch} | {fmt_s(r['online_s']['median'])} | "
+            f"{fmt_s(r['online_s']['p90'])} | {passes or '-'} | "
+            f"{fmt_s(r['offline_s']['median'])} | "
+            f"{fmt_s(r['dealer_s']['median'])} | {fmt_bytes(max(r['sent_bytes']))} | "
+            f"{fmt_bytes(r['dealer_bytes'])} | {r['rounds']} | "
+            f"{fmt_s(pt['median']) if pt else '-'} | "
+            f"{ratio} | {prior_txt} |"
+        )
     ok = all(r["matches_cost_model"] for rep in suite["models"].values() for r in rep["results"])
     agree = "equal" if ok else "**differ** from"
     lines += [
@@ -274,19 +280,15 @@ def markdown(suite: dict) -> str:
         "warm query (offline + online) | compile | session setup |",
         "|---|--:|--:|--:|--:|--:|--:|--:|",
     ]
-    for model, label in MODELS.items():
-        for batch in BATCHES:
-            r = result(suite, model, batch)
-            if r is None:
-                continue
-            f = r["first_query"]
-            kind = "" if f["cold"] else " (kernels already loaded)"
-            lines.append(
-                f"| {label} | {batch} | {fmt_s(f['total_s'])}{kind} | {fmt_s(f['offline_s'])} | "
-                f"{f['numba_cache_loads']}/{f['numba_compiles']} | "
-                f"{fmt_s(r['offline_s']['median'] + r['online_s']['median'])} | "
-                f"{fmt_s(r['compile_s'])} | {fmt_s(r['setup_s'])} |"
-            )
+    for _, label, batch, r in suite_rows(suite):
+        f = r["first_query"]
+        kind = "" if f["cold"] else " (kernels already loaded)"
+        lines.append(
+            f"| {label} | {batch} | {fmt_s(f['total_s'])}{kind} | {fmt_s(f['offline_s'])} | "
+            f"{f['numba_cache_loads']}/{f['numba_compiles']} | "
+            f"{fmt_s(r['offline_s']['median'] + r['online_s']['median'])} | "
+            f"{fmt_s(r['compile_s'])} | {fmt_s(r['setup_s'])} |"
+        )
     jc = suite.get("jit_cold")
     if jc:
         lines += [
@@ -328,16 +330,12 @@ def markdown(suite: dict) -> str:
         "| model | batch | " + " | ".join(LINKS) + " |",
         "|---|--:|" + "--:|" * len(LINKS),
     ]
-    for model, label in MODELS.items():
-        for batch in BATCHES:
-            r = result(suite, model, batch)
-            if r is None:
-                continue
-            cells = [
-                fmt_s(link.project(r["online_s"]["median"], r["rounds"], max(r["sent_bytes"])))
-                for link in LINKS.values()
-            ]
-            lines.append(f"| {label} | {batch} | " + " | ".join(cells) + " |")
+    for _, label, batch, r in suite_rows(suite):
+        cells = [
+            fmt_s(link.project(r["online_s"]["median"], r["rounds"], max(r["sent_bytes"])))
+            for link in LINKS.values()
+        ]
+        lines.append(f"| {label} | {batch} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Where the online time goes",
@@ -351,21 +349,19 @@ def markdown(suite: dict) -> str:
         "LocalCluster hand-off |",
         "|---|--:|--:|--:|--:|--:|--:|",
     ]
-    for model, label in MODELS.items():
-        for batch in BATCHES:
-            r = result(suite, model, batch)
-            if r is None or not r["layers"]:
-                continue
-            run, online = r["layers"]["run"], r["online_s"]["median"]
+    for _, label, batch, r in suite_rows(suite):
+        if not r["layers"]:
+            continue
+        run, online = r["layers"]["run"], r["online_s"]["median"]
 
-            def pct(key: str, run=run, online=online) -> str:
-                return " / ".join(f"{v / online:.0%}" if v == v else "?" for v in run[key])
+        def pct(key: str, run=run, online=online) -> str:
+            return " / ".join(f"{v / online:.0%}" if v == v else "?" for v in run[key])
 
-            lines.append(
-                f"| {label} | {batch} | {fmt_s(online)} | {pct('cpu_s')} | "
-                f"{pct('runnable_s')} | {pct('asleep_s')} | "
-                f"{fmt_s(r['layers']['handoff_s'])} |"
-            )
+        lines.append(
+            f"| {label} | {batch} | {fmt_s(online)} | {pct('cpu_s')} | "
+            f"{pct('runnable_s')} | {pct('asleep_s')} | "
+            f"{fmt_s(r['layers']['handoff_s'])} |"
+        )
     for b in BATCHES:
         r = result(suite, "lenet", b)
         if r and r["layers"]:

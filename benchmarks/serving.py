@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -27,8 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mpcc.compiler.pipeline import compile_onnx  # noqa: E402
 from mpcc.runtime.cluster import LocalCluster  # noqa: E402
 from mpcc.serving.client import Client, RequestStats  # noqa: E402
-from mpcc.serving.local import ProcessCluster  # noqa: E402
-from mpcc.serving.owner import deploy_program  # noqa: E402
+from mpcc.serving.local import serve_locally  # noqa: E402
 from mpcc.zoo import digits, models  # noqa: E402
 
 
@@ -92,14 +90,8 @@ def main() -> int:
         lc.predict(X[: args.batch])
         local = lc.stats
 
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        ProcessCluster(Path(tmp), stock=args.stock, max_connections=128) as pc,
-    ):
-        pc.start_all()
-        deploy_program(prog, weights, pc.cfg)
-        with Client(pc.cfg) as c:
-            c.wait_ready(60)
+    with serve_locally(prog, weights, stock=args.stock, max_connections=128) as client:
+        cfg = client.cfg
         print(
             f"LeNet, batch {prog.batch}, 3 processes on 127.0.0.1, TLS 1.3 mutual auth, "
             f"stock {args.stock}, {args.seconds:g} s per setting"
@@ -111,7 +103,7 @@ def main() -> int:
         )
         last: list[RequestStats] = []
         for n in args.clients:
-            stats, wall = load_run(pc.cfg, X, n, args.seconds)
+            stats, wall = load_run(cfg, X, n, args.seconds)
             lat = [s.latency_s for s in stats]
             online = [s.online_s for s in stats]
             print(

@@ -1,6 +1,8 @@
 """`mpcc bench`: secure-inference latency, traffic and rounds on this machine, vs onnxruntime.
 
-All three parties run in this process (`LocalCluster`: two party threads, in-process queues).
+All three parties run in this process (`LocalCluster`: two party threads, in-process queues),
+or with `--processes` as three local processes over mutually authenticated TLS (as `mpcc run
+--processes`), which adds the bytes on the wire, the TLS handshake and the client's latency.
 Per batch size it reports the online latency (median, p90), the offline time per query (the
 dealer alone, and dealer + both parties' expansion), the bytes each compute party sends, the
 dealer's bytes, the rounds, and the same model's plaintext onnxruntime latency (one thread)
@@ -10,6 +12,7 @@ breakdown next to the compiler's predicted cost; `--network RTT_ms,Gbps` adds a 
 (not a measurement) of the latency on such a link.
 
     mpcc bench lenet.onnx --batch 1,64 --repeat 20 --layers --network 1,1 --json out.json
+    mpcc bench lenet.onnx --processes  # the parties as processes over TLS on 127.0.0.1
     python -m mpcc.bench ...          # the same, before/without the `mpcc` entry point
 """
 
@@ -36,7 +39,7 @@ from mpcc.errors import MpccError
 
 SCHEMA = "mpcc-bench/1"
 PROJECTION_NOTE = (
-    "projection, not a measurement: measured in-process online time + rounds x RTT + "
+    "projection, not a measurement: measured online time + rounds x RTT + "
     "bytes sent per party / bandwidth (full duplex; no TCP/TLS overhead, no congestion)"
 )
 
@@ -162,34 +165,91 @@ def numba_counts() -> tuple[int, int]:
 
 
 class Progress:
-    """A progress line on stderr, shown only once a run has taken more than `after` seconds."""
+    """Progress on stderr, shown only once a run has taken more than `after` seconds.
 
-    def __init__(self, enabled: bool, after: float = 1.0, stream: Any = None) -> None:
+    One line per phase (`phase`: compiling, starting the parties, the first query, ...), and
+    within a phase a status line (`update`: redrawn in place on a terminal; otherwise a line
+    every `every` seconds of a phase, the first one `every` seconds into it). A phase still
+    running when `after` seconds have passed is printed then, by a timer, so a long first
+    phase is not silent; a run shorter than `after` prints nothing."""
+
+    def __init__(
+        self, enabled: bool, after: float = 1.0, stream: Any = None, every: float = 5.0
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.after = after
+        self.every = every
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.t0 = time.perf_counter()
         self._last = 0.0
-        self._shown = False
+        self._status = False  # a status line is on screen (terminal only)
+        self._phase: str | None = None
+        self._phase_t = 0.0  # when it began, seconds into the run
+        self._phase_shown = True
+        self._any = False
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        if enabled:
+            self._timer = threading.Timer(after, self._show_pending)
+            self._timer.daemon = True
+            self._timer.start()
 
-    def update(self, text: str) -> None:
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def _clear_status(self) -> None:
+        if self._status:
+            print("\r\033[K", end="", file=self.stream, flush=True)
+            self._status = False
+
+    def _print_phase(self) -> None:
+        self._clear_status()
+        print(f"[{self._phase_t:6.1f} s] {self._phase}", file=self.stream, flush=True)
+        self._phase_shown = self._any = True
+
+    def _show_pending(self) -> None:
+        with self._lock:
+            if self.enabled and not self._phase_shown:
+                self._print_phase()
+
+    def phase(self, text: str) -> None:
+        """A new phase of the run begins: one line (once the run is past `after` seconds)."""
         if not self.enabled:
             return
-        now = time.perf_counter()
-        if now - self.t0 < self.after or (not self.tty and now - self._last < 5.0):
+        with self._lock:
+            self._phase, self._phase_t, self._phase_shown = text, self._elapsed(), False
+            self._last = self.t0 + self._phase_t
+            if self._phase_t >= self.after:
+                self._print_phase()
+
+    def update(self, text: str) -> None:
+        """Where the current phase is (e.g. `query 3/10`)."""
+        if not self.enabled:
             return
-        self._last = now
-        self._shown = True
-        if self.tty:
-            print(f"\r\033[K{text}", end="", file=self.stream, flush=True)
-        else:
-            print(text, file=self.stream, flush=True)
+        with self._lock:
+            now = time.perf_counter()
+            if now - self.t0 < self.after or (not self.tty and now - self._last < self.every):
+                return
+            if not self._phase_shown and self._phase is not None:
+                self._print_phase()
+            self._last = now
+            self._any = True
+            if self.tty:
+                print(f"\r\033[K{text}", end="", file=self.stream, flush=True)
+                self._status = True
+            else:
+                print(text, file=self.stream, flush=True)
 
     def done(self) -> None:
-        if self._shown and self.tty:
-            print("\r\033[K", end="", file=self.stream, flush=True)
-        self._shown = False
+        """The run is over: stop the timer, clear the status line, say how long it took."""
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            self._clear_status()
+            if self.enabled and self._any:
+                print(f"[{self._elapsed():6.1f} s] done", file=self.stream, flush=True)
+            self.enabled = False
 
 
 # --------------------------------------------------------------------------- inputs, plaintext
@@ -240,13 +300,9 @@ class Plaintext:
     """The model in onnxruntime on one thread (the floor a secure run is compared with)."""
 
     def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
+        from mpcc.zoo.reference import session
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = 1
-        opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.sess = session(path)
         self.input = self.sess.get_inputs()[0]
         self.path = path
 
@@ -453,6 +509,13 @@ def _sources(model: Path, reference: Path | None) -> tuple[str, Path | None]:
     return kind, reference
 
 
+SETTINGS = {
+    False: "P0, P1 and the dealer in this process: two party threads, in-process queues",
+    True: "P0, P1 and the dealer as three local processes over mutually authenticated TLS 1.3 "
+    "(127.0.0.1), queried by a client in this process",
+}
+
+
 def bench(
     model: str | Path,
     batches: Sequence[int] | None = None,
@@ -464,8 +527,12 @@ def bench(
     reference: str | Path | None = None,
     plaintext: bool = True,
     progress: bool = False,
+    processes: bool = False,
 ) -> dict[str, Any]:
-    """Benchmark an .onnx model (compiled at each batch size) or a plan file; JSON-able dict."""
+    """Benchmark an .onnx model (compiled at each batch size) or a plan file; JSON-able dict.
+
+    `processes`: the parties run as local processes over TLS (`mpcc.serving`) instead of
+    threads of this process; the report adds the bytes on the wire and the TLS handshake."""
     from mpcc.compiler import planfile
     from mpcc.compiler.pipeline import compile_onnx
 
@@ -490,6 +557,8 @@ def bench(
         raise MpccError("--repeat wants one positive count, or one per batch size")
     if warmup < 0:
         raise MpccError("--warmup must be >= 0")
+    if processes and layers:
+        raise MpccError("--layers times the party threads of this process: not with --processes")
     floor = Plaintext(ref_path) if plaintext and ref_path is not None else None
     notes = []
     if plaintext and floor is None:
@@ -497,62 +566,100 @@ def bench(
 
     prog_ = Progress(progress)
     results = []
-    for b, reps in zip(batches, repeats, strict=True):
-        compile_s = None
-        if plan is not None:
-            prog, weights = plan
-        else:
-            t0 = time.perf_counter()
-            prog, weights = compile_onnx(model, onnx_input_shape(model, b))
-            compile_s = time.perf_counter() - t0
-        res = _bench_plan(
-            prog,
-            weights,
-            reps,
-            warmup=warmup,
-            layers=layers,
-            link=link,
-            progress=lambda text, b=b: prog_.update(f"mpcc bench {model.name} batch {b}: {text}"),
-        )
-        res["compile_s"] = compile_s
-        if floor is not None:
-            shape = prog.value(prog.inputs[0][1]).shape
-            if floor.accepts(shape):
-                res["plaintext_s"] = floor.time(sample_inputs(shape, 0), reps)
-                res["ratio"] = res["online_s"]["median"] / res["plaintext_s"]["median"]
+    try:
+        for b, reps in zip(batches, repeats, strict=True):
+            where = f"mpcc bench {model.name} batch {b}"
+            compile_s = None
+            if plan is not None:
+                prog, weights = plan
             else:
-                notes.append(f"{ref_path} does not take shape {list(shape)}: no plaintext floor")
-        results.append(res)
-    prog_.done()
+                prog_.phase(f"{where}: compiling")
+                t0 = time.perf_counter()
+                prog, weights = compile_onnx(model, onnx_input_shape(model, b))
+                compile_s = time.perf_counter() - t0
+            sched = Schedule(
+                reps,
+                warmup,
+                layers,
+                phase=lambda text, where=where: prog_.phase(f"{where}: {text}"),
+                progress=lambda text, where=where: prog_.update(f"{where}: {text}"),
+            )
+            m = (_measure_processes if processes else _measure_threads)(prog, weights, sched)
+            res = _result(prog, reps, warmup, m, link)
+            res["compile_s"] = compile_s
+            if floor is not None:
+                shape = prog.value(prog.inputs[0][1]).shape
+                if floor.accepts(shape):
+                    prog_.phase(f"{where}: plaintext floor (onnxruntime)")
+                    res["plaintext_s"] = floor.time(sample_inputs(shape, 0), reps)
+                    res["ratio"] = res["online_s"]["median"] / res["plaintext_s"]["median"]
+                else:
+                    notes.append(
+                        f"{ref_path} does not take shape {list(shape)}: no plaintext floor"
+                    )
+            results.append(res)
+    finally:
+        prog_.done()
     return {
         "schema": SCHEMA,
         "model": str(model),
         "name": results[0]["plan"]["name"] if results else model.stem,
         "reference": str(ref_path) if ref_path else None,
         "machine": machine_info(),
-        "setting": "P0, P1 and the dealer in this process: two party threads, in-process queues",
+        "mode": "processes" if processes else "threads",
+        "setting": SETTINGS[processes],
         "network": None if link is None else {**link.asdict(), "note": PROJECTION_NOTE},
         "notes": notes,
         "results": results,
     }
 
 
-def _bench_plan(
-    prog: Any,
-    weights: dict[str, np.ndarray],
-    repeat: int,
-    *,
-    warmup: int,
-    layers: bool,
-    link: Link | None,
-    progress: Callable[[str], None],
-) -> dict[str, Any]:
-    from mpcc.compiler.costmodel import estimate
-    from mpcc.compiler.planfile import plan_hash
+def _count(n: int) -> str:
+    return f"{n} query" if n == 1 else f"{n} queries"
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+    """How one batch size is measured: a first query, `warmup` untimed ones, `repeat` timed."""
+
+    repeat: int
+    warmup: int
+    layers: bool
+    phase: Callable[[str], None]  # a new phase begins (one progress line)
+    progress: Callable[[str], None]  # where the phase is
+
+    def run(
+        self,
+        query: Callable[[int], Any],
+        *,
+        first: Callable[[int], Any] | None = None,
+        timing: Callable[[], None] | None = None,
+    ) -> tuple[Any, list]:
+        """`query(i)` on inputs number i: the first query's result (from `first`, if given)
+        and the timed ones'; `timing()` is called between the warm-up and the timed queries."""
+        self.phase("first query")
+        first_out = (first or query)(0)
+        if self.warmup:
+            self.phase(f"warm-up ({_count(self.warmup)})")
+        for w in range(self.warmup):
+            self.progress(f"warm-up {w + 1}/{self.warmup}")
+            query(1 + w)
+        if timing is not None:
+            timing()
+        self.phase(f"timing {_count(self.repeat)}")
+        timed = []
+        for i in range(self.repeat):
+            self.progress(f"query {i + 1}/{self.repeat}")
+            timed.append(query(1 + self.warmup + i))
+        return first_out, timed
+
+
+def _measure_threads(prog: Any, weights: dict[str, np.ndarray], sched: Schedule) -> dict[str, Any]:
+    """The plan on a LocalCluster: setup, then the schedule's queries."""
     from mpcc.runtime.cluster import LocalCluster
 
     shape = prog.value(prog.inputs[0][1]).shape
-    predicted = estimate(prog)
+    sched.phase("starting the session (sharing the weights, opening F = W - B)")
     t0 = time.perf_counter()
     cluster = LocalCluster(prog, weights)
     with cluster:
@@ -569,66 +676,146 @@ def _bench_plan(
 
         cluster.dealer.deal = deal
 
-        # First query: in a fresh process this loads (or compiles) the numba kernels.
-        x = sample_inputs(shape, 0)
-        hits0, misses0 = numba_counts()
-        t = time.perf_counter()
-        cluster.run_batch(x)
-        first_wall = time.perf_counter() - t
-        hits1, misses1 = numba_counts()
-        first = {
-            "online_s": cluster.stats.online_s,
-            "offline_s": cluster.stats.offline_s,
-            "total_s": first_wall,
-            "cold": hits1 + misses1 > hits0 + misses0,  # it loaded or compiled kernels
-            "numba_cache_loads": hits1 - hits0,
-            "numba_compiles": misses1 - misses0,
-        }
-        for w in range(warmup):
-            progress(f"warm-up {w + 1}/{warmup}")
-            cluster.run_batch(sample_inputs(shape, 1 + w))
-        clocks = install_clocks(cluster) if layers else []
-        dealer_times.clear()
-        online, offline, e2e, stats = [], [], [], []
+        def query(index: int) -> tuple[float, float, Any]:
+            """(offline, end to end, stats): the material made just before the query."""
+            x = sample_inputs(shape, index)
+            offline = cluster.preprocess(1)
+            t = time.perf_counter()
+            cluster.run_batch(x)
+            return offline, time.perf_counter() - t, cluster.stats
+
+        def first_query(index: int) -> tuple[Any, tuple[int, int], tuple[int, int]]:
+            """In a fresh process this loads (or compiles) the numba kernels: counted."""
+            before = numba_counts()
+            return query(index), before, numba_counts()
+
+        clocks: list[InstrClock] = []
+
+        def timing() -> None:
+            dealer_times.clear()
+            clocks.extend(install_clocks(cluster) if sched.layers else [])
+
         try:
-            for r in range(repeat):
-                progress(f"query {r + 1}/{repeat}")
-                x = sample_inputs(shape, 1 + warmup + r)
-                offline.append(cluster.preprocess(1))
-                t = time.perf_counter()
-                cluster.run_batch(x)
-                e2e.append(time.perf_counter() - t)
-                online.append(cluster.stats.online_s)
-                stats.append(cluster.stats)
+            first_out, timed = sched.run(query, first=first_query, timing=timing)
         finally:
             for c in clocks:
                 c.stat.close()
-    last = stats[-1]
-    counts = {(s.sent, s.rounds, s.dealer_bytes) for s in stats}
-    if len(counts) != 1:  # pragma: no cover - the plan fixes every message's size
-        raise MpccError(f"traffic differed between queries of one plan: {sorted(counts)}")
+    (f_off, f_e2e, f_stats), (hits0, misses0), (hits1, misses1) = first_out
+    first = {
+        "online_s": f_stats.online_s,
+        "offline_s": f_stats.offline_s,
+        "total_s": f_off + f_e2e,
+        "cold": hits1 + misses1 > hits0 + misses0,  # it loaded or compiled kernels
+        "numba_cache_loads": hits1 - hits0,
+        "numba_compiles": misses1 - misses0,
+    }
+    return {
+        "setup_s": setup_s,
+        "first_query": first,
+        "online": [st.online_s for _, _, st in timed],
+        "offline": [off for off, _, _ in timed],
+        "dealer": dealer_times,
+        "e2e": [e2e for _, e2e, _ in timed],
+        "traffic": [(st.sent, st.rounds, st.dealer_bytes, st.client_bytes) for _, _, st in timed],
+        "clocks": clocks,
+        "tls": None,
+    }
+
+
+def _measure_processes(
+    prog: Any, weights: dict[str, np.ndarray], sched: Schedule
+) -> dict[str, Any]:
+    """The plan served by three local party processes over TLS, queried one batch at a time
+    by a client: setup, the schedule's queries, then a TLS handshake."""
+    from mpcc.serving.local import serve_locally
+    from mpcc.serving.tls import client_context, dial
+
+    shape = prog.value(prog.inputs[0][1]).shape
+    sched.phase("starting three party processes (TLS), deploying, starting the session")
+    t0 = time.perf_counter()
+    with serve_locally(prog, weights) as client:
+        setup_s = time.perf_counter() - t0
+
+        def query(index: int) -> Any:
+            client.predict(sample_inputs(shape, index))
+            (req,) = client.stats.requests
+            return req
+
+        # The parties make each query's material ahead (their stock): its time is `offline`.
+        r, reqs = sched.run(query)
+        # One TLS 1.3 handshake with mutual authentication, as every link of the cluster makes
+        # once per connection (P0-P1 and dealer-P1 once per session): both directions' bytes.
+        handshakes = {}
+        ctx = client_context(client.cfg, "client")
+        for role in ("p0", "p1"):
+            ch, _ = dial(client.cfg, ctx, role, me="client", link="client")
+            handshakes[role] = ch.wire.handshake
+            ch.close("handshake measured")
+    first = {
+        "online_s": r.online_s,
+        "offline_s": r.offline_s,
+        "total_s": r.latency_s,
+        "cold": None,  # the kernels load in the party processes: not seen from here
+        "numba_cache_loads": None,
+        "numba_compiles": None,
+    }
+    last = reqs[-1]
+    # P1 counts a bundle's wire bytes as they are read: bundles read together (the stock made
+    # at the session's start) are all counted on the first. The median query is one read alone.
+    dealer_wire = sorted(q.dealer_wire for q in reqs)[(len(reqs) - 1) // 2]
+    return {
+        "setup_s": setup_s,
+        "first_query": first,
+        "online": [q.online_s for q in reqs],
+        "offline": [q.offline_s for q in reqs],
+        "dealer": None,
+        "e2e": [q.latency_s for q in reqs],
+        "traffic": [(q.sent, q.rounds, q.dealer_bytes, q.client_bytes) for q in reqs],
+        "clocks": [],
+        "tls": {
+            "wire_sent": list(last.wire_sent),
+            "overhead": [w - p for w, p in zip(last.wire_sent, last.sent, strict=True)],
+            "dealer_wire": dealer_wire,
+            "dealer_overhead": dealer_wire - last.dealer_bytes,
+            "handshake": handshakes,
+            "queued_s": summarize([q.queued_s for q in reqs]),
+        },
+    }
+
+
+def _result(
+    prog: Any, repeat: int, warmup: int, m: dict[str, Any], link: Link | None
+) -> dict[str, Any]:
+    """One batch size's report from a measurement, next to the compiler's cost model."""
+    from mpcc.compiler.costmodel import estimate
+    from mpcc.compiler.planfile import plan_hash
+
+    predicted = estimate(prog)
+    if len({t[:3] for t in m["traffic"]}) != 1:  # pragma: no cover - the plan fixes them
+        raise MpccError(f"traffic differed between queries of one plan: {m['traffic']}")
+    sent, rounds, dealer_bytes, client_bytes = m["traffic"][-1]
+    sent = tuple(sent)
     pt = predicted.total
     res: dict[str, Any] = {
         "batch": prog.batch,
         "plan": {"name": prog.name, "sha256": plan_hash(prog), "instructions": len(prog.instrs)},
         "repeat": repeat,
         "warmup": warmup,
-        "setup_s": setup_s,
-        "first_query": first,
-        "online_s": summarize(online),
-        "offline_s": summarize(offline),
-        "dealer_s": summarize(dealer_times),
-        "e2e_s": summarize(e2e),
-        "sent_bytes": list(last.sent),
-        "rounds": last.rounds,
-        "dealer_bytes": last.dealer_bytes,
-        "client_bytes": last.client_bytes,
+        "setup_s": m["setup_s"],
+        "first_query": m["first_query"],
+        "online_s": summarize(m["online"]),
+        "offline_s": summarize(m["offline"]),
+        "dealer_s": summarize(m["dealer"]) if m["dealer"] is not None else None,
+        "e2e_s": summarize(m["e2e"]),
+        "sent_bytes": list(sent),
+        "rounds": rounds,
+        "dealer_bytes": dealer_bytes,
+        "client_bytes": client_bytes,
         "predicted": {**pt.asdict(), "client_sent_per_party": predicted.client_sent},
         "matches_cost_model": (
-            last.sent == (pt.sent, pt.sent)
-            and last.rounds == pt.rounds
-            and last.dealer_bytes == pt.dealer
+            sent == (pt.sent, pt.sent) and rounds == pt.rounds and dealer_bytes == pt.dealer
         ),
+        "tls": m["tls"],
         "plaintext_s": None,
         "ratio": None,
         "projection": None,
@@ -638,13 +825,13 @@ def _bench_plan(
         med = res["online_s"]["median"]
         res["projection"] = {
             **link.asdict(),
-            "online_s": link.project(med, last.rounds, max(last.sent)),
-            "rounds_s": last.rounds * link.rtt_s,
-            "transfer_s": link.transfer_s(max(last.sent)),
-            "dealer_transfer_s": link.transfer_s(last.dealer_bytes),
+            "online_s": link.project(med, rounds, max(sent)),
+            "rounds_s": rounds * link.rtt_s,
+            "transfer_s": link.transfer_s(max(sent)),
+            "dealer_transfer_s": link.transfer_s(dealer_bytes),
         }
-    if layers:
-        res["layers"] = layer_rows(prog, clocks, link, online)
+    if m["clocks"]:
+        res["layers"] = layer_rows(prog, m["clocks"], link, m["online"])
     return res
 
 
@@ -669,13 +856,17 @@ def format_text(report: dict[str, Any]) -> str:
         lines.append(
             f"{r['batch']:>5} {fmt_s(r['online_s']['median']):>10} "
             f"{fmt_s(r['online_s']['p90']):>9} "
-            f"{fmt_s(r['offline_s']['median']):>9} {fmt_s(r['dealer_s']['median']):>9} "
+            f"{fmt_s(r['offline_s']['median']):>9} "
+            f"{fmt_s(r['dealer_s']['median'] if r['dealer_s'] else None):>9} "
             f"{fmt_bytes(max(r['sent_bytes'])):>10} {fmt_bytes(r['dealer_bytes']):>9} "
             f"{r['rounds']:>6} {fmt_s(pt['median'] if pt else None):>9} "
             f"{ratio:>7}"
         )
     lines.append("")
     for r in report["results"]:
+        if r["tls"] is not None:
+            lines.append(_first_query_served(r))
+            continue
         f = r["first_query"]
         what = (
             f"cold start (first query: numba loaded {f['numba_cache_loads']} kernel signatures "
@@ -697,6 +888,8 @@ def format_text(report: dict[str, Any]) -> str:
         else "WARNING: measured traffic differs from the compiler's cost model"
     )
     lines += [f"note: {n}" for n in report["notes"]]
+    if any(r["tls"] for r in report["results"]):
+        lines += ["", *format_tls(report["results"])]
     if report["network"]:
         net = report["network"]
         lines += ["", f"on a {net['rtt_ms']:g} ms RTT, {net['gbps']:g} Gbit/s link: {net['note']}"]
@@ -712,6 +905,60 @@ def format_text(report: dict[str, Any]) -> str:
         if r["layers"]:
             lines += ["", *format_layers(r, report["network"] is not None)]
     return "\n".join(lines)
+
+
+def _first_query_served(r: dict[str, Any]) -> str:
+    f = r["first_query"]
+    return (
+        f"batch {r['batch']}: first query of a new session (the parties load their kernels): "
+        f"{fmt_s(f['total_s'])} at the client, online {fmt_s(f['online_s'])}, vs warm "
+        f"{fmt_s(r['e2e_s']['median'])}, online {fmt_s(r['online_s']['median'])}"
+        + (f"; compile {fmt_s(r['compile_s'])}" if r["compile_s"] is not None else "")
+        + f"; starting the processes, deploying and the session {fmt_s(r['setup_s'])}"
+    )
+
+
+def format_tls(results: list[dict[str, Any]]) -> list[str]:
+    """Process mode: the latency's online/offline split and the bytes on the wire."""
+    lines = [
+        "per query, at the client: latency = online + the rest (sharing the input, sending "
+        "shares and results over TLS, waiting at P0); offline = material made ahead by the "
+        "dealer and the parties, off the latency",
+    ]
+    for r in results:
+        t, lat, online = r["tls"], r["e2e_s"]["median"], r["online_s"]["median"]
+        lines.append(
+            f"  batch {r['batch']}: latency {fmt_s(lat)} (median; p90 {fmt_s(r['e2e_s']['p90'])}) "
+            f"= online {fmt_s(online)} ({online / lat:.0%}) + {fmt_s(lat - online)} "
+            f"(of it queued at P0 {fmt_s(t['queued_s']['median'])}); offline "
+            f"{fmt_s(r['offline_s']['median'])} ahead"
+        )
+    lines.append(
+        "bytes on the wire per query: the transport's payload count (as in-process) + mpcc "
+        "framing and TLS 1.3 records"
+    )
+    for r in results:
+        t = r["tls"]
+        links = [
+            ("P0 -> P1", r["sent_bytes"][0], t["wire_sent"][0]),
+            ("P1 -> P0", r["sent_bytes"][1], t["wire_sent"][1]),
+            ("dealer -> P1", r["dealer_bytes"], t["dealer_wire"]),
+        ]
+        lines.append(
+            f"  batch {r['batch']}: "
+            + "; ".join(
+                f"{name} {fmt_bytes(p)} + {fmt_bytes(w - p)}"
+                + (f" ({(w - p) / p:.1%})" if p else "")
+                + f" = {fmt_bytes(w)}"
+                for name, p, w in links
+            )
+        )
+    hs = results[-1]["tls"]["handshake"]
+    lines.append(
+        "TLS 1.3 handshake with mutual authentication, once per connection (both directions): "
+        + ", ".join(f"client-{role.upper()} {fmt_bytes(n)}" for role, n in hs.items())
+    )
+    return lines
 
 
 def format_layers(r: dict[str, Any], projected: bool = False) -> list[str]:
@@ -788,6 +1035,11 @@ def add_command(subparsers: Any) -> argparse.ArgumentParser:
     )
     p.add_argument("--reference", metavar="ONNX", help="plaintext model for a plan file")
     p.add_argument("--no-plaintext", action="store_true", help="skip the onnxruntime floor")
+    p.add_argument(
+        "--processes",
+        action="store_true",
+        help="run the parties as local processes over TLS (adds bytes on the wire, handshake)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no report, no progress")
     p.set_defaults(fn=cmd_bench)
     return p
@@ -804,6 +1056,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         reference=args.reference,
         plaintext=not args.no_plaintext,
         progress=not args.quiet,
+        processes=args.processes,
     )
     if args.json == "-":
         print(json.dumps(report, indent=1))
@@ -819,18 +1072,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m mpcc.bench ...`: the `mpcc bench` command on its own."""
-    parser = argparse.ArgumentParser(prog="mpcc")
-    add_command(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return args.fn(args)
-    except MpccError as e:
-        print(f"mpcc: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mpcc: interrupted", file=sys.stderr)
-        return 130
+    """`python -m mpcc.bench ...`: the same as `mpcc bench ...`."""
+    from mpcc.cli import main as cli_main
+
+    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

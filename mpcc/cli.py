@@ -10,16 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mpcc.errors import InputError, MpccError
-
-
-def _load_input(path: str) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"no input file at {path}") from None
-    except ValueError as e:
-        raise InputError(f"{path} is not a .npy array file ({e})") from None
+from mpcc.errors import MpccError
+from mpcc.inputs import load_npy
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
@@ -65,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     prog, weights = planfile.load(args.plan)
     if not weights:
         raise MpccError(f"{args.plan} holds no weights; run it through deployed parties")
-    x = _load_input(args.input)
+    x = load_npy(args.input)
     if args.cleartext:
         from mpcc.runtime.cleartext import predict
 
@@ -93,20 +85,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _run_in_processes(prog, weights, x: np.ndarray):
     """Three party processes on 127.0.0.1 over mutually authenticated TLS, then a client."""
-    import tempfile
+    from mpcc.serving.local import serve_locally
 
-    from mpcc.serving.client import Client
-    from mpcc.serving.local import ProcessCluster
-    from mpcc.serving.owner import deploy_program
-
-    with tempfile.TemporaryDirectory(prefix="mpcc-run-") as tmp, ProcessCluster(tmp) as pc:
-        pc.start_all()
-        pc.wait_listening()
-        deploy_program(prog, weights, pc.cfg)
-        with Client(pc.cfg) as client:
-            client.wait_ready()
-            y = client.predict(x)
-            return y, client.stats
+    with serve_locally(prog, weights) as client:
+        return client.predict(x), client.stats
 
 
 def build_parser() -> argparse.ArgumentParser:

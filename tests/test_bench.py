@@ -5,7 +5,11 @@ assertions: performance is shown by `make bench`, not by tests."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
+import math
+import re
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +42,7 @@ RESULT_FIELDS = {
     "client_bytes",
     "predicted",
     "matches_cost_model",
+    "tls",
     "plaintext_s",
     "ratio",
     "projection",
@@ -83,6 +88,7 @@ def test_tiny_model_all_options(tiny, capsys) -> None:
         capsys, str(tiny), "--batch", "1,3", "--repeat", "2", "--layers", "--network", "10,1"
     )
     assert rep["schema"] == bench.SCHEMA and rep["reference"] == str(tiny)
+    assert rep["mode"] == "threads" and all(r["tls"] is None for r in rep["results"])
     assert {"cpu", "cores", "numpy", "numba", "date"} <= set(rep["machine"])
     assert "projection, not a measurement" in rep["network"]["note"]
     assert [r["batch"] for r in rep["results"]] == [1, 3]
@@ -223,3 +229,92 @@ def test_suite_report_targets(tiny, capsys) -> None:
     assert "| MLP 784-500-10 | 1 | 2 ms |" in text and "missed by 33%" in text
     assert "| 3 ms, 2 ms |" in text
     assert "LeNet per instruction, batch 64" in text and "not a measurement" in text
+
+
+def _frames_per_query(prog, weights) -> list[list[list[np.ndarray]]]:
+    """The messages P0 and P1 send each other in one (warm) query of a LocalCluster."""
+    from mpcc.runtime.cluster import LocalCluster
+
+    shape = prog.value(prog.inputs[0][1]).shape
+    sent: list[list[list[np.ndarray]]] = [[], []]
+    with LocalCluster(prog, weights) as cluster:
+        cluster.run_batch(bench.sample_inputs(shape, 0))
+        for party, msgs in zip(cluster.parties, sent, strict=True):
+            inner = party.ch._put
+
+            def put(arrays, inner=inner, msgs=msgs):
+                msgs.append([a.copy() for a in arrays])
+                return inner(arrays)
+
+            party.ch._put = put
+        cluster.run_batch(bench.sample_inputs(shape, 1))
+    return sent
+
+
+def test_processes_over_tls(tiny, capsys) -> None:
+    """`mpcc bench --processes`: the same payload, rounds and dealer bytes as in-process (the
+    cost model's), and on the wire exactly that payload + mpcc framing + TLS 1.3 records."""
+    from mpcc.serving.wire import encode, frame_size
+
+    rep, err = _report(capsys, str(tiny), "--processes", "--repeat", "8", "--network", "1,1")
+    assert rep["mode"] == "processes" and "TLS" in rep["setting"]
+    (r,) = rep["results"]
+    assert set(r) == RESULT_FIELDS
+    prog, weights = compile_onnx(tiny, (1, 4))
+    _check_traffic(r, prog)
+    assert r["dealer_s"] is None and r["first_query"]["cold"] is None
+    assert r["online_s"]["median"] > 0 and r["e2e_s"]["median"] >= r["online_s"]["median"]
+    assert r["plaintext_s"] is not None and r["projection"] is not None
+
+    tls = r["tls"]
+    for party, msgs in enumerate(_frames_per_query(prog, weights)):
+        payload = sum(a.nbytes for m in msgs for a in m)
+        assert payload == r["sent_bytes"][party]  # the in-process count of the same query
+        framing = sum(frame_size(encode("data", {}, m)) for m in msgs) - payload
+        records = tls["wire_sent"][party] - payload - framing
+        # TLS 1.3 adds 22 bytes per record (5 header, 1 content type, 16 AEAD tag): at least
+        # one record per message, at most one more per 16 KiB of it.
+        most = sum(1 + math.ceil(frame_size(encode("data", {}, m)) / 16384) for m in msgs)
+        assert records % 22 == 0 and len(msgs) <= records // 22 <= most, (records, len(msgs))
+        assert tls["overhead"][party] == framing + records
+    assert 0 < tls["dealer_overhead"] == tls["dealer_wire"] - r["dealer_bytes"] < 1024
+    assert set(tls["handshake"]) == {"p0", "p1"}
+    assert all(1000 < n < 20000 for n in tls["handshake"].values())
+
+    text = bench.format_text(rep)
+    for needle in ("three local processes", "bytes on the wire", "handshake", "online", "ahead"):
+        assert needle in text, needle
+    assert "--layers" in _error(capsys, str(tiny), "--processes", "--layers")
+
+
+def _error(capsys, *args: str) -> str:
+    assert bench.main(list(args)) == 2
+    return capsys.readouterr().err
+
+
+def test_progress_one_line_per_phase() -> None:
+    out = io.StringIO()
+    p = bench.Progress(True, after=0.0, stream=out, every=0.0)
+    p.phase("compiling")
+    p.phase("first query")
+    p.update("query 1/2")
+    p.done()
+    # Phases and the end carry the seconds into the run; not on a terminal, a status is a line.
+    lines = [re.sub(r"^\[ *\d+\.\d s\] ", "", ln) for ln in out.getvalue().splitlines()]
+    assert lines == ["compiling", "first query", "query 1/2", "done"]
+
+    # A short run prints nothing; a phase still running after `after` s is shown by a timer.
+    quiet = io.StringIO()
+    p = bench.Progress(True, after=5.0, stream=quiet)
+    p.phase("compiling")
+    p.done()
+    assert quiet.getvalue() == ""
+    late = io.StringIO()
+    p = bench.Progress(True, after=0.05, stream=late)
+    p.phase("starting the parties")
+    deadline = time.monotonic() + 5
+    while "starting the parties" not in late.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    p.done()
+    assert late.getvalue().splitlines()[0].endswith("] starting the parties")
+    assert bench.Progress(False, after=0.0, stream=late).phase("x") is None

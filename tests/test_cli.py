@@ -9,7 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
+from mpcc import inputs
 from mpcc.cli import main
+from mpcc.errors import InputError
 from mpcc.zoo.reference import run_logits
 from tests.onnx_builders import model, node, rand
 
@@ -109,3 +111,36 @@ def test_wrong_input_shape_names_the_expected_shape(lenet_plan, tmp_path) -> Non
 
 def test_missing_plan_file(tmp_path) -> None:
     _assert_user_error(_cli("inspect", str(tmp_path / "nope.mpcc")), "nope.mpcc")
+
+
+def test_input_helpers(tmp_path) -> None:
+    """mpcc.inputs: .npy loading and cutting samples into a plan's batches (shared by the
+    cleartext and threaded runtimes, the serving client and the onnxruntime reference)."""
+    np.save(tmp_path / "x.npy", np.arange(6.0).reshape(3, 2))
+    assert inputs.load_npy(str(tmp_path / "x.npy")).shape == (3, 2)
+    (tmp_path / "bad.npy").write_text("not an array")
+    for path, why in ((tmp_path / "nope.npy", "no input file"), (tmp_path / "bad.npy", ".npy")):
+        with pytest.raises(InputError, match=why):
+            inputs.load_npy(str(path))
+
+    x = inputs.as_samples(np.arange(10.0).reshape(5, 2), (4, 2))
+    assert inputs.as_samples(np.ones(2), (4, 2)).shape == (1, 2)  # one sample
+    with pytest.raises(InputError, match=r"\[n, 3\] \(any number"):
+        inputs.as_samples(x, (4, 3))
+    with pytest.raises(InputError, match="n >= 1"):
+        inputs.as_samples(np.zeros((0, 2)), (4, 2), allow_empty=False)
+    assert [len(c) for c in inputs.split_rows(x, 2)] == [2, 2, 1]
+
+    seen = []
+
+    def fn(chunk):
+        seen.append(chunk.copy())
+        return chunk * 10
+
+    y = inputs.map_batches(x, 4, fn)
+    assert [len(c) for c in seen] == [4, 4] and not seen[1][1:].any()  # zero-padded
+    np.testing.assert_array_equal(y, x * 10)
+    seen.clear()
+    np.testing.assert_array_equal(inputs.map_batches(x, 4, fn, pad=False), x * 10)
+    assert [len(c) for c in seen] == [4, 1]
+    assert inputs.map_batches(x[:0], 4, fn).shape == (0,)

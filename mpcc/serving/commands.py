@@ -1,6 +1,7 @@
 """Command-line subcommands for deployment: `cluster init`, `party`, `deploy`, `predict`.
 
-`add_commands(subparsers)` registers them on the `mpcc` parser; each sets `fn(args) -> int`.
+`add_commands(subparsers)` registers them on the `mpcc` parser (`mpcc.cli`, which also runs
+them and turns errors into messages); each sets `fn(args) -> int`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mpcc.errors import InputError, MpccError
+from mpcc.errors import MpccError
+from mpcc.inputs import load_npy
 from mpcc.serving import config as cfgmod
 from mpcc.serving.config import DEFAULT_DAYS, ROLES
 
@@ -111,19 +113,10 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_input(path: str) -> np.ndarray:
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise InputError(f"no input file at {path}") from None
-    except ValueError as e:
-        raise InputError(f"{path} is not a .npy array file ({e})") from None
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
     from mpcc.serving.client import Client
 
-    x = _load_input(args.input)
+    x = load_npy(args.input)
     with Client(args.config, timeout=args.timeout) as client:
         y = client.predict(x)
         stats = client.stats
@@ -137,17 +130,3 @@ def cmd_predict(args: argparse.Namespace) -> int:
         if not args.output:
             print(np.array2string(y, precision=4, max_line_width=120))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m mpcc.serving ...`: these subcommands alone (until they are in `mpcc`)."""
-    parser = argparse.ArgumentParser(prog="python -m mpcc.serving", description=__doc__)
-    add_commands(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.fn(args)
-    except MpccError as e:
-        print(f"mpcc: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130

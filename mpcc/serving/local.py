@@ -5,6 +5,9 @@ with ProcessCluster(tmp_dir) as pc:        # cluster init on free loopback ports
     deploy_program(prog, weights, pc.cfg)
     with Client(pc.cfg) as c: ...
 # every process started here is killed on exit
+
+with serve_locally(prog, weights) as client:   # all of the above in a temporary directory
+    y = client.predict(x)
 """
 
 from __future__ import annotations
@@ -14,7 +17,10 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +45,7 @@ def init_local(directory: Path, **serving: Any) -> cfgmod.ClusterConfig:
 
 
 class ProcessCluster:
-    """Starts, kills and restarts `python -m mpcc.serving party` processes."""
+    """Starts, kills and restarts `python -m mpcc party` processes."""
 
     def __init__(self, directory: Path, **serving: Any) -> None:
         self.dir = Path(directory)
@@ -58,10 +64,10 @@ class ProcessCluster:
         if role in self.procs and self.procs[role].poll() is None:
             raise MpccError(f"{role} is already running")
         log = open(self.logs / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
-        root = str(Path(__file__).resolve().parents[2])  # so `-m mpcc.serving` finds mpcc
+        root = str(Path(__file__).resolve().parents[2])  # so `-m mpcc` finds this mpcc
         path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
-        cmd = [sys.executable, "-m", "mpcc.serving", "party", "--config", str(self.cfg.path)]
+        cmd = [sys.executable, "-m", "mpcc", "party", "--config", str(self.cfg.path)]
         self.procs[role] = subprocess.Popen(
             [*cmd, "--role", role, *extra], stdout=log, stderr=subprocess.STDOUT, env=env
         )
@@ -109,3 +115,21 @@ class ProcessCluster:
     def log(self, role: str) -> str:
         path = self.logs / f"{role}.log"
         return path.read_text(errors="replace") if path.exists() else ""
+
+
+@contextmanager
+def serve_locally(prog: Any, weights: dict[str, Any], **serving: Any) -> Iterator[Any]:
+    """Three party processes on 127.0.0.1 serving `prog` (deployed with `weights`), and a
+    `Client` of them with a live session; everything is stopped and removed on exit."""
+    from mpcc.serving.client import Client
+    from mpcc.serving.owner import deploy_program
+
+    with (
+        tempfile.TemporaryDirectory(prefix="mpcc-local-") as tmp,
+        ProcessCluster(Path(tmp), **serving) as pc,
+    ):
+        pc.start_all()
+        deploy_program(prog, weights, pc.cfg)
+        with Client(pc.cfg) as client:
+            client.wait_ready()
+            yield client

@@ -7,7 +7,22 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-__all__ = ["run_logits", "run_onnxruntime", "without_final_softmax"]
+from mpcc.inputs import map_batches
+
+__all__ = ["run_logits", "run_onnxruntime", "session", "without_final_softmax"]
+
+
+def session(model: str | Path | onnx.ModelProto):
+    """An onnxruntime session for ``model`` on the CPU with one thread (intra- and inter-op),
+    warnings silenced: the plaintext floor the benchmarks and the tests compare with."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
 
 
 def run_onnxruntime(
@@ -19,35 +34,23 @@ def run_onnxruntime(
     fixed is always fed chunks of exactly that size (the last one zero-padded, then trimmed).
     The result is float64, rows in the order of ``x``.
     """
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    src = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    sess = ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+    sess = session(model)
     inp = sess.get_inputs()[0]
     out_name = sess.get_outputs()[0].name
 
     x = np.asarray(x, dtype=np.float32)
+    if len(x) == 0:
+        raise ValueError("run_onnxruntime needs at least one input row")
     fixed = inp.shape[0] if inp.shape and isinstance(inp.shape[0], int) else None
     if fixed is not None:
         batch = fixed
     elif batch is None or batch <= 0:
-        batch = max(len(x), 1)
+        batch = len(x)
 
-    outs = []
-    for i in range(0, len(x), batch):
-        chunk = x[i : i + batch]
-        n = len(chunk)
-        if fixed is not None and n < fixed:
-            pad = np.zeros((fixed - n, *chunk.shape[1:]), dtype=chunk.dtype)
-            chunk = np.concatenate([chunk, pad])
-        outs.append(np.asarray(sess.run([out_name], {inp.name: chunk})[0])[:n])
-    if not outs:
-        raise ValueError("run_onnxruntime needs at least one input row")
-    return np.concatenate(outs).astype(np.float64)
+    def one(chunk: np.ndarray) -> np.ndarray:
+        return np.asarray(sess.run([out_name], {inp.name: chunk})[0])
+
+    return map_batches(x, batch, one, pad=fixed is not None).astype(np.float64)
 
 
 def without_final_softmax(model: str | Path | onnx.ModelProto) -> onnx.ModelProto:

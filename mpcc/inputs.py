@@ -1,0 +1,69 @@
+"""A client's samples: loading them from a .npy file and cutting them into a plan's batches.
+
+Used at every layer (the runtime, the serving client, the command line, the reference
+runner), so it depends on numpy and `mpcc.errors` only, like `mpcc.errors` itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from mpcc.errors import InputError
+
+
+def load_npy(path: str) -> np.ndarray:
+    """An array from a .npy file; a missing or malformed file is an InputError."""
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise InputError(f"no input file at {path}") from None
+    except ValueError as e:
+        raise InputError(f"{path} is not a .npy array file ({e})") from None
+
+
+def as_samples(x: np.ndarray, shape: Sequence[int], *, allow_empty: bool = True) -> np.ndarray:
+    """`x` as float64 samples [n, *shape[1:]] for a plan whose input has `shape`.
+
+    One sample without the leading axis becomes [1, ...]; any other shape is an InputError
+    naming the expected one (so is n = 0 unless `allow_empty`)."""
+    shape = tuple(shape)
+    x = np.asarray(x, dtype=np.float64)
+    if x.shape == shape[1:]:
+        x = x[None]
+    if x.ndim != len(shape) or x.shape[1:] != shape[1:] or (not allow_empty and len(x) == 0):
+        n = "any number of samples n" if allow_empty else "n >= 1 samples"
+        raise InputError(
+            f"input has shape {list(x.shape)}, but the plan expects "
+            f"[n, {', '.join(map(str, shape[1:]))}] ({n})"
+        )
+    return x
+
+
+def split_rows(x: np.ndarray, batch: int) -> list[np.ndarray]:
+    """`x` cut into chunks of `batch` rows (the last one may be shorter); views, not copies."""
+    return [x[i : i + batch] for i in range(0, len(x), batch)]
+
+
+def pad_rows(chunk: np.ndarray, batch: int) -> np.ndarray:
+    """`chunk` with zero rows appended up to `batch` rows."""
+    n = len(chunk)
+    if n >= batch:
+        return chunk
+    return np.concatenate([chunk, np.zeros((batch - n, *chunk.shape[1:]), dtype=chunk.dtype)])
+
+
+def map_batches(
+    x: np.ndarray, batch: int, fn: Callable[[np.ndarray], np.ndarray], *, pad: bool = True
+) -> np.ndarray:
+    """fn applied to `x` in chunks of `batch` rows, the outputs' rows concatenated in order.
+
+    With `pad`, every chunk fn sees has exactly `batch` rows: the last one is zero-padded and
+    its output trimmed back to the real rows. No rows: an empty array."""
+    outs = []
+    for chunk in split_rows(x, batch):
+        n = len(chunk)
+        y = fn(pad_rows(chunk, batch) if pad else chunk)
+        outs.append(y[:n])
+    return np.concatenate(outs) if outs else np.zeros((0,))
