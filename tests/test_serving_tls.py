@@ -8,6 +8,7 @@ import ssl
 import stat
 import struct
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -204,3 +205,13 @@ def test_frame_parser_rejects_malformed():
     h = b'{"k":"a","m":{},"a":[["|O",[1]]]}'
     with pytest.raises(FrameError, match="array"):
         decode_body(bytearray(struct.pack("<I", len(h)) + h + bytes(8)))
+
+
+def test_handshake_has_a_deadline(cluster):
+    # a server that accepts and then says nothing: the dialer gives up at its deadline
+    with socket.create_server(cluster.address("p1")) as silent:
+        t0 = time.monotonic()
+        with pytest.raises(PartyError, match="did not finish within 0.5 s"):
+            dial(cluster, client_context(cluster, "p0"), "p1", me="p0", link="peer", timeout=0.5)
+        assert time.monotonic() - t0 < 1.5
+        silent.accept()[0].close()

@@ -6,7 +6,7 @@
 | `certs` | the cluster CA; one EC key and certificate per role, the role pinned in the SAN |
 | `wire` | length-prefixed frames with a size limit, strictly parsed |
 | `tls` | `TlsChannel`, the `Channel` over TLS (same payload accounting, wire bytes apart) |
-| `startup` | session id from every party's contribution; known-answer and weight digests |
+| `startup` | session id from every party's contribution; PRG known answer; share commitments |
 | `state` | a party's deployed model on disk (public plan, deployment id, its shares) |
 | `server` | the listener and what every party process shares (deploys, stopping) |
 | `party` / `dealer` | the compute parties and the dealer as long-running servers |

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from mpcc.errors import InputError, MpccError, PartyError
+from mpcc.inputs import as_samples, split_rows
 from mpcc.runtime.fixedpoint import decode, encode
 from mpcc.runtime.prg import reconstruct, share
 from mpcc.serving.config import ClusterConfig
@@ -189,14 +190,7 @@ class Client:
         """Logits (the plan's first output) for any number of samples."""
         plan = self._interface()
         shape, batch = tuple(plan["input_shape"]), int(plan["batch"])
-        x = np.asarray(x, dtype=np.float64)
-        if x.shape == shape[1:]:
-            x = x[None]
-        if x.ndim != len(shape) or x.shape[1:] != shape[1:] or len(x) == 0:
-            raise InputError(
-                f"input has shape {list(x.shape)}, but the plan expects "
-                f"[n, {', '.join(map(str, shape[1:]))}] (n >= 1 samples)"
-            )
+        x = as_samples(x, shape, allow_empty=False)
         if not plan.get("rows_independent", False):
             whole = len(x) == batch or (len(x) % batch == 0 and plan["output_shape"][:1] == [batch])
             if not whole:
@@ -204,7 +198,7 @@ class Client:
                     f"this plan mixes samples across its batch axis: give exactly {batch} "
                     f"samples (or a multiple, if its output keeps the batch first), not {len(x)}"
                 )
-        chunks = [x[i : i + batch] for i in range(0, len(x), batch)]
+        chunks = split_rows(x, batch)  # P0 pads a query's batch with zero rows
         try:
             outs = self._run(chunks, plan)
         except MpccError:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,34 @@ class Serving:
     """Limits and timing of the serving loop (the `[serving]` table)."""
 
     timeout_s: float = 5.0  # silence on a link during a query or start-up step: a fault
-    setup_timeout_s: float = 60.0  # a whole session start-up (weights are opened in it)
+    setup_timeout_s: float = 60.0  # a session start-up (weights opened), its first material
     client_timeout_s: float = 30.0  # a client's wait for one answer, queueing included
-    max_frame_mb: float = 256.0  # largest frame a peer may send
+    max_frame_mb: float = 256.0  # largest frame a peer may send (larger messages are split)
     stock: int = 4  # queries of preprocessing kept ready ahead (per compute party)
+    stock_mb: float = 1024.0  # memory that stock may hold at a compute party (>= one query)
     batch_wait_ms: float = 2.0  # how long P0 waits to fill a batch with queued requests
-    max_connections: int = 64  # concurrent connections a party accepts
+    max_connections: int = 64  # concurrent client links a party accepts
+    handshake_timeout_s: float = 5.0  # a new connection's TLS handshake and hello, in all
+    max_handshakes: int = 16  # connections in their handshake (not yet authenticated) at once
+    max_message_mb: float = 4096.0  # largest message split over frames, from another party
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            whole = f.type in (int, "int")
+            if isinstance(v, bool) or not isinstance(v, int if whole else (int, float)):
+                kind = "a whole number" if whole else "a number"
+                raise ConfigError(f"[serving] {f.name} must be {kind}, not {v!r}")
+            if not v > 0:
+                raise ConfigError(f"[serving] {f.name} must be positive, not {v!r}")
 
     @property
     def max_frame_bytes(self) -> int:
         return int(self.max_frame_mb * 2**20)
+
+    @property
+    def max_message_bytes(self) -> int:
+        return max(int(self.max_message_mb * 2**20), self.max_frame_bytes)
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,9 @@
 
 The dealer dials P0 and P1, offers a session (plan hash, deployment id, its contribution to
 the session id), sends each compute party its fresh seed, and once both report ready deals
-material ahead of the queries, as far as P1's credit allows (`stock` queries). It only ever
-sends material: it never receives a share, an opened value or a weight. When a session ends
+material ahead of the queries, as far as P1's credit allows (`stock` queries, fewer if
+`stock_mb` is the tighter bound). It only ever sends material: it never receives a share,
+an opened value or a weight. When a session ends
 (a party died, a link dropped, a new model was deployed) it starts a new one, retrying with
 back-off until both parties answer.
 """

@@ -3,7 +3,9 @@
 The weights are encoded and split into fresh additive shares here (`share_weights`); P0 and
 P1 each receive one share of every weight, the dealer the public plan only. Every deploy
 carries a fresh deployment id, which the parties compare at start-up, so shares of two
-different deploys are never combined.
+different deploys are never combined. P0 and P1 also receive the owner's commitments to both
+parties' shares (`mpcc.serving.state.share_commitment`, each salted with a secret only its
+holder gets), which they check their shares against and compare with each other.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.owner import share_weights
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.config import load as load_config
+from mpcc.serving.state import SALT_BYTES, share_commitment
 from mpcc.serving.tls import client_context, dial
 
 
@@ -46,6 +49,8 @@ def deploy_program(
     digest = planfile.plan_hash(prog)
     deploy_id = secrets.token_hex(16)
     shares = dict(zip(("p0", "p1"), share_weights(prog, weights), strict=True))
+    salts = {r: secrets.token_bytes(SALT_BYTES) for r in shares}
+    commitments = {r: share_commitment(deploy_id, r, salts[r], s) for r, s in shares.items()}
     errors = []
     for role in ("p0", "p1", "dealer"):
         mine = shares.get(role)
@@ -54,6 +59,8 @@ def deploy_program(
             ch, _ = dial(cfg, ctx, role, me="owner", link="deploy")
             try:
                 head = {"plan": public, "plan_hash": digest, "deploy_id": deploy_id}
+                if mine is not None:  # both commitments, but only this party's salt
+                    head.update(commitments=commitments, salt=salts[role].hex())
                 ch.send_msg("deploy", {**head, "weights": names})
                 for n in names:
                     ch.send_msg("share", {"name": n}, [mine[n]])
@@ -63,7 +70,7 @@ def deploy_program(
                 ch.close("deployed")
         except PartyError as e:
             errors.append(f"{role}: {e}")
-    del shares
+    del shares, salts
     if errors:
         raise DeployError("deployment incomplete; " + "; ".join(errors))
     return deploy_id

@@ -3,17 +3,18 @@
 Links: clients and the owner dial in; the dealer dials in to start each session; P1 dials
 P0 for their peer link. A session starts when the dealer offers one: the three compare the
 plan hash and deployment id, derive the session id from everyone's contribution, the
-dealer sends each party its seed, P0 and P1 check each other and open the masked weights.
+dealer sends each party its seed, P0 and P1 check each other (including the owner's
+commitments to their weight shares) and open the masked weights.
 
 Queries: clients send one share of an input batch to each party, tagged with a request
 id. P0 leads: it takes queued requests (several per query if the plan's batch allows),
 announces them to P1, and both run the plan on the shares and answer the client. P1 keeps
 its requests until P0 announces them. Preprocessing is made ahead in the background, up to
-`stock` queries (P0 expands its seed; P1 also takes the dealer's corrections), so a query
-pays only the online phase. Any fault inside a session -- a peer that dies, a link that
-drops or stalls, a malformed frame -- fails the queries in flight with a clear error and
-ends the session on all three parties; the dealer then starts a new one, with fresh seeds
-and material.
+`stock` queries within `stock_mb` of memory (P0 expands its seed; P1 also takes the dealer's
+corrections), so a query pays only the online phase. Any fault inside a session -- a peer
+that dies, a link that drops or stalls, a malformed frame -- fails the queries in flight
+with a clear error and ends the session on all three parties; the dealer then starts a new
+one, with fresh seeds and material.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from mpcc.compiler.batching import rows_independent
+from mpcc.compiler.costmodel import estimate
 from mpcc.errors import InputError, MpccError, PartyError
 from mpcc.runtime.executor import PartyExecutor
 from mpcc.runtime.material import Bundle
@@ -91,6 +93,9 @@ class PartySession:
         self.prepared: dict[int, Prepared] = {}
         self.prepared_upto = -1
         self.next_q = 0
+        self.last_offline_s: float | None = None
+        # bytes of one query's material here: the cost model's dealer bytes until measured
+        self.query_bytes = max(1, estimate(dep.prog).total.dealer)
         self.ended: str | None = None
 
     @property
@@ -114,13 +119,33 @@ class PartySession:
         self.peer.close(reason)
         self.server.drop_requests(f"the session ended ({reason})")
 
-    def mark_prepared(self, q: int, p: Prepared) -> None:
+    def mark_prepared(self, q: int, p: Prepared, nbytes: int) -> None:
         with self.cond:
             self.prepared[q] = p
             self.prepared_upto = q
+            self.last_offline_s = p.offline_s
+            self.query_bytes = max(1, nbytes)
             self.cond.notify_all()
 
-    def wait_prepared(self, q: int, timeout: float) -> Prepared:
+    def stock(self) -> int:
+        """Queries of material to keep ready: `stock`, lowered so they fit in `stock_mb`
+        (never below one, or no query could run)."""
+        serving = self.server.cfg.serving
+        fits = int(serving.stock_mb * 2**20) // self.query_bytes
+        return max(1, min(serving.stock, fits))
+
+    def prep_timeout(self) -> float:
+        """How long a query may wait for its material. The first one of a session waits as
+        long as a start-up (kernels may still be compiling, nothing could be made ahead);
+        later ones wait the link timeout plus one query's offline time, so a slow dealer for
+        a big model is not taken for a dead one (a dead dealer closes its link at once)."""
+        serving = self.server.cfg.serving
+        if self.last_offline_s is None:
+            return serving.setup_timeout_s
+        return serving.timeout_s + 2 * self.last_offline_s
+
+    def wait_prepared(self, q: int) -> Prepared:
+        timeout = self.prep_timeout()
         deadline = time.monotonic() + timeout
         with self.cond:
             while q not in self.prepared:
@@ -128,7 +153,7 @@ class PartySession:
                 if self.ended is not None:
                     raise PartyError(f"session ended: {self.ended}")
                 if left <= 0:
-                    raise PartyError(f"no preprocessing for query {q} after {timeout:g} s")
+                    raise PartyError(f"no preprocessing for query {q} after {timeout:.1f} s")
                 self.cond.wait(left)
             return self.prepared.pop(q)
 
@@ -137,8 +162,8 @@ class PartySession:
             self.next_q = q + 1
             self.cond.notify_all()
 
-    def stock_full(self, stock: int) -> bool:
-        return self.prepared_upto - self.next_q + 1 >= stock
+    def stock_full(self) -> bool:
+        return self.prepared_upto - self.next_q + 1 >= self.stock()
 
 
 class ComputeParty(PartyServer):
@@ -200,6 +225,8 @@ class ComputeParty(PartyServer):
             "answered": self.answered,
             "last_error": self.last_error,
         }
+        if s is not None and s.alive:  # how far ahead preprocessing runs, and its memory
+            d.update(stock=s.stock(), query_material_bytes=s.query_bytes)
         if dep is not None:
             prog = dep.prog
             (_, in_vid), (out_name, out_vid) = prog.inputs[0], prog.outputs[0]
@@ -398,7 +425,11 @@ class ComputeParty(PartyServer):
         offer = dealer.recv_msg(t, expect="offer")
         dep = self.deployment
         if dep is None:
-            raise PartyError(f"no model is deployed at {self.label}")
+            why = f" (its stored one was rejected: {self.load_error})" if self.load_error else ""
+            raise PartyError(f"no model is deployed at {self.label}{why}")
+        if dep.role != self.role:  # e.g. the other party's deployment.npz copied here
+            held = str(dep.role).upper()
+            raise PartyError(f"{self.label} holds {held}'s weight shares; deploy the model again")
         mismatch("plan hash", dep.plan_hash, offer.meta.get("plan_hash"), self.label, "dealer")
         mismatch("deployment", dep.deploy_id, offer.meta.get("deploy_id"), self.label, "dealer")
         mine, kat = contribution(), prg_kat()
@@ -435,6 +466,9 @@ class ComputeParty(PartyServer):
                 "sid": sid,
                 "kat": kat,
                 "contributions": contribs,
+                # both commitments, so a corrupted or foreign share at either party (checked
+                # against its own commitment on load) or a mixed deployment is caught here
+                "weight_share_commitments": dep.commitments,
             }
             peer.send_msg("check", check)
             theirs = peer.recv_msg(t, expect="check").meta
@@ -442,16 +476,9 @@ class ComputeParty(PartyServer):
                 mismatch(k.replace("_", " "), v, theirs.get(k), self.label, self.peer_label)
             s = PartySession(self, dep, sid, seed, dealer, peer)
             s.ex.open_weights()
-            # Only a digest of the opened F = W - B is compared, never the values
-            # (the executor has no public accessor for F yet).
-            digest = s.ex.opened_digest()
-            peer.send_msg("opened", {"digest": digest})
-            theirs = peer.recv_msg(t, expect="opened").meta.get("digest")
-            mismatch("opened masked weights", digest, theirs, self.label, self.peer_label)
             dealer.send_msg("ready", {"sid": sid})
             if self.party == 1:
-                stock = self.cfg.serving.stock
-                dealer.send_msg("credit", {"upto": stock - 1, "consumed": 0})
+                dealer.send_msg("credit", {"upto": s.stock() - 1, "consumed": 0})
         except BaseException:
             peer.close("start-up failed")
             raise
@@ -491,20 +518,21 @@ class ComputeParty(PartyServer):
 
     # -- preprocessing ----------------------------------------------------------------------
     def _prepare_loop(self, s: PartySession) -> None:
-        """Keep up to `stock` queries of material ready (P1: as the dealer's bundles arrive)."""
-        stock = self.cfg.serving.stock
+        """Keep up to `s.stock()` queries of material ready (P1: as the dealer's bundles
+        arrive; its credit to the dealer holds the dealer to that stock)."""
         try:
             while s.alive:
                 if self.party == 0:
                     with s.cond:
-                        while s.alive and s.stock_full(stock):
+                        while s.alive and s.stock_full():
                             s.cond.wait(0.5)
                     if not s.alive:
                         return
                     q = s.prepared_upto + 1
                     t0 = time.perf_counter()
-                    s.ex.prepare(q, None)
-                    s.mark_prepared(q, Prepared(time.perf_counter() - t0, time.monotonic()))
+                    nbytes = s.ex.prepare(q, None)
+                    p = Prepared(time.perf_counter() - t0, time.monotonic())
+                    s.mark_prepared(q, p, nbytes)
                 else:
                     msg = s.dealer.poll(0.5)
                     if msg is None:
@@ -515,7 +543,7 @@ class ComputeParty(PartyServer):
                     bundle = Bundle.from_arrays(msg.arrays)
                     if bundle.query != s.prepared_upto + 1:
                         raise PartyError(f"the dealer sent material for query {bundle.query}")
-                    s.ex.prepare(bundle.query, bundle)
+                    nbytes = s.ex.prepare(bundle.query, bundle)
                     deal_s = float(msg.meta.get("deal_s", 0.0))
                     p = Prepared(
                         time.perf_counter() - t0 + deal_s,
@@ -523,7 +551,7 @@ class ComputeParty(PartyServer):
                         bundle.nbytes,
                         msg.wire_bytes,
                     )
-                    s.mark_prepared(bundle.query, p)
+                    s.mark_prepared(bundle.query, p, nbytes)
         except MpccError as e:
             s.end(f"preprocessing failed: {e}")
         except Exception as e:  # noqa: BLE001 - end the session, keep the party
@@ -619,7 +647,7 @@ class ComputeParty(PartyServer):
                 batch = []  # answered
                 s.dealer.send_msg(
                     "credit",
-                    {"upto": s.next_q - 1 + self.cfg.serving.stock, "consumed": s.next_q},
+                    {"upto": s.next_q - 1 + s.stock(), "consumed": s.next_q},
                 )
             except MpccError as e:
                 self._query_failed(s, batch, e)
@@ -668,7 +696,7 @@ class ComputeParty(PartyServer):
     def _execute(self, s: PartySession, q: int, batch: list[Request]) -> None:
         """Run query q on the batch's shares (zero rows pad it) and answer each client."""
         prog = s.dep.prog
-        prep = s.wait_prepared(q, self.cfg.serving.timeout_s)
+        prep = s.wait_prepared(q)
         x = np.concatenate([r.share for r in batch]) if len(batch) > 1 else batch[0].share
         if len(x) < prog.batch:
             x = np.concatenate([x, np.zeros((prog.batch - len(x), *x.shape[1:]), np.uint64)])

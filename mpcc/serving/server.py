@@ -1,9 +1,10 @@
 """What every party process shares: the TLS listener, deployments from the owner, shutdown.
 
 The listener accepts connections on the party's address, runs each TLS handshake and hello
-in its own thread (bounded in time and number), and hands a greeted link to the handler for
-its kind. A bad peer -- no or wrong certificate, wrong role, oversized or malformed frame --
-is logged and dropped; the party keeps serving.
+in its own thread (bounded in time and number; see `Listener` for the connection pools), and
+hands a greeted link to the handler for its kind. A bad peer -- no or wrong certificate,
+wrong role, oversized or malformed frame, too slow a handshake -- is logged and dropped; the
+party keeps serving.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from mpcc.serving.config import ClusterConfig, format_address
 from mpcc.serving.state import Deployment
 from mpcc.serving.tls import (
     HandshakeEOF,
+    HandshakeTimeout,
     LinkRefused,
     TlsChannel,
     client_context,
@@ -34,10 +37,43 @@ from mpcc.serving.wire import Message
 
 Handler = Callable[[TlsChannel, Message], None]
 HELLO_MAX_FRAME = 1 << 16  # before a peer has said what its link is for
+PARTY_ROLES = frozenset({"p0", "p1", "dealer", "owner"})
+PARTY_LINKS = 16  # links from the other parties and the owner held at once (their own pool)
+EVICT_AFTER_MAX_S = 1.0  # a full handshake pool drops its oldest connection after this
+
+
+@dataclass(eq=False)
+class _Pending:
+    """A connection in its handshake or hello (not yet authenticated)."""
+
+    sock: socket.socket
+    where: str
+    since: float
+    evicted: bool = False
 
 
 class Listener:
-    """Accepts TLS links on one address and dispatches them by link kind."""
+    """Accepts TLS links on one address and dispatches them by link kind.
+
+    Connections are counted in three pools, so that neither clients nor anyone who can open
+    a TCP connection can lock the parties out of their own links:
+
+    - **Unauthenticated** (`max_handshakes`): a connection holds one of these slots from its
+      accept through the TLS handshake and the hello, which must both be done within
+      `handshake_timeout_s` -- one wall-clock deadline, not a per-read timeout, so a peer
+      that sends nothing, or a byte now and then, is dropped all the same. When every slot
+      is taken, new connections wait in the accept queue; and once the oldest slot has been
+      held for `evict_after` (half the deadline, at most a second, while a real handshake
+      takes milliseconds) that connection is dropped to make room. Idle or slow sockets can
+      thus delay a party's or client's connection by about a second, not hold the slots.
+    - **Clients** (`max_connections`): a greeted client link takes one of these, or is
+      refused with "too many client connections".
+    - **Parties** (`PARTY_LINKS`): links from P0, P1, the dealer and the owner, greeted with
+      a certificate of their role, have slots of their own that clients never take.
+
+    A client or party slot is released when its link closes: a handler may keep its link
+    after it returns (P0 keeps P1's link for the session).
+    """
 
     def __init__(
         self,
@@ -49,7 +85,13 @@ class Listener:
         self.cfg, self.role, self.log = cfg, role, log
         self._handlers = handlers
         self._ctx = server_context(cfg, role)
-        self._slots = threading.BoundedSemaphore(cfg.serving.max_connections)
+        s = cfg.serving
+        self._pending: set[_Pending] = set()
+        self._pending_cv = threading.Condition()
+        self._max_pending = max(1, s.max_handshakes)
+        self.evict_after = min(EVICT_AFTER_MAX_S, s.handshake_timeout_s / 2)
+        self._clients = threading.BoundedSemaphore(max(1, s.max_connections))
+        self._parties = threading.BoundedSemaphore(PARTY_LINKS)
         host, port = cfg.address(role)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
@@ -71,11 +113,15 @@ class Listener:
 
     def close(self) -> None:
         self._closed.set()
+        with self._pending_cv:
+            self._pending_cv.notify_all()
         self._sock.close()
         self._thread.join(timeout=2)
 
     def _accept_loop(self) -> None:
         while not self._closed.is_set():
+            if not self._room_for_one():
+                continue
             try:
                 sock, addr = self._sock.accept()
             except TimeoutError:
@@ -85,31 +131,92 @@ class Listener:
                     return
                 time.sleep(0.1)
                 continue
-            if not self._slots.acquire(blocking=False):
-                self.log.warning("refused %s: too many connections", format_address(addr[:2]))
-                sock.close()
-                continue
-            threading.Thread(
-                target=self._serve, args=(sock, addr), name="mpcc-conn", daemon=True
-            ).start()
+            p = _Pending(sock, format_address(addr[:2]), time.monotonic())
+            with self._pending_cv:
+                self._pending.add(p)
+            threading.Thread(target=self._serve, args=(p,), name="mpcc-conn", daemon=True).start()
 
-    def _serve(self, sock: socket.socket, addr) -> None:
+    def _room_for_one(self) -> bool:
+        """Wait (briefly) until a handshake slot is free, dropping the oldest pending
+        connection once it has had `evict_after` s; False to look again later."""
+        with self._pending_cv:
+            if len(self._pending) < self._max_pending:
+                return True
+            oldest = min(self._pending, key=lambda p: p.since)
+            wait = oldest.since + self.evict_after - time.monotonic()
+            if wait > 0:
+                self._pending_cv.wait(min(wait, 0.5))
+                return False
+            self._pending.discard(oldest)
+            oldest.evicted = True
+        self.log.warning(
+            "dropped the connection from %s: %d connections were in their handshake and it "
+            "had waited longest (%.1f s)",
+            oldest.where,
+            self._max_pending,
+            time.monotonic() - oldest.since,
+        )
+        try:
+            oldest.sock.shutdown(socket.SHUT_RDWR)  # wakes its thread, which closes it
+        except OSError:
+            pass
+        return True
+
+    def _authenticated(self, p: _Pending) -> bool:
+        """Leave the handshake pool; False if the connection was dropped from it."""
+        with self._pending_cv:
+            if p.evicted:
+                return False
+            self._pending.discard(p)
+            self._pending_cv.notify()
+            return True
+
+    def _serve(self, p: _Pending) -> None:
         """Handshake, hello, then the link's handler, which owns the channel from then on."""
-        where = format_address(addr[:2])
+        s = self.cfg.serving
+        where, deadline = p.where, p.since + s.handshake_timeout_s
         ch = None
         try:
-            t = self.cfg.serving.timeout_s
-            ch = TlsChannel(
-                sock,
-                self._ctx,
-                server=True,
-                name=self.role,
-                timeout=t,
-                max_frame_bytes=HELLO_MAX_FRAME,  # raised once the link is known
-            )
-            allowed = {k: roles for k, (roles, _) in self._handlers.items()}
-            hello = greet(ch, allowed, t)
-            ch.limit_frames(self.cfg.serving.max_frame_bytes)
+            try:
+                ch = TlsChannel(
+                    p.sock,
+                    self._ctx,
+                    server=True,
+                    name=self.role,
+                    timeout=s.timeout_s,
+                    max_frame_bytes=HELLO_MAX_FRAME,  # raised once the link is known
+                    send_frame_bytes=s.max_frame_bytes,
+                    deadline=deadline,
+                )
+                allowed = {k: roles for k, (roles, _) in self._handlers.items()}
+                hello = greet(ch, allowed, max(0.0, deadline - time.monotonic()))
+            except PartyError as e:
+                if p.evicted:
+                    raise HandshakeEOF("dropped from the handshake pool") from None
+                if isinstance(e, LinkRefused | HandshakeEOF | HandshakeTimeout):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise HandshakeTimeout(
+                        f"no hello within {s.handshake_timeout_s:g} s of connecting"
+                    ) from None
+                raise
+            finally:
+                admitted = self._authenticated(p)
+            if not admitted:
+                raise HandshakeEOF("dropped from the handshake pool")
+            party = ch.peer_role in PARTY_ROLES
+            pool = self._parties if party else self._clients
+            if not pool.acquire(blocking=False):
+                why = "too many party links" if party else "too many client connections"
+                self.log.warning("refused %s: %s", ch.peer, why)
+                try:
+                    ch.send_msg("refused", {"msg": f"{self.role} has {why}; try again later"})
+                except PartyError:
+                    pass
+                ch.close(why)
+                return
+            ch.on_close(lambda _why: pool.release())
+            ch.limit_frames(s.max_frame_bytes, s.max_message_bytes if party else None)
             if self._closed.is_set():
                 ch.send_msg("refused", {"msg": f"{self.role} is shutting down"})
                 ch.close("shutting down")
@@ -117,6 +224,12 @@ class Listener:
             self._handlers[hello.meta["link"]][1](ch, hello)
         except HandshakeEOF:
             self.log.debug("connection from %s closed before TLS started", where)
+            if ch is not None:
+                ch.close("dropped")
+        except HandshakeTimeout as e:
+            self.log.warning("dropped the connection from %s: %s", where, e)
+            if ch is not None:
+                ch.close(str(e))
         except LinkRefused as e:
             self.log.warning("refused connection from %s: %s", where, e)
         except PartyError as e:
@@ -128,7 +241,11 @@ class Listener:
             if ch is not None:
                 ch.close(f"internal error: {type(e).__name__}")
         finally:
-            self._slots.release()
+            if ch is None:  # the handshake failed: TlsChannel closed the socket, or never ran
+                try:
+                    p.sock.close()
+                except OSError:
+                    pass
 
 
 class PartyServer:
@@ -153,9 +270,11 @@ class PartyServer:
         self.deploy_generation = 0
         self.last_error: str | None = None
         self.deployment: Deployment | None = None
+        self.load_error: str | None = None  # why the stored deployment was rejected
         try:
             self.deployment = state.load(self.state_dir)
         except MpccError as e:
+            self.load_error = str(e)
             self.log.error("ignoring the stored deployment: %s", e)
         if self.deployment:
             self.log.info(
@@ -279,6 +398,9 @@ class PartyServer:
             head.meta.get("plan_hash", ""),
             head.meta.get("deploy_id", ""),
             shares if names else None,
+            role=self.role,
+            commitments=head.meta.get("commitments"),
+            salt=head.meta.get("salt"),
         )
         state.save(self.state_dir, dep)
         return dep

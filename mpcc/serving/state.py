@@ -3,10 +3,16 @@
 One file, `deployment.npz` (mode 0600, in a 0700 directory), replaced atomically, so a party
 that restarts serves the same model without the owner sending it again. Parties never hold
 plaintext weights; the dealer's file holds the public plan only.
+
+With its share a compute party keeps the owner's commitments to both parties' shares
+(`share_commitment`) and the salt of its own: it checks its share against its commitment
+whenever it receives or loads one, and P0 and P1 compare the pair at every session start, so
+a corrupted share file or shares of two different deployments stop the start-up.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -23,6 +29,50 @@ from mpcc.serving.certs import write_private
 
 FILE = "deployment.npz"
 META = "__deployment__"
+SHARE_ROLES = ("p0", "p1")
+SALT_BYTES = 32
+
+
+def share_commitment(deploy_id: str, role: str, salt: bytes, shares: dict[str, np.ndarray]) -> str:
+    """SHA-256 commitment (hex) to one party's weight shares in one deployment.
+
+    Hashes a domain tag, the deployment id, the role, a 256-bit salt and then every share in
+    name order (name, shape, little-endian uint64 words), each field length-prefixed.
+
+    Why it may go to both parties: with secret weights a share is uniform in Z_2^64 (drawn
+    from AES-CTR keyed by `secrets`) and independent of the weights on its own, so its hash
+    says nothing about them. The salt, known only to the share's holder and the owner, makes
+    the commitment hiding anyway: even a share that is not uniform (with --public-weights,
+    P0's share holds the non-linear weights in the clear) cannot be tested against guesses
+    by the peer, which sees only the hash of salt and share.
+    """
+    h = hashlib.sha256(b"mpcc/share-commitment/v1")
+
+    def field(b: bytes) -> None:
+        h.update(len(b).to_bytes(8, "little") + b)
+
+    field(deploy_id.encode())
+    field(role.encode())
+    field(salt)
+    for n in sorted(shares):
+        a = np.ascontiguousarray(shares[n], dtype="<u8")
+        field(n.encode())
+        field(json.dumps(list(a.shape)).encode())
+        field(a.tobytes())
+    return h.hexdigest()
+
+
+def _check_commitments(commitments: Any) -> dict[str, str]:
+    if (
+        not isinstance(commitments, dict)
+        or set(commitments) != set(SHARE_ROLES)
+        or not all(
+            isinstance(c, str) and len(c) == 64 and all(ch in "0123456789abcdef" for ch in c)
+            for c in commitments.values()
+        )
+    ):
+        raise PlanError("malformed or missing commitments to the weight shares")
+    return dict(commitments)
 
 
 @dataclass(frozen=True)
@@ -34,6 +84,11 @@ class Deployment:
     plan_hash: str
     deploy_id: str
     shares: dict[str, np.ndarray] | None  # None at the dealer
+    # P0/P1 only: whose shares these are, the owner's commitments to both parties' shares
+    # and the salt of this party's commitment
+    role: str | None = None
+    commitments: dict[str, str] | None = None
+    salt: bytes | None = None
 
     @classmethod
     def build(
@@ -42,8 +97,13 @@ class Deployment:
         claimed_hash: str,
         deploy_id: str,
         shares: dict[str, np.ndarray] | None,
+        *,
+        role: str | None = None,
+        commitments: Any = None,
+        salt: Any = None,
     ) -> Deployment:
-        """Check a received plan against its hash and the shares against the plan."""
+        """Check a received plan against its hash, the shares against the plan and against
+        the owner's commitment to them (`salt`: bytes or hex)."""
         prog = from_public(public)
         h = plan_hash(prog)
         if h != claimed_hash:
@@ -52,9 +112,25 @@ class Deployment:
             raise PlanError("serving supports plans with exactly one input")
         if not isinstance(deploy_id, str) or not 8 <= len(deploy_id) <= 64:
             raise PlanError("malformed deployment id")
-        if shares is not None:
-            check_shares(prog, shares)
-        return cls(prog, public, h, deploy_id, shares)
+        if shares is None:
+            return cls(prog, public, h, deploy_id, None)
+        check_shares(prog, shares)
+        if role not in SHARE_ROLES:
+            raise PlanError(f"weight shares belong to p0 or p1, not {role!r}")
+        commitments = _check_commitments(commitments)
+        if isinstance(salt, str):
+            try:
+                salt = bytes.fromhex(salt)
+            except ValueError:
+                salt = None
+        if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
+            raise PlanError("malformed or missing salt of the share commitment")
+        if share_commitment(deploy_id, role, salt, shares) != commitments[role]:
+            raise PlanError(
+                f"{role.upper()}'s weight shares do not match the owner's commitment to them "
+                f"(deployment {deploy_id[:8]}…): the shares are corrupted or were changed"
+            )
+        return cls(prog, public, h, deploy_id, shares, role, commitments, salt)
 
 
 def check_shares(prog: Program, shares: dict[str, np.ndarray]) -> None:
@@ -81,6 +157,8 @@ def save(directory: Path, dep: Deployment) -> Path:
         "deploy_id": dep.deploy_id,
         "has_shares": dep.shares is not None,
     }
+    if dep.shares is not None:
+        meta.update(role=dep.role, commitments=dep.commitments, salt=dep.salt.hex())
     arrays = {META: np.frombuffer(canonical_json(meta), dtype=np.uint8)}
     for i, n in enumerate(sorted(dep.shares or {})):
         arrays[f"w{i}"] = dep.shares[n]
@@ -107,4 +185,15 @@ def load(directory: Path) -> Deployment | None:
         raise PlanError(
             f"{path} is not a readable deployment ({e}); deploy the model again"
         ) from None
-    return Deployment.build(meta["plan"], meta["plan_hash"], meta["deploy_id"], shares)
+    try:
+        return Deployment.build(
+            meta["plan"],
+            meta["plan_hash"],
+            meta["deploy_id"],
+            shares,
+            role=meta.get("role"),
+            commitments=meta.get("commitments"),
+            salt=meta.get("salt"),
+        )
+    except PlanError as e:
+        raise PlanError(f"{path}: {e}; deploy the model again") from None

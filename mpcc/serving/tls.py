@@ -4,19 +4,35 @@ Both ends load the cluster CA and their role's key and certificate, require the 
 certificate (`CERT_REQUIRED` on both sides) and check the role it names against the role
 expected for the link. Host names are not checked: the role is the identity.
 
-TLS runs over memory BIOs (`ssl.SSLObject`), which lets a reader thread decrypt while
-another thread encrypts and sends, and lets the channel count the exact bytes on the
-wire. Payload bytes (the arrays) are counted by `Channel` as in the in-process transport;
-`WireTraffic` adds the framing and TLS overhead on top.
+TLS runs over memory BIOs (`ssl.SSLObject`) on a non-blocking socket, which lets one thread
+decrypt while another encrypts and sends, bounds every wait by an explicit deadline, and
+lets the channel count the exact bytes on the wire. Payload bytes (the arrays) are counted
+by `Channel` as in the in-process transport; `WireTraffic` adds the framing and TLS overhead
+on top.
+
+Reading: whoever wants a message reads the socket itself (one reader at a time). A thread
+waiting in `poll`/`recv_msg` takes the reader role, waits for the socket, decrypts and
+parses, so a protocol round costs no hand-off between threads. A background thread reads
+only while no consumer has asked for a message for `READ_LEASE_S` (and always for links
+whose messages are forwarded to a queue), so a closed link is still noticed and its
+`on_close` callbacks run when nobody is reading. A sender whose socket is full reads too
+while it waits, so two ends that send large messages at once never block each other.
+
+Large messages are split into frames no larger than the frame limit (`wire.encode_message`)
+and reassembled by the receiver, which bounds their total separately (`max_message_bytes`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import queue
+import select
 import socket
 import ssl
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +43,17 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.transport import Channel
 from mpcc.serving.certs import role_from_peercert
 from mpcc.serving.config import ClusterConfig, format_address
-from mpcc.serving.wire import FrameError, FrameParser, Message, encode
+from mpcc.serving.wire import FrameError, FrameParser, Message, encode_message
 
 log = logging.getLogger("mpcc.serving.tls")
 
 PROTOCOL_VERSION = 1
-CHUNK = 1 << 18  # plaintext bytes encrypted (and sent) per step
+CHUNK = 1 << 18  # plaintext bytes encrypted (and sent) per step; bytes read per recv
+READ_LEASE_S = 0.1  # the background reader stays parked this long after a consumer read
+BG_WAIT_S = 1.0  # the background reader's longest single wait for the socket
+
+_IN = select.POLLIN | select.POLLPRI
+_OUT = select.POLLOUT
 
 
 class LinkRefused(PartyError):
@@ -41,6 +62,14 @@ class LinkRefused(PartyError):
 
 class HandshakeEOF(PartyError):
     """The peer hung up before the TLS handshake ended (e.g. a port probe)."""
+
+
+class HandshakeTimeout(PartyError):
+    """The TLS handshake (or the hello after it) did not finish by its deadline."""
+
+
+class _ReadFailed(Exception):
+    """Reading ended the link; `args[0]` says why."""
 
 
 @dataclass
@@ -99,7 +128,20 @@ def _tune(sock: socket.socket, timeout: float) -> None:
     ):
         if hasattr(socket, opt):
             sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
-    sock.settimeout(timeout)
+    sock.setblocking(False)  # every wait below has its own deadline
+
+
+def _wait(sock: socket.socket, events: int, timeout: float | None) -> int:
+    """Wait until the socket is ready for `events`, for at most `timeout` s (None: no limit).
+
+    Returns the events that happened (0 if none did in time)."""
+    fd = sock.fileno()
+    if fd < 0:
+        return select.POLLNVAL
+    p = select.poll()
+    p.register(fd, events)
+    got = p.poll(-1 if timeout is None else max(0, math.ceil(timeout * 1000)))
+    return got[0][1] if got else 0
 
 
 @dataclass(frozen=True)
@@ -113,7 +155,13 @@ _Closed = LinkClosed
 
 
 class TlsChannel(Channel):
-    """One end of a mutually authenticated TLS 1.3 link to a peer of a pinned role."""
+    """One end of a mutually authenticated TLS 1.3 link to a peer of a pinned role.
+
+    `max_frame_bytes` bounds each frame this end accepts, `max_message_bytes` a message split
+    over several frames (default: one frame's worth); `send_frame_bytes` is the largest frame
+    this end sends (default: `max_frame_bytes`). The TLS handshake must end by `deadline`
+    (a `time.monotonic()` value; default: `timeout` s from now), however the peer paces it.
+    """
 
     def __init__(
         self,
@@ -125,17 +173,27 @@ class TlsChannel(Channel):
         timeout: float,
         max_frame_bytes: int,
         label: str | None = None,
+        max_message_bytes: int | None = None,
+        send_frame_bytes: int | None = None,
+        deadline: float | None = None,
     ) -> None:
         super().__init__(name, label or "peer", timeout)
         self._sock = sock
         self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self._ssl = ctx.wrap_bio(self._in, self._out, server_side=server)
-        self._ssl_lock = threading.Lock()
-        self._send_lock = threading.Lock()
-        self._inbox: queue.Queue[Message | _Closed] = queue.Queue()
+        self._ssl_lock = threading.Lock()  # the SSLObject and its BIOs
+        self._send_lock = threading.Lock()  # keeps frames whole and ciphertext in order
+        # The inbox, the reader role and the consumers' lease, under one lock:
+        self._lock = threading.Lock()
+        self._msg_cv = threading.Condition(self._lock)  # consumers waiting for a message
+        self._bg_cv = threading.Condition(self._lock)  # the background reader, parked
+        self._inbox: deque[Message | _Closed] = deque()
         self._forward: tuple[queue.Queue, Any] | None = None
-        self._fwd_lock = threading.Lock()
-        self._parser = FrameParser(max_frame_bytes)
+        self._reading = False  # a thread holds the reader role
+        self._waiters = 0  # consumers waiting while another thread reads
+        self._lease_until = 0.0  # the background reader stays parked until then
+        self._parser = FrameParser(max_frame_bytes, max_message_bytes)
+        self.send_frame_bytes = send_frame_bytes or max_frame_bytes
         self._closed: str | None = None
         self._close_lock = threading.Lock()
         self._on_close: list[Callable[[str], None]] = []
@@ -146,18 +204,30 @@ class TlsChannel(Channel):
             self.peer_addr = format_address(sock.getpeername()[:2])
         except OSError:
             self.peer_addr = "?"
-        _tune(sock, timeout)
-        self._handshake()
+        try:
+            _tune(sock, timeout)
+        except OSError as e:
+            sock.close()
+            raise PartyError(f"connection from {self.peer_addr} failed: {e}") from None
+        self._handshake(time.monotonic() + timeout if deadline is None else deadline)
         self.peer_role = role_from_peercert(self._ssl.getpeercert())
         if label is None:
             self.peer = f"{self.peer_role or 'unknown'}@{self.peer_addr}"
+        self._reading = True  # no other thread knows this channel yet
+        try:
+            self._process(b"")  # records that arrived together with the end of the handshake
+        except _ReadFailed as e:
+            self.close(e.args[0], _from_reader=True)
+        finally:
+            self._reading = False
         self._reader = threading.Thread(
             target=self._read_loop, name=f"mpcc-read-{self.peer}", daemon=True
         )
         self._reader.start()
 
     # -- TLS plumbing ---------------------------------------------------------------------
-    def _handshake(self) -> None:
+    def _handshake(self, deadline: float) -> None:
+        budget = deadline - time.monotonic()
         try:
             while True:
                 try:
@@ -165,73 +235,131 @@ class TlsChannel(Channel):
                     break
                 except ssl.SSLWantReadError:
                     pass
-                self._flush_handshake()
-                data = self._sock.recv(CHUNK)
+                self._flush_handshake(deadline)
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise HandshakeTimeout(
+                            f"the TLS handshake with {self.peer_addr} did not finish within "
+                            f"{max(budget, 0):.3g} s"
+                        )
+                    if not _wait(self._sock, _IN, left):
+                        continue
+                    try:
+                        data = self._sock.recv(CHUNK)
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    break
                 if not data:
                     raise HandshakeEOF("the peer closed the connection in the TLS handshake")
                 self.wire.received += len(data)
                 self._in.write(data)
-            self._flush_handshake()
+            self._flush_handshake(deadline)
         except ssl.SSLError as e:
-            self._flush_handshake(quiet=True)
+            try:
+                self._flush_handshake(min(deadline, time.monotonic() + 0.1))  # the alert
+            except (TimeoutError, OSError):
+                pass
             self._sock.close()
             raise LinkRefused(f"TLS handshake with {self.peer_addr} failed: {_reason(e)}") from None
-        except HandshakeEOF:
+        except (HandshakeEOF, HandshakeTimeout):
             self._sock.close()
             raise
-        except (TimeoutError, OSError) as e:
+        except TimeoutError:
+            self._sock.close()
+            raise HandshakeTimeout(
+                f"the TLS handshake with {self.peer_addr} did not finish within "
+                f"{max(budget, 0):.3g} s"
+            ) from None
+        except OSError as e:
             self._sock.close()
             raise PartyError(f"TLS handshake with {self.peer_addr} failed: {e}") from None
         self.wire.handshake = self.wire.sent + self.wire.received
 
-    def _flush_handshake(self, quiet: bool = False) -> None:
+    def _flush_handshake(self, deadline: float) -> None:
         data = self._out.read()
         if data:
-            try:
-                self._sock.sendall(data)
-                self.wire.sent += len(data)
-            except OSError:
-                if not quiet:
-                    raise
+            self._sock_send(data, deadline=deadline, read=False)
 
-    def _read_loop(self) -> None:
-        reason = "closed"
-        data = b""  # first, records that arrived together with the end of the handshake
+    def _sock_send(self, data: bytes, deadline: float | None = None, read: bool = True) -> None:
+        """Send all of `data` on the socket.
+
+        Fails with TimeoutError at `deadline`, or (None) once no byte went out for `timeout`
+        s. While the socket is full, this thread reads if no other thread does (`read`), so
+        two ends that send at once cannot block each other."""
+        view = memoryview(data)
+        limit = time.monotonic() + self.timeout if deadline is None else deadline
+        while len(view):
+            try:
+                n = self._sock.send(view)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            if n:
+                self.wire.sent += n
+                view = view[n:]
+                if deadline is None:
+                    limit = time.monotonic() + self.timeout
+                continue
+            left = limit - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("send stalled")
+            reader = read and self._take_role()
+            try:
+                ready = _wait(self._sock, _OUT | (_IN if reader else 0), left)
+                if reader and ready & _IN and not ready & _OUT:
+                    self._read_step(0)
+            finally:
+                if reader:
+                    self._drop_role()
+
+    def _read_step(self, wait: float | None) -> bool:
+        """With the reader role: read what has arrived, waiting up to `wait` s (None: no
+        limit) for something; deliver the messages it completes. Raises _ReadFailed when the
+        link is over; returns whether anything arrived."""
+        while True:
+            try:
+                data = self._sock.recv(CHUNK)
+                break
+            except (BlockingIOError, InterruptedError):
+                if wait == 0 or not _wait(self._sock, _IN, wait):
+                    return False
+                wait = 0
+            except OSError as e:
+                raise _ReadFailed(f"connection error: {e}") from None
+        if not data:
+            raise _ReadFailed("the connection was closed")
+        self.wire.received += len(data)
+        self._process(data)
+        return True
+
+    def _process(self, data: bytes) -> None:
+        """Decrypt received bytes and deliver the messages they complete."""
         try:
-            while self._closed is None:
-                plain, ended = self._decrypt(data)
-                if plain:
-                    for msg in self._parser.feed(plain):
+            plain, ended = self._decrypt(data)
+            if plain:
+                msgs = self._parser.feed(plain)
+                self.wire.frames_received = self._parser.frames
+                if msgs:
+                    for msg in msgs:
                         msg.wire_bytes = self.wire.received - self._last_wire
                         self._last_wire = self.wire.received
-                        self.wire.frames_received += 1
-                        self._deliver(msg)
-                if ended:
-                    reason = "the connection was closed"
-                    break
-                try:
-                    data = self._sock.recv(CHUNK)
-                except TimeoutError:
-                    data = b""
-                    continue
-                if not data:
-                    reason = "the connection was closed"
-                    break
-                self.wire.received += len(data)
+                    self._deliver(msgs)
         except ssl.SSLError as e:
-            reason = f"TLS error: {_reason(e)}"
+            raise _ReadFailed(f"TLS error: {_reason(e)}") from None
         except FrameError as e:
-            reason = f"rejected a frame: {e}"
             log.warning("%s: %s; closing the link", self.peer, e)
-        except OSError as e:
-            reason = f"connection error: {e}"
-        self.close(reason, _from_reader=True)
+            raise _ReadFailed(f"rejected a frame: {e}") from None
+        except (TimeoutError, OSError) as e:  # answering the peer's TLS messages
+            raise _ReadFailed(f"connection error: {e}") from None
+        if ended:
+            raise _ReadFailed("the connection was closed")
 
-    def _decrypt(self, data: bytes) -> tuple[bytes, bool]:
+    def _decrypt(self, data: bytes) -> tuple[bytearray, bool]:
         """Plaintext from received bytes, and whether the peer closed TLS (close_notify)."""
         plain, ended = bytearray(), False
         with self._ssl_lock:
-            self._in.write(data)
+            if data:
+                self._in.write(data)
             while True:
                 try:
                     chunk = self._ssl.read(CHUNK)
@@ -244,10 +372,15 @@ class TlsChannel(Channel):
                     ended = True
                     break
                 plain += chunk
+                if not self._in.pending and not self._ssl.pending():
+                    break  # all decrypted (saves a failing read)
             pending = self._out.pending
-        if pending and not ended:
-            self._send_raw(b"")
-        return bytes(plain), ended
+        if pending and not ended and self._send_lock.acquire(blocking=False):
+            try:  # TLS has something to say (e.g. a key update); else the sender flushes it
+                self._write(b"")
+            finally:
+                self._send_lock.release()
+        return plain, ended
 
     def _send_raw(self, *bufs: bytes | memoryview) -> None:
         """Encrypt and send buffers as one unit. Small buffers are coalesced into one TLS
@@ -265,6 +398,8 @@ class TlsChannel(Channel):
                 for start in range(0, len(view), CHUNK):
                     self._write(view[start : start + CHUNK])
             self._write(small)  # also flushes what TLS itself has to send
+            if self._out.pending:  # written by a reader meanwhile
+                self._write(b"")
 
     def _write(self, plain: bytes | memoryview) -> None:
         with self._ssl_lock:
@@ -272,46 +407,121 @@ class TlsChannel(Channel):
                 self._ssl.write(plain)
             data = self._out.read()
         if data:
-            self._sock.sendall(data)
-            self.wire.sent += len(data)
+            self._sock_send(data)
+
+    # -- reading: one reader at a time ----------------------------------------------------
+    def _take_role(self) -> bool:
+        with self._lock:
+            if self._reading:
+                return False
+            self._reading = True
+            return True
+
+    def _drop_role(self, lease: bool = False) -> None:
+        with self._lock:
+            self._reading = False
+            if lease:
+                self._lease_until = time.monotonic() + READ_LEASE_S
+            if self._waiters:
+                self._msg_cv.notify_all()
+
+    def _read_loop(self) -> None:
+        """The background reader: reads while no consumer does (see the module docstring)."""
+        while True:
+            with self._lock:
+                while self._closed is None:
+                    now = time.monotonic()
+                    if self._reading or self._waiters:
+                        self._bg_cv.wait(READ_LEASE_S)
+                    elif self._forward is None and self._lease_until > now:
+                        self._bg_cv.wait(self._lease_until - now)
+                    else:
+                        break
+                if self._closed is not None:
+                    return
+                self._reading = True
+            failed = None
+            try:
+                self._read_step(BG_WAIT_S)
+            except _ReadFailed as e:
+                failed = e.args[0]
+            finally:
+                self._drop_role()
+            if failed is not None:
+                self.close(failed, _from_reader=True)
+                return
 
     # -- messages ---------------------------------------------------------------------------
     def send_msg(self, kind: str, meta: dict[str, Any] | None = None, arrays=()) -> None:
-        """Send one frame; raises PartyError if the link is closed or stalls."""
+        """Send one message (in as many frames as the frame limit needs); raises PartyError
+        if the link is closed or stalls."""
         if self._closed is not None:
             raise PartyError(f"link to {self.peer} is closed: {self._closed}")
-        bufs = encode(kind, meta or {}, list(arrays))
+        try:
+            bufs, frames = encode_message(kind, meta or {}, list(arrays), self.send_frame_bytes)
+        except ValueError as e:
+            raise PartyError(f"cannot send to {self.peer}: {e}") from None
         try:
             self._send_raw(*bufs)
+        except _ReadFailed as e:  # reading while the socket was full: the link is over
+            why = self._closed or e.args[0]
+            self.close(why, _from_reader=True)
+            raise PartyError(f"{self.peer}: {why}") from None
         except ssl.SSLError as e:
-            why = self._closed or f"TLS error: {_reason(e)}"  # the reader may know better
+            why = self._closed or f"TLS error: {_reason(e)}"  # a reader may know better
             self.close(why)
             raise PartyError(f"{self.peer}: {why}") from None
         except (TimeoutError, OSError) as e:
             why = self._closed or ("send stalled" if isinstance(e, TimeoutError) else str(e))
             self.close(why)
             raise PartyError(f"{self.peer}: {why}") from None
-        self.wire.frames_sent += 1
+        self.wire.frames_sent += frames
 
     def poll(self, timeout: float | None) -> Message | None:
-        """The next message, or None after `timeout` s; raises PartyError if the link closed."""
-        try:
-            if timeout is None:
-                msg = self._inbox.get()
-            elif timeout <= 0:
-                msg = self._inbox.get_nowait()
-            else:
-                msg = self._inbox.get(timeout=timeout)
-        except queue.Empty:
-            if self._closed is not None:
-                raise PartyError(f"{self.peer}: {self._closed}") from None
-            return None
-        if isinstance(msg, _Closed):
-            self._inbox.put(msg)  # stays closed for every later reader
-            raise PartyError(f"{self.peer}: {msg.reason}")
-        if msg.kind == "abort":
-            raise PartyError(f"{self.peer} failed: {msg.meta.get('reason', '?')}")
-        return msg
+        """The next message, or None after `timeout` s; raises PartyError if the link closed.
+
+        Reads the socket in this thread when no other thread is reading it."""
+        end = None if timeout is None else time.monotonic() + max(0.0, timeout)
+        tried = False
+        while True:
+            with self._lock:
+                item = self._inbox.popleft() if self._inbox else None
+                if isinstance(item, _Closed):
+                    self._inbox.appendleft(item)  # stays closed for every later reader
+                elif item is None:
+                    now = time.monotonic()
+                    self._lease_until = now + READ_LEASE_S
+                    left = None if end is None else end - now
+                    if self._closed is not None:
+                        raise PartyError(f"{self.peer}: {self._closed}")
+                    if left is not None and left <= 0 and tried:
+                        return None
+                    if self._reading:
+                        if left is not None and left <= 0:
+                            return None
+                        self._waiters += 1
+                        try:
+                            self._msg_cv.wait(left)
+                        finally:
+                            self._waiters -= 1
+                        continue
+                    self._reading = True
+            if item is not None:
+                if isinstance(item, _Closed):
+                    raise PartyError(f"{self.peer}: {item.reason}")
+                if item.kind == "abort":
+                    raise PartyError(f"{self.peer} failed: {item.meta.get('reason', '?')}")
+                return item
+            failed = None
+            try:
+                self._read_step(BG_WAIT_S if left is None else max(0.0, left))
+            except _ReadFailed as e:
+                failed = e.args[0]
+            finally:
+                self._drop_role(lease=True)
+                tried = True
+            if failed is not None:
+                self.close(failed, _from_reader=True)
 
     def recv_msg(self, timeout: float | None = None, expect: str | None = None) -> Message:
         """The next message within `timeout` (default: the channel's); raises PartyError."""
@@ -325,24 +535,26 @@ class TlsChannel(Channel):
             raise PartyError(f"{self.peer} sent {msg.kind!r} where {expect!r} was expected")
         return msg
 
-    def _deliver(self, item: Message | _Closed) -> None:
-        with self._fwd_lock:
+    def _deliver(self, items: list[Message | _Closed]) -> None:
+        with self._lock:
             if self._forward is None:
-                self._inbox.put(item)
+                self._inbox.extend(items)
+                if self._waiters:
+                    self._msg_cv.notify_all()
             else:
-                self._forward[0].put((self._forward[1], item))
+                q, tag = self._forward
+                for item in items:
+                    q.put((tag, item))
 
     def forward_to(self, q: queue.Queue, tag: Any) -> None:
         """Deliver this link's messages, and a `LinkClosed` at the end, to `q` as (tag, item).
 
         For waiting on several links at once; `poll` and `recv_msg` no longer see them."""
-        with self._fwd_lock:
-            while True:
-                try:
-                    q.put((tag, self._inbox.get_nowait()))
-                except queue.Empty:
-                    break
+        with self._lock:
+            while self._inbox:
+                q.put((tag, self._inbox.popleft()))
             self._forward = (q, tag)
+            self._bg_cv.notify_all()  # the background reader reads from now on
 
     # -- Channel interface (protocol rounds) ------------------------------------------------
     def _put(self, arrays: list[np.ndarray]) -> None:
@@ -363,9 +575,13 @@ class TlsChannel(Channel):
         """None while open, else why it closed."""
         return self._closed
 
-    def limit_frames(self, max_frame_bytes: int) -> None:
-        """Change the largest frame this end accepts (e.g. once the link's kind is known)."""
+    def limit_frames(self, max_frame_bytes: int, max_message_bytes: int | None = None) -> None:
+        """Change the largest frame this end accepts, and the largest message split over
+        frames (default: one frame's worth), e.g. once the link's kind is known."""
         self._parser.max_frame_bytes = max_frame_bytes
+        self._parser.max_message_bytes = (
+            max_frame_bytes if max_message_bytes is None else max_message_bytes
+        )
 
     def on_close(self, fn: Callable[[str], None]) -> None:
         """Call fn(reason) once when the link closes (at once if it is closed already)."""
@@ -381,7 +597,10 @@ class TlsChannel(Channel):
                 return
             self._closed = reason
             callbacks, self._on_close = self._on_close, []
-        self._deliver(_Closed(reason))
+        self._deliver([_Closed(reason)])
+        with self._lock:
+            self._bg_cv.notify_all()
+            self._msg_cv.notify_all()
         if not _from_reader:
             try:
                 with self._ssl_lock:
@@ -426,10 +645,13 @@ def dial(
 ) -> tuple[TlsChannel, dict[str, Any]]:
     """Connect to party `target`, check its certificate's role, open a `link`.
 
-    Returns the channel and the meta of the peer's welcome; raises PartyError or LinkRefused.
+    Connecting and the TLS handshake must end within the timeout (the serving `timeout_s`
+    by default); so must the answer to the hello. Returns the channel and the meta of the
+    peer's welcome; raises PartyError or LinkRefused.
     """
     addr = cfg.address(target)
     t = cfg.serving.timeout_s if timeout is None else timeout
+    deadline = time.monotonic() + t
     where = f"{target} at {format_address(addr)}"
     try:
         sock = socket.create_connection(addr, timeout=t)
@@ -442,7 +664,9 @@ def dial(
         name=me,
         timeout=t,
         max_frame_bytes=cfg.serving.max_frame_bytes,
+        max_message_bytes=cfg.serving.max_message_bytes,  # the peer is a party (checked below)
         label=target.upper() if target != "dealer" else "dealer",
+        deadline=deadline,
     )
     if ch.peer_role != target:
         ch.close("wrong peer role")

@@ -4,9 +4,16 @@
     body  = u32 header length | header JSON {"k": kind, "m": {...}, "a": [[dtype, shape], ...]}
             | the arrays' raw bytes, in order
 
-The receiver checks the length against its limit before reading the body, and checks that
-the header is well formed and that the arrays account for exactly the rest of the body.
-Anything else is a `FrameError`; the connection that sent it is closed.
+A message too large for one frame (`encode_message`) is sent as several: a head frame whose
+header also says how many frames the message has, `"n": N`, and carries no array bytes, then
+N - 1 continuation frames whose header is `{"c": i}` (i = 1 .. N-1) and whose body holds the
+next bytes of the arrays. So no frame exceeds the limit, whatever the size of an array.
+
+The receiver checks every frame's length against its frame limit before reading the body,
+and a split message's total (declared in its head, before any of it is read) against its
+message limit; it checks that headers are well formed and that the arrays account for
+exactly the bytes that follow. Anything else is a `FrameError`; the connection that sent it
+is closed.
 """
 
 from __future__ import annotations
@@ -26,6 +33,12 @@ FRAME_HEAD = struct.Struct("<4sQ")
 META_HEAD = struct.Struct("<I")
 MAX_NDIM = 8
 DTYPES = {np.dtype(t).str: np.dtype(t) for t in ("<u8", "<i8", "<f8", "<f4", "|u1")}
+_CACHE_ENTRIES = 1024  # headers of meta-less messages, by layout (encoding) or bytes (parsing)
+_CACHE_HEADER_MAX = 1024  # longest header whose parse is cached
+_ENCODED: dict[tuple, bytes] = {}
+_PARSED: dict[bytes, tuple[str, list[tuple[np.dtype, tuple]]]] = {}
+PART_HEADROOM = 32  # bytes kept for a continuation frame's header ({"c": i})
+MIN_PART = 1024  # a frame limit must leave at least this much room for array bytes
 
 
 class FrameError(PartyError):
@@ -34,7 +47,8 @@ class FrameError(PartyError):
 
 @dataclass
 class Message:
-    """One frame's content. `wire_bytes`: bytes on the wire since the previous frame (receiver)."""
+    """One message's content. `wire_bytes`: bytes on the wire since the previous message
+    (receiver)."""
 
     kind: str
     meta: dict[str, Any] = field(default_factory=dict)
@@ -46,27 +60,109 @@ class Message:
         return sum(a.nbytes for a in self.arrays)
 
 
-def encode(kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> list[memoryview | bytes]:
-    """The frame as a list of buffers (the arrays are not copied)."""
-    arrays = [np.ascontiguousarray(a) for a in arrays]
+Buffer = memoryview | bytes
+
+
+def _checked(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    arrays = [a if a.flags.c_contiguous else np.ascontiguousarray(a) for a in arrays]
     for a in arrays:
         if a.dtype.str not in DTYPES:
             raise TypeError(f"arrays of dtype {a.dtype} are not sent")
-    head = json.dumps(
-        {"k": kind, "m": meta, "a": [[a.dtype.str, list(a.shape)] for a in arrays]},
-        separators=(",", ":"),
-    ).encode()
-    body_len = META_HEAD.size + len(head) + sum(a.nbytes for a in arrays)
-    prefix = FRAME_HEAD.pack(MAGIC, body_len) + META_HEAD.pack(len(head)) + head
-    return [prefix, *(memoryview(a.reshape(-1).view(np.uint8)) for a in arrays if a.nbytes)]
+    return arrays
 
 
-def frame_size(bufs: list[memoryview | bytes]) -> int:
+def _header(head: dict[str, Any]) -> bytes:
+    return json.dumps(head, separators=(",", ":")).encode()
+
+
+def _frame_prefix(header: bytes, data_len: int) -> bytes:
+    body_len = META_HEAD.size + len(header) + data_len
+    return FRAME_HEAD.pack(MAGIC, body_len) + META_HEAD.pack(len(header)) + header
+
+
+def _views(arrays: list[np.ndarray]) -> list[memoryview]:
+    return [memoryview(a.reshape(-1).view(np.uint8)) for a in arrays if a.nbytes]
+
+
+def encode(kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> list[Buffer]:
+    """The message as one frame, a list of buffers (the arrays are not copied)."""
+    arrays = _checked(arrays)
+    specs = [[a.dtype.str, list(a.shape)] for a in arrays]
+    head = _header({"k": kind, "m": meta, "a": specs})
+    return [_frame_prefix(head, sum(a.nbytes for a in arrays)), *_views(arrays)]
+
+
+def _plain_header(kind: str, arrays: list[np.ndarray]) -> bytes:
+    """The header of a message without meta (a protocol round's), cached by layout."""
+    key = (kind, *((a.dtype.str, a.shape) for a in arrays))
+    head = _ENCODED.get(key)
+    if head is None:
+        head = _header({"k": kind, "m": {}, "a": [[a.dtype.str, list(a.shape)] for a in arrays]})
+        if len(_ENCODED) >= _CACHE_ENTRIES:
+            _ENCODED.clear()
+        _ENCODED[key] = head
+    return head
+
+
+def encode_message(
+    kind: str, meta: dict[str, Any], arrays: list[np.ndarray], max_frame_bytes: int
+) -> tuple[list[Buffer], int]:
+    """The message as frames whose bodies are at most `max_frame_bytes` each.
+
+    Returns the buffers of all its frames, in order, and the number of frames. One frame if
+    it fits, else a head frame and continuation frames (see the module docstring); the
+    arrays are not copied. Raises ValueError if even the head does not fit in a frame.
+    """
+    arrays = _checked(arrays)
+    total = sum(a.nbytes for a in arrays)
+    if meta:
+        specs = [[a.dtype.str, list(a.shape)] for a in arrays]
+        head = _header({"k": kind, "m": meta, "a": specs})
+    else:
+        head = _plain_header(kind, arrays)
+    if META_HEAD.size + len(head) + total <= max_frame_bytes:
+        return [_frame_prefix(head, total), *_views(arrays)], 1
+    specs = [[a.dtype.str, list(a.shape)] for a in arrays]
+    room = max_frame_bytes - META_HEAD.size - PART_HEADROOM
+    if room < MIN_PART:
+        raise ValueError(f"a frame limit of {max_frame_bytes} bytes is too small to split into")
+    n = 1 + math.ceil(total / room)
+    head = _header({"k": kind, "m": meta, "a": specs, "n": n})
+    if META_HEAD.size + len(head) > max_frame_bytes:
+        raise ValueError(
+            f"the header of a {kind!r} message ({len(head)} bytes) exceeds the frame limit "
+            f"of {max_frame_bytes} bytes"
+        )
+    out: list[Buffer] = [_frame_prefix(head, 0)]
+    part: list[memoryview] = []
+    filled, index = 0, 1
+
+    def flush() -> None:
+        nonlocal part, filled, index
+        out.append(_frame_prefix(_header({"c": index}), filled))
+        out.extend(part)
+        part, filled, index = [], 0, index + 1
+
+    for view in _views(arrays):
+        while len(view):
+            take = min(room - filled, len(view))
+            part.append(view[:take])
+            view = view[take:]
+            filled += take
+            if filled == room:
+                flush()
+    if filled:
+        flush()
+    assert index == n, (index, n)
+    return out, n
+
+
+def frame_size(bufs: list[Buffer]) -> int:
     return sum(len(b) if isinstance(b, bytes) else b.nbytes for b in bufs)
 
 
-def decode_body(body: bytearray) -> Message:
-    """Parse one frame body; raises FrameError if it is malformed."""
+def _parse_header(body: bytearray) -> tuple[Any, int]:
+    """The JSON header of a frame body and the offset of what follows it."""
     if len(body) < META_HEAD.size:
         raise FrameError("frame body too short")
     (n,) = META_HEAD.unpack_from(body)
@@ -75,12 +171,21 @@ def decode_body(body: bytearray) -> Message:
         raise FrameError("frame header longer than the frame")
     try:
         head = json.loads(bytes(body[META_HEAD.size : end]))
+    except (ValueError, UnicodeDecodeError):
+        raise FrameError("frame header is not valid JSON of the expected form") from None
+    if not isinstance(head, dict):
+        raise FrameError("frame header is not valid JSON of the expected form")
+    return head, end
+
+
+def _message_head(head: dict[str, Any]) -> tuple[str, dict, list[tuple[np.dtype, tuple]]]:
+    try:
         kind, meta, specs = head["k"], head["m"], head["a"]
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except KeyError:
         raise FrameError("frame header is not valid JSON of the expected form") from None
     if not isinstance(kind, str) or not isinstance(meta, dict) or not isinstance(specs, list):
         raise FrameError("frame header has fields of the wrong type")
-    arrays, off = [], end
+    parsed = []
     for spec in specs:
         if (
             not isinstance(spec, list)
@@ -88,31 +193,73 @@ def decode_body(body: bytearray) -> Message:
             or spec[0] not in DTYPES
             or not isinstance(spec[1], list)
             or len(spec[1]) > MAX_NDIM
-            or not all(isinstance(d, int) and 0 <= d < 2**40 for d in spec[1])
+            or not all(type(d) is int and 0 <= d < 2**40 for d in spec[1])
         ):
             raise FrameError("frame describes an array badly")
-        dtype, shape = DTYPES[spec[0]], tuple(spec[1])
+        parsed.append((DTYPES[spec[0]], tuple(spec[1])))
+    return kind, meta, parsed
+
+
+def _data_size(specs: list[tuple[np.dtype, tuple]]) -> int:
+    return sum(math.prod(shape) * dtype.itemsize for dtype, shape in specs)
+
+
+def _arrays(buf: bytearray, off: int, specs: list[tuple[np.dtype, tuple]]) -> list[np.ndarray]:
+    """The arrays from buf[off:], which must hold exactly their bytes."""
+    arrays = []
+    for dtype, shape in specs:
         count = math.prod(shape)
         size = count * dtype.itemsize
-        if off + size > len(body):
+        if off + size > len(buf):
             raise FrameError("frame's arrays are longer than the frame")
-        arrays.append(np.frombuffer(body, dtype=dtype, count=count, offset=off).reshape(shape))
+        arrays.append(np.frombuffer(buf, dtype=dtype, count=count, offset=off).reshape(shape))
         off += size
-    if off != len(body):
+    if off != len(buf):
         raise FrameError("frame has bytes beyond its arrays")
-    return Message(kind, meta, arrays)
+    return arrays
+
+
+def decode_body(body: bytearray) -> Message:
+    """Parse the body of a one-frame message; raises FrameError if it is malformed."""
+    head, end = _parse_header(body)
+    if "n" in head or "c" in head:
+        raise FrameError("frame is part of a split message")
+    kind, meta, specs = _message_head(head)
+    return Message(kind, meta, _arrays(body, end, specs))
+
+
+@dataclass
+class _Split:
+    """A split message being reassembled."""
+
+    kind: str
+    meta: dict[str, Any]
+    specs: list[tuple[np.dtype, tuple]]
+    total: int
+    frames: int
+    next: int = 1
+    data: bytearray = field(default_factory=bytearray)
 
 
 class FrameParser:
-    """Turns a byte stream into messages, enforcing the frame size limit."""
+    """Turns a byte stream into messages, enforcing the frame and message size limits.
 
-    def __init__(self, max_frame_bytes: int) -> None:
+    `max_frame_bytes` bounds every frame's body; `max_message_bytes` bounds the arrays of a
+    message split over several frames (by default, no larger than one frame)."""
+
+    def __init__(self, max_frame_bytes: int, max_message_bytes: int | None = None) -> None:
         self.max_frame_bytes = max_frame_bytes
+        self.max_message_bytes = max_frame_bytes if max_message_bytes is None else max_message_bytes
+        self.frames = 0  # complete frames parsed
         self._buf = bytearray()
         self._need: int | None = None  # body length of the frame being read
+        self._split: _Split | None = None
 
-    def feed(self, data: bytes) -> list[Message]:
-        self._buf += data
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
+        if not self._buf and isinstance(data, bytearray):
+            self._buf = data  # the caller hands it over: no copy
+        else:
+            self._buf += data
         out = []
         while True:
             if self._need is None:
@@ -129,7 +276,65 @@ class FrameParser:
                 del self._buf[: FRAME_HEAD.size]
             if len(self._buf) < self._need:
                 return out
-            body = self._buf[: self._need]
-            del self._buf[: self._need]
+            if len(self._buf) == self._need:
+                body, self._buf = self._buf, bytearray()
+            else:
+                body = self._buf[: self._need]
+                del self._buf[: self._need]
             self._need = None
-            out.append(decode_body(body))
+            self.frames += 1
+            msg = self._frame(body)
+            if msg is not None:
+                out.append(msg)
+
+    def _frame(self, body: bytearray) -> Message | None:
+        if self._split is None and len(body) >= META_HEAD.size:
+            (n,) = META_HEAD.unpack_from(body)
+            if n <= _CACHE_HEADER_MAX and META_HEAD.size + n <= len(body):  # seen again and again
+                key = bytes(body[META_HEAD.size : META_HEAD.size + n])
+                hit = _PARSED.get(key)
+                if hit is not None:
+                    return Message(hit[0], {}, _arrays(body, META_HEAD.size + n, hit[1]))
+        head, end = _parse_header(body)
+        s = self._split
+        if "c" in head:
+            if s is None:
+                raise FrameError("continuation frame without a message head")
+            if set(head) != {"c"} or head["c"] != s.next:
+                raise FrameError("continuation frame out of order")
+            s.data += memoryview(body)[end:]
+            s.next += 1
+            if len(s.data) > s.total:
+                raise FrameError("split message is longer than its head declared")
+            if s.next < s.frames:
+                return None
+            if len(s.data) != s.total:
+                raise FrameError("split message is shorter than its head declared")
+            self._split = None
+            return Message(s.kind, s.meta, _arrays(s.data, 0, s.specs))
+        if s is not None:
+            raise FrameError("a message began before the previous split message ended")
+        if "n" not in head:
+            kind, meta, specs = _message_head(head)
+            msg = Message(kind, meta, _arrays(body, end, specs))
+            if (
+                not meta
+                and set(head) == {"k", "m", "a"}
+                and end - META_HEAD.size <= _CACHE_HEADER_MAX
+            ):
+                if len(_PARSED) >= _CACHE_ENTRIES:
+                    _PARSED.clear()
+                _PARSED[bytes(body[META_HEAD.size : end])] = (kind, specs)
+            return msg
+        kind, meta, specs = _message_head(head)
+        frames, total = head["n"], _data_size(specs)
+        if type(frames) is not int or not 2 <= frames <= total + 1:
+            raise FrameError("split message declares a bad number of frames")
+        if end != len(body):
+            raise FrameError("head of a split message carries array bytes")
+        if total > self.max_message_bytes:
+            raise FrameError(
+                f"message of {total} bytes exceeds the limit of {self.max_message_bytes} bytes"
+            )
+        self._split = _Split(kind, meta, specs, total, frames)
+        return None
