@@ -318,3 +318,24 @@ def test_progress_one_line_per_phase() -> None:
     p.done()
     assert late.getvalue().splitlines()[0].endswith("] starting the parties")
     assert bench.Progress(False, after=0.0, stream=late).phase("x") is None
+
+
+def test_serving_benchmark_writes_its_table_and_figure(tmp_path, capsys) -> None:
+    """benchmarks/serving.py on a short run: a row per client count, the served payload equal
+    to the in-process count (it asserts that itself), and TLS on top of it on the wire."""
+    spec = importlib.util.spec_from_file_location(
+        "bench_serving", REPO / "benchmarks" / "serving.py"
+    )
+    serving = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(serving)
+
+    assert serving.main(["--seconds", "0.5", "--clients", "1", "2", "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "serving.json").read_text())
+    assert [r["clients"] for r in result["rows"]] == [1, 2]
+    for r in result["rows"]:
+        assert r["requests"] > 0 and 0 < r["online_ms"] <= r["median_ms"] <= r["p99_ms"]
+    for b in result["bytes"]:
+        assert b["payload"] == b["in_process"] < b["wire"] < 1.05 * b["payload"]
+    assert result["rounds_served"] == result["rounds_in_process"]
+    assert "| 2 |" in (tmp_path / "serving.md").read_text()
+    assert (tmp_path / "serving.png").stat().st_size > 10_000

@@ -94,6 +94,7 @@ class PartySession:
         self.prepared_upto = -1
         self.next_q = 0
         self.last_offline_s: float | None = None
+        self.online = False  # a query's online phase is running
         # bytes of one query's material here: the cost model's dealer bytes until measured
         self.query_bytes = max(1, estimate(dep.prog).total.dealer)
         self.ended: str | None = None
@@ -155,15 +156,35 @@ class PartySession:
                 if left <= 0:
                     raise PartyError(f"no preprocessing for query {q} after {timeout:.1f} s")
                 self.cond.wait(left)
+            self.online = True
             return self.prepared.pop(q)
 
     def consumed(self, q: int) -> None:
         with self.cond:
             self.next_q = q + 1
+            self.online = False
+            self.cond.notify_all()
+
+    def online_over(self) -> None:
+        with self.cond:
+            self.online = False
             self.cond.notify_all()
 
     def stock_full(self) -> bool:
         return self.prepared_upto - self.next_q + 1 >= self.stock()
+
+    def defer_preparing(self) -> bool:
+        """Whether to hold off making material: while a query's online phase runs and the
+        next query's material is already made, preparing would only slow that phase down
+        (same cores, and the GIL), so it waits for the phase to end."""
+        return self.online and bool(self.prepared)
+
+    def wait_to_prepare(self, full: bool) -> None:
+        """Block while the stock is full (`full`: P0; P1's is held by its credit) or
+        preparing should wait for an online phase."""
+        with self.cond:
+            while self.alive and ((full and self.stock_full()) or self.defer_preparing()):
+                self.cond.wait(0.5)
 
 
 class ComputeParty(PartyServer):
@@ -522,12 +543,10 @@ class ComputeParty(PartyServer):
         arrive; its credit to the dealer holds the dealer to that stock)."""
         try:
             while s.alive:
+                s.wait_to_prepare(full=self.party == 0)
+                if not s.alive:
+                    return
                 if self.party == 0:
-                    with s.cond:
-                        while s.alive and s.stock_full():
-                            s.cond.wait(0.5)
-                    if not s.alive:
-                        return
                     q = s.prepared_upto + 1
                     t0 = time.perf_counter()
                     nbytes = s.ex.prepare(q, None)
@@ -539,6 +558,9 @@ class ComputeParty(PartyServer):
                         continue
                     if msg.kind != "bundle":
                         raise PartyError(f"the dealer sent {msg.kind!r} where material was due")
+                    s.wait_to_prepare(full=False)  # a query may have started meanwhile
+                    if not s.alive:
+                        return
                     t0 = time.perf_counter()
                     bundle = Bundle.from_arrays(msg.arrays)
                     if bundle.query != s.prepared_upto + 1:
@@ -704,7 +726,10 @@ class ComputeParty(PartyServer):
         t_before, w_before = s.peer.traffic.snapshot(), s.peer.wire.snapshot()
         start = time.monotonic()
         t0 = time.perf_counter()
-        y = s.ex.run(q, {in_name: x})[out_name]
+        try:
+            y = s.ex.run(q, {in_name: x})[out_name]
+        finally:
+            s.online_over()
         online = time.perf_counter() - t0
         s.consumed(q)
         used = s.peer.traffic.since(t_before)
