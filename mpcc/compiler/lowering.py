@@ -20,7 +20,7 @@ import numpy as np
 
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.ir import CLIENT, Program, Value, WeightSpec
-from mpcc.compiler.poolshapes import pool_counts, pool_output_shape
+from mpcc.compiler.poolshapes import avgpool_counts, pool_output_shape
 from mpcc.errors import ModelError
 
 # A value multiplied again may carry at most this many fractional bits above f (the window
@@ -216,14 +216,7 @@ class _Lowering:
         x = self.arg(name, data["inputs"][0])
         keys = ("kernel", "strides", "pads", "ceil_mode", "count_include_pad")
         attrs = self.pool_attrs(x, data, keys, global_)
-        div = pool_counts(
-            x.shape[2:],
-            attrs["kernel"],
-            attrs["strides"],
-            attrs["pads"],
-            bool(attrs["ceil_mode"]),
-            count_include_pad=bool(attrs["count_include_pad"]),
-        )
+        div = avgpool_counts(x.shape[2:], attrs)
         d = int(div.flat[0])
         if np.all(div == d) and d & (d - 1) == 0:
             k = d.bit_length() - 1

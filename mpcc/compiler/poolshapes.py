@@ -99,3 +99,15 @@ def pool_counts(
     n_rows = ((rows >= lo_h) & (rows < hi_h)).sum(axis=1)
     n_cols = ((cols >= lo_w) & (cols < hi_w)).sum(axis=1)
     return (n_rows[:, None] * n_cols[None, :]).astype(np.int64)
+
+
+def avgpool_counts(input_hw: Sequence[int], attrs: dict) -> np.ndarray:
+    """`pool_counts` for an `avgpool` instruction's attributes."""
+    return pool_counts(
+        input_hw,
+        attrs["kernel"],
+        attrs["strides"],
+        attrs["pads"],
+        bool(attrs["ceil_mode"]),
+        count_include_pad=bool(attrs["count_include_pad"]),
+    )

@@ -49,7 +49,9 @@ class Dealer:
         }
         # ... laid out for each linear instruction's kernel, once per session
         self._operands = {
-            (ins.weights[0], ins.op): localops.prepare_weight(ins, self._masks[ins.weights[0]])
+            (ins.weights[0], localops.weight_transposed(prog, ins)): localops.prepare_weight(
+                prog, ins, self._masks[ins.weights[0]]
+            )
             for ins in prog.instrs
             if ins.op in LINEAR_OPS and ins.weights[0] in self._masks
         }
@@ -66,7 +68,7 @@ class Dealer:
                     x_shape = prog.value(ins.args[0]).shape
                     z_shape = prog.value(ins.out).shape
                     fn = localops.bilinear(prog, ins, prepared=True)
-                    b = self._operands[ins.weights[0], ins.op]
+                    b = self._operands[ins.weights[0], localops.weight_transposed(prog, ins)]
                     corr = linear.deal(fn, x_shape, z_shape, b, prg0, prg1)
                 elif proto == "multiply":
                     x_shape = prog.value(ins.args[0]).shape

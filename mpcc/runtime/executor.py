@@ -69,16 +69,16 @@ class PartyExecutor:
         """(online weight operand, F) of a linear instruction, prepared for its kernel
         (`localops.prepare_weight`) once per session; F is None for public weights."""
         n = ins.weights[0]
-        key = (n, ins.op)
+        key = (n, localops.weight_transposed(self.prog, ins))
         got = self._operands.get(key)
         if got is None:
             if self.prog.public_weights:
-                got = (localops.prepare_weight(ins, self._w[n]), None)
+                got = (localops.prepare_weight(self.prog, ins, self._w[n]), None)
             else:
                 term = linear.weight_term(self.party, self._masks[n], self._opened[n])
                 got = (
-                    localops.prepare_weight(ins, term),
-                    localops.prepare_weight(ins, self._opened[n]),
+                    localops.prepare_weight(self.prog, ins, term),
+                    localops.prepare_weight(self.prog, ins, self._opened[n]),
                 )
             self._operands[key] = got
         return got

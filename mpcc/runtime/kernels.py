@@ -32,7 +32,7 @@ _ZERO = np.uint64(0)
 # Rows of Bt per column block of the product: their K words should stay in L2.
 _L2_WORDS = 32768
 # Below this many rows of A, matmul streams B row by row: transposing B would cost more.
-_FEW_ROWS = 16
+FEW_ROWS = 16
 
 _jit = numba.njit(cache=True, nogil=True)
 
@@ -166,7 +166,7 @@ def _transpose(b):
 @_jit
 def _matmul(a, b):
     c = np.empty((a.shape[0], b.shape[1]), np.uint64)
-    if a.shape[0] < _FEW_ROWS:
+    if a.shape[0] < FEW_ROWS:
         _gemm_nn_rows(a, b, c)
     else:
         _gemm_nt(a, _transpose(b), c)

@@ -9,6 +9,7 @@ the secure protocol, and both compose it identically.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from functools import partial
 
@@ -16,7 +17,7 @@ import numpy as np
 
 from mpcc.compiler.costmodel import maxpool_levels
 from mpcc.compiler.ir import Instr, Program
-from mpcc.compiler.poolshapes import pool_counts
+from mpcc.compiler.poolshapes import avgpool_counts
 from mpcc.runtime import kernels
 from mpcc.runtime.fixedpoint import encode
 
@@ -49,7 +50,7 @@ def bilinear(prog: Program, ins: Instr, prepared: bool = False) -> Bilinear:
     With `prepared`, the map takes its weight operand as `prepare_weight` lays it out: a
     weight used on every query is then rearranged once per session, not on every call."""
     if ins.op == "matmul":
-        return kernels.dense_t if prepared else kernels.dense
+        return kernels.dense_t if prepared and weight_transposed(prog, ins) else kernels.dense
     if ins.op == "conv2d":
         a = ins.attrs
         return partial(
@@ -64,10 +65,19 @@ def bilinear(prog: Program, ins: Instr, prepared: bool = False) -> Bilinear:
     raise ValueError(ins.op)
 
 
-def prepare_weight(ins: Instr, w: np.ndarray) -> np.ndarray:
+def weight_transposed(prog: Program, ins: Instr) -> bool:
+    """Whether a prepared weight is laid out transposed: a matmul's over many rows (dot
+    products over contiguous K); over a few rows (batch 1) streaming W's rows is faster."""
+    if ins.op != "matmul":
+        return False
+    shape = prog.value(ins.args[0]).shape
+    return math.prod(shape[:-1]) >= kernels.FEW_ROWS
+
+
+def prepare_weight(prog: Program, ins: Instr, w: np.ndarray) -> np.ndarray:
     """A linear instruction's weight operand in the layout `bilinear(..., prepared=True)`
-    reads: a matmul's W (K, N) transposed to contiguous (N, K), other weights unchanged."""
-    return kernels.transpose(w) if ins.op == "matmul" else w
+    reads: W (K, N) transposed to contiguous (N, K) where `weight_transposed`, else as is."""
+    return kernels.transpose(w) if weight_transposed(prog, ins) else w
 
 
 def add_bias(ins: Instr, z: np.ndarray, weights: dict[str, np.ndarray]) -> np.ndarray:
@@ -174,14 +184,7 @@ def avgpool(x: np.ndarray, attrs: dict) -> np.ndarray:
     s = sumpool(x, attrs)
     if attrs["mode"] == "shift":
         return s
-    div = pool_counts(
-        x.shape[2:],
-        attrs["kernel"],
-        attrs["strides"],
-        attrs["pads"],
-        bool(attrs["ceil_mode"]),
-        count_include_pad=bool(attrs["count_include_pad"]),
-    )
+    div = avgpool_counts(x.shape[2:], attrs)
     recip = np.rint(2.0 ** attrs["recip_bits"] / div).astype(np.int64).view(np.uint64)
     return s * recip
 
