@@ -24,6 +24,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def test_commands_are_registered(tmp_path):
     for argv in (
         ["cluster", "init", str(tmp_path), "--p0", "a:1", "--p1", "b:2", "--dealer", "c:3"],
+        ["cluster", "status", "--config", "c.toml", "--wait", "5"],
         ["party", "--config", "c.toml", "--role", "p0", "--num-requests", "3"],
         ["deploy", "m.mpcc", "--config", "c.toml"],
         ["predict", "--config", "c.toml", "--input", "x.npy", "--argmax"],
@@ -56,7 +57,6 @@ def test_cluster_init(tmp_path, capsys):
 def test_deploy_and_predict_commands(tmp_path, zoo_model, digits_test, capsys):
     from mpcc.compiler import planfile
     from mpcc.compiler.pipeline import compile_onnx
-    from mpcc.serving.client import Client
     from mpcc.serving.dealer import DealerParty
     from mpcc.serving.local import init_local
     from mpcc.serving.party import ComputeParty
@@ -72,11 +72,16 @@ def test_deploy_and_predict_commands(tmp_path, zoo_model, digits_test, capsys):
         for p in parties:
             p.start()
         conf = str(cfg.path)
+        assert main(["cluster", "status", "--config", conf]) == 1
+        assert capsys.readouterr().out.count("no model deployed") == 2
         assert main(["deploy", str(tmp_path / "public.mpcc"), "--config", conf]) == 2
         assert "holds no weights" in capsys.readouterr().err
         assert main(["deploy", str(tmp_path / "m.mpcc"), "--config", conf]) == 0
-        with Client(cfg) as c:
-            c.wait_ready(30)
+        capsys.readouterr()
+        assert main(["cluster", "status", "--config", conf, "--wait", "30"]) == 0
+        status = capsys.readouterr().out
+        assert status.count(f"plan {planfile.plan_hash(prog)[:12]}") == 2, status
+        assert status.rstrip().endswith("serving") and "stock" in status
         X = np.asarray(digits_test[0][:3])
         np.save(tmp_path / "x.npy", X)
         out = str(tmp_path / "y.npy")
@@ -86,6 +91,10 @@ def test_deploy_and_predict_commands(tmp_path, zoo_model, digits_test, capsys):
                      "--output", out]) == 0  # fmt: skip
         assert np.abs(np.load(out) - run_logits(onnx_model, X, batch=1)).max() < 1e-2
         assert main(["predict", "--config", conf, "--input", str(tmp_path / "nope.npy")]) == 2
+        parties.pop(1).close()  # P1 goes down: the status says so and P0 still answers
+        assert main(["cluster", "status", "--config", conf]) == 1
+        status = capsys.readouterr().out
+        assert "P1: unreachable" in status and "P0: mlp" in status, status
     finally:
         for p in parties:
             p.close()

@@ -275,3 +275,50 @@ def _stats(got: dict[str, Message], rows: int, latency: float, share_bytes: int)
         batch_requests=int(s0.get("batch_requests", 1)),
         session=str(s0.get("session", "")),
     )
+
+
+def cluster_status(config: str | Path | ClusterConfig) -> dict[str, dict[str, Any] | str]:
+    """Each compute party's public `info`, or why it could not be had (asked one by one, so
+    a party that is down does not hide the other)."""
+    cfg = config if isinstance(config, ClusterConfig) else load_config(config)
+    ctx = client_context(cfg, "client")
+    got: dict[str, dict[str, Any] | str] = {}
+    for role in PARTIES:
+        try:
+            ch, _ = dial(cfg, ctx, role, me="client", link="client")
+            try:
+                ch.send_msg("info")
+                got[role] = ch.recv_msg(cfg.serving.timeout_s, expect="info").meta
+            finally:
+                ch.close("status read")
+        except MpccError as e:
+            got[role] = str(e)
+    return got
+
+
+def format_status(got: dict[str, dict[str, Any] | str]) -> tuple[str, bool]:
+    """Lines for `mpcc cluster status`, and whether the cluster is serving (P0 and P1 in
+    one live session)."""
+    lines = []
+    for role, m in got.items():
+        if isinstance(m, str):
+            lines.append(f"{role.upper()}: unreachable: {m}")
+            continue
+        if not m.get("deployed"):
+            model = "no model deployed"
+        else:
+            model = (
+                f"{m.get('name')} (plan {str(m.get('plan_hash'))[:12]}, input "
+                f"{m.get('input_shape')}, batch {m.get('batch')})"
+            )
+        sid = m.get("session")
+        session = f"session {sid[:8]}…" if sid else "no session"
+        stock = f", stock {m['stock']}" if "stock" in m else ""
+        line = f"{role.upper()}: {model}; {session}{stock}; {m.get('answered', 0)} answered"
+        if m.get("last_error"):
+            line += f"; last error: {m['last_error']}"
+        lines.append(line)
+    sids = {m.get("session") if isinstance(m, dict) else None for m in got.values()}
+    serving = len(sids) == 1 and None not in sids
+    lines.append("serving" if serving else "not serving")
+    return "\n".join(lines), serving

@@ -1,4 +1,4 @@
-"""Command-line subcommands for deployment: `cluster init`, `party`, `deploy`, `predict`.
+"""Command-line subcommands for deployment: `cluster init|status`, `party`, `deploy`, `predict`.
 
 `add_commands(subparsers)` registers them on the `mpcc` parser (`mpcc.cli`, which also runs
 them and turns errors into messages); each sets `fn(args) -> int`.
@@ -10,6 +10,7 @@ import argparse
 import logging
 import secrets
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,14 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("--days", type=int, default=DEFAULT_DAYS, help="certificate validity")
     i.add_argument("--force", action="store_true", help="overwrite an existing cluster")
     i.set_defaults(fn=cmd_cluster_init)
+    st = csub.add_parser(
+        "status", help="ask P0 and P1 what they serve (exit 0 if serving, 1 if not)"
+    )
+    st.add_argument("--config", required=True, help="cluster.toml (client credentials)")
+    st.add_argument(
+        "--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for serving"
+    )
+    st.set_defaults(fn=cmd_cluster_status)
 
     p = subparsers.add_parser("party", help="run one party (p0, p1 or dealer) until stopped")
     p.add_argument("--config", required=True, help="cluster.toml")
@@ -77,6 +86,18 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
     print("Give each machine cluster.toml, ca.crt and only its own <role>.key/<role>.crt;")
     print("keep ca.key offline (it is needed only to issue new certificates).")
     return 0
+
+
+def cmd_cluster_status(args: argparse.Namespace) -> int:
+    from mpcc.serving.client import cluster_status, format_status
+
+    deadline = time.monotonic() + max(0.0, args.wait)
+    while True:
+        text, serving = format_status(cluster_status(args.config))
+        if serving or time.monotonic() >= deadline:
+            print(text)
+            return 0 if serving else 1
+        time.sleep(0.5)
 
 
 def _setup_logging(role: str, level: str) -> None:
