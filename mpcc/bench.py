@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from mpcc.errors import MpccError
+from mpcc.runtime.warmup import numba_counts
 
 SCHEMA = "mpcc-bench/1"
 PROJECTION_NOTE = (
@@ -146,22 +147,6 @@ def machine_info() -> dict[str, Any]:
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "load_avg_1m": load,
     }
-
-
-def numba_counts() -> tuple[int, int]:
-    """(signatures loaded from numba's on-disk cache, signatures compiled) so far, in mpcc."""
-    from numba.core.dispatcher import Dispatcher
-
-    hits = misses = 0
-    for name, mod in list(sys.modules.items()):
-        if not name.startswith("mpcc.") or mod is None:
-            continue
-        for obj in list(vars(mod).values()):
-            if isinstance(obj, Dispatcher):
-                st = obj.stats
-                hits += sum(st.cache_hits.values())
-                misses += sum(st.cache_misses.values())
-    return hits, misses
 
 
 class Progress:

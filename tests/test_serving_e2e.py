@@ -95,6 +95,16 @@ def test_concurrent_clients_match_onnxruntime(cluster, reference):
         assert 0 < r.online_s < r.latency_s
 
 
+def test_parties_load_their_kernels_before_the_session(cluster):
+    """Each party logs its kernel warm-up, and joins its first session only after it."""
+    for role in ("dealer", "p0", "p1"):
+        log = cluster.log(role)
+        ready = re.search(r"kernels ready in [\d.]+ s \(\d+ loaded from cache, \d+ compiled\)", log)
+        session = re.search(r"session \S+ (started|ready) \(plan", log)
+        assert ready and session, log[-2000:]
+        assert ready.start() < session.start()
+
+
 def test_traffic_matches_in_process(cluster, lenet, reference):
     from mpcc.runtime.cluster import LocalCluster
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from mpcc.errors import MpccError, PartyError
+from mpcc.runtime.warmup import warm_up
 from mpcc.serving import state
 from mpcc.serving.config import ClusterConfig, format_address
 from mpcc.serving.state import Deployment
@@ -249,7 +250,11 @@ class Listener:
 
 
 class PartyServer:
-    """Base of the dealer and compute party processes: state, deploys, listener, stopping."""
+    """Base of the dealer and compute party processes: state, deploys, listener, stopping.
+
+    At start the party loads (or, with an empty numba cache, compiles) its kernels in the
+    background while the listener already answers; it joins no session before they are
+    ready (`kernels_ready`), so no query of a session waits for a kernel to compile."""
 
     role: str
 
@@ -271,6 +276,7 @@ class PartyServer:
         self.last_error: str | None = None
         self.deployment: Deployment | None = None
         self.load_error: str | None = None  # why the stored deployment was rejected
+        self.kernels_ready = threading.Event()
         try:
             self.deployment = state.load(self.state_dir)
         except MpccError as e:
@@ -302,6 +308,26 @@ class PartyServer:
         self.listener.start()
         host, port = self.cfg.address(self.role)
         self.log.info("%s listening on %s (TLS 1.3, mutual auth)", self.role, f"{host}:{port}")
+        threading.Thread(target=self._warm_up, name="mpcc-warmup", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        """Load or compile the numba kernels, then set `kernels_ready` (also if it failed:
+        the kernels then compile on first use, which is slow but correct)."""
+        try:
+            self.log.info("kernels ready in %s", warm_up())
+        except Exception:  # noqa: BLE001 - the party still works without the warm-up
+            self.log.exception("kernel warm-up failed: kernels will compile on first use")
+        finally:
+            self.kernels_ready.set()
+
+    def await_kernels(self, timeout: float) -> None:
+        """Block until the kernels are ready; PartyError after `timeout` s or on stop."""
+        deadline = time.monotonic() + timeout
+        while not self.kernels_ready.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+            if self.stop_event.is_set():
+                raise PartyError("stopping")
+            if time.monotonic() >= deadline:
+                raise PartyError(f"{self.role}'s kernels are not ready after {timeout:g} s")
 
     def stop(self, reason: str = "stop requested") -> None:
         if not self.stop_event.is_set():

@@ -1,0 +1,164 @@
+"""Load (or compile) the numba kernels before a process serves its first query.
+
+numba compiles a kernel on its first call, or loads it from its on-disk cache; with an empty
+cache (a fresh clone, CI) that takes seconds, which inside a session's online phase looks
+like a dead party. `warm_up()` runs tiny real plans end to end in this process -- the
+cleartext interpreter, the dealer and both executors of a `LocalCluster` -- at batch 1 (a
+matmul over a few rows) and at batch `kernels.FEW_ROWS` (the transposed-weight matmul), so
+every kernel gets the argument types, dtypes and layouts the runtime gives it and no later
+query compiles anything. The plans cover Conv (plain, grouped, depthwise, single input
+channel, strided), MaxPool, AveragePool (2^j and other windows), ReLU, LeakyReLU, Clip,
+Mul of two secrets, Gemm and MatMul.
+
+    report = warm_up()   # once per process; later calls return the same report at once
+    log.info("kernels ready in %s", report)
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = ["WarmupReport", "kernel_signatures", "numba_counts", "warm_up"]
+
+_WIDTH = 8  # input image side of the warm-up plans
+_lock = threading.Lock()
+_report: WarmupReport | None = None
+
+
+@dataclass(frozen=True)
+class WarmupReport:
+    """What `warm_up` did: its seconds, the kernel signatures it loaded from numba's on-disk
+    cache or compiled (both 0 if this process had them already), and the plans it ran."""
+
+    seconds: float
+    loaded: int
+    compiled: int
+    plans: int
+
+    def __str__(self) -> str:
+        return f"{self.seconds:.1f} s ({self.loaded} loaded from cache, {self.compiled} compiled)"
+
+
+def _dispatchers() -> dict[str, Any]:
+    """Every numba dispatcher defined at module level in an imported mpcc module, by name."""
+    from numba.core.dispatcher import Dispatcher
+
+    found = {}
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("mpcc.") or mod is None:
+            continue
+        for attr, obj in list(vars(mod).items()):
+            if isinstance(obj, Dispatcher):
+                found[f"{name}.{attr}"] = obj
+    return found
+
+
+def numba_counts() -> tuple[int, int]:
+    """(signatures loaded from numba's on-disk cache, signatures compiled) so far, in mpcc."""
+    hits = misses = 0
+    for d in _dispatchers().values():
+        st = d.stats
+        hits += sum(st.cache_hits.values())
+        misses += sum(st.cache_misses.values())
+    return hits, misses
+
+
+def kernel_signatures() -> dict[str, int]:
+    """How many signatures each mpcc numba kernel holds in this process (loaded or compiled)."""
+    return {name: len(d.signatures) for name, d in _dispatchers().items()}
+
+
+def _model(batch: int) -> Any:
+    """A tiny ONNX model on [batch, 2, W, W] touching every kernel and every comparison use."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def const(name: str, *shape: int) -> Any:
+        n = int(np.prod(shape))
+        v = (np.linspace(-0.5, 0.5, n) + 0.03).reshape(shape).astype(np.float32)
+        return numpy_helper.from_array(v, name)
+
+    def node(op: str, inputs: list[str], out: str, **attrs: Any) -> Any:
+        return helper.make_node(op, inputs, [out], out, **attrs)
+
+    pad = [1, 1, 1, 1]
+    nodes = [  # spatial size W, W, W/2 (MaxPool), W/4 (strided), W/8 (AveragePool)
+        node("Conv", ["x", "w_first"], "c0", group=2, pads=pad),  # 1 channel per group: direct
+        node("Conv", ["c0", "w_conv", "b_conv"], "c1", pads=pad),  # im2col
+        node("Relu", ["c1"], "r1"),
+        node("MaxPool", ["r1"], "m1", kernel_shape=[2, 2], strides=[2, 2]),
+        node("AveragePool", ["m1"], "a1", kernel_shape=[3, 3], pads=pad),  # 4, 6, 9: not 2^j
+        node("Conv", ["a1", "w_dw"], "c2", group=4, pads=pad, strides=[2, 2]),  # depthwise
+        node("Clip", ["c2", "lo", "hi"], "k2"),  # ReLU6
+        node("Conv", ["k2", "w_grouped"], "c3", group=2),  # grouped im2col
+        node("LeakyRelu", ["c3"], "l3", alpha=0.1),
+        node("Mul", ["l3", "l3"], "sq"),  # two secrets
+        node("AveragePool", ["sq"], "a4", kernel_shape=[2, 2], strides=[2, 2]),  # 2^j window
+        node("Flatten", ["a4"], "f"),
+        node("Gemm", ["f", "w_fc", "b_fc"], "g", transB=1),
+        node("Relu", ["g"], "rg"),
+        node("MatMul", ["rg", "w_out"], "y"),
+    ]
+    side = _WIDTH // 8
+    inits = [
+        const("w_first", 2, 1, 3, 3),
+        const("w_conv", 4, 2, 3, 3),
+        const("b_conv", 4),
+        const("w_dw", 4, 1, 3, 3),
+        const("w_grouped", 4, 2, 1, 1),
+        const("w_fc", 6, 4 * side * side),
+        const("b_fc", 6),
+        const("w_out", 6, 3),
+        numpy_helper.from_array(np.array(0.0, np.float32), "lo"),
+        numpy_helper.from_array(np.array(6.0, np.float32), "hi"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "warmup",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 2, _WIDTH, _WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 3])],
+        inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return onnx.shape_inference.infer_shapes(m)
+
+
+def _run_plans() -> int:
+    """Compile the warm-up model at each batch and run it in cleartext and securely."""
+    from mpcc.compiler.pipeline import compile_onnx
+    from mpcc.runtime import cleartext, kernels
+    from mpcc.runtime.cluster import LocalCluster
+
+    batches = (1, kernels.FEW_ROWS)
+    for batch in batches:
+        prog, weights = compile_onnx(_model(batch), name="warmup")
+        n = batch * 2 * _WIDTH * _WIDTH
+        x = np.linspace(-1.0, 1.0, n, dtype=np.float32).reshape(batch, 2, _WIDTH, _WIDTH)
+        cleartext.predict(prog, weights, x)
+        # A cold compile takes seconds inside the session: no link timeout may cut it short.
+        with LocalCluster(prog, weights, timeout=600.0) as cluster:
+            cluster.run_batch(x)
+    return len(batches)
+
+
+def warm_up() -> WarmupReport:
+    """Load or compile every kernel the runtime uses, once per process (thread-safe: a
+    concurrent call waits for the first; later calls return its report at once)."""
+    global _report
+    with _lock:
+        if _report is None:
+            t0 = time.perf_counter()
+            hits0, misses0 = numba_counts()
+            plans = _run_plans()
+            hits1, misses1 = numba_counts()
+            _report = WarmupReport(
+                time.perf_counter() - t0, hits1 - hits0, misses1 - misses0, plans
+            )
+        return _report

@@ -1,0 +1,85 @@
+"""The kernel warm-up: after `warm_up()` no query compiles a numba kernel.
+
+The claim is checked where it matters, in a fresh process with an empty numba cache (a fresh
+clone, CI): warm-up compiles every kernel, then the zoo's models run in cleartext and
+securely at batch 1 and 4 (and the MLP at `kernels.FEW_ROWS`, the transposed-weight matmul)
+without any dispatcher gaining a signature.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from mpcc.runtime.kernels import FEW_ROWS
+from mpcc.runtime.warmup import WarmupReport, warm_up
+
+REPO = Path(__file__).resolve().parents[1]
+
+CHILD = """
+import json, sys
+import numpy as np
+from mpcc.runtime.warmup import kernel_signatures, numba_counts, warm_up
+
+report = warm_up()
+warm = kernel_signatures()
+counts = numba_counts()
+from mpcc.compiler.pipeline import compile_onnx
+from mpcc.runtime import cleartext
+from mpcc.runtime.cluster import LocalCluster
+
+for path, batch in json.loads(sys.argv[1]):
+    prog, weights = compile_onnx(path, (batch, 1, 28, 28))
+    x = np.linspace(0.0, 1.0, batch * 784, dtype=np.float32).reshape(batch, 1, 28, 28)
+    cleartext.predict(prog, weights, x)
+    with LocalCluster(prog, weights) as cluster:
+        cluster.run_batch(x)
+print(json.dumps({
+    "loaded": report.loaded,
+    "compiled": report.compiled,
+    "warm": warm,
+    "after": kernel_signatures(),
+    "counts": [counts, numba_counts()],
+}))
+"""
+
+
+def test_no_kernel_compiles_after_warm_up_with_an_empty_cache(zoo_model, tmp_path):
+    names = ("lenet", "resnet", "mobilenet", "cnn", "mlp")
+    runs = [(str(zoo_model(n)), b) for n in names for b in (1, 4)]
+    runs.append((str(zoo_model("mlp")), FEW_ROWS))
+    env = dict(
+        os.environ,
+        NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"),  # empty: every kernel compiles
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, json.dumps(runs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["loaded"] == 0 and got["compiled"] > 0  # the cache really was empty
+    warm = got["warm"]
+    uncompiled = [k for k, n in warm.items() if n == 0]
+    assert warm and not uncompiled, f"warm-up compiled no signature of {uncompiled}"
+    gained = {k: (warm.get(k, 0), n) for k, n in got["after"].items() if n != warm.get(k, 0)}
+    assert not gained, f"compiled after warm-up (before, after): {gained}"
+    assert got["counts"][0] == got["counts"][1]
+
+
+def test_warm_up_runs_once_per_process():
+    first = warm_up()
+    t = time.perf_counter()
+    assert warm_up() is first
+    assert time.perf_counter() - t < 0.01
+    assert isinstance(first, WarmupReport) and first.plans == 2
+    assert str(first).endswith(f"({first.loaded} loaded from cache, {first.compiled} compiled)")
