@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -141,9 +143,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that `with` blocks clean up (party processes,
+    temporary directories) before the process exits with status 143."""
+
+
+def _on_sigterm(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # once: a second SIGTERM must not cut the clean-up
+    raise Terminated(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `mpcc` console script; user errors exit with status 2."""
+    """Entry point of the `mpcc` console script; user errors exit with status 2.
+
+    SIGTERM ends the command like an exception (`Terminated`), so clean-up runs."""
     args = build_parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if main_thread else None
     try:
         return args.fn(args)
     except MpccError as e:
@@ -155,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stays open until exit
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

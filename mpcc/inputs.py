@@ -12,15 +12,30 @@ import numpy as np
 
 from mpcc.errors import InputError
 
+NUMERIC_KINDS = "biuf"  # numpy dtype kinds accepted as input: bool, integers, floats
+
+
+def _not_numeric(what: str, dtype: str) -> InputError:
+    return InputError(f"{what} holds an array of dtype {dtype}; a numeric array is expected")
+
 
 def load_npy(path: str) -> np.ndarray:
-    """An array from a .npy file; a missing or malformed file is an InputError."""
+    """A numeric array from a .npy file; a missing or malformed file, or an array of strings
+    or objects, is an InputError."""
     try:
-        return np.load(path, allow_pickle=False)
+        x = np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise InputError(f"no input file at {path}") from None
     except ValueError as e:
+        if "allow_pickle" in str(e):  # an object array, which would need unpickling
+            raise _not_numeric(str(path), "object") from None
         raise InputError(f"{path} is not a .npy array file ({e})") from None
+    if not isinstance(x, np.ndarray):  # an .npz archive
+        x.close()
+        raise InputError(f"{path} is an .npz archive; give a .npy file with one array")
+    if x.dtype.kind not in NUMERIC_KINDS:
+        raise _not_numeric(str(path), str(x.dtype))
+    return x
 
 
 def as_samples(x: np.ndarray, shape: Sequence[int], *, allow_empty: bool = True) -> np.ndarray:
@@ -29,7 +44,10 @@ def as_samples(x: np.ndarray, shape: Sequence[int], *, allow_empty: bool = True)
     One sample without the leading axis becomes [1, ...]; any other shape is an InputError
     naming the expected one (so is n = 0 unless `allow_empty`)."""
     shape = tuple(shape)
-    x = np.asarray(x, dtype=np.float64)
+    x = np.asarray(x)
+    if x.dtype.kind not in NUMERIC_KINDS:
+        raise _not_numeric("the input", str(x.dtype))
+    x = x.astype(np.float64, copy=False)
     if x.shape == shape[1:]:
         x = x[None]
     if x.ndim != len(shape) or x.shape[1:] != shape[1:] or (not allow_empty and len(x) == 0):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -144,3 +149,87 @@ def test_input_helpers(tmp_path) -> None:
     np.testing.assert_array_equal(inputs.map_batches(x, 4, fn, pad=False), x * 10)
     assert [len(c) for c in seen] == [4, 1]
     assert inputs.map_batches(x[:0], 4, fn).shape == (0,)
+
+
+def test_non_numeric_input_is_a_clear_error(lenet_plan, tmp_path, capsys) -> None:
+    plan = str(lenet_plan[1])
+    np.save(tmp_path / "s.npy", np.array([["a", "b"]]))
+    np.save(tmp_path / "o.npy", np.array([1.0, None], dtype=object), allow_pickle=True)
+    for name, dtype in (("s.npy", "<U1"), ("o.npy", "object")):
+        path = str(tmp_path / name)
+        assert main(["run", plan, "--input", path, "--cleartext"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("mpcc: error: ") and path in err and dtype in err, err
+        assert "numeric array is expected" in err
+        assert main(["predict", "--config", str(tmp_path / "c.toml"), "--input", path]) == 2
+        assert "numeric array is expected" in capsys.readouterr().err
+    with pytest.raises(InputError, match="dtype <U1"):
+        inputs.as_samples(np.array(["1", "2"]), (1, 2))
+
+
+def _proc(pid: int) -> tuple[str, int] | None:
+    """(state, parent pid) of a process, from /proc; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    state, ppid = stat.rsplit(")", 1)[1].split()[:2]
+    return state, int(ppid)
+
+
+def _party_children(pid: int) -> dict[int, list[str]]:
+    """The `mpcc party` processes whose parent is pid: their command lines."""
+    found = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit() and (_proc(int(d.name)) or ("", 0))[1] == pid:
+            try:
+                argv = (d / "cmdline").read_bytes().decode().split("\0")
+            except OSError:
+                continue
+            if "party" in argv:
+                found[int(d.name)] = argv
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, PR_SET_PDEATHSIG")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_run_processes_stop_with_their_parent(lenet_plan, digits_test, tmp_path, sig) -> None:
+    """`mpcc run --processes` killed: its party processes go too, and on SIGTERM it removes
+    its temporary directory (with the cluster's CA key) and exits with 143."""
+    np.save(tmp_path / "x.npy", digits_test[0][:40])
+    cmd = [sys.executable, "-m", "mpcc", "run", str(lenet_plan[1]), "--processes", "-q"]
+    parent = subprocess.Popen(
+        [*cmd, "--input", str(tmp_path / "x.npy")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    parties: dict[int, list[str]] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while len(parties := _party_children(parent.pid)) < 3:
+            assert parent.poll() is None, parent.stderr.read()
+            assert time.monotonic() < deadline, "the party processes did not start"
+            time.sleep(0.05)
+        argv = next(iter(parties.values()))
+        local = Path(argv[argv.index("--config") + 1]).parent
+        assert local.name.startswith("mpcc-local-") and (local / "ca.key").exists()
+        time.sleep(0.5)
+        parent.send_signal(sig)
+        rc = parent.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while (alive := [p for p in parties if (_proc(p) or ("Z",))[0] != "Z"]) and (
+            time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        assert not alive, f"party processes {alive} outlived their parent"
+        if sig == signal.SIGTERM:
+            assert rc == 128 + signal.SIGTERM and "Traceback" not in parent.stderr.read()
+            assert not local.exists()
+        shutil.rmtree(local, ignore_errors=True)  # after SIGKILL nobody is left to remove it
+    finally:
+        for pid in [parent.pid, *parties]:
+            if (_proc(pid) or ("Z",))[0] != "Z":
+                os.kill(pid, signal.SIGKILL)  # a failed test leaves no process behind
+        parent.wait()
+        parent.stderr.close()

@@ -13,6 +13,7 @@ from mpcc.cli import main  # runs these commands, errors as messages (status 2)
 from mpcc.errors import MpccError
 from mpcc.serving import config as cfgmod
 from mpcc.serving.commands import add_commands
+from mpcc.serving.local import init_local
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -52,13 +53,31 @@ def test_cluster_init(tmp_path, capsys):
     with pytest.raises(cfgmod.ConfigError, match="unknown \\[serving\\] keys"):
         (d / "bad.toml").write_text((d / "cluster.toml").read_text() + "typo = 1\n")
         cfgmod.load(d / "bad.toml")
+    for days in ("0", "-5"):  # already expired, or not even a valid certificate
+        assert main([*args[:2], str(tmp_path / f"d{days}"), *args[3:], "--days", days]) == 2
+        err = capsys.readouterr().err
+        assert f"1 to 36500 days (--days), not {days}" in err, err
+        assert not (tmp_path / f"d{days}").exists()
+
+
+def test_party_refuses_expired_credentials(tmp_path, capsys):
+    import datetime as dt
+
+    from mpcc.serving.certs import init_ca
+
+    cfg = init_local(tmp_path)
+    init_ca(tmp_path, "local", days=1, not_before=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    assert main(["party", "--config", str(cfg.path), "--role", "p1"]) == 2
+    err = capsys.readouterr().err
+    assert "mpcc: error: " in err and "p1 certificate" in err and "expired on" in err, err
+    assert "run `mpcc cluster init` again" in err
 
 
 def test_deploy_and_predict_commands(tmp_path, zoo_model, digits_test, capsys):
     from mpcc.compiler import planfile
     from mpcc.compiler.pipeline import compile_onnx
     from mpcc.serving.dealer import DealerParty
-    from mpcc.serving.local import init_local
+    from mpcc.serving.owner import DeployError, deploy_program
     from mpcc.serving.party import ComputeParty
     from mpcc.zoo.reference import run_logits
 
@@ -66,6 +85,8 @@ def test_deploy_and_predict_commands(tmp_path, zoo_model, digits_test, capsys):
     prog, weights = compile_onnx(onnx_model, (1, 1, 28, 28))
     planfile.save(tmp_path / "m.mpcc", prog, weights)
     planfile.save(tmp_path / "public.mpcc", prog, None)
+    open_prog, open_weights = compile_onnx(onnx_model, (1, 1, 28, 28), public_weights=True)
+    planfile.save(tmp_path / "open.mpcc", open_prog, open_weights)
     cfg = init_local(tmp_path / "c", timeout_s=3.0)
     parties = [ComputeParty(cfg, "p0"), ComputeParty(cfg, "p1"), DealerParty(cfg)]
     try:
@@ -76,6 +97,20 @@ def test_deploy_and_predict_commands(tmp_path, zoo_model, digits_test, capsys):
         assert capsys.readouterr().out.count("no model deployed") == 2
         assert main(["deploy", str(tmp_path / "public.mpcc"), "--config", conf]) == 2
         assert "holds no weights" in capsys.readouterr().err
+        # public weights would reach P0 and P1 in plaintext: only when asked for explicitly
+        assert main(["deploy", str(tmp_path / "open.mpcc"), "--config", conf]) == 2
+        err = capsys.readouterr().err
+        assert "open.mpcc was compiled with --public-weights" in err, err
+        assert "plaintext weights to P0 and P1" in err and "--allow-public-weights" in err
+        with pytest.raises(DeployError, match="--public-weights"):
+            deploy_program(open_prog, open_weights, cfg)
+        assert main(["cluster", "status", "--config", conf]) == 1  # nothing was sent
+        assert capsys.readouterr().out.count("no model deployed") == 2
+        open_args = ["deploy", str(tmp_path / "open.mpcc"), "--config", conf]
+        assert main([*open_args, "--allow-public-weights"]) == 0
+        capsys.readouterr()
+        assert main(["cluster", "status", "--config", conf, "--wait", "30"]) == 0
+        assert capsys.readouterr().out.count(f"plan {planfile.plan_hash(open_prog)[:12]}") == 2
         assert main(["deploy", str(tmp_path / "m.mpcc"), "--config", conf]) == 0
         capsys.readouterr()
         assert main(["cluster", "status", "--config", conf, "--wait", "30"]) == 0
@@ -100,3 +135,10 @@ def test_deploy_and_predict_commands(tmp_path, zoo_model, digits_test, capsys):
             p.close()
     with pytest.raises(MpccError, match="no cluster configuration"):
         cfgmod.load(tmp_path / "missing.toml")
+
+
+def test_predict_timeout_must_be_in_range(tmp_path, capsys):
+    for t in ("inf", "nan", "0"):
+        argv = ["predict", "--config", "c.toml", "--input", "x.npy", "--timeout", t]
+        assert main(argv) == 2
+        assert f"--timeout must be from 0.1 to 86400 s, not {t}" in capsys.readouterr().err

@@ -19,6 +19,7 @@ import pytest
 
 from mpcc.errors import PartyError
 from mpcc.serving.client import Client
+from mpcc.serving.config import ConfigError
 from mpcc.serving.config import load as load_config
 from mpcc.serving.local import init_local
 from mpcc.serving.owner import deploy_program
@@ -210,6 +211,49 @@ def test_config_keys(tmp_path):
     assert again.serving.handshake_timeout_s == 2.5 and again.serving.max_handshakes == 3
     assert again.serving.max_message_bytes == 8 << 20
     assert again.with_serving(max_message_mb=0.5).serving.max_message_bytes == 1 << 20
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "range_"),
+    [
+        ("timeout_s", "inf", "0.1 to 86400"),
+        ("timeout_s", "nan", "0.1 to 86400"),
+        ("timeout_s", "0.01", "0.1 to 86400"),
+        ("client_timeout_s", "1e6", "0.1 to 86400"),
+        ("handshake_timeout_s", "-inf", "0.1 to 86400"),
+        ("setup_timeout_s", "0", "0.1 to 86400"),
+        ("max_frame_mb", "0.001", "0.0625 to 4096"),
+        ("max_message_mb", "inf", "0.0625 to 1048576"),
+        ("batch_wait_ms", "1e9", "0.001 to 10000"),
+        ("stock", "0", "1 to 1000"),
+        ("max_connections", "10000000", "1 to 100000"),
+    ],
+)
+def test_serving_values_out_of_range_are_refused(tmp_path, key, value, range_):
+    cfg = init_local(tmp_path)
+    text = cfg.path.read_text()
+    line = next(x for x in text.splitlines() if x.startswith(f"{key} = "))
+    (tmp_path / "bad.toml").write_text(text.replace(line, f"{key} = {value}"))
+    with pytest.raises(ConfigError, match=rf"bad.toml: \[serving\] {key} must be from {range_}"):
+        load_config(tmp_path / "bad.toml")
+
+
+def test_malformed_tables_are_named(tmp_path):
+    cfg = init_local(tmp_path)
+    text = cfg.path.read_text()
+    p0 = next(x for x in text.splitlines() if x.startswith('p0 = "127.0.0.1:'))
+    for old, new, why in (
+        ('[credentials.p0]\ncert = "p0.crt"\nkey = "p0.key"', '[credentials]\np0 = "x"',
+         r'\[credentials.p0\] needs cert = "FILE.crt" and key = "FILE.key", not \'x\''),
+        ('cert = "p1.crt"', 'cert = 3', r"\[credentials.p1\] needs cert"),
+        (p0, "p0 = 7401", r'\[parties\] needs p0 = "HOST:PORT"'),
+        ("[serving]", "[other]", r"no \[serving\] table \(serving = 1\)"),
+    ):  # fmt: skip
+        assert old in text, old
+        bad = text.replace(old, new, 1)
+        (tmp_path / "bad.toml").write_text(("serving = 1\n" if new == "[other]" else "") + bad)
+        with pytest.raises(ConfigError, match=why):
+            load_config(tmp_path / "bad.toml")
 
 
 # -- messages larger than a frame ---------------------------------------------------------

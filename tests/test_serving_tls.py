@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import logging
 import os
 import socket
 import ssl
@@ -12,11 +14,13 @@ import time
 
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from mpcc.errors import PartyError
+from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.transport import local_link
 from mpcc.serving import config as cfgmod
-from mpcc.serving.certs import ROLES, init_ca
+from mpcc.serving.certs import ROLES, check_expiry, init_ca, issue, write_role
 from mpcc.serving.tls import (
     LinkRefused,
     TlsChannel,
@@ -34,13 +38,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cluster")
-    init_ca(d, "test")
+def make_cluster(d, **validity) -> cfgmod.ClusterConfig:
+    """A cluster on free loopback ports; `validity`: init_ca's `days` and `not_before`."""
+    init_ca(d, "test", **validity)
     addrs = {r: ("127.0.0.1", free_port()) for r in cfgmod.PARTIES}
     (d / "cluster.toml").write_text(cfgmod.render("test", addrs))
     return cfgmod.load(d / "cluster.toml").with_serving(timeout_s=2.0, max_frame_mb=1.0)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    return make_cluster(tmp_path_factory.mktemp("cluster"))
 
 
 def test_credentials_and_config(cluster):
@@ -215,3 +223,51 @@ def test_handshake_has_a_deadline(cluster):
             dial(cluster, client_context(cluster, "p0"), "p1", me="p0", link="peer", timeout=0.5)
         assert time.monotonic() - t0 < 1.5
         silent.accept()[0].close()
+
+
+LONG_AGO = dt.datetime.now(dt.UTC) - dt.timedelta(days=10)
+
+
+def test_expired_certificates_are_named(tmp_path):
+    # every certificate, the CA's included, expired nine days ago: the dialer finds the
+    # server's expired; the server only hears the dialer's alert
+    cfg = make_cluster(tmp_path, days=1, not_before=LONG_AGO)
+    srv = Server(cfg, "p0", {"client": {"client"}})
+    with pytest.raises(PartyError) as err:
+        dial(cfg, client_context(cfg, "client"), "p0", me="client", link="client")
+    srv.close()
+    assert "CERTIFICATE_VERIFY_FAILED: certificate has expired" in str(err.value)
+    assert "run `mpcc cluster init` again and distribute the new files" in str(err.value)
+    assert "the peer says this side's certificate or its CA has expired" in str(srv.result["error"])
+
+
+def test_expired_client_certificate_is_named(tmp_path):
+    # only the client's certificate expired: now the server finds it so, and the client
+    # hears the server's alert
+    cfg = make_cluster(tmp_path / "c")
+    d = cfg.path.parent
+    ca_key = serialization.load_pem_private_key((d / "ca.key").read_bytes(), None)
+    ca_cert = x509.load_pem_x509_certificate((d / "ca.crt").read_bytes())
+    write_role(d, "client", *issue("client", ca_key, ca_cert, "test", 1, LONG_AGO))
+    srv = Server(cfg, "p0", {"client": {"client"}})
+    with pytest.raises(PartyError, match="the peer says this side's certificate .* has expired"):
+        dial(cfg, client_context(cfg, "client"), "p0", me="client", link="client")
+    srv.close()
+    assert "certificate has expired; run `mpcc cluster init`" in str(srv.result["error"])
+
+
+def test_party_start_checks_certificate_expiry(tmp_path, caplog):
+    expired = make_cluster(tmp_path / "old", days=1, not_before=LONG_AGO)
+    with pytest.raises(cfgmod.ConfigError, match="p0 certificate .* expired on .*cluster init"):
+        check_expiry(expired, "p0")
+    soon = make_cluster(tmp_path / "soon", days=20)
+    with caplog.at_level(logging.WARNING, logger="mpcc.serving.certs"):
+        check_expiry(soon, "dealer")
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 2 and "dealer certificate" in warned[0] and "CA" in warned[1], warned
+    assert all("in 19 days" in w and "cluster init" in w for w in warned)
+    caplog.clear()
+    check_expiry(make_cluster(tmp_path / "fresh", days=31), "p1")
+    assert not caplog.records
+    with pytest.raises(MpccError, match="1 to 36500 days"):
+        init_ca(tmp_path / "none", "test", days=0)

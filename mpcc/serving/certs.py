@@ -8,6 +8,7 @@ Keys are EC P-256, written with mode 0600.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import secrets
 from pathlib import Path
@@ -17,11 +18,24 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from mpcc.serving.config import DEFAULT_DAYS, ROLES
+from mpcc.serving.config import DEFAULT_DAYS, ROLES, ClusterConfig, ConfigError
 
-__all__ = ["DEFAULT_DAYS", "ROLES", "init_ca", "issue", "make_ca", "role_from_peercert"]
+__all__ = [
+    "DEFAULT_DAYS",
+    "ROLES",
+    "check_expiry",
+    "init_ca",
+    "issue",
+    "make_ca",
+    "role_from_peercert",
+]
 
 ROLE_URI = "urn:mpcc:role:"
+MAX_DAYS = 36500  # certificate validity: 1 to 100 years' worth of days
+WARN_DAYS = 30  # a party warns at start when its certificate or the CA expires this soon
+RENEW_HINT = "run `mpcc cluster init` again and distribute the new files"
+
+log = logging.getLogger(__name__)
 
 
 def role_uri(role: str) -> str:
@@ -70,12 +84,25 @@ def _name(cn: str, cluster: str) -> x509.Name:
     )
 
 
+def check_days(days: int) -> None:
+    """A ConfigError unless `days` is a sane certificate validity (1 to MAX_DAYS)."""
+    if isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS:
+        raise ConfigError(
+            f"certificates must be valid for 1 to {MAX_DAYS} days (--days), not {days!r}"
+        )
+
+
+def _start(not_before: dt.datetime | None) -> dt.datetime:
+    return dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5) if not_before is None else not_before
+
+
 def make_ca(
-    cluster: str, days: int = DEFAULT_DAYS
+    cluster: str, days: int = DEFAULT_DAYS, not_before: dt.datetime | None = None
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A fresh self-signed CA for one cluster."""
+    """A fresh self-signed CA for one cluster, valid from `not_before` (default: now)."""
+    check_days(days)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
+    start = _start(not_before)
     name = _name("mpcc cluster CA", cluster)
     cert = (
         x509.CertificateBuilder()
@@ -83,8 +110,8 @@ def make_ca(
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
             x509.KeyUsage(
@@ -112,18 +139,20 @@ def issue(
     ca_cert: x509.Certificate,
     cluster: str,
     days: int = DEFAULT_DAYS,
+    not_before: dt.datetime | None = None,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     """A key and a CA-signed certificate for one role (usable as TLS client and server)."""
+    check_days(days)
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
+    start = _start(not_before)
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name(f"mpcc {role}", cluster))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
+        .not_valid_before(start)
+        .not_valid_after(start + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
             x509.SubjectAlternativeName([x509.UniformResourceIdentifier(role_uri(role))]),
@@ -152,11 +181,46 @@ def write_role(directory: Path, role: str, key, cert: x509.Certificate) -> tuple
 
 
 def init_ca(
-    directory: Path, cluster: str, roles: tuple[str, ...] = ROLES, days: int = DEFAULT_DAYS
+    directory: Path,
+    cluster: str,
+    roles: tuple[str, ...] = ROLES,
+    days: int = DEFAULT_DAYS,
+    not_before: dt.datetime | None = None,
 ) -> dict[str, tuple[Path, Path]]:
-    """Write `ca.crt`, `ca.key` (0600) and a key+certificate per role; returns role -> paths."""
+    """Write `ca.crt`, `ca.key` (0600) and a key+certificate per role; returns role -> paths.
+
+    `not_before` back-dates the certificates (tests: an expired cluster)."""
+    check_days(days)
     directory.mkdir(parents=True, exist_ok=True)
-    ca_key, ca_cert = make_ca(cluster, days)
+    ca_key, ca_cert = make_ca(cluster, days, not_before)
     write_private(directory / "ca.key", _key_pem(ca_key))
     (directory / "ca.crt").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    return {r: write_role(directory, r, *issue(r, ca_key, ca_cert, cluster, days)) for r in roles}
+    return {
+        r: write_role(directory, r, *issue(r, ca_key, ca_cert, cluster, days, not_before))
+        for r in roles
+    }
+
+
+def check_expiry(
+    cfg: ClusterConfig, role: str, warn_days: int = WARN_DAYS, now: dt.datetime | None = None
+) -> None:
+    """At a party's start: a ConfigError if its certificate or the CA has expired, a logged
+    warning if either expires within `warn_days`."""
+    now = dt.datetime.now(dt.UTC) if now is None else now
+    cert_path, _ = cfg.credential(role)
+    for what, path in ((f"the {role} certificate", cert_path), ("the cluster CA", cfg.ca)):
+        try:
+            certs = x509.load_pem_x509_certificates(path.read_bytes())
+        except OSError as e:
+            raise ConfigError(f"cannot read {what} {path}: {e.strerror or e}") from None
+        except ValueError:
+            raise ConfigError(f"{path} is not a PEM certificate ({what})") from None
+        end = min(c.not_valid_after_utc for c in certs)
+        left = end - now
+        if left <= dt.timedelta(0):
+            raise ConfigError(f"{what} {path} expired on {end:%Y-%m-%d %H:%M} UTC; {RENEW_HINT}")
+        if left < dt.timedelta(days=warn_days):
+            when = f"{end:%Y-%m-%d %H:%M} UTC"
+            log.warning(
+                "%s %s expires on %s, in %d days; %s", what, path, when, left.days, RENEW_HINT
+            )

@@ -31,7 +31,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     i.add_argument("dir", help="directory to create (certificates, keys and cluster.toml)")
     for role in ("p0", "p1", "dealer"):
         i.add_argument(f"--{role}", required=True, metavar="HOST:PORT", help=f"{role}'s address")
-    i.add_argument("--days", type=int, default=DEFAULT_DAYS, help="certificate validity")
+    i.add_argument(
+        "--days", type=int, default=DEFAULT_DAYS, help="certificate validity in days (at least 1)"
+    )
     i.add_argument("--force", action="store_true", help="overwrite an existing cluster")
     i.set_defaults(fn=cmd_cluster_init)
     st = csub.add_parser(
@@ -48,7 +50,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--role", required=True, choices=("p0", "p1", "dealer"))
     p.add_argument("--state-dir", help="where the deployed model is kept (default: from config)")
     p.add_argument(
-        "--num-requests", type=int, help="stop after this many answered requests (dealer: queries)"
+        "--num-requests",
+        type=int,
+        help="stop after this many answered requests (the dealer: as P1 reports them)",
     )
     p.add_argument("--timeout", type=float, help="override [serving] timeout_s")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
@@ -59,6 +63,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     d.add_argument("plan", help="plan file with the owner's weights (from `mpcc compile`)")
     d.add_argument("--config", required=True, help="cluster.toml (owner credentials)")
+    d.add_argument(
+        "--allow-public-weights",
+        action="store_true",
+        help="deploy a plan compiled with --public-weights: P0 and P1 receive plaintext weights",
+    )
     d.set_defaults(fn=cmd_deploy)
 
     r = subparsers.add_parser("predict", help="secure prediction from a deployed cluster")
@@ -72,8 +81,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 
 def cmd_cluster_init(args: argparse.Namespace) -> int:
-    from mpcc.serving.certs import init_ca
+    from mpcc.serving.certs import check_days, init_ca
 
+    check_days(args.days)
     d = Path(args.dir)
     if (d / cfgmod.CONFIG_NAME).exists() and not args.force:
         raise MpccError(f"{d / cfgmod.CONFIG_NAME} exists; use --force to replace the cluster")
@@ -109,10 +119,13 @@ def _setup_logging(role: str, level: str) -> None:
 
 
 def cmd_party(args: argparse.Namespace) -> int:
+    from mpcc.serving.certs import check_expiry
+
     cfg = cfgmod.load(args.config)
     if args.timeout is not None:
         cfg = cfg.with_serving(timeout_s=args.timeout)
     _setup_logging(args.role, args.log_level)
+    check_expiry(cfg, args.role)  # refuse expired credentials, warn of ones expiring soon
     state_dir = Path(args.state_dir) if args.state_dir else None
     if args.role == "dealer":
         from mpcc.serving.dealer import DealerParty
@@ -128,7 +141,7 @@ def cmd_party(args: argparse.Namespace) -> int:
 def cmd_deploy(args: argparse.Namespace) -> int:
     from mpcc.serving.owner import deploy
 
-    deploy_id = deploy(args.plan, args.config)
+    deploy_id = deploy(args.plan, args.config, allow_public_weights=args.allow_public_weights)
     print(f"deployed {args.plan} to p0, p1 (weight shares) and the dealer (public plan)")
     print(f"deployment {deploy_id[:8]}…; the parties start a new session now")
     return 0
@@ -137,6 +150,12 @@ def cmd_deploy(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mpcc.serving.client import Client
 
+    if args.timeout is not None:
+        lo, hi = cfgmod.SERVING_RANGES["client_timeout_s"]
+        if not lo <= args.timeout <= hi:
+            raise cfgmod.ConfigError(
+                f"--timeout must be from {lo:g} to {hi:g} s, not {args.timeout}"
+            )
     x = load_npy(args.input)
     with Client(args.config, timeout=args.timeout) as client:
         y = client.predict(x)

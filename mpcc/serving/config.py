@@ -24,6 +24,28 @@ class ConfigError(MpccError):
     """The cluster configuration is missing, malformed or incomplete."""
 
 
+DAY_S = 86400.0
+# [serving] key -> (least, greatest) value accepted; finite, so inf and NaN are refused
+SERVING_RANGES: dict[str, tuple[float, float]] = {
+    "timeout_s": (0.1, DAY_S),
+    "setup_timeout_s": (0.1, DAY_S),
+    "client_timeout_s": (0.1, DAY_S),
+    "handshake_timeout_s": (0.1, DAY_S),
+    "max_frame_mb": (1 / 16, 4096.0),  # 64 KiB: room for a message's header, split or not
+    "max_message_mb": (1 / 16, 2.0**20),
+    "stock": (1, 1000),
+    "stock_mb": (0.001, 2.0**20),  # below one query's material: one query ahead
+    "batch_wait_ms": (0.001, 10_000.0),
+    "max_connections": (1, 100_000),
+    "max_handshakes": (1, 100_000),
+    "max_queue_mb": (1.0, 2.0**20),
+}
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if v == int(v) else str(v)
+
+
 @dataclass(frozen=True)
 class Serving:
     """Limits and timing of the serving loop (the `[serving]` table)."""
@@ -39,6 +61,7 @@ class Serving:
     handshake_timeout_s: float = 5.0  # a new connection's TLS handshake and hello, in all
     max_handshakes: int = 16  # connections in their handshake (not yet authenticated) at once
     max_message_mb: float = 4096.0  # largest message split over frames, from another party
+    max_queue_mb: float = 1024.0  # memory the clients' waiting requests may take at a party
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -47,8 +70,11 @@ class Serving:
             if isinstance(v, bool) or not isinstance(v, int if whole else (int, float)):
                 kind = "a whole number" if whole else "a number"
                 raise ConfigError(f"[serving] {f.name} must be {kind}, not {v!r}")
-            if not v > 0:
-                raise ConfigError(f"[serving] {f.name} must be positive, not {v!r}")
+            lo, hi = SERVING_RANGES[f.name]
+            if not lo <= v <= hi:  # also false for NaN
+                raise ConfigError(
+                    f"[serving] {f.name} must be from {_num(lo)} to {_num(hi)}, not {v!r}"
+                )
 
     @property
     def max_frame_bytes(self) -> int:
@@ -108,6 +134,18 @@ def format_address(addr: tuple[str, int]) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _table(raw: dict[str, Any], name: str, path: Path, required: bool = False) -> dict[str, Any]:
+    """The TOML table `[name]` of the file (empty if absent and not required)."""
+    if name not in raw and not required:
+        return {}
+    t = raw.get(name)
+    if not isinstance(t, dict):
+        raise ConfigError(
+            f"{path}: no [{name}] table" + ("" if t is None else f" ({name} = {t!r})")
+        )
+    return t
+
+
 def load(path: str | Path) -> ClusterConfig:
     """Read and check a `cluster.toml` (or the one inside a directory)."""
     path = Path(path)
@@ -121,16 +159,31 @@ def load(path: str | Path) -> ClusterConfig:
         raise ConfigError(f"{path} is not valid TOML: {e}") from None
     base = path.resolve().parent
     try:
-        cluster = raw["cluster"]
-        addresses = {r: parse_address(raw["parties"][r]) for r in PARTIES}
-        creds = {
-            r: (base / c["cert"], base / c["key"]) for r, c in raw.get("credentials", {}).items()
-        }
-        known = {f for f in Serving.__dataclass_fields__}
-        extra = set(raw.get("serving", {})) - known
+        cluster = _table(raw, "cluster", path, required=True)
+        parties = _table(raw, "parties", path, required=True)
+        addresses = {}
+        for r in PARTIES:
+            if not isinstance(parties.get(r), str):
+                raise ConfigError(f'{path}: [parties] needs {r} = "HOST:PORT"')
+            addresses[r] = parse_address(parties[r])
+        creds = {}
+        for r, c in _table(raw, "credentials", path).items():
+            if not (
+                isinstance(c, dict) and all(isinstance(c.get(k), str) for k in ("cert", "key"))
+            ):
+                raise ConfigError(
+                    f'{path}: [credentials.{r}] needs cert = "FILE.crt" and key = "FILE.key", '
+                    f"not {c!r}"
+                )
+            creds[r] = (base / c["cert"], base / c["key"])
+        table = _table(raw, "serving", path)
+        extra = set(table) - set(Serving.__dataclass_fields__)
         if extra:
             raise ConfigError(f"{path}: unknown [serving] keys: {', '.join(sorted(extra))}")
-        serving = Serving(**raw.get("serving", {}))
+        try:
+            serving = Serving(**table)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         return ClusterConfig(
             path=path.resolve(),
             name=str(cluster["name"]),

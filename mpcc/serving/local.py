@@ -8,10 +8,14 @@ with ProcessCluster(tmp_dir) as pc:        # cluster init on free loopback ports
 
 with serve_locally(prog, weights) as client:   # all of the above in a temporary directory
     y = client.predict(x)
+
+On Linux the party processes are killed when the process that started them dies, and
+`mpcc.cli.main` turns SIGTERM into an exit that runs the `with` blocks' clean-up.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
@@ -19,7 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -27,6 +31,32 @@ from typing import Any
 from mpcc.errors import MpccError
 from mpcc.serving import config as cfgmod
 from mpcc.serving.certs import init_ca
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _prctl() -> Any:
+    """libc's prctl on Linux, else None (looked up here: a forked child must not load it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the child killed when its parent dies (Linux; else None)."""
+    prctl, parent = _prctl(), os.getpid()
+    if prctl is None:
+        return None
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -45,7 +75,10 @@ def init_local(directory: Path, **serving: Any) -> cfgmod.ClusterConfig:
 
 
 class ProcessCluster:
-    """Starts, kills and restarts `python -m mpcc party` processes."""
+    """Starts, kills and restarts `python -m mpcc party` processes.
+
+    On Linux each is killed when the thread that started it ends (PR_SET_PDEATHSIG): start
+    them from a thread that outlives them, such as the main thread."""
 
     def __init__(self, directory: Path, **serving: Any) -> None:
         self.dir = Path(directory)
@@ -69,7 +102,11 @@ class ProcessCluster:
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
         cmd = [sys.executable, "-m", "mpcc", "party", "--config", str(self.cfg.path)]
         self.procs[role] = subprocess.Popen(
-            [*cmd, "--role", role, *extra], stdout=log, stderr=subprocess.STDOUT, env=env
+            [*cmd, "--role", role, *extra],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=die_with_parent(),
         )
         log.close()
         return self.procs[role]
@@ -129,7 +166,7 @@ def serve_locally(prog: Any, weights: dict[str, Any], **serving: Any) -> Iterato
         ProcessCluster(Path(tmp), **serving) as pc,
     ):
         pc.start_all()
-        deploy_program(prog, weights, pc.cfg)
+        deploy_program(prog, weights, pc.cfg, allow_public_weights=True)  # all on this machine
         with Client(pc.cfg) as client:
             client.wait_ready()
             yield client

@@ -6,6 +6,8 @@ carries a fresh deployment id, which the parties compare at start-up, so shares 
 different deploys are never combined. P0 and P1 also receive the owner's commitments to both
 parties' shares (`mpcc.serving.state.share_commitment`, each salted with a secret only its
 holder gets), which they check their shares against and compare with each other.
+A plan compiled with public weights would give P0 and P1 plaintext weights, so it is
+deployed only when explicitly allowed.
 """
 
 from __future__ import annotations
@@ -26,21 +28,40 @@ from mpcc.serving.tls import client_context, dial
 
 
 class DeployError(MpccError):
-    """A party did not accept the deployment."""
+    """The deployment was refused: by a party, or here (a plan with public weights)."""
 
 
-def deploy(plan: str | Path, config: str | Path | ClusterConfig) -> str:
+def deploy(
+    plan: str | Path, config: str | Path | ClusterConfig, *, allow_public_weights: bool = False
+) -> str:
     """Deploy a plan file (with the owner's weights); returns the deployment id."""
     prog, weights = planfile.load(plan)
     if not weights:
         raise MpccError(f"{plan} holds no weights: deploy the owner's plan file")
-    return deploy_program(prog, weights, config)
+    return deploy_program(
+        prog, weights, config, allow_public_weights=allow_public_weights, source=str(plan)
+    )
 
 
 def deploy_program(
-    prog: Program, weights: dict[str, np.ndarray], config: str | Path | ClusterConfig
+    prog: Program,
+    weights: dict[str, np.ndarray],
+    config: str | Path | ClusterConfig,
+    *,
+    allow_public_weights: bool = False,
+    source: str = "the plan",
 ) -> str:
-    """Share `weights` afresh and send plan and shares to the parties of `config`."""
+    """Share `weights` afresh and send plan and shares to the parties of `config`.
+
+    A plan compiled with public weights sends P0 and P1 the weights in the clear; it is
+    refused unless `allow_public_weights`."""
+    if prog.public_weights and not allow_public_weights:
+        raise DeployError(
+            f"{source} was compiled with --public-weights, so deploying it would send the "
+            "plaintext weights to P0 and P1. Compile it again without --public-weights to keep "
+            "the weights secret, or, if the model is not secret, deploy with "
+            "--allow-public-weights (allow_public_weights=True)"
+        )
     cfg = config if isinstance(config, ClusterConfig) else load_config(config)
     if len(prog.inputs) != 1:
         raise MpccError("serving supports plans with exactly one input")

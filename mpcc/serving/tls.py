@@ -140,7 +140,8 @@ def _wait(sock: socket.socket, events: int, timeout: float | None) -> int:
         return select.POLLNVAL
     p = select.poll()
     p.register(fd, events)
-    got = p.poll(-1 if timeout is None else max(0, math.ceil(timeout * 1000)))
+    forever = timeout is None or timeout == math.inf
+    got = p.poll(-1 if forever else max(0, math.ceil(timeout * 1000)))
     return got[0][1] if got else 0
 
 
@@ -628,8 +629,36 @@ class TlsChannel(Channel):
                 log.exception("close callback failed")
 
 
+# TLS alerts about certificates: what the peer found wrong with this side's certificate chain
+_ALERTS = {
+    "CERTIFICATE_EXPIRED": "the peer says this side's certificate or its CA has expired",
+    "UNKNOWN_CA": "the peer does not trust this side's CA (is it another cluster's?)",
+    "BAD_CERTIFICATE": "the peer rejected this side's certificate",
+    "CERTIFICATE_UNKNOWN": "the peer could not verify this side's certificate",
+    "UNSUPPORTED_CERTIFICATE": "the peer cannot use this side's certificate",
+    "CERTIFICATE_REQUIRED": "the peer requires a certificate and this side sent none",
+}
+_EXPIRED_HINT = "run `mpcc cluster init` again and distribute the new files"
+_X509_EXPIRED, _X509_NOT_YET_VALID = 10, 9  # OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED and _NOT_YET
+
+
 def _reason(e: ssl.SSLError) -> str:
-    return getattr(e, "reason", None) or str(e)
+    """An SSL error in words: OpenSSL's reason, what it means, and for expiry what to do."""
+    reason = getattr(e, "reason", None) or str(e)
+    detail = getattr(e, "verify_message", None)  # SSLCertVerificationError: why verify failed
+    code = getattr(e, "verify_code", None)
+    if detail:
+        text = f"{reason}: {detail}"
+        if code == _X509_EXPIRED or "expired" in detail:
+            return f"{text}; {_EXPIRED_HINT}"
+        if code == _X509_NOT_YET_VALID:
+            return f"{text}; check the clocks of both machines"
+        return text
+    _, alert, name = reason.partition("_ALERT_")
+    if alert and name in _ALERTS:
+        text = f"{_ALERTS[name]} ({reason})"
+        return f"{text}; {_EXPIRED_HINT}" if name == "CERTIFICATE_EXPIRED" else text
+    return reason
 
 
 # -- link establishment ---------------------------------------------------------------------
