@@ -335,7 +335,13 @@ def test_serving_benchmark_writes_its_table_and_figure(tmp_path, capsys) -> None
     for r in result["rows"]:
         assert r["requests"] > 0 and 0 < r["online_ms"] <= r["median_ms"] <= r["p99_ms"]
     for b in result["bytes"]:
-        assert b["payload"] == b["in_process"] < b["wire"] < 1.05 * b["payload"]
+        assert b["payload"] == b["in_process"]
+        if b["link"].startswith("dealer"):
+            # P1 credits each bundle with the bytes read since the previous one, so bundles
+            # arriving back to back can shift a little from one to the next: the mean is close
+            assert abs(b["wire"] - b["payload"]) < 0.05 * b["payload"]
+        else:  # one message per round, answered before the next: exact per message
+            assert b["payload"] < b["wire"] < 1.05 * b["payload"]
     assert result["rounds_served"] == result["rounds_in_process"]
     assert "| 2 |" in (tmp_path / "serving.md").read_text()
     assert (tmp_path / "serving.png").stat().st_size > 10_000

@@ -260,15 +260,91 @@ def test_requests_without_a_model_are_refused(servers):
             c.predict(np.zeros((1, 1, 28, 28)))
 
 
-def test_party_stops_after_num_requests(servers, mlp, digits_test):
+def test_parties_stop_after_num_requests(servers, mlp, digits_test):
+    """The same N stops all three, also when several requests share a query (the dealer
+    counts the requests P1 reports, not queries)."""
     prog, weights = mlp
     deploy_program(prog, weights, servers.cfg)
-    servers.stop("p0")
-    p0 = servers.start("p0", num_requests=2)
+    for role in ("p0", "dealer"):
+        servers.stop(role)
+    p0 = servers.start("p0", num_requests=4)
+    dealer = servers.start("dealer", num_requests=4)
     with Client(servers.cfg) as c:
         c.wait_ready(30)
-        c.predict(digits_test[0][:8])  # two queries
-    assert p0.stop_event.wait(5)
+    X = digits_test[0]
+    errors = []
+
+    def one(k: int) -> None:
+        try:
+            with Client(servers.cfg) as c:
+                c.predict(X[2 * k : 2 * k + 2])  # 2 rows each: two requests share a query
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert p0.stop_event.wait(5) and dealer.stop_event.wait(5)
+
+
+def _p0_only_request(c: Client, rows: int = 1) -> str:
+    """A request whose share reaches P0 alone (a broken or hostile client); its id."""
+    rid = secrets.token_hex(16)
+    share = np.zeros((rows, 1, 28, 28), np.uint64)
+    c._connect()["p0"].send_msg("request", {"rid": rid, "rows": rows}, [share])
+    return rid
+
+
+def test_requests_sent_to_one_party_do_not_stall_the_others(servers, mlp, ort_logits):
+    prog, weights = mlp
+    deploy_program(prog, weights, servers.cfg)
+    X, ref = ort_logits
+    with Client(servers.cfg) as bad, Client(servers.cfg) as good:
+        good.wait_ready(30)
+        check(good.predict(X[:4]), ref[:4])  # warm
+        rids = {_p0_only_request(bad) for _ in range(3)}
+        t0 = time.monotonic()
+        check(good.predict(X[4:8]), ref[4:8])
+        assert time.monotonic() - t0 < 1.5  # not 3 x timeout_s
+        failed = {}
+        while len(failed) < 3:
+            _, msg = bad._next(10)
+            failed[msg.meta["rid"]] = msg.meta["msg"]
+        assert set(failed) == rids
+        assert all("P1 never received this request" in m for m in failed.values())
+
+
+def test_one_connection_cannot_fill_the_queue(servers, mlp):
+    prog, weights = mlp
+    deploy_program(prog, weights, servers.cfg)
+    from mpcc.serving.party import MAX_PER_LINK
+
+    with Client(servers.cfg) as c:
+        c.wait_ready(30)
+        p1 = c._connect()["p1"]
+        share = np.zeros((1, 1, 28, 28), np.uint64)
+        for _ in range(MAX_PER_LINK + 1):  # held at P1, which waits for P0's announcement
+            p1.send_msg("request", {"rid": secrets.token_hex(16), "rows": 1}, [share])
+        _, msg = c._next(10)
+        assert msg.kind == "failed" and "from one connection" in msg.meta["msg"]
+    with Client(servers.cfg) as other:  # another client is still served
+        other.predict(np.zeros((1, 1, 28, 28), np.float32))
+
+
+def test_shutdown_fails_waiting_requests_with_a_clear_message(servers, mlp):
+    prog, weights = mlp
+    deploy_program(prog, weights, servers.cfg)
+    with Client(servers.cfg) as c:
+        c.wait_ready(30)
+        rid = _p0_only_request(c)  # waits at P0 (P1 never gets it)
+        time.sleep(0.2)
+        servers.stop("p0")
+        _, msg = c._next(10)
+        assert msg.kind == "failed" and msg.meta["rid"] == rid
+        assert "P0 is shutting down" in msg.meta["msg"]
 
 
 def test_no_dealer_gives_a_clear_error_in_time(servers, mlp, ort_logits):
@@ -340,5 +416,5 @@ def test_stock_is_held_to_its_memory_bound(tmp_path, mlp, ort_logits):
             assert info[role]["query_material_bytes"] > 0.01 * 2**20
     finally:
         servers.close()
-    with pytest.raises(MpccError, match="stock must be positive"):
+    with pytest.raises(MpccError, match="stock must be from 1 to 1000, not 0"):
         init_local(tmp_path / "bad", stock=0)

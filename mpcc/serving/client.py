@@ -224,7 +224,10 @@ class Client:
                 links["p0"].send_msg("request", meta, [s0])
                 links["p1"].send_msg("request", meta, [s1])
                 nxt += 1
-            role, msg = self._next(self.timeout)
+            try:
+                role, msg = self._next(self.timeout)
+            except PartyError as e:
+                raise PartyError(_silent_parties(pending, self.timeout) or str(e)) from None
             rid = msg.meta.get("rid")
             if rid not in pending:
                 continue  # e.g. a late answer to an info request
@@ -256,6 +259,19 @@ class Client:
             got, msg = self._next(self.timeout)
             if got == role:
                 return msg
+
+
+def _silent_parties(pending: dict[str, tuple[Any, ...]], timeout: float) -> str | None:
+    """Which party left the client's requests unanswered, when only one did (a stalled
+    party: a dead one closes its link, which is reported at once)."""
+    answered = {role for *_, got in pending.values() for role in got}
+    silent = [r.upper() for r in PARTIES if r not in answered]
+    if answered and len(silent) == 1:
+        return (
+            f"{silent[0]} has not answered within {timeout:g} s "
+            f"({', '.join(sorted(a.upper() for a in answered))} did); is it stalled?"
+        )
+    return None
 
 
 def _stats(got: dict[str, Message], rows: int, latency: float, share_bytes: int) -> RequestStats:

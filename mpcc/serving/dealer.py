@@ -43,7 +43,7 @@ class DealerParty(PartyServer):
         super().__init__(cfg, "dealer", state_dir, num_requests)
         self._thread = threading.Thread(target=self._loop, name="mpcc-dealer", daemon=True)
         self._links: dict[str, TlsChannel] = {}
-        self.consumed = 0  # queries whose material P1 has used, over all sessions
+        self.answered = 0  # requests P1 has answered, over all sessions (--num-requests)
         self.session: str | None = None
 
     def start(self) -> None:
@@ -64,6 +64,8 @@ class DealerParty(PartyServer):
     def _loop(self) -> None:
         backoff, said = BACKOFF_MIN_S, None
         while not self.stop_event.is_set():
+            if not self.kernels_ready.wait(0.5):  # offer no session before they are loaded
+                continue
             dep = self.deployment
             if dep is None:
                 with self.deployed:
@@ -128,7 +130,7 @@ class DealerParty(PartyServer):
     def _serve(self, dealer: Dealer, generation: int) -> None:
         """Deal each query's material as soon as P1 has room for it (its credit)."""
         p0, p1 = self._links["p0"], self._links["p1"]
-        upto, q, base = -1, 0, self.consumed
+        upto, q, base = -1, 0, self.answered
         while not self.stop_event.is_set():
             if self.deploy_generation != generation:
                 raise PartyError("a new model was deployed")
@@ -139,9 +141,9 @@ class DealerParty(PartyServer):
                 if msg.kind != "credit":
                     raise PartyError(f"P1 sent {msg.kind!r} on the dealer link")
                 upto = max(upto, int(msg.meta.get("upto", -1)))
-                self.consumed = base + int(msg.meta.get("consumed", 0))
-                if self.num_requests is not None and self.consumed >= self.num_requests:
-                    self.stop(f"material for {self.consumed} queries was used")
+                self.answered = base + int(msg.meta.get("answered", 0))
+                if self.num_requests is not None and self.answered >= self.num_requests:
+                    self.stop(f"P1 answered {self.answered} requests")
                     return
             if q <= upto:
                 t0 = time.perf_counter()

@@ -51,6 +51,12 @@ from mpcc.serving.wire import Message
 
 RID = re.compile(r"^[0-9a-f]{16,64}$")
 MAX_QUEUE = 1024
+# Requests one client link may have waiting at a party (a client keeps `window` in flight).
+MAX_PER_LINK = 32
+# How long P1 waits for an announced request it has not received yet before it answers
+# without it: a client sends its two shares at once, so they arrive close together, and P0
+# must not stall every client's query on one that sent a single share.
+ANNOUNCE_GRACE_S = 0.05
 
 
 @dataclass
@@ -62,6 +68,8 @@ class Request:
     share: np.ndarray
     ch: TlsChannel
     arrived: float
+    not_before: float = 0.0  # P0: P1 did not have it yet; offer it again from then on
+    retries: int = 0
 
 
 @dataclass
@@ -70,6 +78,13 @@ class Prepared:
     ready_at: float
     dealer_bytes: int = 0
     dealer_wire: int = 0
+
+
+def _rids(value: Any) -> list[str]:
+    """A list of request ids from a peer's message (anything else: PartyError)."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise PartyError("P1 sent a malformed answer to an announcement")
+    return value
 
 
 class PartySession:
@@ -95,6 +110,7 @@ class PartySession:
         self.next_q = 0
         self.last_offline_s: float | None = None
         self.online = False  # a query's online phase is running
+        self.answered = 0  # requests answered in this session
         # bytes of one query's material here: the cost model's dealer bytes until measured
         self.query_bytes = max(1, estimate(dep.prog).total.dealer)
         self.ended: str | None = None
@@ -137,7 +153,7 @@ class PartySession:
 
     def prep_timeout(self) -> float:
         """How long a query may wait for its material. The first one of a session waits as
-        long as a start-up (kernels may still be compiling, nothing could be made ahead);
+        long as a start-up (nothing could be made ahead: a big model's first material);
         later ones wait the link timeout plus one query's offline time, so a slow dealer for
         a big model is not taken for a dead one (a dead dealer closes its link at once)."""
         serving = self.server.cfg.serving
@@ -212,6 +228,8 @@ class ComputeParty(PartyServer):
         self._peer_links: queue.Queue[tuple[Any, TlsChannel]] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
+        # client links stay open until shutdown has answered or failed what they wait for
+        self._clients_done = threading.Event()
         self.answered = 0
         self._janitor = threading.Thread(
             target=self._janitor_loop, name="mpcc-janitor", daemon=True
@@ -245,6 +263,7 @@ class ComputeParty(PartyServer):
             "session": s.sid if s is not None and s.alive else None,
             "answered": self.answered,
             "last_error": self.last_error,
+            "kernels_ready": self.kernels_ready.is_set(),
         }
         if s is not None and s.alive:  # how far ahead preprocessing runs, and its memory
             d.update(stock=s.stock(), query_material_bytes=s.query_bytes)
@@ -272,7 +291,7 @@ class ComputeParty(PartyServer):
             ch.limit_frames(min(self.cfg.serving.max_frame_bytes, 8 * math.prod(shape) + 4096))
         ch.send_msg("welcome", {"role": self.role})
         try:
-            while not self.stop_event.is_set():
+            while not self._clients_done.is_set():
                 msg = ch.poll(0.5)
                 if msg is None:
                     continue
@@ -304,18 +323,27 @@ class ComputeParty(PartyServer):
                 ch.send_msg("error", {"msg": f"{self.label} rejected a request: {e}"})
             return
         r = Request(rid, int(msg.meta["rows"]), msg.arrays[0], ch, time.monotonic())
+        why = None
         with self._req:
-            held = len(self._queue) + len(self._pending)
-            busy = held >= MAX_QUEUE
-            dup = rid in self._pending or any(q.rid == rid for q in self._queue)
-            if not busy and not dup:
-                if self.party == 0:
-                    self._queue.append(r)
-                else:
-                    self._pending[rid] = r
-                self._req.notify_all()
-        if busy or dup:
-            why = "too many queued requests" if busy else "duplicate request id"
+            held = [*self._queue, *self._pending.values()]
+            if self.stop_event.is_set():
+                why = "the party is shutting down"
+            elif rid in self._pending or any(q.rid == rid for q in self._queue):
+                why = "duplicate request id"
+            elif (
+                len(held) >= MAX_QUEUE
+                or sum(h.share.nbytes for h in held) + r.share.nbytes
+                > self.cfg.serving.max_queue_mb * 2**20
+            ):
+                why = "too many queued requests"
+            elif sum(h.ch is ch for h in held) >= MAX_PER_LINK:
+                why = f"more than {MAX_PER_LINK} requests from one connection are waiting"
+            elif self.party == 0:
+                self._queue.append(r)
+            else:
+                self._pending[rid] = r
+            self._req.notify_all()
+        if why is not None:
             self._send_failed(ch, rid, f"{self.label} rejected the request: {why}")
 
     def _check_request(self, msg: Message) -> str:
@@ -383,8 +411,11 @@ class ComputeParty(PartyServer):
             s = self._session
             with self._req:
                 if self.party == 0 and (s is None or not s.alive):
+                    waiting = "waiting for the dealer and P1"
+                    if not self.kernels_ready.is_set():
+                        waiting = "P0 is still loading its kernels"
                     while self._queue and now - self._queue[0].arrived > t.timeout_s:
-                        why = self.last_error or "waiting for the dealer and P1"
+                        why = self.last_error or waiting
                         expired.append((self._queue.popleft(), f"no session ({why})"))
                 for rid, r in list(self._pending.items()):
                     if now - r.arrived > t.client_timeout_s:
@@ -414,9 +445,12 @@ class ComputeParty(PartyServer):
         try:
             s = self._setup(ch)
         except MpccError as e:
+            repeated = self.last_error == f"session start-up failed: {e}"
             self.last_error = f"session start-up failed: {e}"
             if ch.closed is not None and "sent nothing" not in str(e):
-                self.log.info("the dealer abandoned a session start-up (%s)", ch.closed)
+                # the dealer retries every second or so while a party is down: say it once
+                log = self.log.debug if repeated else self.log.info
+                log("the dealer abandoned a session start-up (%s)", ch.closed)
             else:
                 self.log.error("session start-up failed: %s", e)
             try:
@@ -427,7 +461,11 @@ class ComputeParty(PartyServer):
             return
         with self._session_lock:
             if self.stop_event.is_set() or generation != self.deploy_generation:
-                s.end("stopping" if self.stop_event.is_set() else "a new model was deployed")
+                s.end(
+                    f"{self.label} is shutting down"
+                    if self.stop_event.is_set()
+                    else "a new model was deployed"
+                )
                 return
             self._session = s
         self.last_error = None
@@ -439,11 +477,16 @@ class ComputeParty(PartyServer):
         try:
             (self._lead if self.party == 0 else self._follow)(s)
         finally:
-            s.end("stopping" if self.stop_event.is_set() else "session loop ended")
+            s.end(
+                f"{self.label} is shutting down"
+                if self.stop_event.is_set()
+                else "session loop ended"
+            )
 
     def _setup(self, dealer: TlsChannel) -> PartySession:
         t = self.cfg.serving.setup_timeout_s
         offer = dealer.recv_msg(t, expect="offer")
+        self.await_kernels(t)  # no session before the kernels are loaded: none compiles online
         dep = self.deployment
         if dep is None:
             why = f" (its stored one was rejected: {self.load_error})" if self.load_error else ""
@@ -586,28 +629,58 @@ class ComputeParty(PartyServer):
         cap = s.dep.prog.batch
         wait = self.cfg.serving.batch_wait_ms / 1e3
         with self._req:
-            if not self._queue:
-                self._req.wait(0.2)
-            if not self._queue or not s.alive:
+            ready = self._ready_requests()
+            if not ready:
+                self._req.wait(self._next_ready_in())
+                ready = self._ready_requests()
+            if not ready or not s.alive:
                 return []
             if not rows_independent(s.dep.prog):
                 # Rows of one query influence each other: never let two clients share one.
-                return [self._queue.popleft()]
-            if self._queue[0].rows < cap and wait > 0:
+                return self._dequeue([ready[0]])
+            if ready[0].rows < cap and wait > 0:
                 deadline = time.monotonic() + wait
-                while sum(r.rows for r in self._queue) < cap and time.monotonic() < deadline:
+                while sum(r.rows for r in ready) < cap and time.monotonic() < deadline:
                     self._req.wait(deadline - time.monotonic())
-            batch = [self._queue.popleft()]
-            rows = batch[0].rows
-            while self._queue and rows + self._queue[0].rows <= cap:
-                rows += self._queue[0].rows
-                batch.append(self._queue.popleft())
-            return batch
+                    ready = self._ready_requests()
+            batch, rows = [], 0
+            for r in ready:
+                if rows + r.rows <= cap:
+                    batch.append(r)
+                    rows += r.rows
+            return self._dequeue(batch)
+
+    def _ready_requests(self) -> list[Request]:
+        """P0's queued requests that may be offered now, in order (with `_req` held)."""
+        now = time.monotonic()
+        return [r for r in self._queue if r.not_before <= now]
+
+    def _next_ready_in(self) -> float:
+        """Seconds until a deferred request may be offered again (at most 0.2)."""
+        later = [r.not_before for r in self._queue if r.not_before > 0]
+        return max(0.001, min([0.2, *(t - time.monotonic() for t in later)]))
+
+    def _dequeue(self, reqs: list[Request]) -> list[Request]:
+        taken = {id(r) for r in reqs}
+        self._queue = deque(r for r in self._queue if id(r) not in taken)
+        return reqs
 
     def _requeue(self, reqs: list[Request]) -> None:
         with self._req:
             self._queue.extendleft(reversed(reqs))
             self._req.notify_all()
+
+    def _defer_or_fail(self, reqs: list[Request]) -> None:
+        """P0: requests P1 did not have yet go back to the queue, offered again after a
+        growing pause, until `timeout_s` after their arrival: then they fail."""
+        now, limit = time.monotonic(), self.cfg.serving.timeout_s
+        late = [r for r in reqs if now - r.arrived >= limit]
+        self._fail(late, f"{self.peer_label} never received this request (sent to P0 only?)")
+        keep = [r for r in reqs if now - r.arrived < limit]
+        for r in keep:
+            r.retries += 1
+            r.not_before = now + min(1.0, ANNOUNCE_GRACE_S * 2**r.retries)
+        self._requeue(keep)
 
     def _lead(self, s: PartySession) -> None:
         """P0's loop: schedule queued requests, announce them to P1, run them."""
@@ -624,16 +697,19 @@ class ComputeParty(PartyServer):
                 q = s.next_q
                 s.peer.send_msg("announce", {"q": q, "reqs": [[r.rid, r.rows] for r in batch]})
                 reply = s.peer.recv_msg(2 * t + 1)
-                if reply.kind == "skip":
-                    missing = set(reply.meta.get("missing", []))
-                    self._fail(
-                        [r for r in batch if r.rid in missing],
-                        f"{self.peer_label} never received this request (or rejected it)",
-                    )
-                    self._requeue([r for r in batch if r.rid not in missing])
-                    continue
-                if reply.kind != "go":
+                if reply.kind not in ("go", "skip"):
                     raise PartyError(f"P1 answered the announcement with {reply.kind!r}")
+                have = set(_rids(reply.meta.get("have")))
+                rejected = set(_rids(reply.meta.get("rejected")))
+                self._fail(
+                    [r for r in batch if r.rid in rejected],
+                    f"{self.peer_label} rejected this request",
+                )
+                self._defer_or_fail([r for r in batch if r.rid not in have | rejected])
+                batch = [r for r in batch if r.rid in have]
+                if reply.kind == "skip" or not batch:
+                    batch = []
+                    continue
                 self._execute(s, q, batch)
             except MpccError as e:
                 self._query_failed(s, batch, e)
@@ -647,7 +723,6 @@ class ComputeParty(PartyServer):
 
     def _follow(self, s: PartySession) -> None:
         """P1's loop: wait for P0's announcements, then run the announced requests."""
-        t = self.cfg.serving.timeout_s
         while s.alive:
             batch: list[Request] = []
             try:
@@ -660,16 +735,21 @@ class ComputeParty(PartyServer):
                 q, reqs = msg.meta.get("q"), msg.meta.get("reqs")
                 if q != s.next_q:
                     raise PartyError(f"P0 announced query {q}, expected {s.next_q}")
-                batch, missing = self._gather(reqs, s.dep.prog.batch, t)
-                if missing:
-                    s.peer.send_msg("skip", {"missing": missing})
+                batch, rejected, absent = self._gather(reqs, s.dep.prog.batch)
+                reply = {"have": [r.rid for r in batch], "rejected": rejected, "absent": absent}
+                if not batch:
+                    s.peer.send_msg("skip", reply)
                     continue
-                s.peer.send_msg("go")
+                s.peer.send_msg("go", reply)
                 self._execute(s, q, batch)
                 batch = []  # answered
                 s.dealer.send_msg(
                     "credit",
-                    {"upto": s.next_q - 1 + s.stock(), "consumed": s.next_q},
+                    {
+                        "upto": s.next_q - 1 + s.stock(),
+                        "consumed": s.next_q,
+                        "answered": s.answered,
+                    },
                 )
             except MpccError as e:
                 self._query_failed(s, batch, e)
@@ -681,8 +761,9 @@ class ComputeParty(PartyServer):
             finally:
                 self._idle.set()
 
-    def _gather(self, reqs: Any, cap: int, timeout: float) -> tuple[list[Request], list[str]]:
-        """P1: the announced requests, waiting for late ones; or the ids it does not have."""
+    def _gather(self, reqs: Any, cap: int) -> tuple[list[Request], list[str], list[str]]:
+        """P1: of the announced requests, those it holds (in P0's order, waiting briefly for
+        late ones), the ids it rejected and the ids it has not received."""
         if (
             not isinstance(reqs, list)
             or not reqs
@@ -696,23 +777,22 @@ class ComputeParty(PartyServer):
             or sum(x[1] for x in reqs) > cap
         ):
             raise PartyError("P0 sent a malformed announcement")
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + ANNOUNCE_GRACE_S
         with self._req:
             while True:
-                missing = [
+                rejected = [
                     rid
                     for rid, rows in reqs
                     if rid in self._rejected
                     or (rid in self._pending and self._pending[rid].rows != rows)
                 ]
-                if missing:
-                    return [], missing
-                absent = [rid for rid, _ in reqs if rid not in self._pending]
-                if not absent:
-                    return [self._pending.pop(rid) for rid, _ in reqs], []
+                absent = [
+                    rid for rid, _ in reqs if rid not in self._pending and rid not in rejected
+                ]
                 left = deadline - time.monotonic()
-                if left <= 0:
-                    return [], absent
+                if not absent or left <= 0:
+                    have = [rid for rid, _ in reqs if rid not in rejected and rid not in absent]
+                    return [self._pending.pop(rid) for rid in have], rejected, absent
                 self._req.wait(left)
 
     def _execute(self, s: PartySession, q: int, batch: list[Request]) -> None:
@@ -758,6 +838,7 @@ class ComputeParty(PartyServer):
             stats["queued_s"] = start - r.arrived
             self._answer(r, y[row : row + r.rows], dict(stats))
             row += r.rows
+        s.answered += len(batch)
 
     def _query_failed(self, s: PartySession, batch: list[Request], e: MpccError) -> None:
         why = f"{self.label}: query failed: {e}" if s.alive else f"{self.label}: {s.ended}"
@@ -775,4 +856,5 @@ class ComputeParty(PartyServer):
             self._queue.clear()
             self._pending.clear()
         self._fail(left, f"{self.label} is shutting down")
+        self._clients_done.set()
         self._janitor.join(timeout=1)
