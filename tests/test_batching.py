@@ -3,14 +3,13 @@ query of a plan that mixes them (one client's input would reach the other's answ
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 
 from mpcc.compiler.batching import row_mixing, rows_independent
 from mpcc.compiler.pipeline import compile_onnx
 from mpcc.errors import InputError, PartyError
+from tests.concurrent_clients import each_client
 from tests.onnx_builders import model, node, rand, run
 
 B = 2
@@ -99,24 +98,7 @@ def servers(tmp_path):
 
 
 def _serve_concurrently(cfg, xs):
-    from mpcc.serving.client import Client
-
-    results, errors = {}, []
-
-    def one(k: int) -> None:
-        try:
-            with Client(cfg) as c:
-                results[k] = (c.predict(xs[k]), c.stats)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(len(xs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
-    return results
+    return each_client(cfg, len(xs), lambda c, k: (c.predict(xs[k]), c.stats))
 
 
 def test_a_plan_that_mixes_rows_serves_each_client_alone(servers):

@@ -24,6 +24,7 @@ from mpcc.serving.local import ProcessCluster
 from mpcc.serving.owner import deploy_program
 from mpcc.serving.tls import LinkRefused, TlsChannel, client_context
 from mpcc.serving.wire import FRAME_HEAD, MAGIC
+from tests.concurrent_clients import each_client
 
 TIMEOUT_S = 3.0
 # Served logits against onnxruntime's float32 ones: with 16 fractional bits LeNet's secure
@@ -71,21 +72,7 @@ def check(y, ref):
 
 def test_concurrent_clients_match_onnxruntime(cluster, reference):
     X, ref = reference
-    results, errors = {}, []
-
-    def work(k: int) -> None:
-        try:
-            with Client(cluster.cfg) as c:
-                results[k] = (c.predict(X[k::4]), c.stats)
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert not errors, errors
+    results = each_client(cluster.cfg, 4, lambda c, k: (c.predict(X[k::4]), c.stats), 120)
     for k in range(4):
         y, stats = results[k]
         check(y, ref[k::4])

@@ -24,6 +24,7 @@ from mpcc.serving.state import FILE as STATE_FILE
 from mpcc.serving.state import load as load_state
 from mpcc.serving.state import share_commitment
 from mpcc.serving.tls import client_context, dial
+from tests.concurrent_clients import each_client
 
 # Served logits against onnxruntime's float32 ones: with 16 fractional bits the secure plan
 # is off by a few hundred LSBs at most (about 3e-4 on logits of magnitude ~20 for this MLP).
@@ -89,21 +90,9 @@ def test_concurrent_requests_share_a_batch(servers, mlp, ort_logits):
     X, ref = ort_logits
     with Client(servers.cfg) as c:
         c.wait_ready(30)
-    results, errors = {}, []
-
-    def one(k: int) -> None:
-        try:
-            with Client(servers.cfg) as c:
-                results[k] = (c.predict(X[k * 2 : k * 2 + 2]), c.stats)  # 2 rows < batch 4
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    results = each_client(  # 2 rows < batch 4
+        servers.cfg, 6, lambda c, k: (c.predict(X[k * 2 : k * 2 + 2]), c.stats)
+    )
     shared = 0
     for k, (y, stats) in results.items():
         check(y, ref[k * 2 : k * 2 + 2])
@@ -272,21 +261,8 @@ def test_parties_stop_after_num_requests(servers, mlp, digits_test):
     with Client(servers.cfg) as c:
         c.wait_ready(30)
     X = digits_test[0]
-    errors = []
-
-    def one(k: int) -> None:
-        try:
-            with Client(servers.cfg) as c:
-                c.predict(X[2 * k : 2 * k + 2])  # 2 rows each: two requests share a query
-        except Exception as e:  # noqa: BLE001 - reported below
-            errors.append(e)
-
-    threads = [threading.Thread(target=one, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    # 2 rows each, so two requests share a query
+    each_client(servers.cfg, 4, lambda c, k: c.predict(X[2 * k : 2 * k + 2]))
     assert p0.stop_event.wait(5) and dealer.stop_event.wait(5)
 
 
