@@ -249,6 +249,28 @@ def test_requests_without_a_model_are_refused(servers):
             c.predict(np.zeros((1, 1, 28, 28)))
 
 
+def test_client_frames_follow_the_deployed_input_size(servers, zoo_model, ort_logits):
+    """Before a model is deployed a client may send small messages only; a link opened
+    then takes the model's requests once it is deployed."""
+    with Client(servers.cfg, timeout=3) as c:
+        assert not c.info()["p0"]["deployed"]
+        big = np.zeros((4, 1, 28, 28), np.uint64)  # 25 KB: fine
+        reply = c.send_raw("p0", "request", {"rid": "cd" * 16, "rows": 4}, [big])
+        assert reply.kind == "failed" and "no model is deployed" in reply.meta["msg"]
+        huge = np.zeros((128, 1, 28, 28), np.uint64)  # 800 KB: more than a request can be
+        with pytest.raises(PartyError, match="closed|lost the connection"):
+            c.send_raw("p0", "request", {"rid": "ce" * 16, "rows": 128}, [huge])
+    from mpcc.compiler.pipeline import compile_onnx
+
+    prog, weights = compile_onnx(zoo_model("mlp"), (12, 1, 28, 28))  # 73 KB requests
+    with Client(servers.cfg, timeout=10) as c:
+        c.info()  # the link is open before the model arrives
+        deploy_program(prog, weights, servers.cfg)
+        c.wait_ready(30)
+        X, ref = ort_logits
+        check(c.predict(X), ref)
+
+
 def test_parties_stop_after_num_requests(servers, mlp, digits_test):
     """The same N stops all three, also when several requests share a query (the dealer
     counts the requests P1 reports, not queries)."""

@@ -57,6 +57,7 @@ MAX_PER_LINK = 32
 # without it: a client sends its two shares at once, so they arrive close together, and P0
 # must not stall every client's query on one that sent a single share.
 ANNOUNCE_GRACE_S = 0.05
+CLIENT_SEND_STALL_S = 1.0
 
 
 @dataclass
@@ -285,13 +286,17 @@ class ComputeParty(PartyServer):
 
     # -- clients ----------------------------------------------------------------------------
     def on_client(self, ch: TlsChannel, hello: Message) -> None:
+        # A client that stops reading must not hold up the query loop that answers it: a
+        # send to it that makes no progress for this long fails, and its link is closed.
+        ch.timeout = min(self.cfg.serving.timeout_s, CLIENT_SEND_STALL_S)
         dep = self.deployment
-        if dep is not None:  # a request is one share of at most a batch: no larger frames
-            shape = dep.prog.value(dep.prog.inputs[0][1]).shape
-            ch.limit_frames(min(self.cfg.serving.max_frame_bytes, 8 * math.prod(shape) + 4096))
+        ch.limit_frames(self._client_frame_limit(dep))
         ch.send_msg("welcome", {"role": self.role})
         try:
             while not self._clients_done.is_set():
+                if self.deployment is not dep:  # a model was deployed: its input size
+                    dep = self.deployment
+                    ch.limit_frames(self._client_frame_limit(dep))
                 msg = ch.poll(0.5)
                 if msg is None:
                     continue
@@ -305,6 +310,14 @@ class ComputeParty(PartyServer):
             pass  # the client left, or sent a bad frame (logged by the link)
         finally:
             ch.close("client link done")
+
+    def _client_frame_limit(self, dep: Deployment | None) -> int:
+        """The largest frame a client may send: one share of at most a batch of the deployed
+        plan's input, or small requests only while no model is deployed."""
+        if dep is None:
+            return min(self.cfg.serving.max_frame_bytes, 64 * 1024)
+        shape = dep.prog.value(dep.prog.inputs[0][1]).shape
+        return min(self.cfg.serving.max_frame_bytes, 8 * math.prod(shape) + 4096)
 
     def _on_request(self, ch: TlsChannel, msg: Message) -> None:
         rid = msg.meta.get("rid")
