@@ -463,3 +463,18 @@ def test_serving_with_frames_smaller_than_bundles_and_weights(tmp_path, mlp, dig
     finally:
         for p in parties:
             p.close()
+
+
+def test_the_settings_table_in_the_guide_matches_the_defaults():
+    """docs/deployment.md lists every [serving] key with its default."""
+    import re
+    from dataclasses import fields
+    from pathlib import Path
+
+    from mpcc.serving.config import Serving
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "deployment.md").read_text()
+    for f in fields(Serving):
+        row = re.search(rf"^\| `{f.name}` \| ([^|]+) \|", doc, re.MULTILINE)
+        assert row, f"docs/deployment.md has no row for [serving] {f.name}"
+        assert float(row.group(1)) == getattr(Serving(), f.name), f.name
