@@ -190,3 +190,36 @@ def test_local_runs_refuse_to_pad_a_plan_that_mixes_rows():
     ref = np.concatenate([run(onnx_model, {"x": x[i : i + B]})[0] for i in (0, B)])
     with LocalCluster(prog, weights) as cluster:
         assert np.abs(cluster.predict(x) - ref).max() < 1e-3
+
+
+def test_one_request_limit_stops_all_three_on_a_plan_that_mixes_rows(tmp_path):
+    """--num-requests: the dealer counts the requests P1 answered, also for plans whose
+    queries carry one client's request each."""
+    from mpcc.serving.client import Client
+    from mpcc.serving.dealer import DealerParty
+    from mpcc.serving.local import init_local
+    from mpcc.serving.owner import deploy_program
+    from mpcc.serving.party import ComputeParty
+
+    onnx_model = _mixing_model()
+    prog, weights = compile_onnx(onnx_model)
+    cfg = init_local(tmp_path, timeout_s=3.0)
+    parties = [
+        ComputeParty(cfg, "p0", num_requests=2),
+        ComputeParty(cfg, "p1", num_requests=2),
+        DealerParty(cfg, "dealer", num_requests=2),
+    ]
+    try:
+        for p in parties:
+            p.start()
+        deploy_program(prog, weights, cfg)
+        x = rand(2 * B, 4, seed=11)
+        with Client(cfg) as c:
+            c.wait_ready(30)
+            y = c.predict(x)  # two queries, one request each
+        ref = np.concatenate([run(onnx_model, {"x": x[i : i + B]})[0] for i in (0, B)])
+        assert np.abs(y - ref).max() < 1e-3
+        assert all(p.stop_event.wait(10) for p in parties)
+    finally:
+        for p in parties:
+            p.close()

@@ -134,16 +134,22 @@ class DealerParty(PartyServer):
         while not self.stop_event.is_set():
             if self.deploy_generation != generation:
                 raise PartyError("a new model was deployed")
-            if p0.poll(0) is not None:
-                raise PartyError("P0 sent a message on the dealer link")
+            reports = []
+            msg0 = p0.poll(0)
+            if msg0 is not None:  # P0 only ever says how many requests it answered
+                if msg0.kind != "answered":
+                    raise PartyError(f"P0 sent {msg0.kind!r} on the dealer link")
+                reports.append(("P0", int(msg0.meta.get("answered", 0))))
             msg = p1.poll(0 if q <= upto else 0.2)
             if msg is not None:
                 if msg.kind != "credit":
                     raise PartyError(f"P1 sent {msg.kind!r} on the dealer link")
                 upto = max(upto, int(msg.meta.get("upto", -1)))
-                self.answered = base + int(msg.meta.get("answered", 0))
+                reports.append(("P1", int(msg.meta.get("answered", 0))))
+            for who, n in reports:  # requests answered in this session
+                self.answered = max(self.answered, base + n)
                 if self.num_requests is not None and self.answered >= self.num_requests:
-                    self.stop(f"P1 answered {self.answered} requests")
+                    self.stop(f"{who} answered {self.answered} requests")
                     return
             if q <= upto:
                 t0 = time.perf_counter()

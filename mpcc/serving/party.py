@@ -53,10 +53,13 @@ RID = re.compile(r"^[0-9a-f]{16,64}$")
 MAX_QUEUE = 1024
 # Requests one client link may have waiting at a party (a client keeps `window` in flight).
 MAX_PER_LINK = 32
-# How long P1 waits for an announced request it has not received yet before it answers
-# without it: a client sends its two shares at once, so they arrive close together, and P0
-# must not stall every client's query on one that sent a single share.
-ANNOUNCE_GRACE_S = 0.05
+# P0 offers a request P1 did not have again after RETRY_S * 4^k (k-th time), at most
+# RETRY_MAX_S apart, until timeout_s after it arrived. P1 never waits for a request, and
+# P0 offers requests P1 is not known to hold only when none it is known to hold is waiting:
+# a client that sends a share to P0 alone slows nobody else down.
+RETRY_S = 0.002
+RETRY_MAX_S = 0.5
+MAX_ARRIVED = 1024  # request ids P1 reports per answer to an announcement
 CLIENT_SEND_STALL_S = 1.0
 
 
@@ -79,6 +82,35 @@ class Prepared:
     ready_at: float
     dealer_bytes: int = 0
     dealer_wire: int = 0
+
+
+class Outbox:
+    """Messages to one client, sent by a thread of their own: the query loops hand answers
+    over and go on, so a client that reads slowly (or not at all) delays nobody else."""
+
+    def __init__(self, ch: TlsChannel, log: Any) -> None:
+        self.ch, self.log = ch, log
+        self._q: queue.SimpleQueue[tuple[str, dict[str, Any], list[np.ndarray]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._thread = threading.Thread(target=self._run, name="mpcc-outbox", daemon=True)
+        self._thread.start()
+
+    def post(self, kind: str, meta: dict[str, Any], arrays: list[np.ndarray] | None = None) -> None:
+        self._q.put((kind, meta, arrays or []))
+
+    def close(self, timeout: float) -> None:
+        """Send what is queued (within `timeout` s), then stop."""
+        self._q.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while (item := self._q.get()) is not None:
+            if self.ch.closed is None:
+                try:
+                    self.ch.send_msg(*item)
+                except PartyError as e:  # the link closes itself; later items are dropped
+                    self.log.info("could not send a %s to %s: %s", item[0], self.ch.peer, e)
 
 
 def _rids(value: Any) -> list[str]:
@@ -226,11 +258,14 @@ class ComputeParty(PartyServer):
         self._queue: deque[Request] = deque()  # P0: waiting to be scheduled
         self._pending: dict[str, Request] = {}  # P1: waiting to be announced by P0
         self._rejected: OrderedDict[str, float] = OrderedDict()  # P1: rids it refused
+        self._arrived: list[str] = []  # P1: rids received since its last answer to P0
+        self._p1_has: set[str] = set()  # P0: rids P1 said it received
         self._peer_links: queue.Queue[tuple[Any, TlsChannel]] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
         # client links stay open until shutdown has answered or failed what they wait for
         self._clients_done = threading.Event()
+        self._outboxes: dict[TlsChannel, Outbox] = {}
         self.answered = 0
         self._janitor = threading.Thread(
             target=self._janitor_loop, name="mpcc-janitor", daemon=True
@@ -292,6 +327,9 @@ class ComputeParty(PartyServer):
         dep = self.deployment
         ch.limit_frames(self._client_frame_limit(dep))
         ch.send_msg("welcome", {"role": self.role})
+        outbox = Outbox(ch, self.log)
+        with self._req:
+            self._outboxes[ch] = outbox
         try:
             while not self._clients_done.is_set():
                 if self.deployment is not dep:  # a model was deployed: its input size
@@ -301,14 +339,20 @@ class ComputeParty(PartyServer):
                 if msg is None:
                     continue
                 if msg.kind == "info":
-                    ch.send_msg("info", self.info())
+                    outbox.post("info", self.info())
                 elif msg.kind == "request":
                     self._on_request(ch, msg)
                 else:
-                    ch.send_msg("error", {"msg": f"unknown request kind {msg.kind!r}"})
+                    outbox.post("error", {"msg": f"unknown request kind {msg.kind!r}"})
         except PartyError:
             pass  # the client left, or sent a bad frame (logged by the link)
         finally:
+            with self._req:  # its waiting requests can no longer be answered: drop them
+                del self._outboxes[ch]
+                self._queue = deque(r for r in self._queue if r.ch is not ch)
+                for rid in [rid for rid, r in self._pending.items() if r.ch is ch]:
+                    del self._pending[rid]
+            outbox.close(self.cfg.serving.timeout_s)
             ch.close("client link done")
 
     def _client_frame_limit(self, dep: Deployment | None) -> int:
@@ -327,13 +371,9 @@ class ComputeParty(PartyServer):
             shown = rid[:8] if isinstance(rid, str) and RID.match(rid) else "?"
             self.log.warning("rejected request %s from %s: %s", shown, ch.peer, e)
             if isinstance(rid, str) and RID.match(rid):
-                with self._req:
-                    self._rejected[rid] = time.monotonic()
-                    while len(self._rejected) > MAX_QUEUE:
-                        self._rejected.popitem(last=False)
-                self._send_failed(ch, rid, f"{self.label} rejected the request: {e}")
+                self._reject(ch, rid, str(e))
             else:
-                ch.send_msg("error", {"msg": f"{self.label} rejected a request: {e}"})
+                self._post(ch, "error", {"msg": f"{self.label} rejected a request: {e}"})
             return
         r = Request(rid, int(msg.meta["rows"]), msg.arrays[0], ch, time.monotonic())
         why = None
@@ -355,9 +395,21 @@ class ComputeParty(PartyServer):
                 self._queue.append(r)
             else:
                 self._pending[rid] = r
+                if len(self._arrived) < MAX_ARRIVED:
+                    self._arrived.append(rid)
             self._req.notify_all()
-        if why is not None:
+        if why == "duplicate request id":  # the first one stands
             self._send_failed(ch, rid, f"{self.label} rejected the request: {why}")
+        elif why is not None:
+            self._reject(ch, rid, why)
+
+    def _reject(self, ch: TlsChannel, rid: str, why: str) -> None:
+        """Refuse a request; P1 remembers it, so P0 fails its twin at once."""
+        with self._req:
+            self._rejected[rid] = time.monotonic()
+            while len(self._rejected) > MAX_QUEUE:
+                self._rejected.popitem(last=False)
+        self._send_failed(ch, rid, f"{self.label} rejected the request: {why}")
 
     def _check_request(self, msg: Message) -> str:
         dep = self.deployment
@@ -385,21 +437,25 @@ class ComputeParty(PartyServer):
             )
         return rid
 
+    def _post(self, ch: TlsChannel, kind: str, meta: dict[str, Any], arrays=None) -> bool:
+        """Queue a message for a client (False if its link is gone); never blocks."""
+        with self._req:
+            outbox = self._outboxes.get(ch)
+        if outbox is None:
+            return False
+        outbox.post(kind, meta, arrays)
+        return True
+
     def _send_failed(self, ch: TlsChannel, rid: str, why: str) -> None:
-        try:
-            ch.send_msg("failed", {"rid": rid, "msg": why})
-        except PartyError:
-            pass
+        self._post(ch, "failed", {"rid": rid, "msg": why})
 
     def _fail(self, reqs: list[Request], why: str) -> None:
         for r in reqs:
             self._send_failed(r.ch, r.rid, why)
 
     def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any]) -> None:
-        try:
-            r.ch.send_msg("result", {"rid": r.rid, "stats": stats}, [y])
-        except PartyError as e:
-            self.log.info("could not answer request %s: %s", r.rid[:8], e)
+        if not self._post(r.ch, "result", {"rid": r.rid, "stats": stats}, [y]):
+            self.log.info("could not answer request %s: its client left", r.rid[:8])
             return
         self.answered += 1
         if self.num_requests is not None and self.answered >= self.num_requests:
@@ -411,9 +467,7 @@ class ComputeParty(PartyServer):
             stale = list(self._queue) + list(self._pending.values())
             self._queue.clear()
             self._pending.clear()
-        if stale:
-            msg = f"{self.label}: {why}; please retry"
-            threading.Thread(target=self._fail, args=(stale, msg), daemon=True).start()
+        self._fail(stale, f"{self.label}: {why}; please retry")
 
     def _janitor_loop(self) -> None:
         """Fail requests that can no longer be served in time."""
@@ -664,9 +718,12 @@ class ComputeParty(PartyServer):
             return self._dequeue(batch)
 
     def _ready_requests(self) -> list[Request]:
-        """P0's queued requests that may be offered now, in order (with `_req` held)."""
+        """P0's queued requests to offer now, in order (with `_req` held): those P1 is known
+        to hold, or if there are none, those not waiting out a retry pause."""
         now = time.monotonic()
-        return [r for r in self._queue if r.not_before <= now]
+        ready = [r for r in self._queue if r.not_before <= now or r.rid in self._p1_has]
+        known = [r for r in ready if r.rid in self._p1_has]
+        return known or ready
 
     def _next_ready_in(self) -> float:
         """Seconds until a deferred request may be offered again (at most 0.2)."""
@@ -678,9 +735,12 @@ class ComputeParty(PartyServer):
         self._queue = deque(r for r in self._queue if id(r) not in taken)
         return reqs
 
-    def _requeue(self, reqs: list[Request]) -> None:
+    def _requeue(self, reqs: list[Request], front: bool = True) -> None:
         with self._req:
-            self._queue.extendleft(reversed(reqs))
+            if front:
+                self._queue.extendleft(reversed(reqs))
+            else:
+                self._queue.extend(reqs)
             self._req.notify_all()
 
     def _defer_or_fail(self, reqs: list[Request]) -> None:
@@ -692,8 +752,8 @@ class ComputeParty(PartyServer):
         keep = [r for r in reqs if now - r.arrived < limit]
         for r in keep:
             r.retries += 1
-            r.not_before = now + min(1.0, ANNOUNCE_GRACE_S * 2**r.retries)
-        self._requeue(keep)
+            r.not_before = now + min(RETRY_MAX_S, RETRY_S * 4**r.retries)
+        self._requeue(keep, front=False)
 
     def _lead(self, s: PartySession) -> None:
         """P0's loop: schedule queued requests, announce them to P1, run them."""
@@ -702,10 +762,15 @@ class ComputeParty(PartyServer):
             batch = self._take_batch(s)
             if not batch:
                 continue
-            if not s.alive or self.stop_event.is_set():
-                self._requeue(batch)
+            self._idle.clear()  # before the stop check: shutdown waits for this batch
+            if self.stop_event.is_set():
+                self._fail(batch, f"{self.label} is shutting down")
+                self._idle.set()
                 return
-            self._idle.clear()
+            if not s.alive:
+                self._requeue(batch)
+                self._idle.set()
+                return
             try:
                 q = s.next_q
                 s.peer.send_msg("announce", {"q": q, "reqs": [[r.rid, r.rows] for r in batch]})
@@ -714,6 +779,11 @@ class ComputeParty(PartyServer):
                     raise PartyError(f"P1 answered the announcement with {reply.kind!r}")
                 have = set(_rids(reply.meta.get("have")))
                 rejected = set(_rids(reply.meta.get("rejected")))
+                with self._req:
+                    self._p1_has.update(_rids(reply.meta.get("arrived", []))[:MAX_ARRIVED])
+                    self._p1_has.difference_update(have | rejected)
+                    if len(self._p1_has) > 4 * MAX_QUEUE:  # ids P0 never got: forget them
+                        self._p1_has &= {r.rid for r in self._queue}
                 self._fail(
                     [r for r in batch if r.rid in rejected],
                     f"{self.peer_label} rejected this request",
@@ -749,7 +819,14 @@ class ComputeParty(PartyServer):
                 if q != s.next_q:
                     raise PartyError(f"P0 announced query {q}, expected {s.next_q}")
                 batch, rejected, absent = self._gather(reqs, s.dep.prog.batch)
-                reply = {"have": [r.rid for r in batch], "rejected": rejected, "absent": absent}
+                with self._req:
+                    arrived, self._arrived = self._arrived, []
+                reply = {
+                    "have": [r.rid for r in batch],
+                    "rejected": rejected,
+                    "absent": absent,
+                    "arrived": arrived,
+                }
                 if not batch:
                     s.peer.send_msg("skip", reply)
                     continue
@@ -775,8 +852,8 @@ class ComputeParty(PartyServer):
                 self._idle.set()
 
     def _gather(self, reqs: Any, cap: int) -> tuple[list[Request], list[str], list[str]]:
-        """P1: of the announced requests, those it holds (in P0's order, waiting briefly for
-        late ones), the ids it rejected and the ids it has not received."""
+        """P1: of the announced requests, those it holds (in P0's order), the ids it
+        rejected and the ids it has not received (it does not wait for them)."""
         if (
             not isinstance(reqs, list)
             or not reqs
@@ -790,23 +867,16 @@ class ComputeParty(PartyServer):
             or sum(x[1] for x in reqs) > cap
         ):
             raise PartyError("P0 sent a malformed announcement")
-        deadline = time.monotonic() + ANNOUNCE_GRACE_S
         with self._req:
-            while True:
-                rejected = [
-                    rid
-                    for rid, rows in reqs
-                    if rid in self._rejected
-                    or (rid in self._pending and self._pending[rid].rows != rows)
-                ]
-                absent = [
-                    rid for rid, _ in reqs if rid not in self._pending and rid not in rejected
-                ]
-                left = deadline - time.monotonic()
-                if not absent or left <= 0:
-                    have = [rid for rid, _ in reqs if rid not in rejected and rid not in absent]
-                    return [self._pending.pop(rid) for rid in have], rejected, absent
-                self._req.wait(left)
+            rejected = [
+                rid
+                for rid, rows in reqs
+                if rid in self._rejected
+                or (rid in self._pending and self._pending[rid].rows != rows)
+            ]
+            absent = [rid for rid, _ in reqs if rid not in self._pending and rid not in rejected]
+            have = [rid for rid, _ in reqs if rid not in rejected and rid not in absent]
+            return [self._pending.pop(rid) for rid in have], rejected, absent
 
     def _execute(self, s: PartySession, q: int, batch: list[Request]) -> None:
         """Run query q on the batch's shares (zero rows pad it) and answer each client."""
@@ -843,6 +913,7 @@ class ComputeParty(PartyServer):
         if len(batch) == 1 and not rows_independent(prog):
             stats["queued_s"] = start - batch[0].arrived
             self._answer(batch[0], y, stats)
+            self._answered(s, 1)
             return
         if y.shape[0] != prog.batch:  # the row check lets no such plan batch requests
             raise PartyError(f"output shape {list(y.shape)} does not keep the batch first")
@@ -851,7 +922,17 @@ class ComputeParty(PartyServer):
             stats["queued_s"] = start - r.arrived
             self._answer(r, y[row : row + r.rows], dict(stats))
             row += r.rows
-        s.answered += len(batch)
+        self._answered(s, len(batch))
+
+    def _answered(self, s: PartySession, n: int) -> None:
+        """Count a query's answered requests; P0 tells the dealer at once (before a request
+        limit can end the session), so `--num-requests` stops the dealer too."""
+        s.answered += n
+        if self.party == 0:
+            try:
+                s.dealer.send_msg("answered", {"answered": s.answered})
+            except PartyError:
+                pass  # the session is ending: its error is reported where it is noticed
 
     def _query_failed(self, s: PartySession, batch: list[Request], e: MpccError) -> None:
         why = f"{self.label}: query failed: {e}" if s.alive else f"{self.label}: {s.ended}"
@@ -869,5 +950,10 @@ class ComputeParty(PartyServer):
             self._queue.clear()
             self._pending.clear()
         self._fail(left, f"{self.label} is shutting down")
+        with self._req:
+            outboxes = list(self._outboxes.values())
+        deadline = time.monotonic() + self.cfg.serving.timeout_s
+        for outbox in outboxes:  # what the clients are owed goes out before their links close
+            outbox.close(max(0.0, deadline - time.monotonic()))
         self._clients_done.set()
         self._janitor.join(timeout=1)
