@@ -347,6 +347,55 @@ def test_split_messages_are_checked():
         FrameParser(4000, 1 << 20).feed(head + rest[0])
 
 
+def _stream() -> tuple[bytes, list[tuple[str, dict, list[np.ndarray]]], int]:
+    """Several messages on one stream, of every shape the parser handles: one frame with a
+    known header (twice), with meta, with a header longer than the parser stages; split
+    over frames, also with a long header. Returns the bytes, the messages and the frames."""
+    long_meta = {"plan": "x" * (FrameParser.HEADER_MAX + 100)}
+    msgs = [
+        ("data", {}, [np.arange(5, dtype=np.uint64)]),
+        ("data", {}, [np.arange(5, 10, dtype=np.uint64)]),
+        ("k", {"q": 1}, [np.ones(3, np.uint8), np.arange(4.0), np.zeros((2, 0), np.float32)]),
+        ("big", long_meta, [np.arange(300, dtype=np.int64)]),
+        ("split", {}, [np.arange(3000, dtype=np.uint64), np.ones(7, np.uint8)]),
+        ("bigsplit", long_meta, [np.arange(40_000, dtype=np.uint64)]),
+        ("data", {}, [np.arange(5, dtype=np.uint64)]),
+    ]
+    raw, frames = b"", 0
+    for kind, meta, arrays in msgs:
+        limit = 5000 if kind == "split" else 40_000
+        bufs, n = encode_message(kind, meta, arrays, limit)
+        raw += b"".join(bytes(b) for b in bufs)
+        frames += n
+    return raw, msgs, frames
+
+
+def _cuts(n: int, seed: int):
+    """Cut points of n bytes, in pieces of 1 byte to a few TLS records."""
+    rng = np.random.default_rng(seed)
+    off = 0
+    while off < n:
+        step = int(rng.choice([1, 1, 2, 3, 11, 16, 500, 4099, 16384, 40_000]))
+        yield off, min(n, off + step)
+        off += step
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_frame_parser_reassembles_a_stream_however_it_is_cut(seed):
+    raw, want, frames = _stream()
+    p = FrameParser(1 << 20, 1 << 20)
+    got = [m for a, b in _cuts(len(raw), seed) for m in p.feed(raw[a:b])]
+    assert len(got) == len(want) and p.frames == frames
+    for m in got:  # each message owns its arrays: a later one wrote into none of them
+        for x in m.arrays:
+            assert x.flags.writeable
+            x += 1
+    for m, (kind, meta, arrays) in zip(got, want, strict=True):
+        assert m.kind == kind and m.meta == meta
+        for x, y in zip(m.arrays, arrays, strict=True):
+            assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y + 1)
+
+
 @pytest.fixture
 def tls_pair(tmp_path):
     """A server channel with a 64 KiB frame limit, and a client dialed to it."""
@@ -412,6 +461,23 @@ def test_tls_link_refuses_a_split_message_over_the_message_limit(tls_pair):
         a.recv_msg(3.0)
     with pytest.raises(PartyError, match="message of 5242880 bytes exceeds the limit"):
         b.recv_msg(3.0)
+
+
+def test_tls_link_reassembles_frames_cut_across_records(tls_pair):
+    """Frames cut anywhere, even a byte per TLS record, arrive whole; wire bytes add up."""
+    a, b = tls_pair
+    raw, want, frames = _stream()
+    b.limit_frames(1 << 16, 1 << 20)
+    s0, r0, f0 = a.wire.sent, b.wire.received, b.wire.frames_received
+    with a._send_lock:
+        for i, j in _cuts(len(raw), 3):
+            a._write(raw[i:j])  # one or more TLS records each
+    got = [b.recv_msg(3.0) for _ in want]
+    for m, (kind, meta, arrays) in zip(got, want, strict=True):
+        assert m.kind == kind and m.meta == meta
+        assert all(np.array_equal(x, y) for x, y in zip(m.arrays, arrays, strict=True))
+    assert b.wire.frames_received - f0 == frames
+    assert sum(m.wire_bytes for m in got) == b.wire.received - r0 == a.wire.sent - s0
 
 
 # -- a cluster whose frames are smaller than its bundles and weights ------------------------------

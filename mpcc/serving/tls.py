@@ -194,6 +194,8 @@ class TlsChannel(Channel):
         self._waiters = 0  # consumers waiting while another thread reads
         self._lease_until = 0.0  # the background reader stays parked until then
         self._parser = FrameParser(max_frame_bytes, max_message_bytes)
+        self._rbuf = bytearray(CHUNK)  # what the socket gave the reader (reader role only)
+        self._rview = memoryview(self._rbuf)
         self.send_frame_bytes = send_frame_bytes or max_frame_bytes
         self._closed: str | None = None
         self._close_lock = threading.Lock()
@@ -319,7 +321,7 @@ class TlsChannel(Channel):
         link is over; returns whether anything arrived."""
         while True:
             try:
-                data = self._sock.recv(CHUNK)
+                n = self._sock.recv_into(self._rbuf)
                 break
             except (BlockingIOError, InterruptedError):
                 if wait == 0 or not _wait(self._sock, _IN, wait):
@@ -327,24 +329,22 @@ class TlsChannel(Channel):
                 wait = 0
             except OSError as e:
                 raise _ReadFailed(f"connection error: {e}") from None
-        if not data:
+        if not n:
             raise _ReadFailed("the connection was closed")
-        self.wire.received += len(data)
-        self._process(data)
+        self.wire.received += n
+        self._process(self._rview[:n])
         return True
 
-    def _process(self, data: bytes) -> None:
+    def _process(self, data: bytes | memoryview) -> None:
         """Decrypt received bytes and deliver the messages they complete."""
         try:
-            plain, ended = self._decrypt(data)
-            if plain:
-                msgs = self._parser.feed(plain)
-                self.wire.frames_received = self._parser.frames
-                if msgs:
-                    for msg in msgs:
-                        msg.wire_bytes = self.wire.received - self._last_wire
-                        self._last_wire = self.wire.received
-                    self._deliver(msgs)
+            msgs, ended = self._decrypt(data)
+            self.wire.frames_received = self._parser.frames
+            if msgs:
+                for msg in msgs:
+                    msg.wire_bytes = self.wire.received - self._last_wire
+                    self._last_wire = self.wire.received
+                self._deliver(msgs)
         except ssl.SSLError as e:
             raise _ReadFailed(f"TLS error: {_reason(e)}") from None
         except FrameError as e:
@@ -355,24 +355,31 @@ class TlsChannel(Channel):
         if ended:
             raise _ReadFailed("the connection was closed")
 
-    def _decrypt(self, data: bytes) -> tuple[bytearray, bool]:
-        """Plaintext from received bytes, and whether the peer closed TLS (close_notify)."""
-        plain, ended = bytearray(), False
+    def _decrypt(self, data: bytes | memoryview) -> tuple[list[Message], bool]:
+        """Decrypt received bytes into the frame parser: the messages they complete, and
+        whether the peer closed TLS (close_notify). The plaintext goes where the parser
+        wants it, e.g. straight into the arrays of the message being received."""
+        msgs: list[Message] = []
+        ended = False
+        parser = self._parser
         with self._ssl_lock:
-            if data:
+            if len(data):
                 self._in.write(data)
             while True:
+                buf = parser.buffer()
                 try:
-                    chunk = self._ssl.read(CHUNK)
+                    n = self._ssl.read(CHUNK, buf)  # (fewer if buf is shorter)
                 except ssl.SSLWantReadError:
                     break
                 except ssl.SSLZeroReturnError:
                     ended = True
                     break
-                if not chunk:
+                if not n:
                     ended = True
                     break
-                plain += chunk
+                done = parser.advance(n)
+                if done:
+                    msgs += done
                 if not self._in.pending and not self._ssl.pending():
                     break  # all decrypted (saves a failing read)
             pending = self._out.pending
@@ -381,7 +388,7 @@ class TlsChannel(Channel):
                 self._write(b"")
             finally:
                 self._send_lock.release()
-        return plain, ended
+        return msgs, ended
 
     def _send_raw(self, *bufs: bytes | memoryview) -> None:
         """Encrypt and send buffers as one unit. Small buffers are coalesced into one TLS

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +37,7 @@ DTYPES = {np.dtype(t).str: np.dtype(t) for t in ("<u8", "<i8", "<f8", "<f4", "|u
 _CACHE_ENTRIES = 1024  # headers of meta-less messages, by layout (encoding) or bytes (parsing)
 _CACHE_HEADER_MAX = 1024  # longest header whose parse is cached
 _ENCODED: dict[tuple, bytes] = {}
-_PARSED: dict[bytes, tuple[str, list[tuple[np.dtype, tuple]]]] = {}
+_PARSED: dict[bytes, tuple[str, list[tuple[np.dtype, tuple]], int]] = {}  # kind, specs, size
 PART_HEADROOM = 32  # bytes kept for a continuation frame's header ({"c": i})
 MIN_PART = 1024  # a frame limit must leave at least this much room for array bytes
 
@@ -230,111 +231,249 @@ def decode_body(body: bytearray) -> Message:
 
 @dataclass
 class _Split:
-    """A split message being reassembled."""
+    """A split message being reassembled into `data`, allocated (not filled) at its head."""
 
     kind: str
     meta: dict[str, Any]
     specs: list[tuple[np.dtype, tuple]]
     total: int
     frames: int
+    data: np.ndarray
     next: int = 1
-    data: bytearray = field(default_factory=bytearray)
+    filled: int = 0  # bytes of `data` claimed by the continuation frames so far
+
+
+_NOTHING = memoryview(bytearray())
 
 
 class FrameParser:
     """Turns a byte stream into messages, enforcing the frame and message size limits.
 
     `max_frame_bytes` bounds every frame's body; `max_message_bytes` bounds the arrays of a
-    message split over several frames (by default, no larger than one frame)."""
+    message split over several frames (by default, no larger than one frame).
+
+    The stream is written into the parser: `buffer()` is where the next bytes go and
+    `advance(n)` says that n of them are there (`feed` does both for bytes at hand). Frame
+    heads, headers and what is left of a small frame's body are parsed in a staging buffer;
+    once a frame's header is parsed, the rest of its array bytes go straight to the memory
+    the message's arrays are views of (a fresh buffer per message, which the message alone
+    then holds), so a reader can decrypt into it without further copies. No buffer is
+    allocated before the length it is for has been checked against its limit."""
+
+    STAGE = 1 << 16  # the staging buffer's size
+    HEADER_MAX = 1 << 14  # a frame whose header is longer is buffered whole, then parsed
 
     def __init__(self, max_frame_bytes: int, max_message_bytes: int | None = None) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.max_message_bytes = max_frame_bytes if max_message_bytes is None else max_message_bytes
         self.frames = 0  # complete frames parsed
-        self._buf = bytearray()
-        self._need: int | None = None  # body length of the frame being read
+        self._stage = bytearray(self.STAGE)
+        self._view = memoryview(self._stage)
+        self._start = self._end = 0  # bytes not parsed yet: _stage[_start:_end]
+        self._need: int | None = None  # body length of the frame being read (head parsed)
+        self._sink = _NOTHING  # the rest of the current frame's bytes go here
+        self._then: Callable[[], Message | None] | None = None  # ... and then this
         self._split: _Split | None = None
 
+    def buffer(self) -> memoryview:
+        """Where the next bytes of the stream go (never empty); see `advance`."""
+        if len(self._sink):
+            return self._sink
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self.STAGE - self._end < self.HEADER_MAX + FRAME_HEAD.size + META_HEAD.size:
+            rest = bytes(self._view[self._start : self._end])  # at most a frame head and header
+            self._view[: len(rest)] = rest
+            self._start, self._end = 0, len(rest)
+        return self._view[self._end :]
+
+    def advance(self, n: int) -> list[Message]:
+        """The first n bytes of `buffer()` hold the next bytes of the stream: the messages
+        they complete. Raises FrameError if the stream is malformed or over a limit."""
+        if len(self._sink):
+            self._sink = self._sink[n:]
+            if len(self._sink):
+                return []
+            self._sink = _NOTHING  # (nothing is staged while a sink is open)
+            msg = self._complete()
+            return [] if msg is None else [msg]
+        self._end += n
+        return self._parse()
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
-        if not self._buf and isinstance(data, bytearray):
-            self._buf = data  # the caller hands it over: no copy
-        else:
-            self._buf += data
+        """The messages that `data`, the next bytes of the stream, complete."""
+        src = memoryview(data).cast("B")
+        out: list[Message] = []
+        while len(src):
+            buf = self.buffer()
+            k = min(len(buf), len(src))
+            buf[:k] = src[:k]
+            src = src[k:]
+            out += self.advance(k)
+        return out
+
+    def _complete(self) -> Message | None:
+        then, self._then = self._then, None
+        self.frames += 1
+        return then()
+
+    def _parse(self) -> list[Message]:
+        """Parse the staged bytes: whole frames, and the head of one that goes on."""
         out = []
+        stage, view = self._stage, self._view
         while True:
+            start, avail = self._start, self._end - self._start
             if self._need is None:
-                if len(self._buf) < FRAME_HEAD.size:
+                if avail < FRAME_HEAD.size:
                     return out
-                magic, n = FRAME_HEAD.unpack_from(self._buf)
+                magic, n = FRAME_HEAD.unpack_from(stage, start)
                 if magic != MAGIC:
                     raise FrameError("stream is not mpcc frames (bad magic)")
                 if n > self.max_frame_bytes:
                     raise FrameError(
                         f"frame of {n} bytes exceeds the limit of {self.max_frame_bytes} bytes"
                     )
+                if n < META_HEAD.size:
+                    raise FrameError("frame body too short")
                 self._need = n
-                del self._buf[: FRAME_HEAD.size]
-            if len(self._buf) < self._need:
+                start += FRAME_HEAD.size
+                avail -= FRAME_HEAD.size
+                self._start = start
+            n = self._need
+            if avail < META_HEAD.size:
                 return out
-            if len(self._buf) == self._need:
-                body, self._buf = self._buf, bytearray()
+            (hlen,) = META_HEAD.unpack_from(stage, start)
+            end = META_HEAD.size + hlen
+            if end > n:
+                raise FrameError("frame header longer than the frame")
+            if avail >= n and hlen <= _CACHE_HEADER_MAX and self._split is None:
+                hit = _PARSED.get(bytes(view[start + META_HEAD.size : start + end]))
+                if hit is not None and hit[2] == n - end:  # a small round's message: at once
+                    data = stage[start + end : start + n]  # the message's own copy
+                    self._start = start + n
+                    self._need = None
+                    self.frames += 1
+                    out.append(Message(hit[0], {}, _arrays_of(data, hit[1])))
+                    continue
+            if hlen > self.HEADER_MAX:  # rare: buffer the body whole, parse it at its end
+                body = bytearray(n)
+                dest, then = memoryview(body), lambda body=body: self._whole(body)
             else:
-                body = self._buf[: self._need]
-                del self._buf[: self._need]
+                if avail < end:
+                    return out
+                dest, then = self._begin(view[start + META_HEAD.size : start + end], n - end)
+                start += end
+                avail -= end
+            take = min(avail, len(dest))
+            dest[:take] = view[start : start + take]
+            self._start = start + take
             self._need = None
-            self.frames += 1
-            msg = self._frame(body)
+            self._then = then
+            if take < len(dest):
+                self._sink = dest[take:]
+                return out
+            msg = self._complete()
             if msg is not None:
                 out.append(msg)
 
-    def _frame(self, body: bytearray) -> Message | None:
-        if self._split is None and len(body) >= META_HEAD.size:
-            (n,) = META_HEAD.unpack_from(body)
-            if n <= _CACHE_HEADER_MAX and META_HEAD.size + n <= len(body):  # seen again and again
-                key = bytes(body[META_HEAD.size : META_HEAD.size + n])
-                hit = _PARSED.get(key)
-                if hit is not None:
-                    return Message(hit[0], {}, _arrays(body, META_HEAD.size + n, hit[1]))
-        head, end = _parse_header(body)
+    def _whole(self, body: bytearray) -> Message | None:
+        """The end of a frame whose header was too long to stage."""
+        head_end = META_HEAD.size + META_HEAD.unpack_from(body)[0]
+        dest, then = self._begin(memoryview(body)[META_HEAD.size : head_end], len(body) - head_end)
+        dest[:] = memoryview(body)[head_end:]
+        return then()
+
+    def _begin(
+        self, header: memoryview, size: int
+    ) -> tuple[memoryview, Callable[[], Message | None]]:
+        """Parse a frame's header: where the `size` bytes after it go, and what to do when
+        they are there. Raises FrameError if the header is malformed or does not fit."""
         s = self._split
+        key = None
+        if s is None and len(header) <= _CACHE_HEADER_MAX:  # the same headers again and again
+            key = bytes(header)
+            hit = _PARSED.get(key)
+            if hit is not None:
+                return self._single(hit[0], {}, hit[1], size, hit[2])
+        try:
+            head = json.loads(bytes(header) if key is None else key)
+        except (ValueError, UnicodeDecodeError):
+            raise FrameError("frame header is not valid JSON of the expected form") from None
+        if not isinstance(head, dict):
+            raise FrameError("frame header is not valid JSON of the expected form")
         if "c" in head:
             if s is None:
                 raise FrameError("continuation frame without a message head")
             if set(head) != {"c"} or head["c"] != s.next:
                 raise FrameError("continuation frame out of order")
-            s.data += memoryview(body)[end:]
-            s.next += 1
-            if len(s.data) > s.total:
+            if s.filled + size > s.total:
                 raise FrameError("split message is longer than its head declared")
-            if s.next < s.frames:
-                return None
-            if len(s.data) != s.total:
-                raise FrameError("split message is shorter than its head declared")
-            self._split = None
-            return Message(s.kind, s.meta, _arrays(s.data, 0, s.specs))
+            dest = memoryview(s.data)[s.filled : s.filled + size]
+            s.filled += size
+            return dest, self._continued
         if s is not None:
             raise FrameError("a message began before the previous split message ended")
+        kind, meta, specs = _message_head(head)
         if "n" not in head:
-            kind, meta, specs = _message_head(head)
-            msg = Message(kind, meta, _arrays(body, end, specs))
-            if (
-                not meta
-                and set(head) == {"k", "m", "a"}
-                and end - META_HEAD.size <= _CACHE_HEADER_MAX
-            ):
+            if key is not None and not meta and set(head) == {"k", "m", "a"}:
                 if len(_PARSED) >= _CACHE_ENTRIES:
                     _PARSED.clear()
-                _PARSED[bytes(body[META_HEAD.size : end])] = (kind, specs)
-            return msg
-        kind, meta, specs = _message_head(head)
+                _PARSED[key] = (kind, specs, _data_size(specs))
+            return self._single(kind, meta, specs, size)
         frames, total = head["n"], _data_size(specs)
         if type(frames) is not int or not 2 <= frames <= total + 1:
             raise FrameError("split message declares a bad number of frames")
-        if end != len(body):
+        if size:
             raise FrameError("head of a split message carries array bytes")
         if total > self.max_message_bytes:
             raise FrameError(
                 f"message of {total} bytes exceeds the limit of {self.max_message_bytes} bytes"
             )
-        self._split = _Split(kind, meta, specs, total, frames)
-        return None
+        self._split = _Split(kind, meta, specs, total, frames, np.empty(total, np.uint8))
+        return _NOTHING, _no_message
+
+    def _single(
+        self,
+        kind: str,
+        meta: dict[str, Any],
+        specs: list[tuple[np.dtype, tuple]],
+        size: int,
+        total: int | None = None,
+    ) -> tuple[memoryview, Callable[[], Message]]:
+        """A one-frame message whose arrays (`total` bytes) are the `size` bytes after its
+        header."""
+        if total is None:
+            total = _data_size(specs)
+        if total > size:
+            raise FrameError("frame's arrays are longer than the frame")
+        if total < size:
+            raise FrameError("frame has bytes beyond its arrays")
+        data = np.empty(size, np.uint8)
+        return memoryview(data), lambda: Message(kind, meta, _arrays_of(data, specs))
+
+    def _continued(self) -> Message | None:
+        s = self._split
+        assert s is not None
+        s.next += 1
+        if s.next < s.frames:
+            return None
+        if s.filled != s.total:
+            raise FrameError("split message is shorter than its head declared")
+        self._split = None
+        return Message(s.kind, s.meta, _arrays_of(s.data, s.specs))
+
+
+def _no_message() -> None:
+    return None
+
+
+def _arrays_of(
+    data: np.ndarray | bytearray, specs: list[tuple[np.dtype, tuple]]
+) -> list[np.ndarray]:
+    """The arrays whose bytes fill `data` exactly (checked before), as views of it."""
+    arrays, off = [], 0
+    for dtype, shape in specs:
+        count = math.prod(shape)
+        arrays.append(np.frombuffer(data, dtype, count, off).reshape(shape))
+        off += count * dtype.itemsize
+    return arrays
