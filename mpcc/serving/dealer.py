@@ -131,34 +131,48 @@ class DealerParty(PartyServer):
         """Deal each query's material as soon as P1 has room for it (its credit)."""
         p0, p1 = self._links["p0"], self._links["p1"]
         upto, q, base = -1, 0, self.answered
-        while not self.stop_event.is_set():
-            if self.deploy_generation != generation:
-                raise PartyError("a new model was deployed")
-            reports = []
-            msg0 = p0.poll(0)
-            if msg0 is not None:  # P0 only ever says how many requests it answered
-                if msg0.kind != "answered":
-                    raise PartyError(f"P0 sent {msg0.kind!r} on the dealer link")
-                reports.append(("P0", int(msg0.meta.get("answered", 0))))
-            msg = p1.poll(0 if q <= upto else 0.2)
-            if msg is not None:
-                if msg.kind != "credit":
-                    raise PartyError(f"P1 sent {msg.kind!r} on the dealer link")
-                upto = max(upto, int(msg.meta.get("upto", -1)))
-                reports.append(("P1", int(msg.meta.get("answered", 0))))
-            for who, n in reports:  # requests answered in this session
-                self.answered = max(self.answered, base + n)
-                if self.num_requests is not None and self.answered >= self.num_requests:
-                    self.stop(f"{who} answered {self.answered} requests")
+        try:
+            while not self.stop_event.is_set():
+                if self.deploy_generation != generation:
+                    raise PartyError("a new model was deployed")
+                msg0 = p0.poll(0)
+                if msg0 is not None and self._counted("P0", msg0, "answered", base):
                     return
-            if q <= upto:
-                t0 = time.perf_counter()
-                bundle = dealer.deal(q)
-                deal_s = time.perf_counter() - t0
-                p1.send_msg("bundle", {"deal_s": deal_s}, bundle.to_arrays())
-                p1.traffic.bytes_sent += bundle.nbytes
-                p1.traffic.messages_sent += 1
-                q += 1
+                msg = p1.poll(0 if q <= upto else 0.2)
+                if msg is not None:
+                    if self._counted("P1", msg, "credit", base):
+                        return
+                    upto = max(upto, int(msg.meta.get("upto", -1)))
+                if q <= upto:
+                    t0 = time.perf_counter()
+                    bundle = dealer.deal(q)
+                    deal_s = time.perf_counter() - t0
+                    p1.send_msg("bundle", {"deal_s": deal_s}, bundle.to_arrays())
+                    p1.traffic.bytes_sent += bundle.nbytes
+                    p1.traffic.messages_sent += 1
+                    q += 1
+        except PartyError:
+            # A party that reached its request limit ends the session at once: its last
+            # count may still wait, unread, on a link that is now closing.
+            for who, ch, kind in (("P0", p0, "answered"), ("P1", p1, "credit")):
+                try:
+                    while (last := ch.poll(0)) is not None:
+                        if self._counted(who, last, kind, base):
+                            return
+                except PartyError:
+                    pass
+            raise
+
+    def _counted(self, who: str, msg: Message, kind: str, base: int) -> bool:
+        """Take a party's count of requests answered in this session (P0: `answered`, P1:
+        with its `credit`); True once `--num-requests` is reached (the dealer stops)."""
+        if msg.kind != kind:
+            raise PartyError(f"{who} sent {msg.kind!r} on the dealer link")
+        self.answered = max(self.answered, base + int(msg.meta.get("answered", 0)))
+        if self.num_requests is not None and self.answered >= self.num_requests:
+            self.stop(f"{who} answered {self.answered} requests")
+            return True
+        return False
 
 
 def _await_all(links: dict[str, TlsChannel], kind: str, timeout: float) -> dict[str, Message]:

@@ -55,8 +55,8 @@ MAX_QUEUE = 1024
 MAX_PER_LINK = 32
 # P0 offers a request P1 did not have again after RETRY_S * 4^k (k-th time), at most
 # RETRY_MAX_S apart, until timeout_s after it arrived. P1 never waits for a request, and
-# P0 offers requests P1 is not known to hold only when none it is known to hold is waiting:
-# a client that sends a share to P0 alone slows nobody else down.
+# P0 fills a batch with requests P1 is known to hold first: a client that sends a share to
+# P0 alone slows nobody else down.
 RETRY_S = 0.002
 RETRY_MAX_S = 0.5
 MAX_ARRIVED = 1024  # request ids P1 reports per answer to an announcement
@@ -718,12 +718,13 @@ class ComputeParty(PartyServer):
             return self._dequeue(batch)
 
     def _ready_requests(self) -> list[Request]:
-        """P0's queued requests to offer now, in order (with `_req` held): those P1 is known
-        to hold, or if there are none, those not waiting out a retry pause."""
+        """P0's queued requests to offer now (with `_req` held): first those P1 is known to
+        hold, then the others not waiting out a retry pause. A batch takes them in this
+        order, so one that P1 may lack only fills room no known request needs."""
         now = time.monotonic()
-        ready = [r for r in self._queue if r.not_before <= now or r.rid in self._p1_has]
-        known = [r for r in ready if r.rid in self._p1_has]
-        return known or ready
+        known = [r for r in self._queue if r.rid in self._p1_has]
+        rest = [r for r in self._queue if r.rid not in self._p1_has and r.not_before <= now]
+        return known + rest
 
     def _next_ready_in(self) -> float:
         """Seconds until a deferred request may be offered again (at most 0.2)."""
@@ -944,7 +945,7 @@ class ComputeParty(PartyServer):
     # -- stopping ---------------------------------------------------------------------------
     def shutdown(self) -> None:
         self._idle.wait(self.cfg.serving.timeout_s)  # let a query in flight finish
-        self._end_session("the party is shutting down")
+        self._end_session(f"{self.label} is shutting down")
         with self._req:
             left = list(self._queue) + list(self._pending.values())
             self._queue.clear()
