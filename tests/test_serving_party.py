@@ -64,6 +64,12 @@ class Servers:
         self.parties[role].start()
         return self.parties[role]
 
+    def deploy(self, prog, weights):
+        """Deploy and wait until P0 and P1 serve it."""
+        deploy_program(prog, weights, self.cfg)
+        with Client(self.cfg) as c:
+            c.wait_ready(30)
+
     def stop(self, role: str):
         self.parties.pop(role).close()
 
@@ -185,9 +191,7 @@ def _tamper(path) -> None:
 def test_tampered_share_file_is_caught_at_restart(servers, mlp, ort_logits):
     prog, weights = mlp
     X, ref = ort_logits
-    deploy_program(prog, weights, servers.cfg)
-    with Client(servers.cfg) as c:
-        c.wait_ready(30)
+    servers.deploy(prog, weights)
     servers.stop("p1")
     _tamper(servers.cfg.role_state_dir("p1") / STATE_FILE)
     p1 = servers.start("p1")
@@ -353,9 +357,7 @@ def test_shutdown_fails_waiting_requests_with_a_clear_message(servers, mlp):
 def test_no_dealer_gives_a_clear_error_in_time(servers, mlp, ort_logits):
     prog, weights = mlp
     X, ref = ort_logits
-    deploy_program(prog, weights, servers.cfg)
-    with Client(servers.cfg) as c:
-        c.wait_ready(30)
+    servers.deploy(prog, weights)
     servers.stop("dealer")  # its links close: P0 and P1 end the session
     with Client(servers.cfg, timeout=10) as c:
         # A request sent at once may still meet the ending session (P1 can notice the
