@@ -423,3 +423,24 @@ def test_stock_is_held_to_its_memory_bound(tmp_path, mlp, ort_logits):
         servers.close()
     with pytest.raises(MpccError, match="stock must be from 1 to 1000, not 0"):
         init_local(tmp_path / "bad", stock=0)
+
+
+def test_a_request_p1_dropped_is_not_offered_in_a_loop(servers, mlp, ort_logits):
+    """P1 reported a request, then lost it with its client's link; the same id then reaches
+    P0. P0 must pause between offers and fail it in time, and the session must live on."""
+    prog, weights = mlp
+    servers.deploy(prog, weights)
+    X, ref = ort_logits
+    rid = secrets.token_hex(16)
+    share = np.zeros((4, 1, 28, 28), np.uint64)
+    with Client(servers.cfg) as gone:
+        gone._connect()["p1"].send_msg("request", {"rid": rid, "rows": 4}, [share])
+        with Client(servers.cfg) as good:  # a query, so that P1 reports the request to P0
+            check(good.predict(X[:4]), ref[:4])
+    with Client(servers.cfg) as c:
+        sid = c.wait_ready(10)
+        c._connect()["p0"].send_msg("request", {"rid": rid, "rows": 4}, [share])
+        _, msg = c._next(10)
+        assert msg.kind == "failed" and "never received" in msg.meta["msg"]
+        check(c.predict(X[4:8]), ref[4:8])
+        assert c.wait_ready(10) == sid  # the same session: nothing crashed

@@ -260,6 +260,7 @@ class ComputeParty(PartyServer):
         self._rejected: OrderedDict[str, float] = OrderedDict()  # P1: rids it refused
         self._arrived: list[str] = []  # P1: rids received since its last answer to P0
         self._p1_has: set[str] = set()  # P0: rids P1 said it received
+        self._inflight: set[str] = set()  # P0: rids of the batch being announced or run
         self._peer_links: queue.Queue[tuple[Any, TlsChannel]] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
@@ -381,7 +382,11 @@ class ComputeParty(PartyServer):
             held = [*self._queue, *self._pending.values()]
             if self.stop_event.is_set():
                 why = "the party is shutting down"
-            elif rid in self._pending or any(q.rid == rid for q in self._queue):
+            elif (
+                rid in self._pending
+                or rid in self._inflight
+                or any(q.rid == rid for q in self._queue)
+            ):
                 why = "duplicate request id"
             elif (
                 len(held) >= MAX_QUEUE
@@ -467,6 +472,8 @@ class ComputeParty(PartyServer):
             stale = list(self._queue) + list(self._pending.values())
             self._queue.clear()
             self._pending.clear()
+            self._p1_has.clear()
+            self._arrived.clear()
         self._fail(stale, f"{self.label}: {why}; please retry")
 
     def _janitor_loop(self) -> None:
@@ -700,7 +707,7 @@ class ComputeParty(PartyServer):
             if not ready:
                 self._req.wait(self._next_ready_in())
                 ready = self._ready_requests()
-            if not ready or not s.alive:
+            if not ready or not s.alive or self.stop_event.is_set():
                 return []
             if not rows_independent(s.dep.prog):
                 # Rows of one query influence each other: never let two clients share one.
@@ -732,12 +739,18 @@ class ComputeParty(PartyServer):
         return max(0.001, min([0.2, *(t - time.monotonic() for t in later)]))
 
     def _dequeue(self, reqs: list[Request]) -> list[Request]:
+        """Take these requests out of the queue (with `_req` held): they are in flight, and
+        `_idle` says so before the lock is let go, so shutdown waits for them."""
         taken = {id(r) for r in reqs}
         self._queue = deque(r for r in self._queue if id(r) not in taken)
+        self._inflight = {r.rid for r in reqs}
+        if reqs:
+            self._idle.clear()
         return reqs
 
     def _requeue(self, reqs: list[Request], front: bool = True) -> None:
         with self._req:
+            reqs = [r for r in reqs if r.ch in self._outboxes]  # not those of departed clients
             if front:
                 self._queue.extendleft(reversed(reqs))
             else:
@@ -753,7 +766,7 @@ class ComputeParty(PartyServer):
         keep = [r for r in reqs if now - r.arrived < limit]
         for r in keep:
             r.retries += 1
-            r.not_before = now + min(RETRY_MAX_S, RETRY_S * 4**r.retries)
+            r.not_before = now + min(RETRY_MAX_S, RETRY_S * 4 ** min(r.retries, 8))
         self._requeue(keep, front=False)
 
     def _lead(self, s: PartySession) -> None:
@@ -763,13 +776,13 @@ class ComputeParty(PartyServer):
             batch = self._take_batch(s)
             if not batch:
                 continue
-            self._idle.clear()  # before the stop check: shutdown waits for this batch
-            if self.stop_event.is_set():
-                self._fail(batch, f"{self.label} is shutting down")
-                self._idle.set()
-                return
-            if not s.alive:
-                self._requeue(batch)
+            if self.stop_event.is_set() or not s.alive:
+                if self.stop_event.is_set():
+                    self._fail(batch, f"{self.label} is shutting down")
+                else:
+                    self._requeue(batch)
+                with self._req:
+                    self._inflight = set()
                 self._idle.set()
                 return
             try:
@@ -780,9 +793,11 @@ class ComputeParty(PartyServer):
                     raise PartyError(f"P1 answered the announcement with {reply.kind!r}")
                 have = set(_rids(reply.meta.get("have")))
                 rejected = set(_rids(reply.meta.get("rejected")))
+                arrived = set(_rids(reply.meta.get("arrived", []))[:MAX_ARRIVED])
+                gone = set(_rids(reply.meta.get("absent", []))) - arrived
                 with self._req:
-                    self._p1_has.update(_rids(reply.meta.get("arrived", []))[:MAX_ARRIVED])
-                    self._p1_has.difference_update(have | rejected)
+                    self._p1_has.update(arrived)
+                    self._p1_has.difference_update(have | rejected | gone)
                     if len(self._p1_has) > 4 * MAX_QUEUE:  # ids P0 never got: forget them
                         self._p1_has &= {r.rid for r in self._queue}
                 self._fail(
@@ -803,6 +818,8 @@ class ComputeParty(PartyServer):
                 self._query_failed(s, batch, PartyError(f"internal error ({type(e).__name__})"))
                 return
             finally:
+                with self._req:
+                    self._inflight = set()
                 self._idle.set()
 
     def _follow(self, s: PartySession) -> None:
@@ -868,6 +885,8 @@ class ComputeParty(PartyServer):
             or sum(x[1] for x in reqs) > cap
         ):
             raise PartyError("P0 sent a malformed announcement")
+        if len({rid for rid, _ in reqs}) != len(reqs):
+            raise PartyError("P0 announced a request twice")
         with self._req:
             rejected = [
                 rid
@@ -875,6 +894,11 @@ class ComputeParty(PartyServer):
                 if rid in self._rejected
                 or (rid in self._pending and self._pending[rid].rows != rows)
             ]
+            for rid in rejected:  # a request P0 sees otherwise: refused for good
+                if rid in self._pending:
+                    self._rejected[rid] = time.monotonic()
+                    why = f"{self.label}: P0 holds another request under this id"
+                    self._fail([self._pending.pop(rid)], why)
             absent = [rid for rid, _ in reqs if rid not in self._pending and rid not in rejected]
             have = [rid for rid, _ in reqs if rid not in rejected and rid not in absent]
             return [self._pending.pop(rid) for rid in have], rejected, absent
