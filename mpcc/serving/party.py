@@ -458,13 +458,15 @@ class ComputeParty(PartyServer):
         for r in reqs:
             self._send_failed(r.ch, r.rid, why)
 
-    def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any]) -> None:
+    def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any]) -> int:
+        """Hand a result to its client's outbox: 1 if it was, 0 if the client left."""
         if not self._post(r.ch, "result", {"rid": r.rid, "stats": stats}, [y]):
             self.log.info("could not answer request %s: its client left", r.rid[:8])
-            return
+            return 0
         self.answered += 1
         if self.num_requests is not None and self.answered >= self.num_requests:
             self.stop(f"answered {self.answered} requests")
+        return 1
 
     def drop_requests(self, why: str) -> None:
         """Fail every waiting request: its twin at the other party may be gone with the session."""
@@ -937,17 +939,16 @@ class ComputeParty(PartyServer):
         }
         if len(batch) == 1 and not rows_independent(prog):
             stats["queued_s"] = start - batch[0].arrived
-            self._answer(batch[0], y, stats)
-            self._answered(s, 1)
+            self._answered(s, self._answer(batch[0], y, stats))
             return
         if y.shape[0] != prog.batch:  # the row check lets no such plan batch requests
             raise PartyError(f"output shape {list(y.shape)} does not keep the batch first")
-        row = 0
+        row, answered = 0, 0
         for r in batch:
             stats["queued_s"] = start - r.arrived
-            self._answer(r, y[row : row + r.rows], dict(stats))
+            answered += self._answer(r, y[row : row + r.rows], dict(stats))
             row += r.rows
-        self._answered(s, len(batch))
+        self._answered(s, answered)
 
     def _answered(self, s: PartySession, n: int) -> None:
         """Count a query's answered requests; P0 tells the dealer at once (before a request
