@@ -211,7 +211,6 @@ class PartySession:
     def consumed(self, q: int) -> None:
         with self.cond:
             self.next_q = q + 1
-            self.online = False
             self.cond.notify_all()
 
     def online_over(self) -> None:
@@ -618,7 +617,7 @@ class ComputeParty(PartyServer):
             s.ex.open_weights()
             dealer.send_msg("ready", {"sid": sid})
             if self.party == 1:
-                dealer.send_msg("credit", {"upto": s.stock() - 1, "consumed": 0})
+                dealer.send_msg("credit", {"upto": s.stock() - 1, "answered": 0})
         except BaseException:
             peer.close("start-up failed")
             raise
@@ -853,14 +852,8 @@ class ComputeParty(PartyServer):
                 s.peer.send_msg("go", reply)
                 self._execute(s, q, batch)
                 batch = []  # answered
-                s.dealer.send_msg(
-                    "credit",
-                    {
-                        "upto": s.next_q - 1 + s.stock(),
-                        "consumed": s.next_q,
-                        "answered": s.answered,
-                    },
-                )
+                credit = {"upto": s.next_q - 1 + s.stock(), "answered": s.answered}
+                s.dealer.send_msg("credit", credit)
             except MpccError as e:
                 self._query_failed(s, batch, e)
                 return
