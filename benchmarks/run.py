@@ -95,29 +95,31 @@ def kernel_rates(onnx: Path, seconds: float) -> list[dict[str, Any]]:
     sys.path.insert(0, str(REPO / "benchmarks"))
     from kernels import _rate  # benchmarks/kernels.py
 
-    from mpcc.compiler.costmodel import LINEAR_OPS, linear_macs
+    from mpcc.compiler.ops import Site
+    from mpcc.compiler.ops.linear import macs as linear_macs
     from mpcc.compiler.pipeline import compile_onnx
-    from mpcc.runtime import localops
+    from mpcc.runtime.rules import RULES
 
     rng = np.random.default_rng(0)  # kernel operands: timing only, nothing secret
     rows = []
     for batch in BATCHES:
         prog, _ = compile_onnx(onnx, (batch, 1, 28, 28))
         for index, ins in enumerate(prog.instrs):
-            if ins.op not in LINEAR_OPS:
+            bilinear = RULES[ins.op].bilinear
+            if bilinear is None:
                 continue
             x_shape = prog.value(ins.args[0]).shape
             w_shape = prog.weights[ins.weights[0]].shape
             x = rng.integers(0, 2**64, size=x_shape, dtype=np.uint64)
             w = rng.integers(0, 2**64, size=w_shape, dtype=np.uint64)
-            fn = localops.bilinear(prog, ins)
-            macs = linear_macs(prog, ins)
+            fn = bilinear(prog, ins, False)
+            macs = linear_macs(Site(prog, ins))
             gmacs, secs = _rate(lambda fn=fn, x=x, w=w: fn(x, w), macs, seconds)
             rows.append(
                 {
                     "batch": batch,
                     "index": index,
-                    "op": ins.op,
+                    "op": ins.op.name,
                     "x": list(x_shape),
                     "w": list(w_shape),
                     "macs": macs,

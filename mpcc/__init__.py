@@ -1,7 +1,8 @@
 """mpcc: compile ONNX models to secure three-party computation plans and run them.
 
 import mpcc
-with mpcc.LocalCluster("lenet.mpcc") as cluster:
+plan = mpcc.compile(module, example_input=x)     # or mpcc.load("lenet.mpcc")
+with mpcc.LocalCluster(plan) as cluster:
     logits = cluster.predict(x)
 """
 
@@ -13,9 +14,12 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "LocalCluster": ("mpcc.runtime.cluster", "LocalCluster"),
+    "Plan": ("mpcc.compiler.plan", "Plan"),
     "compile": ("mpcc.api", "compile"),
     "compile_onnx": ("mpcc.compiler.pipeline", "compile_onnx"),
     "export_onnx": ("mpcc.api", "export_onnx"),
+    "load": ("mpcc.api", "load"),
+    "serve_locally": ("mpcc.serving.local", "serve_locally"),
 }
 
 

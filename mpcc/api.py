@@ -1,4 +1,4 @@
-"""One entry point for every model source: ``mpcc.compile(model, ...)`` -> (Program, weights).
+"""One entry point for every model source: ``mpcc.compile(model, ...)`` -> a :class:`Plan`.
 
 ``model`` may be
 
@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from mpcc.compiler.ir import Program
 from mpcc.compiler.pipeline import DEFAULT_FRAC_BITS, compile_onnx
+from mpcc.compiler.plan import Plan
 from mpcc.errors import ModelError
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["compile", "export_onnx", "kind_of"]
+__all__ = ["compile", "export_onnx", "kind_of", "load"]
 
 ShapeSpec = tuple[int, ...] | list[int] | str | Mapping[str | None, tuple[int, ...]]
 
@@ -110,8 +110,9 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
     public_weights: bool = False,
     name: str | None = None,
     dynamo: bool | None = None,
-) -> tuple[Program, dict[str, np.ndarray]]:
-    """Compile a PyTorch, Keras or ONNX model to a secure Program and its (owner-side) weights.
+) -> Plan:
+    """Compile a PyTorch, Keras or ONNX model to a secure Plan: the Program and its
+    (owner-side) weights (``prog, weights = plan`` unpacks it).
 
     ``example_input`` (a tensor or array) or ``input_shape`` (``(1, 1, 28, 28)``, ``"1x1x28x28"``
     or, for ONNX, ``{"input": (1, 1, 28, 28)}``) fixes the shapes; the batch of the plan is
@@ -136,7 +137,7 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
 
         model = keras_frontend.load(model)  # once, not again if the export is retried
 
-    def build(use_dynamo: bool) -> tuple[Program, dict[str, np.ndarray]]:
+    def build(use_dynamo: bool) -> Plan:
         proto = export_onnx(model, example_input, input_shape, weights=weights, dynamo=use_dynamo)
         return compile_onnx(proto, None, **opts)  # the exported graph's shapes are fixed
 
@@ -148,17 +149,23 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
         # The TorchScript exporter spells some layers differently (e.g. AdaptiveMaxPool2d as
         # MaxPool, not ReduceMax): retry with it before giving up.
         try:
-            prog, params = build(False)
+            plan = build(False)
         except ModelError as second:
             if str(second) == str(first):  # not the exporter's doing (e.g. a bad weights file)
                 raise first from None
             raise ModelError(
                 f"{first}\n(with the TorchScript exporter: {_brief(second)})"
             ) from second
-        prog.notes.append(
+        plan.program.notes.append(
             f"exported with the TorchScript exporter; the dynamo graph failed: {_brief(first)}"
         )
-        return prog, params
+        return plan
+
+
+def load(path: str | Path, with_weights: bool = True) -> Plan:
+    """Read a plan file (verified: its hash and its IR); ``with_weights=False`` reads only
+    the public part."""
+    return Plan.load(path, with_weights)
 
 
 # ---- helpers -----------------------------------------------------------------------------

@@ -439,7 +439,7 @@ def layer_rows(
         t = [float(m[i, 0]) for m in med]
         row = {
             "index": i,
-            "op": ins.op,
+            "op": ins.op.name,
             "shape": list(prog.value(ins.out).shape),
             "time_s": t,  # [P0, P1], median over the timed queries
             "wait_s": [float(m[i, 3]) for m in med],

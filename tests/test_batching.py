@@ -42,7 +42,7 @@ def _rowwise_model():
     "nodes, inits, why",
     [
         ([node("Transpose", ["x"], ["y"], perm=[1, 0])], {}, "batch axis"),
-        ([node("Reshape", ["x", "s"], ["y"])], {"s": np.array([1, 2 * B], np.int64)}, "batch"),
+        ([node("Reshape", ["x", "s"], ["y"])], {"s": np.array([1, 4 * B], np.int64)}, "batch"),
         ([node("Mul", ["x", "w"], ["y"])], {"w": rand(B, 4, seed=3)}, "differs per row"),
         ([node("Concat", ["x", "x"], ["y"], axis=0)], {}, "batch axis"),
         (

@@ -100,7 +100,7 @@ def test_tiny_model_all_options(tiny, capsys) -> None:
         assert r["plaintext_s"]["threads"] == 1 and r["ratio"] > 0
         # Per instruction: every row's measured traffic is the cost model's, and they add up.
         rows = r["layers"]["instrs"]
-        assert [row["op"] for row in rows] == [i.op for i in prog.instrs]
+        assert [row["op"] for row in rows] == [i.op.name for i in prog.instrs]
         for row, cost in zip(rows, estimate(prog).per_instr, strict=True):
             assert row["sent"] == [cost.sent, cost.sent] and row["rounds"] == cost.rounds
             assert row["predicted"] == cost.asdict()

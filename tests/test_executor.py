@@ -3,10 +3,13 @@ the PRG's keystream."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from mpcc.compiler import costmodel
+from mpcc.compiler.calls import Relu
 from mpcc.compiler.pipeline import compile_onnx
 from mpcc.errors import MaterialError
 from mpcc.runtime import dealer, executor, kernels
@@ -31,16 +34,18 @@ def _mlp():
 
 def test_relu_material_with_another_shift_is_refused(monkeypatch) -> None:
     prog, weights = _mlp()
-    assert any(i.op == "relu" and i.attrs["shift"] == 16 for i in prog.instrs)
+    assert any(i.op.name == "relu" and i.attrs["shift"] == 16 for i in prog.instrs)
 
     def wrong_shift(prog, ins):
-        calls = costmodel.protocol_calls(prog, ins)
-        return [(p, {**a, "shift": a["shift"] - 1}) if p == "relu" else (p, a) for p, a in calls]
+        return [
+            dataclasses.replace(c, shift=c.shift - 1) if isinstance(c, Relu) else c
+            for c in costmodel.calls(prog, ins)
+        ]
 
     # The dealer and both parties agree on material truncating 15 bits; the plan asks for 16.
-    monkeypatch.setattr(executor, "protocol_calls", wrong_shift)
-    monkeypatch.setattr(dealer, "protocol_calls", wrong_shift)
-    with LocalCluster(prog, weights) as cluster, pytest.raises(MaterialError, match="16 bits"):
+    monkeypatch.setattr(executor, "calls", wrong_shift)
+    monkeypatch.setattr(dealer, "calls", wrong_shift)
+    with LocalCluster(prog, weights) as cluster, pytest.raises(MaterialError, match="shift=16"):
         cluster.predict(rand(17, 12, seed=3))
 
 

@@ -180,7 +180,7 @@ def test_nhwc_input_is_kept_and_layout_changes_are_local() -> None:
     assert dims == list(S)
     from mpcc.compiler.costmodel import instr_cost
 
-    transposes = [i for i in prog.instrs if i.op == "transpose"]
+    transposes = [i for i in prog.instrs if i.op.name == "transpose"]
     assert transposes and all(instr_cost(prog, i).rounds == 0 for i in transposes)
 
 

@@ -51,11 +51,16 @@ class Session:
         self.b_shares = [linear.weight_mask(w.shape, p) for p in wprg]
         dprg = [Prg.derive(s, "sess", "weights", op) for s in seeds]
         self.b = linear.dealer_weight_mask(w.shape, *dprg)
-        f0, f1, chans = run_parties(
-            lambda ch, p: linear.open_weights(ch, w_shares[p], self.b_shares[p])
-        )
+
+        def open_(ch, p):
+            masks = {"w": Prg.derive(seeds[p], "sess", "weights", op)}
+            return linear.open_weights(ch, p, {"w": w_shares[p]}, masks)["w"]
+
+        (t0, f0), (t1, f1), chans = run_parties(open_)
         assert np.array_equal(f0, f1)
+        assert np.array_equal(t0, self.b_shares[0] + f0) and np.array_equal(t1, self.b_shares[1])
         self.f = f0
+        self.terms = (t0, t1)
         self.setup_traffic = [c.traffic.snapshot() for c in chans]
         self.z_shape = np.asarray(bilinear(np.zeros(x_shape, np.uint64), w)).shape
         self.query = 0
@@ -78,8 +83,7 @@ class Session:
         def party(ch, p):
             if log is not None:
                 record(ch, log)
-            term = linear.weight_term(p, self.b_shares[p], self.f)
-            return linear.run(ch, p, mats[p], xs[p], term, self.bilinear)
+            return linear.run(ch, p, mats[p], xs[p], self.terms[p], self.bilinear)
 
         z0, z1, chans = run_parties(party)
         return z0 + z1, corr, [c.traffic for c in chans]
@@ -162,6 +166,36 @@ def test_material_is_consistent():
     assert np.array_equal(m0.pre + m1.pre, kernels.dense(m0.a + m1.a, w))
 
 
+def test_weights_open_together_in_bounded_rounds(monkeypatch):
+    # 23 words in rounds of 7: several weights share a round, one spans rounds; F overwrites
+    # the shares in place, and only the setup bytes of the cost model cross the link.
+    monkeypatch.setattr(linear, "OPEN_WORDS", 7)
+    rng = np.random.default_rng(9)
+    ws = {"a": ring(rng, 3, 5), "b": ring(rng, 4), "c": np.asfortranarray(ring(rng, 2, 2))}
+    shares = [dict(), dict()]
+    for n, w in ws.items():
+        shares[0][n], shares[1][n] = share(w, Prg.derive(SEED0, "share", n))
+    b = {n: linear.dealer_weight_mask(w.shape, *prgs(n)) for n, w in ws.items()}
+
+    def open_(ch, p):
+        masks = {n: prgs(n)[p] for n in ws}
+        return linear.open_weights(ch, p, shares[p], masks, in_place=True)
+
+    r0, r1, chans = run_parties(open_)
+    for n, w in ws.items():
+        (t0, f0), (t1, f1) = r0[n], r1[n]
+        assert np.array_equal(f0, w - b[n]) and np.array_equal(f1, w - b[n])
+        assert np.array_equal(t0 + t1, w)  # [B]_0 + F + [B]_1 = W
+    assert shares[0]["a"] is r0["a"][1]  # in place: the share became F
+    for ch in chans:
+        assert ch.traffic.rounds == math.ceil(23 / 7)
+        assert ch.traffic.bytes_sent == sum(costs.weight_opening(w.size).setup for w in ws.values())
+
+
+def prgs(name: str) -> tuple[Prg, Prg]:
+    return Prg.derive(SEED0, "mask", name), Prg.derive(SEED1, "mask", name)
+
+
 def test_public_weights_is_local():
     rng = np.random.default_rng(5)
     x, w = ring(rng, 3, 8), ring(rng, 8, 2)
@@ -185,9 +219,7 @@ def test_material_misuse():
     x = ring(rng, 2, 4)
     xs = share(x)
     mats = (m0, m1)
-    fn = lambda ch, p: linear.run(  # noqa: E731
-        ch, p, mats[p], xs[p], linear.weight_term(p, sess.b_shares[p], sess.f), kernels.dense
-    )
+    fn = lambda ch, p: linear.run(ch, p, mats[p], xs[p], sess.terms[p], kernels.dense)  # noqa: E731
     run_parties(fn)
     with pytest.raises(MaterialError):
         run_parties(fn)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpcc.compiler.lowering import SLACK_BITS
+from mpcc.compiler.ir import SLACK_BITS
 from mpcc.compiler.pipeline import compile_onnx
 from mpcc.errors import InputError, ModelError, MpccError
-from mpcc.runtime import localops
 from mpcc.runtime.cleartext import predict
 from mpcc.runtime.cluster import LocalCluster
 from mpcc.runtime.fixedpoint import encode
+from mpcc.runtime.rules import pool as pool_rules
 from tests.onnx_builders import model, node, rand, run
 from tests.test_ops import check_cleartext_and_secure
 
@@ -28,10 +28,10 @@ def _check(m, x: np.ndarray, tol: float):
 def test_maxpool_pad_is_below_every_legal_value_and_within_the_comparison_range() -> None:
     # MaxPool inputs must satisfy |x| < 2^61 (so that a - b of any two is within the
     # comparison's |x| < 2^62); the pad sits at the bottom of that range.
-    assert localops.MAXPOOL_PAD == -(2**61)
+    assert pool_rules.MAXPOOL_PAD == -(2**61)
     legal = (-(2**61) + 1, 2**61 - 1)
-    assert all(abs(localops.MAXPOOL_PAD - v) < 2**62 for v in legal)
-    assert all(localops.MAXPOOL_PAD < v for v in legal)
+    assert all(abs(pool_rules.MAXPOOL_PAD - v) < 2**62 for v in legal)
+    assert all(pool_rules.MAXPOOL_PAD < v for v in legal)
 
 
 def test_padded_maxpool_of_strongly_negative_values_at_scale_2f() -> None:
@@ -49,7 +49,7 @@ def test_padded_maxpool_of_strongly_negative_values_at_scale_2f() -> None:
     x = (-3.0e8 - 1.5e8 * np.abs(rand(1, 2, 5, 5, seed=3))).astype(np.float32)
     x = np.maximum(x, -4.5e8).astype(np.float32)
     prog = _check(m, x, tol=1e-3 * 4.5e8)
-    pool = next(i for i in prog.instrs if i.op == "maxpool")
+    pool = next(i for i in prog.instrs if i.op.name == "maxpool")
     assert prog.value(pool.args[0]).scale == 2 * prog.frac_bits
 
 
@@ -83,7 +83,7 @@ def test_stacked_power_of_two_average_pools_stay_within_the_scale_budget(pools, 
     prog = _check(m, x, tol=1e-3 * 2e6)
     budget = 2 * prog.frac_bits + SLACK_BITS
     assert max(prog.value(i.out).scale for i in prog.instrs) <= budget, prog.text()
-    assert [i.op for i in prog.instrs].count("trunc") == 1, prog.text()
+    assert [i.op.name for i in prog.instrs].count("trunc") == 1, prog.text()
 
 
 def test_average_pool_with_a_large_non_power_of_two_window_stays_within_the_budget() -> None:

@@ -8,38 +8,32 @@ import numpy as np
 import pytest
 
 from mpcc.compiler.pipeline import compile_onnx
-from mpcc.runtime import cluster as cluster_mod
 from mpcc.runtime.cleartext import encode_weights
 from mpcc.runtime.cluster import LocalCluster
 from mpcc.runtime.fixedpoint import encode
-from mpcc.runtime.transport import local_link
+from mpcc.runtime.transport import ChannelObserver
 
 
-def _recording_link(log: dict[str, list[np.ndarray]]):
-    def link(a: str, b: str, timeout: float = 30.0):
-        ca, cb = local_link(a, b, timeout)
-        for ch in (ca, cb):
-            inner = ch._get
+class _Recorder(ChannelObserver):
+    """Every array each compute party receives (the transport's observer hook)."""
 
-            def get(inner=inner, name=ch.name):
-                msg = inner()
-                log.setdefault(name, []).extend(np.asarray(m).copy() for m in msg)
-                return msg
+    def __init__(self) -> None:
+        self.log: dict[str, list[np.ndarray]] = {}
 
-            ch._get = get
-        return ca, cb
-
-    return link
+    def received(self, channel, arrays, waited_s) -> None:
+        self.log.setdefault(channel.name, []).extend(np.asarray(a).copy() for a in arrays)
 
 
-def _views(prog, weights, x, monkeypatch) -> dict[str, np.ndarray]:
+def _views(prog, weights, x) -> dict[str, np.ndarray]:
     """Every uint64 word each compute party received in one query (setup excluded)."""
-    log: dict[str, list[np.ndarray]] = {}
-    monkeypatch.setattr(cluster_mod, "local_link", _recording_link(log))
+    rec = _Recorder()
     with LocalCluster(prog, weights) as c:
-        log.clear()  # forget the session set-up (the masked weights F)
+        for party in c.parties:  # after the session set-up (the masked weights F)
+            party.ch.observers.append(rec)
         c.predict(x)
-    return {k: np.concatenate([a.reshape(-1).view(np.uint64) for a in v]) for k, v in log.items()}
+    return {
+        k: np.concatenate([a.reshape(-1).view(np.uint64) for a in v]) for k, v in rec.log.items()
+    }
 
 
 def _chi2_bytes(words: np.ndarray) -> float:
@@ -53,7 +47,7 @@ def lenet(zoo_model):
     return compile_onnx(zoo_model("lenet"), (1, 1, 28, 28))
 
 
-def test_views_are_uniform_for_very_different_inputs(lenet, digits_test, monkeypatch) -> None:
+def test_views_are_uniform_for_very_different_inputs(lenet, digits_test) -> None:
     prog, weights = lenet
     inputs = {
         "zeros": np.zeros((1, 1, 28, 28)),
@@ -61,7 +55,7 @@ def test_views_are_uniform_for_very_different_inputs(lenet, digits_test, monkeyp
         "large": np.full((1, 1, 28, 28), 50.0),
     }
     for label, x in inputs.items():
-        views = _views(prog, weights, x, monkeypatch)
+        views = _views(prog, weights, x)
         assert set(views) == {"P0", "P1"}, label
         for party, words in views.items():
             assert words.size > 50_000
@@ -71,10 +65,10 @@ def test_views_are_uniform_for_very_different_inputs(lenet, digits_test, monkeyp
             assert abs(top - 0.5) < 6 * 0.5 / np.sqrt(words.size), (label, party)
 
 
-def test_no_message_carries_a_plaintext_input_or_weight(lenet, digits_test, monkeypatch) -> None:
+def test_no_message_carries_a_plaintext_input_or_weight(lenet, digits_test) -> None:
     prog, weights = lenet
     x = digits_test[0][:1]
-    views = _views(prog, weights, x, monkeypatch)
+    views = _views(prog, weights, x)
     secrets_ = [encode(x, prog.frac_bits).reshape(-1)]
     secrets_ += [w.reshape(-1) for w in encode_weights(prog, weights).values()]
     secret_words = np.unique(np.concatenate(secrets_))

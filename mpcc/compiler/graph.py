@@ -96,6 +96,8 @@ class Graph:
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.notes: list[str] = []
+        # The precision of the model's float constants: the plan keeps its weights in it.
+        self.float_dtype = np.dtype(np.float32)
         self._producer: dict[str, str] = {}
         self._ranks: dict[str, int] = {}  # insertion order, to break topological ties
         self._order = itertools.count()
@@ -111,6 +113,8 @@ class Graph:
         g.notes = onnx_frontend.notes(model)
         for t in mg.initializer:
             g.constants[t.name] = _as_const(numpy_helper.to_array(t))
+            if t.data_type == onnx.TensorProto.DOUBLE:
+                g.float_dtype = np.dtype(np.float64)
         nodes = []
         for n in mg.node:
             if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):

@@ -10,38 +10,28 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mpcc.compiler.ops import Op
 
 SECRET = "secret"  # additively shared between P0 and P1
 PUBLIC = "public"  # known to every party
 CLIENT = "client"  # revealed to the client only
 
-# op -> (inputs, one-line meaning). The executor and the cleartext interpreter implement
-# each of these; the cost model prices each of them (mpcc.compiler.costmodel).
-OPS: dict[str, str] = {
-    "input": "a client's input, secret-shared by the client",
-    "output": "reveal a value to the client (only the client reconstructs it)",
-    "matmul": "x[..., K] @ W[K, N] (+ b): Beaver triple, W masked once",
-    "conv2d": "2-D convolution with weight W (+ b): Beaver triple, W masked once",
-    "mul_w": "elementwise x * w with a broadcast weight: Beaver triple, w masked once",
-    "add_w": "x + b with a broadcast weight (local)",
-    "add": "x + y of two secrets (local)",
-    "sub": "x - y of two secrets (local)",
-    "mul": "x * y of two secrets, elementwise: fresh Beaver triple",
-    "mul_public": "x * factor: multiply by a public integer (local)",
-    "trunc": "drop `shift` fractional bits (known-MSB truncation, 1 round)",
-    "relu": "max(x, 0), with `shift` fractional bits truncated in the same protocol",
-    "leaky_relu": "x if x > 0 else alpha * x",
-    "clip": "min(max(x, lo), hi), with `shift` bits truncated in the same protocol",
-    "maxpool": "max over each window: a tournament of comparisons",
-    "avgpool": "window mean: a local sum, the divisor folded into the scale or a public product",
-    "sumpool": "window sum (local)",
-    "reshape": "change the shape (local)",
-    "transpose": "permute axes (local)",
-    "concat": "join along an axis (local)",
-    "slice": "strided slice (local)",
-    "pad": "pad with a constant (local)",
-}
+# The ring budget. Every secure comparison and truncation needs |x| < 2^62, so a value at
+# scale s holds |v| < 2^(62 - s) in real terms. The lowering keeps every value within
+# 2f + SLACK_BITS fractional bits (a product of two values at f bits, plus the few bits a
+# power-of-two window sum adds), and f within [MIN_FRAC_BITS, MAX_FRAC_BITS]: fewer bits
+# lose precision, more shrink the range of values at 2f + SLACK_BITS (|v| < 2^6 at f = 24)
+# below what ordinary networks need.
+SLACK_BITS = 8
+MIN_FRAC_BITS, MAX_FRAC_BITS = 8, 24
+
+
+def max_scale(frac_bits: int) -> int:
+    """The most fractional bits any value of a plan at `frac_bits` may carry."""
+    return 2 * frac_bits + SLACK_BITS
 
 
 @dataclass(frozen=True)
@@ -60,9 +50,9 @@ class Value:
 
 @dataclass(frozen=True)
 class Instr:
-    """One secure operation: `out = op args, weights  attrs`."""
+    """One secure operation: `out = op args, weights  attrs` (op: a declared `ops.Op`)."""
 
-    op: str
+    op: Op
     out: int
     args: tuple[int, ...] = ()
     weights: tuple[str, ...] = ()
@@ -108,19 +98,20 @@ class Program:
 
     def emit(
         self,
-        op: str,
-        args: tuple[int, ...],
-        out_shape: tuple[int, ...],
-        out_scale: int,
+        op: Op,
+        args: tuple[int, ...] = (),
         weights: tuple[str, ...] = (),
-        vis: str = SECRET,
         **attrs: Any,
     ) -> Value:
-        """Append an instruction computing a new value, and return that value."""
-        if op not in OPS:
-            raise ValueError(f"unknown IR op {op!r}")
-        out = self.new_value(out_shape, out_scale, vis)
-        self.instrs.append(Instr(op, out.id, tuple(args), tuple(weights), dict(attrs)))
+        """Append an instruction and return its output value, typed by the op's rule.
+
+        Raises `ops.RuleError` if the operands or attributes break the rule."""
+        from mpcc.compiler.ops.base import Site
+
+        ins = Instr(op, len(self.values), tuple(args), tuple(weights), dict(attrs))
+        t = op.infer(Site(self, ins))
+        out = self.new_value(t.shape, t.scale, t.vis)
+        self.instrs.append(ins)
         return out
 
     @property
@@ -132,32 +123,30 @@ class Program:
         """The program as readable text, one instruction per line (with costs if given)."""
         lines = [f"program {self.name}  ring=2^64 f={self.frac_bits}"]
         for i, ins in enumerate(self.instrs):
-            v = self.values[ins.out]
-            lhs = f"%{v.id} : {v.vis} [{','.join(map(str, v.shape))}] @{v.scale}"
-            operands = [f"%{a}" for a in ins.args] + list(ins.weights)
-            attrs = " ".join(
-                f"{_SHORT.get(k, k)}={_fmt(val)}"
-                for k, val in ins.attrs.items()
-                if _DEFAULTS.get(k) != val
-            )
-            rhs = " ".join(p for p in (ins.op, ", ".join(operands), attrs) if p)
-            line = f"  {lhs:<32} = {rhs}"
+            line = f"  {self.lhs(ins):<32} = {rhs(ins)}"
             if costs is not None:
                 c = costs[i]
                 line = f"{line:<84} {c.rounds:>3} rnd {_kb(c.sent):>10}"
             lines.append(line)
         return "\n".join(lines)
 
+    def lhs(self, ins: Instr) -> str:
+        """`%5 : secret [1,20,24,24] @32`: the value an instruction defines."""
+        v = self.values[ins.out]
+        return f"%{v.id} : {v.vis} [{','.join(map(str, v.shape))}] @{v.scale}"
 
-# Attributes at these values are not printed; these are printed under a short name.
-_DEFAULTS: dict[str, Any] = {
-    "strides": [1, 1],
-    "pads": [0, 0, 0, 0],
-    "dilations": [1, 1],
-    "groups": 1,
-    "ceil_mode": 0,
-}
-_SHORT = {"kernel": "k", "strides": "s", "pads": "p", "dilations": "d", "count_include_pad": "incl"}
+
+def rhs(ins: Instr) -> str:
+    """`conv2d %0, w0  k=5`: an instruction's op, operands and printed attributes."""
+    operands = [f"%{a}" for a in ins.args] + list(ins.weights)
+    schema = ins.op.attrs
+    shown = []
+    for k, val in ins.attrs.items():
+        spec = schema.get(k)
+        if spec is not None and (spec.hide is ... or spec.hide == val):
+            continue
+        shown.append(f"{spec.short if spec and spec.short else k}={_fmt(val)}")
+    return " ".join(p for p in (ins.op.name, ", ".join(operands), " ".join(shown)) if p)
 
 
 def _fmt(val: Any) -> str:

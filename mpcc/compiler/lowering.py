@@ -18,16 +18,12 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mpcc.compiler import ops
 from mpcc.compiler.graph import Graph
-from mpcc.compiler.ir import CLIENT, Program, Value, WeightSpec
-from mpcc.compiler.poolshapes import avgpool_counts, pool_output_shape
+from mpcc.compiler.ir import SLACK_BITS, Program, Value, WeightSpec
+from mpcc.compiler.ops import Op, RuleError
+from mpcc.compiler.poolshapes import avgpool_counts
 from mpcc.errors import ModelError
-
-# A value multiplied again may carry at most this many fractional bits above f (the window
-# sum of a power-of-two average pool adds a few); larger ones are truncated to f first. So
-# no value ever carries more than 2f + SLACK_BITS fractional bits.
-SLACK_BITS = 8
-
 
 # A global pool: one window over the whole plane.
 _GLOBAL_POOL = dict(
@@ -43,6 +39,31 @@ class _Lowering:
         self.prog.notes = list(g.notes)
         self.weights: dict[str, np.ndarray] = {}
         self.env: dict[str, Value] = {}
+        self.node = "input"  # the ONNX node being lowered, for error messages
+
+    def emit(
+        self, op: Op, args: tuple[int, ...], weights: tuple[str, ...] = (), **attrs: object
+    ) -> Value:
+        """Append an instruction; its op's rule types the output. A rule the node breaks is
+        a ModelError that names the node."""
+        try:
+            return self.prog.emit(op, args, weights, **attrs)
+        except RuleError as e:
+            raise ModelError(f"node {self.node!r}: {op.name}: {e}") from None
+
+    def emit_as(
+        self, data: dict, op: Op, args: tuple[int, ...], weights: tuple[str, ...] = (), **attrs
+    ) -> Value:
+        """`emit`, checking the output shape against the ONNX graph's (a lowering bug
+        otherwise)."""
+        v = self.emit(op, args, weights, **attrs)
+        want = self.out_shape(data)
+        if v.shape != want:
+            raise ModelError(
+                f"node {self.node!r}: {op.name} gives shape {list(v.shape)} where the ONNX "
+                f"graph has {list(want)}"
+            )
+        return v
 
     # -- helpers -----------------------------------------------------------------------
     def weight(self, tensor: str, array: np.ndarray, scale: int, role: str = "w") -> str:
@@ -52,7 +73,7 @@ class _Lowering:
             if spec.source == tensor and spec.scale == scale:
                 return name  # the same constant used twice at the same scale
         name = f"{role}{len(self.prog.instrs)}"
-        arr = np.asarray(array, dtype=np.float64)
+        arr = np.asarray(array, dtype=self.g.float_dtype, order="C")
         shape = tuple(int(d) for d in arr.shape)
         self.prog.weights[name] = WeightSpec(name, shape, scale, source=tensor)
         self.weights[name] = arr
@@ -71,14 +92,13 @@ class _Lowering:
         limit = self.f + SLACK_BITS if max_scale is None else max_scale
         if v.scale <= limit:
             return v
-        return self.prog.emit("trunc", (v.id,), v.shape, self.f, shift=v.scale - self.f)
+        return self.emit(ops.trunc, (v.id,), shift=v.scale - self.f)
 
     def rescale(self, v: Value, scale: int) -> Value:
         """Represent v at a higher scale (multiply by a power of two: exact and local)."""
         if v.scale == scale:
             return v
-        k = scale - v.scale
-        return self.prog.emit("mul_public", (v.id,), v.shape, scale, factor=2**k)
+        return self.emit(ops.rescale, (v.id,), bits=scale - v.scale)
 
     def align(self, vals: list[Value]) -> list[Value]:
         top = max(v.scale for v in vals)
@@ -87,30 +107,16 @@ class _Lowering:
     def out_shape(self, data: dict) -> tuple[int, ...]:
         return tuple(self.g.shapes[data["outputs"][0]])
 
-    def pool_shape(self, x: Value, attrs: dict) -> tuple[int, ...]:
-        """A pool's output shape by ONNX Runtime's rule (onnx's shape inference disagrees
-        for some ceil_mode windows that would start in the padding)."""
-        hw = pool_output_shape(
-            x.shape[2:],
-            attrs["kernel"],
-            attrs["strides"],
-            attrs["pads"],
-            attrs.get("dilations", (1, 1)),
-            bool(attrs["ceil_mode"]),
-        )
-        return x.shape[:2] + hw
-
     # -- ops -----------------------------------------------------------------------------
-    def lower_linear(self, name: str, data: dict, op: str) -> Value:
+    def lower_linear(self, name: str, data: dict, op: Op) -> Value:
         x = self.fit(self.arg(name, data["inputs"][0]))
         ins = data["inputs"]
         w = self.weight(ins[1], self.g.const(ins[1]), self.f)
-        out_scale = x.scale + self.f
         weights = [w]
         if len(ins) > 2 and ins[2]:
-            weights.append(self.weight(ins[2], self.g.const(ins[2]), out_scale, role="b"))
+            weights.append(self.weight(ins[2], self.g.const(ins[2]), x.scale + self.f, role="b"))
         attrs = {}
-        if op == "conv2d":
+        if op is ops.conv2d:
             a = data["attrs"]
             attrs = dict(
                 strides=list(a["strides"]),
@@ -118,75 +124,67 @@ class _Lowering:
                 dilations=list(a["dilations"]),
                 groups=int(a["group"]),
             )
-        return self.prog.emit(op, (x.id,), self.out_shape(data), out_scale, tuple(weights), **attrs)
+        return self.emit_as(data, op, (x.id,), tuple(weights), **attrs)
 
     def lower_add_sub(self, name: str, data: dict, op: str) -> Value:
         a_t, b_t = data["inputs"]
-        shape = self.out_shape(data)
         if self.g.is_const(b_t) and op == "Add":
             x = self.arg(name, a_t)
             w = self.weight(b_t, self.g.const(b_t), x.scale, role="b")
-            return self.prog.emit("add_w", (x.id,), shape, x.scale, (w,))
+            return self.emit_as(data, ops.add_w, (x.id,), (w,))
         if self.g.is_const(a_t) and op == "Sub":  # c - x = (-x) + c
             x = self.arg(name, b_t)
-            neg = self.prog.emit("mul_public", (x.id,), x.shape, x.scale, factor=-1)
+            neg = self.emit(ops.mul_public, (x.id,), factor=-1)
             w = self.weight(a_t, self.g.const(a_t), x.scale, role="b")
-            return self.prog.emit("add_w", (neg.id,), shape, x.scale, (w,))
+            return self.emit_as(data, ops.add_w, (neg.id,), (w,))
         a, b = self.align([self.arg(name, a_t), self.arg(name, b_t)])
-        return self.prog.emit(op.lower(), (a.id, b.id), shape, a.scale)
+        return self.emit_as(data, ops.add if op == "Add" else ops.sub, (a.id, b.id))
 
     def lower_mul(self, name: str, data: dict) -> Value:
         a_t, b_t = data["inputs"]
-        shape = self.out_shape(data)
         if self.g.is_const(a_t):
             a_t, b_t = b_t, a_t
         if self.g.is_const(b_t):
             x = self.fit(self.arg(name, a_t), self.f)
             w = self.weight(b_t, self.g.const(b_t), self.f)
-            return self.prog.emit("mul_w", (x.id,), shape, x.scale + self.f, (w,))
+            return self.emit_as(data, ops.mul_w, (x.id,), (w,))
         a = self.fit(self.arg(name, a_t), self.f)
         b = self.fit(self.arg(name, b_t), self.f)
-        return self.prog.emit("mul", (a.id, b.id), shape, a.scale + b.scale)
+        return self.emit_as(data, ops.mul, (a.id, b.id))
 
     def lower_neg(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
-        return self.prog.emit("mul_public", (x.id,), x.shape, x.scale, factor=-1)
+        return self.emit(ops.mul_public, (x.id,), factor=-1)
 
     def lower_relu(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
-        shift = max(x.scale - self.f, 0)
-        return self.prog.emit("relu", (x.id,), x.shape, x.scale - shift, shift=shift)
+        return self.emit(ops.relu, (x.id,), shift=max(x.scale - self.f, 0))
 
     def lower_leaky_relu(self, name: str, data: dict) -> Value:
         x = self.fit(self.arg(name, data["inputs"][0]), self.f)
-        alpha = float(data["attrs"]["alpha"])
-        return self.prog.emit("leaky_relu", (x.id,), x.shape, x.scale + self.f, alpha=alpha)
+        return self.emit(ops.leaky_relu, (x.id,), alpha=float(data["attrs"]["alpha"]))
 
     def lower_prelu(self, name: str, data: dict) -> Value:
         # prelu(x) = relu(x) + slope * (x - relu(x)); the slope is a (secret) weight.
         x = self.fit(self.arg(name, data["inputs"][0]), self.f)
-        p = self.prog
-        r = p.emit("relu", (x.id,), x.shape, x.scale, shift=0)
-        neg = p.emit("sub", (x.id, r.id), x.shape, x.scale)
+        r = self.emit(ops.relu, (x.id,), shift=0)
+        neg = self.emit(ops.sub, (x.id, r.id))
         slope_t = data["inputs"][1]
         w = self.weight(slope_t, self.g.const(slope_t), self.f)
-        m = p.emit("mul_w", (neg.id,), x.shape, x.scale + self.f, (w,))
-        return p.emit("add", (self.rescale(r, m.scale).id, m.id), x.shape, m.scale)
+        m = self.emit(ops.mul_w, (neg.id,), (w,))
+        return self.emit(ops.add, (self.rescale(r, m.scale).id, m.id))
 
     def lower_clip(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
         lo, hi = float(data["attrs"]["min"]), float(data["attrs"]["max"])
         if math.isinf(lo) and math.isinf(hi):
             return x
-        shift = max(x.scale - self.f, 0)
-        return self.prog.emit(
-            "clip",
+        return self.emit(
+            ops.clip,
             (x.id,),
-            x.shape,
-            x.scale - shift,
             lo=None if math.isinf(lo) else lo,
             hi=None if math.isinf(hi) else hi,
-            shift=shift,
+            shift=max(x.scale - self.f, 0),
         )
 
     def pool_attrs(self, x: Value, data: dict, keys: tuple[str, ...], global_: bool) -> dict:
@@ -209,8 +207,7 @@ class _Lowering:
     def lower_maxpool(self, name: str, data: dict, global_: bool = False) -> Value:
         x = self.arg(name, data["inputs"][0])
         keys = ("kernel", "strides", "pads", "dilations", "ceil_mode")
-        attrs = self.pool_attrs(x, data, keys, global_)
-        return self.prog.emit("maxpool", (x.id,), self.pool_shape(x, attrs), x.scale, **attrs)
+        return self.emit(ops.maxpool, (x.id,), **self.pool_attrs(x, data, keys, global_))
 
     def lower_avgpool(self, name: str, data: dict, global_: bool = False) -> Value:
         x = self.arg(name, data["inputs"][0])
@@ -222,73 +219,55 @@ class _Lowering:
             k = d.bit_length() - 1
             # The mean is the sum at k more bits: truncate first if that would pass the budget.
             x = self.fit(x, 2 * self.f + SLACK_BITS - k)
-            return self.prog.emit(
-                "avgpool", (x.id,), self.pool_shape(x, attrs), x.scale + k, mode="shift", **attrs
-            )
+            return self.emit(ops.avgpool, (x.id,), mode="shift", **attrs)
         # Multiply by round(2^bits / count), with enough bits that the reciprocal keeps f
         # significant bits (2^16/196 alone would be off by 0.1%), but with at most
         # f + SLACK_BITS bits so that the result stays within the budget.
         x = self.fit(x, self.f)
         bits = self.f + min(int(div.max()).bit_length(), SLACK_BITS)
-        return self.prog.emit(
-            "avgpool",
-            (x.id,),
-            self.pool_shape(x, attrs),
-            x.scale + bits,
-            mode="mul",
-            recip_bits=bits,
-            **attrs,
-        )
+        return self.emit(ops.avgpool, (x.id,), mode="mul", recip_bits=bits, **attrs)
 
     def lower_sumpool(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
         attrs = self.pool_attrs(x, data, ("kernel", "strides", "pads", "ceil_mode"), False)
-        return self.prog.emit("sumpool", (x.id,), self.pool_shape(x, attrs), x.scale, **attrs)
+        return self.emit(ops.sumpool, (x.id,), **attrs)
 
     def lower_movement(self, name: str, data: dict, op: str) -> Value:
         a = data["attrs"]
-        shape = self.out_shape(data)
         if op == "Concat":
             vals = self.align([self.arg(name, t) for t in data["inputs"]])
-            return self.prog.emit(
-                "concat", tuple(v.id for v in vals), shape, vals[0].scale, axis=int(a["axis"])
-            )
+            return self.emit_as(data, ops.concat, tuple(v.id for v in vals), axis=int(a["axis"]))
         x = self.arg(name, data["inputs"][0])
         if op == "Reshape":
-            return self.prog.emit("reshape", (x.id,), shape, x.scale, shape=list(shape))
+            return self.emit_as(data, ops.reshape, (x.id,), shape=list(self.out_shape(data)))
         if op == "Transpose":
-            return self.prog.emit("transpose", (x.id,), shape, x.scale, perm=list(a["perm"]))
+            return self.emit_as(data, ops.transpose, (x.id,), perm=list(a["perm"]))
         if op == "Slice":
-            return self.prog.emit(
-                "slice",
+            return self.emit_as(
+                data,
+                ops.slice,
                 (x.id,),
-                shape,
-                x.scale,
                 starts=list(a["starts"]),
                 ends=list(a["ends"]),
                 axes=list(a["axes"]),
                 steps=list(a["steps"]),
             )
         if op == "Pad":
-            return self.prog.emit(
-                "pad",
-                (x.id,),
-                shape,
-                x.scale,
-                pads=list(a["pads"]),
-                value=float(a.get("value", 0.0)),
+            return self.emit_as(
+                data, ops.pad, (x.id,), pads=list(a["pads"]), value=float(a.get("value", 0.0))
             )
         raise AssertionError(op)
 
     def run(self) -> tuple[Program, dict[str, np.ndarray]]:
         p = self.prog
         for t in self.g.inputs:
-            v = p.emit("input", (), tuple(self.g.shapes[t]), self.f, name=t)
+            v = self.emit(ops.input, (), name=t, shape=list(self.g.shapes[t]))
             self.env[t] = v
             p.inputs.append((t, v.id))
         for node in self.g.topo_nodes():
             data = self.g.nx.nodes[node]
             op = data["op"]
+            self.node = node
             handler = _HANDLERS.get(op)
             if handler is None:
                 raise ModelError(
@@ -297,16 +276,17 @@ class _Lowering:
                 )
             out = handler(self, node, data)
             self.env[data["outputs"][0]] = out
+        self.node = "output"
         for t in self.g.outputs:
             v = self.arg("output", t)
-            o = p.emit("output", (v.id,), v.shape, v.scale, vis=CLIENT, name=t)
+            o = self.emit(ops.output, (v.id,), name=t)
             p.outputs.append((t, o.id))
         return p, self.weights
 
 
 _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
-    "Conv": lambda s, n, d: s.lower_linear(n, d, "conv2d"),
-    "MatMul": lambda s, n, d: s.lower_linear(n, d, "matmul"),
+    "Conv": lambda s, n, d: s.lower_linear(n, d, ops.conv2d),
+    "MatMul": lambda s, n, d: s.lower_linear(n, d, ops.matmul),
     "Add": lambda s, n, d: s.lower_add_sub(n, d, "Add"),
     "Sub": lambda s, n, d: s.lower_add_sub(n, d, "Sub"),
     "Mul": _Lowering.lower_mul,

@@ -1,23 +1,22 @@
-"""ONNX model in, secure plan out: load, fix shapes, build the graph, run passes, lower."""
+"""ONNX model in, secure plan out: load, fix shapes, build the graph, run passes, lower,
+verify."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from mpcc.compiler import passes
 from mpcc.compiler.graph import Graph
-from mpcc.compiler.ir import Program
+from mpcc.compiler.ir import MAX_FRAC_BITS, MIN_FRAC_BITS
 from mpcc.compiler.lowering import lower
+from mpcc.compiler.plan import Plan
+from mpcc.compiler.verify import verify
 from mpcc.errors import ModelError
 from mpcc.frontends import onnx as onnx_frontend
 
 DEFAULT_FRAC_BITS = 16
-# Fewer fractional bits lose precision; more shrink the range of values at scale 2f + 8
-# (|v| < 2^(62 - 2f - 8): 2^6 at f = 24) below what ordinary networks need.
-MIN_FRAC_BITS, MAX_FRAC_BITS = 8, 24
 
 
 def compile_onnx(
@@ -26,8 +25,8 @@ def compile_onnx(
     frac_bits: int = DEFAULT_FRAC_BITS,
     public_weights: bool = False,
     name: str | None = None,
-) -> tuple[Program, dict[str, np.ndarray]]:
-    """Compile an ONNX model to a Program and its (plaintext, owner-side) weights."""
+) -> Plan:
+    """Compile an ONNX model to a Plan: the Program and its (plaintext, owner-side) weights."""
     if not MIN_FRAC_BITS <= frac_bits <= MAX_FRAC_BITS:
         raise ModelError(
             f"frac_bits must be between {MIN_FRAC_BITS} and {MAX_FRAC_BITS}, got {frac_bits}"
@@ -39,4 +38,6 @@ def compile_onnx(
     elif isinstance(model, str | Path):
         g.name = Path(model).stem
     g = passes.run_all(g)
-    return lower(g, frac_bits=frac_bits, public_weights=public_weights)
+    prog, weights = lower(g, frac_bits=frac_bits, public_weights=public_weights)
+    verify(prog, weights)
+    return Plan(prog, weights)

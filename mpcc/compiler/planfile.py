@@ -1,14 +1,16 @@
 """Plan files: a versioned, self-describing zip with the public plan and, apart, the weights.
 
 `plan.json` holds the public part (IR, shapes, fixed-point parameters, protocol choices);
-its canonical SHA-256 is what all parties compare at start-up. `weights.npz` holds the model
-owner's weights; parties never receive it, only shares of it.
+its canonical SHA-256 is what all parties compare at start-up. `weights/NAME.npy` hold the
+model owner's weights in their source precision (float32 from PyTorch and Keras), stored
+without compression: weights hardly compress, and deflating hundreds of MB took minutes.
+Parties never receive them, only shares of them. Every plan read is checked by the IR
+verifier (`mpcc.compiler.verify`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zipfile
 from pathlib import Path
@@ -17,10 +19,13 @@ from typing import Any
 import numpy as np
 
 from mpcc.compiler.ir import Instr, Program, Value, WeightSpec
+from mpcc.compiler.ops import RuleError, lookup
+from mpcc.compiler.verify import VerifyError, verify
 from mpcc.errors import PlanError
 
 FORMAT = "mpcc-plan"
-VERSION = 1
+VERSION = 2  # 2: weights as .npy entries in their own dtype; input carries its shape; rescale
+WEIGHTS_DIR = "weights/"
 PROTOCOLS = {
     "linear": "beaver triple, weights masked once per session (F = W - B)",
     "truncation": "known-MSB with a 2^62 bias, 1 round, |x| < 2^62, error in {0, +1} LSB",
@@ -43,7 +48,7 @@ def to_public(prog: Program) -> dict[str, Any]:
         "values": [[list(v.shape), v.scale, v.vis] for v in prog.values],
         "instrs": [
             {
-                "op": i.op,
+                "op": i.op.name,
                 "out": i.out,
                 "args": list(i.args),
                 "weights": list(i.weights),
@@ -71,7 +76,8 @@ def plan_hash(prog: Program) -> str:
 
 
 def from_public(d: dict[str, Any]) -> Program:
-    """Rebuild a Program from its public part, checking format and version."""
+    """Rebuild a Program from its public part, checking format and version, then verify it
+    (`VerifyError`, a PlanError, names the instruction and the rule it breaks)."""
     if d.get("format") != FORMAT:
         raise PlanError("not an mpcc plan (format field missing or wrong)")
     if d.get("version") != VERSION:
@@ -84,10 +90,21 @@ def from_public(d: dict[str, Any]) -> Program:
             name=d["name"], frac_bits=int(d["frac_bits"]), public_weights=d["public_weights"]
         )
         prog.values = [Value(i, tuple(s), sc, vis) for i, (s, sc, vis) in enumerate(d["values"])]
-        prog.instrs = [
-            Instr(i["op"], i["out"], tuple(i["args"]), tuple(i["weights"]), i["attrs"])
-            for i in d["instrs"]
-        ]
+        prog.instrs = []
+        for k, i in enumerate(d["instrs"]):
+            try:
+                op = lookup(i["op"])
+            except RuleError as e:
+                raise VerifyError(
+                    f"plan check: instruction {k} (%{i.get('out')} = {i['op']}): {e} "
+                    "[rule: known op]",
+                    "known op",
+                    k,
+                ) from None
+            attrs = i["attrs"]
+            if not isinstance(attrs, dict):
+                raise TypeError(f"instruction {k}: attributes must be an object")
+            prog.instrs.append(Instr(op, i["out"], tuple(i["args"]), tuple(i["weights"]), attrs))
         prog.weights = {
             n: WeightSpec(n, tuple(w["shape"]), w["scale"], w.get("source", ""))
             for n, w in d["weights"].items()
@@ -95,51 +112,65 @@ def from_public(d: dict[str, Any]) -> Program:
         prog.inputs = [(n, v) for n, v in d["inputs"]]
         prog.outputs = [(n, v) for n, v in d["outputs"]]
         prog.notes = list(d["notes"])
+    except PlanError:
+        raise
     except (KeyError, TypeError, ValueError) as e:
         raise PlanError(f"plan file is malformed: {e!r}") from None
+    verify(prog)
     return prog
 
 
 def save(path: str | Path, prog: Program, weights: dict[str, np.ndarray] | None) -> str:
-    """Write a plan file; returns the plan's hash."""
+    """Write a plan file (weights, if given, in their own dtype); returns the plan's hash."""
     public = to_public(prog)
     digest = hashlib.sha256(canonical_json(public)).hexdigest()
     manifest = {"format": FORMAT, "version": VERSION, "sha256": digest}
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as z:
         _write(z, "manifest.json", json.dumps(manifest, indent=1).encode())
         _write(z, "plan.json", canonical_json(public))
-        if weights is not None:
-            buf = io.BytesIO()
-            np.savez(buf, **{n: np.asarray(weights[n], dtype=np.float64) for n in sorted(weights)})
-            _write(z, "weights.npz", buf.getvalue())
+        for n in sorted(weights or {}):
+            a = np.asarray(weights[n])
+            if a.dtype.kind != "f":
+                a = a.astype(np.float64)
+            info = zipfile.ZipInfo(f"{WEIGHTS_DIR}{n}.npy", date_time=_FIXED_DATE)
+            with z.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.ascontiguousarray(a), allow_pickle=False)
     return digest
 
 
 def _write(z: zipfile.ZipFile, name: str, data: bytes) -> None:
-    info = zipfile.ZipInfo(name, date_time=_FIXED_DATE)
-    info.compress_type = zipfile.ZIP_DEFLATED
-    z.writestr(info, data)
+    z.writestr(zipfile.ZipInfo(name, date_time=_FIXED_DATE), data)
 
 
 def load(path: str | Path, with_weights: bool = True) -> tuple[Program, dict[str, np.ndarray]]:
-    """Read a plan file, verifying its hash; weights are {} if absent or not wanted."""
+    """Read a plan file, verifying its hash and its IR; weights are {} if absent or not
+    wanted."""
     try:
         with zipfile.ZipFile(path) as z:
             manifest = json.loads(z.read("manifest.json"))
+            if manifest.get("version") != VERSION:
+                raise PlanError(
+                    f"{path}: plan format version {manifest.get('version')} is not supported by "
+                    f"this mpcc (it reads version {VERSION}); compile the model again"
+                )
             raw = z.read("plan.json")
-            names = z.namelist()
             weights: dict[str, np.ndarray] = {}
-            if with_weights and "weights.npz" in names:
-                with np.load(io.BytesIO(z.read("weights.npz"))) as npz:
-                    weights = {n: npz[n] for n in npz.files}
+            if with_weights:
+                for name in z.namelist():
+                    if name.startswith(WEIGHTS_DIR) and name.endswith(".npy"):
+                        with z.open(name) as f:
+                            arr = np.lib.format.read_array(f, allow_pickle=False)
+                        weights[name[len(WEIGHTS_DIR) : -len(".npy")]] = arr
     except FileNotFoundError:
         raise PlanError(f"no plan file at {path}") from None
-    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, ValueError) as e:
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, ValueError, OSError) as e:
         raise PlanError(f"{path} is not a readable mpcc plan file ({e})") from None
     if hashlib.sha256(raw).hexdigest() != manifest.get("sha256"):
         raise PlanError(f"{path}: plan.json does not match the hash in its manifest")
-    prog = from_public(json.loads(raw))
-    missing = sorted(set(prog.weights) - set(weights))
-    if with_weights and weights and missing:
-        raise PlanError(f"{path}: weights missing for {', '.join(missing)}")
+    try:
+        prog = from_public(json.loads(raw))
+        if weights:
+            verify(prog, weights)
+    except VerifyError as e:
+        raise VerifyError(f"{path}: {e}", e.rule, e.index) from None
     return prog, weights

@@ -13,11 +13,12 @@ from collections.abc import Callable
 import numpy as np
 
 from mpcc.compiler.batching import row_mixing, rows_independent
-from mpcc.compiler.ir import Program
-from mpcc.errors import InputError, ModelError
+from mpcc.compiler.ir import Instr, Program
+from mpcc.errors import InputError
 from mpcc.inputs import as_samples, map_batches
-from mpcc.runtime import localops
 from mpcc.runtime.fixedpoint import arith_shift, decode, encode
+from mpcc.runtime.owner import encode_weight
+from mpcc.runtime.rules import RULES, Backend
 
 
 def plain_relu(x: np.ndarray, shift: int) -> np.ndarray:
@@ -27,48 +28,47 @@ def plain_relu(x: np.ndarray, shift: int) -> np.ndarray:
 
 def encode_weights(prog: Program, weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Each weight encoded at the scale its instruction needs."""
-    out = {}
-    for n, spec in prog.weights.items():
-        try:
-            out[n] = encode(weights[n], spec.scale)
-        except InputError as e:
-            src = f" (from {spec.source!r})" if spec.source else ""
-            raise ModelError(f"weight {n}{src} cannot be encoded: {e}") from None
-    return out
+    return {n: encode_weight(prog, n, weights[n]) for n in prog.weights}
+
+
+class Cleartext(Backend):
+    """The op rules' plaintext backend: the whole value, exact ring arithmetic."""
+
+    party = 0
+
+    def __init__(
+        self, prog: Program, weights: dict[str, np.ndarray], inputs: dict[str, np.ndarray]
+    ) -> None:
+        self.prog, self._w, self._inputs = prog, weights, inputs
+
+    def input(self, ins: Instr) -> np.ndarray:
+        return self._inputs[ins.attrs["name"]]
+
+    def weight(self, name: str) -> np.ndarray:
+        return self._w[name]
+
+    def linear(self, ins: Instr, x: np.ndarray) -> np.ndarray:
+        return RULES[ins.op].bilinear(self.prog, ins, False)(x, self._w[ins.weights[0]])
+
+    def multiply(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return x * y
+
+    def truncate(self, x: np.ndarray, shift: int) -> np.ndarray:
+        return arith_shift(x, shift)
+
+    def relu(self, x: np.ndarray, shift: int) -> np.ndarray:
+        return plain_relu(x, shift)
 
 
 def run_encoded(
     prog: Program, weights: dict[str, np.ndarray], inputs: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Run one batch on encoded inputs and weights; returns the raw (encoded) outputs."""
+    backend = Cleartext(prog, weights, inputs)
     env: dict[int, np.ndarray] = {}
     for ins in prog.instrs:
-        args = [env[a] for a in ins.args]
-        out = localops.local(ins, args, prog, party=0)
-        if out is None:
-            out = _nonlocal(prog, ins, args, weights, inputs)
-        env[ins.out] = out
+        env[ins.out] = RULES[ins.op].eval(backend, ins, [env[a] for a in ins.args])
     return {name: env[v] for name, v in prog.outputs}
-
-
-def _nonlocal(prog, ins, args, weights, inputs) -> np.ndarray:
-    a = ins.attrs
-    x = args[0] if args else None
-    if ins.op in ("input", "output"):
-        return inputs[a["name"]] if ins.op == "input" else x
-    if ins.op in ("matmul", "conv2d", "mul_w"):
-        z = localops.bilinear(prog, ins)(x, weights[ins.weights[0]])
-        return localops.add_bias(ins, z, weights)
-    if ins.op == "add_w":
-        return x + weights[ins.weights[0]]
-    if ins.op == "mul":
-        return args[0] * args[1]
-    if ins.op == "trunc":
-        return arith_shift(x, a["shift"])
-    out = localops.comparison(ins, x, prog, 0, plain_relu)
-    if out is not None:
-        return out
-    raise AssertionError(f"no cleartext semantics for {ins.op}")
 
 
 def in_batches(prog: Program, x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:

@@ -1,6 +1,6 @@
 """LocalCluster: the dealer, P0 and P1 on this machine (threads, in-process transport).
 
-with LocalCluster(prog, weights) as cluster:
+with LocalCluster(plan) as cluster:          # a Plan, a plan file, or (program, weights)
     logits = cluster.predict(x)
     print(cluster.stats.summary())
 """
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mpcc.compiler import planfile
 from mpcc.compiler.ir import Program
+from mpcc.compiler.plan import Plan, as_plan
 from mpcc.compiler.planfile import plan_hash
 from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.cleartext import check_samples, in_batches
@@ -56,19 +56,19 @@ class LocalCluster:
 
     def __init__(
         self,
-        plan: Program | str | Path,
+        plan: Plan | Program | str | Path,
         weights: dict[str, np.ndarray] | None = None,
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
     ) -> None:
-        """`plan` is a compiled Program with its `weights`, or a plan file holding both."""
-        if isinstance(plan, str | Path):
-            plan, stored = planfile.load(plan)
-            weights = weights if weights is not None else stored
-        if not weights and plan.weights:
+        """`plan` is a Plan, a plan file holding the weights, or a Program and its
+        `weights`."""
+        plan = as_plan(plan, weights)
+        if not plan.has_weights:
             raise MpccError("LocalCluster needs the model owner's weights (none were given)")
-        self.prog = plan
-        self._weights = weights or {}
+        self.plan = plan
+        self.prog = plan.program
+        self._weights = plan.weights
         self.timeout = timeout
         self.stats: QueryStats | None = None
         self._pool: ThreadPoolExecutor | None = None
@@ -90,10 +90,12 @@ class LocalCluster:
         shares = share_weights(self.prog, self._weights)
         ch0, ch1 = local_link("P0", "P1", self.timeout)
         self._dealer_out, self._p1_from_dealer = local_link("dealer", "P1", self.timeout)
-        self.parties = (
-            PartyExecutor(0, self.prog, self.session, seeds[0], shares[0], ch0),
-            PartyExecutor(1, self.prog, self.session, seeds[1], shares[1], ch1),
+        # The shares are made for this session alone: opening turns them into F in place.
+        self.parties = tuple(
+            PartyExecutor(p, self.prog, self.session, seeds[p], shares[p], ch, consume_shares=True)
+            for p, ch in ((0, ch0), (1, ch1))
         )
+        del shares
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mpcc-party")
         self._next_query = 0
         self._prepared: list[int] = []

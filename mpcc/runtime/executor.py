@@ -1,24 +1,66 @@
-"""A compute party's executor: walks the plan and maps each instruction to a protocol call.
+"""A compute party's executor: walks the plan, evaluating each instruction by its op's rule.
 
-Protocols know nothing of the IR; this module supplies their shapes, material and shares.
+The executor is the secure backend of the op rules (`mpcc.runtime.rules`): their non-local
+steps (a linear layer, a product, a truncation, a ReLU) become protocol runs on this party's
+shares, each consuming the dealer's material for the call its op declared
+(`mpcc.compiler.calls`), in the plan's order. Protocols know nothing of the IR; this module
+supplies their shapes, material and shares. Values are freed after their last use.
+
+Observers (`ExecutionObserver`) see each query and instruction start and end: the benchmark
+and the tests measure through them, the executor is never patched.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from mpcc.compiler.costmodel import LINEAR_OPS, protocol_calls
+from mpcc.compiler.calls import Call, Linear, Multiply, Relu, Truncate
+from mpcc.compiler.costmodel import calls, masked_weights
 from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError, MaterialError
-from mpcc.runtime import localops
-from mpcc.runtime.dealer import secret_linear_weights
 from mpcc.runtime.material import Bundle, MaterialStore
-from mpcc.runtime.protocols import linear, multiply, relu, truncation
+from mpcc.runtime.protocols import linear, multiply, protocol_for, relu, truncation
+from mpcc.runtime.rules import RULES, Backend
+from mpcc.runtime.rules.linear import layout, prepare_weight
 from mpcc.runtime.session import Session
 from mpcc.runtime.transport import Channel
 
 
-class PartyExecutor:
+class ExecutionObserver:
+    """Sees a party's online phase: queries and instructions as they start and end."""
+
+    def query_start(self, party: int, query: int) -> None:
+        """A query's online phase begins."""
+
+    def instr_start(self, party: int, index: int, ins: Instr) -> None:
+        """Instruction `index` is about to run."""
+
+    def instr_end(self, party: int, index: int, ins: Instr) -> None:
+        """Instruction `index` has run."""
+
+    def query_end(self, party: int, query: int) -> None:
+        """The query's online phase is over (its material closed)."""
+
+
+def last_uses(prog: Program) -> list[list[int]]:
+    """For each instruction, the values that nothing later reads (outputs excepted): what the
+    executor frees once it has run."""
+    last: dict[int, int] = {}
+    for i, ins in enumerate(prog.instrs):
+        last[ins.out] = i
+        for a in ins.args:
+            last[a] = i
+    keep = {v for _, v in prog.outputs}
+    free: list[list[int]] = [[] for _ in prog.instrs]
+    for v, i in last.items():
+        if v not in keep:
+            free[i].append(v)
+    return free
+
+
+class PartyExecutor(Backend):
     """Compute party P0 or P1 for one session of one plan."""
 
     def __init__(
@@ -29,65 +71,71 @@ class PartyExecutor:
         seed: bytes,
         weight_shares: dict[str, np.ndarray],
         channel: Channel,
+        *,
+        consume_shares: bool = False,
     ) -> None:
+        """`weight_shares`: this party's share of every weight. With `consume_shares` the
+        masked weights' shares are overwritten by F at session setup (the caller made them
+        for this session alone); otherwise they are left as they are."""
         self.party = party
         self.prog = prog
         self.session = session
         self.ch = channel
+        self.observers: list[ExecutionObserver] = []
         self._seed = seed
-        self._w = weight_shares
-        self._masks: dict[str, np.ndarray] = {}
-        self._opened: dict[str, np.ndarray] = {}
-        # per session, per (weight, op): the online weight operand ([B]_0 + F for P0, [B]_1
-        # for P1, or W when public) and F, in the layout the op's kernel reads
-        self._operands: dict[tuple[str, str], tuple[np.ndarray, np.ndarray | None]] = {}
+        self._masked = masked_weights(prog)
+        self._to_open = {n: weight_shares[n] for n in self._masked}
+        self._consume = consume_shares
+        masked = set(self._masked)
+        # The weights used as they are (biases, non-linear weights, public weights).
+        self._w = {n: w for n, w in weight_shares.items() if n not in masked}
+        self._calls: list[list[Call]] = [calls(prog, ins) for ins in prog.instrs]
+        self._free = last_uses(prog)
+        # per (weight, layout): the online weight operand ([B]_0 + F for P0, [B]_1 for P1,
+        # or W when public) and F, as the instruction's prepared map reads them
+        self._operands: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray | None]] = {}
         self.store = MaterialStore(session.id)
+        self._query = -1
+        self._at = 0  # the instruction running
+        self._call = 0  # its next protocol call
 
     # -- once per session ------------------------------------------------------------------
     def open_weights(self) -> None:
-        """Open F = W - B for every secret linear weight, all in one round; then lay out
-        every linear layer's weight operands for its kernel, once for the session."""
-        names = secret_linear_weights(self.prog)
-        if names:
-            self._open(names)
-        for ins in self.prog.instrs:
-            if ins.op in LINEAR_OPS:
-                self._weight_operands(ins)
-
-    def _open(self, names: list[str]) -> None:
-        self._masks = {
-            n: linear.weight_mask(
-                self.prog.weights[n].shape, self.session.weight_prg(self._seed, n)
+        """Open F = W - B for every masked weight (in rounds of `linear.OPEN_WORDS` words),
+        then lay out each linear instruction's weight operands for its kernel, once."""
+        prog = self.prog
+        opened: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+        if self._to_open:
+            masks = {n: self.session.weight_prg(self._seed, n) for n in self._to_open}
+            opened = linear.open_weights(
+                self.ch, self.party, self._to_open, masks, in_place=self._consume
             )
-            for n in names
-        }
-        mine = [self._w[n] - self._masks[n] for n in names]
-        theirs = self.ch.exchange(mine)
-        self._opened = {n: m + t for n, m, t in zip(names, mine, theirs, strict=True)}
+        self._to_open = {}
+        for n, w in self._w.items():
+            if prog.public_weights:
+                opened.setdefault(n, (w, None))
+        for ins in prog.instrs:
+            rule = RULES[ins.op]
+            if rule.bilinear is None or layout(prog, ins) in self._operands:
+                continue
+            term, f = opened[ins.weights[0]]
+            self._operands[layout(prog, ins)] = (
+                prepare_weight(prog, ins, term),
+                None if f is None else prepare_weight(prog, ins, f),
+            )
 
-    def _weight_operands(self, ins: Instr) -> tuple[np.ndarray, np.ndarray | None]:
-        """(online weight operand, F) of a linear instruction, prepared for its kernel
-        (`localops.prepare_weight`) once per session; F is None for public weights."""
-        n = ins.weights[0]
-        key = (n, localops.weight_transposed(self.prog, ins))
-        got = self._operands.get(key)
-        if got is None:
-            if self.prog.public_weights:
-                got = (localops.prepare_weight(self.prog, ins, self._w[n]), None)
-            else:
-                term = linear.weight_term(self.party, self._masks[n], self._opened[n])
-                got = (
-                    localops.prepare_weight(self.prog, ins, term),
-                    localops.prepare_weight(self.prog, ins, self._opened[n]),
-                )
-            self._operands[key] = got
-        return got
+    def _operand_aux(self, ins: Instr, call: Call) -> tuple[Any, ...]:
+        """What a call needs beyond its sizes: a linear call's prepared map and F."""
+        bilinear = RULES[ins.op].bilinear
+        if bilinear is None:
+            return ()
+        return bilinear(self.prog, ins, True), self._operands[layout(self.prog, ins)][1]
 
     # -- offline, per query -----------------------------------------------------------------
     def prepare(self, query: int, bundle: Bundle | None) -> int:
         """Expand this party's material for a query (P1 also takes the dealer's bundle);
         returns the bytes of material now held for it."""
-        prog, s = self.prog, self.session
+        s = self.session
         if self.party == 1:
             if bundle is None:
                 raise MaterialError(f"P1 has no dealer material for query {query}")
@@ -98,92 +146,102 @@ class PartyExecutor:
                 )
             corrections = iter(bundle.corrections)
         items = []
-        for i, ins in enumerate(prog.instrs):
-            for j, (proto, p) in enumerate(protocol_calls(prog, ins)):
+        for i, ins in enumerate(self.prog.instrs):
+            for j, call in enumerate(self._calls[i]):
                 prg = s.call_prg(self._seed, query, i, j)
                 corr = next(corrections, None) if self.party == 1 else None
                 if self.party == 1 and corr is None:
                     raise MaterialError(f"dealer bundle for query {query} is short")
-                items.append(((s.id, query, i, j), self._expand(ins, proto, p, prg, corr)))
+                proto = protocol_for(call)
+                mat = proto.expand(self.party, call, prg, corr, *self._operand_aux(ins, call))
+                items.append(((s.id, query, i, j), mat))
         if self.party == 1 and next(corrections, None) is not None:
             raise MaterialError(f"dealer bundle for query {query} is too long")
         return self.store.add_query(query, items)
 
-    def _expand(self, ins: Instr, proto: str, p: dict, prg, corr):
-        prog = self.prog
-        if proto == "linear":
-            x_shape = prog.value(ins.args[0]).shape
-            z_shape = prog.value(ins.out).shape
-            fn = localops.bilinear(prog, ins, prepared=True)
-            _, f = self._weight_operands(ins)
-            return linear.expand(self.party, fn, x_shape, z_shape, prg, corr, f)
-        if proto == "multiply":
-            x_shape = prog.value(ins.args[0]).shape
-            y_shape = prog.value(ins.args[1]).shape
-            return multiply.expand(self.party, x_shape, y_shape, prg, corr)
-        if proto == "truncate":
-            return truncation.expand(self.party, p["n"], p["shift"], prg, corr)
-        if proto == "relu":
-            return relu.expand(self.party, p["n"], p["shift"], prg, corr)
-        raise AssertionError(proto)
-
     # -- online -----------------------------------------------------------------------------
     def run(self, query: int, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Evaluate one query on this party's input shares; returns its output shares."""
-        prog = self.prog
+        prog, obs = self.prog, self.observers
+        self._query, self._inputs = query, inputs
+        for o in obs:
+            o.query_start(self.party, query)
         env: dict[int, np.ndarray] = {}
-        for i, ins in enumerate(prog.instrs):
-            args = [env[a] for a in ins.args]
-            out = localops.local(ins, args, prog, self.party)
-            if out is None:
-                out = self._secure(query, i, ins, args, inputs)
-            env[ins.out] = out
+        outputs = {}
+        try:
+            for i, ins in enumerate(prog.instrs):
+                for o in obs:
+                    o.instr_start(self.party, i, ins)
+                self._at, self._call = i, 0
+                env[ins.out] = RULES[ins.op].eval(self, ins, [env[a] for a in ins.args])
+                if self._call != len(self._calls[i]):
+                    raise MaterialError(
+                        f"instruction {i} ({ins.op.name}) made {self._call} protocol calls, "
+                        f"its op declares {len(self._calls[i])}"
+                    )
+                for v in self._free[i]:
+                    del env[v]
+                for o in obs:
+                    o.instr_end(self.party, i, ins)
+            outputs = {name: env[v] for name, v in prog.outputs}
+        finally:
+            self._inputs = {}
         self.store.finish(query)
-        return {name: env[v] for name, v in prog.outputs}
+        for o in obs:
+            o.query_end(self.party, query)
+        return outputs
 
-    def _secure(self, query: int, i: int, ins: Instr, args, inputs) -> np.ndarray:
-        prog, party, ch = self.prog, self.party, self.ch
-        a = ins.attrs
-        x = args[0] if args else None
-        calls = iter(range(len(protocol_calls(prog, ins))))
-
-        def material():
-            return self.store.take((self.session.id, query, i, next(calls)))
-
-        def secure_relu(v: np.ndarray, shift: int) -> np.ndarray:
-            mat = material()
-            if mat.shift != shift:
+    def _material(self, kind: type[Call], **expect: Any) -> Any:
+        """The next piece of this instruction's material, which must be for a call of `kind`
+        with the `expect`ed parameters (as the op's declaration said)."""
+        i, j = self._at, self._call
+        declared = self._calls[i]
+        ins = self.prog.instrs[i]
+        if j >= len(declared) or type(declared[j]) is not kind:
+            raise MaterialError(
+                f"instruction {i} ({ins.op.name}) asks for a {kind.__name__} call that its "
+                f"op does not declare (declared: {declared})"
+            )
+        call = declared[j]
+        for k, v in expect.items():
+            if getattr(call, k) != v:
                 raise MaterialError(
-                    f"instruction {i} ({ins.op}) asks for a ReLU truncating {shift} bits, "
-                    f"but its material truncates {mat.shift}"
+                    f"instruction {i} ({ins.op.name}) asks for a {kind.__name__} with "
+                    f"{k}={v}, but its material is for {k}={getattr(call, k)}"
                 )
-            return relu.run(ch, party, mat, v.reshape(-1)).reshape(v.shape)
+        self._call += 1
+        return self.store.take((self.session.id, self._query, i, j))
 
-        if ins.op == "input":
-            share = inputs[a["name"]]
-            expected = prog.value(ins.out).shape
-            if share.shape != expected:
-                raise InputError(
-                    f"input {a['name']!r} has shape {list(share.shape)}, expected {list(expected)}"
-                )
-            return share
-        if ins.op == "output":
-            return x
-        if ins.op in LINEAR_OPS:
-            fn = localops.bilinear(prog, ins, prepared=True)
-            term, f = self._weight_operands(ins)
-            if prog.public_weights:
-                z = linear.public_weights(x, term, fn)
-            else:
-                z = linear.run(ch, party, material(), x, term, fn)
-            return localops.add_bias(ins, z, self._w)
-        if ins.op == "add_w":
-            return x + self._w[ins.weights[0]]
-        if ins.op == "mul":
-            return multiply.run(ch, party, material(), args[0], args[1])
-        if ins.op == "trunc":
-            return truncation.run(ch, party, material(), x.reshape(-1)).reshape(x.shape)
-        out = localops.comparison(ins, x, prog, party, secure_relu)
-        if out is not None:
-            return out
-        raise AssertionError(f"no secure semantics for {ins.op}")
+    # -- the backend of the op rules --------------------------------------------------------
+    def input(self, ins: Instr) -> np.ndarray:
+        name = ins.attrs["name"]
+        share = self._inputs[name]
+        expected = self.prog.value(ins.out).shape
+        if share.shape != expected:
+            raise InputError(
+                f"input {name!r} has shape {list(share.shape)}, expected {list(expected)}"
+            )
+        return share
+
+    def weight(self, name: str) -> np.ndarray:
+        return self._w[name]
+
+    def linear(self, ins: Instr, x: np.ndarray) -> np.ndarray:
+        fn = RULES[ins.op].bilinear(self.prog, ins, True)
+        term, _ = self._operands[layout(self.prog, ins)]
+        if self.prog.public_weights:
+            return linear.public_weights(x, term, fn)
+        mat = self._material(Linear, x_shape=x.shape)
+        return linear.run(self.ch, self.party, mat, x, term, fn)
+
+    def multiply(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        mat = self._material(Multiply, x_shape=x.shape, y_shape=y.shape)
+        return multiply.run(self.ch, self.party, mat, x, y)
+
+    def truncate(self, x: np.ndarray, shift: int) -> np.ndarray:
+        mat = self._material(Truncate, n=x.size, shift=shift)
+        return truncation.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
+
+    def relu(self, x: np.ndarray, shift: int) -> np.ndarray:
+        mat = self._material(Relu, n=x.size, shift=shift)
+        return relu.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)

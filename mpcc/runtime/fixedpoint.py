@@ -11,11 +11,25 @@ from mpcc.errors import InputError
 RANGE_BITS = 62
 
 
+ENCODE_CHUNK = 1 << 20  # elements encoded at a time: a large tensor costs its output alone
+
+
 def encode(x: np.ndarray | float, frac_bits: int) -> np.ndarray:
     """Round reals to the nearest multiple of 2^-frac_bits and map them into the ring.
 
     Raises InputError for values that are not finite or not within |v| < 2^(62 - frac_bits).
     """
+    a = np.asarray(x, order="C")  # C order, as the ring kernels expect
+    if a.size <= ENCODE_CHUNK:
+        return _encode(a, frac_bits)
+    out = np.empty(a.shape, dtype=np.uint64)
+    src, dst = a.reshape(-1), out.reshape(-1)
+    for at in range(0, a.size, ENCODE_CHUNK):
+        dst[at : at + ENCODE_CHUNK] = _encode(src[at : at + ENCODE_CHUNK], frac_bits)
+    return out
+
+
+def _encode(x: np.ndarray, frac_bits: int) -> np.ndarray:
     scaled = np.rint(np.asarray(x, dtype=np.float64) * float(2**frac_bits))
     if scaled.size and not np.abs(scaled).max() < 2.0**RANGE_BITS:  # also catches nan
         bits = RANGE_BITS - frac_bits

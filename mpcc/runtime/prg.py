@@ -70,10 +70,16 @@ class Prg:
         return self.bytes(8 * n).view(np.uint64).reshape(shape)
 
 
-def share(x: np.ndarray, prg: Prg | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Split ring elements into two additive shares; each share alone is uniform."""
+def share(
+    x: np.ndarray, prg: Prg | None = None, *, in_place: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ring elements into two additive shares; each share alone is uniform. With
+    `in_place` (x a uint64 array the caller gives up), x becomes the second share."""
     x = np.asarray(x, dtype=np.uint64)
     s0 = (prg or Prg.fresh()).uint64(*x.shape)
+    if in_place:
+        np.subtract(x, s0, out=x)
+        return s0, x
     return s0, x - s0
 
 

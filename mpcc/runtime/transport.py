@@ -3,11 +3,15 @@
 A *round* is one `exchange`: both compute parties send a message and wait for the peer's.
 Byte counts are payload bytes (the arrays' `nbytes`), the same quantity the compiler's cost
 model predicts; framing and TLS overhead are the network transport's business.
+
+Observers (`ChannelObserver`) see every message sent and received, with the time spent
+waiting for it: the benchmark's clocks and the tests of what each party sees use them.
 """
 
 from __future__ import annotations
 
 import queue
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,6 +48,16 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
     return a if a.flags.c_contiguous else np.ascontiguousarray(a)
 
 
+class ChannelObserver:
+    """Sees a channel's messages: the arrays, as sent or as received (read only)."""
+
+    def sent(self, channel: Channel, arrays: list[np.ndarray]) -> None:
+        """A message left through `channel`."""
+
+    def received(self, channel: Channel, arrays: list[np.ndarray], waited_s: float) -> None:
+        """A message arrived on `channel` after `waited_s` seconds inside receive."""
+
+
 class _Abort:
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -57,6 +71,7 @@ class Channel:
         self.peer = peer
         self.timeout = timeout
         self.traffic = Traffic()
+        self.observers: list[ChannelObserver] = []
 
     def send(self, arrays: list[np.ndarray]) -> None:
         """Send one message (a list of arrays) to the peer."""
@@ -64,10 +79,19 @@ class Channel:
         self._put(arrays)
         self.traffic.bytes_sent += sum(a.nbytes for a in arrays)
         self.traffic.messages_sent += 1
+        for o in self.observers:
+            o.sent(self, arrays)
 
     def recv(self) -> list[np.ndarray]:
         """Receive the peer's next message; raises PartyError on timeout or abort."""
-        arrays = self._get()
+        if not self.observers:
+            arrays = self._get()
+        else:
+            t0 = time.perf_counter()
+            arrays = self._get()
+            waited = time.perf_counter() - t0
+            for o in self.observers:
+                o.received(self, arrays, waited)
         self.traffic.bytes_received += sum(a.nbytes for a in arrays)
         return arrays
 

@@ -11,7 +11,9 @@ import datetime as dt
 import logging
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -54,13 +56,17 @@ def role_from_peercert(cert: dict | None) -> str | None:
     return roles[0] if len(roles) == 1 else None
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Write a file readable by its owner only (mode 0600), atomically."""
+def write_private(path: Path, data: bytes | Callable[[BinaryIO], object]) -> None:
+    """Write a file readable by its owner only (mode 0600), atomically: `data`, or what the
+    callable `data(file)` writes (streamed: no copy of the whole file in memory)."""
     tmp = path.with_name(path.name + f".tmp{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            if callable(data):
+                data(f)
+            else:
+                f.write(data)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

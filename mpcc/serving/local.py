@@ -6,7 +6,7 @@ with ProcessCluster(tmp_dir) as pc:        # cluster init on free loopback ports
     with Client(pc.cfg) as c: ...
 # every process started here is killed on exit
 
-with serve_locally(prog, weights) as client:   # all of the above in a temporary directory
+with serve_locally(plan) as client:   # all of the above in a temporary directory
     y = client.predict(x)
 
 On Linux the party processes are killed when the process that started them dies, and
@@ -155,12 +155,17 @@ class ProcessCluster:
 
 
 @contextmanager
-def serve_locally(prog: Any, weights: dict[str, Any], **serving: Any) -> Iterator[Any]:
-    """Three party processes on 127.0.0.1 serving `prog` (deployed with `weights`), and a
-    `Client` of them with a live session; everything is stopped and removed on exit."""
+def serve_locally(
+    plan: Any, weights: dict[str, Any] | None = None, **serving: Any
+) -> Iterator[Any]:
+    """Three party processes on 127.0.0.1 serving `plan` (a Plan, a plan file, or a Program
+    and its `weights`), and a `Client` of them with a live session; everything is stopped
+    and removed on exit."""
+    from mpcc.compiler.plan import as_plan
     from mpcc.serving.client import Client
     from mpcc.serving.owner import deploy_program
 
+    prog, weights = as_plan(plan, weights)
     with (
         tempfile.TemporaryDirectory(prefix="mpcc-local-") as tmp,
         ProcessCluster(Path(tmp), **serving) as pc,

@@ -19,6 +19,7 @@ import numpy as np
 
 from mpcc.compiler import planfile
 from mpcc.compiler.ir import Program
+from mpcc.compiler.plan import Plan, as_plan
 from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.owner import share_weights
 from mpcc.serving.config import ClusterConfig
@@ -32,14 +33,18 @@ class DeployError(MpccError):
 
 
 def deploy(
-    plan: str | Path, config: str | Path | ClusterConfig, *, allow_public_weights: bool = False
+    plan: Plan | str | Path,
+    config: str | Path | ClusterConfig,
+    *,
+    allow_public_weights: bool = False,
 ) -> str:
-    """Deploy a plan file (with the owner's weights); returns the deployment id."""
-    prog, weights = planfile.load(plan)
-    if not weights:
-        raise MpccError(f"{plan} holds no weights: deploy the owner's plan file")
+    """Deploy a Plan or a plan file (with the owner's weights); returns the deployment id."""
+    source = "the plan" if isinstance(plan, Plan) else str(plan)
+    prog, weights = as_plan(plan)
+    if prog.weights and not weights:
+        raise MpccError(f"{source} holds no weights: deploy the owner's plan file")
     return deploy_program(
-        prog, weights, config, allow_public_weights=allow_public_weights, source=str(plan)
+        prog, weights, config, allow_public_weights=allow_public_weights, source=source
     )
 
 

@@ -13,7 +13,6 @@ a corrupted share file or shares of two different deployments stop the start-up.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 from dataclasses import dataclass
@@ -164,10 +163,8 @@ def save(directory: Path, dep: Deployment) -> Path:
         arrays[f"w{i}"] = dep.shares[n]
     names = sorted(dep.shares or {})
     arrays["__names__"] = np.frombuffer(json.dumps(names).encode(), dtype=np.uint8)
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
     path = directory / FILE
-    write_private(path, buf.getvalue())
+    write_private(path, lambda f: np.savez(f, **arrays))  # streamed: no copy of the shares
     return path
 
 

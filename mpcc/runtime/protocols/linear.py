@@ -2,7 +2,8 @@
 
 Session setup: each party draws its share of the weight mask B from its seed
 (`weight_mask`; the dealer adds both, `dealer_weight_mask`) and the parties open
-F = W - B once (`open_weights`). The dealer never sees F.
+F = W - B once (`open_weights`), OPEN_WORDS words a round, so a model of any size opens
+with a bounded transient. The dealer never sees F.
 
 Per query the dealer draws a fresh A = A_0 + A_1 from the seeds and sends P1 only the
 correction C_1 = L(A, B) - C_0. Each party precomputes L([A]_p, F) + [C]_p offline, so the
@@ -27,7 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpcc.compiler import calls
 from mpcc.runtime.prg import Prg
+from mpcc.runtime.protocols.base import Protocol
 from mpcc.runtime.protocols.common import checked_correction, consume, open_shares
 from mpcc.runtime.transport import Channel
 
@@ -46,6 +49,8 @@ class LinearMaterial:
 
 # --- session setup ---------------------------------------------------------------------------
 
+OPEN_WORDS = 1 << 22  # words opened per round at session setup (32 MiB each way)
+
 
 def weight_mask(w_shape: Shape, prg: Prg) -> np.ndarray:
     """This party's share [B]_p of the weight mask, drawn from its session seed."""
@@ -53,15 +58,76 @@ def weight_mask(w_shape: Shape, prg: Prg) -> np.ndarray:
 
 
 def dealer_weight_mask(w_shape: Shape, prg0: Prg, prg1: Prg) -> np.ndarray:
-    """The dealer's B = [B]_0 + [B]_1 from both seeds (nothing is sent)."""
-    return weight_mask(w_shape, prg0) + weight_mask(w_shape, prg1)
+    """The dealer's B = [B]_0 + [B]_1 from both seeds (nothing is sent), drawn in chunks so
+    that it costs B's size and no more."""
+    b = weight_mask(w_shape, prg0)
+    flat = b.reshape(-1)
+    for at in range(0, flat.size, OPEN_WORDS):
+        chunk = flat[at : at + OPEN_WORDS]
+        chunk += prg1.uint64(chunk.size)
+    return b
 
 
-def open_weights(ch: Channel, w_share: np.ndarray, b_share: np.ndarray) -> np.ndarray:
-    """Open F = W - B once per session (one round, `costs.weight_opening`)."""
-    f_share = np.asarray(w_share, dtype=np.uint64) - b_share
-    (f,) = open_shares(ch, [f_share])
-    return f
+def open_weights(
+    ch: Channel,
+    party: int,
+    shares: dict[str, np.ndarray],
+    masks: dict[str, Prg],
+    *,
+    in_place: bool = False,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Open F = W - B for every weight in `shares` (`costs.weight_opening` bytes each),
+    drawing [B]_p from `masks[name]`; returns, per weight, (the party's online operand
+    [B]_0 + F for P0 or [B]_1 for P1, F).
+
+    Weights travel together, OPEN_WORDS words a round (LeNet: one round), so neither a
+    party nor the wire ever holds more than a round's worth beyond the results. With
+    `in_place`, F overwrites the share (which the caller then no longer needs)."""
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    flat: dict[str, np.ndarray] = {}  # each share, C-contiguous, as one row of words
+    pieces: list[tuple[str, int, int]] = []  # (weight, start, stop) of the next round
+    filled = 0
+
+    def flush() -> None:
+        masks_now, mine = [], []
+        for name, a, b in pieces:
+            w = flat[name][a:b]
+            m = masks[name].uint64(b - a)
+            if in_place:
+                np.subtract(w, m, out=w)
+                mine.append(w)
+            else:
+                mine.append(w - m)
+            masks_now.append(m)
+        theirs = ch.exchange(mine)
+        for (name, a, b), m, mi, th in zip(pieces, masks_now, mine, theirs, strict=True):
+            term, f = (t.reshape(-1)[a:b] for t in out[name])
+            np.add(mi, th, out=f)
+            if party == 0:
+                np.add(m, f, out=term)
+            else:
+                term[...] = m
+        pieces.clear()
+
+    for name, share in shares.items():
+        if share.dtype != np.uint64:
+            raise ValueError(f"weight share {name!r} is {share.dtype}, not uint64")
+        w = np.asarray(share, order="C")  # the share itself, unless it must be copied
+        flat[name] = w.reshape(-1)
+        f = w if in_place else np.empty(w.shape, np.uint64)
+        out[name] = (np.empty(w.shape, np.uint64), f)
+        at = 0
+        while at < w.size:
+            take = min(w.size - at, OPEN_WORDS - filled)
+            pieces.append((name, at, at + take))
+            at += take
+            filled += take
+            if filled == OPEN_WORDS:
+                flush()
+                filled = 0
+    if pieces:
+        flush()
+    return out
 
 
 # --- per query -------------------------------------------------------------------------------
@@ -128,7 +194,7 @@ def run(
 ) -> np.ndarray:
     """Online: open E = X - A (one round, `costs.linear`), then one bilinear map; [Z]_p.
 
-    `w_term` is `weight_term(party, [B]_p, F)`, fixed for the session (computed once, not
+    `w_term` is the online operand `open_weights` returns, fixed for the session (not
     per query: a weight-sized add that would dominate small batches)."""
     consume("linear", mat, "a reused A would leak X1 - X2")
     x_share = np.asarray(x_share, dtype=np.uint64)
@@ -139,14 +205,20 @@ def run(
     return np.asarray(bilinear(e, w_term), dtype=np.uint64) + mat.pre
 
 
-def weight_term(party: int, b_share: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """The weight operand of party's online map: [B]_0 + F for P0, [B]_1 for P1."""
-    return b_share + f if party == 0 else b_share
-
-
 # --- public weights --------------------------------------------------------------------------
 
 
 def public_weights(x_share: np.ndarray, w: np.ndarray, bilinear: Bilinear) -> np.ndarray:
     """L([X]_p, W) for public W: local, no material, no communication."""
     return np.asarray(bilinear(np.asarray(x_share, dtype=np.uint64), w), dtype=np.uint64)
+
+
+PROTOCOL = Protocol(
+    call=calls.Linear,
+    deal=lambda c, prg0, prg1, bilinear, b: deal(bilinear, c.x_shape, c.z_shape, b, prg0, prg1),
+    expand=lambda party, c, prg, corr, bilinear, f: expand(
+        party, bilinear, c.x_shape, c.z_shape, prg, corr, f
+    ),
+    run=run,
+    correction_words=lambda c: math.prod(c.z_shape),
+)

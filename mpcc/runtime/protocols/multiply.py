@@ -12,7 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpcc.compiler import calls
 from mpcc.runtime.prg import Prg
+from mpcc.runtime.protocols.base import Protocol
 from mpcc.runtime.protocols.common import checked_correction, consume, open_shares
 from mpcc.runtime.transport import Channel
 
@@ -79,3 +81,12 @@ def run(
     if party == 0:
         z += e * f
     return np.asarray(z)
+
+
+PROTOCOL = Protocol(
+    call=calls.Multiply,
+    deal=lambda c, prg0, prg1: deal(c.x_shape, c.y_shape, prg0, prg1),
+    expand=lambda party, c, prg, corr: expand(party, c.x_shape, c.y_shape, prg, corr),
+    run=run,
+    correction_words=lambda c: math.prod(c.z_shape),
+)

@@ -38,9 +38,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpcc.compiler import calls
 from mpcc.runtime import bitslice
 from mpcc.runtime.prg import Prg
 from mpcc.runtime.protocols import common, truncation
+from mpcc.runtime.protocols.base import Protocol
 from mpcc.runtime.protocols.truncation import LOW63, SIXTY_THREE
 from mpcc.runtime.transport import Channel
 
@@ -212,3 +214,12 @@ def run(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray) -> np.ndarray
         t_a += e
     out = d * t_a + e * mat.sigma + flip * mat.rho_sigma
     return out.reshape(shape)
+
+
+PROTOCOL = Protocol(
+    call=calls.Relu,
+    deal=lambda c, prg0, prg1: deal(c.n, c.shift, prg0, prg1),
+    expand=lambda party, c, prg, corr: expand(party, c.n, c.shift, prg, corr),
+    run=run,
+    correction_words=lambda c: correction_words(c.n, c.shift),
+)

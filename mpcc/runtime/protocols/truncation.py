@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mpcc.compiler import calls
 from mpcc.runtime.prg import Prg
+from mpcc.runtime.protocols.base import Protocol
 from mpcc.runtime.protocols.common import checked_correction, consume, open_shares
 from mpcc.runtime.transport import Channel
 
@@ -119,3 +121,12 @@ def run(ch: Channel, party: int, mat: TruncMaterial, x_share: np.ndarray) -> np.
         raise ValueError(f"truncation: input shape {x_share.shape}, material for {mat.r.shape}")
     c = open_biased(ch, party, x_share, mat.r)
     return output_share(party, c, mat.r_hi, mat.r_63, mat.shift)
+
+
+PROTOCOL = Protocol(
+    call=calls.Truncate,
+    deal=lambda c, prg0, prg1: deal(c.n, c.shift, prg0, prg1),
+    expand=lambda party, c, prg, corr: expand(party, c.n, c.shift, prg, corr),
+    run=run,
+    correction_words=lambda c: 2 * c.n,
+)

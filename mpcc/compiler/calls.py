@@ -1,0 +1,82 @@
+"""The interactive protocol invocations an instruction makes: typed, sized and priced.
+
+An op's `calls` rule lists these in execution order. The dealer prepares material for exactly
+these calls, each party expands and consumes it in this order, and the cost model prices
+them (`mpcc.compiler.costs`). Each runtime protocol module implements one call type (deal,
+expand, run, correction size: `mpcc.runtime.protocols`), and a test checks that each call
+type has one and that its correction size is the dealer bytes priced here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpcc.compiler import costs
+from mpcc.compiler.costs import Cost
+
+Shape = tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Call:
+    """One invocation of an interactive protocol."""
+
+    def cost(self) -> Cost:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Linear(Call):
+    """Z = L(X, W) for a secret X and the instruction's secret weight W (masked once per
+    session): a matrix/conv Beaver triple; `macs` ring multiply-adds per party online."""
+
+    x_shape: Shape
+    z_shape: Shape
+    macs: int
+
+    def cost(self) -> Cost:
+        return costs.linear(math.prod(self.x_shape), math.prod(self.z_shape), self.macs)
+
+
+@dataclass(frozen=True)
+class Multiply(Call):
+    """Z = X * Y of two secrets, elementwise with numpy broadcasting: a Beaver triple."""
+
+    x_shape: Shape
+    y_shape: Shape
+
+    @property
+    def z_shape(self) -> Shape:
+        return tuple(int(d) for d in np.broadcast_shapes(self.x_shape, self.y_shape))
+
+    def cost(self) -> Cost:
+        x, y = math.prod(self.x_shape), math.prod(self.y_shape)
+        return costs.multiply(x, y, math.prod(self.z_shape))
+
+
+@dataclass(frozen=True)
+class Truncate(Call):
+    """Drop `shift` fractional bits of n elements (known-MSB truncation, one round)."""
+
+    n: int
+    shift: int
+
+    def cost(self) -> Cost:
+        return costs.truncate(self.n)
+
+
+@dataclass(frozen=True)
+class Relu(Call):
+    """ReLU of n elements, `shift` bits truncated in the same protocol (8 rounds)."""
+
+    n: int
+    shift: int
+
+    def cost(self) -> Cost:
+        return costs.relu(self.n, self.shift)
+
+
+CALL_TYPES: tuple[type[Call], ...] = (Linear, Multiply, Truncate, Relu)

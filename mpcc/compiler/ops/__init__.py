@@ -1,0 +1,54 @@
+"""The IR's ops, each declared once with its rules (`mpcc.compiler.ops.base`).
+
+    from mpcc.compiler import ops
+    prog.emit(ops.relu, (x.id,), shift=16)
+
+`ops.REGISTRY` maps names to ops (plan files name them); `ops.ALL` lists them in order.
+"""
+
+from mpcc.compiler.ops.arith import add, add_w, mul, mul_public, rescale, sub, trunc
+from mpcc.compiler.ops.base import REGISTRY, Op, RuleError, Site, Type, lookup
+from mpcc.compiler.ops.compare import clip, leaky_relu, relu
+from mpcc.compiler.ops.io import input, output
+from mpcc.compiler.ops.linear import conv2d, matmul, mul_w
+from mpcc.compiler.ops.movement import concat, pad, reshape, slice, transpose
+from mpcc.compiler.ops.pool import avgpool, maxpool, maxpool_levels, sumpool
+
+ALL: tuple[Op, ...] = (
+    input,
+    output,
+    matmul,
+    conv2d,
+    mul_w,
+    add_w,
+    add,
+    sub,
+    mul,
+    mul_public,
+    rescale,
+    trunc,
+    relu,
+    leaky_relu,
+    clip,
+    maxpool,
+    avgpool,
+    sumpool,
+    reshape,
+    transpose,
+    concat,
+    slice,
+    pad,
+)
+assert set(ALL) == set(REGISTRY.values()), "every declared op is listed in ALL"
+
+__all__ = [
+    "ALL",
+    "REGISTRY",
+    "Op",
+    "RuleError",
+    "Site",
+    "Type",
+    "lookup",
+    "maxpool_levels",
+    *(op.name for op in ALL),
+]

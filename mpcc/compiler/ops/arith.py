@@ -1,0 +1,114 @@
+"""Arithmetic on secrets: sums (local), products (a Beaver triple), public factors (local),
+and truncation (dropping fractional bits: one round)."""
+
+from __future__ import annotations
+
+import math
+
+from mpcc.compiler.calls import Call, Multiply, Truncate
+from mpcc.compiler.ops.base import (
+    WEIGHTS,
+    Int,
+    Op,
+    Site,
+    Type,
+    broadcast,
+    declare,
+    require,
+    same_as_input,
+    weight_scale,
+)
+from mpcc.compiler.ops.rows import same_rows, weights_vary_by_row
+
+
+def _add_w(site: Site) -> Type:
+    x, w = site.x, site.weights[0]
+    require(
+        broadcast(x.shape, w.shape, rule=WEIGHTS) == x.shape,
+        f"weight {w.name} {list(w.shape)} must broadcast to the input {list(x.shape)}",
+        WEIGHTS,
+    )
+    weight_scale(site, 0, x.scale, "weight")
+    return Type(x.shape, x.scale)
+
+
+def _sum(site: Site) -> Type:
+    a, b = site.args
+    require(a.scale == b.scale, f"operands at scales {a.scale} and {b.scale}: align them first")
+    return Type(broadcast(a.shape, b.shape), a.scale)
+
+
+def _mul(site: Site) -> Type:
+    a, b = site.args
+    return Type(broadcast(a.shape, b.shape), a.scale + b.scale)
+
+
+def _rescale(site: Site) -> Type:
+    x = site.x
+    return Type(x.shape, x.scale + site.attrs["bits"])
+
+
+def _trunc(site: Site) -> Type:
+    x, shift = site.x, site.attrs["shift"]
+    require(shift <= x.scale, f"shift {shift} is more than the input's {x.scale} bits")
+    return Type(x.shape, x.scale - shift)
+
+
+def _mul_calls(site: Site) -> list[Call]:
+    a, b = site.args
+    return [Multiply(a.shape, b.shape)]
+
+
+def _trunc_calls(site: Site) -> list[Call]:
+    return [Truncate(math.prod(site.x.shape), site.attrs["shift"])]
+
+
+add_w = declare(
+    Op(
+        "add_w",
+        "x + b with a broadcast weight (local)",
+        _add_w,
+        weights=(1, 1),
+        rows=lambda s: same_rows(s) or weights_vary_by_row(s, s.ins.weights),
+    )
+)
+add = declare(Op("add", "x + y of two secrets (local)", _sum, args=(2, 2), rows=same_rows))
+sub = declare(Op("sub", "x - y of two secrets (local)", _sum, args=(2, 2), rows=same_rows))
+mul = declare(
+    Op(
+        "mul",
+        "x * y of two secrets, elementwise: fresh Beaver triple",
+        _mul,
+        args=(2, 2),
+        calls=_mul_calls,
+        rows=same_rows,
+    )
+)
+mul_public = declare(
+    Op(
+        "mul_public",
+        "x * factor: multiply by a public integer, same scale (local)",
+        same_as_input,
+        attrs={"factor": Int()},
+        rows=same_rows,
+    )
+)
+rescale = declare(
+    Op(
+        "rescale",
+        "x * 2^bits at bits more fractional bits: the same real value (local)",
+        _rescale,
+        attrs={"bits": Int(lo=1, hi=62)},
+        rows=same_rows,
+    )
+)
+trunc = declare(
+    Op(
+        "trunc",
+        "drop `shift` fractional bits (known-MSB truncation, 1 round)",
+        _trunc,
+        attrs={"shift": Int(lo=1, hi=62)},
+        calls=_trunc_calls,
+        rows=same_rows,
+    )
+)

@@ -1,0 +1,79 @@
+"""Comparison-based ops: ReLU (with a fused truncation), LeakyReLU and Clip.
+
+Each is composed over the secure ReLU protocol (`calls.Relu`: masked opening plus a 62-bit
+comparison tree, 8 rounds); the runtime composes the same way over the exact plaintext ReLU
+in the cleartext interpreter.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mpcc.compiler.calls import Call, Relu
+from mpcc.compiler.ops.base import Float, Int, Op, Site, Type, declare, require
+from mpcc.compiler.ops.rows import same_rows
+
+_SHIFT = Int(lo=0, hi=62)
+
+
+def _shifted(site: Site) -> Type:
+    x, shift = site.x, site.attrs["shift"]
+    require(shift <= x.scale, f"shift {shift} is more than the input's {x.scale} bits")
+    return Type(x.shape, x.scale - shift)
+
+
+def _leaky(site: Site) -> Type:
+    x = site.x
+    return Type(x.shape, x.scale + site.f)  # alpha is encoded at f bits
+
+
+def _clip(site: Site) -> Type:
+    a = site.attrs
+    require(a.get("lo") is not None or a.get("hi") is not None, "a clip needs a bound")
+    return _shifted(site)
+
+
+def _relu_calls(site: Site) -> list[Call]:
+    return [Relu(math.prod(site.x.shape), site.attrs["shift"])]
+
+
+def _leaky_calls(site: Site) -> list[Call]:
+    return [Relu(math.prod(site.x.shape), 0)]
+
+
+def _clip_calls(site: Site) -> list[Call]:
+    a = site.attrs
+    both = a.get("lo") is not None and a.get("hi") is not None
+    return [Relu(math.prod(site.x.shape) * (2 if both else 1), a["shift"])]
+
+
+relu = declare(
+    Op(
+        "relu",
+        "max(x, 0), with `shift` fractional bits truncated in the same protocol",
+        _shifted,
+        attrs={"shift": _SHIFT},
+        calls=_relu_calls,
+        rows=same_rows,
+    )
+)
+leaky_relu = declare(
+    Op(
+        "leaky_relu",
+        "x if x > 0 else alpha * x (alpha at f bits: the output has f more)",
+        _leaky,
+        attrs={"alpha": Float()},
+        calls=_leaky_calls,
+        rows=same_rows,
+    )
+)
+clip = declare(
+    Op(
+        "clip",
+        "min(max(x, lo), hi), with `shift` bits truncated in the same protocol",
+        _clip,
+        attrs={"lo": Float(optional=True), "hi": Float(optional=True), "shift": _SHIFT},
+        calls=_clip_calls,
+        rows=same_rows,
+    )
+)

@@ -1,0 +1,155 @@
+"""Bilinear ops on a secret and a weight: matmul, conv2d, mul_w.
+
+With secret weights each is one matrix (or conv, or elementwise) Beaver triple, its weight
+masked once per session (F = W - B; `calls.Linear`); with public weights it is local. The
+weight is encoded at f fractional bits, so the output carries the input's scale plus f; a
+bias (the optional second weight) is encoded at the output's scale.
+"""
+
+from __future__ import annotations
+
+import math
+
+from mpcc.compiler.calls import Call, Linear
+from mpcc.compiler.ops.base import (
+    WEIGHTS,
+    Int,
+    Ints,
+    Op,
+    RuleError,
+    Site,
+    Type,
+    broadcast,
+    declare,
+    require,
+    weight_scale,
+)
+from mpcc.compiler.ops.rows import same_rows, weights_vary_by_row
+from mpcc.compiler.poolshapes import pool_output_shape
+
+
+def _bias(site: Site, out: tuple[int, ...], scale: int, shape: tuple[int, ...] | None) -> None:
+    """The optional bias: at the output's scale, of `shape` (or broadcasting to `out`)."""
+    if len(site.weights) < 2:
+        return
+    b = site.weights[1]
+    if shape is not None:
+        want = f"expected {list(shape)}"
+        require(b.shape == shape, f"bias {b.name} has shape {list(b.shape)}, {want}", WEIGHTS)
+    else:
+        require(
+            broadcast(b.shape, out, rule=WEIGHTS) == out,
+            f"bias {b.name} {list(b.shape)} does not broadcast to the output {list(out)}",
+            WEIGHTS,
+        )
+    weight_scale(site, 1, scale, "bias")
+
+
+def _matmul(site: Site) -> Type:
+    x, w = site.x, site.weights[0]
+    require(len(w.shape) == 2, f"weight {w.name} must be 2-D [K, N], not {list(w.shape)}", WEIGHTS)
+    require(
+        len(x.shape) >= 1 and x.shape[-1] == w.shape[0],
+        f"input {list(x.shape)} does not end in K = {w.shape[0]} of weight {w.name}",
+        WEIGHTS,
+    )
+    weight_scale(site, 0, site.f, "weight")
+    out = (*x.shape[:-1], w.shape[1])
+    _bias(site, out, x.scale + site.f, None)
+    return Type(out, x.scale + site.f)
+
+
+def _conv2d(site: Site) -> Type:
+    x, w, a = site.x, site.weights[0], site.attrs
+    g = a["groups"]
+    require(len(x.shape) == 4, f"input must be 4-D [N, C, H, W], not {list(x.shape)}")
+    require(len(w.shape) == 4, f"weight {w.name} must be 4-D [O, C/groups, kh, kw]", WEIGHTS)
+    require(
+        x.shape[1] == w.shape[1] * g and w.shape[0] % g == 0,
+        f"weight {w.name} {list(w.shape)} does not fit {x.shape[1]} input channels in {g} groups",
+        WEIGHTS,
+    )
+    weight_scale(site, 0, site.f, "weight")
+    try:
+        hw = pool_output_shape(x.shape[2:], w.shape[2:], a["strides"], a["pads"], a["dilations"])
+    except ValueError as e:
+        raise RuleError(str(e)) from None
+    out = (x.shape[0], w.shape[0], *hw)
+    _bias(site, out, x.scale + site.f, (w.shape[0],))
+    return Type(out, x.scale + site.f)
+
+
+def _mul_w(site: Site) -> Type:
+    x, w = site.x, site.weights[0]
+    require(
+        broadcast(x.shape, w.shape, rule=WEIGHTS) == x.shape,
+        f"weight {w.name} {list(w.shape)} must broadcast to the input {list(x.shape)}",
+        WEIGHTS,
+    )
+    weight_scale(site, 0, site.f, "weight")
+    return Type(x.shape, x.scale + site.f)
+
+
+def macs(site: Site) -> int:
+    """Ring multiply-adds of one evaluation."""
+    out, w = site.out, site.weights[0]
+    if site.ins.op is matmul:
+        return out.size * w.shape[0]
+    if site.ins.op is conv2d:
+        return out.size * math.prod(w.shape[1:])
+    return out.size
+
+
+def _calls(site: Site) -> list[Call]:
+    if site.prog.public_weights:
+        return []
+    return [Linear(site.x.shape, site.out.shape, macs(site))]
+
+
+def _local_macs(site: Site) -> int:
+    return macs(site) if site.prog.public_weights else 0
+
+
+def _product_rows(site: Site) -> str | None:
+    """matmul contracts the last axis, conv2d works per image: rows stay apart, but a bias
+    with a full leading axis differs per row."""
+    if len(site.out.shape) < 2:
+        return "a product on a vector has no batch axis"
+    return same_rows(site) or weights_vary_by_row(site, site.ins.weights[1:])
+
+
+def _scale_rows(site: Site) -> str | None:
+    return same_rows(site) or weights_vary_by_row(site, site.ins.weights)
+
+
+_LINEAR = dict(
+    calls=_calls, local_macs=_local_macs, masks_weight=True, weights=(1, 2), rows=_product_rows
+)
+
+matmul = declare(
+    Op("matmul", "x[..., K] @ W[K, N] (+ b): Beaver triple, W masked once", _matmul, **_LINEAR)
+)
+
+conv2d = declare(
+    Op(
+        "conv2d",
+        "2-D convolution with weight W (+ b): Beaver triple, W masked once",
+        _conv2d,
+        attrs={
+            "strides": Ints(2, lo=1, hide=[1, 1], short="s"),
+            "pads": Ints(4, lo=0, hide=[0, 0, 0, 0], short="p"),
+            "dilations": Ints(2, lo=1, hide=[1, 1], short="d"),
+            "groups": Int(lo=1, hide=1),
+        },
+        **_LINEAR,
+    )
+)
+
+mul_w = declare(
+    Op(
+        "mul_w",
+        "elementwise x * w with a broadcast weight: Beaver triple, w masked once",
+        _mul_w,
+        **dict(_LINEAR, weights=(1, 1), rows=_scale_rows),
+    )
+)

@@ -1,0 +1,138 @@
+"""Data movement: reshape, transpose, concat, slice and pad. All local: each party moves its
+share exactly as the plaintext would move (pad's constant is added by P0 only)."""
+
+from __future__ import annotations
+
+import builtins
+import math
+
+from mpcc.compiler.ops.base import Float, Int, Ints, Op, Site, Type, declare, require
+from mpcc.compiler.ops.rows import batch_axis_kept, same_rows
+
+
+def _reshape(site: Site) -> Type:
+    x, shape = site.x, tuple(site.attrs["shape"])
+    require(
+        math.prod(shape) == math.prod(x.shape),
+        f"cannot reshape {list(x.shape)} ({math.prod(x.shape)} elements) to {list(shape)}",
+    )
+    return Type(shape, x.scale)
+
+
+def _transpose(site: Site) -> Type:
+    x, perm = site.x, list(site.attrs["perm"])
+    require(
+        sorted(perm) == list(range(len(x.shape))),
+        f"perm {perm} is not a permutation of the {len(x.shape)} axes",
+    )
+    return Type(tuple(x.shape[p] for p in perm), x.scale)
+
+
+def _concat(site: Site) -> Type:
+    args, axis = site.args, site.attrs["axis"]
+    first = args[0]
+    rank = len(first.shape)
+    require(axis < rank, f"axis {axis} of a rank-{rank} tensor")
+    for v in args[1:]:
+        require(v.scale == first.scale, f"operands at scales {first.scale} and {v.scale}")
+        same = len(v.shape) == rank and all(
+            d == e for i, (d, e) in enumerate(zip(v.shape, first.shape, strict=False)) if i != axis
+        )
+        require(same, f"shapes {list(first.shape)} and {list(v.shape)} differ off axis {axis}")
+    size = sum(v.shape[axis] for v in args)
+    return Type((*first.shape[:axis], size, *first.shape[axis + 1 :]), first.scale)
+
+
+def _slice(site: Site) -> Type:
+    x, a = site.x, site.attrs
+    n = len(a["axes"])
+    require(
+        len(a["starts"]) == n and len(a["ends"]) == n and len(a["steps"]) == n,
+        "starts, ends, axes and steps must have the same length",
+    )
+    shape = list(x.shape)
+    for st, en, ax, sp in zip(a["starts"], a["ends"], a["axes"], a["steps"], strict=True):
+        require(ax < len(shape), f"axis {ax} of a rank-{len(shape)} tensor")
+        require(sp != 0, "a slice step of 0")
+        shape[ax] = len(range(shape[ax])[builtins.slice(st, en if en >= 0 else None, sp)])
+    return Type(tuple(shape), x.scale)
+
+
+def _pad(site: Site) -> Type:
+    x, pads = site.x, site.attrs["pads"]
+    r = len(x.shape)
+    require(len(pads) == 2 * r, f"pads need {2 * r} values for a rank-{r} tensor, not {len(pads)}")
+    return Type(tuple(d + pads[i] + pads[i + r] for i, d in enumerate(x.shape)), x.scale)
+
+
+def _transpose_rows(site: Site) -> str | None:
+    perm = site.attrs["perm"]
+    return same_rows(site) or (None if perm[0] == 0 else f"perm {list(perm)} moves the batch axis")
+
+
+def _concat_rows(site: Site) -> str | None:
+    if site.attrs["axis"] == 0:
+        return "it joins along the batch axis"
+    return same_rows(site)
+
+
+def _slice_rows(site: Site) -> str | None:
+    return same_rows(site) or ("it slices the batch axis" if 0 in site.attrs["axes"] else None)
+
+
+def _pad_rows(site: Site) -> str | None:
+    r, pads = len(site.out.shape), site.attrs["pads"]
+    return same_rows(site) or ("it pads the batch axis" if pads[0] or pads[r] else None)
+
+
+reshape = declare(
+    Op(
+        "reshape",
+        "change the shape (local)",
+        _reshape,
+        attrs={"shape": Ints(lo=0)},
+        rows=batch_axis_kept,
+    )
+)
+transpose = declare(
+    Op(
+        "transpose",
+        "permute axes (local)",
+        _transpose,
+        attrs={"perm": Ints(lo=0)},
+        rows=_transpose_rows,
+    )
+)
+concat = declare(
+    Op(
+        "concat",
+        "join along an axis (local)",
+        _concat,
+        args=(1, None),
+        attrs={"axis": Int(lo=0)},
+        rows=_concat_rows,
+    )
+)
+slice = declare(  # noqa: A001 - the IR op is called slice
+    Op(
+        "slice",
+        "strided slice (local)",
+        _slice,
+        attrs={
+            "starts": Ints(lo=0),
+            "ends": Ints(lo=-1),
+            "axes": Ints(lo=0),
+            "steps": Ints(),
+        },
+        rows=_slice_rows,
+    )
+)
+pad = declare(
+    Op(
+        "pad",
+        "pad with a constant (local)",
+        _pad,
+        attrs={"pads": Ints(lo=0), "value": Float()},
+        rows=_pad_rows,
+    )
+)

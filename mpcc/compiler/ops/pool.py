@@ -1,0 +1,114 @@
+"""Pooling over 2-D windows of an [N, C, H, W] tensor: max (a tournament of comparisons),
+average (a local window sum, the divisor in the scale or a public product) and sum (local).
+
+Window geometry follows ONNX Runtime (`mpcc.compiler.poolshapes`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mpcc.compiler.calls import Call, Relu
+from mpcc.compiler.ops.base import Int, Ints, Op, RuleError, Site, Str, Type, declare, require
+from mpcc.compiler.ops.rows import same_rows
+from mpcc.compiler.poolshapes import avgpool_counts, pool_output_shape
+
+_WINDOW = {
+    "kernel": Ints(2, lo=1, short="k"),
+    "strides": Ints(2, lo=1, hide=[1, 1], short="s"),
+    "pads": Ints(4, lo=0, hide=[0, 0, 0, 0], short="p"),
+}
+_CEIL = {"ceil_mode": Int(lo=0, hi=1, hide=0)}
+
+
+def maxpool_levels(window: int) -> list[int]:
+    """Pairs compared at each level of a max tournament over `window` elements."""
+    levels = []
+    while window > 1:
+        levels.append(window // 2)
+        window -= window // 2
+    return levels
+
+
+def pool_shape(site: Site) -> tuple[int, ...]:
+    """The output shape of a pool over the input's trailing two axes."""
+    x, a = site.x, site.attrs
+    require(len(x.shape) == 4, f"input must be 4-D [N, C, H, W], not {list(x.shape)}")
+    try:
+        hw = pool_output_shape(
+            x.shape[2:],
+            a["kernel"],
+            a["strides"],
+            a["pads"],
+            a.get("dilations", (1, 1)),
+            bool(a["ceil_mode"]),
+        )
+    except ValueError as e:
+        raise RuleError(str(e)) from None
+    return (*x.shape[:2], *hw)
+
+
+def _maxpool(site: Site) -> Type:
+    return Type(pool_shape(site), site.x.scale)
+
+
+def _sumpool(site: Site) -> Type:
+    return Type(pool_shape(site), site.x.scale)
+
+
+def _avgpool(site: Site) -> Type:
+    shape, a = pool_shape(site), site.attrs
+    if a["mode"] == "mul":
+        bits = a.get("recip_bits")
+        require(bits is not None, "mode 'mul' needs recip_bits")
+        return Type(shape, site.x.scale + bits)
+    counts = avgpool_counts(site.x.shape[2:], a)
+    d = int(counts.flat[0])
+    require(
+        bool(np.all(counts == d)) and d & (d - 1) == 0,
+        "mode 'shift' needs every window to average 2^k elements",
+    )
+    return Type(shape, site.x.scale + d.bit_length() - 1)
+
+
+def _maxpool_calls(site: Site) -> list[Call]:
+    n = math.prod(site.out.shape)
+    return [Relu(n * pairs, 0) for pairs in maxpool_levels(math.prod(site.attrs["kernel"]))]
+
+
+def _pool_rows(site: Site) -> str | None:
+    if len(site.out.shape) < 3:
+        return "a pool needs [N, C, ...] input"
+    return same_rows(site)
+
+
+maxpool = declare(
+    Op(
+        "maxpool",
+        "max over each window: a tournament of comparisons",
+        _maxpool,
+        attrs={**_WINDOW, "dilations": Ints(2, lo=1, hide=[1, 1], short="d"), **_CEIL},
+        calls=_maxpool_calls,
+        rows=_pool_rows,
+    )
+)
+avgpool = declare(
+    Op(
+        "avgpool",
+        "window mean: a local sum, the divisor folded into the scale or a public product",
+        _avgpool,
+        attrs={
+            **_WINDOW,
+            **_CEIL,
+            "count_include_pad": Int(lo=0, hi=1, short="incl"),
+            "mode": Str("shift", "mul"),
+            "recip_bits": Int(lo=1, hi=62, optional=True),
+        },
+        rows=_pool_rows,
+    )
+)
+sumpool = declare(
+    Op("sumpool", "window sum (local)", _sumpool, attrs={**_WINDOW, **_CEIL}, rows=_pool_rows)
+)

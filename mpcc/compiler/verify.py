@@ -1,0 +1,192 @@
+"""The IR verifier: a program checked against its ops' declarations, wherever a plan enters.
+
+In the spirit of JAX's `check_jaxpr`: it runs after lowering, when a plan file is loaded and
+in every party when a plan is deployed, so a bad plan is refused up front with a message that
+names the instruction and the rule it breaks, never later as a `KeyError` mid-session. The
+rules, each tested with a hand-corrupted plan:
+
+- `ids`: value i has id i; every instruction defines one new value, and every value is
+  defined by exactly one instruction;
+- `defined before use`: every operand is defined by an earlier instruction;
+- `known op`: every op is a declared IR op;
+- `operands`: the number of secret operands and weights the op takes, every weight declared;
+- `attributes`: exactly the op's attributes, each of its kind and within its bounds;
+- `type`: the output's shape, scale and visibility are what the op's rule gives;
+- `ring budget`: f within its bounds and every value within 2f + SLACK_BITS fractional bits;
+- `inputs and outputs`: the plan's input and output lists match its input/output
+  instructions;
+- `weights`: every weight referenced exists, and (given the owner's arrays) has its shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from mpcc.compiler.ir import (
+    CLIENT,
+    MAX_FRAC_BITS,
+    MIN_FRAC_BITS,
+    SECRET,
+    Instr,
+    Program,
+    max_scale,
+    rhs,
+)
+from mpcc.compiler.ops import REGISTRY, Op, RuleError, Site
+from mpcc.errors import PlanError
+
+
+class VerifyError(PlanError):
+    """A program breaks a rule of the IR; `index` is the instruction (None: the program)."""
+
+    def __init__(self, message: str, rule: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.rule = rule
+        self.index = index
+
+
+def verify(prog: Program, weights: Mapping[str, np.ndarray] | None = None) -> None:
+    """Check `prog` (and the owner's `weights`, if given); raise VerifyError on the first
+    broken rule."""
+    _program(prog)
+    defined: set[int] = set()
+    for i, ins in enumerate(prog.instrs):
+        try:
+            _instr(prog, ins, defined)
+        except RuleError as e:
+            rule = e.args[1] if len(e.args) > 1 else "type"
+            raise VerifyError(
+                f"plan check: instruction {i} ({_describe(prog, ins)}): {e.args[0]} [rule: {rule}]",
+                rule,
+                i,
+            ) from None
+        defined.add(ins.out)
+    _io(prog, defined)
+    if weights is not None:
+        _weights(prog, weights)
+
+
+def _fail(reason: str, rule: str) -> RuleError:
+    return RuleError(reason, rule)
+
+
+def _describe(prog: Program, ins: Instr) -> str:
+    try:
+        return f"%{ins.out} = {rhs(ins)}"
+    except Exception:  # noqa: BLE001 - a corrupted instruction may not even print
+        return repr(ins)
+
+
+def _program_error(reason: str, rule: str) -> VerifyError:
+    return VerifyError(f"plan check: {reason} [rule: {rule}]", rule)
+
+
+def _program(prog: Program) -> None:
+    f = prog.frac_bits
+    if not isinstance(f, int) or not MIN_FRAC_BITS <= f <= MAX_FRAC_BITS:
+        raise _program_error(
+            f"frac_bits {f!r} is outside [{MIN_FRAC_BITS}, {MAX_FRAC_BITS}]", "ring budget"
+        )
+    for k, v in enumerate(prog.values):
+        if v.id != k:
+            raise _program_error(f"value {k} carries id {v.id}", "ids")
+        if v.vis not in (SECRET, CLIENT):
+            raise _program_error(f"value %{k} has visibility {v.vis!r}", "type")
+        if not all(isinstance(d, int) and d >= 0 for d in v.shape):
+            raise _program_error(f"value %{k} has shape {list(v.shape)}", "type")
+        if not isinstance(v.scale, int) or not 0 <= v.scale <= max_scale(f):
+            raise _program_error(
+                f"value %{k} carries {v.scale} fractional bits; at f = {f} a value may carry "
+                f"0..{max_scale(f)}",
+                "ring budget",
+            )
+    for name, spec in prog.weights.items():
+        if spec.name != name:
+            raise _program_error(f"weight {name!r} is declared as {spec.name!r}", "weights")
+
+
+def _instr(prog: Program, ins: Instr, defined: set[int]) -> None:
+    op = ins.op
+    if not isinstance(op, Op) or REGISTRY.get(op.name) is not op:
+        raise _fail(f"unknown op {op!r}", "known op")
+    if not isinstance(ins.out, int) or not 0 <= ins.out < len(prog.values):
+        raise _fail(f"defines %{ins.out}, which is not a value of the plan", "ids")
+    if ins.out in defined:
+        raise _fail(f"defines %{ins.out} a second time", "ids")
+    for a in ins.args:
+        if not isinstance(a, int) or not 0 <= a < len(prog.values):
+            raise _fail(f"reads %{a}, which is not a value of the plan", "defined before use")
+        if a not in defined:
+            raise _fail(f"reads %{a}, which is not defined before it", "defined before use")
+        if prog.values[a].vis != SECRET:
+            raise _fail(f"reads %{a}, which is not a secret", "operands")
+    lo, hi = op.args
+    if len(ins.args) < lo or (hi is not None and len(ins.args) > hi):
+        want = f"{lo}" if lo == hi else f"{lo}..{'' if hi is None else hi}"
+        raise _fail(f"{op.name} takes {want} operands, not {len(ins.args)}", "operands")
+    lo, hi = op.weights
+    if not lo <= len(ins.weights) <= hi:
+        want = f"{lo}" if lo == hi else f"{lo}..{hi}"
+        raise _fail(f"{op.name} takes {want} weights, not {len(ins.weights)}", "operands")
+    for w in ins.weights:
+        if w not in prog.weights:
+            raise _fail(f"uses weight {w!r}, which the plan does not declare", "weights")
+    unknown = sorted(set(ins.attrs) - set(op.attrs))
+    if unknown:
+        raise _fail(
+            f"{op.name} has no attribute {', '.join(unknown)} "
+            f"(it takes {', '.join(op.attrs) or 'none'})",
+            "attributes",
+        )
+    for name, spec in op.attrs.items():
+        why = spec.problem(ins.attrs.get(name))
+        if why:
+            raise _fail(f"attribute {name} {why}", "attributes")
+    try:
+        t = op.infer(Site(prog, ins))
+    except RuleError:
+        raise
+    except (KeyError, TypeError, IndexError, ValueError, AttributeError) as e:
+        raise _fail(f"{op.name}'s rule cannot read it ({type(e).__name__}: {e})", "type") from None
+    v = prog.values[ins.out]
+    if (tuple(v.shape), v.scale, v.vis) != (t.shape, t.scale, t.vis):
+        raise _fail(
+            f"the output is declared {v.vis} {list(v.shape)} @{v.scale}, but {op.name}'s rule "
+            f"gives {t.vis} {list(t.shape)} @{t.scale}",
+            "type",
+        )
+
+
+def _io(prog: Program, defined: set[int]) -> None:
+    missing = [k for k in range(len(prog.values)) if k not in defined]
+    if missing:
+        raise _program_error(f"value %{missing[0]} is never defined", "ids")
+    for kind, listed in (("input", prog.inputs), ("output", prog.outputs)):
+        op = REGISTRY[kind]
+        found = [(i.attrs.get("name"), i.out) for i in prog.instrs if i.op is op]
+        if [tuple(p) for p in listed] != found:
+            raise _program_error(
+                f"the plan lists {kind}s {[tuple(p) for p in listed]}, but its {kind} "
+                f"instructions are {found}",
+                "inputs and outputs",
+            )
+        if not found:
+            raise _program_error(f"the plan has no {kind}", "inputs and outputs")
+        names = [n for n, _ in found]
+        if len(set(names)) != len(names):
+            raise _program_error(f"{kind} names repeat: {names}", "inputs and outputs")
+
+
+def _weights(prog: Program, weights: Mapping[str, np.ndarray]) -> None:
+    missing = sorted(set(prog.weights) - set(weights))
+    if missing:
+        raise _program_error(f"no array for weight {', '.join(missing)}", "weights")
+    for name, spec in prog.weights.items():
+        shape = tuple(np.shape(weights[name]))
+        if shape != spec.shape:
+            raise _program_error(
+                f"weight {name} has shape {list(shape)}, the plan declares {list(spec.shape)}",
+                "weights",
+            )

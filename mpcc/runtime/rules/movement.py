@@ -1,0 +1,38 @@
+"""Rules for data movement: identical on shares and on plaintext (pad's constant: P0 only)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mpcc.compiler import ops
+from mpcc.compiler.ir import Instr
+from mpcc.runtime.fixedpoint import encode
+from mpcc.runtime.rules.base import Backend, register, u64
+
+
+def slice_(x: np.ndarray, attrs: dict) -> np.ndarray:
+    idx = [slice(None)] * x.ndim
+    for st, en, ax, sp in zip(
+        attrs["starts"], attrs["ends"], attrs["axes"], attrs["steps"], strict=True
+    ):
+        idx[ax] = slice(st, en if en >= 0 else None, sp)
+    return x[tuple(idx)]
+
+
+def _pad(b: Backend, ins: Instr, args: list[np.ndarray]) -> np.ndarray:
+    x, a = args[0], ins.attrs
+    r = x.ndim
+    widths = [(a["pads"][i], a["pads"][i + r]) for i in range(r)]
+    scale = b.prog.value(ins.out).scale
+    value = int(encode(a["value"], scale).view(np.int64)) if b.party == 0 else 0
+    return np.pad(x, widths, constant_values=u64(value))
+
+
+register(ops.reshape, lambda b, ins, args: args[0].reshape(ins.attrs["shape"]))
+register(
+    ops.transpose,
+    lambda b, ins, args: np.ascontiguousarray(args[0].transpose(ins.attrs["perm"])),
+)
+register(ops.concat, lambda b, ins, args: np.concatenate(args, axis=ins.attrs["axis"]))
+register(ops.slice, lambda b, ins, args: np.ascontiguousarray(slice_(args[0], ins.attrs)))
+register(ops.pad, _pad)
