@@ -29,8 +29,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 import keras  # noqa: E402 - after choosing the backend
 import numpy as np  # noqa: E402
 
-from mpcc import api  # noqa: E402
-from mpcc.compiler.costmodel import estimate  # noqa: E402
+import mpcc  # noqa: E402
 from mpcc.frontends.keras import load_weights  # noqa: E402
 from mpcc.zoo.digits import load_digits_28  # noqa: E402
 
@@ -70,24 +69,22 @@ def train(weights_path: Path, epochs: int) -> float:
     return float(acc)
 
 
-def serve_and_query(prog, weights, x: np.ndarray, num_requests: int, local: bool) -> np.ndarray:
+def serve_and_query(plan, x: np.ndarray, num_requests: int, local: bool) -> np.ndarray:
     """Secure logits for each row of x, one request each, from three parties."""
     if local:
-        from mpcc.runtime.cluster import LocalCluster
-
-        with LocalCluster(prog, weights) as cluster:
+        with mpcc.LocalCluster(plan) as cluster:
             cluster.preprocess(num_requests)  # the dealer's material for every request
             return np.concatenate([cluster.predict(x[i : i + 1]) for i in range(len(x))])
 
     from mpcc.serving.client import Client
     from mpcc.serving.local import ProcessCluster
-    from mpcc.serving.owner import deploy_program
+    from mpcc.serving.owner import deploy
 
     with tempfile.TemporaryDirectory() as tmp, ProcessCluster(Path(tmp)) as parties:
         for role in ("p0", "p1", "dealer"):
             parties.start(role, "--num-requests", str(num_requests))
         parties.wait_listening()
-        deploy_program(prog, weights, parties.cfg)  # the owner sends weight shares
+        deploy(plan, parties.cfg)  # the owner sends weight shares
         with Client(parties.cfg) as client:
             client.wait_ready()
             return np.concatenate([client.predict(x[i : i + 1]) for i in range(len(x))])
@@ -113,9 +110,10 @@ def main(argv: list[str] | None = None) -> None:
 
         # The deployed model: a fresh one, batch input shape (1, 28, 28, 1), same weights.
         model = load_weights(build(batch_size=1), weights_path)
-        prog, weights = api.compile(model)
+        plan = mpcc.compile(model)
+        prog = plan.program
         shape = list(prog.value(prog.inputs[0][1]).shape)
-        rounds = estimate(prog).total.rounds
+        rounds = plan.cost.rounds
         print(f"compiled {prog.name}: NHWC input {shape}, {len(prog.instrs)} instructions,")
         print(f"  {rounds} online rounds per request")
 
@@ -124,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     where = "threads of this process" if args.local else "local processes over TLS"
     print(f"serving {args.num_requests} requests from P0, P1 and the dealer ({where})...")
     t0 = time.perf_counter()
-    logits = serve_and_query(prog, weights, x, args.num_requests, args.local)
+    logits = serve_and_query(plan, x, args.num_requests, args.local)
     print(f"answered in {time.perf_counter() - t0:.1f} s")
     plain = keras.ops.convert_to_numpy(model(x[:1]))  # sanity: the first one in plaintext
     for label, row in zip(labels, logits, strict=True):

@@ -13,9 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mpcc import api
-from mpcc.compiler.costmodel import estimate
-from mpcc.runtime.cluster import LocalCluster
+import mpcc
 from mpcc.zoo.digits import load_digits_28
 from mpcc.zoo.models import train
 
@@ -42,17 +40,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"trained in {time.perf_counter() - t0:.1f} s on {len(x_train)} digits")
 
     # The example input fixes every shape of the plan, batch included.
-    prog, weights = api.compile(model, torch.zeros(args.batch, 1, 28, 28), name="mlp")
-    cost = estimate(prog).total
+    plan = mpcc.compile(model, torch.zeros(args.batch, 1, 28, 28), name="mlp")
+    cost = plan.cost
     print(
-        f"compiled: {len(prog.instrs)} instructions; per query of {args.batch}: "
+        f"compiled: {len(plan.program.instrs)} instructions; per query of {args.batch}: "
         f"{cost.rounds} rounds, {cost.sent / 1e3:.0f} KB sent by each party"
     )
 
     queries = -(-len(x_test) // args.batch)
     print(f"secure inference: {len(x_test)} test digits, {queries} queries of {args.batch}...")
     t0 = time.perf_counter()
-    with LocalCluster(prog, weights) as cluster:
+    with mpcc.LocalCluster(plan) as cluster:
         secure = cluster.predict(x_test)  # each batch secret-shared by the client
     seconds = time.perf_counter() - t0
 

@@ -8,9 +8,7 @@ import time
 
 import numpy as np
 
-from mpcc.compiler.pipeline import compile_onnx
-from mpcc.compiler.report import format_report
-from mpcc.runtime.cluster import LocalCluster
+import mpcc
 from mpcc.zoo import digits, models, reference
 
 
@@ -26,14 +24,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"      exported {onnx_path}")
 
     print("[2/4] compiling to a secure plan...")
-    prog, weights = compile_onnx(onnx_path, (args.batch, 1, 28, 28), name=args.model)
-    print(format_report(prog))
+    plan = mpcc.compile(onnx_path, input_shape=(args.batch, 1, 28, 28), name=args.model)
+    print(plan)
 
     x, labels = digits.load_digits_28("test")
     x, labels = x[: args.samples], labels[: args.samples]
     print(f"[3/4] secure inference on {len(x)} private test digits (P0, P1 and dealer)...")
     t0 = time.perf_counter()
-    with LocalCluster(prog, weights) as cluster:
+    with mpcc.LocalCluster(plan) as cluster:
         secure = cluster.predict(x, progress=True)
         stats = cluster.stats
     elapsed = time.perf_counter() - t0
