@@ -507,6 +507,91 @@ def test_constants_that_are_not_per_channel_stay():
     ]
 
 
+# ---- Transposes ---------------------------------------------------------------------------
+
+NHWC, NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
+
+
+def transposes(*nodes, outputs=("y",), shape=(1, 2, 3, 4), inits=None):
+    """Legalize and merge_transposes, checked with onnxruntime after each."""
+    m = model(list(nodes), {"x": shape}, list(outputs), inits)
+    return check_passes(m, legalize, R.merge_transposes)
+
+
+def test_inverse_transposes_cancel():
+    g = transposes(
+        node("Transpose", ["x"], ["a"], perm=NHWC),
+        node("Transpose", ["a"], ["b"], perm=NCHW),
+        node("Relu", ["b"], ["y"]),
+    )
+    assert ops(g) == ["Relu"] and g.node("y")["inputs"] == ["x"]
+
+
+def test_transposes_compose_into_one():
+    g = transposes(
+        node("Transpose", ["x"], ["a"], perm=NHWC),
+        node("Transpose", ["a"], ["b"], perm=NHWC),
+        node("Relu", ["b"], ["y"]),
+    )
+    assert ops(g) == ["Transpose", "Relu"]
+    assert g.node("b")["inputs"] == ["x"] and g.node("b")["attrs"] == {"perm": (0, 3, 1, 2)}
+
+
+@pytest.mark.parametrize("also_output", [False, True])
+def test_a_transposed_tensor_with_other_readers_is_kept(also_output):
+    # 'a' is read by Neg too (and is a graph output): the inverse Transpose 'b' goes alone
+    g = transposes(
+        node("Transpose", ["x"], ["a"], perm=NHWC),
+        node("Transpose", ["a"], ["b"], perm=NCHW),
+        node("Relu", ["b"], ["y"]),
+        node("Neg", ["a"], ["n"]),
+        outputs=["y", "n", "a"] if also_output else ["y", "n"],
+    )
+    assert ops(g) == ["Transpose", "Relu", "Neg"]
+    assert g.node("y")["inputs"] == ["x"] and g.node("n")["inputs"] == ["a"]
+
+
+def test_transposes_cancel_across_elementwise_ops_and_pad():
+    inits = {"hi": np.float32(0.5), "pads": np.array([0, 1, 2, 0, 0, 2, 1, 0])}  # NHWC order
+    g = transposes(
+        node("Transpose", ["x"], ["a"], perm=NHWC),
+        node("Clip", ["a", "", "hi"], ["b"]),
+        node("Pad", ["b", "pads"], ["c"]),
+        node("LeakyRelu", ["c"], ["d"], alpha=0.1),
+        node("Transpose", ["d"], ["e"], perm=NCHW),
+        node("Relu", ["e"], ["y"]),
+        inits=inits,
+    )
+    assert ops(g) == ["Clip", "Pad", "LeakyRelu", "Relu"] and g.node("b")["inputs"] == ["x"]
+    assert g.node("c")["attrs"]["pads"] == (0, 0, 1, 2, 0, 0, 2, 1)  # NCHW order
+    assert g.shapes["c"] == (1, 2, 6, 7)
+
+
+def test_transposes_around_an_elementwise_op_compose():
+    g = transposes(
+        node("Transpose", ["x"], ["a"], perm=NHWC),
+        node("Relu", ["a"], ["b"]),
+        node("Transpose", ["b"], ["y"], perm=NHWC),
+    )
+    assert ops(g) == ["Relu", "Transpose"] and g.node("y")["attrs"] == {"perm": (0, 3, 1, 2)}
+
+
+def test_no_op_transposes_go_but_graph_outputs_stay():
+    g = transposes(
+        node("Transpose", ["x"], ["a"], perm=[0, 1, 2, 3]),
+        node("Relu", ["a"], ["y"]),
+        node("Transpose", ["x"], ["z"], perm=[0, 1, 2, 3]),  # the graph input as an output
+        outputs=["y", "z"],
+    )
+    assert ops(g) == ["Relu", "Transpose"] and g.outputs == ["y", "z"]
+    g = transposes(
+        node("Relu", ["x"], ["r"], name="relu"),
+        node("Transpose", ["r"], ["a"], perm=NHWC),
+        node("Transpose", ["a"], ["y"], perm=NCHW),
+    )
+    assert ops(g) == ["Relu"] and g.outputs == ["y"] and g.node("relu")["outputs"] == ["y"]
+
+
 # ---- 6. ReLU after MaxPool ---------------------------------------------------------------
 
 

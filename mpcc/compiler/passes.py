@@ -16,6 +16,7 @@ from mpcc.compiler.rewrites import (
     fold_avgpool,
     fold_batchnorm,
     merge_reshapes,
+    merge_transposes,
     remove_identity,
     swap_relu_maxpool,
 )
@@ -27,6 +28,7 @@ PASSES: tuple[Callable[[Graph], None], ...] = (
     drop_final_softmax,
     fold_batchnorm,
     fold_affine_constants,
+    merge_transposes,
     swap_relu_maxpool,
     fold_avgpool,
 )

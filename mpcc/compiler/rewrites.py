@@ -249,6 +249,64 @@ def fold_affine_constants(g: Graph) -> None:
     apply(g, FOLD_AFTER, FOLD_AFTER_LAYOUT, FOLD_BEFORE)
 
 
+# ---- Transposes ----------------------------------------------------------------------------
+
+# Ops that act on each element alone (Pad: given its pads per axis), so that they commute
+# with any Transpose.
+_LAYOUT_FREE = ("Relu", "LeakyRelu", "Clip", "Neg", "Pad")
+
+
+def _merge_transposes(g: Graph, first: Node, path: tuple[Node, ...], second: Node) -> None:
+    """Run `path` on first's input instead, then one Transpose doing both permutations."""
+    perm = first.attrs["perm"]
+    back = tuple(int(i) for i in np.argsort(perm))  # axis j of the input is axis back[j] after
+    t = first.x
+    for n in path:
+        g.set_inputs(n.name, [t])
+        g.shapes[n.y] = tuple(g.shape(n.y)[i] for i in back)
+        if n.op == "Pad":
+            pads, rank = n.attrs["pads"], len(perm)
+            g.node(n.name)["attrs"] = {
+                **n.attrs,
+                "pads": tuple(pads[i] for i in back) + tuple(pads[rank + i] for i in back),
+            }
+        t = n.y
+    g.set_inputs(second.name, [t])
+    g.node(second.name)["attrs"] = {"perm": tuple(perm[i] for i in second.attrs["perm"])}
+    if not g.consumers(first.y) and first.y not in g.outputs:
+        g.remove_node(first.name)
+        g.shapes.pop(first.y, None)
+
+
+def _no_op_transpose(g: Graph, n: Node) -> bool:
+    """A Transpose keeping the axes in order, which can go without renaming a graph output."""
+    if n.attrs["perm"] != tuple(range(len(n.attrs["perm"]))):
+        return False
+    takes_output_name = g.producer(n.x) is not None and g.only_consumer(n.x) == n.name
+    return n.y not in g.outputs or takes_output_name
+
+
+MERGE_TRANSPOSES = Rule(
+    Op(
+        "Transpose",
+        Through(
+            lambda g, n: n.op in _LAYOUT_FREE,
+            Op("Transpose", name="first", shared=True),
+            name="path",
+        ),
+        name="second",
+    ),
+    rewrite=_merge_transposes,
+)
+DROP_NOOP_TRANSPOSE = Rule(Op("Transpose", name="n", where=_no_op_transpose), rewrite=_bypass)
+
+
+def merge_transposes(g: Graph) -> None:
+    """Merge each Transpose into the one before it, across elementwise ops and Pad, and drop
+    the Transposes that are then no-ops: inverse pairs cancel (channels-last models)."""
+    apply(g, MERGE_TRANSPOSES, DROP_NOOP_TRANSPOSE)
+
+
 # ---- ReLU after MaxPool --------------------------------------------------------------------
 
 
