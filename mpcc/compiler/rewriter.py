@@ -2,8 +2,8 @@
 
     Rule(
         Op("MaxPool", Op("Relu|LeakyRelu", name="act"), name="pool"),
-        check=lambda g, act, pool: None if ok else f"kept {act.op} {act.name!r}: reason",
-        rewrite=lambda g, act, pool: f"moved {act.op} {act.name!r} after {pool.name!r}",
+        check=lambda g, act, pool: None if act.attrs.get("alpha", 0) >= 0 else "kept ...: why",
+        rewrite=pool_first,  # (g, act, pool) -> a note or None
     )
 
 `Op(ops, *inputs)` matches a node whose op is one of `ops` ("A|B") and whose first inputs
