@@ -184,6 +184,31 @@ def test_nhwc_input_is_kept_and_layout_changes_are_local() -> None:
     assert transposes and all(instr_cost(prog, i).rounds == 0 for i in transposes)
 
 
+def test_layout_transposes_that_meet_cancel() -> None:
+    """Keras wraps each layer in NHWC <-> NCHW Transposes; those that meet across ReLU6, padding
+    and the folded bias and batch norm cancel, so the plan keeps only the input's. ReLU then
+    meets the MaxPool and moves after it."""
+    model = seq(
+        L.Conv2D(4, 3, padding="same"),
+        L.ReLU(6.0),
+        L.ZeroPadding2D(1),
+        L.DepthwiseConv2D(3),
+        L.BatchNormalization(),
+        L.ReLU(),
+        L.MaxPooling2D(2),
+        L.Conv2D(5, 1),
+        L.GlobalAveragePooling2D(),
+        L.Dense(3),
+    )
+    proto, prog = check(model, rand(S))
+    assert sum(n.op_type == "Transpose" for n in proto.graph.node) == 7
+    assert [i.op for i in prog.instrs if i.op in ("transpose", "relu", "maxpool")] == [
+        "transpose",
+        "maxpool",
+        "relu",
+    ]
+
+
 # ---- layers -----------------------------------------------------------------------------
 
 LAYERS = {

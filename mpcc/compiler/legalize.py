@@ -1,0 +1,439 @@
+"""Legalization: normalize an ONNX graph into the form the rewrites and lowering expect.
+
+After `legalize` every node is one of the ops below, with all attributes present (defaults
+filled, auto_pad resolved, negative axes normalized); int lists are tuples of ints.
+
+- Conv [x, W, (B)]: kernel_shape, strides, pads (top, left, bottom, right), dilations, group.
+- MatMul [x, W, (B)]: W constant [K, N], B constant [N].
+- Add / Sub / Mul [a, b]: both computed, or a constant second operand (Add, Mul) broadcasting
+  to the first one's shape; Sub keeps a constant only as its first operand.
+- Neg; Relu; LeakyRelu (alpha); Clip (min, max floats, +-inf when absent); PRelu [x, slope].
+- MaxPool (kernel_shape, strides, pads, dilations, ceil_mode); AveragePool and SumPool
+  (kernel_shape, strides, pads, count_include_pad, ceil_mode); GlobalAveragePool; GlobalMaxPool
+  (also from ReduceMean / ReduceMax; ReduceSum becomes a SumPool).
+- Reshape (shape: static, no -1 or 0), Transpose (perm), Concat (axis >= 0; inputs may be
+  constants), Pad (pads in ONNX order over all axes, value; mode constant).
+- Slice (starts, ends, axes, steps): axes >= 0 in increasing order; starts and ends are
+  non-negative and clamped like Python's slice with those bounds, except that with a negative
+  step `end == -1` means "through index 0".
+- Left for the rewrites (`mpcc.compiler.rewrites`) to remove: Identity; Dropout (inference
+  mode, one output); BatchNormalization (epsilon; one output); Softmax and LogSoftmax, only
+  where they produce the model's output (through Reshapes at most).
+
+No Gemm, Div, Flatten, Squeeze, Unsqueeze, ReduceMean, ReduceMax or ReduceSum remains; a
+Concat's inputs are all computed. What cannot be brought into this form raises ModelError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mpcc.compiler.graph import Graph
+from mpcc.errors import ModelError
+
+
+def legalize(g: Graph) -> None:
+    """Fill attribute defaults, resolve auto_pad, move constant inputs to attributes, rewrite
+    Gemm, Flatten/Squeeze/Unsqueeze, Div by a constant and Sub of a constant, and refuse what
+    the compiler does not support (training-mode Dropout, a Softmax before the end, ...)."""
+    for n in g.topo_nodes():
+        rule = _LEGALIZE.get(g.op(n))
+        if rule is not None:
+            rule(g, n)
+
+
+def _ints(v: Any) -> tuple[int, ...]:
+    return tuple(int(x) for x in np.asarray(v).reshape(-1))
+
+
+def _where(g: Graph, n: str) -> str:
+    return f"node {n!r} (op {g.op(n)})"
+
+
+def _pads(attrs: dict, size: tuple[int, ...], k: tuple, s: tuple, d: tuple) -> tuple[int, ...]:
+    """Explicit (begins..., ends...) pads, resolving auto_pad as ONNX defines it."""
+    auto = attrs.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", ""):
+        return _ints(attrs.get("pads", [0] * 2 * len(k)))
+    if auto == "VALID":
+        return (0,) * 2 * len(k)
+    begins, ends = [], []
+    for i, kk, ss, dd in zip(size, k, s, d, strict=True):
+        total = max(0, (-(-i // ss) - 1) * ss + (kk - 1) * dd + 1 - i)
+        small, big = total // 2, total - total // 2
+        begins.append(small if auto == "SAME_UPPER" else big)
+        ends.append(big if auto == "SAME_UPPER" else small)
+    return (*begins, *ends)
+
+
+def _need_2d(g: Graph, n: str) -> tuple[int, ...]:
+    x = g.node(n)["inputs"][0]
+    shape = g.shape(x)
+    if len(shape) != 4:
+        raise ModelError(
+            f"{_where(g, n)}: only 2-D NCHW tensors are supported; input {x!r} has shape {shape}"
+        )
+    return shape
+
+
+def _conv(g: Graph, n: str) -> None:
+    d, a = g.node(n), g.node(n)["attrs"]
+    shape = _need_2d(g, n)
+    w = g.const(d["inputs"][1])
+    k = _ints(a.get("kernel_shape", w.shape[2:]))
+    strides, dil = _ints(a.get("strides", (1, 1))), _ints(a.get("dilations", (1, 1)))
+    pads = _pads(a, shape[2:], k, strides, dil)
+    d["attrs"] = {
+        "kernel_shape": k,
+        "strides": strides,
+        "pads": pads,
+        "dilations": dil,
+        "group": int(a.get("group", 1)),
+    }
+    g.set_inputs(n, [t for t in d["inputs"] if t])
+
+
+def _pool(g: Graph, n: str) -> None:
+    d, a, op = g.node(n), g.node(n)["attrs"], g.op(n)
+    shape = _need_2d(g, n)
+    _only_first_output(g, n, "the Indices output is not supported")
+    k = _ints(a["kernel_shape"])
+    strides, dil = _ints(a.get("strides", (1, 1))), _ints(a.get("dilations", (1, 1)))
+    attrs: dict[str, Any] = {"kernel_shape": k, "strides": strides}
+    attrs["pads"] = _pads(a, shape[2:], k, strides, dil)
+    if op == "MaxPool":
+        attrs["dilations"] = dil
+    elif dil != (1, 1):
+        raise ModelError(f"{_where(g, n)}: dilated average pooling is not supported")
+    else:
+        attrs["count_include_pad"] = int(a.get("count_include_pad", 0))
+    attrs["ceil_mode"] = int(a.get("ceil_mode", 0))
+    d["attrs"] = attrs
+
+
+def _gemm(g: Graph, n: str) -> None:
+    d, a = g.node(n), g.node(n)["attrs"]
+    x, b = d["inputs"][:2]
+    c = d["inputs"][2] if len(d["inputs"]) > 2 and d["inputs"][2] else None
+    out = d["outputs"][0]
+    w = g.const(b).T if a.get("transB", 0) else g.const(b)
+    w = float(a.get("alpha", 1.0)) * w
+    if a.get("transA", 0):
+        xt = g.new_tensor(f"{x}_T", g.shape(x)[::-1])
+        g.add_node("Transpose", [x], [xt], {"perm": (1, 0)}, name=f"{n}_transpose")
+        x = xt
+    inputs, extra = [x, g.add_const(w, f"{n}_W")], None
+    if c is not None:
+        m_, n_ = g.shape(out)
+        full = np.broadcast_to(float(a.get("beta", 1.0)) * g.const(c), (m_, n_))
+        if (full == full[:1]).all():
+            inputs.append(g.add_const(full[0].copy(), f"{n}_B"))
+        else:
+            extra = g.add_const(full.copy(), f"{n}_C")
+    d["op"], d["attrs"] = "MatMul", {}
+    g.set_inputs(n, inputs)
+    if extra is not None:
+        mid = g.new_tensor(f"{out}_mm", g.shape(out))
+        g.set_outputs(n, [mid])
+        g.add_node("Add", [mid, extra], [out], name=f"{n}_add")
+
+
+def _matmul(g: Graph, n: str) -> None:
+    d = g.node(n)
+    x, w = d["inputs"]
+    out = d["outputs"][0]
+    if g.is_const(x):  # C @ x = (x^T C^T)^T over the last two axes
+        c, x = g.const(x), w
+        r = len(g.shape(x))
+        if c.ndim != 2 or r < 2:
+            raise ModelError(f"{_where(g, n)}: a constant first operand must be 2-D")
+        perm = (*range(r - 2), r - 1, r - 2)
+        xt = g.new_tensor(f"{x}_T", [g.shape(x)[i] for i in perm])
+        g.add_node("Transpose", [x], [xt], {"perm": perm}, name=f"{n}_transpose_in")
+        yt = g.new_tensor(f"{out}_T", [g.shape(out)[i] for i in perm])
+        g.set_inputs(n, [xt, g.add_const(c.T, f"{n}_W")])
+        g.set_outputs(n, [yt])
+        g.add_node("Transpose", [yt], [out], {"perm": perm}, name=f"{n}_transpose_out")
+        return
+    wv = g.const(w)
+    if wv.ndim > 2 and all(s == 1 for s in wv.shape[:-2]) and len(g.shape(x)) >= wv.ndim:
+        wv = wv.reshape(wv.shape[-2:])
+    if wv.ndim == 1:  # x @ w = reshape(x @ w[:, None])
+        mid = g.new_tensor(f"{out}_mm", (*g.shape(out), 1))
+        g.set_inputs(n, [x, g.add_const(wv[:, None], f"{n}_W")])
+        g.set_outputs(n, [mid])
+        g.add_node("Reshape", [mid], [out], {"shape": g.shape(out)}, name=f"{n}_reshape")
+    elif wv.ndim == 2:
+        if wv is not g.const(w):
+            g.set_inputs(n, [x, g.add_const(wv, f"{n}_W")])
+    else:
+        raise ModelError(f"{_where(g, n)}: the constant operand must be 2-D, not {wv.shape}")
+
+
+def _binary(g: Graph, n: str) -> None:
+    d, op = g.node(n), g.op(n)
+    x, y = d["inputs"]
+    out = d["outputs"][0]
+    if op in ("Add", "Mul") and g.is_const(x):
+        x, y = y, x
+    if op == "Div":
+        c = g.const(y)
+        if (c == 0).any():
+            raise ModelError(f"{_where(g, n)}: division by a constant containing zeros")
+        op, y = "Mul", g.add_const(1.0 / c, f"{n}_recip")
+    elif op == "Sub" and g.is_const(y):
+        op, y = "Add", g.add_const(-g.const(y), f"{n}_neg")
+    secret = y if g.is_const(x) else x
+    if (g.is_const(x) or g.is_const(y)) and g.shape(secret) != g.shape(out):
+        raise ModelError(
+            f"{_where(g, n)}: the constant operand broadcasts {secret!r} from {g.shape(secret)} "
+            f"to {g.shape(out)}; only constants that keep the tensor's shape are supported"
+        )
+    d["op"], d["attrs"] = op, {}
+    g.set_inputs(n, [x, y])
+
+
+def _batchnorm(g: Graph, n: str) -> None:
+    d, a = g.node(n), g.node(n)["attrs"]
+    if a.get("training_mode", 0):
+        raise ModelError(f"{_where(g, n)}: training mode is not supported")
+    _only_first_output(g, n, "the running mean/variance outputs are not supported")
+    d["attrs"] = {"epsilon": float(a.get("epsilon", 1e-5))}
+
+
+_GLOBAL_POOL = {
+    "ReduceMean": "GlobalAveragePool",
+    "ReduceMax": "GlobalMaxPool",
+    "ReduceSum": "SumPool",
+}
+
+
+def _reduce(g: Graph, n: str) -> None:
+    """ReduceMean/Max/Sum over all the spatial axes -> GlobalAveragePool/GlobalMaxPool/SumPool.
+
+    Channels-last [N, H, W, C] reduced over (1, 2) is transposed to NCHW first (local).
+    """
+    d, a, op = g.node(n), g.node(n)["attrs"], g.op(n)
+    x, out = d["inputs"][0], d["outputs"][0]
+    shape = g.shape(x)
+    rank = len(shape)
+    if len(d["inputs"]) > 1 and d["inputs"][1]:
+        axes = _ints(g.const(d["inputs"][1]))
+    else:
+        axes = _ints(a.get("axes", []))
+    axes = tuple(sorted(ax % rank for ax in axes)) or tuple(range(rank))
+    if rank == 4 and axes == (1, 2):  # channels-last
+        nchw = g.new_tensor(f"{x}_nchw", (shape[0], shape[3], shape[1], shape[2]))
+        g.add_node("Transpose", [x], [nchw], {"perm": (0, 3, 1, 2)}, name=f"{n}_to_nchw")
+        x, shape, axes = nchw, g.shape(nchw), (2, 3)
+    if rank < 3 or axes != tuple(range(2, rank)):
+        raise ModelError(
+            f"{_where(g, n)}: only a reduction over all the spatial axes (2..{rank - 1}) is "
+            f"supported (or over 1, 2 of a channels-last image), not over axes {axes}"
+        )
+    pooled = (*shape[:2], *(1,) * (rank - 2))
+    d["op"] = _GLOBAL_POOL[op]
+    d["attrs"] = {}
+    if op == "ReduceSum":
+        if rank != 4:
+            raise ModelError(f"{_where(g, n)}: ReduceSum needs a 4-D tensor")
+        d["attrs"] = {
+            "kernel_shape": tuple(shape[2:]),
+            "strides": (1, 1),
+            "pads": (0, 0, 0, 0),
+            "count_include_pad": 1,
+            "ceil_mode": 0,
+        }
+    g.set_inputs(n, [x])
+    if g.shape(out) != pooled:
+        mid = g.new_tensor(f"{out}_pooled", pooled)
+        g.set_outputs(n, [mid])
+        g.add_node("Reshape", [mid], [out], {"shape": g.shape(out)}, name=f"{n}_reshape")
+
+
+def _leaky_relu(g: Graph, n: str) -> None:
+    g.node(n)["attrs"] = {"alpha": float(g.node(n)["attrs"].get("alpha", 0.01))}
+
+
+def _clip(g: Graph, n: str) -> None:
+    d = g.node(n)
+    ins = [*d["inputs"], "", ""]
+    lo = float(g.const(ins[1])) if ins[1] else -np.inf
+    hi = float(g.const(ins[2])) if ins[2] else np.inf
+    d["attrs"] = {"min": lo, "max": hi}
+    g.set_inputs(n, ins[:1])
+
+
+def _prelu(g: Graph, n: str) -> None:
+    x = g.node(n)["inputs"][0]
+    if g.shape(x) != g.shape(g.node(n)["outputs"][0]):
+        raise ModelError(f"{_where(g, n)}: the slope must broadcast to the input's shape")
+
+
+def _to_reshape(g: Graph, n: str) -> None:
+    d = g.node(n)
+    d["op"], d["attrs"] = "Reshape", {"shape": g.shape(d["outputs"][0])}
+    g.set_inputs(n, d["inputs"][:1])
+
+
+def _transpose(g: Graph, n: str) -> None:
+    d = g.node(n)
+    rank = len(g.shape(d["inputs"][0]))
+    d["attrs"] = {"perm": _ints(d["attrs"].get("perm", range(rank - 1, -1, -1)))}
+
+
+def _concat(g: Graph, n: str) -> None:
+    """Normalize the axis; a Concat mixing computed and constant tensors becomes the sum of the
+    computed ones, each zero-padded into place, plus a constant holding the rest (all local)."""
+    d = g.node(n)
+    out = d["outputs"][0]
+    shape = g.shape(out)
+    axis = int(d["attrs"]["axis"]) % len(shape)
+    d["attrs"] = {"axis": axis}
+    ins = d["inputs"]
+    if all(g.is_const(t) for t in ins) or not any(g.is_const(t) for t in ins):
+        return
+    rank = len(shape)
+    consts = np.zeros(shape)
+    parts: list[str] = []
+    offset = 0
+    for t in ins:
+        size = g.const(t).shape[axis] if g.is_const(t) else g.shape(t)[axis]
+        if g.is_const(t):
+            where = [slice(None)] * rank
+            where[axis] = slice(offset, offset + size)
+            consts[tuple(where)] = g.const(t)
+        else:
+            pads = [0] * 2 * rank
+            pads[axis], pads[axis + rank] = offset, shape[axis] - offset - size
+            part = g.new_tensor(f"{out}_part{len(parts)}", shape)
+            g.add_node(
+                "Pad", [t], [part], {"pads": tuple(pads), "value": 0.0}, name=f"{n}_pad{len(parts)}"
+            )
+            parts.append(part)
+        offset += size
+    total = parts[0]
+    for i, part in enumerate(parts[1:]):
+        s = g.new_tensor(f"{out}_sum{i}", shape)
+        g.add_node("Add", [total, part], [s], {}, name=f"{n}_sum{i}")
+        total = s
+    d["op"], d["attrs"] = "Add", {}
+    g.set_inputs(n, [total, g.add_const(consts, f"{n}_consts")])
+
+
+def _slice(g: Graph, n: str) -> None:
+    d = g.node(n)
+    ins = [*d["inputs"], "", ""]
+    shape = g.shape(ins[0])
+    starts, ends = _ints(g.const(ins[1])), _ints(g.const(ins[2]))
+    axes = _ints(g.const(ins[3])) if ins[3] else tuple(range(len(starts)))
+    steps = _ints(g.const(ins[4])) if ins[4] else (1,) * len(starts)
+    rows = []
+    for s, e, ax, st in zip(starts, ends, axes, steps, strict=True):
+        ax %= len(shape)
+        dim = shape[ax]
+        if st == 0:
+            raise ModelError(f"{_where(g, n)}: a slice step of 0")
+        s, e = s + dim if s < 0 else s, e + dim if e < 0 else e
+        if st > 0:
+            s, e = min(max(s, 0), dim), min(max(e, 0), dim)
+        else:
+            s, e = min(max(s, 0), dim - 1), min(max(e, -1), dim - 1)
+        rows.append((ax, s, e, st))
+    rows.sort()
+    d["attrs"] = {
+        "starts": tuple(r[1] for r in rows),
+        "ends": tuple(r[2] for r in rows),
+        "axes": tuple(r[0] for r in rows),
+        "steps": tuple(r[3] for r in rows),
+    }
+    g.set_inputs(n, ins[:1])
+
+
+def _pad(g: Graph, n: str) -> None:
+    d = g.node(n)
+    mode = d["attrs"].get("mode", "constant")
+    if mode != "constant":
+        raise ModelError(f"{_where(g, n)}: only constant padding is supported, not {mode!r}")
+    ins = [*d["inputs"], "", ""]
+    rank = len(g.shape(ins[0]))
+    pads = _ints(g.const(ins[1]))
+    value = float(g.const(ins[2]).reshape(-1)[0]) if ins[2] and g.const(ins[2]).size else 0.0
+    if ins[3]:
+        axes = [a % rank for a in _ints(g.const(ins[3]))]
+        full = [0] * 2 * rank
+        for i, a in enumerate(axes):
+            full[a], full[a + rank] = pads[i], pads[i + len(axes)]
+        pads = tuple(full)
+    if min(pads) < 0:
+        raise ModelError(f"{_where(g, n)}: negative pads (cropping) are not supported")
+    d["attrs"] = {"pads": pads, "value": value}
+    g.set_inputs(n, ins[:1])
+
+
+def _dropout(g: Graph, n: str) -> None:
+    d = g.node(n)
+    if len(d["inputs"]) > 2 and d["inputs"][2] and g.const(d["inputs"][2]).any():
+        raise ModelError(f"{_where(g, n)}: training mode is not supported")
+    _only_first_output(g, n, "the mask output is not supported")
+
+
+_TRAILING = ("Reshape", "Identity", "Dropout", "Flatten", "Squeeze", "Unsqueeze")
+
+
+def _softmax(g: Graph, n: str) -> None:
+    """Softmax/LogSoftmax only where it makes the model's output (the rewrites drop it)."""
+    t = g.node(n)["outputs"][0]
+    while t not in g.outputs or g.consumers(t):
+        c = g.only_consumer(t)
+        if c is None or g.op(c) not in _TRAILING:
+            feeds = ", ".join(repr(c) for c in g.consumers(t))
+            raise ModelError(
+                f"{_where(g, n)} is not the model's last op (it feeds {feeds}): "
+                f"{g.op(n)} is only supported as the final op, where it is dropped"
+            )
+        t = g.node(c)["outputs"][0]
+
+
+def _only_first_output(g: Graph, n: str, unsupported: str) -> None:
+    """Drop the outputs after the first one, which nothing may read."""
+    outputs = g.node(n)["outputs"]
+    if any(g.consumers(t) or t in g.outputs for t in outputs[1:] if t):
+        raise ModelError(f"{_where(g, n)}: {unsupported}")
+    for t in outputs[1:]:
+        g.shapes.pop(t, None)
+    g.set_outputs(n, outputs[:1])
+
+
+_LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
+    "Conv": _conv,
+    "MaxPool": _pool,
+    "AveragePool": _pool,
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Add": _binary,
+    "Sub": _binary,
+    "Mul": _binary,
+    "Div": _binary,
+    "BatchNormalization": _batchnorm,
+    "ReduceMean": _reduce,
+    "ReduceMax": _reduce,
+    "ReduceSum": _reduce,
+    "LeakyRelu": _leaky_relu,
+    "Clip": _clip,
+    "PRelu": _prelu,
+    "Flatten": _to_reshape,
+    "Squeeze": _to_reshape,
+    "Unsqueeze": _to_reshape,
+    "Reshape": _to_reshape,
+    "Transpose": _transpose,
+    "Concat": _concat,
+    "Slice": _slice,
+    "Pad": _pad,
+    "Dropout": _dropout,
+    "Softmax": _softmax,
+    "LogSoftmax": _softmax,
+}
