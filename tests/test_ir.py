@@ -107,9 +107,15 @@ def _compares_op_to_a_string(node: ast.AST) -> bool:
     return any(is_ir_op(s) for s in sides) and any(is_str(s) for s in sides)
 
 
+# Modules that work on the ONNX graph, whose nodes' ops are ONNX op names (strings).
+ONNX_LEVEL = {"frontends", "graph.py", "legalize.py", "rewriter.py", "rewrites.py", "optable.py"}
+
+
 def test_no_dispatch_on_op_names_outside_the_declarations() -> None:
     found = []
     for path in sorted((REPO / "mpcc").rglob("*.py")):
+        if ONNX_LEVEL & set(path.relative_to(REPO / "mpcc").parts):
+            continue
         for n in ast.walk(ast.parse(path.read_text())):
             if _compares_op_to_a_string(n):
                 found.append(f"{path.relative_to(REPO)}:{n.lineno}")

@@ -244,7 +244,7 @@ class TlsChannel(Channel):
                     if left <= 0:
                         raise HandshakeTimeout(
                             f"the TLS handshake with {self.peer_addr} did not finish within "
-                            f"{max(budget, 0):.3g} s"
+                            f"{max(budget, 0):.2g} s"
                         )
                     if not _wait(self._sock, _IN, left):
                         continue
@@ -272,7 +272,7 @@ class TlsChannel(Channel):
             self._sock.close()
             raise HandshakeTimeout(
                 f"the TLS handshake with {self.peer_addr} did not finish within "
-                f"{max(budget, 0):.3g} s"
+                f"{max(budget, 0):.2g} s"
             ) from None
         except OSError as e:
             self._sock.close()
