@@ -253,4 +253,5 @@ def test_compile_returns_a_plan_that_runs_and_still_unpacks(plan, tmp_path) -> N
 
     with mpcc.LocalCluster(again) as c:
         y = c.predict(x)
+        assert c.stats.material_bytes > c.stats.dealer_bytes > 0
     assert np.abs(y - predict(prog, weights, x)).max() < 1e-3

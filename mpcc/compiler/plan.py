@@ -11,7 +11,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -125,7 +124,3 @@ def as_plan(
         return Plan(plan, weights or {})
     raise TypeError(f"expected a Plan, a Program or a plan file path, not {type(plan).__name__}")
 
-
-def activation_bytes(prog: Program) -> int:
-    """Ring bytes of every value of one query (an upper bound on what a party holds)."""
-    return 8 * sum(math.prod(v.shape) for v in prog.values)

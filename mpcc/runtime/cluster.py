@@ -40,6 +40,7 @@ class QueryStats:
     sent: tuple[int, int]  # bytes P0 and P1 sent to each other online
     rounds: int
     dealer_bytes: int  # correction payload the dealer sent to P1 (P0: nothing)
+    material_bytes: int  # preprocessing material P0 and P1 held for the query (both)
     client_bytes: int  # input shares the client sent to each compute party
 
     def summary(self) -> str:
@@ -99,7 +100,8 @@ class LocalCluster:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mpcc-party")
         self._next_query = 0
         self._prepared: list[int] = []
-        self._offline: dict[int, tuple[float, int]] = {}  # query -> (seconds, dealer bytes)
+        # query -> (seconds, dealer bytes, material bytes both parties hold)
+        self._offline: dict[int, tuple[float, int, int]] = {}
         self._both(lambda p: p.open_weights())
 
     def close(self) -> None:
@@ -145,13 +147,13 @@ class LocalCluster:
             bundle = self.dealer.deal(q)
             self._dealer_out.send(bundle.to_arrays())
 
-            def prep(p: PartyExecutor, q=q):
+            def prep(p: PartyExecutor, q=q) -> int:
                 b = Bundle.from_arrays(self._p1_from_dealer.recv()) if p.party == 1 else None
-                p.prepare(q, b)
+                return p.prepare(q, b)
 
-            self._both(prep)
+            held = sum(self._both(prep))
             self._prepared.append(q)
-            self._offline[q] = (time.perf_counter() - t0, bundle.nbytes)
+            self._offline[q] = (time.perf_counter() - t0, bundle.nbytes, held)
         return time.perf_counter() - start
 
     # -- online ------------------------------------------------------------------------------
@@ -161,7 +163,7 @@ class LocalCluster:
         if not self._prepared:
             self.preprocess(1)
         q = self._prepared.pop(0)
-        offline, dealer_bytes = self._offline.pop(q)
+        offline, dealer_bytes, material_bytes = self._offline.pop(q)
         self._next_query = q + 1
         in_name = self.prog.inputs[0][0]
         before = [p.ch.traffic.snapshot() for p in self.parties]
@@ -180,6 +182,7 @@ class LocalCluster:
             sent=(used[0].bytes_sent, used[1].bytes_sent),
             rounds=used[0].rounds,
             dealer_bytes=dealer_bytes,
+            material_bytes=material_bytes,
             client_bytes=x0.nbytes,
         )
         return y

@@ -124,7 +124,7 @@ class PartyExecutor(Backend):
                 None if f is None else prepare_weight(prog, ins, f),
             )
 
-    def _operand_aux(self, ins: Instr, call: Call) -> tuple[Any, ...]:
+    def _aux(self, ins: Instr) -> tuple[Any, ...]:
         """What a call needs beyond its sizes: a linear call's prepared map and F."""
         bilinear = RULES[ins.op].bilinear
         if bilinear is None:
@@ -153,7 +153,7 @@ class PartyExecutor(Backend):
                 if self.party == 1 and corr is None:
                     raise MaterialError(f"dealer bundle for query {query} is short")
                 proto = protocol_for(call)
-                mat = proto.expand(self.party, call, prg, corr, *self._operand_aux(ins, call))
+                mat = proto.expand(self.party, call, prg, corr, *self._aux(ins))
                 items.append(((s.id, query, i, j), mat))
         if self.party == 1 and next(corrections, None) is not None:
             raise MaterialError(f"dealer bundle for query {query} is too long")
