@@ -36,7 +36,8 @@ def test_from_onnx_builds_nodes_edges_and_facts():
     }
     assert g.nx.edges["relu", "add"]["tensors"] == ["r"]
     assert set(g.nx.edges) == {("conv", "relu"), ("relu", "mul"), ("relu", "add"), ("mul", "add")}
-    assert g.constants["w"].dtype == np.float64 and g.constants["k"].dtype == np.float64
+    # constants keep their source precision: no float64 copy of a model's weights
+    assert g.constants["w"].dtype == np.float32 and g.constants["k"].dtype == np.float32
     assert float(g.const("k")) == 2.0
     assert g.shapes == {"x": (1, 1, 4, 4), "c": (1, 2, 4, 4), "r": (1, 2, 4, 4),
                         "m": (1, 2, 4, 4), "y": (1, 2, 4, 4)}  # fmt: skip

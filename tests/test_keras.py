@@ -202,7 +202,7 @@ def test_layout_transposes_that_meet_cancel() -> None:
     )
     proto, prog = check(model, rand(S))
     assert sum(n.op_type == "Transpose" for n in proto.graph.node) == 7
-    assert [i.op for i in prog.instrs if i.op in ("transpose", "relu", "maxpool")] == [
+    assert [i.op.name for i in prog.instrs if i.op.name in ("transpose", "relu", "maxpool")] == [
         "transpose",
         "maxpool",
         "relu",

@@ -112,7 +112,7 @@ class Graph:
         g = cls(mg.name or "model", opset)
         g.notes = onnx_frontend.notes(model)
         for t in mg.initializer:
-            g.constants[t.name] = _as_const(numpy_helper.to_array(t))
+            g.constants[t.name] = _as_const(onnx_frontend.read_initializer(t))
             if t.data_type == onnx.TensorProto.DOUBLE:
                 g.float_dtype = np.dtype(np.float64)
         nodes = []
@@ -421,9 +421,14 @@ class Graph:
 
 
 def _as_const(v: np.ndarray) -> np.ndarray:
-    """Float tensors as float64, integer and boolean tensors as int64."""
+    """Float tensors in their own precision (float32 or float64; narrower floats as float32:
+    no copy of a model's weights for nothing), integer and boolean tensors as int64."""
     v = np.asarray(v)
-    return v.astype(np.float64) if v.dtype.kind in "fc" else v.astype(np.int64)
+    if v.dtype == np.float32 or v.dtype == np.float64:
+        return v
+    if v.dtype.kind == "f":
+        return v.astype(np.float32)
+    return v.astype(np.float64) if v.dtype.kind == "c" else v.astype(np.int64)
 
 
 def _plain(v: Any) -> Any:

@@ -120,7 +120,8 @@ def _gemm(g: Graph, n: str) -> None:
     c = d["inputs"][2] if len(d["inputs"]) > 2 and d["inputs"][2] else None
     out = d["outputs"][0]
     w = g.const(b).T if a.get("transB", 0) else g.const(b)
-    w = float(a.get("alpha", 1.0)) * w
+    if float(a.get("alpha", 1.0)) != 1.0:
+        w = float(a["alpha"]) * w
     if a.get("transA", 0):
         xt = g.new_tensor(f"{x}_T", g.shape(x)[::-1])
         g.add_node("Transpose", [x], [xt], {"perm": (1, 0)}, name=f"{n}_transpose")

@@ -112,10 +112,44 @@ def _read(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
 
 def _check(m: onnx.ModelProto, label: str) -> None:
     try:
-        onnx.checker.check_model(m)
+        onnx.checker.check_model(_light(m))
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{label}: not a valid ONNX model: {first}") from e
+
+
+# Initializers with more elements than this reach shape inference and the checker by type
+# alone: they need shapes, not weights, and copying hundreds of MB of weights through
+# protobuf serialization dominated loading big models (VGG-11: several seconds per pass).
+# Their data is checked where it is read (`read_initializer`).
+LIGHT_ELEMENTS = 4096
+
+
+def _numel(t: onnx.TensorProto) -> int:
+    return int(np.prod(t.dims, dtype=np.int64))
+
+
+def _light(m: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of `m` without the data of its large initializers, each a typed graph input."""
+    g = m.graph
+    light = onnx.ModelProto()
+    light.ir_version = m.ir_version
+    light.opset_import.extend(m.opset_import)
+    light.functions.extend(m.functions)
+    lg = light.graph
+    lg.name = g.name
+    lg.node.extend(g.node)
+    lg.input.extend(g.input)
+    lg.output.extend(g.output)
+    lg.value_info.extend(g.value_info)
+    listed = {i.name for i in g.input}
+    for t in g.initializer:
+        if _numel(t) <= LIGHT_ELEMENTS:
+            lg.initializer.append(t)
+        elif t.name not in listed:
+            lg.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
+    return light
+
 
 
 def _opset(m: onnx.ModelProto) -> int:
@@ -228,14 +262,21 @@ def _fix_input_shapes(g: onnx.GraphProto, given: Shapes | tuple[int, ...] | None
 
 
 def _infer(m: onnx.ModelProto) -> onnx.ModelProto:
-    """Re-run strict shape inference from the inputs' shapes alone."""
+    """Re-run strict shape inference from the inputs' shapes alone, on the model without its
+    large weights (`_light`); the shapes found are written into `m`, which is returned."""
     del m.graph.value_info[:]
     for out in m.graph.output:
         out.type.tensor_type.ClearField("shape")
     try:
-        return shape_inference.infer_shapes(m, check_type=True, strict_mode=True, data_prop=True)
+        inferred = shape_inference.infer_shapes(
+            _light(m), check_type=True, strict_mode=True, data_prop=True
+        )
     except Exception as e:
         raise ModelError(f"shape inference failed: {str(e).strip()}") from e
+    m.graph.value_info.extend(inferred.graph.value_info)
+    for out, found in zip(m.graph.output, inferred.graph.output, strict=True):
+        out.type.CopyFrom(found.type)
+    return m
 
 
 def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
@@ -257,7 +298,7 @@ def _fold_constants(m: onnx.ModelProto) -> None:
             for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
         }
         g = m.graph
-        values = {t.name: numpy_helper.to_array(t) for t in g.initializer}
+        values = _Constants(g.initializer)
         folded = []
         for n in g.node:
             out = _evaluate(n, values, shapes, opsets)
@@ -282,6 +323,29 @@ def _fold_constants(m: onnx.ModelProto) -> None:
                     g.initializer.append(numpy_helper.from_array(np.asarray(values[t]), t))
         _prune(g)
     raise ModelError("constant folding did not converge")
+
+
+class _Constants(dict):
+    """Constant values by name: initializers become arrays only when a node reads them."""
+
+    def __init__(self, initializers: list[onnx.TensorProto]) -> None:
+        super().__init__()
+        self._inits = {t.name: t for t in initializers}
+
+    def __contains__(self, name: object) -> bool:
+        return dict.__contains__(self, name) or name in self._inits
+
+    def __missing__(self, name: str) -> np.ndarray:
+        value = self[name] = read_initializer(self._inits[name])
+        return value
+
+
+def read_initializer(t: onnx.TensorProto) -> np.ndarray:
+    """An initializer's value; ModelError naming it if its data does not fit its shape."""
+    try:
+        return numpy_helper.to_array(t)
+    except Exception as e:
+        raise ModelError(f"initializer {t.name!r} cannot be read: {e}") from None
 
 
 def _evaluate(

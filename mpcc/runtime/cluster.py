@@ -84,10 +84,19 @@ class LocalCluster:
         self.close()
 
     def start(self) -> None:
-        """New session: fresh seeds and id, weights shared, masked weights opened."""
+        """New session: fresh seeds and id, weights shared, masked weights opened. The
+        dealer draws its masks meanwhile, in a thread of its own (it needs nothing of the
+        parties', as a separate dealer machine would not)."""
         self.session = Session.new(plan_hash(self.prog))
         seeds = new_seeds()
-        self.dealer = Dealer(self.prog, self.session, seeds)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mpcc-dealer") as bg:
+            dealer = bg.submit(Dealer, self.prog, self.session, seeds)
+            try:
+                self._start_parties(seeds)
+            finally:
+                self.dealer = dealer.result()
+
+    def _start_parties(self, seeds: tuple[bytes, bytes]) -> None:
         shares = share_weights(self.prog, self._weights)
         ch0, ch1 = local_link("P0", "P1", self.timeout)
         self._dealer_out, self._p1_from_dealer = local_link("dealer", "P1", self.timeout)

@@ -69,6 +69,23 @@ class Prg:
         n = math.prod(shape)
         return self.bytes(8 * n).view(np.uint64).reshape(shape)
 
+    def fill(self, out: np.ndarray) -> np.ndarray:
+        """Overwrite the C-contiguous array `out` with the next `out.nbytes` bytes of the
+        stream (as `uint64` of its size would draw them), with no temporary array."""
+        if not out.flags.c_contiguous:
+            raise ValueError("Prg.fill needs a C-contiguous array")
+        buf = out.reshape(-1).view(np.uint8)
+        n, step = buf.size, len(_ZEROS)
+        at = 0
+        while n - at > 15:  # update_into wants 15 spare bytes after what it writes
+            k = min(step, n - at - 15)
+            written = self._enc.update_into(_ZEROS[:k], buf[at : at + k + 15])
+            assert written == k
+            at += k
+        if at < n:
+            buf[at:] = self.bytes(n - at)
+        return out
+
 
 def share(
     x: np.ndarray, prg: Prg | None = None, *, in_place: bool = False

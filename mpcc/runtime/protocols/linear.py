@@ -49,7 +49,7 @@ class LinearMaterial:
 
 # --- session setup ---------------------------------------------------------------------------
 
-OPEN_WORDS = 1 << 22  # words opened per round at session setup (32 MiB each way)
+OPEN_WORDS = 1 << 20  # words opened per round at session setup (8 MiB each way)
 
 
 def weight_mask(w_shape: Shape, prg: Prg) -> np.ndarray:
@@ -89,24 +89,21 @@ def open_weights(
     filled = 0
 
     def flush() -> None:
-        masks_now, mine = [], []
+        mine = []
         for name, a, b in pieces:
             w = flat[name][a:b]
-            m = masks[name].uint64(b - a)
+            m = masks[name].fill(out[name][0].reshape(-1)[a:b])  # [B]_p, drawn into the term
             if in_place:
                 np.subtract(w, m, out=w)
                 mine.append(w)
             else:
                 mine.append(w - m)
-            masks_now.append(m)
         theirs = ch.exchange(mine)
-        for (name, a, b), m, mi, th in zip(pieces, masks_now, mine, theirs, strict=True):
+        for (name, a, b), mi, th in zip(pieces, mine, theirs, strict=True):
             term, f = (t.reshape(-1)[a:b] for t in out[name])
             np.add(mi, th, out=f)
             if party == 0:
-                np.add(m, f, out=term)
-            else:
-                term[...] = m
+                term += f  # [B]_0 + F; P1's term is [B]_1 as drawn
         pieces.clear()
 
     for name, share in shares.items():
