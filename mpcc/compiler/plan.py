@@ -123,4 +123,3 @@ def as_plan(
     if isinstance(plan, Program):
         return Plan(plan, weights or {})
     raise TypeError(f"expected a Plan, a Program or a plan file path, not {type(plan).__name__}")
-

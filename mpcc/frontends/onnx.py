@@ -151,7 +151,6 @@ def _light(m: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-
 def _opset(m: onnx.ModelProto) -> int:
     return next((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), 1)
 
