@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 from mpcc.bench.inputs import onnx_input_shape, sample_inputs, sources
-from mpcc.bench.measure import Schedule, measure_processes, measure_threads
 from mpcc.bench.network import PROJECTION_NOTE, Link
 from mpcc.bench.plaintext import Plaintext
 from mpcc.bench.progress import Progress
@@ -80,6 +79,8 @@ def bench(
 
     `processes`: the parties run as local processes over TLS (`mpcc.serving`) instead of
     threads of this process; the report adds the bytes on the wire and the TLS handshake."""
+    # The runtime (numba) loads here, not when the CLI registers the command.
+    from mpcc.bench.measure import Schedule, measure_processes, measure_threads
     from mpcc.compiler import planfile
     from mpcc.compiler.pipeline import compile_onnx
 

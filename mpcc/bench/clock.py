@@ -1,19 +1,37 @@
-"""Per-instruction clocks of the compute parties (`--layers`)."""
+"""Per-instruction clocks of the compute parties (`--layers`), on the runtime's observer hooks.
+
+A `PartyClock` watches one party of a started `LocalCluster`. As an `ExecutionObserver` of
+the party's executor it takes a *mark* when a query and each of its instructions start and
+end; as a `ChannelObserver` of the party's channel it adds up the seconds spent inside
+receive. A mark holds the columns of `MARK`: the wall clock, the channel's bytes sent and
+rounds so far, the seconds in receive so far, the thread's CPU time and its time runnable but
+not running. Nothing of the executor or the channel is replaced: `attach` appends the clock to
+their `observers`, `detach` takes it off again.
+"""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mpcc.bench.network import Link
 from mpcc.errors import MpccError
+from mpcc.runtime.executor import ExecutionObserver
+from mpcc.runtime.transport import Channel, ChannelObserver
+
+if TYPE_CHECKING:
+    from mpcc.compiler.costs import Cost
+    from mpcc.compiler.ir import Instr, Program
+    from mpcc.runtime.executor import PartyExecutor
+
+MARK = ("wall", "sent", "rounds", "recv", "cpu", "runnable")  # the columns of a mark
+WALL, SENT, ROUNDS, RECV, CPU, RUNNABLE = range(len(MARK))
 
 
 class ThreadStat:
@@ -47,104 +65,99 @@ class ThreadStat:
         self._fds.clear()
 
 
-class InstrClock(list):
-    """Stands in for a party's `prog.instrs` to time each step of the executor's loop.
+class PartyClock(ExecutionObserver, ChannelObserver):
+    """One compute party's clock: per query, each instruction's and the whole query's cost
+    (end mark - start mark, the columns of `MARK`)."""
 
-    When armed, the next iteration over it (the executor's instruction loop) records a mark
-    before each instruction and one after the last: wall time, bytes sent, rounds, seconds
-    blocked in receive, the thread's CPU time and its time runnable but not running.
-    Installed only when profiling; the executor itself is unchanged.
-    """
+    def __init__(self, party: PartyExecutor) -> None:
+        self._party = party
+        self._stat = ThreadStat()
+        self._recv_s = 0.0
+        self._marks: list[tuple[float, ...]] = []
+        self.instrs: list[np.ndarray] = []  # per query: [instructions, MARK]
+        self.loops: list[float] = []  # per query: first instruction's start to last one's end
+        self.queries: list[np.ndarray] = []  # per query: [MARK], query start to query end
 
-    def __init__(self, instrs: Sequence[Any], channel: Any) -> None:
-        super().__init__(instrs)
-        self._ch = channel
-        self._armed = False
-        self.stat = ThreadStat()
-        self.wait_s = 0.0
-        self.runs: list[np.ndarray] = []  # per query: [len(instrs), 6] deltas of the marks
-        # per query, the party's whole `run`: (wall, CPU, runnable not running, in receive)
-        self.calls: list[tuple[float, float, float, float]] = []
-        inner_get = channel._get
+    def attach(self) -> PartyClock:
+        """Start observing the party's executor and channel."""
+        self._party.observers.append(self)
+        self._party.ch.observers.append(self)
+        return self
 
-        def timed_get() -> Any:
-            t0 = time.perf_counter()
-            try:
-                return inner_get()
-            finally:
-                self.wait_s += time.perf_counter() - t0
+    def detach(self) -> None:
+        """Stop observing; the measurements stay."""
+        for observers in (self._party.observers, self._party.ch.observers):
+            if self in observers:
+                observers.remove(self)
+        self._stat.close()
 
-        channel._get = timed_get
+    def _mark(self) -> tuple[float, ...]:
+        traffic = self._party.ch.traffic
+        return (
+            time.perf_counter(),
+            traffic.bytes_sent,
+            traffic.rounds,
+            self._recv_s,
+            *self._stat(),
+        )
 
-    def arm(self) -> None:
-        self._armed = True
+    # -- ExecutionObserver: called in the party's thread ------------------------------------
+    def query_start(self, party: int, query: int) -> None:
+        self._marks = [self._mark()]
 
-    def __iter__(self) -> Iterator[Any]:
-        if not self._armed:
-            return super().__iter__()
-        self._armed = False
-        return self._timed()
+    def instr_start(self, party: int, index: int, ins: Instr) -> None:
+        self._marks.append(self._mark())
 
-    def _timed(self) -> Iterator[Any]:
-        tr, pc, stat = self._ch.traffic, time.perf_counter, self.stat
-        marks = []
-        for ins in list.__iter__(self):
-            marks.append((pc(), tr.bytes_sent, tr.rounds, self.wait_s, *stat()))
-            yield ins
-        marks.append((pc(), tr.bytes_sent, tr.rounds, self.wait_s, *stat()))
-        self.runs.append(np.diff(np.asarray(marks, dtype=np.float64), axis=0))
+    def instr_end(self, party: int, index: int, ins: Instr) -> None:
+        self._marks.append(self._mark())
+
+    def query_end(self, party: int, query: int) -> None:
+        self._marks.append(self._mark())
+        m = np.asarray(self._marks, dtype=np.float64)  # query start, (start, end)*, query end
+        spans = m[1:-1].reshape(-1, 2, len(MARK))
+        self.instrs.append(spans[:, 1] - spans[:, 0])
+        self.loops.append(float(spans[-1, 1, WALL] - spans[0, 0, WALL]) if len(spans) else 0.0)
+        self.queries.append(m[-1] - m[0])
+
+    # -- ChannelObserver ----------------------------------------------------------------------
+    def received(self, channel: Channel, arrays: list[np.ndarray], waited_s: float) -> None:
+        self._recv_s += waited_s
 
 
-def install_clocks(cluster: Any) -> list[InstrClock]:
-    """Give both parties of a started LocalCluster an InstrClock (profiling only)."""
-    clocks = []
-    for party in cluster.parties:
-        clock = InstrClock(party.prog.instrs, party.ch)
-        party.prog = dataclasses.replace(party.prog, instrs=clock)
-        inner_run = party.run
-
-        def run(query: int, inputs: dict, inner_run=inner_run, clock=clock) -> Any:
-            clock.arm()
-            t0, (cpu0, runq0), wait0 = time.perf_counter(), clock.stat(), clock.wait_s
-            try:
-                return inner_run(query, inputs)
-            finally:
-                cpu1, runq1 = clock.stat()
-                wall = time.perf_counter() - t0
-                clock.calls.append((wall, cpu1 - cpu0, runq1 - runq0, clock.wait_s - wait0))
-
-        party.run = run
-        clocks.append(clock)
-    return clocks
+def attach_clocks(parties: Sequence[PartyExecutor]) -> list[PartyClock]:
+    """A clock on each party of a started LocalCluster (`cluster.parties`)."""
+    return [PartyClock(p).attach() for p in parties]
 
 
 def layer_rows(
-    prog: Any, clocks: list[InstrClock], link: Link | None, online: Sequence[float]
+    prog: Program,
+    per_instr: Sequence[Cost],
+    clocks: Sequence[PartyClock],
+    link: Link | None,
+    online: Sequence[float],
 ) -> dict[str, Any]:
-    """Per instruction: median time/wait of each party and measured vs predicted cost."""
-    from mpcc.compiler.costmodel import estimate
-
+    """Per instruction: each party's median time, CPU, runnable and receive time, and the
+    traffic measured next to the compiler's `per_instr` cost; then where each party's whole
+    query went."""
     n = len(prog.instrs)
-    for c in clocks:
-        if not c.runs or any(r.shape[0] != n for r in c.runs):
-            raise MpccError("per-instruction timing failed: the executor's loop was not seen")
-    med = [np.median(np.stack(c.runs), axis=0) for c in clocks]  # [n, 4] per party
-    last = [c.runs[-1] for c in clocks]
-    per = estimate(prog).per_instr
+    if any(not c.instrs or any(len(r) != n for r in c.instrs) for c in clocks):
+        raise MpccError("per-instruction timing failed: the executor's instructions were not seen")
+    runs = np.array([c.instrs for c in clocks])  # [party, query, instruction, MARK]
+    med = np.median(runs, axis=1).transpose(1, 2, 0)  # [instruction, MARK, party]
+    last = runs[:, -1].transpose(1, 2, 0)
     rows = []
     for i, ins in enumerate(prog.instrs):
-        cost = per[i]
-        t = [float(m[i, 0]) for m in med]
+        cost, t = per_instr[i], med[i, WALL].tolist()
         row = {
             "index": i,
             "op": ins.op.name,
             "shape": list(prog.value(ins.out).shape),
             "time_s": t,  # [P0, P1], median over the timed queries
-            "wait_s": [float(m[i, 3]) for m in med],
-            "cpu_s": [float(m[i, 4]) for m in med],  # the party thread's CPU time
-            "runnable_s": [float(m[i, 5]) for m in med],  # runnable, not running (NaN: unknown)
-            "sent": [int(r[i, 1]) for r in last],
-            "rounds": int(last[0][i, 2]),
+            "wait_s": med[i, RECV].tolist(),  # inside receive
+            "cpu_s": med[i, CPU].tolist(),  # the party thread's CPU time
+            "runnable_s": med[i, RUNNABLE].tolist(),  # runnable, not running (NaN: unknown)
+            "sent": last[i, SENT].astype(int).tolist(),
+            "rounds": int(last[i, ROUNDS, 0]),
             "predicted": cost.asdict(),
         }
         if cost.macs and t[0] > 0:
@@ -152,25 +165,25 @@ def layer_rows(
         if link is not None:
             row["projected_s"] = link.project(t[0], row["rounds"], max(row["sent"]))
         rows.append(row)
-    # Per query: P0's loop, P0's whole `run` beyond it, and the online time beyond the slower
-    # party's `run` (LocalCluster's thread dispatch and collection); then medians.
-    loops = np.array([r[:, 0].sum() for r in clocks[0].runs])
-    calls = np.array([c.calls for c in clocks])  # [party, query, (wall, cpu, runq, wait)]
-    wall = calls[:, :, 0]
+    # Per query: P0's loop, P0's whole query beyond it, and the online time beyond the slower
+    # party's query (LocalCluster's thread dispatch and collection); then medians.
+    loops = np.array(clocks[0].loops)
+    queries = np.array([c.queries for c in clocks])  # [party, query, MARK]
+    wall, cpu, runnable = queries[..., WALL], queries[..., CPU], queries[..., RUNNABLE]
     return {
         "clock": "each party's own; times include waiting for the peer",
         "instrs": rows,
         "loop_s": float(np.median(loops)),
         "closing_s": float(np.median(wall[0] - loops)),
         "handoff_s": float(np.median(np.asarray(online) - wall.max(axis=0))),
-        # Where each party's `run` went (medians, [P0, P1]); NaN where the OS does not say.
+        # Where each party's query went (medians, [P0, P1]); NaN where the OS does not say.
         # wall = on a core + runnable but not running + asleep (on the peer or the GIL);
         # in_receive overlaps the others (a woken receiver may wait for a core or the GIL).
         "run": {
             "wall_s": np.median(wall, axis=1).tolist(),
-            "cpu_s": np.median(calls[:, :, 1], axis=1).tolist(),
-            "runnable_s": np.median(calls[:, :, 2], axis=1).tolist(),
-            "asleep_s": np.median(wall - calls[:, :, 1] - calls[:, :, 2], axis=1).tolist(),
-            "in_receive_s": np.median(calls[:, :, 3], axis=1).tolist(),
+            "cpu_s": np.median(cpu, axis=1).tolist(),
+            "runnable_s": np.median(runnable, axis=1).tolist(),
+            "asleep_s": np.median(wall - cpu - runnable, axis=1).tolist(),
+            "in_receive_s": np.median(queries[..., RECV], axis=1).tolist(),
         },
     }

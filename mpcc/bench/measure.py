@@ -1,18 +1,38 @@
-"""Running a plan's queries: on a LocalCluster (threads) or on three local processes."""
+"""Running a plan's queries on a LocalCluster (threads) or on three local processes over TLS:
+the schedule of one batch size's queries and what they measured."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpcc.bench.clock import InstrClock, install_clocks
+from mpcc.bench.clock import PartyClock, attach_clocks
 from mpcc.bench.inputs import sample_inputs
 from mpcc.bench.report import summarize
 from mpcc.runtime.warmup import numba_counts
+
+if TYPE_CHECKING:
+    from mpcc.compiler.ir import Program
+    from mpcc.runtime.cluster import QueryStats
+
+
+@dataclasses.dataclass
+class Measurement:
+    """What one batch size's run measured, per timed query (the report summarizes it)."""
+
+    setup_s: float  # starting the session (threads) or the processes, deploying (processes)
+    first_query: dict[str, Any]  # the first query: online, offline, total, kernels loaded
+    online: list[float]
+    offline: list[float]
+    dealer: list[float] | None  # the dealer alone; None when it runs ahead in its process
+    e2e: list[float]  # end to end at the caller
+    traffic: list[tuple[tuple[int, int], int, int, int]]  # sent, rounds, dealer, client bytes
+    clocks: list[PartyClock] = dataclasses.field(default_factory=list)  # with --layers
+    tls: dict[str, Any] | None = None  # bytes on the wire and the handshake (processes)
 
 
 def _count(n: int) -> str:
@@ -55,29 +75,19 @@ class Schedule:
         return first_out, timed
 
 
-def measure_threads(prog: Any, weights: dict[str, np.ndarray], sched: Schedule) -> dict[str, Any]:
-    """The plan on a LocalCluster: setup, then the schedule's queries."""
+def measure_threads(prog: Program, weights: dict[str, np.ndarray], sched: Schedule) -> Measurement:
+    """The plan on a LocalCluster: setup, then the schedule's queries; with `sched.layers`,
+    the timed ones on each party's clock (`PartyClock`, an observer of its executor and
+    channel)."""
     from mpcc.runtime.cluster import LocalCluster
 
     shape = prog.value(prog.inputs[0][1]).shape
     sched.phase("starting the session (sharing the weights, opening F = W - B)")
     t0 = time.perf_counter()
-    cluster = LocalCluster(prog, weights)
-    with cluster:
+    with LocalCluster(prog, weights) as cluster:
         setup_s = time.perf_counter() - t0
-        dealer_times: list[float] = []
-        inner_deal = cluster.dealer.deal
 
-        def deal(query: int) -> Any:
-            t = time.perf_counter()
-            try:
-                return inner_deal(query)
-            finally:
-                dealer_times.append(time.perf_counter() - t)
-
-        cluster.dealer.deal = deal
-
-        def query(index: int) -> tuple[float, float, Any]:
+        def query(index: int) -> tuple[float, float, QueryStats]:
             """(offline, end to end, stats): the material made just before the query."""
             x = sample_inputs(shape, index)
             offline = cluster.preprocess(1)
@@ -90,17 +100,17 @@ def measure_threads(prog: Any, weights: dict[str, np.ndarray], sched: Schedule) 
             before = numba_counts()
             return query(index), before, numba_counts()
 
-        clocks: list[InstrClock] = []
+        clocks: list[PartyClock] = []
 
         def timing() -> None:
-            dealer_times.clear()
-            clocks.extend(install_clocks(cluster) if sched.layers else [])
+            if sched.layers:
+                clocks.extend(attach_clocks(cluster.parties))
 
         try:
             first_out, timed = sched.run(query, first=first_query, timing=timing)
         finally:
             for c in clocks:
-                c.stat.close()
+                c.detach()
     (f_off, f_e2e, f_stats), (hits0, misses0), (hits1, misses1) = first_out
     first = {
         "online_s": f_stats.online_s,
@@ -110,20 +120,22 @@ def measure_threads(prog: Any, weights: dict[str, np.ndarray], sched: Schedule) 
         "numba_cache_loads": hits1 - hits0,
         "numba_compiles": misses1 - misses0,
     }
-    return {
-        "setup_s": setup_s,
-        "first_query": first,
-        "online": [st.online_s for _, _, st in timed],
-        "offline": [off for off, _, _ in timed],
-        "dealer": dealer_times,
-        "e2e": [e2e for _, e2e, _ in timed],
-        "traffic": [(st.sent, st.rounds, st.dealer_bytes, st.client_bytes) for _, _, st in timed],
-        "clocks": clocks,
-        "tls": None,
-    }
+    stats = [st for _, _, st in timed]
+    return Measurement(
+        setup_s=setup_s,
+        first_query=first,
+        online=[st.online_s for st in stats],
+        offline=[off for off, _, _ in timed],
+        dealer=[st.dealer_s for st in stats],
+        e2e=[e2e for _, e2e, _ in timed],
+        traffic=[(st.sent, st.rounds, st.dealer_bytes, st.client_bytes) for st in stats],
+        clocks=clocks,
+    )
 
 
-def measure_processes(prog: Any, weights: dict[str, np.ndarray], sched: Schedule) -> dict[str, Any]:
+def measure_processes(
+    prog: Program, weights: dict[str, np.ndarray], sched: Schedule
+) -> Measurement:
     """The plan served by three local party processes over TLS, queried one batch at a time
     by a client: setup, the schedule's queries, then a TLS handshake."""
     from mpcc.serving.local import serve_locally
@@ -162,16 +174,15 @@ def measure_processes(prog: Any, weights: dict[str, np.ndarray], sched: Schedule
     # P1 counts a bundle's wire bytes as they are read: bundles read together (the stock made
     # at the session's start) are all counted on the first. The median query is one read alone.
     dealer_wire = sorted(q.dealer_wire for q in reqs)[(len(reqs) - 1) // 2]
-    return {
-        "setup_s": setup_s,
-        "first_query": first,
-        "online": [q.online_s for q in reqs],
-        "offline": [q.offline_s for q in reqs],
-        "dealer": None,
-        "e2e": [q.latency_s for q in reqs],
-        "traffic": [(q.sent, q.rounds, q.dealer_bytes, q.client_bytes) for q in reqs],
-        "clocks": [],
-        "tls": {
+    return Measurement(
+        setup_s=setup_s,
+        first_query=first,
+        online=[q.online_s for q in reqs],
+        offline=[q.offline_s for q in reqs],
+        dealer=None,
+        e2e=[q.latency_s for q in reqs],
+        traffic=[(q.sent, q.rounds, q.dealer_bytes, q.client_bytes) for q in reqs],
+        tls={
             "wire_sent": list(last.wire_sent),
             "overhead": [w - p for w, p in zip(last.wire_sent, last.sent, strict=True)],
             "dealer_wire": dealer_wire,
@@ -179,4 +190,4 @@ def measure_processes(prog: Any, weights: dict[str, np.ndarray], sched: Schedule
             "handshake": handshakes,
             "queued_s": summarize([q.queued_s for q in reqs]),
         },
-    }
+    )

@@ -6,13 +6,16 @@ import datetime
 import os
 import platform
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mpcc.bench.clock import layer_rows
 from mpcc.bench.network import Link
 from mpcc.errors import MpccError
+
+if TYPE_CHECKING:
+    from mpcc.bench.measure import Measurement
+    from mpcc.compiler.ir import Program
 
 SCHEMA = "mpcc-bench/1"
 
@@ -66,16 +69,16 @@ SETTINGS = {
 
 
 def result(
-    prog: Any, repeat: int, warmup: int, m: dict[str, Any], link: Link | None
+    prog: Program, repeat: int, warmup: int, m: Measurement, link: Link | None
 ) -> dict[str, Any]:
     """One batch size's report from a measurement, next to the compiler's cost model."""
     from mpcc.compiler.costmodel import estimate
     from mpcc.compiler.planfile import plan_hash
 
     predicted = estimate(prog)
-    if len({t[:3] for t in m["traffic"]}) != 1:  # pragma: no cover - the plan fixes them
-        raise MpccError(f"traffic differed between queries of one plan: {m['traffic']}")
-    sent, rounds, dealer_bytes, client_bytes = m["traffic"][-1]
+    if len({t[:3] for t in m.traffic}) != 1:  # pragma: no cover - the plan fixes them
+        raise MpccError(f"traffic differed between queries of one plan: {m.traffic}")
+    sent, rounds, dealer_bytes, client_bytes = m.traffic[-1]
     sent = tuple(sent)
     pt = predicted.total
     res: dict[str, Any] = {
@@ -83,12 +86,12 @@ def result(
         "plan": {"name": prog.name, "sha256": plan_hash(prog), "instructions": len(prog.instrs)},
         "repeat": repeat,
         "warmup": warmup,
-        "setup_s": m["setup_s"],
-        "first_query": m["first_query"],
-        "online_s": summarize(m["online"]),
-        "offline_s": summarize(m["offline"]),
-        "dealer_s": summarize(m["dealer"]) if m["dealer"] is not None else None,
-        "e2e_s": summarize(m["e2e"]),
+        "setup_s": m.setup_s,
+        "first_query": m.first_query,
+        "online_s": summarize(m.online),
+        "offline_s": summarize(m.offline),
+        "dealer_s": summarize(m.dealer) if m.dealer is not None else None,
+        "e2e_s": summarize(m.e2e),
         "sent_bytes": list(sent),
         "rounds": rounds,
         "dealer_bytes": dealer_bytes,
@@ -97,7 +100,7 @@ def result(
         "matches_cost_model": (
             sent == (pt.sent, pt.sent) and rounds == pt.rounds and dealer_bytes == pt.dealer
         ),
-        "tls": m["tls"],
+        "tls": m.tls,
         "plaintext_s": None,
         "ratio": None,
         "projection": None,
@@ -112,6 +115,8 @@ def result(
             "transfer_s": link.transfer_s(max(sent)),
             "dealer_transfer_s": link.transfer_s(dealer_bytes),
         }
-    if m["clocks"]:
-        res["layers"] = layer_rows(prog, m["clocks"], link, m["online"])
+    if m.clocks:
+        from mpcc.bench.clock import layer_rows
+
+        res["layers"] = layer_rows(prog, predicted.per_instr, m.clocks, link, m.online)
     return res
