@@ -10,6 +10,8 @@ import io
 import json
 import math
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ import onnx
 import pytest
 
 from mpcc import bench
+from mpcc.cli import main as cli_main
 from mpcc.compiler import planfile
 from mpcc.compiler.costmodel import estimate
 from mpcc.compiler.pipeline import compile_onnx
@@ -72,7 +75,7 @@ def tiny(tmp_path_factory) -> Path:
 
 def _report(capsys, *args: str) -> tuple[dict, str]:
     """Run `mpcc bench ... --json -`; the parsed report and stderr."""
-    assert bench.main([*args, "--json", "-"]) == 0
+    assert cli_main(["bench", *args, "--json", "-"]) == 0
     out = capsys.readouterr()
     return json.loads(out.out), out.err
 
@@ -113,7 +116,7 @@ def test_tiny_model_all_options(tiny, capsys) -> None:
 
 
 def test_text_report(tiny, capsys) -> None:
-    assert bench.main([str(tiny), "--repeat", "2", "--layers", "--network", "1,1"]) == 0
+    assert cli_main(["bench", str(tiny), "--repeat", "2", "--layers", "--network", "1,1"]) == 0
     text = capsys.readouterr().out
     for needle in (
         "online med",
@@ -178,11 +181,11 @@ def test_bad_network_is_a_user_error(bad) -> None:
 def test_user_errors_exit_2(tiny, tmp_path, capsys) -> None:
     prog, weights = compile_onnx(tiny, (1, 4))
     planfile.save(tmp_path / "p.mpcc", prog, weights)
-    assert bench.main([str(tmp_path / "p.mpcc"), "--batch", "1,64"]) == 2
+    assert cli_main(["bench", str(tmp_path / "p.mpcc"), "--batch", "1,64"]) == 2
     assert "compiled for batch 1" in capsys.readouterr().err
-    assert bench.main([str(tmp_path / "nope.onnx")]) == 2
-    assert bench.main([str(tiny), "--batch", "0"]) == 2
-    assert bench.main([str(tiny), "--batch", "1,2", "--repeat", "1,2,3"]) == 2
+    assert cli_main(["bench", str(tmp_path / "nope.onnx")]) == 2
+    assert cli_main(["bench", str(tiny), "--batch", "0"]) == 2
+    assert cli_main(["bench", str(tiny), "--batch", "1,2", "--repeat", "1,2,3"]) == 2
     err = capsys.readouterr().err
     assert err.count("mpcc: error: ") == 3 and "Traceback" not in err
 
@@ -294,7 +297,7 @@ def test_processes_over_tls(tiny, capsys) -> None:
 
 
 def _error(capsys, *args: str) -> str:
-    assert bench.main(list(args)) == 2
+    assert cli_main(["bench", *args]) == 2
     return capsys.readouterr().err
 
 
@@ -381,6 +384,26 @@ def test_bench_patches_nothing_it_does_not_own() -> None:
                     ):
                         found.append(f"{path.name}:{n.lineno}: {ast.unparse(t)}")
     assert len(_bench_modules()) > 3 and not found, found
+
+
+def test_imports_run_one_way() -> None:
+    """Only the CLI imports mpcc.bench: no module of it imports mpcc.cli (not even inside a
+    function), importing it loads no mpcc.cli, and there is no `python -m mpcc.bench`."""
+    for path in _bench_modules():
+        for n in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(n, ast.Import):
+                names = [a.name for a in n.names]
+            elif isinstance(n, ast.ImportFrom):
+                names = [n.module or "", *(f"{n.module}.{a.name}" for a in n.names)]
+            else:
+                continue
+            assert not any(m == "mpcc.cli" or m.startswith("mpcc.cli.") for m in names), (
+                f"{path.name}:{n.lineno}"
+            )
+    code = "import sys, mpcc.bench; assert 'mpcc.cli' not in sys.modules, 'mpcc.cli loaded'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+    assert not (REPO / "mpcc" / "bench" / "__main__.py").exists()
+    assert not hasattr(bench, "main")
 
 
 def test_clocks_observe_and_detach(tiny) -> None:

@@ -13,14 +13,13 @@ breakdown next to the compiler's predicted cost; `--network RTT_ms,Gbps` adds a 
 
     mpcc bench lenet.onnx --batch 1,64 --repeat 20 --layers --network 1,1 --json out.json
     mpcc bench lenet.onnx --processes  # the parties as processes over TLS on 127.0.0.1
-    python -m mpcc.bench ...          # the same, before/without the `mpcc` entry point
+    python -m mpcc bench ...          # the same, without the `mpcc` entry point
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -216,10 +215,3 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(format_text(report))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m mpcc.bench ...`: the same as `mpcc bench ...`."""
-    from mpcc.cli import main as cli_main
-
-    return cli_main(["bench", *(sys.argv[1:] if argv is None else argv)])
