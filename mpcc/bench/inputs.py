@@ -54,6 +54,8 @@ def onnx_input_shape(path: Path, batch: int) -> tuple[int, ...]:
 
 
 def sources(model: Path, reference: Path | None) -> tuple[str, Path | None]:
+    """("onnx" or "plan", the ONNX model for the plaintext floor): a plan file's default
+    reference is the .onnx file beside it, if there is one."""
     if not model.is_file():
         raise MpccError(f"no model or plan file at {model}")
     kind = "onnx" if model.suffix.lower() == ".onnx" else "plan"

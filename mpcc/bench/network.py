@@ -42,5 +42,19 @@ class Link:
         """compute + rounds x RTT + bytes / bandwidth: the latency on this link (a model)."""
         return compute_s + rounds * self.rtt_s + self.transfer_s(nbytes)
 
+    def projection(
+        self, online_s: float, rounds: int, sent: int, dealer_bytes: int
+    ) -> dict[str, float]:
+        """A measured query on this link: its online time (`sent` bytes per party), the
+        rounds' and the transfer's share of it, and the dealer's material's transfer."""
+        return {
+            **self.asdict(),
+            "online_s": self.project(online_s, rounds, sent),
+            "rounds_s": rounds * self.rtt_s,
+            "transfer_s": self.transfer_s(sent),
+            "dealer_transfer_s": self.transfer_s(dealer_bytes),
+        }
+
     def asdict(self) -> dict[str, float]:
+        """The link as the JSON report gives it."""
         return {"rtt_ms": self.rtt_s * 1e3, "gbps": self.gbps}

@@ -23,6 +23,7 @@ class Plaintext:
         self.path = path
 
     def accepts(self, shape: Sequence[int]) -> bool:
+        """Whether the model's input takes this shape (symbolic dimensions take any)."""
         dims = self.input.shape
         return len(dims) == len(shape) and all(
             not isinstance(d, int) or d == s for d, s in zip(dims, shape, strict=True)

@@ -28,7 +28,7 @@ def summarize(samples: Sequence[float]) -> dict[str, Any]:
         "p90": float(np.percentile(a, 90)),
         "min": float(a.min()),
         "mean": float(a.mean()),
-        "samples": [float(v) for v in a],
+        "samples": a.tolist(),
     }
 
 
@@ -107,14 +107,9 @@ def result(
         "layers": None,
     }
     if link is not None:
-        med = res["online_s"]["median"]
-        res["projection"] = {
-            **link.asdict(),
-            "online_s": link.project(med, rounds, max(sent)),
-            "rounds_s": rounds * link.rtt_s,
-            "transfer_s": link.transfer_s(max(sent)),
-            "dealer_transfer_s": link.transfer_s(dealer_bytes),
-        }
+        res["projection"] = link.projection(
+            res["online_s"]["median"], rounds, max(sent), dealer_bytes
+        )
     if m.clocks:
         from mpcc.bench.clock import layer_rows
 

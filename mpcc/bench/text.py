@@ -1,4 +1,5 @@
-"""The text report."""
+"""The text report: the summary table, first queries, TLS bytes, the network projection
+and the per-instruction table; and the number formats they share."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 
 
 def fmt_bytes(n: float) -> str:
+    """Bytes with one decimal in GB, MB or KB (powers of ten)."""
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
         if n >= size:
             return f"{n / size:.1f} {unit}"
