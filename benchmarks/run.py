@@ -73,7 +73,7 @@ def bench_model(onnx: Path, repeats: tuple[int, int], env: dict | None = None) -
     """`mpcc bench` in a fresh process; its JSON report."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
-        cmd = [sys.executable, "-m", "mpcc.bench", str(onnx), "--layers", "--json", str(out)]
+        cmd = [sys.executable, "-m", "mpcc", "bench", str(onnx), "--layers", "--json", str(out)]
         cmd += ["--batch", ",".join(map(str, BATCHES)), "--repeat", ",".join(map(str, repeats))]
         subprocess.run(cmd, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
         return json.loads(out.read_text())
@@ -84,7 +84,7 @@ def jit_cold(onnx: Path) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "bench.json"
         env = dict(os.environ, NUMBA_CACHE_DIR=cache)
-        cmd = [sys.executable, "-m", "mpcc.bench", str(onnx), "--json", str(out)]
+        cmd = [sys.executable, "-m", "mpcc", "bench", str(onnx), "--json", str(out)]
         cmd += ["--batch", "1", "--repeat", "2", "--no-plaintext", "-q"]
         subprocess.run(cmd, cwd=REPO, env=env, check=True)
         return json.loads(out.read_text())["results"][0]["first_query"]

@@ -4,11 +4,14 @@ assertions: performance is shown by `make bench`, not by tests."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import io
 import json
 import math
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -17,10 +20,12 @@ import onnx
 import pytest
 
 from mpcc import bench
+from mpcc.cli import main as cli_main
 from mpcc.compiler import planfile
 from mpcc.compiler.costmodel import estimate
 from mpcc.compiler.pipeline import compile_onnx
 from mpcc.errors import MpccError
+from mpcc.runtime.transport import ChannelObserver
 from tests.onnx_builders import model, node, rand
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,7 +75,7 @@ def tiny(tmp_path_factory) -> Path:
 
 def _report(capsys, *args: str) -> tuple[dict, str]:
     """Run `mpcc bench ... --json -`; the parsed report and stderr."""
-    assert bench.main([*args, "--json", "-"]) == 0
+    assert cli_main(["bench", *args, "--json", "-"]) == 0
     out = capsys.readouterr()
     return json.loads(out.out), out.err
 
@@ -111,7 +116,7 @@ def test_tiny_model_all_options(tiny, capsys) -> None:
 
 
 def test_text_report(tiny, capsys) -> None:
-    assert bench.main([str(tiny), "--repeat", "2", "--layers", "--network", "1,1"]) == 0
+    assert cli_main(["bench", str(tiny), "--repeat", "2", "--layers", "--network", "1,1"]) == 0
     text = capsys.readouterr().out
     for needle in (
         "online med",
@@ -176,11 +181,11 @@ def test_bad_network_is_a_user_error(bad) -> None:
 def test_user_errors_exit_2(tiny, tmp_path, capsys) -> None:
     prog, weights = compile_onnx(tiny, (1, 4))
     planfile.save(tmp_path / "p.mpcc", prog, weights)
-    assert bench.main([str(tmp_path / "p.mpcc"), "--batch", "1,64"]) == 2
+    assert cli_main(["bench", str(tmp_path / "p.mpcc"), "--batch", "1,64"]) == 2
     assert "compiled for batch 1" in capsys.readouterr().err
-    assert bench.main([str(tmp_path / "nope.onnx")]) == 2
-    assert bench.main([str(tiny), "--batch", "0"]) == 2
-    assert bench.main([str(tiny), "--batch", "1,2", "--repeat", "1,2,3"]) == 2
+    assert cli_main(["bench", str(tmp_path / "nope.onnx")]) == 2
+    assert cli_main(["bench", str(tiny), "--batch", "0"]) == 2
+    assert cli_main(["bench", str(tiny), "--batch", "1,2", "--repeat", "1,2,3"]) == 2
     err = capsys.readouterr().err
     assert err.count("mpcc: error: ") == 3 and "Traceback" not in err
 
@@ -231,24 +236,28 @@ def test_suite_report_targets(tiny, capsys) -> None:
     assert "LeNet per instruction, batch 64" in text and "not a measurement" in text
 
 
+class _Sent(ChannelObserver):
+    """The messages one channel sends (copies)."""
+
+    def __init__(self) -> None:
+        self.msgs: list[list[np.ndarray]] = []
+
+    def sent(self, channel, arrays) -> None:
+        self.msgs.append([a.copy() for a in arrays])
+
+
 def _frames_per_query(prog, weights) -> list[list[list[np.ndarray]]]:
     """The messages P0 and P1 send each other in one (warm) query of a LocalCluster."""
     from mpcc.runtime.cluster import LocalCluster
 
     shape = prog.value(prog.inputs[0][1]).shape
-    sent: list[list[list[np.ndarray]]] = [[], []]
     with LocalCluster(prog, weights) as cluster:
         cluster.run_batch(bench.sample_inputs(shape, 0))
-        for party, msgs in zip(cluster.parties, sent, strict=True):
-            inner = party.ch._put
-
-            def put(arrays, inner=inner, msgs=msgs):
-                msgs.append([a.copy() for a in arrays])
-                return inner(arrays)
-
-            party.ch._put = put
+        sent = [_Sent() for _ in cluster.parties]
+        for party, obs in zip(cluster.parties, sent, strict=True):
+            party.ch.observers.append(obs)
         cluster.run_batch(bench.sample_inputs(shape, 1))
-    return sent
+    return [obs.msgs for obs in sent]
 
 
 def test_processes_over_tls(tiny, capsys) -> None:
@@ -288,7 +297,7 @@ def test_processes_over_tls(tiny, capsys) -> None:
 
 
 def _error(capsys, *args: str) -> str:
-    assert bench.main(list(args)) == 2
+    assert cli_main(["bench", *args]) == 2
     return capsys.readouterr().err
 
 
@@ -345,3 +354,79 @@ def test_serving_benchmark_writes_its_table_and_figure(tmp_path, capsys) -> None
     assert result["rounds_served"] == result["rounds_in_process"]
     assert "| 2 |" in (tmp_path / "serving.md").read_text()
     assert (tmp_path / "serving.png").stat().st_size > 10_000
+
+
+def _bench_modules() -> list[Path]:
+    return sorted((REPO / "mpcc" / "bench").glob("*.py"))
+
+
+def test_bench_patches_nothing_it_does_not_own() -> None:
+    """The benchmark measures through the runtime's observer hooks: no module of mpcc.bench
+    assigns (or deletes, or setattr's) an attribute of anything but its own `self`, as the
+    old clocks did (`party.prog = ...`, `party.run = ...`, `ch._get = ...`, `dealer.deal`)."""
+    owned = {"self._timer.daemon"}  # Progress's own timer thread, made in its __init__
+    found = []
+    for path in _bench_modules():
+        for n in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets: list[ast.expr] = []
+            if isinstance(n, ast.Assign | ast.Delete):
+                targets = list(n.targets)
+            elif isinstance(n, ast.AugAssign | ast.AnnAssign):
+                targets = [n.target]
+            elif isinstance(n, ast.Call) and getattr(n.func, "id", None) == "setattr":
+                found.append(f"{path.name}:{n.lineno}: setattr")
+            for t in targets:
+                for sub in ast.walk(t):
+                    if (
+                        isinstance(sub, ast.Attribute)
+                        and not (isinstance(sub.value, ast.Name) and sub.value.id == "self")
+                        and ast.unparse(sub) not in owned
+                    ):
+                        found.append(f"{path.name}:{n.lineno}: {ast.unparse(t)}")
+    assert len(_bench_modules()) > 3 and not found, found
+
+
+def test_imports_run_one_way() -> None:
+    """Only the CLI imports mpcc.bench: no module of it imports mpcc.cli (not even inside a
+    function), importing it loads no mpcc.cli, and there is no `python -m mpcc.bench`."""
+    for path in _bench_modules():
+        for n in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(n, ast.Import):
+                names = [a.name for a in n.names]
+            elif isinstance(n, ast.ImportFrom):
+                names = [n.module or "", *(f"{n.module}.{a.name}" for a in n.names)]
+            else:
+                continue
+            assert not any(m == "mpcc.cli" or m.startswith("mpcc.cli.") for m in names), (
+                f"{path.name}:{n.lineno}"
+            )
+    code = "import sys, mpcc.bench; assert 'mpcc.cli' not in sys.modules, 'mpcc.cli loaded'"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+    assert not (REPO / "mpcc" / "bench" / "__main__.py").exists()
+    assert not hasattr(bench, "main")
+
+
+def test_clocks_observe_and_detach(tiny) -> None:
+    """PartyClock rides on the observer lists and leaves them as it found them; its rows add
+    up to the transport's per-query counts."""
+    from mpcc.bench.clock import attach_clocks, layer_rows
+    from mpcc.runtime.cluster import LocalCluster
+
+    prog, weights = compile_onnx(tiny, (2, 4))
+    with LocalCluster(prog, weights) as cluster:
+        cluster.run_batch(bench.sample_inputs((2, 4), 0))
+        clocks = attach_clocks(cluster.parties)
+        for i in range(2):
+            cluster.run_batch(bench.sample_inputs((2, 4), 1 + i))
+        for c in clocks:
+            c.detach()
+        assert all(not p.observers and not p.ch.observers for p in cluster.parties)
+        stats = cluster.stats
+    assert 0 < stats.dealer_s <= stats.offline_s
+    lay = layer_rows(prog, estimate(prog).per_instr, clocks, None, [stats.online_s] * 2)
+    assert [row["op"] for row in lay["instrs"]] == [i.op.name for i in prog.instrs]
+    assert sum(row["sent"][1] for row in lay["instrs"]) == stats.sent[1]
+    assert sum(row["rounds"] for row in lay["instrs"]) == stats.rounds
+    for key in ("wall_s", "cpu_s", "in_receive_s"):
+        assert len(lay["run"][key]) == 2
+    assert 0 < lay["loop_s"] <= lay["run"]["wall_s"][0]

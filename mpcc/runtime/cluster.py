@@ -36,12 +36,13 @@ class QueryStats:
 
     batch: int
     online_s: float
-    offline_s: float
+    offline_s: float  # the dealer making the material, then both parties expanding it
     sent: tuple[int, int]  # bytes P0 and P1 sent to each other online
     rounds: int
     dealer_bytes: int  # correction payload the dealer sent to P1 (P0: nothing)
     material_bytes: int  # preprocessing material P0 and P1 held for the query (both)
     client_bytes: int  # input shares the client sent to each compute party
+    dealer_s: float  # of offline_s, the dealer alone (`Dealer.deal`)
 
     def summary(self) -> str:
         return (
@@ -109,8 +110,8 @@ class LocalCluster:
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="mpcc-party")
         self._next_query = 0
         self._prepared: list[int] = []
-        # query -> (seconds, dealer bytes, material bytes both parties hold)
-        self._offline: dict[int, tuple[float, int, int]] = {}
+        # query -> (seconds, the dealer's seconds, dealer bytes, material bytes both hold)
+        self._offline: dict[int, tuple[float, float, int, int]] = {}
         self._both(lambda p: p.open_weights())
 
     def close(self) -> None:
@@ -154,6 +155,7 @@ class LocalCluster:
             t0 = time.perf_counter()
             q = self._next_query + len(self._prepared)
             bundle = self.dealer.deal(q)
+            dealer_s = time.perf_counter() - t0
             self._dealer_out.send(bundle.to_arrays())
 
             def prep(p: PartyExecutor, q=q) -> int:
@@ -162,7 +164,7 @@ class LocalCluster:
 
             held = sum(self._both(prep))
             self._prepared.append(q)
-            self._offline[q] = (time.perf_counter() - t0, bundle.nbytes, held)
+            self._offline[q] = (time.perf_counter() - t0, dealer_s, bundle.nbytes, held)
         return time.perf_counter() - start
 
     # -- online ------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ class LocalCluster:
         if not self._prepared:
             self.preprocess(1)
         q = self._prepared.pop(0)
-        offline, dealer_bytes, material_bytes = self._offline.pop(q)
+        offline, dealer_s, dealer_bytes, material_bytes = self._offline.pop(q)
         self._next_query = q + 1
         in_name = self.prog.inputs[0][0]
         before = [p.ch.traffic.snapshot() for p in self.parties]
@@ -193,6 +195,7 @@ class LocalCluster:
             dealer_bytes=dealer_bytes,
             material_bytes=material_bytes,
             client_bytes=x0.nbytes,
+            dealer_s=dealer_s,
         )
         return y
 
