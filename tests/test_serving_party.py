@@ -5,6 +5,8 @@ Served logits are compared with onnxruntime on real digits (`check`)."""
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import io
 import re
 import secrets
@@ -119,9 +121,12 @@ def test_predict_any_number_of_samples(servers, mlp, ort_logits):
     check(one, ref[:1])
 
 
-def _deploy_to(cfg, role: str, prog, weights, deploy_id: str | None = None) -> None:
+def _deploy_to(
+    cfg, role: str, prog, weights, deploy_id: str | None = None, public: dict | None = None
+) -> None:
     """Deploy to one party only (as a broken deployment would): its shares are a fresh split,
-    committed to as the owner would (with a made-up commitment for the other party)."""
+    committed to as the owner would (with a made-up commitment for the other party). A
+    `public` plan replaces the program's own (sent with its hash, as an owner would)."""
     from mpcc.compiler import planfile
     from mpcc.runtime.owner import share_weights
 
@@ -131,7 +136,9 @@ def _deploy_to(cfg, role: str, prog, weights, deploy_id: str | None = None) -> N
     other = "p1" if role == "p0" else "p0"
     commitments = {role: share_commitment(deploy_id, role, salt, shares), other: "0" * 64}
     ch, _ = dial(cfg, client_context(cfg, "owner"), role, me="owner", link="deploy")
-    head = {"plan": planfile.to_public(prog), "plan_hash": planfile.plan_hash(prog)}
+    public = public or planfile.to_public(prog)
+    digest = hashlib.sha256(planfile.canonical_json(public)).hexdigest()
+    head = {"plan": public, "plan_hash": digest}
     head.update(deploy_id=deploy_id, commitments=commitments, salt=salt.hex())
     ch.send_msg("deploy", {**head, "weights": sorted(shares)})
     for n in sorted(shares):
@@ -186,6 +193,26 @@ def _tamper(path) -> None:
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     path.write_bytes(buf.getvalue())
+
+
+def test_a_plan_that_breaks_an_ir_rule_is_refused_at_the_party(servers, mlp, ort_logits):
+    from mpcc.compiler import planfile
+
+    prog, weights = mlp
+    deploy_program(prog, weights, servers.cfg)
+    before = load_state(servers.cfg.role_state_dir("p0")).deploy_id
+    public = copy.deepcopy(planfile.to_public(prog))
+    relu = next(i for i in public["instrs"] if i["op"] == "relu")
+    relu["args"] = [len(public["values"]) - 1]  # a value defined only after it
+    want = r"p0 rejected the deployment: plan check: instruction \d+ .*\[rule: defined before use\]"
+    with pytest.raises(PartyError, match=want):
+        _deploy_to(servers.cfg, "p0", prog, weights, public=public)
+    # refused before anything is stored: the deployed model is still served
+    assert load_state(servers.cfg.role_state_dir("p0")).deploy_id == before
+    X, ref = ort_logits
+    with Client(servers.cfg) as c:
+        c.wait_ready(30)
+        check(c.predict(X[:4]), ref[:4])
 
 
 def test_tampered_share_file_is_caught_at_restart(servers, mlp, ort_logits):
