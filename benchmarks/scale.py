@@ -1174,7 +1174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--min-free-gb",
         type=float,
-        default=1.0,
+        default=2.0,
         help="abort a measurement when the machine has less memory available than this",
     )
     ap.add_argument("--worker", help=argparse.SUPPRESS)
