@@ -167,7 +167,13 @@ class Sampler(threading.Thread):
     """Samples the RSS of this process (and of `others()`) every `interval` seconds: a
     timeline, and the stacks of the threads running mpcc code when this process's RSS
     reached its highest. If the machine's available memory falls below `min_free`, calls
-    `on_low` once (to stop before the kernel's OOM killer picks a process of someone else)."""
+    `on_low` once (to stop before the kernel's OOM killer picks a process of someone else).
+
+    `profile`: also a sampling profiler of every thread (cProfile sees only the thread that
+    enables it, and LocalCluster's parties run in a pool): the wall time between samples goes
+    to each busy thread's innermost Python frame (own) and to every frame on its stack
+    (inclusive). `trace_peak`: a tracemalloc snapshot whenever traced memory reaches a new
+    high (by 128 MiB), so the allocation sites alive at the peak can be listed."""
 
     def __init__(
         self,
@@ -176,10 +182,12 @@ class Sampler(threading.Thread):
         min_free: int = 0,
         on_low: Callable[[str], None] | None = None,
         stacks: bool = False,
+        profile: bool = False,
+        trace_peak: bool = False,
     ) -> None:
         super().__init__(daemon=True)
         self.interval, self.others, self.min_free, self.on_low = interval, others, min_free, on_low
-        self.stacks = stacks
+        self.stacks, self.profile, self.trace_peak = stacks, profile, trace_peak
         self.t0 = time.perf_counter()
         self.timeline: list[tuple[float, int]] = []
         self.peaks: dict[str, int] = {}
@@ -187,15 +195,53 @@ class Sampler(threading.Thread):
         self.peak_stack_rss = 0
         self.low: str | None = None
         self.marks: list[tuple[float, str]] = []
+        self.own: dict[str, float] = {}
+        self.inclusive: dict[str, float] = {}
+        self.busy_s = 0.0
+        self.peak_snapshot: Any = None
+        self.peak_traced = 0
         self._halt = threading.Event()
 
     def mark(self, label: str) -> None:
         self.marks.append((round(time.perf_counter() - self.t0, 3), label))
 
+    def _profile(self, dt: float) -> None:
+        me = threading.get_ident()
+        for tid, frame in sys._current_frames().items():
+            if tid == me:
+                continue
+            names = []
+            f = frame
+            while f is not None:
+                code = f.f_code
+                names.append(f"{_short(code.co_filename)}:{code.co_name}")
+                f = f.f_back
+            if not names or _idle(names[0]):
+                continue
+            self.busy_s += dt
+            self.own[names[0]] = self.own.get(names[0], 0.0) + dt
+            for n in set(names):
+                self.inclusive[n] = self.inclusive.get(n, 0.0) + dt
+
+    def _trace(self) -> None:
+        import tracemalloc
+
+        current = tracemalloc.get_traced_memory()[0]
+        if current > self.peak_traced + 128 * MiB:
+            self.peak_snapshot = tracemalloc.take_snapshot()
+            self.peak_traced = tracemalloc.get_traced_memory()[0]
+
     def run(self) -> None:
+        last = time.perf_counter()
         while not self._halt.is_set():
             now = rss()
-            self.timeline.append((time.perf_counter() - self.t0, now))
+            t = time.perf_counter()
+            self.timeline.append((t - self.t0, now))
+            if self.profile:
+                self._profile(t - last)
+            last = t
+            if self.trace_peak:
+                self._trace()
             if self.stacks and now > self.peak_stack_rss + 16 * MiB:
                 self.peak_stack_rss, self.peak_stack = now, mpcc_stacks()
             if self.others is not None:
@@ -222,6 +268,24 @@ class Sampler(threading.Thread):
             (round(tl[i][0], 2), round(max(r for _, r in tl[i : i + step]) / MiB, 1))
             for i in range(0, len(tl), step)
         ]
+
+
+_IDLE = {
+    ("threading.py", "wait"),
+    ("threading.py", "_wait_for_tstate_lock"),
+    ("threading.py", "join"),
+    ("_base.py", "result"),
+    ("thread.py", "_worker"),
+    ("queue.py", "get"),
+    ("selectors.py", "select"),
+    ("socket.py", "accept"),
+}
+
+
+def _idle(frame: str) -> bool:
+    """A thread whose innermost Python frame is one of these is waiting, not working."""
+    file, _, func = frame.rpartition(":")
+    return (Path(file).name, func) in _IDLE
 
 
 def mpcc_stacks() -> list[str]:
@@ -643,11 +707,13 @@ def worker_profile(model: str, mode: str) -> dict[str, Any]:
             log(f"profile {model}: {name}")
             rec: dict[str, Any] = {"rss_before": rss()}
             reset_peak()
-            sampler = Sampler(interval=0.02, stacks=True)
-            sampler.start()
             if mode == "memory":
                 tracemalloc.reset_peak()
                 before = tracemalloc.take_snapshot()
+            sampler = Sampler(
+                interval=0.02, stacks=True, profile=mode == "time", trace_peak=mode == "memory"
+            )
+            sampler.start()
             prof = cProfile.Profile() if mode == "time" else None
             t0 = time.perf_counter()
             if prof is not None:
@@ -662,10 +728,22 @@ def worker_profile(model: str, mode: str) -> dict[str, Any]:
             rec["timeline_mib"] = sampler.summary(60)
             if prof is not None:
                 rec["top"] = top_functions(pstats.Stats(prof))
+                rec["sampled"] = {
+                    "busy_thread_s": sampler.busy_s,
+                    "own": top_sampled(sampler.own),
+                    "inclusive": top_sampled(sampler.inclusive, mpcc_only=True),
+                }
             if mode == "memory":
                 rec["traced_peak"] = tracemalloc.get_traced_memory()[1]
                 after = tracemalloc.take_snapshot()
                 rec["held"] = top_memory(after.compare_to(before, "traceback"))
+                if sampler.peak_snapshot is not None:
+                    rec["at_peak_traced"] = sampler.peak_traced
+                    rec["at_peak"] = top_memory(
+                        sampler.peak_snapshot.compare_to(before, "traceback")
+                    )
+                del after, before
+                sampler.peak_snapshot = None
             out["steps"][name] = rec
     finally:
         if "cluster" in state:
@@ -687,6 +765,17 @@ def top_functions(stats: Any, n: int = 15) -> dict[str, list[dict[str, Any]]]:
         key=lambda r: -r["cum_s"],
     )[:n]
     return {"own": own, "cumulative": cum}
+
+
+def top_sampled(
+    times: dict[str, float], n: int = 15, mpcc_only: bool = False
+) -> list[dict[str, Any]]:
+    rows = [
+        {"fn": fn, "s": t}
+        for fn, t in times.items()
+        if not mpcc_only or fn.startswith(("mpcc/", "numpy/", "zipfile", "onnx", "shape_inf"))
+    ]
+    return sorted(rows, key=lambda r: -r["s"])[:n]
 
 
 def top_memory(diffs: list[Any], n: int = 12) -> list[dict[str, Any]]:
@@ -1137,6 +1226,25 @@ def profile_markdown(prof: dict[str, Any]) -> str:
             f"| `{r['fn']}` | {r['calls']} | {r['own_s']:.2f} | {r['cum_s']:.2f} |"
             for r in ts["top"]["own"][:10]
         ]
+        sampled = ts.get("sampled")
+        if sampled:
+            lines += [
+                "",
+                f"Sampled every 20 ms in every thread ({sampled['busy_thread_s']:.1f} busy "
+                "thread-seconds; LocalCluster's parties are two threads), innermost Python "
+                "frame (own) and on the stack (inclusive):",
+                "",
+                "| own: function | s | inclusive: function | s |",
+                "|---|---:|---|---:|",
+            ]
+            own, inc = sampled["own"][:12], sampled["inclusive"][:12]
+            for k in range(max(len(own), len(inc))):
+                a = own[k] if k < len(own) else None
+                b = inc[k] if k < len(inc) else None
+                lines.append(
+                    (f"| `{a['fn']}` | {a['s']:.1f} " if a else "| | ")
+                    + (f"| `{b['fn']}` | {b['s']:.1f} |" if b else "| | |")
+                )
         lines += [
             "",
             "Most cumulative time (mpcc, numpy, zipfile):",
@@ -1148,9 +1256,23 @@ def profile_markdown(prof: dict[str, Any]) -> str:
         if ts.get("peak_stacks"):
             lines += ["", "Threads running mpcc code when RSS was highest:", ""]
             lines += [f"- `{s}`" for s in ts["peak_stacks"]]
+        if ms and ms.get("at_peak"):
+            lines += [
+                "",
+                f"Memory allocated during the step and alive at its traced peak "
+                f"({ms['at_peak_traced'] / MiB:.0f} MiB traced in all), by allocation site:",
+                "",
+                "| MiB | blocks | allocated at (innermost first; `<`: called from) |",
+                "|---:|---:|---|",
+            ]
+            lines += [
+                f"| {h['bytes'] / MiB:.0f} | {h['count']} | `{' < '.join(reversed(h['where']))}` |"
+                for h in ms["at_peak"]
+                if h["bytes"] >= MiB
+            ]
         if ms and ms.get("held"):
             lines += ["", "Memory still held after the step (tracemalloc, by allocation site):"]
-            lines += ["", "| MiB | blocks | allocated at (innermost last) |", "|---:|---:|---|"]
+            lines += ["", "| MiB | blocks | allocated at (innermost first; `<`: called from) |", "|---:|---:|---|"]
             lines += [
                 f"| {h['bytes'] / MiB:.0f} | {h['count']} | `{' < '.join(reversed(h['where']))}` |"
                 for h in ms["held"]
