@@ -198,6 +198,7 @@ class Sampler(threading.Thread):
         self.own: dict[str, float] = {}
         self.inclusive: dict[str, float] = {}
         self.busy_s = 0.0
+        self.unsampled_s = 0.0
         self.peak_snapshot: Any = None
         self.peak_traced = 0
         self._halt = threading.Event()
@@ -238,7 +239,11 @@ class Sampler(threading.Thread):
             t = time.perf_counter()
             self.timeline.append((t - self.t0, now))
             if self.profile:
-                self._profile(t - last)
+                # A gap much longer than the interval is C code holding the GIL: it ran
+                # before this sample, in whichever frame, so it is not charged to this stack.
+                dt = min(t - last, 3 * self.interval)
+                self.unsampled_s += t - last - dt
+                self._profile(dt)
             last = t
             if self.trace_peak:
                 self._trace()
@@ -730,6 +735,7 @@ def worker_profile(model: str, mode: str) -> dict[str, Any]:
                 rec["top"] = top_functions(pstats.Stats(prof))
                 rec["sampled"] = {
                     "busy_thread_s": sampler.busy_s,
+                    "unsampled_s": sampler.unsampled_s,
                     "own": top_sampled(sampler.own),
                     "inclusive": top_sampled(sampler.inclusive, mpcc_only=True),
                 }
@@ -1232,7 +1238,9 @@ def profile_markdown(prof: dict[str, Any]) -> str:
                 "",
                 f"Sampled every 20 ms in every thread ({sampled['busy_thread_s']:.1f} busy "
                 "thread-seconds; LocalCluster's parties are two threads), innermost Python "
-                "frame (own) and on the stack (inclusive):",
+                "frame (own) and on the stack (inclusive). C calls that hold the GIL stop the "
+                f"sampler; their {sampled.get('unsampled_s', 0):.1f} s are left out (the "
+                "cProfile table above has them, for the main thread):",
                 "",
                 "| own: function | s | inclusive: function | s |",
                 "|---|---:|---|---:|",
@@ -1272,7 +1280,11 @@ def profile_markdown(prof: dict[str, Any]) -> str:
             ]
         if ms and ms.get("held"):
             lines += ["", "Memory still held after the step (tracemalloc, by allocation site):"]
-            lines += ["", "| MiB | blocks | allocated at (innermost first; `<`: called from) |", "|---:|---:|---|"]
+            lines += [
+                "",
+                "| MiB | blocks | allocated at (innermost first; `<`: called from) |",
+                "|---:|---:|---|",
+            ]
             lines += [
                 f"| {h['bytes'] / MiB:.0f} | {h['count']} | `{' < '.join(reversed(h['where']))}` |"
                 for h in ms["held"]
