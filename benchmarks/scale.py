@@ -976,6 +976,7 @@ def code_info(repo: Path) -> dict[str, Any]:
         "repo": str(repo),
         "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
         "commit": git("rev-parse", "HEAD"),
+        "mpcc_commit": git("log", "-1", "--format=%H", "--", "mpcc"),  # last change to mpcc/
         "dirty": bool(git("status", "--porcelain", "--", "mpcc")),
     }
 
@@ -1084,6 +1085,7 @@ def markdown(report: dict[str, Any], title: str) -> str:
         f"numpy {mi['numpy']}, numba {mi['numba']}, torch {mi['torch']}, "
         f"onnxruntime {mi['onnxruntime']}.",
         f"Code: `{code['repo']}` branch `{code['branch']}` at `{code['commit'][:12]}`"
+        + (f", mpcc/ as of `{code['mpcc_commit'][:12]}`" if code.get("mpcc_commit") else "")
         + (" (mpcc/ modified)" if code["dirty"] else "")
         + ". The machine is shared with other work: times are noisy (one run each), memory "
         "figures much less so.",
@@ -1204,7 +1206,9 @@ def profile_markdown(prof: dict[str, Any]) -> str:
         f"# Where time and memory go: {prof['model']}",
         "",
         f"{mi['date']}, {mi['cpu']}, {mi['cores']} cores, load {mi['load_avg'][0]:.2f}; "
-        f"code `{code['commit'][:12]}` ({code['branch']}). `benchmarks/scale.py --profile "
+        f"code `{code['commit'][:12]}` ({code['branch']}"
+        + (f", mpcc/ as of `{code['mpcc_commit'][:12]}`" if code.get("mpcc_commit") else "")
+        + "). `benchmarks/scale.py --profile "
         f"{prof['model']}`: one process under cProfile (times inflated by the profiler), "
         "one under tracemalloc (numpy buffers included).",
     ]
@@ -1311,6 +1315,7 @@ def main(argv: list[str] | None = None) -> int:
         default=2.0,
         help="abort a measurement when the machine has less memory available than this",
     )
+    ap.add_argument("--render", action="store_true", help="rewrite NAME.md from NAME.json")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--model", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
@@ -1330,6 +1335,10 @@ def main(argv: list[str] | None = None) -> int:
         log(f"wrote {RESULTS / name}.md and .json")
         return 0
 
+    if args.render:
+        report = json.loads((RESULTS / f"{args.out}.json").read_text())
+        (RESULTS / f"{args.out}.md").write_text(markdown(report, "Scale: big models, batch 1"))
+        return 0
     models = QUICK_MODELS if args.quick else [m for m in args.models.split(",") if m]
     unknown = [m for m in models if m not in bigmodels.MODELS]
     if unknown:
