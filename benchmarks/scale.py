@@ -1094,7 +1094,7 @@ def markdown(report: dict[str, Any], title: str) -> str:
         "in torch (`benchmarks/bigmodels.py`). Each measurement runs in a fresh process. "
         "Run: `.venv/bin/python benchmarks/scale.py` (see its docstring).",
         "",
-        "| model | params | compile s (+ save s) | plan MB | setup s | first query s "
+        "| model | params | compile s (+ save s) | plan MiB | setup s | first query s "
         "| LocalCluster peak MiB | B/param | party peak MiB (P0 / P1) | B/param "
         "| max error vs onnxruntime | argmax |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
