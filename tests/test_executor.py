@@ -83,3 +83,18 @@ def test_prg_bytes_are_the_aes_ctr_keystream_across_chunks(n) -> None:
     first, rest = p.bytes(7), p.bytes(n)
     assert first.tobytes() + rest.tobytes() == stream
     assert rest.flags.writeable and rest.shape == (n,)
+
+
+def test_values_are_freed_after_their_last_use() -> None:
+    from mpcc.runtime.executor import last_uses
+
+    prog, _ = _mlp()
+    free = last_uses(prog)
+    freed = [v for vs in free for v in vs]
+    outputs = {v for _, v in prog.outputs}
+    assert sorted(freed) == sorted(set(range(len(prog.values))) - outputs)  # each once
+    defined = {ins.out: j for j, ins in enumerate(prog.instrs)}
+    for i, vs in enumerate(free):
+        for v in vs:
+            readers = [j for j, ins in enumerate(prog.instrs) if v in ins.args]
+            assert i == max(readers, default=defined[v]), (i, v)  # after its last reader

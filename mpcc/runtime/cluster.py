@@ -100,7 +100,10 @@ class LocalCluster:
     def _start_parties(self, seeds: tuple[bytes, bytes]) -> None:
         shares = share_weights(self.prog, self._weights)
         ch0, ch1 = local_link("P0", "P1", self.timeout)
-        self._dealer_out, self._p1_from_dealer = local_link("dealer", "P1", self.timeout)
+        # The dealer gives each bundle away as it sends it: no copy on this link.
+        self._dealer_out, self._p1_from_dealer = local_link(
+            "dealer", "P1", self.timeout, copy=False
+        )
         # The shares are made for this session alone: opening turns them into F in place.
         self.parties = tuple(
             PartyExecutor(p, self.prog, self.session, seeds[p], shares[p], ch, consume_shares=True)
@@ -156,7 +159,9 @@ class LocalCluster:
             q = self._next_query + len(self._prepared)
             bundle = self.dealer.deal(q)
             dealer_s = time.perf_counter() - t0
+            dealer_bytes = bundle.nbytes
             self._dealer_out.send(bundle.to_arrays())
+            del bundle  # P1 has it now
 
             def prep(p: PartyExecutor, q=q) -> int:
                 b = Bundle.from_arrays(self._p1_from_dealer.recv()) if p.party == 1 else None
@@ -164,7 +169,7 @@ class LocalCluster:
 
             held = sum(self._both(prep))
             self._prepared.append(q)
-            self._offline[q] = (time.perf_counter() - t0, dealer_s, bundle.nbytes, held)
+            self._offline[q] = (time.perf_counter() - t0, dealer_s, dealer_bytes, held)
         return time.perf_counter() - start
 
     # -- online ------------------------------------------------------------------------------

@@ -144,7 +144,7 @@ class PartyExecutor(Backend):
                     f"dealer material for session {bundle.session[:8]}…/query {bundle.query} "
                     f"offered to session {s.id[:8]}…/query {query}"
                 )
-            corrections = iter(bundle.corrections)
+            corrections = bundle.take()
         items = []
         for i, ins in enumerate(self.prog.instrs):
             for j, call in enumerate(self._calls[i]):

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict, deque
-from dataclasses import dataclass, fields, is_dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any
 
 import numpy as np
@@ -26,11 +27,18 @@ class Bundle:
     session: str
     query: int
     corrections: list[np.ndarray]
+    nbytes: int = field(init=False)  # payload bytes: the cost model's dealer bytes
 
-    @property
-    def nbytes(self) -> int:
-        """Payload bytes: the corrections (the cost model's dealer bytes)."""
-        return sum(c.nbytes for c in self.corrections)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "nbytes", sum(c.nbytes for c in self.corrections))
+
+    def take(self) -> Iterator[np.ndarray]:
+        """The corrections in order, handed over one by one: the bundle lets go of each as
+        it is taken, so a correction no material keeps is freed once expanded."""
+        items = self.corrections
+        items.reverse()
+        while items:
+            yield items.pop()
 
     def to_arrays(self) -> list[np.ndarray]:
         """As a transport message: a 24-byte tag (session id, query), then the corrections."""

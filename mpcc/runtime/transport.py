@@ -126,14 +126,17 @@ class QueueChannel(Channel):
         inbox: queue.SimpleQueue,
         outbox: queue.SimpleQueue,
         timeout: float = DEFAULT_TIMEOUT_S,
+        copy: bool = True,
     ) -> None:
         super().__init__(name, peer, timeout)
         self._inbox = inbox
         self._outbox = outbox
+        self._copy = copy
 
     def _put(self, arrays: list[np.ndarray]) -> None:
-        # Copy, as a wire would: the receiver must never alias the sender's buffers.
-        self._outbox.put([a.copy() for a in arrays])
+        # Copy, as a wire would: the receiver must never alias the sender's buffers (unless
+        # the sender gives its arrays away: see `local_link`).
+        self._outbox.put([a.copy() for a in arrays] if self._copy else list(arrays))
 
     def _get(self) -> list[np.ndarray]:
         try:
@@ -148,8 +151,12 @@ class QueueChannel(Channel):
         self._outbox.put(_Abort(reason))
 
 
-def local_link(a: str, b: str, timeout: float = DEFAULT_TIMEOUT_S) -> tuple[Channel, Channel]:
-    """A connected pair of in-process channels: (a's end, b's end)."""
+def local_link(
+    a: str, b: str, timeout: float = DEFAULT_TIMEOUT_S, *, copy: bool = True
+) -> tuple[Channel, Channel]:
+    """A connected pair of in-process channels: (a's end, b's end). With `copy=False` a
+    message's arrays pass as they are: for senders that give every array they send away
+    (the dealer's fresh bundles), so a query's corrections are not held twice."""
     ab: queue.SimpleQueue = queue.SimpleQueue()  # C-implemented: a faster hand-off per round
     ba: queue.SimpleQueue = queue.SimpleQueue()
-    return QueueChannel(a, b, ba, ab, timeout), QueueChannel(b, a, ab, ba, timeout)
+    return QueueChannel(a, b, ba, ab, timeout, copy), QueueChannel(b, a, ab, ba, timeout, copy)

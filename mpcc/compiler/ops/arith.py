@@ -7,7 +7,6 @@ import math
 
 from mpcc.compiler.calls import Call, Multiply, Truncate
 from mpcc.compiler.ops.base import (
-    WEIGHTS,
     Int,
     Op,
     Site,
@@ -16,18 +15,15 @@ from mpcc.compiler.ops.base import (
     declare,
     require,
     same_as_input,
+    weight_broadcasts_to_input,
     weight_scale,
 )
 from mpcc.compiler.ops.rows import same_rows, weights_vary_by_row
 
 
 def _add_w(site: Site) -> Type:
-    x, w = site.x, site.weights[0]
-    require(
-        broadcast(x.shape, w.shape, rule=WEIGHTS) == x.shape,
-        f"weight {w.name} {list(w.shape)} must broadcast to the input {list(x.shape)}",
-        WEIGHTS,
-    )
+    x = site.x
+    weight_broadcasts_to_input(site)
     weight_scale(site, 0, x.scale, "weight")
     return Type(x.shape, x.scale)
 

@@ -99,18 +99,22 @@ def _int_problem(v: Any, lo: int | None, hi: int | None) -> str | None:
 
 
 def Int(lo: int | None = None, hi: int | None = None, **kw: Any) -> Attr:  # noqa: N802
+    """An int attribute in [lo, hi]."""
     return Attr("int", lo=lo, hi=hi, **kw)
 
 
 def Ints(length: int | None = None, lo: int | None = None, **kw: Any) -> Attr:  # noqa: N802
+    """A list of ints (`length` of them, if given), each >= lo."""
     return Attr("ints", lo=lo, length=length, **kw)
 
 
 def Float(**kw: Any) -> Attr:  # noqa: N802
+    """A finite number."""
     return Attr("float", **kw)
 
 
 def Str(*choices: str, **kw: Any) -> Attr:  # noqa: N802
+    """A string, one of `choices` if any are given."""
     return Attr("str", choices=choices, **kw)
 
 
@@ -159,10 +163,12 @@ class Site:
 
 
 def no_calls(site: Site) -> list[Call]:
+    """A local op's calls: none."""
     return []
 
 
 def no_row_rule(site: Site) -> str | None:
+    """An op that declares no row rule is taken to mix rows (the safe answer)."""
     return f"no row rule for op {site.ins.op.name!r}"
 
 
@@ -240,6 +246,16 @@ def broadcast(*shapes: Sequence[int], rule: str = "type") -> tuple[int, ...]:
 def same_as_input(site: Site) -> Type:
     x = site.x
     return Type(x.shape, x.scale)
+
+
+def weight_broadcasts_to_input(site: Site) -> None:
+    """The first weight broadcasts to the input's shape (an elementwise weight)."""
+    x, w = site.x, site.weights[0]
+    require(
+        broadcast(x.shape, w.shape, rule=WEIGHTS) == x.shape,
+        f"weight {w.name} {list(w.shape)} must broadcast to the input {list(x.shape)}",
+        WEIGHTS,
+    )
 
 
 def weight_scale(site: Site, k: int, scale: int, what: str) -> None:

@@ -22,6 +22,7 @@ from mpcc.compiler.ops.base import (
     broadcast,
     declare,
     require,
+    weight_broadcasts_to_input,
     weight_scale,
 )
 from mpcc.compiler.ops.rows import same_rows, weights_vary_by_row
@@ -80,12 +81,8 @@ def _conv2d(site: Site) -> Type:
 
 
 def _mul_w(site: Site) -> Type:
-    x, w = site.x, site.weights[0]
-    require(
-        broadcast(x.shape, w.shape, rule=WEIGHTS) == x.shape,
-        f"weight {w.name} {list(w.shape)} must broadcast to the input {list(x.shape)}",
-        WEIGHTS,
-    )
+    x = site.x
+    weight_broadcasts_to_input(site)
     weight_scale(site, 0, site.f, "weight")
     return Type(x.shape, x.scale + site.f)
 
