@@ -302,7 +302,11 @@ class ComputeParty(PartyServer):
             "kernels_ready": self.kernels_ready.is_set(),
         }
         if s is not None and s.alive:  # how far ahead preprocessing runs, and its memory
-            d.update(stock=s.stock(), query_material_bytes=s.query_bytes)
+            d.update(
+                stock=s.stock(),
+                query_material_bytes=s.query_bytes,
+                material_held_bytes=len(s.prepared) * s.query_bytes,
+            )
         if dep is not None:
             prog = dep.prog
             (_, in_vid), (out_name, out_vid) = prog.inputs[0], prog.outputs[0]
