@@ -39,7 +39,10 @@ def test_report_rows_targets_and_markdown(bigmodels):
     report = {
         "machine": scale.machine_info(),
         "code": {"repo": "r", "branch": "b", "commit": "0" * 40, "dirty": False},
-        "party_floor": {"hwm": {"p0": 250 * mib, "p1": 260 * mib}},
+        "party_floor": {
+            "hwm": {"p0": 250 * mib, "p1": 260 * mib},
+            "rss_settled": {"p0": 240 * mib, "p1": 250 * mib},
+        },
         "models": {
             "vgg11": {
                 "name": "VGG-11",
@@ -62,7 +65,14 @@ def test_report_rows_targets_and_markdown(bigmodels):
                     "ir": {"activation_bytes": 100 * mib, "instrs": 30, "weight_elements": params},
                     "check": {"max_abs_error": 1e-3, "rel_error": 1e-3, "argmax_agrees": True},
                 },
-                "serve": {"ready_s": 9.0, "query_s": 3.0, "hwm": {"p0": 260 * mib + 30 * params}},
+                "serve": {
+                    "ready_s": 9.0,
+                    "query_s": 3.0,
+                    "hwm": {"p0": 260 * mib + 40 * params},
+                    # what P0 holds settled: 30 B/param and 100 MiB of material made ahead
+                    "rss_settled": {"p0": 240 * mib + 30 * params + 100 * mib},
+                    "material": {"p0": {"material_held_bytes": 100 * mib}},
+                },
             }
         },
     }
