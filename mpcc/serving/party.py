@@ -45,7 +45,7 @@ from mpcc.serving.startup import (
     prg_kat,
     session_id,
 )
-from mpcc.serving.state import Deployment
+from mpcc.serving.state import Deployment, load_shares
 from mpcc.serving.tls import LinkRefused, TlsChannel, dial
 from mpcc.serving.wire import Message
 
@@ -131,11 +131,20 @@ class PartySession:
         seed: bytes,
         dealer: TlsChannel,
         peer: TlsChannel,
+        shares: dict[str, np.ndarray],
     ) -> None:
+        """`shares`: this party's weight shares, read for this session alone (opening the
+        masked weights overwrites them with F)."""
         self.server, self.dep, self.sid = server, dep, sid
         self.dealer, self.peer = dealer, peer
         self.ex = PartyExecutor(
-            server.party, dep.prog, Session(sid, dep.plan_hash), seed, dep.shares, peer
+            server.party,
+            dep.prog,
+            Session(sid, dep.plan_hash),
+            seed,
+            shares,
+            peer,
+            consume_shares=True,
         )
         self.cond = threading.Condition()
         self.prepared: dict[int, Prepared] = {}
@@ -617,7 +626,7 @@ class ComputeParty(PartyServer):
             theirs = peer.recv_msg(t, expect="check").meta
             for k, v in check.items():
                 mismatch(k.replace("_", " "), v, theirs.get(k), self.label, self.peer_label)
-            s = PartySession(self, dep, sid, seed, dealer, peer)
+            s = PartySession(self, dep, sid, seed, dealer, peer, load_shares(self.state_dir, dep))
             s.ex.open_weights()
             dealer.send_msg("ready", {"sid": sid})
             if self.party == 1:

@@ -278,7 +278,8 @@ class PartyServer:
         self.load_error: str | None = None  # why the stored deployment was rejected
         self.kernels_ready = threading.Event()
         try:
-            self.deployment = state.load(self.state_dir)
+            stored = state.load(self.state_dir)  # shares checked against the commitment
+            self.deployment = stored.public_part() if stored is not None else None
         except MpccError as e:
             self.load_error = str(e)
             self.log.error("ignoring the stored deployment: %s", e)
@@ -429,4 +430,6 @@ class PartyServer:
             salt=head.meta.get("salt"),
         )
         state.save(self.state_dir, dep)
-        return dep
+        # The shares stay on disk: each session reads (and checks) them afresh, so between
+        # sessions a party holds its opened weights alone.
+        return dep.public_part()

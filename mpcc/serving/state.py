@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -124,12 +124,24 @@ class Deployment:
                 salt = None
         if not isinstance(salt, bytes) or len(salt) != SALT_BYTES:
             raise PlanError("malformed or missing salt of the share commitment")
-        if share_commitment(deploy_id, role, salt, shares) != commitments[role]:
+        dep = cls(prog, public, h, deploy_id, shares, role, commitments, salt)
+        dep.check_commitment(shares)
+        return dep
+
+    def check_commitment(self, shares: dict[str, np.ndarray]) -> None:
+        """`shares` are this party's, as the owner committed to them (PlanError if not)."""
+        check_shares(self.prog, shares)
+        role = str(self.role)
+        if share_commitment(self.deploy_id, role, self.salt, shares) != self.commitments[role]:
             raise PlanError(
                 f"{role.upper()}'s weight shares do not match the owner's commitment to them "
-                f"(deployment {deploy_id[:8]}…): the shares are corrupted or were changed"
+                f"(deployment {self.deploy_id[:8]}…): the shares are corrupted or were changed"
             )
-        return cls(prog, public, h, deploy_id, shares, role, commitments, salt)
+
+    def public_part(self) -> Deployment:
+        """This deployment without the shares in memory (a compute party reads them from
+        its deployment file at each session start: `load_shares`)."""
+        return replace(self, shares=None)
 
 
 def check_shares(prog: Program, shares: dict[str, np.ndarray]) -> None:
@@ -166,6 +178,19 @@ def save(directory: Path, dep: Deployment) -> Path:
     path = directory / FILE
     write_private(path, lambda f: np.savez(f, **arrays))  # streamed: no copy of the shares
     return path
+
+
+def load_shares(directory: Path, dep: Deployment) -> dict[str, np.ndarray]:
+    """This party's weight shares of `dep`, read from its deployment file and checked
+    against the owner's commitment: a fresh copy, for one session's use."""
+    stored = load(directory)
+    if stored is None or stored.deploy_id != dep.deploy_id or stored.shares is None:
+        raise PlanError(
+            f"{directory / FILE} no longer holds deployment {dep.deploy_id[:8]}…; deploy the "
+            "model again"
+        )
+    dep.check_commitment(stored.shares)
+    return stored.shares
 
 
 def load(directory: Path) -> Deployment | None:
