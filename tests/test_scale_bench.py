@@ -61,6 +61,7 @@ def test_report_rows_targets_and_markdown(bigmodels):
                     "query_peak_rss": 500 * mib,
                     "load_s": 1.0,
                     "setup_s": 6.0,
+                    "setup_parts_s": {"sharing": 0.5, "opening": 5.5},
                     "query_s": 2.0,
                     "ir": {"activation_bytes": 100 * mib, "instrs": 30, "weight_elements": params},
                     "check": {"max_abs_error": 1e-3, "rel_error": 1e-3, "argmax_agrees": True},
@@ -83,7 +84,7 @@ def test_report_rows_targets_and_markdown(bigmodels):
         "compile_total_s": True,
         "cluster_marginal_vs_48": True,
         "party_marginal_per_param": False,
-        "setup_s": False,
+        "opening_s": False,
     }
     assert report["rows"][0]["party_marginal_per_param"] == pytest.approx(30, abs=0.1)
     text = scale.markdown(report, "t")

@@ -98,7 +98,9 @@ class LocalCluster:
                 self.dealer = dealer.result()
 
     def _start_parties(self, seeds: tuple[bytes, bytes]) -> None:
+        t0 = time.perf_counter()
         shares = share_weights(self.prog, self._weights)
+        t1 = time.perf_counter()
         ch0, ch1 = local_link("P0", "P1", self.timeout)
         # The dealer gives each bundle away as it sends it: no copy on this link.
         self._dealer_out, self._p1_from_dealer = local_link(
@@ -116,6 +118,9 @@ class LocalCluster:
         # query -> (seconds, the dealer's seconds, dealer bytes, material bytes both hold)
         self._offline: dict[int, tuple[float, float, int, int]] = {}
         self._both(lambda p: p.open_weights())
+        # The owner's sharing is a deployment's work (once per model when serving); opening
+        # F = W - B is each session's.
+        self.setup_s = {"sharing": t1 - t0, "opening": time.perf_counter() - t1}
 
     def close(self) -> None:
         if self._pool is not None:
