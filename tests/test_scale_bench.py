@@ -82,7 +82,7 @@ def test_report_rows_targets_and_markdown(bigmodels):
     met = {t["key"]: t["met"] for t in report["targets"]}
     assert met == {
         "compile_total_s": True,
-        "cluster_marginal_vs_48": True,
+        "cluster_weights_per_param": True,
         "party_marginal_per_param": False,
         "opening_s": False,
     }

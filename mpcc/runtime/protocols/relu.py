@@ -123,20 +123,56 @@ def _draw(party: int, n: int, shift: int, prg: Prg) -> dict[str, np.ndarray]:
     return m
 
 
-def deal(n: int | Sequence[int], shift: int, prg0: Prg, prg1: Prg) -> np.ndarray:
-    """Dealer: P1's correction, flat uint64 (`costs.relu(n, shift).dealer` bytes)."""
-    n, shift = _size(n), _check_shift(shift)
-    m0, m1 = _draw(0, n, shift, prg0), _draw(1, n, shift, prg1)
-    r = m0["r"] + m1["r"]
-    r_bits = bitslice.pack(r, MASK_BITS)  # padding lanes 0
-    w = (m0["u"] ^ m1["u"]) & (m0["v"] ^ m1["v"])
-    rho = bitslice.unpack(m0["rho_bits"] ^ m1["rho_bits"], n)
-    sigma = m0["sigma"] + m1["sigma"]
-    parts = [r_bits ^ m0["r_bits"], w ^ m0["w"], rho - m0["rho"], rho * sigma - m0["rho_sigma"]]
+def _correction_layout(n: int, shift: int) -> dict[str, tuple[int, ...]]:
+    """The shapes of P1's correction parts, in the order they lie in it."""
+    nw = bitslice.words(n)
+    shapes = {"r_bits": (MASK_BITS, nw), "w": (ANDS, nw), "rho": (n,), "rho_sigma": (n,)}
     if shift:
-        parts.append(((r & LOW63) >> np.uint64(shift)) - m0["r_hi"])
-        parts.append((r >> SIXTY_THREE) - m0["r_63"])
-    return np.concatenate([p.reshape(-1) for p in parts])
+        shapes |= {"r_hi": (n,), "r_63": (n,)}
+    return shapes
+
+
+def _split(flat: np.ndarray, n: int, shift: int) -> dict[str, np.ndarray]:
+    """P1's correction as named views of its parts."""
+    parts, at = {}, 0
+    for name, shape in _correction_layout(n, shift).items():
+        size = math.prod(shape)
+        parts[name] = flat[at : at + size].reshape(shape)
+        at += size
+    return parts
+
+
+def deal(n: int | Sequence[int], shift: int, prg0: Prg, prg1: Prg) -> np.ndarray:
+    """Dealer: P1's correction, flat uint64 (`costs.relu(n, shift).dealer` bytes).
+
+    Each party's stream is drawn in `_draw`'s order, a part at a time, and each correction
+    part is written into its place in the output as soon as it is known: a big layer's call
+    holds a few arrays of its size, not both parties' whole material."""
+    n, shift = _size(n), _check_shift(shift)
+    nw = bitslice.words(n)
+    out = np.empty(correction_words(n, shift), dtype=np.uint64)
+    c = _split(out, n, shift)
+    r = prg0.uint64(n)  # P0: r
+    r += prg1.uint64(n)  # P1: r
+    np.bitwise_xor(bitslice.pack(r, MASK_BITS), prg0.uint64(MASK_BITS, nw), out=c["r_bits"])
+    u = prg0.uint64(ANDS, nw)  # P0: u, v, w; P1: u, v
+    v = prg0.uint64(ANDS, nw)
+    prg0.fill(c["w"])
+    u ^= prg1.uint64(ANDS, nw)
+    v ^= prg1.uint64(ANDS, nw)
+    u &= v
+    c["w"] ^= u  # w = u & v, less P0's share
+    del u, v
+    rho = bitslice.unpack(prg0.uint64(nw) ^ prg1.uint64(nw), n)  # both: rho_bits
+    np.subtract(rho, prg0.fill(c["rho"]), out=c["rho"])  # P0: [rho]
+    sigma = prg0.uint64(n)  # P0: sigma, then [rho sigma]; P1: sigma
+    sigma += prg1.uint64(n)
+    rho *= sigma
+    np.subtract(rho, prg0.fill(c["rho_sigma"]), out=c["rho_sigma"])
+    if shift:  # P0: [r_hi], [r_63]
+        np.subtract((r & LOW63) >> np.uint64(shift), prg0.fill(c["r_hi"]), out=c["r_hi"])
+        np.subtract(r >> SIXTY_THREE, prg0.fill(c["r_63"]), out=c["r_63"])
+    return out
 
 
 def expand(
@@ -148,15 +184,7 @@ def expand(
     m = _draw(party, n, shift, prg)
     corr = common.checked_correction("relu", party, correction, correction_words(n, shift))
     if corr is not None:
-        nw = bitslice.words(n)
-        shapes = {"r_bits": (MASK_BITS, nw), "w": (ANDS, nw), "rho": (n,), "rho_sigma": (n,)}
-        if shift:
-            shapes |= {"r_hi": (n,), "r_63": (n,)}
-        at = 0
-        for name, shape in shapes.items():
-            size = math.prod(shape)
-            m[name] = corr[at : at + size].reshape(shape)
-            at += size
+        m |= _split(corr, n, shift)
     return ReluMaterial(n=n, shift=shift, **m)
 
 
