@@ -24,9 +24,10 @@ from mpcc.compiler.ops import RuleError, Site
 from mpcc.compiler.ops.base import no_row_rule
 from mpcc.compiler.pipeline import compile_onnx
 from mpcc.compiler.verify import VerifyError, verify
+from mpcc.errors import PlanError
 from mpcc.runtime.protocols import BY_CALL
 from mpcc.runtime.rules import RULES
-from tests.onnx_builders import model, node, rand
+from tests.onnx_builders import model, node, rand, run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -179,6 +180,9 @@ CORRUPTIONS = {
     "weights": lambda p: _instr(p, "matmul").update(weights=["nope"]),
     "weights ": lambda p: p["weights"][_instr(p, "matmul")["weights"][0]].update(shape=[5, 4]),
     "weights  ": lambda p: p["weights"]["w1"].update(scale=20),
+    "weights    ": lambda p: p.update(public_weights="no"),  # truthy, but not a bool
+    "weights     ": lambda p: _instr(p, "matmul")["weights"].__setitem__(1, "w1"),  # masked
+    "ring budget  ": lambda p: p["weights"]["w1"].update(scale=16.0),
 }
 
 
@@ -193,6 +197,68 @@ def test_each_rule_refuses_a_corrupted_plan(plan, rule) -> None:
     assert "\n" not in msg and msg.startswith("plan check: ") and f"[rule: {e.value.rule}]" in msg
     if e.value.index is not None:
         assert f"instruction {e.value.index} (" in msg
+
+
+def test_a_slice_may_not_repeat_an_axis(plan) -> None:
+    prog, _ = plan
+
+    def twice(p: dict) -> None:
+        r = _instr(p, "reshape")["out"]
+        p["instrs"].insert(
+            len(p["instrs"]) - 1,
+            {"op": "slice", "out": len(p["values"]), "args": [r], "weights": [],
+             "attrs": {"starts": [0, 0], "ends": [20, 9], "axes": [1, 1], "steps": [1, 1]}},
+        )  # fmt: skip
+        p["values"].append([[1, 9], 16, "secret"])
+
+    with pytest.raises(VerifyError, match=r"axes \[1, 1\] repeat an axis"):
+        planfile.from_public(_corrupt(prog, twice))
+
+
+def test_whatever_a_plan_holds_only_a_plan_error_comes_out(plan) -> None:
+    # one field at a time replaced by junk of every JSON kind: refused as a PlanError, never
+    # an AttributeError or a TypeError from deep inside
+    prog, _ = plan
+    base = planfile.to_public(prog)
+    junk = [None, -1, 2**70, 1.5, "x", [], {}, ["w1"], [[1, 2]], True, {"a": 1}]
+
+    def paths(o, at=()):
+        yield at
+        items = o.items() if isinstance(o, dict) else enumerate(o) if isinstance(o, list) else ()
+        for k, v in items:
+            yield from paths(v, (*at, k))
+
+    for at in [p for p in paths(base) if p]:
+        for j in junk:
+            d = copy.deepcopy(base)
+            t = d
+            for k in at[:-1]:
+                t = t[k]
+            t[at[-1]] = j
+            try:
+                planfile.from_public(d)
+            except PlanError:
+                pass
+    for d in ([], "plan", None, {"format": planfile.FORMAT, "version": planfile.VERSION}):
+        with pytest.raises(PlanError):
+            planfile.from_public(d)
+
+
+def test_a_constant_both_masked_and_read_as_it_is_runs(tmp_path) -> None:
+    # y = (x + C) @ C: C is a bilinear op's masked weight and an added constant; its shares
+    # become F at session setup, so the two uses must be two weights
+    m = model(
+        [node("Add", ["x", "C"], ["a"]), node("MatMul", ["a", "C"], ["y"])],
+        {"x": [3, 3]},
+        ["y"],
+        {"C": rand(3, 3, seed=7)},
+    )
+    p = compile_onnx(m, (3, 3))
+    assert len(p.program.weights) == 2
+    x = rand(3, 3, seed=8)
+    ref = run(m, {"x": x})[0]
+    with mpcc.LocalCluster(p) as c:
+        assert np.abs(c.predict(x) - ref).max() < 1e-3
 
 
 def test_weights_of_another_shape_are_refused(plan) -> None:

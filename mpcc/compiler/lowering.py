@@ -40,6 +40,7 @@ class _Lowering:
         self.weights: dict[str, np.ndarray] = {}
         self.env: dict[str, Value] = {}
         self.node = "input"  # the ONNX node being lowered, for error messages
+        self._named: dict[tuple[str, int, str], str] = {}  # (tensor, scale, role) -> weight
 
     def emit(
         self, op: Op, args: tuple[int, ...], weights: tuple[str, ...] = (), **attrs: object
@@ -68,11 +69,17 @@ class _Lowering:
     # -- helpers -----------------------------------------------------------------------
     def weight(self, tensor: str, array: np.ndarray, scale: int, role: str = "w") -> str:
         """Register a weight operand, named after the instruction about to use it (`w5` is
-        the weight of %5); the ONNX tensor it came from is kept as its `source`."""
-        for name, spec in self.prog.weights.items():
-            if spec.source == tensor and spec.scale == scale:
-                return name  # the same constant used twice at the same scale
+        the weight of %5); the ONNX tensor it came from is kept as its `source`.
+
+        `role` "w": a bilinear op's weight, masked once per session (F = W - B); "b": used
+        as it is (a bias, an added constant). A constant used twice in the same role and at
+        the same scale is one weight; in both roles it is two, since a masked weight's shares
+        become F at session setup."""
+        key = (tensor, scale, role)
+        if key in self._named:
+            return self._named[key]
         name = f"{role}{len(self.prog.instrs)}"
+        self._named[key] = name
         arr = np.asarray(array, dtype=self.g.float_dtype, order="C")
         shape = tuple(int(d) for d in arr.shape)
         self.prog.weights[name] = WeightSpec(name, shape, scale, source=tensor)

@@ -22,6 +22,7 @@ from mpcc.compiler import planfile
 from mpcc.compiler.costmodel import CostReport, estimate
 from mpcc.compiler.costs import Cost
 from mpcc.compiler.ir import Program
+from mpcc.compiler.verify import verify
 
 
 @dataclass(eq=False)
@@ -112,14 +113,15 @@ def as_plan(
     plan: Plan | Program | tuple | str | Path, weights: dict[str, np.ndarray] | None = None
 ) -> Plan:
     """A Plan from a Plan, a plan file path, a (Program, weights) pair or a Program and its
-    `weights`."""
+    `weights` (a Program is verified, with its weights: VerifyError if they do not fit)."""
     if isinstance(plan, Plan):
         return plan if weights is None else Plan(plan.program, weights)
     if isinstance(plan, str | Path):
         loaded = Plan.load(plan)
         return loaded if weights is None else Plan(loaded.program, weights)
     if isinstance(plan, tuple) and len(plan) == 2 and isinstance(plan[0], Program):
-        return Plan(plan[0], plan[1] if weights is None else weights)
+        plan, weights = plan[0], plan[1] if weights is None else weights
     if isinstance(plan, Program):
+        verify(plan, weights or None)  # the weights a caller pairs with it fit it
         return Plan(plan, weights or {})
     raise TypeError(f"expected a Plan, a Program or a plan file path, not {type(plan).__name__}")

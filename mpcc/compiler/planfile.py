@@ -67,6 +67,7 @@ def to_public(prog: Program) -> dict[str, Any]:
 
 
 def canonical_json(public: dict[str, Any]) -> bytes:
+    """The public part as canonical JSON bytes (sorted keys, no spaces): what is hashed."""
     return json.dumps(public, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
 
 
@@ -77,8 +78,9 @@ def plan_hash(prog: Program) -> str:
 
 def from_public(d: dict[str, Any]) -> Program:
     """Rebuild a Program from its public part, checking format and version, then verify it
-    (`VerifyError`, a PlanError, names the instruction and the rule it breaks)."""
-    if d.get("format") != FORMAT:
+    (`VerifyError`, a PlanError, names the instruction and the rule it breaks). Whatever
+    `d` holds, the only error is a PlanError."""
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
         raise PlanError("not an mpcc plan (format field missing or wrong)")
     if d.get("version") != VERSION:
         raise PlanError(
@@ -87,7 +89,7 @@ def from_public(d: dict[str, Any]) -> Program:
         )
     try:
         prog = Program(
-            name=d["name"], frac_bits=int(d["frac_bits"]), public_weights=d["public_weights"]
+            name=str(d["name"]), frac_bits=d["frac_bits"], public_weights=d["public_weights"]
         )
         prog.values = [Value(i, tuple(s), sc, vis) for i, (s, sc, vis) in enumerate(d["values"])]
         prog.instrs = []
@@ -102,7 +104,7 @@ def from_public(d: dict[str, Any]) -> Program:
                     k,
                 ) from None
             attrs = i["attrs"]
-            if not isinstance(attrs, dict):
+            if not isinstance(attrs, dict) or not all(isinstance(a, str) for a in attrs):
                 raise TypeError(f"instruction {k}: attributes must be an object")
             prog.instrs.append(Instr(op, i["out"], tuple(i["args"]), tuple(i["weights"]), attrs))
         prog.weights = {
@@ -114,8 +116,8 @@ def from_public(d: dict[str, Any]) -> Program:
         prog.notes = list(d["notes"])
     except PlanError:
         raise
-    except (KeyError, TypeError, ValueError) as e:
-        raise PlanError(f"plan file is malformed: {e!r}") from None
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise PlanError(f"plan file is malformed: {type(e).__name__}: {e}") from None
     verify(prog)
     return prog
 

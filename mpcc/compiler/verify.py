@@ -15,7 +15,10 @@ rules, each tested with a hand-corrupted plan:
 - `ring budget`: f within its bounds and every value within 2f + SLACK_BITS fractional bits;
 - `inputs and outputs`: the plan's input and output lists match its input/output
   instructions;
-- `weights`: every weight referenced exists, and (given the owner's arrays) has its shape.
+- `weights`: every weight referenced exists, is declared with a shape and a scale, is masked
+  (the first weight of a bilinear op) or read as it is but not both, and (given the owner's
+  arrays) has its shape;
+- `public_weights` is a bool (it decides whether weights are opened or shared).
 """
 
 from __future__ import annotations
@@ -51,10 +54,18 @@ def verify(prog: Program, weights: Mapping[str, np.ndarray] | None = None) -> No
     """Check `prog` (and the owner's `weights`, if given); raise VerifyError on the first
     broken rule."""
     _program(prog)
+    masked = {
+        i.weights[0]
+        for i in prog.instrs
+        if isinstance(i.op, Op)
+        and i.op.masks_weight
+        and i.weights
+        and isinstance(i.weights[0], str)
+    }
     defined: set[int] = set()
     for i, ins in enumerate(prog.instrs):
         try:
-            _instr(prog, ins, defined)
+            _instr(prog, ins, defined, masked)
         except RuleError as e:
             rule = e.args[1] if len(e.args) > 1 else "type"
             raise VerifyError(
@@ -66,6 +77,10 @@ def verify(prog: Program, weights: Mapping[str, np.ndarray] | None = None) -> No
     _io(prog, defined)
     if weights is not None:
         _weights(prog, weights)
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _fail(reason: str, rule: str) -> RuleError:
@@ -84,8 +99,10 @@ def _program_error(reason: str, rule: str) -> VerifyError:
 
 
 def _program(prog: Program) -> None:
+    if not isinstance(prog.public_weights, bool):
+        raise _program_error(f"public_weights is {prog.public_weights!r}, not a bool", "weights")
     f = prog.frac_bits
-    if not isinstance(f, int) or not MIN_FRAC_BITS <= f <= MAX_FRAC_BITS:
+    if not _is_int(f) or not MIN_FRAC_BITS <= f <= MAX_FRAC_BITS:
         raise _program_error(
             f"frac_bits {f!r} is outside [{MIN_FRAC_BITS}, {MAX_FRAC_BITS}]", "ring budget"
         )
@@ -94,9 +111,9 @@ def _program(prog: Program) -> None:
             raise _program_error(f"value {k} carries id {v.id}", "ids")
         if v.vis not in (SECRET, CLIENT):
             raise _program_error(f"value %{k} has visibility {v.vis!r}", "type")
-        if not all(isinstance(d, int) and d >= 0 for d in v.shape):
+        if not all(_is_int(d) and d >= 0 for d in v.shape):
             raise _program_error(f"value %{k} has shape {list(v.shape)}", "type")
-        if not isinstance(v.scale, int) or not 0 <= v.scale <= max_scale(f):
+        if not _is_int(v.scale) or not 0 <= v.scale <= max_scale(f):
             raise _program_error(
                 f"value %{k} carries {v.scale} fractional bits; at f = {f} a value may carry "
                 f"0..{max_scale(f)}",
@@ -105,18 +122,26 @@ def _program(prog: Program) -> None:
     for name, spec in prog.weights.items():
         if spec.name != name:
             raise _program_error(f"weight {name!r} is declared as {spec.name!r}", "weights")
+        if not all(_is_int(d) and d >= 0 for d in spec.shape):
+            raise _program_error(f"weight {name} has shape {list(spec.shape)}", "weights")
+        if not _is_int(spec.scale) or not 0 <= spec.scale <= max_scale(f):
+            raise _program_error(
+                f"weight {name} is at scale {spec.scale!r}; at f = {f} a weight may be at "
+                f"0..{max_scale(f)}",
+                "ring budget",
+            )
 
 
-def _instr(prog: Program, ins: Instr, defined: set[int]) -> None:
+def _instr(prog: Program, ins: Instr, defined: set[int], masked: set[str]) -> None:
     op = ins.op
     if not isinstance(op, Op) or REGISTRY.get(op.name) is not op:
         raise _fail(f"unknown op {op!r}", "known op")
-    if not isinstance(ins.out, int) or not 0 <= ins.out < len(prog.values):
+    if not _is_int(ins.out) or not 0 <= ins.out < len(prog.values):
         raise _fail(f"defines %{ins.out}, which is not a value of the plan", "ids")
     if ins.out in defined:
         raise _fail(f"defines %{ins.out} a second time", "ids")
     for a in ins.args:
-        if not isinstance(a, int) or not 0 <= a < len(prog.values):
+        if not _is_int(a) or not 0 <= a < len(prog.values):
             raise _fail(f"reads %{a}, which is not a value of the plan", "defined before use")
         if a not in defined:
             raise _fail(f"reads %{a}, which is not defined before it", "defined before use")
@@ -130,9 +155,15 @@ def _instr(prog: Program, ins: Instr, defined: set[int]) -> None:
     if not lo <= len(ins.weights) <= hi:
         want = f"{lo}" if lo == hi else f"{lo}..{hi}"
         raise _fail(f"{op.name} takes {want} weights, not {len(ins.weights)}", "operands")
-    for w in ins.weights:
-        if w not in prog.weights:
+    for k, w in enumerate(ins.weights):
+        if not isinstance(w, str) or w not in prog.weights:
             raise _fail(f"uses weight {w!r}, which the plan does not declare", "weights")
+        if w in masked and not (op.masks_weight and k == 0):
+            raise _fail(
+                f"reads weight {w} as it is, but a bilinear op masks it (F = W - B): a "
+                "constant used both ways needs two weights",
+                "weights",
+            )
     unknown = sorted(set(ins.attrs) - set(op.attrs))
     if unknown:
         raise _fail(

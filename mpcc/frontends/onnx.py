@@ -142,6 +142,7 @@ def _light(m: onnx.ModelProto) -> onnx.ModelProto:
     lg.input.extend(g.input)
     lg.output.extend(g.output)
     lg.value_info.extend(g.value_info)
+    lg.sparse_initializer.extend(g.sparse_initializer)
     listed = {i.name for i in g.input}
     for t in g.initializer:
         if _numel(t) <= LIGHT_ELEMENTS:

@@ -18,10 +18,11 @@ from mpcc.errors import InputError
 from mpcc.inputs import as_samples, map_batches
 from mpcc.runtime.fixedpoint import arith_shift, decode, encode
 from mpcc.runtime.owner import encode_weight
-from mpcc.runtime.rules import RULES, Backend
+from mpcc.runtime.rules import RULES, Backend, check_shape
 
 
 def plain_relu(x: np.ndarray, shift: int) -> np.ndarray:
+    """max(floor(x / 2^shift), 0) on plaintext ring elements (the exact ReLU)."""
     y = arith_shift(x, shift)
     return np.where(y.view(np.int64) > 0, y, np.uint64(0))
 
@@ -66,8 +67,9 @@ def run_encoded(
     """Run one batch on encoded inputs and weights; returns the raw (encoded) outputs."""
     backend = Cleartext(prog, weights, inputs)
     env: dict[int, np.ndarray] = {}
-    for ins in prog.instrs:
+    for i, ins in enumerate(prog.instrs):
         env[ins.out] = RULES[ins.op].eval(backend, ins, [env[a] for a in ins.args])
+        check_shape(prog, i, env[ins.out])
     return {name: env[v] for name, v in prog.outputs}
 
 

@@ -22,7 +22,7 @@ from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError, MaterialError
 from mpcc.runtime.material import Bundle, MaterialStore
 from mpcc.runtime.protocols import linear, multiply, protocol_for, relu, truncation
-from mpcc.runtime.rules import RULES, Backend
+from mpcc.runtime.rules import RULES, Backend, check_shape
 from mpcc.runtime.rules.linear import layout, prepare_weight
 from mpcc.runtime.session import Session
 from mpcc.runtime.transport import Channel
@@ -173,7 +173,8 @@ class PartyExecutor(Backend):
                 for o in obs:
                     o.instr_start(self.party, i, ins)
                 self._at, self._call = i, 0
-                env[ins.out] = RULES[ins.op].eval(self, ins, [env[a] for a in ins.args])
+                env[ins.out] = out = RULES[ins.op].eval(self, ins, [env[a] for a in ins.args])
+                check_shape(prog, i, out)
                 if self._call != len(self._calls[i]):
                     raise MaterialError(
                         f"instruction {i} ({ins.op.name}) made {self._call} protocol calls, "

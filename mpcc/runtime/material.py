@@ -34,7 +34,8 @@ class Bundle:
 
     def take(self) -> Iterator[np.ndarray]:
         """The corrections in order, handed over one by one: the bundle lets go of each as
-        it is taken, so a correction no material keeps is freed once expanded."""
+        it is taken, so a correction no material keeps is freed once expanded. This consumes
+        the bundle: it holds no corrections afterwards (`nbytes` keeps its size)."""
         items = self.corrections
         items.reverse()
         while items:

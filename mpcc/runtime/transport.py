@@ -49,7 +49,8 @@ def _contiguous(a: np.ndarray) -> np.ndarray:
 
 
 class ChannelObserver:
-    """Sees a channel's messages: the arrays, as sent or as received (read only)."""
+    """Sees a channel's messages: the arrays, as sent or as received. Read them during the
+    call (copy what must be kept): the sender may reuse its arrays afterwards."""
 
     def sent(self, channel: Channel, arrays: list[np.ndarray]) -> None:
         """A message left through `channel`."""

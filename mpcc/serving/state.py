@@ -47,8 +47,9 @@ def share_commitment(deploy_id: str, role: str, salt: bytes, shares: dict[str, n
     """
     h = hashlib.sha256(b"mpcc/share-commitment/v1")
 
-    def field(b: bytes) -> None:
-        h.update(len(b).to_bytes(8, "little") + b)
+    def field(b: bytes | memoryview) -> None:
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)  # a share is hashed where it lies: no copy of a weight-sized array
 
     field(deploy_id.encode())
     field(role.encode())
@@ -57,7 +58,7 @@ def share_commitment(deploy_id: str, role: str, salt: bytes, shares: dict[str, n
         a = np.ascontiguousarray(shares[n], dtype="<u8")
         field(n.encode())
         field(json.dumps(list(a.shape)).encode())
-        field(a.tobytes())
+        field(memoryview(a).cast("B"))
     return h.hexdigest()
 
 
@@ -183,14 +184,33 @@ def save(directory: Path, dep: Deployment) -> Path:
 def load_shares(directory: Path, dep: Deployment) -> dict[str, np.ndarray]:
     """This party's weight shares of `dep`, read from its deployment file and checked
     against the owner's commitment: a fresh copy, for one session's use."""
-    stored = load(directory)
-    if stored is None or stored.deploy_id != dep.deploy_id or stored.shares is None:
+    path = directory / FILE
+    meta, shares = _read(path)
+    if meta.get("deploy_id") != dep.deploy_id or shares is None:
         raise PlanError(
-            f"{directory / FILE} no longer holds deployment {dep.deploy_id[:8]}…; deploy the "
-            "model again"
+            f"{path} no longer holds deployment {dep.deploy_id[:8]}…; deploy the model again"
         )
-    dep.check_commitment(stored.shares)
-    return stored.shares
+    try:
+        dep.check_commitment(shares)
+    except PlanError as e:
+        raise PlanError(f"{path}: {e}; deploy the model again") from None
+    return shares
+
+
+def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray] | None]:
+    """A deployment file's metadata and shares (None at the dealer), unchecked."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(z[META].tobytes())
+            names = json.loads(z["__names__"].tobytes())
+            shares = {n: z[f"w{i}"] for i, n in enumerate(names)} if meta["has_shares"] else None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PlanError(
+            f"{path} is not a readable deployment ({e}); deploy the model again"
+        ) from None
+    if not isinstance(meta, dict):
+        raise PlanError(f"{path} is not a readable deployment; deploy the model again")
+    return meta, shares
 
 
 def load(directory: Path) -> Deployment | None:
@@ -198,15 +218,7 @@ def load(directory: Path) -> Deployment | None:
     path = directory / FILE
     if not path.exists():
         return None
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(z[META].tobytes())
-            names = json.loads(z["__names__"].tobytes())
-            shares = {n: z[f"w{i}"] for i, n in enumerate(names)} if meta["has_shares"] else None
-    except (OSError, ValueError, KeyError) as e:
-        raise PlanError(
-            f"{path} is not a readable deployment ({e}); deploy the model again"
-        ) from None
+    meta, shares = _read(path)
     try:
         return Deployment.build(
             meta["plan"],
@@ -217,5 +229,5 @@ def load(directory: Path) -> Deployment | None:
             commitments=meta.get("commitments"),
             salt=meta.get("salt"),
         )
-    except PlanError as e:
+    except (PlanError, KeyError) as e:
         raise PlanError(f"{path}: {e}; deploy the model again") from None

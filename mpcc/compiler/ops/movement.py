@@ -50,6 +50,7 @@ def _slice(site: Site) -> Type:
         len(a["starts"]) == n and len(a["ends"]) == n and len(a["steps"]) == n,
         "starts, ends, axes and steps must have the same length",
     )
+    require(len(set(a["axes"])) == n, f"axes {list(a['axes'])} repeat an axis")
     shape = list(x.shape)
     for st, en, ax, sp in zip(a["starts"], a["ends"], a["axes"], a["steps"], strict=True):
         require(ax < len(shape), f"axis {ax} of a rank-{len(shape)} tensor")

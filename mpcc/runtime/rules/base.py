@@ -21,6 +21,7 @@ import numpy as np
 
 from mpcc.compiler.ir import Instr, Program
 from mpcc.compiler.ops import Op
+from mpcc.errors import PlanError
 
 Bilinear = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
@@ -76,6 +77,18 @@ def register(op: Op, eval: Eval, bilinear: Callable | None = None) -> None:  # n
     if op in RULES:
         raise ValueError(f"a rule for {op.name} is registered twice")
     RULES[op] = Rule(eval, bilinear)
+
+
+def check_shape(prog: Program, i: int, out: np.ndarray) -> None:
+    """An instruction's result has the shape its plan declares (else its op's rule and its
+    runtime rule disagree: a bug, stopped here rather than passed on)."""
+    ins = prog.instrs[i]
+    want = prog.value(ins.out).shape
+    if out.shape != want:
+        raise PlanError(
+            f"instruction {i} ({ins.op.name}) gave shape {list(out.shape)}, the plan declares "
+            f"{list(want)}"
+        )
 
 
 def u64(v: int) -> np.uint64:

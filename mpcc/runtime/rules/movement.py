@@ -11,6 +11,7 @@ from mpcc.runtime.rules.base import Backend, register, u64
 
 
 def slice_(x: np.ndarray, attrs: dict) -> np.ndarray:
+    """The strided slice a `slice` instruction's attributes describe (a view of x)."""
     idx = [slice(None)] * x.ndim
     for st, en, ax, sp in zip(
         attrs["starts"], attrs["ends"], attrs["axes"], attrs["steps"], strict=True

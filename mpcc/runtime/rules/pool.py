@@ -43,6 +43,7 @@ def maxpool(x: np.ndarray, attrs: dict, party: int, relu: ReluFn) -> np.ndarray:
 
 
 def sumpool(x: np.ndarray, attrs: dict) -> np.ndarray:
+    """Window sums over the trailing two axes (a pool instruction's window attributes)."""
     return kernels.sum_pool(
         x,
         tuple(attrs["kernel"]),
