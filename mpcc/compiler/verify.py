@@ -111,25 +111,22 @@ def _program(prog: Program) -> None:
             raise _program_error(f"value {k} carries id {v.id}", "ids")
         if v.vis not in (SECRET, CLIENT):
             raise _program_error(f"value %{k} has visibility {v.vis!r}", "type")
-        if not all(_is_int(d) and d >= 0 for d in v.shape):
-            raise _program_error(f"value %{k} has shape {list(v.shape)}", "type")
-        if not _is_int(v.scale) or not 0 <= v.scale <= max_scale(f):
-            raise _program_error(
-                f"value %{k} carries {v.scale} fractional bits; at f = {f} a value may carry "
-                f"0..{max_scale(f)}",
-                "ring budget",
-            )
+        _shape_and_scale(f"value %{k}", v.shape, v.scale, f, "type")
     for name, spec in prog.weights.items():
         if spec.name != name:
             raise _program_error(f"weight {name!r} is declared as {spec.name!r}", "weights")
-        if not all(_is_int(d) and d >= 0 for d in spec.shape):
-            raise _program_error(f"weight {name} has shape {list(spec.shape)}", "weights")
-        if not _is_int(spec.scale) or not 0 <= spec.scale <= max_scale(f):
-            raise _program_error(
-                f"weight {name} is at scale {spec.scale!r}; at f = {f} a weight may be at "
-                f"0..{max_scale(f)}",
-                "ring budget",
-            )
+        _shape_and_scale(f"weight {name}", spec.shape, spec.scale, f, "weights")
+
+
+def _shape_and_scale(what: str, shape: tuple, scale: object, f: int, shape_rule: str) -> None:
+    """A declared shape of non-negative ints, and a scale within the ring's budget."""
+    if not all(_is_int(d) and d >= 0 for d in shape):
+        raise _program_error(f"{what} has shape {list(shape)}", shape_rule)
+    if not _is_int(scale) or not 0 <= scale <= max_scale(f):
+        raise _program_error(
+            f"{what} carries {scale!r} fractional bits; at f = {f} it may carry 0..{max_scale(f)}",
+            "ring budget",
+        )
 
 
 def _instr(prog: Program, ins: Instr, defined: set[int], masked: set[str]) -> None:

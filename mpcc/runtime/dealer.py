@@ -18,7 +18,7 @@ from mpcc.compiler.ir import Instr, Program
 from mpcc.runtime.material import Bundle
 from mpcc.runtime.protocols import linear, protocol_for
 from mpcc.runtime.rules import RULES
-from mpcc.runtime.rules.linear import layout, prepare_weight
+from mpcc.runtime.rules.linear import layout, prepare_weight, prepared_maps
 from mpcc.runtime.session import Session
 
 
@@ -30,6 +30,7 @@ class Dealer:
         self.session = session
         self._seeds = seeds
         self._calls: list[list[Call]] = [calls(prog, ins) for ins in prog.instrs]
+        self._maps = prepared_maps(prog)
         # B = B_0 + B_1 for every masked weight (both halves come from the parties' seeds),
         # laid out for each linear instruction's kernel, once per session.
         self._operands: dict[tuple[str, bool], np.ndarray] = {}
@@ -46,11 +47,10 @@ class Dealer:
                         self._operands[key] = prepare_weight(prog, ins, b)
             del b
 
-    def _aux(self, ins: Instr) -> tuple[Any, ...]:
-        bilinear = RULES[ins.op].bilinear
-        if bilinear is None:
-            return ()
-        return bilinear(self.prog, ins, True), self._operands[layout(self.prog, ins)]
+    def _aux(self, i: int, ins: Instr) -> tuple[Any, ...]:
+        """What call i needs beyond its sizes: a linear instruction's map and B."""
+        fn = self._maps.get(i)
+        return () if fn is None else (fn, self._operands[layout(self.prog, ins)])
 
     def deal(self, query: int) -> Bundle:
         """All of P1's corrections for one query, in the plan's call order."""
@@ -60,5 +60,5 @@ class Dealer:
             for j, call in enumerate(self._calls[i]):
                 prg0 = s.call_prg(self._seeds[0], query, i, j)
                 prg1 = s.call_prg(self._seeds[1], query, i, j)
-                out.append(protocol_for(call).deal(call, prg0, prg1, *self._aux(ins)))
+                out.append(protocol_for(call).deal(call, prg0, prg1, *self._aux(i, ins)))
         return Bundle(s.id, query, out)

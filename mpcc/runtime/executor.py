@@ -23,7 +23,7 @@ from mpcc.errors import InputError, MaterialError
 from mpcc.runtime.material import Bundle, MaterialStore
 from mpcc.runtime.protocols import linear, multiply, protocol_for, relu, truncation
 from mpcc.runtime.rules import RULES, Backend, check_shape
-from mpcc.runtime.rules.linear import layout, prepare_weight
+from mpcc.runtime.rules.linear import layout, prepare_weight, prepared_maps
 from mpcc.runtime.session import Session
 from mpcc.runtime.transport import Channel
 
@@ -91,6 +91,7 @@ class PartyExecutor(Backend):
         self._w = {n: w for n, w in weight_shares.items() if n not in masked}
         self._calls: list[list[Call]] = [calls(prog, ins) for ins in prog.instrs]
         self._free = last_uses(prog)
+        self._maps = prepared_maps(prog)
         # per (weight, layout): the online weight operand ([B]_0 + F for P0, [B]_1 for P1,
         # or W when public) and F, as the instruction's prepared map reads them
         self._operands: dict[tuple[str, bool], tuple[np.ndarray, np.ndarray | None]] = {}
@@ -124,12 +125,10 @@ class PartyExecutor(Backend):
                 None if f is None else prepare_weight(prog, ins, f),
             )
 
-    def _aux(self, ins: Instr) -> tuple[Any, ...]:
-        """What a call needs beyond its sizes: a linear call's prepared map and F."""
-        bilinear = RULES[ins.op].bilinear
-        if bilinear is None:
-            return ()
-        return bilinear(self.prog, ins, True), self._operands[layout(self.prog, ins)][1]
+    def _aux(self, i: int, ins: Instr) -> tuple[Any, ...]:
+        """What call i needs beyond its sizes: a linear instruction's map and F."""
+        fn = self._maps.get(i)
+        return () if fn is None else (fn, self._operands[layout(self.prog, ins)][1])
 
     # -- offline, per query -----------------------------------------------------------------
     def prepare(self, query: int, bundle: Bundle | None) -> int:
@@ -153,7 +152,7 @@ class PartyExecutor(Backend):
                 if self.party == 1 and corr is None:
                     raise MaterialError(f"dealer bundle for query {query} is short")
                 proto = protocol_for(call)
-                mat = proto.expand(self.party, call, prg, corr, *self._aux(ins))
+                mat = proto.expand(self.party, call, prg, corr, *self._aux(i, ins))
                 items.append(((s.id, query, i, j), mat))
         if self.party == 1 and next(corrections, None) is not None:
             raise MaterialError(f"dealer bundle for query {query} is too long")
@@ -228,7 +227,7 @@ class PartyExecutor(Backend):
         return self._w[name]
 
     def linear(self, ins: Instr, x: np.ndarray) -> np.ndarray:
-        fn = RULES[ins.op].bilinear(self.prog, ins, True)
+        fn = self._maps[self._at]
         term, _ = self._operands[layout(self.prog, ins)]
         if self.prog.public_weights:
             return linear.public_weights(x, term, fn)

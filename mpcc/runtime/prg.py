@@ -54,15 +54,7 @@ class Prg:
 
     def bytes(self, n: int) -> np.ndarray:
         """`n` uniform bytes as a uint8 array (a fresh array the caller owns)."""
-        out = np.empty(n + 15, dtype=np.uint8)  # update_into wants one spare block
-        if n <= len(_ZEROS):  # the common case, in one call
-            self._enc.update_into(_ZEROS[:n], out)
-            return out[:n]
-        for at in range(0, n, len(_ZEROS)):
-            k = min(len(_ZEROS), n - at)
-            written = self._enc.update_into(_ZEROS[:k], out[at : at + k + 15])
-            assert written == k
-        return out[:n]
+        return self.fill(np.empty(n, dtype=np.uint8))
 
     def uint64(self, *shape: int) -> np.ndarray:
         """Uniform elements of Z_2^64 (also used as 64 packed uniform bits per word)."""
@@ -82,8 +74,10 @@ class Prg:
             written = self._enc.update_into(_ZEROS[:k], buf[at : at + k + 15])
             assert written == k
             at += k
-        if at < n:
-            buf[at:] = self.bytes(n - at)
+        if at < n:  # the last few bytes, through a buffer with room to spare
+            tail = np.empty(n - at + 15, dtype=np.uint8)
+            self._enc.update_into(_ZEROS[: n - at], tail)
+            buf[at:] = tail[: n - at]
         return out
 
 

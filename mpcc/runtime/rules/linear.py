@@ -11,7 +11,7 @@ import numpy as np
 from mpcc.compiler import ops
 from mpcc.compiler.ir import Instr, Program
 from mpcc.runtime import kernels
-from mpcc.runtime.rules.base import Backend, Bilinear, register
+from mpcc.runtime.rules.base import RULES, Backend, Bilinear, register
 
 
 def weight_transposed(prog: Program, ins: Instr) -> bool:
@@ -32,6 +32,16 @@ def prepare_weight(prog: Program, ins: Instr, w: np.ndarray) -> np.ndarray:
 def layout(prog: Program, ins: Instr) -> tuple[str, bool]:
     """The key of a prepared weight operand: (weight, transposed)."""
     return ins.weights[0], weight_transposed(prog, ins)
+
+
+def prepared_maps(prog: Program) -> dict[int, Bilinear]:
+    """Each linear instruction's map over its prepared weight operand, by index: made once
+    per session, not on every query."""
+    return {
+        i: RULES[ins.op].bilinear(prog, ins, True)
+        for i, ins in enumerate(prog.instrs)
+        if RULES[ins.op].bilinear is not None
+    }
 
 
 def _matmul_map(prog: Program, ins: Instr, prepared: bool = False) -> Bilinear:
