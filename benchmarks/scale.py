@@ -326,62 +326,6 @@ def _short(filename: str) -> str:
     return Path(p).name
 
 
-# --------------------------------------------------------------------------- mpcc adapters
-# The core is being reshaped (a Plan object may replace the (prog, weights) pair); these
-# take either, so the script measures whichever the checkout under test provides.
-
-
-def split_plan(plan: Any) -> tuple[Any, dict[str, np.ndarray]]:
-    """(Program, weights) of a compiled or loaded plan: a pair or an object with both."""
-    if isinstance(plan, tuple):
-        return plan[0], plan[1]
-    prog = next(
-        (getattr(plan, a) for a in ("program", "prog") if getattr(plan, a, None) is not None),
-        plan,
-    )
-    return prog, getattr(plan, "weights", {})
-
-
-def compile_model(path: Path) -> Any:
-    from mpcc.compiler.pipeline import compile_onnx
-
-    return compile_onnx(str(path))
-
-
-def save_plan(plan: Any, path: Path) -> None:
-    if not isinstance(plan, tuple) and callable(getattr(plan, "save", None)):
-        plan.save(str(path))
-        return
-    from mpcc.compiler import planfile
-
-    prog, weights = split_plan(plan)
-    planfile.save(str(path), prog, weights)
-
-
-def load_plan(path: Path) -> Any:
-    import mpcc
-
-    if callable(getattr(mpcc, "load", None)):
-        return mpcc.load(str(path))
-    from mpcc.compiler import planfile
-
-    return planfile.load(str(path))
-
-
-def local_cluster(plan: Any) -> Any:
-    from mpcc.runtime.cluster import LocalCluster
-
-    return LocalCluster(*plan) if isinstance(plan, tuple) else LocalCluster(plan)
-
-
-def serve(plan: Any, **serving: Any) -> Any:
-    from mpcc.serving.local import serve_locally
-
-    if isinstance(plan, tuple):
-        return serve_locally(plan[0], plan[1], **serving)
-    return serve_locally(plan, **serving)
-
-
 def ir_stats(prog: Any) -> dict[str, Any]:
     """Instruction and value counts, weight elements, and activation bytes at 8 bytes per
     element (one party's shares): of every IR value, and of the values live at once if each
@@ -485,39 +429,39 @@ def worker_export(model: str) -> dict[str, Any]:
 
 
 def worker_compile(model: str) -> dict[str, Any]:
-    import mpcc.compiler.pipeline  # noqa: F401 - the imports belong to the baseline
-    from mpcc.compiler import planfile  # noqa: F401
+    from mpcc.compiler.pipeline import compile_onnx  # the imports belong to the baseline
 
     out: dict[str, Any] = {"baseline_rss": rss()}
     path, plan_path = cached(model, "onnx"), cached(model, "plan")
     reset_peak()
     t0 = time.perf_counter()
-    plan = compile_model(path)
+    plan = compile_onnx(str(path))
     out["compile_s"] = time.perf_counter() - t0
     out["compile_peak_rss"] = hwm()
     out["rss_after_compile"] = rss()
     reset_peak()
     t0 = time.perf_counter()
-    save_plan(plan, plan_path)
+    plan.save(plan_path)
     out["save_s"] = time.perf_counter() - t0
     out["save_peak_rss"] = hwm()
     out["plan_mb"] = plan_path.stat().st_size / MiB
-    out["ir"] = ir_stats(split_plan(plan)[0])
+    out["ir"] = ir_stats(plan.program)
     return out
 
 
 def worker_cluster(model: str, min_free: int) -> dict[str, Any]:
-    from mpcc.runtime.cluster import LocalCluster  # noqa: F401 - part of the baseline
+    import mpcc
+    from mpcc.runtime.cluster import LocalCluster  # part of the baseline
 
     out: dict[str, Any] = {"import_rss": rss()}
     out["warm_up"] = warm_kernels()
     out["baseline_rss"] = rss()
     x, ref = np.load(cached(model, "x")), np.load(cached(model, "ref"))
     t0 = time.perf_counter()
-    plan = load_plan(cached(model, "plan"))
+    plan = mpcc.load(cached(model, "plan"))
     out["load_s"] = time.perf_counter() - t0
     out["rss_after_load"] = rss()
-    out["ir"] = ir_stats(split_plan(plan)[0])
+    out["ir"] = ir_stats(plan.program)
 
     def low(why: str) -> None:
         out["aborted"] = why
@@ -527,29 +471,26 @@ def worker_cluster(model: str, min_free: int) -> dict[str, Any]:
     sampler = Sampler(min_free=min_free, on_low=low)
     sampler.start()
     out["peak_reset"] = reset_peak()
-    cluster = local_cluster(plan)
+    cluster = LocalCluster(plan)
     t0 = time.perf_counter()
     cluster.__enter__()
     try:
         out["setup_s"] = time.perf_counter() - t0
-        out["setup_parts_s"] = getattr(cluster, "setup_s", None)  # sharing, opening
+        out["setup_parts_s"] = cluster.setup_s  # sharing, opening
         out["setup_peak_rss"] = hwm()
         out["rss_after_setup"] = rss()
         sampler.mark("setup done")
         reset_peak()
         t0 = time.perf_counter()
-        if callable(getattr(cluster, "preprocess", None)):  # the dealer's part, apart
-            cluster.preprocess(1)
-            out["preprocess_s"] = time.perf_counter() - t0
-            out["preprocess_peak_rss"] = hwm()
-            sampler.mark("preprocess done")
+        cluster.preprocess(1)  # the dealer's and the parties' material, apart
+        out["preprocess_s"] = time.perf_counter() - t0
+        out["preprocess_peak_rss"] = hwm()
+        sampler.mark("preprocess done")
         y = cluster.predict(x)
         out["query_s"] = time.perf_counter() - t0
         out["query_peak_rss"] = hwm()
-        stats = getattr(cluster, "stats", None)
         for key in ("online_s", "offline_s", "material_bytes", "dealer_bytes"):
-            if hasattr(stats, key):
-                out[f"query_{key}"] = getattr(stats, key)
+            out[f"query_{key}"] = getattr(cluster.stats, key)
         sampler.mark("query done")
     finally:
         cluster.__exit__(None, None, None)
@@ -557,10 +498,10 @@ def worker_cluster(model: str, min_free: int) -> dict[str, Any]:
     # A second session of the same plan in this process: its memory is no longer the VM's
     # first touch (a fresh process's pages cost a host fault each on this kind of VM).
     t0 = time.perf_counter()
-    again = local_cluster(plan)
+    again = LocalCluster(plan)
     again.__enter__()
     out["setup2_s"] = time.perf_counter() - t0
-    out["setup2_parts_s"] = getattr(again, "setup_s", None)
+    out["setup2_parts_s"] = again.setup_s
     again.__exit__(None, None, None)
     del again
     sampler.stop()
@@ -617,7 +558,8 @@ def worker_serve(model: str, min_free: int) -> dict[str, Any]:
     """Three party processes over TLS (serve_locally), one query, then each party's VmHWM.
     The pids are this process's children `python -m mpcc party --role p0|p1|dealer`:
     serve_locally keeps its ProcessCluster to itself."""
-    from mpcc.serving.local import serve_locally  # noqa: F401 - part of the baseline
+    import mpcc
+    from mpcc.serving.local import serve_locally  # part of the baseline
 
     out: dict[str, Any] = {"settings": SERVE_SETTINGS}
     if model == "_floor":
@@ -625,7 +567,7 @@ def worker_serve(model: str, min_free: int) -> dict[str, Any]:
         x = np.random.default_rng(0).normal(size=(1, 3, 8, 8)).astype(np.float32)
         ref = None
     else:
-        plan = load_plan(cached(model, "plan"))
+        plan = mpcc.load(cached(model, "plan"))
         x, ref = np.load(cached(model, "x")), np.load(cached(model, "ref"))
     out["owner_rss_before"] = rss()
 
@@ -638,7 +580,7 @@ def worker_serve(model: str, min_free: int) -> dict[str, Any]:
     sampler.start()
     t0 = time.perf_counter()
     try:
-        with serve(plan, **SERVE_SETTINGS) as client:
+        with serve_locally(plan, **SERVE_SETTINGS) as client:
             out["ready_s"] = time.perf_counter() - t0
             pids = party_pids()
             out["pids"] = pids
@@ -696,8 +638,9 @@ def worker_profile(model: str, mode: str) -> dict[str, Any]:
     import pstats
     import tracemalloc
 
-    import mpcc.compiler.pipeline  # noqa: F401
-    from mpcc.runtime.cluster import LocalCluster  # noqa: F401
+    import mpcc
+    from mpcc.compiler.pipeline import compile_onnx
+    from mpcc.runtime.cluster import LocalCluster
 
     warm_kernels()
     x = np.load(cached(model, "x"))
@@ -706,22 +649,21 @@ def worker_profile(model: str, mode: str) -> dict[str, Any]:
     state: dict[str, Any] = {}
 
     def step_compile() -> None:
-        state["plan"] = compile_model(cached(model, "onnx"))
+        state["plan"] = compile_onnx(str(cached(model, "onnx")))
 
     def step_save() -> None:
-        save_plan(state["plan"], plan_path)
+        state["plan"].save(plan_path)
 
     def step_load() -> None:
         state.pop("plan")
-        state["plan"] = load_plan(plan_path)
+        state["plan"] = mpcc.load(plan_path)
 
     def step_setup() -> None:
-        state["cluster"] = local_cluster(state["plan"])
+        state["cluster"] = LocalCluster(state["plan"])
         state["cluster"].__enter__()
 
     def step_preprocess() -> None:
-        if callable(getattr(state["cluster"], "preprocess", None)):
-            state["cluster"].preprocess(1)
+        state["cluster"].preprocess(1)
 
     def step_query() -> None:
         state["cluster"].predict(x)
