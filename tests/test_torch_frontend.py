@@ -400,3 +400,19 @@ def test_pad_with_axes_opset18() -> None:
     x = rand(*X, seed=8)
     prog, weights = compile_onnx(m, X)
     assert_matches(prog, weights, x, run(m, {"x": x})[0].astype(np.float64))
+
+
+def test_compile_a_module_and_run_the_plan_in_one_line() -> None:
+    # the one-liner: mpcc.compile returns a Plan that LocalCluster takes as it is
+    import mpcc
+
+    torch.manual_seed(3)
+    module = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(64, 5)
+    ).eval()
+    x = np.random.default_rng(3).normal(size=(2, 1, 6, 6)).astype(np.float32)
+    with mpcc.LocalCluster(mpcc.compile(module, example_input=x)) as c:
+        y = c.predict(x)
+    with torch.no_grad():
+        ref = module(torch.from_numpy(x)).numpy()
+    assert np.abs(y - ref).max() < 1e-3
