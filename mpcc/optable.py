@@ -53,8 +53,11 @@ IR_START = "<!-- irops:start -->"
 IR_END = "<!-- irops:end -->"
 
 IMAGE = (1, 4, 8, 8)
+SIGNAL = (1, 4, 16)  # 1-D: [N, C, L]
+VOLUME = (1, 4, 4, 8, 8)  # 3-D: [N, C, D, H, W]
 FLAT = (1, 16)
 SECRET = "x"  # an extra input named SECRET is the model's input itself (a second secret)
+PREV = "<"  # an extra input named PREV puts the previous output there, not first
 
 
 def _w(*shape: int) -> np.ndarray:
@@ -84,10 +87,11 @@ class Sample:
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     shape: tuple[int, ...] = IMAGE
     context: int = 0
+    opset: int = 17
 
 
-def _s(op: str, case: str, *nodes, consts=None, shape=IMAGE, context=0) -> Sample:
-    return Sample(op, case, tuple(nodes), dict(consts or {}), shape, context)
+def _s(op: str, case: str, *nodes, consts=None, shape=IMAGE, context=0, opset=17) -> Sample:
+    return Sample(op, case, tuple(nodes), dict(consts or {}), shape, context, opset)
 
 
 def _n(op: str, *extra: str, **attrs) -> tuple[str, tuple[str, ...], dict]:
@@ -100,8 +104,41 @@ _BN = {"g": _pos(4), "b": _w(4), "m": _w(4), "v": _pos(4)}
 
 SAMPLES: tuple[Sample, ...] = (
     _s("Conv", "any kernel size, stride, padding, dilation, groups", _CONV, consts=_CONV_W),
+    _s(
+        "Conv",
+        "1-D [N, C, L], same options",
+        _n("Conv", "W", pads=[1, 1]),
+        consts={"W": _w(4, 4, 3)},
+        shape=SIGNAL,
+    ),
+    _s(
+        "Conv",
+        "3-D [N, C, D, H, W], same options",
+        _n("Conv", "W", pads=[1] * 6),
+        consts={"W": _w(4, 4, 3, 3, 3)},
+        shape=VOLUME,
+    ),
     _s("Gemm", "", _n("Gemm", "B", "C", transB=1), consts={"B": _w(8, 16), "C": _w(8)}, shape=FLAT),
+    _s(
+        "Gemm",
+        "constant A (A @ x)",
+        _n("Gemm", "A", PREV),
+        consts={"A": _w(8, 16)},
+        shape=(16, 4),
+    ),
     _s("MatMul", "by a constant matrix", _n("MatMul", "W"), consts={"W": _w(16, 8)}, shape=FLAT),
+    _s(
+        "MatMul",
+        "by a constant stack of matrices (rank >= 3, batch axes broadcast)",
+        _n("MatMul", "W"),
+        consts={"W": _w(4, 8, 5)},
+    ),
+    _s(
+        "MatMul",
+        "constant first (C @ x, any rank)",
+        _n("MatMul", "C", PREV),
+        consts={"C": _w(2, 4, 5, 8)},
+    ),
     _s("Add", "a constant", _n("Add", "c"), consts={"c": _w(1, 4, 8, 8)}),
     _s("Add", "two secrets", _n("Add", SECRET)),
     _s("Sub", "a constant", _n("Sub", "c"), consts={"c": _w(1, 4, 1, 1)}),
@@ -130,8 +167,23 @@ SAMPLES: tuple[Sample, ...] = (
     _s("PRelu", "", _n("PRelu", "s"), consts={"s": _w(4, 1, 1)}),
     _s("MaxPool", "2x2 window", _n("MaxPool", kernel_shape=[2, 2], strides=[2, 2])),
     _s("MaxPool", "3x3 window", _n("MaxPool", kernel_shape=[3, 3], strides=[2, 2])),
+    _s("MaxPool", "1-D", _n("MaxPool", kernel_shape=[2], strides=[2]), shape=SIGNAL),
+    _s("MaxPool", "3-D", _n("MaxPool", kernel_shape=[2, 2, 2], strides=[2] * 3), shape=VOLUME),
     _s("AveragePool", "2^j window", _n("AveragePool", kernel_shape=[2, 2], strides=[2, 2])),
     _s("AveragePool", "other windows", _n("AveragePool", kernel_shape=[3, 3], strides=[1, 1])),
+    _s(
+        "AveragePool",
+        "dilated (opset 19)",
+        _n("AveragePool", kernel_shape=[2, 2], dilations=[2, 2]),
+        opset=19,
+    ),
+    _s("AveragePool", "1-D", _n("AveragePool", kernel_shape=[3], pads=[1, 1]), shape=SIGNAL),
+    _s(
+        "AveragePool",
+        "3-D",
+        _n("AveragePool", kernel_shape=[2, 2, 2], strides=[2] * 3),
+        shape=VOLUME,
+    ),
     _s("GlobalAveragePool", "", _n("GlobalAveragePool")),
     _s("GlobalMaxPool", "8x8 input", _n("GlobalMaxPool")),
     _s("ReduceMean", "", _n("ReduceMean", axes=[2, 3])),
@@ -145,7 +197,13 @@ SAMPLES: tuple[Sample, ...] = (
     _s(
         "Slice", "", _n("Slice", "a", "b", "ax"), consts={"a": _i64(1), "b": _i64(5), "ax": _i64(2)}
     ),
-    _s("Pad", "", _n("Pad", "p"), consts={"p": _i64(0, 0, 1, 1, 0, 0, 1, 1)}),
+    _s("Pad", "constant", _n("Pad", "p"), consts={"p": _i64(0, 0, 1, 1, 0, 0, 1, 1)}),
+    _s(
+        "Pad",
+        "reflect / edge / wrap",
+        _n("Pad", "p", mode="reflect"),
+        consts={"p": _i64(0, 0, 1, 1, 0, 0, 1, 1)},
+    ),
     _s("Squeeze", "", _n("Squeeze", "ax"), consts={"ax": _i64(0)}),
     _s("Unsqueeze", "", _n("Unsqueeze", "ax"), consts={"ax": _i64(0)}),
     _s("Identity", "", _n("Identity")),
@@ -159,7 +217,8 @@ def _model(sample: Sample, upto: int) -> onnx.ModelProto:
     nodes, prev = [], SECRET
     for i, (op, extra, attrs) in enumerate(sample.nodes[:upto]):
         out = f"t{i}"
-        nodes.append(helper.make_node(op, [prev, *extra], [out], f"{op.lower()}_{i}", **attrs))
+        ins = [prev if e == PREV else e for e in extra] if PREV in extra else [prev, *extra]
+        nodes.append(helper.make_node(op, ins, [out], f"{op.lower()}_{i}", **attrs))
         prev = out
     used = {t for n in nodes for t in n.input}
     inits = [
@@ -172,7 +231,7 @@ def _model(sample: Sample, upto: int) -> onnx.ModelProto:
         [helper.make_tensor_value_info(prev, TensorProto.UNDEFINED, None)],
         inits,
     )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", sample.opset)])
     m.ir_version = 8
     return onnx.shape_inference.infer_shapes(m)
 

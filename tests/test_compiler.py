@@ -30,10 +30,10 @@ def test_lenet_lowering_swaps_relu_after_maxpool_and_fuses_truncation(lenet) -> 
     _, prog, _ = lenet
     assert _ops(prog) == [
         "input",
-        "conv2d",
+        "conv",
         "maxpool",
         "relu",
-        "conv2d",
+        "conv",
         "maxpool",
         "relu",
         "reshape",
@@ -98,7 +98,7 @@ def test_report_prints_every_instruction_and_the_totals(lenet) -> None:
     total = estimate(prog).total
     assert f"online rounds          {total.rounds}" in text
     assert f"({total.sent} B)" in text and f"({total.dealer} B;" in text
-    assert text.count("= conv2d") == 2 and text.count("= relu") == 3
+    assert text.count("= conv") == 2 and text.count("= relu") == 3
     data = report_json(prog)
     assert data["total"]["rounds"] == total.rounds
     assert len(data["instructions"]) == len(prog.instrs)
@@ -178,7 +178,7 @@ def test_residual_add_aligns_scales_without_a_truncation() -> None:
         {"W": rand(2, 2, 3, 3)},
     )
     prog, _ = compile_onnx(m, (1, 2, 4, 4))
-    assert _ops(prog) == ["input", "conv2d", "rescale", "add", "relu", "output"]
+    assert _ops(prog) == ["input", "conv", "rescale", "add", "relu", "output"]
     lift = prog.instrs[2]
     assert lift.attrs == {"bits": 16}
     assert prog.instrs[4].attrs["shift"] == 16
@@ -192,7 +192,7 @@ def test_linear_input_is_truncated_when_its_scale_is_too_high() -> None:
         {"W1": rand(1, 1, 3, 3), "W2": rand(1, 1, 3, 3, seed=1)},
     )
     prog, _ = compile_onnx(m, (1, 1, 6, 6))
-    assert _ops(prog) == ["input", "conv2d", "trunc", "conv2d", "output"]
+    assert _ops(prog) == ["input", "conv", "trunc", "conv", "output"]
     assert prog.instrs[2].attrs["shift"] == 16
     assert prog.value(prog.instrs[3].out).scale == 32
 

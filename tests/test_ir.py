@@ -139,7 +139,7 @@ def test_emit_types_the_output_by_the_rule(plan) -> None:
         v = prog.value(ins.out)
         assert (t.shape, t.scale, t.vis) == (v.shape, v.scale, v.vis)
     text = prog.text()
-    assert "= conv2d %0, w1 p=1,1,1,1\n" in text, text  # defaults hidden, short names
+    assert "= conv %0, w1 p=1,1,1,1\n" in text, text  # defaults hidden, short names
 
 
 # ---- the verifier: one hand-corrupted plan per rule ----------------------------------------
@@ -162,7 +162,7 @@ def _set_value(public: dict, vid: int, shape=None, scale=None) -> None:
 
 CORRUPTIONS = {
     "ids": lambda p: p["values"].append([[1], 16, "secret"]),
-    "ids ": lambda p: _instr(p, "relu").update(out=_instr(p, "conv2d")["out"]),
+    "ids ": lambda p: _instr(p, "relu").update(out=_instr(p, "conv")["out"]),
     "defined before use": lambda p: _instr(p, "relu").update(args=[len(p["values"]) - 1]),
     "known op": lambda p: _instr(p, "relu").update(op="reluu"),
     "operands": lambda p: _instr(p, "relu").update(args=[0, 0]),
@@ -172,8 +172,8 @@ CORRUPTIONS = {
     "attributes  ": lambda p: _instr(p, "maxpool")["attrs"].update(kernel=[2]),
     "type": lambda p: _set_value(p, _instr(p, "maxpool")["out"], shape=[1, 3, 4, 4]),
     "type ": lambda p: _set_value(p, _instr(p, "relu")["out"], scale=20),
-    "type  ": lambda p: _instr(p, "conv2d")["attrs"].update(strides=[2, 2]),
-    "weights   ": lambda p: _instr(p, "conv2d")["attrs"].update(groups=2),
+    "type  ": lambda p: _instr(p, "conv")["attrs"].update(strides=[2, 2]),
+    "weights   ": lambda p: _instr(p, "conv")["attrs"].update(groups=2),
     "ring budget": lambda p: p.update(frac_bits=30),
     "ring budget ": lambda p: _set_value(p, 1, scale=60),
     "inputs and outputs": lambda p: p.update(outputs=[["y", 0]]),

@@ -321,3 +321,104 @@ def test_dense_t_matches_dense() -> None:
         np.testing.assert_array_equal(kernels.dense_t(x, wt), kernels.dense(x, w))
     with pytest.raises(ValueError):
         kernels.dense_t(np.zeros((2, 7), np.uint64), wt)
+
+
+# ----- 1-D and 3-D: the same kernels over a unit height, or one depth tap at a time ------------
+
+# (name, x shape, w shape, strides, pads (begins, ends), dilations, groups)
+CONV_ND_CASES = [
+    ("1d", (2, 3, 11), (4, 3, 3), (1,), (1, 1), (1,), 1),
+    ("1d_stride_dil_asym", (1, 4, 17), (6, 2, 4), (3,), (2, 0), (2,), 2),
+    ("1d_depthwise", (2, 3, 9), (6, 1, 2), (2,), (0, 1), (1,), 3),
+    ("3d", (2, 2, 5, 6, 7), (3, 2, 3, 3, 3), (1, 1, 1), (1, 1, 1, 1, 1, 1), (1, 1, 1), 1),
+    (
+        "3d_strides_pads",
+        (1, 3, 7, 6, 5),
+        (4, 3, 2, 3, 2),
+        (2, 1, 2),
+        (0, 1, 2, 1, 0, 1),
+        (1, 1, 1),
+        1,
+    ),
+    (
+        "3d_dil_groups",
+        (1, 4, 8, 7, 6),
+        (4, 2, 3, 2, 2),
+        (1, 2, 1),
+        (2, 0, 1, 1, 1, 0),
+        (2, 1, 2),
+        2,
+    ),
+    (
+        "3d_big_depth_pad",
+        (1, 1, 2, 4, 4),
+        (2, 1, 3, 1, 1),
+        (1, 1, 1),
+        (3, 0, 0, 2, 0, 0),
+        (1, 1, 1),
+        1,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name,xs,ws,strides,pads,dilations,groups", CONV_ND_CASES, ids=[c[0] for c in CONV_ND_CASES]
+)
+def test_conv_1d_3d_match_onnxruntime(rng, name, xs, ws, strides, pads, dilations, groups):
+    x, w = small_ints(rng, xs), small_ints(rng, ws)
+    want = ort_run(
+        "Conv",
+        {"x": x.astype(np.float32), "w": w.astype(np.float32)},
+        strides=list(strides),
+        pads=list(pads),
+        dilations=list(dilations),
+        group=groups,
+    )
+    got = kernels.conv(x, w, strides, pads, dilations, groups)
+    assert got.dtype == np.uint64 and got.flags.c_contiguous
+    np.testing.assert_array_equal(got.view(np.int64), want.astype(np.int64))
+    # Bilinear over the whole ring: wrap-around inputs agree with the 2-D kernel's exactness.
+    xr, wr = ring(rng, xs), ring(rng, ws)
+    lhs = kernels.conv(xr + x.view(np.uint64), wr, strides, pads, dilations, groups)
+    rhs = kernels.conv(xr, wr, strides, pads, dilations, groups) + kernels.conv(
+        x.view(np.uint64), wr, strides, pads, dilations, groups
+    )
+    np.testing.assert_array_equal(lhs, rhs)
+
+
+# (input spatial shape, kernel, strides, pads, dilations, ceil_mode)
+POOL_ND_CASES = [
+    ((9,), (2,), (2,), (0, 0), (1,), False),
+    ((10,), (3,), (2,), (1, 1), (2,), True),
+    ((7,), (4,), (3,), (2, 1), (1,), True),
+    ((4, 6, 6), (2, 2, 2), (2, 2, 2), (0, 0, 0, 0, 0, 0), (1, 1, 1), False),
+    ((5, 7, 6), (3, 2, 3), (2, 2, 1), (1, 0, 1, 1, 1, 0), (1, 1, 1), True),
+    ((7, 6, 7), (2, 3, 2), (2, 1, 3), (1, 1, 0, 0, 1, 1), (2, 1, 2), True),
+]
+
+
+@pytest.mark.parametrize("case", POOL_ND_CASES, ids=[pool_id(c) for c in POOL_ND_CASES])
+def test_pooling_1d_3d_match_onnxruntime(rng, case):
+    size, kernel, strides, pads, dilations, ceil = case
+    x = small_ints(rng, (2, 3, *size))
+    attrs = {
+        "kernel_shape": list(kernel),
+        "strides": list(strides),
+        "pads": list(pads),
+        "dilations": list(dilations),
+        "ceil_mode": int(ceil),
+    }
+    xf = {"x": x.astype(np.float32)}
+    shape = kernels.pool_output_shape(size, kernel, strides, pads, dilations, ceil)
+    want_max = ort_run("MaxPool", xf, **attrs)
+    windows = kernels.pool_windows(x, kernel, strides, pads, dilations, ceil, -(2**63))
+    assert want_max.shape[2:] == shape and windows.shape == (2, 3, *shape, int(np.prod(kernel)))
+    np.testing.assert_array_equal(windows.view(np.int64).max(axis=-1), want_max.astype(np.int64))
+    sums = kernels.sum_pool(x, kernel, strides, pads, ceil, dilations).view(np.int64)
+    taps = windows.view(np.int64)
+    np.testing.assert_array_equal(sums, np.where(taps == -(2**63), 0, taps).sum(axis=-1))
+    for include_pad in (False, True):
+        want_avg = ort_run("AveragePool", xf, count_include_pad=int(include_pad), **attrs)
+        counts = kernels.pool_counts(size, kernel, strides, pads, ceil, dilations, include_pad)
+        assert counts.shape == shape and counts.min() >= 1
+        np.testing.assert_allclose(sums / counts, want_avg, rtol=1e-6)

@@ -22,9 +22,9 @@ from mpcc.errors import ModelError
 from mpcc.frontends import onnx as onnx_frontend
 
 SUPPORTED_OPS: dict[str, str] = {
-    "Conv": "2-D convolution (NCHW), any stride, padding, dilation and group count",
-    "Gemm": "fully connected layer (becomes MatMul + bias)",
-    "MatMul": "product of a tensor with a constant 2-D weight matrix",
+    "Conv": "1-D, 2-D or 3-D convolution, any kernel, stride, padding, dilation and groups",
+    "Gemm": "fully connected layer (becomes MatMul + bias); A or B constant",
+    "MatMul": "product with a constant of any rank, on either side",
     "Add": "elementwise sum of two tensors, or of a tensor and a constant",
     "Sub": "elementwise difference of two tensors, or with a constant",
     "Mul": "elementwise product of two tensors, or of a tensor and a constant",
@@ -34,8 +34,8 @@ SUPPORTED_OPS: dict[str, str] = {
     "LeakyRelu": "x if x > 0 else alpha * x",
     "Clip": "clamp to constant bounds (e.g. ReLU6)",
     "PRelu": "leaky ReLU with a constant (per-channel) slope",
-    "MaxPool": "2-D max pooling",
-    "AveragePool": "2-D average pooling",
+    "MaxPool": "1-D, 2-D or 3-D max pooling",
+    "AveragePool": "1-D, 2-D or 3-D average pooling, dilated too",
     "GlobalAveragePool": "mean over the spatial dims",
     "GlobalMaxPool": "max over the spatial dims",
     "ReduceMean": "mean over all the spatial dims (becomes GlobalAveragePool)",
@@ -47,7 +47,7 @@ SUPPORTED_OPS: dict[str, str] = {
     "Transpose": "permute the axes",
     "Concat": "join tensors along an axis (constants too)",
     "Slice": "take a strided sub-tensor (constant bounds)",
-    "Pad": "constant-value padding",
+    "Pad": "padding: constant, reflect, edge or wrap",
     "Squeeze": "drop size-1 axes",
     "Unsqueeze": "insert size-1 axes",
     "Identity": "no-op (removed)",
@@ -59,7 +59,7 @@ SUPPORTED_OPS: dict[str, str] = {
 # Inputs that must be constants, by op: input index -> what it is.
 CONST_INPUTS: dict[str, dict[int, str]] = {
     "Conv": {1: "weight", 2: "bias"},
-    "Gemm": {1: "weight B", 2: "bias C"},
+    "Gemm": {2: "bias C"},
     "BatchNormalization": {1: "scale", 2: "bias", 3: "mean", 4: "variance"},
     "PRelu": {1: "slope"},
     "Clip": {1: "min", 2: "max"},
@@ -472,6 +472,11 @@ def _check_constant_inputs(nodes: list[onnx.NodeProto], constants: dict[str, np.
             problems.append(
                 f"node {n.name!r} (op MatMul) multiplies two computed tensors "
                 f"{n.input[0]!r} and {n.input[1]!r}: not supported yet (one must be a constant)"
+            )
+        if n.op_type == "Gemm" and not any(t in constants for t in n.input[:2]):
+            problems.append(
+                f"node {n.name!r} (op Gemm) multiplies two computed tensors {n.input[0]!r} "
+                f"and {n.input[1]!r}: not supported yet (A or B must be a constant)"
             )
     if problems:
         raise ModelError("; ".join(problems))

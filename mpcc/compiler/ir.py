@@ -137,21 +137,21 @@ class Program:
 
 
 def rhs(ins: Instr) -> str:
-    """`conv2d %0, w0  k=5`: an instruction's op, operands and printed attributes."""
+    """`conv %0, w0  p=1,1,1,1`: an instruction's op, operands and printed attributes."""
     operands = [f"%{a}" for a in ins.args] + list(ins.weights)
     schema = ins.op.attrs
     shown = []
     for k, val in ins.attrs.items():
         spec = schema.get(k)
-        if spec is not None and (spec.hide is ... or spec.hide == val):
+        if spec is not None and (spec.hide is ... or spec.hide == val or spec.hides(val)):
             continue
-        shown.append(f"{spec.short if spec and spec.short else k}={_fmt(val)}")
+        shown.append(f"{spec.short if spec and spec.short else k}={_fmt(val, k == 'pads')}")
     return " ".join(p for p in (ins.op.name, ", ".join(operands), " ".join(shown)) if p)
 
 
-def _fmt(val: Any) -> str:
+def _fmt(val: Any, pads: bool = False) -> str:
     if isinstance(val, list | tuple):
-        if len(val) == 4:  # pads: top,left,bottom,right
+        if pads or len(val) == 4:  # pads: begins, then ends (top,left,bottom,right)
             return ",".join(map(str, val))
         return "x".join(map(str, val)) if val else "()"
     if isinstance(val, str):

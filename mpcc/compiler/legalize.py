@@ -3,16 +3,20 @@
 After `legalize` every node is one of the ops below, with all attributes present (defaults
 filled, auto_pad resolved, negative axes normalized); int lists are tuples of ints.
 
-- Conv [x, W, (B)]: kernel_shape, strides, pads (top, left, bottom, right), dilations, group.
-- MatMul [x, W, (B)]: W constant [K, N], B constant [N].
+- Conv [x, W, (B)] over 1-3 spatial axes: kernel_shape, strides, pads (begins, then ends:
+  top, left, bottom, right in 2-D), dilations, group.
+- MatMul [x, W, (B)]: W constant [K, N], or a stack [..., K, N] (x of rank >= 2, batch axes
+  broadcast as numpy does); B constant [N].
 - Add / Sub / Mul [a, b]: both computed, or a constant second operand (Add, Mul) broadcasting
   to the first one's shape; Sub keeps a constant only as its first operand.
 - Neg; Relu; LeakyRelu (alpha); Clip (min, max floats, +-inf when absent); PRelu [x, slope].
 - MaxPool (kernel_shape, strides, pads, dilations, ceil_mode); AveragePool and SumPool
-  (kernel_shape, strides, pads, count_include_pad, ceil_mode); GlobalAveragePool; GlobalMaxPool
+  (kernel_shape, strides, pads, count_include_pad, ceil_mode; dilations only when dilated, an
+  opset-19 attribute), all over 1-3 spatial axes; GlobalAveragePool; GlobalMaxPool
   (also from ReduceMean / ReduceMax; ReduceSum becomes a SumPool).
 - Reshape (shape: static, no -1 or 0), Transpose (perm), Concat (axis >= 0; inputs may be
-  constants), Pad (pads in ONNX order over all axes, value; mode constant).
+  constants), Pad (pads in ONNX order over all axes, value; mode only when not constant:
+  reflect, edge or wrap).
 - Slice (starts, ends, axes, steps): axes >= 0 in increasing order; starts and ends are
   non-negative and clamped like Python's slice with those bounds, except that with a negative
   step `end == -1` means "through index 0".
@@ -69,22 +73,25 @@ def _pads(attrs: dict, size: tuple[int, ...], k: tuple, s: tuple, d: tuple) -> t
     return (*begins, *ends)
 
 
-def _need_2d(g: Graph, n: str) -> tuple[int, ...]:
+def _need_spatial(g: Graph, n: str) -> tuple[int, ...]:
+    """The input's shape, [N, C] and 1-3 spatial axes (1-D, 2-D or 3-D)."""
     x = g.node(n)["inputs"][0]
     shape = g.shape(x)
-    if len(shape) != 4:
+    if not 3 <= len(shape) <= 5:
         raise ModelError(
-            f"{_where(g, n)}: only 2-D NCHW tensors are supported; input {x!r} has shape {shape}"
+            f"{_where(g, n)}: only [N, C, *spatial] tensors with 1-3 spatial axes are "
+            f"supported; input {x!r} has shape {shape}"
         )
     return shape
 
 
 def _conv(g: Graph, n: str) -> None:
     d, a = g.node(n), g.node(n)["attrs"]
-    shape = _need_2d(g, n)
+    shape = _need_spatial(g, n)
+    ones = (1,) * (len(shape) - 2)
     w = g.const(d["inputs"][1])
     k = _ints(a.get("kernel_shape", w.shape[2:]))
-    strides, dil = _ints(a.get("strides", (1, 1))), _ints(a.get("dilations", (1, 1)))
+    strides, dil = _ints(a.get("strides", ones)), _ints(a.get("dilations", ones))
     pads = _pads(a, shape[2:], k, strides, dil)
     d["attrs"] = {
         "kernel_shape": k,
@@ -98,17 +105,16 @@ def _conv(g: Graph, n: str) -> None:
 
 def _pool(g: Graph, n: str) -> None:
     d, a, op = g.node(n), g.node(n)["attrs"], g.op(n)
-    shape = _need_2d(g, n)
+    shape = _need_spatial(g, n)
     _only_first_output(g, n, "the Indices output is not supported")
+    ones = (1,) * (len(shape) - 2)
     k = _ints(a["kernel_shape"])
-    strides, dil = _ints(a.get("strides", (1, 1))), _ints(a.get("dilations", (1, 1)))
+    strides, dil = _ints(a.get("strides", ones)), _ints(a.get("dilations", ones))
     attrs: dict[str, Any] = {"kernel_shape": k, "strides": strides}
     attrs["pads"] = _pads(a, shape[2:], k, strides, dil)
-    if op == "MaxPool":
+    if op == "MaxPool" or dil != ones:  # AveragePool has dilations from opset 19
         attrs["dilations"] = dil
-    elif dil != (1, 1):
-        raise ModelError(f"{_where(g, n)}: dilated average pooling is not supported")
-    else:
+    if op != "MaxPool":
         attrs["count_include_pad"] = int(a.get("count_include_pad", 0))
     attrs["ceil_mode"] = int(a.get("ceil_mode", 0))
     d["attrs"] = attrs
@@ -119,6 +125,9 @@ def _gemm(g: Graph, n: str) -> None:
     x, b = d["inputs"][:2]
     c = d["inputs"][2] if len(d["inputs"]) > 2 and d["inputs"][2] else None
     out = d["outputs"][0]
+    if g.is_const(x) and not g.is_const(b):
+        _gemm_constant_first(g, n)
+        return
     w = g.const(b).T if a.get("transB", 0) else g.const(b)
     if float(a.get("alpha", 1.0)) != 1.0:
         w = float(a["alpha"]) * w
@@ -142,36 +151,86 @@ def _gemm(g: Graph, n: str) -> None:
         g.add_node("Add", [mid, extra], [out], name=f"{n}_add")
 
 
-def _matmul(g: Graph, n: str) -> None:
-    d = g.node(n)
-    x, w = d["inputs"]
+def _gemm_constant_first(g: Graph, n: str) -> None:
+    """Gemm(A, x) with a constant A: MatMul(alpha A', x') legalized as a constant-first MatMul,
+    plus beta C (broadcast to the output) as an Add."""
+    d, a = g.node(n), g.node(n)["attrs"]
+    c_t, x = d["inputs"][:2]
+    c = d["inputs"][2] if len(d["inputs"]) > 2 and d["inputs"][2] else None
     out = d["outputs"][0]
-    if g.is_const(x):  # C @ x = (x^T C^T)^T over the last two axes
-        c, x = g.const(x), w
-        r = len(g.shape(x))
-        if c.ndim != 2 or r < 2:
-            raise ModelError(f"{_where(g, n)}: a constant first operand must be 2-D")
-        perm = (*range(r - 2), r - 1, r - 2)
-        xt = g.new_tensor(f"{x}_T", [g.shape(x)[i] for i in perm])
-        g.add_node("Transpose", [x], [xt], {"perm": perm}, name=f"{n}_transpose_in")
-        yt = g.new_tensor(f"{out}_T", [g.shape(out)[i] for i in perm])
-        g.set_inputs(n, [xt, g.add_const(c.T, f"{n}_W")])
-        g.set_outputs(n, [yt])
-        g.add_node("Transpose", [yt], [out], {"perm": perm}, name=f"{n}_transpose_out")
-        return
-    wv = g.const(w)
-    if wv.ndim > 2 and all(s == 1 for s in wv.shape[:-2]) and len(g.shape(x)) >= wv.ndim:
-        wv = wv.reshape(wv.shape[-2:])
-    if wv.ndim == 1:  # x @ w = reshape(x @ w[:, None])
-        mid = g.new_tensor(f"{out}_mm", (*g.shape(out), 1))
-        g.set_inputs(n, [x, g.add_const(wv[:, None], f"{n}_W")])
+    w = g.const(c_t).T if a.get("transA", 0) else g.const(c_t)
+    w = float(a.get("alpha", 1.0)) * w
+    if a.get("transB", 0):
+        x = _swap_last(g, x, f"{n}_transpose")
+    d["op"], d["attrs"] = "MatMul", {}
+    g.set_inputs(n, [g.add_const(w, f"{n}_W"), x])
+    if c is not None:
+        mid = g.new_tensor(f"{out}_mm", g.shape(out))
+        g.set_outputs(n, [mid])
+        full = np.broadcast_to(float(a.get("beta", 1.0)) * g.const(c), g.shape(out)).copy()
+        g.add_node("Add", [mid, g.add_const(full, f"{n}_C")], [out], name=f"{n}_add")
+    _matmul(g, n)
+
+
+def _matmul(g: Graph, n: str) -> None:
+    """MatMul of a secret and a constant of any rank, either side, to x @ W with W constant
+    [..., K, N]: a 1-D operand becomes a matrix (and its axis is dropped after), and C @ x is
+    (x^T C^T)^T over the last two axes (the transposes are local)."""
+    d = g.node(n)
+    a, b = d["inputs"]
+    out = d["outputs"][0]
+    if not (g.is_const(a) or g.is_const(b)):
+        return  # two secrets: not ours to legalize here
+    ranks = [g.const(t).ndim if g.is_const(t) else len(g.shape(t)) for t in (a, b)]
+    if 1 in ranks:  # numpy: a 1-D first operand is a row, a 1-D second one a column
+        a = _as_matrix(g, n, a, (1, -1)) if ranks[0] == 1 else a
+        b = _as_matrix(g, n, b, (-1, 1)) if ranks[1] == 1 else b
+        mid = g.new_tensor(f"{out}_2d", _matmul_shape(g, a, b))
+        g.set_inputs(n, [a, b])
         g.set_outputs(n, [mid])
         g.add_node("Reshape", [mid], [out], {"shape": g.shape(out)}, name=f"{n}_reshape")
-    elif wv.ndim == 2:
-        if wv is not g.const(w):
-            g.set_inputs(n, [x, g.add_const(wv, f"{n}_W")])
-    else:
-        raise ModelError(f"{_where(g, n)}: the constant operand must be 2-D, not {wv.shape}")
+        out = mid
+    if g.is_const(a):  # C @ x = (x^T C^T)^T over the last two axes
+        c, x = g.const(a), b
+        xt = _swap_last(g, x, f"{n}_transpose_in")
+        ct = g.add_const(np.swapaxes(c, -1, -2).copy(), f"{n}_W")
+        yt = g.new_tensor(f"{out}_T", _matmul_shape(g, xt, ct))
+        g.set_inputs(n, [xt, ct])
+        g.set_outputs(n, [yt])
+        r = len(g.shape(yt))
+        perm = (*range(r - 2), r - 1, r - 2)
+        g.add_node("Transpose", [yt], [out], {"perm": perm}, name=f"{n}_transpose_out")
+        a, b = xt, ct
+    wv = g.const(b)
+    if wv.ndim > 2 and all(s == 1 for s in wv.shape[:-2]) and len(g.shape(a)) >= wv.ndim:
+        g.set_inputs(n, [a, g.add_const(wv.reshape(wv.shape[-2:]), f"{n}_W")])
+
+
+def _as_matrix(g: Graph, n: str, t: str, shape: tuple[int, int]) -> str:
+    """A 1-D operand as a row (1, -1) or a column (-1, 1): a constant reshaped, or a Reshape."""
+    if g.is_const(t):
+        return g.add_const(g.const(t).reshape(shape), f"{n}_{t}_2d")
+    k = g.shape(t)[0]
+    full = tuple(k if s == -1 else s for s in shape)
+    m = g.new_tensor(f"{t}_2d", full)
+    g.add_node("Reshape", [t], [m], {"shape": full}, name=f"{n}_{t}_2d")
+    return m
+
+
+def _swap_last(g: Graph, x: str, name: str) -> str:
+    """A Transpose of the secret x's last two axes."""
+    r = len(g.shape(x))
+    perm = (*range(r - 2), r - 1, r - 2)
+    xt = g.new_tensor(f"{x}_T", [g.shape(x)[i] for i in perm])
+    g.add_node("Transpose", [x], [xt], {"perm": perm}, name=name)
+    return xt
+
+
+def _matmul_shape(g: Graph, a: str, b: str) -> tuple[int, ...]:
+    """numpy's matmul shape of two operands of rank >= 2 (a constant or a tensor each)."""
+    sa, sb = (g.const(t).shape if g.is_const(t) else tuple(g.shape(t)) for t in (a, b))
+    batch = np.broadcast_shapes(tuple(sa[:-2]), tuple(sb[:-2]))
+    return (*batch, sa[-2], sb[-1])
 
 
 def _binary(g: Graph, n: str) -> None:
@@ -354,11 +413,19 @@ def _slice(g: Graph, n: str) -> None:
     g.set_inputs(n, ins[:1])
 
 
+PAD_MODES = ("constant", "reflect", "edge", "wrap")
+
+
 def _pad(g: Graph, n: str) -> None:
     d = g.node(n)
     mode = d["attrs"].get("mode", "constant")
-    if mode != "constant":
-        raise ModelError(f"{_where(g, n)}: only constant padding is supported, not {mode!r}")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    if mode not in PAD_MODES:
+        raise ModelError(
+            f"{_where(g, n)}: padding mode {mode!r} is not supported "
+            f"(supported: {', '.join(PAD_MODES)})"
+        )
     ins = [*d["inputs"], "", ""]
     rank = len(g.shape(ins[0]))
     pads = _ints(g.const(ins[1]))
@@ -371,7 +438,15 @@ def _pad(g: Graph, n: str) -> None:
         pads = tuple(full)
     if min(pads) < 0:
         raise ModelError(f"{_where(g, n)}: negative pads (cropping) are not supported")
+    shape = g.shape(ins[0])
+    if mode == "reflect" and any(max(pads[i], pads[i + rank]) >= shape[i] for i in range(rank)):
+        raise ModelError(
+            f"{_where(g, n)}: reflect pads {list(pads)} must be smaller than the axes they pad "
+            f"({list(shape)})"
+        )
     d["attrs"] = {"pads": pads, "value": value}
+    if mode != "constant":
+        d["attrs"]["mode"] = mode
     g.set_inputs(n, ins[:1])
 
 

@@ -25,11 +25,6 @@ from mpcc.compiler.ops import Op, RuleError
 from mpcc.compiler.poolshapes import avgpool_counts
 from mpcc.errors import ModelError
 
-# A global pool: one window over the whole plane.
-_GLOBAL_POOL = dict(
-    strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], ceil_mode=0, count_include_pad=1
-)
-
 
 class _Lowering:
     def __init__(self, g: Graph, frac_bits: int, public_weights: bool) -> None:
@@ -123,7 +118,7 @@ class _Lowering:
         if len(ins) > 2 and ins[2]:
             weights.append(self.weight(ins[2], self.g.const(ins[2]), x.scale + self.f, role="b"))
         attrs = {}
-        if op is ops.conv2d:
+        if op is ops.conv:
             a = data["attrs"]
             attrs = dict(
                 strides=list(a["strides"]),
@@ -196,16 +191,24 @@ class _Lowering:
 
     def pool_attrs(self, x: Value, data: dict, keys: tuple[str, ...], global_: bool) -> dict:
         """A pooling node's attributes named in `keys` (in that order); a global pool's
-        window is the whole plane."""
+        window is all of the spatial axes."""
+        rank = len(x.shape) - 2
         if global_:
-            full = dict(_GLOBAL_POOL, kernel=list(x.shape[2:]))
+            full = dict(
+                kernel=list(x.shape[2:]),
+                strides=[1] * rank,
+                pads=[0] * 2 * rank,
+                dilations=[1] * rank,
+                ceil_mode=0,
+                count_include_pad=1,
+            )
         else:
             a = data["attrs"]
             full = dict(
                 kernel=list(a["kernel_shape"]),
                 strides=list(a["strides"]),
                 pads=list(a["pads"]),
-                dilations=list(a.get("dilations", (1, 1))),
+                dilations=list(a.get("dilations", (1,) * rank)),
                 ceil_mode=int(a["ceil_mode"]),
                 count_include_pad=int(a.get("count_include_pad", 0)),
             )
@@ -218,7 +221,7 @@ class _Lowering:
 
     def lower_avgpool(self, name: str, data: dict, global_: bool = False) -> Value:
         x = self.arg(name, data["inputs"][0])
-        keys = ("kernel", "strides", "pads", "ceil_mode", "count_include_pad")
+        keys = ("kernel", "strides", "pads", "dilations", "ceil_mode", "count_include_pad")
         attrs = self.pool_attrs(x, data, keys, global_)
         div = avgpool_counts(x.shape[2:], attrs)
         d = int(div.flat[0])
@@ -236,8 +239,8 @@ class _Lowering:
 
     def lower_sumpool(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
-        attrs = self.pool_attrs(x, data, ("kernel", "strides", "pads", "ceil_mode"), False)
-        return self.emit(ops.sumpool, (x.id,), **attrs)
+        keys = ("kernel", "strides", "pads", "dilations", "ceil_mode")
+        return self.emit(ops.sumpool, (x.id,), **self.pool_attrs(x, data, keys, False))
 
     def lower_movement(self, name: str, data: dict, op: str) -> Value:
         a = data["attrs"]
@@ -260,8 +263,14 @@ class _Lowering:
                 steps=list(a["steps"]),
             )
         if op == "Pad":
+            mode = {"mode": a["mode"]} if a.get("mode", "constant") != "constant" else {}
             return self.emit_as(
-                data, ops.pad, (x.id,), pads=list(a["pads"]), value=float(a.get("value", 0.0))
+                data,
+                ops.pad,
+                (x.id,),
+                pads=list(a["pads"]),
+                value=float(a.get("value", 0.0)),
+                **mode,
             )
         raise AssertionError(op)
 
@@ -292,7 +301,7 @@ class _Lowering:
 
 
 _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
-    "Conv": lambda s, n, d: s.lower_linear(n, d, ops.conv2d),
+    "Conv": lambda s, n, d: s.lower_linear(n, d, ops.conv),
     "MatMul": lambda s, n, d: s.lower_linear(n, d, ops.matmul),
     "Add": lambda s, n, d: s.lower_add_sub(n, d, "Add"),
     "Sub": lambda s, n, d: s.lower_add_sub(n, d, "Sub"),

@@ -1,4 +1,9 @@
-"""Pooling-window geometry (ONNX semantics), shared by the compiler and the runtime kernels."""
+"""Sliding-window geometry (ONNX semantics) over any number of spatial axes, shared by the
+compiler and the runtime kernels.
+
+Pads are in ONNX order: every axis's begin, then every axis's end ([top, left, bottom, right]
+in 2-D). A scalar stands for the same value on every axis.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,24 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def _pair(v: int | Sequence[int], name: str) -> tuple[int, int]:
-    t = (int(v), int(v)) if np.isscalar(v) else tuple(int(e) for e in v)
-    if len(t) != 2:
-        raise ValueError(f"{name}: expected 2 values, got {v!r}")
-    return t  # type: ignore[return-value]
+def _per_axis(
+    v: int | Sequence[int] | None, n: int, name: str, default: int = 1
+) -> tuple[int, ...]:
+    if v is None:
+        return (default,) * n
+    t = (int(v),) * n if np.isscalar(v) else tuple(int(e) for e in v)
+    if len(t) != n:
+        raise ValueError(f"{name}: expected {n} values, got {v!r}")
+    return t
 
 
-def _pads4(pads: int | Sequence[int]) -> tuple[int, int, int, int]:
-    t = (int(pads),) * 4 if np.isscalar(pads) else tuple(int(e) for e in pads)
-    if len(t) != 4:
-        raise ValueError(f"pads: expected [top, left, bottom, right], got {pads!r}")
-    if min(t) < 0:
+def _pads(pads: int | Sequence[int], n: int) -> tuple[int, ...]:
+    t = (int(pads),) * 2 * n if np.isscalar(pads) else tuple(int(e) for e in pads)
+    if len(t) != 2 * n:
+        raise ValueError(f"pads: expected {2 * n} values (begins, then ends), got {pads!r}")
+    if min(t, default=0) < 0:
         raise ValueError(f"pads must be non-negative, got {pads!r}")
-    return t  # type: ignore[return-value]
+    return t
 
 
 def window(
@@ -29,13 +38,29 @@ def window(
     pads: int | Sequence[int],
     dilations: int | Sequence[int],
 ) -> tuple[int, int, int, int, int, int, int, int, int, int]:
-    """(kh, kw, sh, sw, pt, pl, pb, pr, dh, dw) from ONNX-style window attributes."""
+    """(kh, kw, sh, sw, pt, pl, pb, pr, dh, dw) from 2-D ONNX-style window attributes."""
     return (
-        *_pair(kernel, "kernel"),
-        *_pair(strides, "strides"),
-        *_pads4(pads),
-        *_pair(dilations, "dilations"),
+        *_per_axis(kernel, 2, "kernel"),
+        *_per_axis(strides, 2, "strides"),
+        *_pads(pads, 2),
+        *_per_axis(dilations, 2, "dilations"),
     )  # type: ignore[return-value]
+
+
+def windows(
+    rank: int,
+    kernel: int | Sequence[int],
+    strides: int | Sequence[int],
+    pads: int | Sequence[int],
+    dilations: int | Sequence[int] | None = None,
+) -> tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...], tuple[int, ...]]:
+    """(kernel, strides, pads, dilations) as tuples for `rank` spatial axes."""
+    return (
+        _per_axis(kernel, rank, "kernel"),
+        _per_axis(strides, rank, "strides"),
+        _pads(pads, rank),
+        _per_axis(dilations, rank, "dilations"),
+    )
 
 
 def _out_size(size: int, k: int, s: int, head: int, tail: int, d: int, ceil_mode: bool) -> int:
@@ -58,20 +83,18 @@ def pool_output_shape(
     kernel: int | Sequence[int],
     strides: int | Sequence[int],
     pads: int | Sequence[int],
-    dilations: int | Sequence[int] = (1, 1),
+    dilations: int | Sequence[int] | None = None,
     ceil_mode: bool = False,
-) -> tuple[int, int]:
-    """Output (OH, OW) of ONNX Conv/MaxPool/AveragePool; pads = [top, left, bottom, right].
+) -> tuple[int, ...]:
+    """Output spatial shape of ONNX Conv/MaxPool/AveragePool over the axes of `input_hw`.
 
-    With `ceil_mode` the last partial window is kept unless it would start in the bottom/right
+    With `ceil_mode` the last partial window is kept unless it would start in the end
     padding. Convolution uses `ceil_mode=False`.
     """
-    h, w = (int(e) for e in input_hw)
-    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = window(kernel, strides, pads, dilations)
-    return (
-        _out_size(h, kh, sh, pt, pb, dh, ceil_mode),
-        _out_size(w, kw, sw, pl, pr, dw, ceil_mode),
-    )
+    size = tuple(int(e) for e in input_hw)
+    n = len(size)
+    k, s, p, d = windows(n, kernel, strides, pads, dilations)
+    return tuple(_out_size(size[i], k[i], s[i], p[i], p[i + n], d[i], ceil_mode) for i in range(n))
 
 
 def pool_counts(
@@ -80,25 +103,28 @@ def pool_counts(
     strides: int | Sequence[int],
     pads: int | Sequence[int],
     ceil_mode: bool = False,
-    dilations: int | Sequence[int] = (1, 1),
+    dilations: int | Sequence[int] | None = None,
     count_include_pad: bool = False,
 ) -> np.ndarray:
-    """Elements each pooling window averages over, int64 (OH, OW): AveragePool's divisors.
+    """Elements each pooling window averages over, int64 of the output's spatial shape:
+    AveragePool's divisors.
 
-    By default the positions inside the image (count_include_pad=0). With
-    `count_include_pad` the positions inside the padded image, as ONNX Runtime and PyTorch
-    count them: a ceil_mode window's overhang past the bottom/right padding is not counted.
+    By default the positions inside the input (count_include_pad=0). With
+    `count_include_pad` the positions inside the padded input, as ONNX Runtime and PyTorch
+    count them: a ceil_mode window's overhang past the end padding is not counted. The count
+    is a product of one count per axis.
     """
-    h, w = (int(e) for e in input_hw)
-    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = window(kernel, strides, pads, dilations)
-    oh, ow = pool_output_shape((h, w), kernel, strides, pads, dilations, ceil_mode)
-    lo_h, hi_h = (0, h) if not count_include_pad else (-pt, h + pb)
-    lo_w, hi_w = (0, w) if not count_include_pad else (-pl, w + pr)
-    rows = np.arange(oh)[:, None] * sh - pt + np.arange(kh)[None, :] * dh
-    cols = np.arange(ow)[:, None] * sw - pl + np.arange(kw)[None, :] * dw
-    n_rows = ((rows >= lo_h) & (rows < hi_h)).sum(axis=1)
-    n_cols = ((cols >= lo_w) & (cols < hi_w)).sum(axis=1)
-    return (n_rows[:, None] * n_cols[None, :]).astype(np.int64)
+    size = tuple(int(e) for e in input_hw)
+    n = len(size)
+    k, s, p, d = windows(n, kernel, strides, pads, dilations)
+    out = pool_output_shape(size, k, s, p, d, ceil_mode)
+    counts = np.ones((), np.int64)
+    for i in range(n):
+        lo, hi = (0, size[i]) if not count_include_pad else (-p[i], size[i] + p[i + n])
+        pos = np.arange(out[i])[:, None] * s[i] - p[i] + np.arange(k[i])[None, :] * d[i]
+        axis = ((pos >= lo) & (pos < hi)).sum(axis=1).astype(np.int64)
+        counts = np.multiply.outer(counts, axis)
+    return counts
 
 
 def avgpool_counts(input_hw: Sequence[int], attrs: dict) -> np.ndarray:
@@ -109,5 +135,6 @@ def avgpool_counts(input_hw: Sequence[int], attrs: dict) -> np.ndarray:
         attrs["strides"],
         attrs["pads"],
         bool(attrs["ceil_mode"]),
+        attrs.get("dilations"),
         count_include_pad=bool(attrs["count_include_pad"]),
     )

@@ -72,7 +72,8 @@ def drop_final_softmax(g: Graph) -> None:
 def _scale_shift_after(g: Graph, affine: Node, s: np.ndarray, b: np.ndarray | None) -> None:
     """Make Conv/MatMul `affine` compute s * affine(x) + b, with per-output-channel s and b."""
     x, w = affine.inputs[:2]
-    wv = g.const(w) * (s.reshape(-1, 1, 1, 1) if affine.op == "Conv" else s.reshape(1, -1))
+    wv = g.const(w)
+    wv = wv * (s.reshape((-1,) + (1,) * (wv.ndim - 1)) if affine.op == "Conv" else s.reshape(1, -1))
     bias = g.const(affine.inputs[2]) if len(affine.inputs) > 2 else np.zeros(s.shape)
     bias = bias * s + (0.0 if b is None else b)
     inputs = [x, g.add_const(wv, f"{affine.name}_W")]
@@ -195,6 +196,8 @@ def _check_before(g: Graph, n: Node, affine: Node) -> str | None:
         return f"{kept}: its constant is not one value per input channel"
     if n.op == "Add" and affine.op == "Conv" and any(affine.attrs["pads"]):
         return f"{kept}: the Conv pads with zeros, and those borders would miss the constant"
+    if n.op == "Add" and affine.op == "MatMul" and g.const(affine.inputs[1]).ndim > 2:
+        return f"{kept}: the MatMul's weight is a stack of matrices, each its own bias"
     return None
 
 
@@ -205,7 +208,8 @@ def _per_input(g: Graph, affine: Node, v: np.ndarray) -> np.ndarray:
     w = g.const(affine.inputs[1])
     groups = affine.attrs["group"]
     cin_g, cout_g = w.shape[1], w.shape[0] // groups
-    return v.reshape(groups, cin_g)[np.arange(w.shape[0]) // cout_g][:, :, None, None]
+    per_in = v.reshape(groups, cin_g)[np.arange(w.shape[0]) // cout_g]
+    return per_in.reshape(per_in.shape + (1,) * (w.ndim - 2))
 
 
 def _fold_before(g: Graph, n: Node, affine: Node) -> str:
@@ -217,7 +221,7 @@ def _fold_before(g: Graph, n: Node, affine: Node) -> str:
         inputs = [n.x, g.add_const(w * per_in, f"{affine.name}_W"), *affine.inputs[2:]]
         what = "weights"
     else:
-        shift = (w * per_in).sum(axis=(1, 2, 3)) if affine.op == "Conv" else v @ w
+        shift = (w * per_in).sum(axis=tuple(range(1, w.ndim))) if affine.op == "Conv" else v @ w
         bias = g.const(affine.inputs[2]) if len(affine.inputs) > 2 else 0.0
         inputs = [n.x, affine.inputs[1], g.add_const(bias + shift, f"{affine.name}_B")]
         what = "bias"
@@ -383,6 +387,12 @@ def _costly_divisor(g: Graph, pool: Node) -> bool:
     return k & (k - 1) != 0
 
 
+def _spans(attrs: dict) -> list[int]:
+    """Each axis's window extent, dilation included."""
+    dil = attrs.get("dilations") or (1,) * len(attrs["kernel_shape"])
+    return [(k - 1) * d + 1 for k, d in zip(attrs["kernel_shape"], dil, strict=True)]
+
+
 def _uniform_divisor(g: Graph, pool: Node, affine: Node) -> str | None:
     a = pool.attrs
     size = g.shape(pool.x)[2:]
@@ -390,8 +400,8 @@ def _uniform_divisor(g: Graph, pool: Node, affine: Node) -> str | None:
     if any(a["pads"]) and not a["count_include_pad"]:
         why = "windows over its padding, which it does not count, divide by less"
     elif a["ceil_mode"] and any(
-        (size[i] + a["pads"][i] + a["pads"][i + rank] - a["kernel_shape"][i]) % a["strides"][i]
-        for i in range(rank)
+        (size[i] + a["pads"][i] + a["pads"][i + rank] - span) % a["strides"][i]
+        for i, span in enumerate(_spans(a))
     ):
         why = "the partial windows of its ceil_mode divide by less"
     else:

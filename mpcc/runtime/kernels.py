@@ -17,6 +17,10 @@ im2col into that layout (the flattened weights already are A), or, when each out
 reads one input channel (depthwise, or C == 1), a direct kernel that adds one shifted copy of
 the zero-padded image per kernel tap. Both read windows from the same padded "polyphase"
 planes, which make every stride, dilation and padding a constant offset.
+
+Other spatial ranks reuse the 2-D kernels: a 1-D signal is a plane of height 1 (a view), and a
+3-D volume is handled one depth tap at a time, its output depths' input planes gathered into
+the batch axis of one 2-D call (`conv`, `pool_windows`, `sum_pool`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from collections.abc import Sequence
 import numba
 import numpy as np
 
-from mpcc.compiler.poolshapes import pool_counts, pool_output_shape, window
+from mpcc.compiler.poolshapes import pool_counts, pool_output_shape, window, windows
 
 _ZERO = np.uint64(0)
 # Rows of Bt per column block of the product: their K words should stay in L2.
@@ -334,6 +338,27 @@ def dense(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return matmul(x.reshape(-1, w.shape[0]), w).reshape(*x.shape[:-1], w.shape[1])
 
 
+@_jit
+def _matmul_batches(a, b, c):
+    for i in range(a.shape[0]):
+        c[i] = _matmul(a[i], b[i])
+
+
+def batched_dense(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Ring product of stacks of matrices with numpy's batch broadcasting:
+    x (..., M, K) @ w (..., K, N) -> (broadcast batch..., M, N), mod 2^64."""
+    x, w = _ring(x, None, "x"), _ring(w, None, "w")
+    if x.ndim < 2 or w.ndim < 2 or x.shape[-1] != w.shape[-2]:
+        raise ValueError(f"batched_dense: shapes {x.shape} and {w.shape} do not chain")
+    batch = np.broadcast_shapes(x.shape[:-2], w.shape[:-2])
+    (m, k), n = x.shape[-2:], w.shape[-1]
+    xs = np.ascontiguousarray(np.broadcast_to(x, batch + (m, k))).reshape(-1, m, k)
+    ws = np.ascontiguousarray(np.broadcast_to(w, batch + (k, n))).reshape(-1, k, n)
+    out = np.empty((xs.shape[0], m, n), np.uint64)
+    _matmul_batches(xs, ws, out)
+    return out.reshape(*batch, m, n)
+
+
 def transpose(w: np.ndarray) -> np.ndarray:
     """A (K, N) ring matrix as its C-contiguous transpose (N, K): the operand `dense_t` takes."""
     return _transpose(_ring(w, 2, "w"))
@@ -381,27 +406,134 @@ def conv2d(
     return out.reshape(n, o, oh, ow)
 
 
+def _as_planes(x: np.ndarray, rank: int) -> np.ndarray:
+    """x (N, C, *spatial) of `rank` spatial axes, with a unit height for a 1-D signal."""
+    return x[:, :, None, :] if rank == 1 else x
+
+
+def _depth_taps(
+    x: np.ndarray, k: int, s: int, d: int, head: int, out: int, pad: np.uint64
+) -> list[np.ndarray]:
+    """For each depth tap t of a volume x (N, C, D, H, W): the planes it reads for the `out`
+    output depths, as a batch (N * out, C, H, W). Depths outside the volume hold `pad`."""
+    n, c, depth = x.shape[:3]
+    need = (out - 1) * s + (k - 1) * d + 1
+    tail = max(0, need - head - depth)
+    xp = x
+    if head or tail:
+        xp = np.full((n, c, head + depth + tail, *x.shape[3:]), pad, np.uint64)
+        xp[:, :, head : head + depth] = x
+    taps = []
+    for t in range(k):
+        planes = xp[:, :, t * d : t * d + (out - 1) * s + 1 : s]
+        taps.append(
+            np.ascontiguousarray(planes.transpose(0, 2, 1, 3, 4)).reshape(n * out, c, *x.shape[3:])
+        )
+    return taps
+
+
+def conv(
+    x: np.ndarray,
+    w: np.ndarray,
+    strides: int | Sequence[int] = 1,
+    pads: int | Sequence[int] = 0,
+    dilations: int | Sequence[int] | None = None,
+    groups: int = 1,
+) -> np.ndarray:
+    """ONNX Conv (no bias, zero padding) over the ring with 1, 2 or 3 spatial axes:
+    x (N, C, *S), w (O, C/groups, *K) -> (N, O, *OS) uint64, exact mod 2^64.
+
+    pads are ONNX's (begins, then ends). A 3-D convolution sums, over the kernel's depth
+    taps, one 2-D convolution of the planes each tap reads (all output depths at once)."""
+    x, w = _ring(x, None, "x"), _ring(w, None, "w")
+    rank = x.ndim - 2
+    if rank not in (1, 2, 3) or w.ndim != x.ndim:
+        raise ValueError(f"conv: x {x.shape} and w {w.shape} need 1-3 spatial axes each")
+    k, s, p, d = windows(rank, w.shape[2:], strides, pads, dilations)
+    if rank == 2:
+        return conv2d(x, w, s, p, d, groups)
+    if rank == 1:
+        out = conv2d(
+            x[:, :, None, :], w[:, :, None, :], (1, *s), (0, p[0], 0, p[1]), (1, *d), groups
+        )
+        return out[:, :, 0, :]
+    shape = pool_output_shape(x.shape[2:], k, s, p, d)
+    n, o = x.shape[0], w.shape[0]
+    acc = np.zeros((n * shape[0], o, *shape[1:]), np.uint64)
+    taps = _depth_taps(x, k[0], s[0], d[0], p[0], shape[0], _ZERO)
+    for t, planes in enumerate(taps):
+        acc += conv2d(planes, w[:, :, t], s[1:], (p[1], p[2], p[4], p[5]), d[1:], groups)
+    return np.ascontiguousarray(acc.reshape(n, shape[0], o, *shape[1:]).transpose(0, 2, 1, 3, 4))
+
+
+def _pool_windows_2d(x, k, s, p, d, ceil_mode: bool, pad: np.uint64) -> np.ndarray:
+    oh, ow = pool_output_shape(x.shape[2:], k, s, p, d, ceil_mode)
+    out = np.empty((*x.shape[:2], oh, ow, k[0] * k[1]), np.uint64)
+    _pool_windows(x, out, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1], pad)
+    return out
+
+
+def _sum_pool_2d(x, k, s, p, d, ceil_mode: bool) -> np.ndarray:
+    oh, ow = pool_output_shape(x.shape[2:], k, s, p, d, ceil_mode)
+    out = np.empty((*x.shape[:2], oh, ow), np.uint64)
+    ones = np.ones((x.shape[1], k[0] * k[1]), np.uint64)
+    _conv_depthwise(x, ones, out, k[0], k[1], s[0], s[1], p[0], p[1], d[0], d[1])
+    return out
+
+
+def _pool(x, kernel, strides, pads, dilations, ceil_mode: bool, pad: np.uint64, plane_fn):
+    """Apply a 2-D pooling kernel `plane_fn(x4, k, s, p, d, ceil_mode)` to x with 1-3 spatial
+    axes; its result's axes after the spatial ones (a window's taps) are concatenated over
+    the depth taps of a volume."""
+    x = _ring(x, None, "x")
+    rank = x.ndim - 2
+    if rank not in (1, 2, 3):
+        raise ValueError(f"pool: x {x.shape} needs 1-3 spatial axes")
+    k, s, p, d = windows(rank, kernel, strides, pads, dilations)
+    if rank == 2:
+        return plane_fn(x, k, s, p, d, ceil_mode)
+    if rank == 1:
+        out = plane_fn(x[:, :, None, :], (1, *k), (1, *s), (0, p[0], 0, p[1]), (1, *d), ceil_mode)
+        return out[:, :, 0]
+    shape = pool_output_shape(x.shape[2:], k, s, p, d, ceil_mode)
+    n, c = x.shape[:2]
+    planes = (p[1], p[2], p[4], p[5])
+    parts = [
+        plane_fn(t, k[1:], s[1:], planes, d[1:], ceil_mode)
+        for t in _depth_taps(x, k[0], s[0], d[0], p[0], shape[0], pad)
+    ]
+    tail = parts[0].shape[4:]
+    out = np.concatenate(parts, axis=-1) if tail else np.sum(parts, axis=0, dtype=np.uint64)
+    out = out.reshape(n, shape[0], c, *out.shape[2:])
+    return np.ascontiguousarray(np.moveaxis(out, 1, 2))
+
+
 def pool_windows(
     x: np.ndarray,
     kernel: int | Sequence[int],
     strides: int | Sequence[int],
     pads: int | Sequence[int],
-    dilations: int | Sequence[int] = (1, 1),
+    dilations: int | Sequence[int] | None = None,
     ceil_mode: bool = False,
     pad_value: int = 0,
 ) -> np.ndarray:
-    """Every pooling window of x (N, C, H, W) as (N, C, OH, OW, kh*kw), row-major in the window.
+    """Every pooling window of x (N, C, *S) (1-3 spatial axes) as (N, C, *OS, prod(kernel)),
+    row-major in the window.
 
-    Positions outside the image (padding, or the overhang of a ceil_mode window) hold
+    Positions outside the input (padding, or the overhang of a ceil_mode window) hold
     `pad_value` reduced mod 2^64 (so -2**63 gives the most negative ring element).
     """
-    x = _ring(x, 4, "x")
-    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = window(kernel, strides, pads, dilations)
-    oh, ow = pool_output_shape(x.shape[2:], kernel, strides, pads, dilations, ceil_mode)
-    out = np.empty((*x.shape[:2], oh, ow, kh * kw), np.uint64)
     pad = np.uint64(int(pad_value) % 2**64)
-    _pool_windows(x, out, kh, kw, sh, sw, pt, pl, dh, dw, pad)
-    return out
+    return _pool(
+        x,
+        kernel,
+        strides,
+        pads,
+        dilations,
+        ceil_mode,
+        pad,
+        lambda *a: _pool_windows_2d(*a, pad),
+    )
 
 
 def sum_pool(
@@ -410,19 +542,15 @@ def sum_pool(
     strides: int | Sequence[int],
     pads: int | Sequence[int],
     ceil_mode: bool = False,
-    dilations: int | Sequence[int] = (1, 1),
+    dilations: int | Sequence[int] | None = None,
 ) -> np.ndarray:
-    """Sum over each pooling window of x (N, C, H, W) -> (N, C, OH, OW); padding counts as 0."""
-    x = _ring(x, 4, "x")
-    kh, kw, sh, sw, pt, pl, pb, pr, dh, dw = window(kernel, strides, pads, dilations)
-    oh, ow = pool_output_shape(x.shape[2:], kernel, strides, pads, dilations, ceil_mode)
-    out = np.empty((*x.shape[:2], oh, ow), np.uint64)
-    ones = np.ones((x.shape[1], kh * kw), np.uint64)
-    _conv_depthwise(x, ones, out, kh, kw, sh, sw, pt, pl, dh, dw)
-    return out
+    """Sum over each pooling window of x (N, C, *S) -> (N, C, *OS); padding counts as 0."""
+    return _pool(x, kernel, strides, pads, dilations, ceil_mode, _ZERO, _sum_pool_2d)
 
 
 __all__ = [
+    "batched_dense",
+    "conv",
     "conv2d",
     "dense",
     "dense_t",

@@ -10,7 +10,7 @@ from mpcc.compiler.ops.arith import add, add_w, mul, mul_public, rescale, sub, t
 from mpcc.compiler.ops.base import REGISTRY, Op, RuleError, Site, Type, lookup
 from mpcc.compiler.ops.compare import clip, leaky_relu, relu
 from mpcc.compiler.ops.io import input, output
-from mpcc.compiler.ops.linear import conv2d, matmul, mul_w
+from mpcc.compiler.ops.linear import conv, matmul, mul_w
 from mpcc.compiler.ops.movement import concat, pad, reshape, slice, transpose
 from mpcc.compiler.ops.pool import avgpool, maxpool, maxpool_levels, sumpool
 
@@ -18,7 +18,7 @@ ALL: tuple[Op, ...] = (
     input,
     output,
     matmul,
-    conv2d,
+    conv,
     mul_w,
     add_w,
     add,
@@ -40,6 +40,8 @@ ALL: tuple[Op, ...] = (
     pad,
 )
 assert set(ALL) == set(REGISTRY.values()), "every declared op is listed in ALL"
+
+conv2d = conv  # `conv`'s Python name before it took 1-D and 3-D inputs
 
 __all__ = [
     "ALL",

@@ -42,6 +42,10 @@ class RuleError(ValueError):
 # ---- attribute schema --------------------------------------------------------------------
 
 
+EVERY_1 = object()  # `Attr.hide`: an int list of ones, of any length
+EVERY_0 = object()  # `Attr.hide`: an int list of zeros, of any length
+
+
 @dataclass(frozen=True)
 class Attr:
     """One attribute: its kind, bounds, and how it prints in the IR text.
@@ -49,7 +53,8 @@ class Attr:
     kinds: "int", "ints" (a list of ints, `length` long if given), "float", "str".
     `lo`/`hi` bound an int or every element of an int list; `choices` a string; `optional`
     allows the attribute to be absent or None; `hide` is a value not printed (`...`: never
-    printed); `short` is the name it prints under."""
+    printed; `EVERY_1` / `EVERY_0`: a list of ones / zeros of any length, a window's default
+    over any number of axes); `short` is the name it prints under."""
 
     kind: str
     lo: int | None = None
@@ -59,6 +64,13 @@ class Attr:
     optional: bool = False
     hide: Any = None
     short: str | None = None
+
+    def hides(self, value: Any) -> bool:
+        """Whether `value` is a default that the IR text leaves out."""
+        if self.hide is EVERY_1 or self.hide is EVERY_0:
+            fill = 1 if self.hide is EVERY_1 else 0
+            return isinstance(value, list | tuple) and all(v == fill for v in value)
+        return False
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is not valid for this attribute, or None."""
@@ -262,3 +274,12 @@ def weight_scale(site: Site, k: int, scale: int, what: str) -> None:
     """The k-th weight must be encoded at `scale`."""
     w = site.weights[k]
     require(w.scale == scale, f"{what} {w.name} is at scale {w.scale}, expected {scale}", WEIGHTS)
+
+
+def window_lengths(attrs: Mapping[str, Any], rank: int) -> None:
+    """A window's per-axis attributes have one value per spatial axis (pads: two)."""
+    for k in ("kernel", "strides", "dilations", "pads"):
+        if attrs.get(k) is not None:
+            n = 2 * rank if k == "pads" else rank
+            msg = f"{k} {list(attrs[k])} needs {n} values for {rank} spatial axes"
+            require(len(attrs[k]) == n, msg, "attributes")

@@ -1,4 +1,4 @@
-"""Bilinear ops on a secret and a weight: matmul, conv2d, mul_w.
+"""Bilinear ops on a secret and a weight: matmul, conv (1-3 spatial axes), mul_w.
 
 With secret weights each is one matrix (or conv, or elementwise) Beaver triple, its weight
 masked once per session (F = W - B; `calls.Linear`); with public weights it is local. The
@@ -12,6 +12,8 @@ import math
 
 from mpcc.compiler.calls import Call, Linear
 from mpcc.compiler.ops.base import (
+    EVERY_0,
+    EVERY_1,
     WEIGHTS,
     Int,
     Ints,
@@ -24,6 +26,7 @@ from mpcc.compiler.ops.base import (
     require,
     weight_broadcasts_to_input,
     weight_scale,
+    window_lengths,
 )
 from mpcc.compiler.ops.rows import same_rows, weights_vary_by_row
 from mpcc.compiler.poolshapes import pool_output_shape
@@ -48,28 +51,40 @@ def _bias(site: Site, out: tuple[int, ...], scale: int, shape: tuple[int, ...] |
 
 def _matmul(site: Site) -> Type:
     x, w = site.x, site.weights[0]
-    require(len(w.shape) == 2, f"weight {w.name} must be 2-D [K, N], not {list(w.shape)}", WEIGHTS)
+    require(len(w.shape) >= 2, f"weight {w.name} must be [..., K, N], not {list(w.shape)}", WEIGHTS)
+    k = w.shape[-2]
     require(
-        len(x.shape) >= 1 and x.shape[-1] == w.shape[0],
-        f"input {list(x.shape)} does not end in K = {w.shape[0]} of weight {w.name}",
+        len(x.shape) >= (1 if len(w.shape) == 2 else 2) and x.shape[-1] == k,
+        f"input {list(x.shape)} does not end in K = {k} of weight {w.name} {list(w.shape)}",
         WEIGHTS,
     )
     weight_scale(site, 0, site.f, "weight")
-    out = (*x.shape[:-1], w.shape[1])
+    if len(w.shape) == 2:
+        out = (*x.shape[:-1], w.shape[1])
+    else:  # a stack of matrices: numpy's batch broadcasting
+        batch = broadcast(x.shape[:-2], w.shape[:-2], rule=WEIGHTS)
+        out = (*batch, x.shape[-2], w.shape[-1])
     _bias(site, out, x.scale + site.f, None)
     return Type(out, x.scale + site.f)
 
 
-def _conv2d(site: Site) -> Type:
+def _conv(site: Site) -> Type:
     x, w, a = site.x, site.weights[0], site.attrs
-    g = a["groups"]
-    require(len(x.shape) == 4, f"input must be 4-D [N, C, H, W], not {list(x.shape)}")
-    require(len(w.shape) == 4, f"weight {w.name} must be 4-D [O, C/groups, kh, kw]", WEIGHTS)
+    g, rank = a["groups"], len(x.shape) - 2
+    require(
+        1 <= rank <= 3, f"input must be [N, C, *spatial] with 1-3 spatial axes, not {list(x.shape)}"
+    )
+    require(
+        len(w.shape) == len(x.shape),
+        f"weight {w.name} {list(w.shape)} must be [O, C/groups, *kernel] of rank {len(x.shape)}",
+        WEIGHTS,
+    )
     require(
         x.shape[1] == w.shape[1] * g and w.shape[0] % g == 0,
         f"weight {w.name} {list(w.shape)} does not fit {x.shape[1]} input channels in {g} groups",
         WEIGHTS,
     )
+    window_lengths(a, rank)
     weight_scale(site, 0, site.f, "weight")
     try:
         hw = pool_output_shape(x.shape[2:], w.shape[2:], a["strides"], a["pads"], a["dilations"])
@@ -91,8 +106,8 @@ def macs(site: Site) -> int:
     """Ring multiply-adds of one evaluation."""
     out, w = site.out, site.weights[0]
     if site.ins.op is matmul:
-        return out.size * w.shape[0]
-    if site.ins.op is conv2d:
+        return out.size * w.shape[-2]
+    if site.ins.op is conv:
         return out.size * math.prod(w.shape[1:])
     return out.size
 
@@ -108,10 +123,14 @@ def _local_macs(site: Site) -> int:
 
 
 def _product_rows(site: Site) -> str | None:
-    """matmul contracts the last axis, conv2d works per image: rows stay apart, but a bias
-    with a full leading axis differs per row."""
+    """matmul contracts the last axis, conv works per image: rows stay apart, but a bias
+    (or a stack of weight matrices) with a full leading axis differs per row."""
     if len(site.out.shape) < 2:
         return "a product on a vector has no batch axis"
+    w = site.weights[0]
+    stacked = site.ins.op is matmul and len(w.shape) > 2 and len(w.shape) == len(site.out.shape)
+    if stacked and w.shape[0] != 1:
+        return f"weight {w.name} {list(w.shape)} is one matrix per row"
     return same_rows(site) or weights_vary_by_row(site, site.ins.weights[1:])
 
 
@@ -124,18 +143,23 @@ _LINEAR = dict(
 )
 
 matmul = declare(
-    Op("matmul", "x[..., K] @ W[K, N] (+ b): Beaver triple, W masked once", _matmul, **_LINEAR)
+    Op(
+        "matmul",
+        "x[..., K] @ W[..., K, N] (+ b), batch axes broadcast: Beaver triple, W masked once",
+        _matmul,
+        **_LINEAR,
+    )
 )
 
-conv2d = declare(
+conv = declare(
     Op(
-        "conv2d",
-        "2-D convolution with weight W (+ b): Beaver triple, W masked once",
-        _conv2d,
+        "conv",
+        "1-3-D convolution with weight W (+ b): Beaver triple, W masked once",
+        _conv,
         attrs={
-            "strides": Ints(2, lo=1, hide=[1, 1], short="s"),
-            "pads": Ints(4, lo=0, hide=[0, 0, 0, 0], short="p"),
-            "dilations": Ints(2, lo=1, hide=[1, 1], short="d"),
+            "strides": Ints(lo=1, hide=EVERY_1, short="s"),
+            "pads": Ints(lo=0, hide=EVERY_0, short="p"),
+            "dilations": Ints(lo=1, hide=EVERY_1, short="d"),
             "groups": Int(lo=1, hide=1),
         },
         **_LINEAR,

@@ -1,12 +1,13 @@
 """Data movement: reshape, transpose, concat, slice and pad. All local: each party moves its
-share exactly as the plaintext would move (pad's constant is added by P0 only)."""
+share exactly as the plaintext would move (pad's constant is added by P0 only; reflect, edge
+and wrap padding copy elements, so they are the same map on shares)."""
 
 from __future__ import annotations
 
 import builtins
 import math
 
-from mpcc.compiler.ops.base import Float, Int, Ints, Op, Site, Type, declare, require
+from mpcc.compiler.ops.base import Float, Int, Ints, Op, Site, Str, Type, declare, require
 from mpcc.compiler.ops.rows import batch_axis_kept, same_rows
 
 
@@ -63,6 +64,15 @@ def _pad(site: Site) -> Type:
     x, pads = site.x, site.attrs["pads"]
     r = len(x.shape)
     require(len(pads) == 2 * r, f"pads need {2 * r} values for a rank-{r} tensor, not {len(pads)}")
+    if site.attrs.get("mode") == "reflect":
+        require(
+            all(max(pads[i], pads[i + r]) < d for i, d in enumerate(x.shape)),
+            f"reflect pads {list(pads)} must be smaller than the axes they pad {list(x.shape)}",
+        )
+    if site.attrs.get("mode") in ("edge", "wrap"):
+        require(
+            0 not in x.shape, f"cannot pad an empty axis of {list(x.shape)} by {site.attrs['mode']}"
+        )
     return Type(tuple(d + pads[i] + pads[i + r] for i, d in enumerate(x.shape)), x.scale)
 
 
@@ -131,9 +141,13 @@ slice = declare(  # noqa: A001 - the IR op is called slice
 pad = declare(
     Op(
         "pad",
-        "pad with a constant (local)",
+        "pad with a constant, or by reflecting, repeating the edge or wrapping around (local)",
         _pad,
-        attrs={"pads": Ints(lo=0), "value": Float()},
+        attrs={
+            "pads": Ints(lo=0),
+            "value": Float(),
+            "mode": Str("constant", "reflect", "edge", "wrap", optional=True, hide="constant"),
+        },
         rows=_pad_rows,
     )
 )

@@ -1,5 +1,6 @@
-"""Pooling over 2-D windows of an [N, C, H, W] tensor: max (a tournament of comparisons),
-average (a local window sum, the divisor in the scale or a public product) and sum (local).
+"""Pooling over windows of an [N, C, *spatial] tensor with 1-3 spatial axes: max (a tournament
+of comparisons), average (a local window sum, the divisor in the scale or a public product)
+and sum (local).
 
 Window geometry follows ONNX Runtime (`mpcc.compiler.poolshapes`).
 """
@@ -11,14 +12,28 @@ import math
 import numpy as np
 
 from mpcc.compiler.calls import Call, Relu
-from mpcc.compiler.ops.base import Int, Ints, Op, RuleError, Site, Str, Type, declare, require
+from mpcc.compiler.ops.base import (
+    EVERY_0,
+    EVERY_1,
+    Int,
+    Ints,
+    Op,
+    RuleError,
+    Site,
+    Str,
+    Type,
+    declare,
+    require,
+    window_lengths,
+)
 from mpcc.compiler.ops.rows import same_rows
 from mpcc.compiler.poolshapes import avgpool_counts, pool_output_shape
 
 _WINDOW = {
-    "kernel": Ints(2, lo=1, short="k"),
-    "strides": Ints(2, lo=1, hide=[1, 1], short="s"),
-    "pads": Ints(4, lo=0, hide=[0, 0, 0, 0], short="p"),
+    "kernel": Ints(lo=1, short="k"),
+    "strides": Ints(lo=1, hide=EVERY_1, short="s"),
+    "pads": Ints(lo=0, hide=EVERY_0, short="p"),
+    "dilations": Ints(lo=1, optional=True, hide=EVERY_1, short="d"),
 }
 _CEIL = {"ceil_mode": Int(lo=0, hi=1, hide=0)}
 
@@ -33,21 +48,25 @@ def maxpool_levels(window: int) -> list[int]:
 
 
 def pool_shape(site: Site) -> tuple[int, ...]:
-    """The output shape of a pool over the input's trailing two axes."""
+    """The output shape of a pool over the input's spatial axes (all after the first two)."""
     x, a = site.x, site.attrs
-    require(len(x.shape) == 4, f"input must be 4-D [N, C, H, W], not {list(x.shape)}")
+    rank = len(x.shape) - 2
+    require(
+        1 <= rank <= 3, f"input must be [N, C, *spatial] with 1-3 spatial axes, not {list(x.shape)}"
+    )
+    window_lengths(a, rank)
     try:
-        hw = pool_output_shape(
+        out = pool_output_shape(
             x.shape[2:],
             a["kernel"],
             a["strides"],
             a["pads"],
-            a.get("dilations", (1, 1)),
+            a.get("dilations"),
             bool(a["ceil_mode"]),
         )
     except ValueError as e:
         raise RuleError(str(e)) from None
-    return (*x.shape[:2], *hw)
+    return (*x.shape[:2], *out)
 
 
 def _maxpool(site: Site) -> Type:
@@ -89,7 +108,7 @@ maxpool = declare(
         "maxpool",
         "max over each window: a tournament of comparisons",
         _maxpool,
-        attrs={**_WINDOW, "dilations": Ints(2, lo=1, hide=[1, 1], short="d"), **_CEIL},
+        attrs={**_WINDOW, **_CEIL},
         calls=_maxpool_calls,
         rows=_pool_rows,
     )

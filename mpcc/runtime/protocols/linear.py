@@ -16,7 +16,7 @@ which sums to L(E, W) + L(A, F) + L(A, B) = L(E + A, W) = L(X, W).
 
 `bilinear` is any map (x, w) -> z that is bilinear over Z_2^64: `kernels.dense` (or
 `kernels.dense_t` with every weight operand transposed once per session), a
-`functools.partial` of `kernels.conv2d`, `np.multiply` (elementwise with broadcasting).
+`functools.partial` of `kernels.conv`, `np.multiply` (elementwise with broadcasting).
 B is the only mask ever reused (it masks the constant W); every A is used exactly once.
 """
 

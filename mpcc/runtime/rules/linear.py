@@ -1,4 +1,4 @@
-"""Rules for the bilinear ops (matmul, conv2d, mul_w): the ring map each evaluates, how its
+"""Rules for the bilinear ops (matmul, conv, mul_w): the ring map each evaluates, how its
 weight operand is laid out once per session, and the bias added after it."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from mpcc.runtime.rules.base import RULES, Backend, Bilinear, register
 def weight_transposed(prog: Program, ins: Instr) -> bool:
     """Whether a prepared weight is laid out transposed: a matmul's over many rows (dot
     products over contiguous K); over a few rows (batch 1) streaming W's rows is faster."""
-    if ins.op is not ops.matmul:
+    if ins.op is not ops.matmul or len(prog.weights[ins.weights[0]].shape) != 2:
         return False
     shape = prog.value(ins.args[0]).shape
     return math.prod(shape[:-1]) >= kernels.FEW_ROWS
@@ -45,13 +45,15 @@ def prepared_maps(prog: Program) -> dict[int, Bilinear]:
 
 
 def _matmul_map(prog: Program, ins: Instr, prepared: bool = False) -> Bilinear:
+    if len(prog.weights[ins.weights[0]].shape) > 2:
+        return kernels.batched_dense
     return kernels.dense_t if prepared and weight_transposed(prog, ins) else kernels.dense
 
 
-def _conv2d_map(prog: Program, ins: Instr, prepared: bool = False) -> Bilinear:
+def _conv_map(prog: Program, ins: Instr, prepared: bool = False) -> Bilinear:
     a = ins.attrs
     return partial(
-        kernels.conv2d,
+        kernels.conv,
         strides=tuple(a["strides"]),
         pads=tuple(a["pads"]),
         dilations=tuple(a["dilations"]),
@@ -70,11 +72,11 @@ def _with_bias(b: Backend, ins: Instr, args: list[np.ndarray]) -> np.ndarray:
     if len(ins.weights) < 2:
         return z
     bias = b.weight(ins.weights[1])
-    if ins.op is ops.conv2d:
+    if ins.op is ops.conv:
         bias = bias.reshape((1, -1) + (1,) * (z.ndim - 2))
     return z + bias
 
 
 register(ops.matmul, _with_bias, _matmul_map)
-register(ops.conv2d, _with_bias, _conv2d_map)
+register(ops.conv, _with_bias, _conv_map)
 register(ops.mul_w, _with_bias, _mul_w_map)

@@ -24,6 +24,9 @@ def _pad(b: Backend, ins: Instr, args: list[np.ndarray]) -> np.ndarray:
     x, a = args[0], ins.attrs
     r = x.ndim
     widths = [(a["pads"][i], a["pads"][i + r]) for i in range(r)]
+    mode = a.get("mode") or "constant"
+    if mode != "constant":  # ONNX's reflect, edge and wrap are numpy's: copies of elements
+        return np.pad(x, widths, mode=mode)
     scale = b.prog.value(ins.out).scale
     value = int(encode(a["value"], scale).view(np.int64)) if b.party == 0 else 0
     return np.pad(x, widths, constant_values=u64(value))

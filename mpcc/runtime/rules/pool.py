@@ -1,4 +1,5 @@
-"""Rules for pooling: max by a tournament over the backend's ReLU, sums and means local."""
+"""Rules for pooling (1-3 spatial axes): max by a tournament over the backend's ReLU, sums and
+means local."""
 
 from __future__ import annotations
 
@@ -43,13 +44,14 @@ def maxpool(x: np.ndarray, attrs: dict, party: int, relu: ReluFn) -> np.ndarray:
 
 
 def sumpool(x: np.ndarray, attrs: dict) -> np.ndarray:
-    """Window sums over the trailing two axes (a pool instruction's window attributes)."""
+    """Window sums over the spatial axes (a pool instruction's window attributes)."""
     return kernels.sum_pool(
         x,
         tuple(attrs["kernel"]),
         tuple(attrs["strides"]),
         tuple(attrs["pads"]),
         bool(attrs["ceil_mode"]),
+        attrs.get("dilations"),
     )
 
 
