@@ -118,6 +118,12 @@ SAMPLES: tuple[Sample, ...] = (
         consts={"W": _w(4, 4, 3, 3, 3)},
         shape=VOLUME,
     ),
+    _s(
+        "ConvTranspose",
+        "",
+        _n("ConvTranspose", "W", strides=[2, 2], pads=[1, 1, 1, 1]),
+        consts={"W": _w(4, 4, 3, 3)},
+    ),
     _s("Gemm", "", _n("Gemm", "B", "C", transB=1), consts={"B": _w(8, 16), "C": _w(8)}, shape=FLAT),
     _s(
         "Gemm",
@@ -203,6 +209,19 @@ SAMPLES: tuple[Sample, ...] = (
         "reflect / edge / wrap",
         _n("Pad", "p", mode="reflect"),
         consts={"p": _i64(0, 0, 1, 1, 0, 0, 1, 1)},
+    ),
+    _s(
+        "Resize",
+        "",
+        _n("Resize", "", "sc", mode="nearest"),
+        consts={"sc": np.array([1, 1, 2, 2], np.float32)},
+    ),
+    _s(
+        "Upsample",
+        "",
+        _n("Upsample", "sc", mode="nearest"),
+        consts={"sc": np.array([1, 1, 2, 2], np.float32)},
+        opset=9,
     ),
     _s("Squeeze", "", _n("Squeeze", "ax"), consts={"ax": _i64(0)}),
     _s("Unsqueeze", "", _n("Unsqueeze", "ax"), consts={"ax": _i64(0)}),

@@ -264,3 +264,113 @@ def test_reflect_pads_larger_than_the_axis_are_refused() -> None:
     )
     with pytest.raises(ModelError, match="reflect pads .* smaller than the axes"):
         mpcc.compile(m, input_shape=(1, 2, 3))
+
+
+# ---- ConvTranspose: a bilinear map like Conv (one Beaver triple, the weight masked once) -------
+
+CONV_T_CASES = {
+    "1d_stride_output_padding": (
+        (2, 3, 7),
+        (3, 2, 3),
+        dict(strides=[2], pads=[1, 0], output_padding=[1]),
+    ),
+    "2d": ((2, 4, 5, 6), (4, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),
+    "2d_groups_dilations": (
+        (1, 4, 4, 5),
+        (4, 3, 3, 2),
+        dict(strides=[2, 3], pads=[1, 0, 0, 2], dilations=[1, 2], output_padding=[1, 0], group=2),
+    ),
+    "2d_same_upper_odd": ((1, 2, 5, 5), (2, 3, 4, 3), dict(strides=[2, 2], auto_pad="SAME_UPPER")),
+    "2d_same_lower_odd": ((1, 2, 5, 5), (2, 3, 4, 3), dict(strides=[2, 2], auto_pad="SAME_LOWER")),
+    "2d_output_shape": ((1, 2, 4, 4), (2, 2, 3, 3), dict(strides=[2, 2], output_shape=[8, 9])),
+    "3d": (
+        (1, 2, 3, 4, 3),
+        (2, 2, 2, 3, 2),
+        dict(
+            strides=[2, 1, 2],
+            pads=[0, 1, 1, 0, 0, 1],
+            dilations=[1, 1, 2],
+            output_padding=[0, 0, 1],
+        ),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONV_T_CASES))
+def test_conv_transpose(name: str) -> None:
+    xs, ws, attrs = CONV_T_CASES[name]
+    inits = {"W": w(*ws), "B": w(ws[1] * attrs.get("group", 1), seed=3)}
+    m = one("ConvTranspose", xs, inits, **attrs)
+    plan = check(m, (rand(*xs, seed=7) * 1.5).astype(np.float32))
+    assert [i.op.name for i in plan.program.instrs] == ["input", "conv_transpose", "output"]
+    assert estimate(plan.program).total.rounds == 1
+
+
+# ---- Resize / Upsample in nearest mode: local copies of elements -------------------------------
+
+RESIZE_CASES = {
+    "scales_2x": ((2, 3, 4, 5), dict(), [1, 1, 2, 2], None, 13),
+    "scales_fractional_half_pixel": ((2, 3, 6, 5), dict(), [1, 1, 1.5, 0.6], None, 13),
+    "sizes_asymmetric_floor": (
+        (2, 3, 4, 5),
+        dict(coordinate_transformation_mode="asymmetric", nearest_mode="floor"),
+        None,
+        [2, 3, 7, 9],
+        13,
+    ),
+    "sizes_align_corners_ceil": (
+        (1, 2, 5, 4),
+        dict(coordinate_transformation_mode="align_corners", nearest_mode="ceil"),
+        None,
+        [1, 2, 8, 3],
+        13,
+    ),
+    "pytorch_half_pixel_prefer_ceil_3d": (
+        (1, 2, 3, 4, 5),
+        dict(coordinate_transformation_mode="pytorch_half_pixel", nearest_mode="round_prefer_ceil"),
+        [1, 1, 2, 1.5, 0.8],
+        None,
+        13,
+    ),
+    "scales_1d": ((2, 3, 7), dict(), [1, 1, 3], None, 13),
+    "axes_opset18": ((2, 3, 4, 5), dict(axes=[2, 3]), [2, 3], None, 18),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESIZE_CASES))
+def test_resize_nearest(name: str) -> None:
+    shape, attrs, scales, sizes, opset = RESIZE_CASES[name]
+    inits = {"roi": np.zeros(0, np.float32)}
+    if scales is not None:
+        inits["scales"] = np.array(scales, np.float32)
+        inputs = ["x", "roi", "scales"]
+    else:
+        inits["scales"] = np.zeros(0, np.float32)
+        inits["sizes"] = np.array(sizes, np.int64)
+        inputs = ["x", "roi", "scales", "sizes"]
+    m = model([node("Resize", inputs, ["y"], mode="nearest", **attrs)], {"x": shape}, ["y"], inits,
+              opset=opset)  # fmt: skip
+    plan = check(m, (rand(*shape, seed=7) * 1.5).astype(np.float32))
+    assert [i.op.name for i in plan.program.instrs] == ["input", "resize", "output"]
+
+
+def test_upsample_nearest_opset9() -> None:
+    m = model(
+        [node("Upsample", ["x", "scales"], ["y"], mode="nearest")],
+        {"x": (2, 3, 4, 5)},
+        ["y"],
+        {"scales": np.array([1, 1, 2, 3], np.float32)},
+        opset=9,
+    )
+    check(m, (rand(2, 3, 4, 5, seed=7) * 1.5).astype(np.float32))
+
+
+def test_resize_linear_is_refused() -> None:
+    m = model(
+        [node("Resize", ["x", "", "scales"], ["y"], mode="linear")],
+        {"x": (1, 1, 4, 4)},
+        ["y"],
+        {"scales": np.array([1, 1, 2, 2], np.float32)},
+    )
+    with pytest.raises(ModelError, match="only mode 'nearest'"):
+        mpcc.compile(m, input_shape=(1, 1, 4, 4))

@@ -23,6 +23,7 @@ from mpcc.frontends import onnx as onnx_frontend
 
 SUPPORTED_OPS: dict[str, str] = {
     "Conv": "1-D, 2-D or 3-D convolution, any kernel, stride, padding, dilation and groups",
+    "ConvTranspose": "1-D, 2-D or 3-D transposed convolution (a Beaver triple, like Conv)",
     "Gemm": "fully connected layer (becomes MatMul + bias); A or B constant",
     "MatMul": "product with a constant of any rank, on either side",
     "Add": "elementwise sum of two tensors, or of a tensor and a constant",
@@ -48,6 +49,9 @@ SUPPORTED_OPS: dict[str, str] = {
     "Concat": "join tensors along an axis (constants too)",
     "Slice": "take a strided sub-tensor (constant bounds)",
     "Pad": "padding: constant, reflect, edge or wrap",
+    "Resize": "nearest-neighbour resize (constant scales or sizes; any coordinate transform but "
+    "tf_crop_and_resize)",
+    "Upsample": "nearest-neighbour upsampling (constant scales)",
     "Squeeze": "drop size-1 axes",
     "Unsqueeze": "insert size-1 axes",
     "Identity": "no-op (removed)",
@@ -59,6 +63,7 @@ SUPPORTED_OPS: dict[str, str] = {
 # Inputs that must be constants, by op: input index -> what it is.
 CONST_INPUTS: dict[str, dict[int, str]] = {
     "Conv": {1: "weight", 2: "bias"},
+    "ConvTranspose": {1: "weight", 2: "bias"},
     "Gemm": {2: "bias C"},
     "BatchNormalization": {1: "scale", 2: "bias", 3: "mean", 4: "variance"},
     "PRelu": {1: "slope"},
@@ -73,6 +78,8 @@ CONST_INPUTS: dict[str, dict[int, str]] = {
     "Unsqueeze": {1: "axes"},
     "Dropout": {1: "ratio", 2: "training_mode"},
     "Div": {1: "divisor"},
+    "Resize": {1: "roi", 2: "scales", 3: "sizes"},
+    "Upsample": {1: "scales"},
 }
 
 # Node attributes that ONNX (opset >= 13) takes as constant inputs, in input order.

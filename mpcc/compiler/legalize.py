@@ -5,6 +5,8 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
 
 - Conv [x, W, (B)] over 1-3 spatial axes: kernel_shape, strides, pads (begins, then ends:
   top, left, bottom, right in 2-D), dilations, group.
+- ConvTranspose [x, W, (B)] over 1-3 spatial axes: kernel_shape, strides, pads (explicit),
+  dilations, output_padding, group.
 - MatMul [x, W, (B)]: W constant [K, N], or a stack [..., K, N] (x of rank >= 2, batch axes
   broadcast as numpy does); B constant [N].
 - Add / Sub / Mul [a, b]: both computed, or a constant second operand (Add, Mul) broadcasting
@@ -20,6 +22,7 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
 - Slice (starts, ends, axes, steps): axes >= 0 in increasing order; starts and ends are
   non-negative and clamped like Python's slice with those bounds, except that with a negative
   step `end == -1` means "through index 0".
+- Resize (index: the source index along each axis, nearest mode; also from Upsample).
 - Left for the rewrites (`mpcc.compiler.rewrites`) to remove: Identity; Dropout (inference
   mode, one output); BatchNormalization (epsilon; one output); Softmax and LogSoftmax, only
   where they produce the model's output (through Reshapes at most).
@@ -98,6 +101,48 @@ def _conv(g: Graph, n: str) -> None:
         "strides": strides,
         "pads": pads,
         "dilations": dil,
+        "group": int(a.get("group", 1)),
+    }
+    g.set_inputs(n, [t for t in d["inputs"] if t])
+
+
+def _conv_transpose(g: Graph, n: str) -> None:
+    """ConvTranspose: explicit pads (from auto_pad or output_shape as ONNX defines them: the
+    odd unit of a total padding goes to the end for SAME_UPPER, else to the start),
+    output_padding, dilations, group."""
+    d, a = g.node(n), g.node(n)["attrs"]
+    shape = _need_spatial(g, n)
+    rank = len(shape) - 2
+    ones = (1,) * rank
+    w = g.const(d["inputs"][1])
+    k = _ints(a.get("kernel_shape", w.shape[2:]))
+    strides, dil = _ints(a.get("strides", ones)), _ints(a.get("dilations", ones))
+    extra = _ints(a.get("output_padding", (0,) * rank))
+    auto = a.get("auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    if "output_shape" in a or auto in ("SAME_UPPER", "SAME_LOWER"):
+        want = _ints(a["output_shape"])[-rank:] if "output_shape" in a else None
+        if want is None:
+            want = tuple(i * st for i, st in zip(shape[2:], strides, strict=True))
+        total = [
+            st * (i - 1) + e + (kk - 1) * dd + 1 - o
+            for i, st, e, kk, dd, o in zip(shape[2:], strides, extra, k, dil, want, strict=True)
+        ]
+        if min(total) < 0:
+            raise ModelError(f"{_where(g, n)}: output_shape {list(want)} needs negative pads")
+        small = [t // 2 for t in total]
+        big = [t - t // 2 for t in total]
+        pads = (*small, *big) if auto == "SAME_UPPER" else (*big, *small)
+    elif auto == "VALID":
+        pads = (0,) * 2 * rank
+    else:
+        pads = _ints(a.get("pads", (0,) * 2 * rank))
+    d["attrs"] = {
+        "kernel_shape": k,
+        "strides": strides,
+        "pads": pads,
+        "dilations": dil,
+        "output_padding": extra,
         "group": int(a.get("group", 1)),
     }
     g.set_inputs(n, [t for t in d["inputs"] if t])
@@ -450,6 +495,83 @@ def _pad(g: Graph, n: str) -> None:
     g.set_inputs(n, ins[:1])
 
 
+def _str(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _source(
+    x: np.ndarray, scale: float, n_in: int, n_out: int, transform: str
+) -> np.ndarray | None:
+    """ONNX Resize's coordinate transform: the input coordinate of output positions x."""
+    if transform == "half_pixel":
+        return (x + 0.5) / scale - 0.5
+    if transform == "pytorch_half_pixel":
+        return (x + 0.5) / scale - 0.5 if n_out > 1 else np.zeros_like(x)
+    if transform == "asymmetric":
+        return x / scale
+    if transform == "align_corners":
+        return x * (n_in - 1) / (n_out - 1) if n_out > 1 else np.zeros_like(x)
+    if transform == "half_pixel_symmetric":
+        adjust = n_out / (scale * n_in)
+        return n_in / 2 * (1 - adjust) + (x + 0.5) / scale - 0.5
+    return None
+
+
+_NEAREST = {
+    "round_prefer_floor": lambda v: np.where(v - np.floor(v) == 0.5, np.floor(v), np.round(v)),
+    "round_prefer_ceil": lambda v: np.where(v - np.floor(v) == 0.5, np.ceil(v), np.round(v)),
+    "floor": np.floor,
+    "ceil": np.ceil,
+}
+
+
+def _resize(g: Graph, n: str) -> None:
+    """Resize / Upsample in nearest mode -> Resize with the source index along each axis
+    (attribute `index`), from the scales or sizes, the coordinate transform and the nearest
+    mode, as ONNX defines them. Upsample is Resize with asymmetric coordinates and floor."""
+    d, a = g.node(n), g.node(n)["attrs"]
+    x, out = d["inputs"][0], d["outputs"][0]
+    shape_in, shape_out = g.shape(x), g.shape(out)
+    rank = len(shape_in)
+    mode = _str(a.get("mode", "nearest"))
+    if mode != "nearest":
+        raise ModelError(f"{_where(g, n)}: only mode 'nearest' is supported, not {mode!r}")
+    ins = [*d["inputs"], "", "", ""]
+    if g.op(n) == "Upsample":
+        transform, rounding = "asymmetric", "floor"
+        scales = a.get("scales") or (g.const(ins[1]) if ins[1] else None)
+    else:
+        transform = _str(a.get("coordinate_transformation_mode", "half_pixel"))
+        rounding = _str(a.get("nearest_mode", "round_prefer_floor"))
+        # opset 10: (X, scales); 11+: (X, roi, scales, sizes)
+        scales_t = ins[1] if g.opset < 11 else ins[2]
+        scales = g.const(scales_t) if scales_t and g.const(scales_t).size else None
+        if _str(a.get("keep_aspect_ratio_policy", "stretch")) != "stretch":
+            raise ModelError(f"{_where(g, n)}: only keep_aspect_ratio_policy 'stretch'")
+    if transform not in ("half_pixel", "pytorch_half_pixel", "asymmetric", "align_corners",
+                         "half_pixel_symmetric") or rounding not in _NEAREST:  # fmt: skip
+        raise ModelError(
+            f"{_where(g, n)}: coordinate_transformation_mode {transform!r} with nearest_mode "
+            f"{rounding!r} is not supported"
+        )
+    if scales is not None:
+        scales = [float(v) for v in np.asarray(scales, dtype=np.float64).reshape(-1)]
+        axes = _ints(a["axes"]) if "axes" in a else tuple(range(rank))
+        full = [1.0] * rank
+        for ax, v in zip(axes, scales, strict=True):
+            full[ax % rank] = v
+    else:
+        full = [o / i for o, i in zip(shape_out, shape_in, strict=True)]
+    index = []
+    for n_in, n_out, sc in zip(shape_in, shape_out, full, strict=True):
+        pos = np.arange(n_out, dtype=np.float64)
+        src = _source(pos, sc, n_in, n_out, transform)
+        picks = np.clip(_NEAREST[rounding](src), 0, n_in - 1).astype(np.int64)
+        index.append(tuple(int(v) for v in picks))
+    d["op"], d["attrs"] = "Resize", {"index": tuple(index)}
+    g.set_inputs(n, [x])
+
+
 def _dropout(g: Graph, n: str) -> None:
     d = g.node(n)
     if len(d["inputs"]) > 2 and d["inputs"][2] and g.const(d["inputs"][2]).any():
@@ -486,6 +608,7 @@ def _only_first_output(g: Graph, n: str, unsupported: str) -> None:
 
 _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "Conv": _conv,
+    "ConvTranspose": _conv_transpose,
     "MaxPool": _pool,
     "AveragePool": _pool,
     "Gemm": _gemm,
@@ -509,6 +632,8 @@ _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "Concat": _concat,
     "Slice": _slice,
     "Pad": _pad,
+    "Resize": _resize,
+    "Upsample": _resize,
     "Dropout": _dropout,
     "Softmax": _softmax,
     "LogSoftmax": _softmax,

@@ -118,6 +118,15 @@ class _Lowering:
         if len(ins) > 2 and ins[2]:
             weights.append(self.weight(ins[2], self.g.const(ins[2]), x.scale + self.f, role="b"))
         attrs = {}
+        if op is ops.conv_transpose:
+            a = data["attrs"]
+            attrs = dict(
+                strides=list(a["strides"]),
+                pads=list(a["pads"]),
+                dilations=list(a["dilations"]),
+                output_padding=list(a["output_padding"]),
+                groups=int(a["group"]),
+            )
         if op is ops.conv:
             a = data["attrs"]
             attrs = dict(
@@ -272,6 +281,10 @@ class _Lowering:
                 value=float(a.get("value", 0.0)),
                 **mode,
             )
+        if op == "Resize":
+            shape = self.out_shape(data)
+            index = [int(i) for axis in a["index"] for i in axis]
+            return self.emit_as(data, ops.resize, (x.id,), shape=list(shape), index=index)
         raise AssertionError(op)
 
     def run(self) -> tuple[Program, dict[str, np.ndarray]]:
@@ -302,6 +315,7 @@ class _Lowering:
 
 _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Conv": lambda s, n, d: s.lower_linear(n, d, ops.conv),
+    "ConvTranspose": lambda s, n, d: s.lower_linear(n, d, ops.conv_transpose),
     "MatMul": lambda s, n, d: s.lower_linear(n, d, ops.matmul),
     "Add": lambda s, n, d: s.lower_add_sub(n, d, "Add"),
     "Sub": lambda s, n, d: s.lower_add_sub(n, d, "Sub"),
@@ -321,6 +335,7 @@ _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Concat": lambda s, n, d: s.lower_movement(n, d, "Concat"),
     "Slice": lambda s, n, d: s.lower_movement(n, d, "Slice"),
     "Pad": lambda s, n, d: s.lower_movement(n, d, "Pad"),
+    "Resize": lambda s, n, d: s.lower_movement(n, d, "Resize"),
 }
 
 

@@ -466,6 +466,53 @@ def conv(
     return np.ascontiguousarray(acc.reshape(n, shape[0], o, *shape[1:]).transpose(0, 2, 1, 3, 4))
 
 
+def conv_transpose(
+    x: np.ndarray,
+    w: np.ndarray,
+    strides: int | Sequence[int] = 1,
+    pads: int | Sequence[int] = 0,
+    dilations: int | Sequence[int] | None = None,
+    output_padding: int | Sequence[int] = 0,
+    groups: int = 1,
+) -> np.ndarray:
+    """ONNX ConvTranspose (no bias) over the ring with 1-3 spatial axes: x (N, C, *S),
+    w (C, O/groups, *K) -> (N, O, *OS), OS = s (S - 1) + output_padding + d (K - 1) + 1 -
+    pads, exact mod 2^64.
+
+    It is the convolution of x spread out by the strides (zeros between its elements) with
+    the flipped kernel, each group's in and out channels swapped, padded fully: linear in x
+    and in w, so a bilinear map like `conv`. The pads then crop the full result."""
+    x, w = _ring(x, None, "x"), _ring(w, None, "w")
+    rank = x.ndim - 2
+    if rank not in (1, 2, 3) or w.ndim != x.ndim:
+        raise ValueError(f"conv_transpose: x {x.shape} and w {w.shape} need 1-3 spatial axes")
+    c, og = w.shape[:2]
+    if groups < 1 or c != x.shape[1] or c % groups:
+        raise ValueError(f"conv_transpose: x {x.shape}, w {w.shape}, groups={groups} disagree")
+    k, s, p, d = windows(rank, w.shape[2:], strides, pads, dilations)
+    extra = (output_padding,) * rank if np.isscalar(output_padding) else tuple(output_padding)
+    spread = np.zeros(
+        (*x.shape[:2], *((n - 1) * st + 1 for n, st in zip(x.shape[2:], s, strict=True))), np.uint64
+    )
+    spread[(slice(None), slice(None), *(slice(None, None, st) for st in s))] = x
+    # (C, O/g, *K) -> (O, C/g, *K), flipped: group j's in/out channels swapped
+    wg = w.reshape(groups, c // groups, og, *k).swapaxes(1, 2).reshape(groups * og, c // groups, *k)
+    wf = np.ascontiguousarray(wg[(slice(None), slice(None), *(slice(None, None, -1),) * rank)])
+    full_pad = [dd * (kk - 1) for kk, dd in zip(k, d, strict=True)]
+    full = conv(spread, wf, 1, full_pad + full_pad, d, groups)
+    out = []
+    for i in range(rank):
+        size = s[i] * (x.shape[2 + i] - 1) + extra[i] + d[i] * (k[i] - 1) + 1 - p[i] - p[i + rank]
+        if size < 1:
+            raise ValueError(f"conv_transpose: pads {p} leave no output on axis {i}")
+        out.append(size)
+    tail = [max(0, p[i] + out[i] - full.shape[2 + i]) for i in range(rank)]
+    if any(tail):  # output_padding past the full result: positions no input reaches
+        full = np.pad(full, [(0, 0), (0, 0), *((0, t) for t in tail)])
+    crop = tuple(slice(p[i], p[i] + out[i]) for i in range(rank))
+    return np.ascontiguousarray(full[(slice(None), slice(None), *crop)])
+
+
 def _pool_windows_2d(x, k, s, p, d, ceil_mode: bool, pad: np.uint64) -> np.ndarray:
     oh, ow = pool_output_shape(x.shape[2:], k, s, p, d, ceil_mode)
     out = np.empty((*x.shape[:2], oh, ow, k[0] * k[1]), np.uint64)
@@ -551,6 +598,7 @@ def sum_pool(
 __all__ = [
     "batched_dense",
     "conv",
+    "conv_transpose",
     "conv2d",
     "dense",
     "dense_t",

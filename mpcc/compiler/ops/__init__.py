@@ -10,8 +10,8 @@ from mpcc.compiler.ops.arith import add, add_w, mul, mul_public, rescale, sub, t
 from mpcc.compiler.ops.base import REGISTRY, Op, RuleError, Site, Type, lookup
 from mpcc.compiler.ops.compare import clip, leaky_relu, relu
 from mpcc.compiler.ops.io import input, output
-from mpcc.compiler.ops.linear import conv, matmul, mul_w
-from mpcc.compiler.ops.movement import concat, pad, reshape, slice, transpose
+from mpcc.compiler.ops.linear import conv, conv_transpose, matmul, mul_w
+from mpcc.compiler.ops.movement import concat, pad, reshape, resize, slice, transpose
 from mpcc.compiler.ops.pool import avgpool, maxpool, maxpool_levels, sumpool
 
 ALL: tuple[Op, ...] = (
@@ -19,6 +19,7 @@ ALL: tuple[Op, ...] = (
     output,
     matmul,
     conv,
+    conv_transpose,
     mul_w,
     add_w,
     add,
@@ -38,6 +39,7 @@ ALL: tuple[Op, ...] = (
     concat,
     slice,
     pad,
+    resize,
 )
 assert set(ALL) == set(REGISTRY.values()), "every declared op is listed in ALL"
 

@@ -95,6 +95,34 @@ def _conv(site: Site) -> Type:
     return Type(out, x.scale + site.f)
 
 
+def _conv_transpose(site: Site) -> Type:
+    x, w, a = site.x, site.weights[0], site.attrs
+    g, rank = a["groups"], len(x.shape) - 2
+    require(
+        1 <= rank <= 3, f"input must be [N, C, *spatial] with 1-3 spatial axes, not {list(x.shape)}"
+    )
+    require(
+        len(w.shape) == len(x.shape) and w.shape[0] == x.shape[1] and x.shape[1] % g == 0,
+        f"weight {w.name} {list(w.shape)} must be [C = {x.shape[1]}, O/groups, *kernel] "
+        f"with C divisible by groups = {g}",
+        WEIGHTS,
+    )
+    window_lengths(a, rank)
+    require(
+        len(a["output_padding"]) == rank, "output_padding needs one value per axis", "attributes"
+    )
+    weight_scale(site, 0, site.f, "weight")
+    k, s, p, d, extra = w.shape[2:], a["strides"], a["pads"], a["dilations"], a["output_padding"]
+    size = [
+        s[i] * (x.shape[2 + i] - 1) + extra[i] + d[i] * (k[i] - 1) + 1 - p[i] - p[i + rank]
+        for i in range(rank)
+    ]
+    require(min(size) >= 1, f"pads {list(p)} leave no output")
+    out = (x.shape[0], w.shape[1] * g, *size)
+    _bias(site, out, x.scale + site.f, (out[1],))
+    return Type(out, x.scale + site.f)
+
+
 def _mul_w(site: Site) -> Type:
     x = site.x
     weight_broadcasts_to_input(site)
@@ -109,6 +137,8 @@ def macs(site: Site) -> int:
         return out.size * w.shape[-2]
     if site.ins.op is conv:
         return out.size * math.prod(w.shape[1:])
+    if site.ins.op is conv_transpose:  # each input element meets O/groups * prod(K) weights
+        return site.x.size * math.prod(w.shape[1:])
     return out.size
 
 
@@ -160,6 +190,22 @@ conv = declare(
             "strides": Ints(lo=1, hide=EVERY_1, short="s"),
             "pads": Ints(lo=0, hide=EVERY_0, short="p"),
             "dilations": Ints(lo=1, hide=EVERY_1, short="d"),
+            "groups": Int(lo=1, hide=1),
+        },
+        **_LINEAR,
+    )
+)
+
+conv_transpose = declare(
+    Op(
+        "conv_transpose",
+        "1-3-D transposed convolution with weight W (+ b): Beaver triple, W masked once",
+        _conv_transpose,
+        attrs={
+            "strides": Ints(lo=1, hide=EVERY_1, short="s"),
+            "pads": Ints(lo=0, hide=EVERY_0, short="p"),
+            "dilations": Ints(lo=1, hide=EVERY_1, short="d"),
+            "output_padding": Ints(lo=0, hide=EVERY_0, short="op"),
             "groups": Int(lo=1, hide=1),
         },
         **_LINEAR,

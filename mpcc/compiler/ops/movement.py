@@ -76,6 +76,35 @@ def _pad(site: Site) -> Type:
     return Type(tuple(d + pads[i] + pads[i + r] for i, d in enumerate(x.shape)), x.scale)
 
 
+def _resize(site: Site) -> Type:
+    x, a = site.x, site.attrs
+    shape, index = list(a["shape"]), list(a["index"])
+    require(len(shape) == len(x.shape), f"shape {shape} must have rank {len(x.shape)}")
+    require(len(index) == sum(shape), f"index needs {sum(shape)} entries, one per output position")
+    at = 0
+    for axis, (n, dim) in enumerate(zip(shape, x.shape, strict=True)):
+        picks = index[at : at + n]
+        require(max(picks, default=0) < dim, f"index on axis {axis} past its size {dim}")
+        at += n
+    return Type(tuple(shape), x.scale)
+
+
+def resize_indices(attrs: dict) -> list[list[int]]:
+    """A resize instruction's source index along each axis."""
+    out, at = [], 0
+    for n in attrs["shape"]:
+        out.append(list(attrs["index"][at : at + n]))
+        at += n
+    return out
+
+
+def _resize_rows(site: Site) -> str | None:
+    batch = resize_indices(site.attrs)[0]
+    if batch != list(range(site.x.shape[0])):
+        return "it resizes the batch axis"
+    return same_rows(site)
+
+
 def _transpose_rows(site: Site) -> str | None:
     perm = site.attrs["perm"]
     return same_rows(site) or (None if perm[0] == 0 else f"perm {list(perm)} moves the batch axis")
@@ -149,5 +178,15 @@ pad = declare(
             "mode": Str("constant", "reflect", "edge", "wrap", optional=True, hide="constant"),
         },
         rows=_pad_rows,
+    )
+)
+resize = declare(
+    Op(
+        "resize",
+        "nearest-neighbour resize: each output position copies the input at its source index "
+        "along every axis (local)",
+        _resize,
+        attrs={"shape": Ints(lo=1), "index": Ints(lo=0, hide=...)},
+        rows=_resize_rows,
     )
 )

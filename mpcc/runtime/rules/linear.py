@@ -1,5 +1,5 @@
-"""Rules for the bilinear ops (matmul, conv, mul_w): the ring map each evaluates, how its
-weight operand is laid out once per session, and the bias added after it."""
+"""Rules for the bilinear ops (matmul, conv, conv_transpose, mul_w): the ring map each
+evaluates, how its weight operand is laid out once per session, and the bias added after it."""
 
 from __future__ import annotations
 
@@ -61,6 +61,18 @@ def _conv_map(prog: Program, ins: Instr, prepared: bool = False) -> Bilinear:
     )
 
 
+def _conv_transpose_map(prog: Program, ins: Instr, prepared: bool = False) -> Bilinear:
+    a = ins.attrs
+    return partial(
+        kernels.conv_transpose,
+        strides=tuple(a["strides"]),
+        pads=tuple(a["pads"]),
+        dilations=tuple(a["dilations"]),
+        output_padding=tuple(a["output_padding"]),
+        groups=a["groups"],
+    )
+
+
 def _mul_w_map(prog: Program, ins: Instr, prepared: bool = False) -> Bilinear:
     return np.multiply
 
@@ -72,11 +84,12 @@ def _with_bias(b: Backend, ins: Instr, args: list[np.ndarray]) -> np.ndarray:
     if len(ins.weights) < 2:
         return z
     bias = b.weight(ins.weights[1])
-    if ins.op is ops.conv:
+    if ins.op in (ops.conv, ops.conv_transpose):
         bias = bias.reshape((1, -1) + (1,) * (z.ndim - 2))
     return z + bias
 
 
 register(ops.matmul, _with_bias, _matmul_map)
 register(ops.conv, _with_bias, _conv_map)
+register(ops.conv_transpose, _with_bias, _conv_transpose_map)
 register(ops.mul_w, _with_bias, _mul_w_map)

@@ -6,6 +6,7 @@ import numpy as np
 
 from mpcc.compiler import ops
 from mpcc.compiler.ir import Instr
+from mpcc.compiler.ops.movement import resize_indices
 from mpcc.runtime.fixedpoint import encode
 from mpcc.runtime.rules.base import Backend, register, u64
 
@@ -40,3 +41,7 @@ register(
 register(ops.concat, lambda b, ins, args: np.concatenate(args, axis=ins.attrs["axis"]))
 register(ops.slice, lambda b, ins, args: np.ascontiguousarray(slice_(args[0], ins.attrs)))
 register(ops.pad, _pad)
+register(
+    ops.resize,
+    lambda b, ins, args: args[0][np.ix_(*resize_indices(ins.attrs))],
+)
