@@ -422,3 +422,27 @@ def test_pooling_1d_3d_match_onnxruntime(rng, case):
         counts = kernels.pool_counts(size, kernel, strides, pads, ceil, dilations, include_pad)
         assert counts.shape == shape and counts.min() >= 1
         np.testing.assert_allclose(sums / counts, want_avg, rtol=1e-6)
+
+
+def test_conv_transpose_and_batched_dense_are_exact_ring_maps(rng):
+    """Bit-exact against Python-int references on full-range ring elements."""
+    x, w = ring(rng, (2, 4, 3, 4)), ring(rng, (4, 3, 2, 3))  # groups 2: w (C, O/g, kh, kw)
+    s, p, d, extra = (2, 1), (1, 0, 0, 1), (1, 2), (1, 0)
+    got = kernels.conv_transpose(x, w, s, p, d, extra, groups=2)
+    xo, wo = as_objects(x), as_objects(w)
+    full = np.zeros((2, 6, 2 * 2 + 1 + 1 + 1, 3 + 2 * 2 + 1), dtype=object)
+    for c in range(4):
+        g = c // 2
+        for o in range(3):
+            for i in range(2):
+                for j in range(3):
+                    full[:, g * 3 + o, i : i + 3 * 2 : 2, j * 2 : j * 2 + 4] += (
+                        xo[:, c] * wo[c, o, i, j]
+                    )
+    want = from_objects(full[:, :, 1:, : full.shape[3] - 1])
+    assert got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+
+    a, b = ring(rng, (3, 1, 4, 5)), ring(rng, (2, 5, 6))
+    want = np.einsum("xyik,ykj->xyij", np.broadcast_to(as_objects(a), (3, 2, 4, 5)), as_objects(b))
+    np.testing.assert_array_equal(kernels.batched_dense(a, b), from_objects(want))
