@@ -374,3 +374,29 @@ def test_resize_linear_is_refused() -> None:
     )
     with pytest.raises(ModelError, match="only mode 'nearest'"):
         mpcc.compile(m, input_shape=(1, 1, 4, 4))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_batchnorm_and_scale_after_conv_transpose_fold_into_it(groups: int) -> None:
+    xs = (2, 4, 5, 5)
+    pos = (np.abs(rand(6, seed=4)) + 0.5).astype(np.float32)
+    m = model(
+        [
+            node("ConvTranspose", ["x", "W", "B"], ["c"], strides=[2, 2], group=groups),
+            node("BatchNormalization", ["c", "g", "b", "m", "v"], ["n"]),
+            node("Mul", ["n", "k"], ["y"]),
+        ],
+        {"x": xs},
+        ["y"],
+        {
+            "W": w(4, 6 // groups, 3, 3),
+            "B": w(6, seed=3),
+            "g": w(6, seed=5),
+            "b": w(6, seed=6),
+            "m": w(6, seed=8),
+            "v": pos,
+            "k": w(1, 6, 1, 1, seed=9),
+        },
+    )
+    plan = check(m, (rand(*xs, seed=7) * 1.5).astype(np.float32))
+    assert [i.op.name for i in plan.program.instrs] == ["input", "conv_transpose", "output"]

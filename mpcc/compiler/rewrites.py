@@ -14,6 +14,9 @@ from mpcc.compiler.graph import Graph
 from mpcc.compiler.rewriter import ANY, CONST, Node, Op, Rule, Through, apply
 
 AFFINE = "Conv|MatMul"
+# Ops whose output channels a per-channel scale and shift can fold into (ConvTranspose only
+# after it: a constant added before it is not a bias at the borders).
+AFFINE_OUT = "Conv|ConvTranspose|MatMul"
 
 
 def _bypass(g: Graph, n: Node) -> None:
@@ -73,7 +76,14 @@ def _scale_shift_after(g: Graph, affine: Node, s: np.ndarray, b: np.ndarray | No
     """Make Conv/MatMul `affine` compute s * affine(x) + b, with per-output-channel s and b."""
     x, w = affine.inputs[:2]
     wv = g.const(w)
-    wv = wv * (s.reshape((-1,) + (1,) * (wv.ndim - 1)) if affine.op == "Conv" else s.reshape(1, -1))
+    if affine.op == "ConvTranspose":  # W (C, O/groups, *K): output channel j of group i
+        groups, (c, og) = affine.attrs["group"], wv.shape[:2]
+        per = s.reshape(groups, 1, og, *(1,) * (wv.ndim - 2))
+        wv = (wv.reshape(groups, c // groups, *wv.shape[1:]) * per).reshape(wv.shape)
+    elif affine.op == "Conv":
+        wv = wv * s.reshape((-1,) + (1,) * (wv.ndim - 1))
+    else:
+        wv = wv * s.reshape(1, -1)
     bias = g.const(affine.inputs[2]) if len(affine.inputs) > 2 else np.zeros(s.shape)
     bias = bias * s + (0.0 if b is None else b)
     inputs = [x, g.add_const(wv, f"{affine.name}_W")]
@@ -126,7 +136,7 @@ def _bn_as_mul_add(g: Graph, bn: Node) -> str:
 
 
 FOLD_BATCHNORM = Rule(
-    Op("BatchNormalization", Op(AFFINE, name="affine"), name="bn"),
+    Op("BatchNormalization", Op(AFFINE_OUT, name="affine"), name="bn"),
     check=_bn_on_output_channels,
     rewrite=_fold_bn,
 )
@@ -150,7 +160,7 @@ def _channel(c: np.ndarray, shape: tuple[int, ...], axis: int) -> np.ndarray | N
 
 
 def _channel_axis(affine: Node, shape: tuple[int, ...]) -> int:
-    return 1 if affine.op == "Conv" else len(shape) - 1
+    return 1 if affine.op in ("Conv", "ConvTranspose") else len(shape) - 1
 
 
 def _after_vector(g: Graph, n: Node, affine: Node, layout: Node | None) -> np.ndarray | None:
@@ -232,12 +242,12 @@ def _fold_before(g: Graph, n: Node, affine: Node) -> str:
 
 
 FOLD_AFTER = Rule(
-    Op("Add|Mul", Op(AFFINE, name="affine"), CONST, name="n"),
+    Op("Add|Mul", Op(AFFINE_OUT, name="affine"), CONST, name="n"),
     check=_check_after,
     rewrite=_fold_after,
 )
 FOLD_AFTER_LAYOUT = Rule(
-    Op("Add|Mul", Op("Transpose", Op(AFFINE, name="affine"), name="layout"), CONST, name="n"),
+    Op("Add|Mul", Op("Transpose", Op(AFFINE_OUT, name="affine"), name="layout"), CONST, name="n"),
     check=_check_after,
     rewrite=_fold_after,
 )
