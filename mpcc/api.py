@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from mpcc.compiler.pipeline import DEFAULT_FRAC_BITS, compile_onnx
+from mpcc.compiler.pipeline import compile_onnx
 from mpcc.compiler.plan import Plan
 from mpcc.errors import ModelError
 
@@ -106,17 +106,22 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
     input_shape: ShapeSpec | None = None,
     *,
     weights: str | Path | None = None,
-    frac_bits: int = DEFAULT_FRAC_BITS,
+    frac_bits: int | None = None,
     public_weights: bool = False,
     name: str | None = None,
     dynamo: bool | None = None,
+    calibrate: np.ndarray | Mapping[str, np.ndarray] | None = None,
 ) -> Plan:
     """Compile a PyTorch, Keras or ONNX model to a secure Plan: the Program and its
     (owner-side) weights (``prog, weights = plan`` unpacks it).
 
     ``example_input`` (a tensor or array) or ``input_shape`` (``(1, 1, 28, 28)``, ``"1x1x28x28"``
     or, for ONNX, ``{"input": (1, 1, 28, 28)}``) fixes the shapes; the batch of the plan is
-    their first dim. The rest goes to :func:`mpcc.compiler.pipeline.compile_onnx`.
+    their first dim. ``calibrate`` (representative inputs, ``[N, ...]``, or a dict by input
+    name) runs the float model on them and chooses ``frac_bits`` from the ranges it sees (or
+    checks the ``frac_bits`` given); ``plan.calibration`` is the report, and ``print(plan)``
+    shows it (see :mod:`mpcc.compiler.calibrate`). Without it, ``frac_bits`` is
+    ``DEFAULT_FRAC_BITS`` (16). The rest goes to :func:`mpcc.compiler.pipeline.compile_onnx`.
     """
     kind = kind_of(model)
     if name is None:
@@ -126,7 +131,9 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
             name = model.name
         elif kind == "torch":
             name = type(model).__name__
-    opts: dict[str, Any] = dict(frac_bits=frac_bits, public_weights=public_weights, name=name)
+    opts: dict[str, Any] = dict(
+        frac_bits=frac_bits, public_weights=public_weights, name=name, calibrate=calibrate
+    )
     if kind == "onnx":
         if weights is not None:
             raise ModelError("weights= is for PyTorch and Keras models; an ONNX model has them")
