@@ -129,7 +129,7 @@ def test_untrained_model_with_tiny_logits_warns(digits_test) -> None:
     torch.manual_seed(0)
     module = MobileNetV2Untrained().eval()
     x = digits_test[0][:32].copy()
-    with pytest.warns(cal.CalibrationWarning, match="argmax is noise"):
+    with pytest.warns(cal.CalibrationWarning, match="argmax can become noise"):
         plan = mpcc.compile(module, example_input=x[:1], calibrate=x, dynamo=False)
     rep = plan.calibration
     ((name, out, gap),) = rep.outputs
@@ -167,6 +167,8 @@ def test_cli_compile_with_calibration(zoo_model, digits_test, tmp_path, capsys) 
     text = capsys.readouterr().out
     assert "chosen from 40 calibration samples" in text and f"wrote {out}" in text
     assert mpcc.load(out).program.frac_bits == MAX_FRAC_BITS
+    assert main(["inspect", str(out)]) == 0
+    assert f"precision at f={MAX_FRAC_BITS} (calibrated when compiled" in capsys.readouterr().out
     assert main([*args, "-o", str(out), "--frac-bits", "12", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)["precision"]
     assert data["frac_bits"] == 12 and not data["chosen"] and data["samples"] == 40
@@ -187,3 +189,27 @@ def test_cli_warns_and_refuses(tmp_path, capsys) -> None:
     assert "mpcc: error: calibration:" in err and "overflow" in err
     assert main(["compile", str(path), "--calibrate", str(tmp_path / "none.npy")]) == 2
     assert "no input file" in capsys.readouterr().err
+
+
+def test_values_inside_a_nodes_lowering_are_bounded() -> None:
+    """PRelu lowers to relu, x - relu(x), slope * that, and a sum: the parts hold no ONNX
+    tensor; their bound must cover what they hold."""
+    w, slope = rand(4, 3), np.float32([0.1, 0.2, 3.0])
+    m = model(
+        [
+            node("MatMul", ["x", "w"], ["h"], name="fc"),
+            node("PRelu", ["h", "s"], ["y"], name="prelu"),
+        ],
+        {"x": [2, 4]},
+        ["y"],
+        {"w": w, "s": slope},
+    )
+    x = rand(10, 4, seed=3)
+    rep = _calibrated(m, x)
+    inside = {v.op: v for v in rep.values if v.bound}
+    assert set(inside) >= {"relu", "sub", "mul_w"}
+    assert all(v.node == "prelu" for v in inside.values())
+    h = x.astype(np.float64) @ w
+    assert inside["sub"].max >= np.abs(np.minimum(h, 0)).max()
+    assert inside["mul_w"].max >= np.abs(slope * np.minimum(h, 0)).max()
+    assert "value(s) internal to a node's lowering" in rep.text()

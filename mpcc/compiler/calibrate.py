@@ -145,7 +145,8 @@ def measure(proto: onnx.ModelProto, g: Graph, data: Calibration) -> Measured:
     plan_model, plan_names = _exposed(g.to_onnx(), set(g.shapes))
     onnx_model, onnx_names = _exposed(proto, None)
     plan_sess, onnx_sess = _session(plan_model), _session(onnx_model)
-    onnx_inputs = {i.name for i in onnx_sess.get_inputs()}
+    plan_types = _input_types(plan_sess)
+    onnx_types = _input_types(onnx_sess)
 
     acc: dict[str, list[float]] = {t: [0.0, 0.0, 0] for t in plan_names}
     diff = {t: 0.0 for t in plan_names if t in onnx_names}
@@ -154,14 +155,10 @@ def measure(proto: onnx.ModelProto, g: Graph, data: Calibration) -> Measured:
     for start in range(0, n, batch):
         rows = np.arange(start, start + batch) % n  # the last chunk wraps round to the start
         feed = {t: a[rows] for t, a in inputs.items()}
-        got = dict(zip(plan_names, plan_sess.run(plan_names, feed), strict=True))
-        ref = dict(
-            zip(
-                onnx_names,
-                onnx_sess.run(onnx_names, {t: a for t, a in feed.items() if t in onnx_inputs}),
-                strict=True,
-            )
-        )
+        plan_feed = {t: feed[t].astype(dt, copy=False) for t, dt in plan_types.items()}
+        onnx_feed = {t: feed[t].astype(dt, copy=False) for t, dt in onnx_types.items()}
+        got = dict(zip(plan_names, plan_sess.run(plan_names, plan_feed), strict=True))
+        ref = dict(zip(onnx_names, onnx_sess.run(onnx_names, onnx_feed), strict=True))
         for t, a in got.items():
             a = np.abs(np.asarray(a, dtype=np.float64))
             s = acc[t]
@@ -229,8 +226,8 @@ def _inputs(g: Graph, data: Calibration) -> dict[str, np.ndarray]:
         kind = a.dtype.kind
         if kind not in "fiub":
             raise ModelError(f"calibration data for input {t!r} is {a.dtype}, not numeric")
-        out[t] = a.astype(np.float32) if kind == "f" or kind == "b" else a
-        if kind == "f" and not np.all(np.isfinite(out[t])):
+        out[t] = a
+        if kind == "f" and not np.all(np.isfinite(a)):
             raise ModelError(f"calibration data for input {t!r} holds NaN or infinite values")
     return out
 
@@ -258,6 +255,20 @@ def _exposed(model: onnx.ModelProto, keep: set[str] | None) -> tuple[onnx.ModelP
         in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE)
     }
     return m, [t for t in have if t in floats and (keep is None or t in keep)]
+
+
+_ORT_TYPES = {
+    "tensor(float)": np.float32,
+    "tensor(double)": np.float64,
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+    "tensor(bool)": np.bool_,
+}
+
+
+def _input_types(sess) -> dict[str, type]:
+    """The numpy type each input of an onnxruntime session takes."""
+    return {i.name: _ORT_TYPES.get(i.type, np.float32) for i in sess.get_inputs()}
 
 
 def _session(model: onnx.ModelProto):
@@ -387,15 +398,22 @@ def choose(
         if lsb < MIN_OUTPUT_LSBS:
             rep.warnings.append(
                 f"output {name!r}: typical magnitude {v.rms:.3g} is {lsb:.3g} LSBs at f={f} "
-                f"(below {MIN_OUTPUT_LSBS:.0f}): the secure outputs are mostly rounding and "
-                "their argmax is noise (an untrained model, or one whose outputs need scaling "
-                "up)"
+                f"(below {MIN_OUTPUT_LSBS:.0f}): rounding (about 1 LSB per layer) is over a "
+                "percent of it, so its argmax can become noise (an untrained model, or outputs "
+                "that need scaling up)"
             )
         elif gap is not None and rep.lsbs(gap) < MIN_OUTPUT_LSBS:
             rep.warnings.append(
                 f"output {name!r}: the median gap between the two largest entries, {gap:.3g}, "
                 f"is {rep.lsbs(gap):.3g} LSBs at f={f} (below {MIN_OUTPUT_LSBS:.0f}): the "
                 "secure argmax often differs from the float model's"
+            )
+    for name, err in measured.reference.items():
+        top = max(1.0, measured.tensors[name].max) if name in measured.tensors else 1.0
+        if err > _SAME * top:
+            rep.warnings.append(
+                f"output {name!r}: the graph the plan is lowered from differs from the ONNX "
+                f"model by up to {err:.3g} on the calibration data (a rewrite changed it)"
             )
     for msg in rep.warnings:
         warnings.warn(msg, CalibrationWarning, stacklevel=3)

@@ -19,8 +19,11 @@ def format_assumptions(prog: Program) -> list[str]:
     resolution outputs need."""
     f = prog.frac_bits
     lsb = 2.0**-f
+    calibrated = any("from calibration data" in n for n in prog.notes)
     lines = [
-        f"precision at f={f} (assumed, not measured: --calibrate x.npy checks it on real "
+        f"precision at f={f} (calibrated when compiled: see the note; the ranges it holds)"
+        if calibrated
+        else f"precision at f={f} (assumed, not measured: --calibrate x.npy checks it on real "
         "inputs and chooses f)",
         f"  resolution 2^-{f} = {lsb:.3g}; an output needs a typical magnitude of "
         f"{MIN_OUTPUT_LSBS:.0f} LSBs = {MIN_OUTPUT_LSBS * lsb:.3g} for a stable argmax",
@@ -53,13 +56,13 @@ def format_calibration(rep: Report) -> list[str]:
         f"  resolution 2^-{f} = {2.0**-f:.3g} (1 LSB); a value at scale s holds |v| < "
         f"2^({RING_BITS}-s); headroom: bits between max |v| and that bound; resolution: rms |v| "
         "in LSBs",
-        f"  {'value':<6}{'op':<10}{'holds':<42}{'scale':>5} {'max|v|':>9} {'rms|v|':>9} "
+        f"  {'value':<6}{'op':<11}{'holds':<41}{'scale':>5} {'max|v|':>9} {'rms|v|':>9} "
         f"{'headroom':>9} {'resolution':>12}",
     ]
     for v in rep.values:
         holds = v.tensor if v.tensor else f"(inside {v.node}: bound)"
         lines.append(
-            f"  %{v.vid:<5}{v.op:<10}{_clip(holds, 41):<42}{'@' + str(v.scale):>5} "
+            f"  %{v.vid:<5}{v.op:<11}{_clip(holds, 40):<41}{'@' + str(v.scale):>5} "
             f"{v.max:>9.3g} {v.rms:>9.3g} {_bits(v.headroom()):>9} {rep.lsbs(v.rms):>12.3g}"
         )
     if rep.weights:
