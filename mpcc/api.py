@@ -27,7 +27,7 @@ import onnx
 
 from mpcc.compiler.pipeline import compile_onnx
 from mpcc.compiler.plan import Plan
-from mpcc.errors import ModelError
+from mpcc.errors import InputError, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -134,6 +134,21 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
     opts: dict[str, Any] = dict(
         frac_bits=frac_bits, public_weights=public_weights, name=name, calibrate=calibrate
     )
+    plan = _compile(model, kind, example_input, input_shape, weights, dynamo, opts)
+    if calibrate is not None:
+        _check_fixed_point(plan, calibrate)
+    return plan
+
+
+def _compile(
+    model: Any,
+    kind: str,
+    example_input: Any,
+    input_shape: ShapeSpec | None,
+    weights: str | Path | None,
+    dynamo: bool | None,
+    opts: dict[str, Any],
+) -> Plan:
     if kind == "onnx":
         if weights is not None:
             raise ModelError("weights= is for PyTorch and Keras models; an ONNX model has them")
@@ -167,6 +182,26 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
             f"exported with the TorchScript exporter; the dynamo graph failed: {_brief(first)}"
         )
         return plan
+
+
+def _check_fixed_point(plan: Plan, data: Any, samples: int = 256) -> None:
+    """Run the calibrated plan's own fixed-point arithmetic (the cleartext interpreter) on the
+    first calibration samples and add the comparison to its calibration report."""
+    from mpcc.compiler.calibrate import check
+    from mpcc.runtime.cleartext import predict
+
+    prog = plan.program
+    if len(prog.inputs) != 1 or len(prog.outputs) != 1:
+        return  # the interpreter's predict takes one input and gives one output
+    x = data[prog.inputs[0][0]] if isinstance(data, Mapping) else data
+    x = np.asarray(x)
+    if x.ndim == len(prog.value(prog.inputs[0][1]).shape) - 1:
+        x = x[None]
+    try:
+        fixed = predict(prog, plan.weights, x[:samples])
+    except InputError:  # e.g. a plan mixing rows, given a partial batch: nothing to compare
+        return
+    check(plan.calibration, prog.outputs[0][0], fixed)
 
 
 def load(path: str | Path, with_weights: bool = True) -> Plan:

@@ -71,6 +71,8 @@ def test_demo_model_gets_the_largest_f_and_a_report(lenet_calibrated) -> None:
     # The passes moved each Relu after its MaxPool: the ONNX Relu outputs are not in the plan.
     assert any("Relu" in t for t in rep.measured.folded)
     assert rep.measured.reference["logits"] < 1e-4  # the rewritten float graph is the model
+    samples, max_err, _, agree = rep.fixed_point["logits"]  # the plan's cleartext arithmetic
+    assert samples == 100 and agree == 1.0 and max_err < 1e-4
     text = str(plan)
     assert f"precision at f={MAX_FRAC_BITS}, chosen from 100 calibration samples" in text
     assert "headroom" in text and "output 'logits': rms" in text and "warning:" not in text
@@ -127,16 +129,26 @@ def test_untrained_model_with_tiny_logits_warns(digits_test) -> None:
     from mpcc.zoo.models import MobileNetV2Untrained
 
     torch.manual_seed(0)
-    module = MobileNetV2Untrained().eval()
-    x = digits_test[0][:32].copy()
+    x = digits_test[0][:16].copy()
+    proto = mpcc.export_onnx(MobileNetV2Untrained().eval(), x[:1], dynamo=False)
     with pytest.warns(cal.CalibrationWarning, match="argmax can become noise"):
-        plan = mpcc.compile(module, example_input=x[:1], calibrate=x, dynamo=False)
+        plan = mpcc.compile(proto, calibrate=x)
     rep = plan.calibration
     ((name, out, gap),) = rep.outputs
     assert out.rms < 1e-4 and rep.lsbs(out.rms) < cal.MIN_OUTPUT_LSBS
     assert f"warning: output {name!r}" in str(plan)
     # BatchNormalization folded into the convs: their raw outputs have no value in the plan.
     assert rep.measured.folded
+    # Calibration chose f = 24; the plan's own fixed-point arithmetic on the calibration
+    # samples shows what that buys: at f = 16 (where the logits are a third of an LSB) the
+    # error is a visible part of the logits, and that is measured and warned about too.
+    assert rep.frac_bits == MAX_FRAC_BITS
+    samples, _, rms24, agree24 = rep.fixed_point[name]
+    assert samples == 16 and agree24 is not None
+    with pytest.warns(cal.CalibrationWarning, match="plan's fixed-point"):
+        at16 = mpcc.compile(proto, calibrate=x, frac_bits=16).calibration
+    _, _, rms16, _ = at16.fixed_point[name]
+    assert rms16 > 0.01 * out.rms > rms24
 
 
 def test_input_check_and_multi_input_names() -> None:

@@ -113,6 +113,9 @@ class Report:
     measured: Measured
     limit: str = ""  # why f is not higher
     warnings: list[str] = field(default_factory=list)
+    # The plan's own fixed-point outputs on calibration samples against the float graph's:
+    # output -> (samples, max |diff|, rms diff, argmax agreement or None). See `check`.
+    fixed_point: dict[str, tuple[int, float, float, float | None]] = field(default_factory=dict)
 
     def lsbs(self, magnitude: float) -> float:
         """A magnitude in LSBs of the plan's resolution 2^-f."""
@@ -418,6 +421,40 @@ def choose(
     for msg in rep.warnings:
         warnings.warn(msg, CalibrationWarning, stacklevel=3)
     return rep
+
+
+def check(rep: Report, name: str, fixed: np.ndarray) -> None:
+    """Compare the plan's fixed-point output `name` on the first calibration samples (from
+    the cleartext interpreter, which runs the plan's ring arithmetic; the caller runs it: the
+    compiler does not import the runtime) with the float graph's, and warn if the argmax
+    changes on more than 0.5% of them or the error passes a percent of the output's size."""
+    ref = rep.measured.outputs.get(name)
+    fixed = np.asarray(fixed, dtype=np.float64)
+    if ref is None or fixed.shape != ref[: len(fixed)].shape:
+        return
+    ref = ref[: len(fixed)].astype(np.float64)
+    diff = np.abs(fixed - ref)
+    rms_diff = float(np.sqrt(np.mean(np.square(diff))))
+    agree = None
+    if ref.ndim == 2 and ref.shape[1] > 1:
+        agree = float(np.mean(fixed.argmax(1) == ref.argmax(1)))
+    rep.fixed_point[name] = (len(fixed), float(diff.max(initial=0.0)), rms_diff, agree)
+    size = float(np.sqrt(np.mean(np.square(ref)))) if ref.size else 0.0
+    found = []
+    if agree is not None and agree < 0.995:
+        found.append(
+            f"output {name!r}: at f={rep.frac_bits} the plan's fixed-point argmax differs from "
+            f"the float model's on {1 - agree:.1%} of {len(fixed)} calibration samples"
+        )
+    elif rms_diff > 0.01 * size:
+        found.append(
+            f"output {name!r}: at f={rep.frac_bits} the plan's fixed-point error (rms "
+            f"{rms_diff:.3g}) is {rms_diff / size:.1%} of the output's size on {len(fixed)} "
+            "calibration samples"
+        )
+    rep.warnings += found
+    for msg in found:
+        warnings.warn(msg, CalibrationWarning, stacklevel=3)
 
 
 class CalibrationWarning(UserWarning):

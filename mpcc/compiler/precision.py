@@ -83,6 +83,12 @@ def format_calibration(rep: Report) -> list[str]:
         lines.append(
             f"  output {name!r}: rms {v.rms:.3g} = {rep.lsbs(v.rms):.3g} LSBs{gap_s}{ref_s}"
         )
+    for name, (n, top, rms, agree) in rep.fixed_point.items():
+        agree_s = "" if agree is None else f", argmax agrees on {agree:.1%}"
+        lines.append(
+            f"  fixed point (this plan's arithmetic, cleartext, on {n} calibration samples): "
+            f"output {name!r} max |error| {top:.3g}, rms {rms:.3g}{agree_s}"
+        )
     if m.rewritten:
         lines.append(
             "  measured as the plan computes them (the passes changed these tensors): "
@@ -138,6 +144,10 @@ def precision_json(prog: Program, rep: Report | None) -> dict[str, Any]:
             dict(name=n, rms=v.rms, rms_lsbs=rep.lsbs(v.rms), median_top2_gap=gap)
             for n, v, gap in rep.outputs
         ],
+        "fixed_point": {
+            n: dict(samples=k, max_error=top, rms_error=rms, argmax_agreement=agree)
+            for n, (k, top, rms, agree) in rep.fixed_point.items()
+        },
         "rewritten": rep.measured.rewritten,
         "folded": rep.measured.folded,
         "warnings": rep.warnings,
