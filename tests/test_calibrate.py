@@ -66,6 +66,7 @@ def test_demo_model_gets_the_largest_f_and_a_report(lenet_calibrated) -> None:
     assert 5 < logits.max < 100 and logits.scale == 2 * rep.frac_bits
     assert all(v.headroom() >= cal.MARGIN_BITS for v in rep.values)
     assert all(not v.bound for v in rep.values)  # every value of LeNet is a measured tensor
+    assert not rep.unmapped
     # Every instruction's output but the final `output` has a line.
     assert len(rep.values) == len(plan.program.instrs) - 1
     # The passes moved each Relu after its MaxPool: the ONNX Relu outputs are not in the plan.
