@@ -86,18 +86,55 @@ class Prepared:
 
 class Outbox:
     """Messages to one client, sent by a thread of their own: the query loops hand answers
-    over and go on, so a client that reads slowly (or not at all) delays nobody else."""
+    over and go on, so a client that reads slowly (or not at all) delays nobody else.
 
-    def __init__(self, ch: TlsChannel, log: Any) -> None:
+    It is bounded: a client that asks faster than it reads (say `info` at thousands a
+    second, reading a little now and then, so no single send stalls) would otherwise grow
+    the queue without limit. Past `max_messages` or `max_bytes` waiting, the link is closed."""
+
+    MAX_MESSAGES = 256
+    MAX_BYTES = 64 * 2**20
+
+    def __init__(
+        self, ch: TlsChannel, log: Any, max_messages: int = MAX_MESSAGES, max_bytes: int = MAX_BYTES
+    ) -> None:
         self.ch, self.log = ch, log
+        self.max_messages, self.max_bytes = max_messages, max_bytes
         self._q: queue.SimpleQueue[tuple[str, dict[str, Any], list[np.ndarray]] | None] = (
             queue.SimpleQueue()
         )
+        self._lock = threading.Lock()
+        self._waiting = 0  # messages posted and not yet sent (or dropped)
+        self._bytes = 0
         self._thread = threading.Thread(target=self._run, name="mpcc-outbox", daemon=True)
         self._thread.start()
 
     def post(self, kind: str, meta: dict[str, Any], arrays: list[np.ndarray] | None = None) -> None:
-        self._q.put((kind, meta, arrays or []))
+        arrays = arrays or []
+        size = _message_bytes(arrays)
+        with self._lock:
+            over = self._waiting >= self.max_messages or self._bytes + size > self.max_bytes
+            if not over:
+                self._waiting += 1
+                self._bytes += size
+        if over:
+            if self.ch.closed is None:
+                self.log.warning(
+                    "closing the link to %s: it does not read its answers (%d messages, "
+                    "%d bytes waiting)",
+                    self.ch.peer,
+                    self._waiting,
+                    self._bytes,
+                )
+                self.ch.close("the client does not read its answers")
+            return
+        self._q.put((kind, meta, arrays))
+
+    @property
+    def waiting(self) -> tuple[int, int]:
+        """Messages and bytes posted and not yet sent."""
+        with self._lock:
+            return self._waiting, self._bytes
 
     def close(self, timeout: float) -> None:
         """Send what is queued (within `timeout` s), then stop."""
@@ -111,6 +148,13 @@ class Outbox:
                     self.ch.send_msg(*item)
                 except PartyError as e:  # the link closes itself; later items are dropped
                     self.log.info("could not send a %s to %s: %s", item[0], self.ch.peer, e)
+            with self._lock:
+                self._waiting -= 1
+                self._bytes -= _message_bytes(item[2])
+
+
+def _message_bytes(arrays: list[np.ndarray]) -> int:
+    return sum(a.nbytes for a in arrays) + 256  # arrays plus a header's worth
 
 
 def _rids(value: Any) -> list[str]:
