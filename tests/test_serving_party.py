@@ -471,3 +471,38 @@ def test_a_request_p1_dropped_is_not_offered_in_a_loop(servers, mlp, ort_logits)
         assert msg.kind == "failed" and "never received" in msg.meta["msg"]
         check(c.predict(X[4:8]), ref[4:8])
         assert c.wait_ready(10) == sid  # the same session: nothing crashed
+
+
+@pytest.mark.parametrize("role", ["p0", "p1"])
+def test_a_request_id_being_run_is_taken_at_both_parties(servers, mlp, ort_logits, role):
+    # issue 14: only P0 tracked the ids of the batch in flight, so P1 accepted a second
+    # request under the id of one it was running
+    from mpcc.serving.wire import Message
+
+    prog, weights = mlp
+    servers.deploy(prog, weights)
+    party = servers.parties[role]
+    seen: list[set[str]] = []
+    refused: list[str] = []
+    run = party._execute
+
+    def execute(s, q, batch):  # while the batch runs, offer one of its ids again
+        seen.append(set(party._inflight))
+        failed = party._send_failed
+        party._send_failed = lambda ch, rid, why: refused.append(why)
+        try:
+            share = np.zeros((1, *prog.value(prog.inputs[0][1]).shape[1:]), np.uint64)
+            party._on_request(
+                object(), Message("request", {"rid": batch[0].rid, "rows": 1}, [share])
+            )
+        finally:
+            party._send_failed = failed
+        return run(s, q, batch)
+
+    party._execute = execute
+    with Client(servers.cfg) as c:
+        check(c.predict(ort_logits[0][:2]), ort_logits[1][:2])
+    assert len(seen) == 1 and len(seen[0]) == 1  # the one request's id, while it ran
+    assert refused == [f"{party.label} rejected the request: duplicate request id"]
+    with party._req:
+        assert party._inflight == set()

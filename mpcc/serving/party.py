@@ -312,7 +312,7 @@ class ComputeParty(PartyServer):
         self._rejected: OrderedDict[str, float] = OrderedDict()  # P1: rids it refused
         self._arrived: list[str] = []  # P1: rids received since its last answer to P0
         self._p1_has: set[str] = set()  # P0: rids P1 said it received
-        self._inflight: set[str] = set()  # P0: rids of the batch being announced or run
+        self._inflight: set[str] = set()  # rids of the batch being announced (P0) or run
         self._peer_links: queue.Queue[tuple[Any, TlsChannel]] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
@@ -897,6 +897,8 @@ class ComputeParty(PartyServer):
                 batch, rejected, absent = self._gather(reqs, s.dep.prog.batch)
                 with self._req:
                     arrived, self._arrived = self._arrived, []
+                    # as at P0: a request id being run is taken until its answer is sent
+                    self._inflight = {r.rid for r in batch}
                 reply = {
                     "have": [r.rid for r in batch],
                     "rejected": rejected,
@@ -919,6 +921,8 @@ class ComputeParty(PartyServer):
                 self._query_failed(s, batch, PartyError(f"internal error ({type(e).__name__})"))
                 return
             finally:
+                with self._req:
+                    self._inflight = set()
                 self._idle.set()
 
     def _gather(self, reqs: Any, cap: int) -> tuple[list[Request], list[str], list[str]]:
