@@ -505,4 +505,28 @@ def test_a_request_id_being_run_is_taken_at_both_parties(servers, mlp, ort_logit
     assert len(seen) == 1 and len(seen[0]) == 1  # the one request's id, while it ran
     assert refused == [f"{party.label} rejected the request: duplicate request id"]
     with party._req:
-        assert party._inflight == set()
+        assert not party._inflight
+
+
+def test_idle_client_links_are_closed_and_free_their_slot(tmp_path):
+    # issue 14: idle links never timed out, so max_connections idle clients shut out the rest
+    from mpcc.serving.tls import LinkRefused
+
+    cfg = init_local(tmp_path, timeout_s=3.0, client_idle_s=0.5, max_connections=1)
+    s = Servers(cfg)
+    try:
+        s.start("p0")
+        ctx = client_context(cfg, "client")
+        idle, _ = dial(cfg, ctx, "p0", me="client", link="client")
+        with pytest.raises(LinkRefused, match="too many client connections"):
+            dial(cfg, ctx, "p0", me="client", link="client")
+        deadline = time.monotonic() + 10
+        while idle.closed is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert idle.closed is not None  # closed by P0 after client_idle_s of silence
+        fresh, _ = dial(cfg, ctx, "p0", me="client", link="client")  # the slot is free again
+        fresh.send_msg("info", {})
+        assert fresh.poll(5).kind == "info"
+        fresh.close("done")
+    finally:
+        s.close()

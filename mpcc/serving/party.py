@@ -312,7 +312,7 @@ class ComputeParty(PartyServer):
         self._rejected: OrderedDict[str, float] = OrderedDict()  # P1: rids it refused
         self._arrived: list[str] = []  # P1: rids received since its last answer to P0
         self._p1_has: set[str] = set()  # P0: rids P1 said it received
-        self._inflight: set[str] = set()  # rids of the batch being announced (P0) or run
+        self._inflight: dict[str, Request] = {}  # the batch being announced (P0) or run
         self._peer_links: queue.Queue[tuple[Any, TlsChannel]] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
@@ -387,6 +387,7 @@ class ComputeParty(PartyServer):
         outbox = Outbox(ch, self.log)
         with self._req:
             self._outboxes[ch] = outbox
+        heard = time.monotonic()
         try:
             while not self._clients_done.is_set():
                 if self.deployment is not dep:  # a model was deployed: its input size
@@ -394,7 +395,13 @@ class ComputeParty(PartyServer):
                     ch.limit_frames(self._client_frame_limit(dep))
                 msg = ch.poll(0.5)
                 if msg is None:
+                    if time.monotonic() - heard > self.cfg.serving.client_idle_s and (
+                        self._idle_link(ch, outbox)
+                    ):
+                        self.log.info("closing the idle link to %s", ch.peer)
+                        break
                     continue
+                heard = time.monotonic()
                 if msg.kind == "info":
                     outbox.post("info", self.info())
                 elif msg.kind == "request":
@@ -411,6 +418,13 @@ class ComputeParty(PartyServer):
                     del self._pending[rid]
             outbox.close(self.cfg.serving.timeout_s)
             ch.close("client link done")
+
+    def _idle_link(self, ch: TlsChannel, outbox: Outbox) -> bool:
+        """Whether a client link holds nothing: no request waiting or running, no answer
+        still to send (an idle link only takes a connection slot)."""
+        with self._req:
+            held = [*self._queue, *self._pending.values(), *self._inflight.values()]
+            return not any(r.ch is ch for r in held) and outbox.waiting[0] == 0
 
     def _client_frame_limit(self, dep: Deployment | None) -> int:
         """The largest frame a client may send: one share of at most a batch of the deployed
@@ -801,7 +815,7 @@ class ComputeParty(PartyServer):
         `_idle` says so before the lock is let go, so shutdown waits for them."""
         taken = {id(r) for r in reqs}
         self._queue = deque(r for r in self._queue if id(r) not in taken)
-        self._inflight = {r.rid for r in reqs}
+        self._inflight = {r.rid: r for r in reqs}
         if reqs:
             self._idle.clear()
         return reqs
@@ -840,7 +854,7 @@ class ComputeParty(PartyServer):
                 else:
                     self._requeue(batch)
                 with self._req:
-                    self._inflight = set()
+                    self._inflight = {}
                 self._idle.set()
                 return
             try:
@@ -877,7 +891,7 @@ class ComputeParty(PartyServer):
                 return
             finally:
                 with self._req:
-                    self._inflight = set()
+                    self._inflight = {}
                 self._idle.set()
 
     def _follow(self, s: PartySession) -> None:
@@ -898,7 +912,7 @@ class ComputeParty(PartyServer):
                 with self._req:
                     arrived, self._arrived = self._arrived, []
                     # as at P0: a request id being run is taken until its answer is sent
-                    self._inflight = {r.rid for r in batch}
+                    self._inflight = {r.rid: r for r in batch}
                 reply = {
                     "have": [r.rid for r in batch],
                     "rejected": rejected,
@@ -922,7 +936,7 @@ class ComputeParty(PartyServer):
                 return
             finally:
                 with self._req:
-                    self._inflight = set()
+                    self._inflight = {}
                 self._idle.set()
 
     def _gather(self, reqs: Any, cap: int) -> tuple[list[Request], list[str], list[str]]:
