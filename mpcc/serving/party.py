@@ -84,6 +84,10 @@ class Prepared:
     dealer_wire: int = 0
 
 
+class StalePlan(InputError):
+    """A request encoded for another plan than the one deployed (the client must re-read)."""
+
+
 class Outbox:
     """Messages to one client, sent by a thread of their own: the query loops hand answers
     over and go on, so a client that reads slowly (or not at all) delays nobody else.
@@ -442,7 +446,9 @@ class ComputeParty(PartyServer):
             shown = rid[:8] if isinstance(rid, str) and RID.match(rid) else "?"
             self.log.warning("rejected request %s from %s: %s", shown, ch.peer, e)
             if isinstance(rid, str) and RID.match(rid):
-                self._reject(ch, rid, str(e))
+                self._reject(
+                    ch, rid, str(e), code="stale_plan" if isinstance(e, StalePlan) else None
+                )
             else:
                 self._post(ch, "error", {"msg": f"{self.label} rejected a request: {e}"})
             return
@@ -478,13 +484,13 @@ class ComputeParty(PartyServer):
         elif why is not None:
             self._reject(ch, rid, why)
 
-    def _reject(self, ch: TlsChannel, rid: str, why: str) -> None:
+    def _reject(self, ch: TlsChannel, rid: str, why: str, code: str | None = None) -> None:
         """Refuse a request; P1 remembers it, so P0 fails its twin at once."""
         with self._req:
             self._rejected[rid] = time.monotonic()
             while len(self._rejected) > MAX_QUEUE:
                 self._rejected.popitem(last=False)
-        self._send_failed(ch, rid, f"{self.label} rejected the request: {why}")
+        self._send_failed(ch, rid, f"{self.label} rejected the request: {why}", code)
 
     def _check_request(self, msg: Message) -> str:
         dep = self.deployment
@@ -493,6 +499,13 @@ class ComputeParty(PartyServer):
         rid, rows = msg.meta.get("rid"), msg.meta.get("rows")
         if not isinstance(rid, str) or not RID.match(rid):
             raise InputError("malformed request id")
+        plan = msg.meta.get("plan")
+        if plan != dep.plan_hash:
+            raise StalePlan(
+                f"the request was encoded for plan {str(plan)[:12]}, but {self.label} serves "
+                f"plan {dep.plan_hash[:12]} (a model was deployed since): read the plan's "
+                "interface again"
+            )
         prog = dep.prog
         shape = prog.value(prog.inputs[0][1]).shape
         if not isinstance(rows, int) or not 1 <= rows <= prog.batch:
@@ -521,16 +534,21 @@ class ComputeParty(PartyServer):
         outbox.post(kind, meta, arrays)
         return True
 
-    def _send_failed(self, ch: TlsChannel, rid: str, why: str) -> None:
-        self._post(ch, "failed", {"rid": rid, "msg": why})
+    def _send_failed(self, ch: TlsChannel, rid: str, why: str, code: str | None = None) -> None:
+        meta = {"rid": rid, "msg": why}
+        if code is not None:  # what the client can act on ("stale_plan": read the plan again)
+            meta["code"] = code
+        self._post(ch, "failed", meta)
 
     def _fail(self, reqs: list[Request], why: str) -> None:
         for r in reqs:
             self._send_failed(r.ch, r.rid, why)
 
-    def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any]) -> int:
-        """Hand a result to its client's outbox: 1 if it was, 0 if the client left."""
-        if not self._post(r.ch, "result", {"rid": r.rid, "stats": stats}, [y]):
+    def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any], plan: str) -> int:
+        """Hand a result to its client's outbox: 1 if it was, 0 if the client left. `plan`:
+        the hash of the plan that computed it, which the client checks before decoding."""
+        meta = {"rid": r.rid, "plan": plan, "stats": stats}
+        if not self._post(r.ch, "result", meta, [y]):
             self.log.info("could not answer request %s: its client left", r.rid[:8])
             return 0
         self.answered += 1
@@ -1007,14 +1025,14 @@ class ComputeParty(PartyServer):
         }
         if len(batch) == 1 and not rows_independent(prog):
             stats["queued_s"] = start - batch[0].arrived
-            self._answered(s, self._answer(batch[0], y, stats))
+            self._answered(s, self._answer(batch[0], y, stats, s.dep.plan_hash))
             return
         if y.shape[0] != prog.batch:  # the row check lets no such plan batch requests
             raise PartyError(f"output shape {list(y.shape)} does not keep the batch first")
         row, answered = 0, 0
         for r in batch:
             stats["queued_s"] = start - r.arrived
-            answered += self._answer(r, y[row : row + r.rows], dict(stats))
+            answered += self._answer(r, y[row : row + r.rows], dict(stats), s.dep.plan_hash)
             row += r.rows
         self._answered(s, answered)
 
