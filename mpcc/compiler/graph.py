@@ -74,6 +74,14 @@ CONST_INPUTS: dict[str, dict[int, str]] = {
     "Unsqueeze": {1: "axes"},
     "Dropout": {1: "ratio", 2: "training_mode"},
     "Div": {1: "divisor"},
+    "LSTM": {
+        1: "weight W",
+        2: "recurrence weight R",
+        3: "bias B",
+        4: "sequence_lens",
+        7: "peephole P",
+    },
+    "GRU": {1: "weight W", 2: "recurrence weight R", 3: "bias B", 4: "sequence_lens"},
 }
 
 # Node attributes that ONNX (opset >= 13) takes as constant inputs, in input order.

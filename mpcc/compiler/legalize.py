@@ -22,6 +22,9 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
   mode, one output); BatchNormalization (epsilon; one output); Softmax and LogSoftmax, only
   where they produce the model's output (through Reshapes at most).
 
+LSTM and GRU are unrolled first (`mpcc.compiler.recurrent`) into the ops above and Sigmoid,
+Tanh (and Relu).
+
 No Gemm, Div, Flatten, Squeeze, Unsqueeze, ReduceMean, ReduceMax or ReduceSum remains; a
 Concat's inputs are all computed. What cannot be brought into this form raises ModelError.
 """
@@ -34,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from mpcc.compiler.graph import Graph
+from mpcc.compiler.recurrent import expand_recurrent
 from mpcc.errors import ModelError
 
 
@@ -41,6 +45,7 @@ def legalize(g: Graph) -> None:
     """Fill attribute defaults, resolve auto_pad, move constant inputs to attributes, rewrite
     Gemm, Flatten/Squeeze/Unsqueeze, Div by a constant and Sub of a constant, and refuse what
     the compiler does not support (training-mode Dropout, a Softmax before the end, ...)."""
+    expand_recurrent(g)
     for n in g.topo_nodes():
         rule = _LEGALIZE.get(g.op(n))
         if rule is not None:
