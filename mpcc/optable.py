@@ -147,6 +147,10 @@ SAMPLES: tuple[Sample, ...] = (
         "Slice", "", _n("Slice", "a", "b", "ax"), consts={"a": _i64(1), "b": _i64(5), "ax": _i64(2)}
     ),
     _s("Pad", "", _n("Pad", "p"), consts={"p": _i64(0, 0, 1, 1, 0, 0, 1, 1)}),
+    _s("Gather", "constant indices", _n("Gather", "i", axis=1), consts={"i": _i64(2, 0)}),
+    _s("Split", "", _n("Split", "sp", axis=1), consts={"sp": _i64(4)}),
+    _s("Tile", "", _n("Tile", "r"), consts={"r": _i64(1, 2, 1, 1)}),
+    _s("Expand", "", _n("Expand", "s"), consts={"s": _i64(2, 1, 1, 1)}),
     _s("Squeeze", "", _n("Squeeze", "ax"), consts={"ax": _i64(0)}),
     _s("Unsqueeze", "", _n("Unsqueeze", "ax"), consts={"ax": _i64(0)}),
     _s("Identity", "", _n("Identity")),

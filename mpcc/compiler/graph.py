@@ -49,6 +49,10 @@ SUPPORTED_OPS: dict[str, str] = {
     "Concat": "join tensors along an axis (constants too)",
     "Slice": "take a strided sub-tensor (constant bounds)",
     "Pad": "constant-value padding",
+    "Gather": "take entries at constant indices along any axis",
+    "Split": "split along an axis (becomes Slices)",
+    "Tile": "repeat along axes (constant repeats)",
+    "Expand": "broadcast to a constant shape (becomes Reshape + Tile)",
     "Squeeze": "drop size-1 axes",
     "Unsqueeze": "insert size-1 axes",
     "Identity": "no-op (removed)",
@@ -72,6 +76,9 @@ CONST_INPUTS: dict[str, dict[int, str]] = {
     "ReduceMax": {1: "axes"},
     "ReduceSum": {1: "axes"},
     "Unsqueeze": {1: "axes"},
+    "Split": {1: "split"},
+    "Tile": {1: "repeats"},
+    "Expand": {1: "shape"},
     "Dropout": {1: "ratio", 2: "training_mode"},
     "Div": {1: "divisor"},
     "LSTM": {
@@ -90,6 +97,7 @@ _ATTR_INPUTS = {
     "Clip": ("min", "max"),
     "Slice": ("starts", "ends", "axes", "steps"),
     "Pad": ("pads", "value"),
+    "Tile": ("reps",),
 }
 
 
@@ -177,6 +185,9 @@ class Graph:
                 continue
             if op == "MatMulSS":
                 op = "MatMul"
+            if op == "Gather" and "indices" in attrs:
+                idx = np.asarray(attrs.pop("indices"), np.int64).reshape(attrs.pop("ishape"))
+                inputs.append(const(idx, name))
             if op == "MatMul" and len(inputs) == 3:
                 tmp = f"{outputs[0]}__mm"
                 nodes.append(helper.make_node("MatMul", inputs[:2], [tmp], name))

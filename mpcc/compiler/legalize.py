@@ -15,6 +15,8 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
   (also from ReduceMean / ReduceMax; ReduceSum becomes a SumPool).
 - Reshape (shape: static, no -1 or 0), Transpose (perm), Concat (axis >= 0; inputs may be
   constants), Pad (pads in ONNX order over all axes, value; mode constant).
+- Gather [x] (axis, indices: flat non-negative ints, ishape: their shape): a computed tensor
+  at constant indices. Tile [x] (reps). Expand becomes Reshape + Tile; Split becomes Slices.
 - Slice (starts, ends, axes, steps): axes >= 0 in increasing order; starts and ends are
   non-negative and clamped like Python's slice with those bounds, except that with a negative
   step `end == -1` means "through index 0".
@@ -431,6 +433,66 @@ def _pad(g: Graph, n: str) -> None:
     g.set_inputs(n, ins[:1])
 
 
+def _gather(g: Graph, n: str) -> None:
+    """Gather of a computed tensor at constant indices (negative ones normalized)."""
+    d = g.node(n)
+    x, idx = d["inputs"]
+    if g.is_const(x) or not g.is_const(idx):
+        raise ModelError(
+            f"{_where(g, n)}: only a computed tensor gathered at constant indices is supported "
+            f"here ({x!r} is {'constant' if g.is_const(x) else 'computed'}, indices {idx!r} "
+            f"are {'constant' if g.is_const(idx) else 'computed'})"
+        )
+    shape = g.shape(x)
+    axis = int(d["attrs"].get("axis", 0)) % len(shape)
+    iv = np.asarray(g.const(idx), dtype=np.int64)
+    if ((iv < -shape[axis]) | (iv >= shape[axis])).any():
+        raise ModelError(f"{_where(g, n)}: an index is out of range for axis {axis} ({shape})")
+    iv = np.where(iv < 0, iv + shape[axis], iv)
+    d["attrs"] = {"axis": axis, "indices": _ints(iv), "ishape": tuple(iv.shape)}
+    g.set_inputs(n, [x])
+
+
+def _split(g: Graph, n: str) -> None:
+    """Split into one Slice per output (each local)."""
+    d, a = g.node(n), g.node(n)["attrs"]
+    x, outs = d["inputs"][0], list(d["outputs"])
+    rank = len(g.shape(x))
+    axis = int(a.get("axis", 0)) % rank
+    name = n
+    g.remove_node(n)
+    start = 0
+    for i, t in enumerate(outs):
+        size = g.shape(t)[axis]
+        if not t:
+            start += size
+            continue
+        attrs = {"starts": (start,), "ends": (start + size,), "axes": (axis,), "steps": (1,)}
+        g.add_node("Slice", [x], [t], attrs, name=f"{name}_{i}")
+        start += size
+
+
+def _tile(g: Graph, n: str) -> None:
+    d = g.node(n)
+    d["attrs"] = {"reps": _ints(g.const(d["inputs"][1]))}
+    g.set_inputs(n, d["inputs"][:1])
+
+
+def _expand(g: Graph, n: str) -> None:
+    """Expand (numpy broadcasting to a constant shape) as Reshape to the output's rank, then
+    Tile along the axes of size 1 that grow."""
+    d = g.node(n)
+    x, out = d["inputs"][0], d["outputs"][0]
+    shape, target = g.shape(x), g.shape(out)
+    full = (1,) * (len(target) - len(shape)) + tuple(shape)
+    if full != tuple(shape):
+        mid = g.new_tensor(f"{x}_rank{len(target)}", full)
+        g.add_node("Reshape", [x], [mid], {"shape": full}, name=f"{n}_reshape")
+        x = mid
+    d["op"], d["attrs"] = "Tile", {"reps": tuple(t // s for s, t in zip(full, target, strict=True))}
+    g.set_inputs(n, [x])
+
+
 def _dropout(g: Graph, n: str) -> None:
     d = g.node(n)
     if len(d["inputs"]) > 2 and d["inputs"][2] and g.const(d["inputs"][2]).any():
@@ -490,6 +552,10 @@ _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "Concat": _concat,
     "Slice": _slice,
     "Pad": _pad,
+    "Gather": _gather,
+    "Split": _split,
+    "Tile": _tile,
+    "Expand": _expand,
     "Dropout": _dropout,
     "Softmax": _softmax,
     "LogSoftmax": _softmax,

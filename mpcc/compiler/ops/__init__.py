@@ -20,7 +20,7 @@ from mpcc.compiler.ops.base import REGISTRY, Op, RuleError, Site, Type, lookup
 from mpcc.compiler.ops.compare import clip, leaky_relu, relu
 from mpcc.compiler.ops.io import input, output
 from mpcc.compiler.ops.linear import conv2d, matmul, mul_w
-from mpcc.compiler.ops.movement import concat, pad, reshape, slice, transpose
+from mpcc.compiler.ops.movement import concat, gather, pad, reshape, slice, tile, transpose
 from mpcc.compiler.ops.pool import avgpool, maxpool, maxpool_levels, sumpool
 
 ALL: tuple[Op, ...] = (
@@ -48,6 +48,8 @@ ALL: tuple[Op, ...] = (
     concat,
     slice,
     pad,
+    gather,
+    tile,
 )
 assert set(ALL) == set(REGISTRY.values()), "every declared op is listed in ALL"
 
