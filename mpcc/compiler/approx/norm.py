@@ -46,7 +46,9 @@ def normalise(em: Emitter, x: Value, axes: Sequence[int], eps: float) -> Value:
     """(x - mean) / sqrt(var + eps) over `axes`, at f bits."""
     f, s = em.f, inner(em.f)
     x = at_most(em, x, f)
-    d = sub(em, x, reduce_mean(em, x, axes, True))
+    # the mean of n elements carries log2(n) more bits (a free relabel); the deviation is
+    # brought back to s bits before it is squared, so the square stays within the budget
+    d = at_most(em, sub(em, x, reduce_mean(em, x, axes, True)), s)
     var = reduce_mean(em, mul(em, d, d, s), axes, True)
     r = rsqrt(em, add_c(em, var, eps), budget(f) - d.scale)
     return mul(em, d, r, f)
