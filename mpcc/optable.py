@@ -149,6 +149,7 @@ SAMPLES: tuple[Sample, ...] = (
     _s("Squeeze", "", _n("Squeeze", "ax"), consts={"ax": _i64(0)}),
     _s("Unsqueeze", "", _n("Unsqueeze", "ax"), consts={"ax": _i64(0)}),
     _s("Identity", "", _n("Identity")),
+    _s("Cast", "between float types", _n("Cast", to=int(TensorProto.DOUBLE))),
     _s("Dropout", "", _n("Dropout")),
     _s("Softmax", "", _n("Flatten"), _n("Softmax", axis=1), context=1),
     _s("LogSoftmax", "", _n("Flatten"), _n("LogSoftmax", axis=1), context=1),
@@ -231,6 +232,7 @@ def rows() -> list[Row]:
 _FREE_WHY = {
     "BatchNormalization": "folded into the weights",
     "Identity": "removed",
+    "Cast": "removed",
     "Dropout": "removed",
     "Softmax": "dropped",
     "LogSoftmax": "dropped",

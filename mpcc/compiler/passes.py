@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mpcc.compiler.blockers import Blocker, raise_if_any
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.legalize import legalize
 from mpcc.compiler.rewrites import (
@@ -34,9 +35,15 @@ PASSES: tuple[Callable[[Graph], None], ...] = (
 )
 
 
-def run_all(g: Graph) -> Graph:
-    """Run every pass in order; return the same (now legalized and simplified) graph."""
-    for p in PASSES:
+def run_all(g: Graph, blockers: list[Blocker] | None = None) -> Graph:
+    """Run every pass in order; return the same (now legalized and simplified) graph.
+
+    With `blockers` (what earlier checks found), legalization adds what it finds and one
+    ModelError reports them all before the rewrites run."""
+    legalize(g, blockers)
+    if blockers is not None:
+        raise_if_any(blockers)
+    for p in PASSES[1:]:
         p(g)
     g.prune()
     return g
