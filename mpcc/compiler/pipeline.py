@@ -36,7 +36,9 @@ def compile_onnx(
     # Every blocker at once: unfixed shapes, unsupported ops, computed inputs where constants
     # are needed, then (once shapes are known) unsupported attributes.
     blockers = [
-        Blocker(NEEDS_CONSTANT if " must be " in why else UNFIXED, n.op_type, n.name, why)
+        Blocker(NEEDS_CONSTANT, n.op_type, n.name, why)
+        if n is not None and " must be " in why
+        else Blocker(UNFIXED, n.op_type if n else "input", n.name if n else why.split("'")[1], why)
         for n, why in onnx_frontend.static_problems(proto.graph)
     ]
     if blockers:

@@ -78,7 +78,7 @@ def load(
     _stamp_ir(m)
     _name_nodes(m.graph)
     _check_domains(m.graph)
-    found = _fix_input_shapes(m.graph, input_shapes)
+    found = _fix_input_shapes(m.graph, input_shapes, strict=check_static)
     _fold_constants(m)
     m = _infer(m)
     if check_static:
@@ -198,8 +198,11 @@ def _check_domains(g: onnx.GraphProto) -> None:
         raise ModelError(f"only standard ONNX ops are supported, not {listed}")
 
 
-def _fix_input_shapes(g: onnx.GraphProto, given: Shapes | tuple[int, ...] | None) -> list[str]:
-    """Drop initializers from the inputs and set every input's shape; return notes."""
+def _fix_input_shapes(
+    g: onnx.GraphProto, given: Shapes | tuple[int, ...] | None, strict: bool = True
+) -> list[str]:
+    """Drop initializers from the inputs and set every input's shape; return notes. Without
+    `strict`, an input with a symbolic dim past the first keeps it (`static_problems` says)."""
     inits = {t.name for t in g.initializer}
     real = [i for i in g.input if i.name not in inits]
     del_inputs = [i for i in g.input if i.name in inits]
@@ -257,16 +260,13 @@ def _fix_input_shapes(g: onnx.GraphProto, given: Shapes | tuple[int, ...] | None
                         f"input {inp.name!r}: symbolic batch dim{sym} set to 1 "
                         "(use --input-shape to change it)"
                     )
+                elif strict:
+                    raise ModelError(_unfixed(inp.name, dims, k))
                 else:
-                    sym = f" ({d.dim_param!r})" if d.dim_param else ""
-                    example = "x".join(
-                        str(x.dim_value) if x.HasField("dim_value") else "1" if j == 0 else "<?>"
-                        for j, x in enumerate(dims)
-                    )
-                    raise ModelError(
-                        f"input {inp.name!r}: dim {k}{sym} is not fixed; give the whole shape "
-                        f"with --input-shape {inp.name}={example}"
-                    )
+                    shape = None
+                    break
+        if shape is None:
+            continue
         if 0 in shape:
             raise ModelError(
                 f"input {inp.name!r} has shape {list(shape)}, with a dim of size 0: empty "
@@ -277,6 +277,19 @@ def _fix_input_shapes(g: onnx.GraphProto, given: Shapes | tuple[int, ...] | None
         for s in shape:
             tt.shape.dim.add().dim_value = s
     return notes
+
+
+def _unfixed(name: str, dims: list, k: int) -> str:
+    """Why input `name` has no fixed shape (its dim `k` is symbolic), and what to give."""
+    sym = f" ({dims[k].dim_param!r})" if dims[k].dim_param else ""
+    example = "x".join(
+        str(x.dim_value) if x.HasField("dim_value") else "1" if j == 0 else "<?>"
+        for j, x in enumerate(dims)
+    )
+    return (
+        f"input {name!r}: dim {k}{sym} is not fixed; give the whole shape "
+        f"with --input-shape {name}={example}"
+    )
 
 
 def _infer(m: onnx.ModelProto) -> onnx.ModelProto:
@@ -417,17 +430,23 @@ def _check_static(g: onnx.GraphProto) -> None:
         raise ModelError("; ".join(p for _, p in problems))
 
 
-def static_problems(g: onnx.GraphProto) -> list[tuple[onnx.NodeProto, str]]:
-    """The nodes whose outputs have no static shape while their inputs' shapes are known
-    (the first cause of every unknown shape), each with why, most often an input that mpcc
-    needs constant (a shape, axes, starts, pads) but is computed from the model's inputs."""
+def static_problems(g: onnx.GraphProto) -> list[tuple[onnx.NodeProto | None, str]]:
+    """The inputs with a dim left unfixed (node None), and the nodes whose outputs have no
+    static shape while their inputs' shapes are known (the first cause of every other
+    unknown shape), each with why: most often an input that mpcc needs constant (a shape,
+    axes, starts, pads) but is computed from the model's inputs."""
     known = {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
     consts = {t.name for t in g.initializer}
+    problems: list[tuple[onnx.NodeProto | None, str]] = []
+    for inp in g.input:
+        if inp.name not in consts and _static_shape(inp) is None:
+            dims = list(inp.type.tensor_type.shape.dim)
+            k = next(k for k, d in enumerate(dims) if not d.HasField("dim_value"))
+            problems.append((None, _unfixed(inp.name, dims, k)))
 
     def static(t: str) -> bool:
         return not t or t in consts or (t in known and _static_shape(known[t]) is not None)
 
-    problems = []
     for n in g.node:
         bad = [t for t in n.output if t and not static(t)]
         if not bad or not all(static(t) for t in n.input):
