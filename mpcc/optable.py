@@ -102,6 +102,7 @@ SAMPLES: tuple[Sample, ...] = (
     _s("Conv", "any kernel size, stride, padding, dilation, groups", _CONV, consts=_CONV_W),
     _s("Gemm", "", _n("Gemm", "B", "C", transB=1), consts={"B": _w(8, 16), "C": _w(8)}, shape=FLAT),
     _s("MatMul", "by a constant matrix", _n("MatMul", "W"), consts={"W": _w(16, 8)}, shape=FLAT),
+    _s("MatMul", "two secrets (batched, e.g. attention)", _n("MatMul", SECRET)),
     _s("Add", "a constant", _n("Add", "c"), consts={"c": _w(1, 4, 8, 8)}),
     _s("Add", "two secrets", _n("Add", SECRET)),
     _s("Sub", "a constant", _n("Sub", "c"), consts={"c": _w(1, 4, 1, 1)}),

@@ -28,12 +28,13 @@ def test_every_kind_of_blocker_in_one_report(tmp_path, capsys) -> None:
         node("AveragePool", ["e"], ["p"], name="avg", kernel_shape=[2, 2], dilations=[2, 2]),
         node("Softmax", ["p"], ["sm"], name="soft", axis=1),
         node("Flatten", ["sm"], ["f"], name="flat"),
-        node("Flatten", ["x"], ["g"], name="flat2"),
-        node("Transpose", ["g"], ["gt"], name="tr"),
-        node("MatMul", ["gt", "f"], ["mm"], name="mm"),
+        node("Relu", ["x"], ["w"], name="wr"),
+        node("Conv", ["x", "w"], ["c"], name="conv"),
+        node("Flatten", ["c"], ["g"], name="flat2"),
+        node("Add", ["g", "f"], ["mm"], name="add"),
         node("Relu", ["mm"], ["y"], name="relu"),
     ]
-    m = model(nodes, {"x": (1, 2, 6, 6)}, ["y"], opset=19)
+    m = model(nodes, {"x": (1, 2, 2, 2)}, ["y"], opset=19)
     lines = _errors(m)
     assert lines[0] == (
         "the model cannot be compiled: 6 blockers (3 unsupported op, "
@@ -46,7 +47,7 @@ def test_every_kind_of_blocker_in_one_report(tmp_path, capsys) -> None:
         "  Erf x1: 'erf'",
     ]
     assert lines[4].startswith(f"  what to do: {ADVICE[UNSUPPORTED_OP]}")
-    assert f"{NEEDS_CONSTANT} (1):\n  MatMul x1:\n    node 'mm' (op MatMul) multiplies two" in text
+    assert f"{NEEDS_CONSTANT} (1):\n  Conv x1:\n    node 'conv' (op Conv) needs a constant" in text
     assert f"{ATTRIBUTE} (2):\n  AveragePool x1:\n    node 'avg' (op AveragePool): dilated" in text
     assert "  Softmax x1:\n    node 'soft' (op Softmax) is not the model's last op" in text
     assert text.count("what to do:") == 3 and "relu" not in text

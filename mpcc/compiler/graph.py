@@ -30,8 +30,9 @@ from mpcc.frontends import onnx as onnx_frontend
 
 SUPPORTED_OPS: dict[str, str] = {
     "Conv": "2-D convolution (NCHW), any stride, padding, dilation and group count",
-    "Gemm": "fully connected layer (becomes MatMul + bias)",
-    "MatMul": "product of a tensor with a constant 2-D weight matrix",
+    "Gemm": "fully connected layer (becomes MatMul + bias); B may also be computed",
+    "MatMul": "product with a constant 2-D weight matrix, or of two computed tensors "
+    "(batched, with broadcasting: attention)",
     "Add": "elementwise sum of two tensors, or of a tensor and a constant",
     "Sub": "elementwise difference of two tensors, or with a constant",
     "Mul": "elementwise product of two tensors, or of a tensor and a constant",
@@ -67,7 +68,7 @@ SUPPORTED_OPS: dict[str, str] = {
 # Inputs that must be constants, by op: input index -> what it is.
 CONST_INPUTS: dict[str, dict[int, str]] = {
     "Conv": {1: "weight", 2: "bias"},
-    "Gemm": {1: "weight B", 2: "bias C"},
+    "Gemm": {2: "bias C"},
     "BatchNormalization": {1: "scale", 2: "bias", 3: "mean", 4: "variance"},
     "PRelu": {1: "slope"},
     "Clip": {1: "min", 2: "max"},
@@ -81,6 +82,14 @@ CONST_INPUTS: dict[str, dict[int, str]] = {
     "Unsqueeze": {1: "axes"},
     "Dropout": {1: "ratio", 2: "training_mode"},
     "Div": {1: "divisor"},
+    "LSTM": {
+        1: "weight W",
+        2: "recurrence weight R",
+        3: "bias B",
+        4: "sequence_lens",
+        7: "peephole P",
+    },
+    "GRU": {1: "weight W", 2: "recurrence weight R", 3: "bias B", 4: "sequence_lens"},
 }
 
 # Node attributes that ONNX (opset >= 13) takes as constant inputs, in input order.
@@ -181,6 +190,8 @@ class Graph:
                 nodes.append(helper.make_node("AveragePool", inputs, [tmp], name, **attrs))
                 nodes.append(helper.make_node("Mul", [tmp, const(np.float32(k), name)], outputs))
                 continue
+            if op == "MatMulSS":
+                op = "MatMul"
             if op == "MatMul" and len(inputs) == 3:
                 tmp = f"{outputs[0]}__mm"
                 nodes.append(helper.make_node("MatMul", inputs[:2], [tmp], name))
@@ -503,16 +514,6 @@ def node_blockers(
                         f"but {n.input[i]!r} is computed",
                     )
                 )
-        if n.op_type == "MatMul" and not any(t in constants for t in n.input):
-            found.append(
-                Blocker(
-                    NEEDS_CONSTANT,
-                    n.op_type,
-                    n.name,
-                    f"{where} multiplies two computed tensors {n.input[0]!r} and "
-                    f"{n.input[1]!r}: not supported yet (one must be a constant)",
-                )
-            )
         if n.op_type == "Div" and n.output[0] in integers:
             found.append(
                 Blocker(

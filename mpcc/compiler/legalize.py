@@ -5,6 +5,8 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
 
 - Conv [x, W, (B)]: kernel_shape, strides, pads (top, left, bottom, right), dilations, group.
 - MatMul [x, W, (B)]: W constant [K, N], B constant [N].
+- MatMulSS [a, b]: the product of two computed tensors (MatMul, or Gemm whose B is
+  computed), both of rank >= 2, leading axes broadcast as numpy's matmul does.
 - Add / Sub / Mul [a, b]: both computed, or a constant second operand (Add, Mul) broadcasting
   to the first one's shape; Sub keeps a constant only as its first operand.
 - Neg; Relu; LeakyRelu (alpha); Clip (min, max floats, +-inf when absent); PRelu [x, slope].
@@ -20,6 +22,9 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
   mode, one output); BatchNormalization (epsilon; one output); Softmax and LogSoftmax, only
   where they produce the model's output (through Reshapes at most).
 
+LSTM and GRU are unrolled first (`mpcc.compiler.recurrent`) into the ops above and Sigmoid,
+Tanh (and Relu).
+
 No Gemm, Div, Flatten, Squeeze, Unsqueeze, ReduceMean, ReduceMax or ReduceSum remains; a
 Concat's inputs are all computed. What cannot be brought into this form raises ModelError.
 """
@@ -33,6 +38,7 @@ import numpy as np
 
 from mpcc.compiler.blockers import ATTRIBUTE, Blocker, raise_if_any
 from mpcc.compiler.graph import Graph
+from mpcc.compiler.recurrent import expand_recurrent
 from mpcc.errors import ModelError
 
 
@@ -45,6 +51,7 @@ def legalize(g: Graph, blockers: list[Blocker] | None = None) -> None:
     `blockers` list is appended to it. Nodes already in `blockers` are left alone."""
     found: list[Blocker] = []
     skip = {b.node for b in blockers or []}
+    expand_recurrent(g)
     for n in g.topo_nodes():
         rule = _LEGALIZE.get(g.op(n))
         if rule is None or n in skip:
@@ -129,8 +136,55 @@ def _pool(g: Graph, n: str) -> None:
     d["attrs"] = attrs
 
 
+def _gemm_ss(g: Graph, n: str) -> None:
+    """Gemm with a computed B: alpha * A' @ B' (+ beta * C) as [Transpose], MatMulSS, [Mul],
+    [Add], all but the product local."""
+    d, a = g.node(n), g.node(n)["attrs"]
+    ins = [*d["inputs"], ""]
+    out = d["outputs"][0]
+    operands = []
+    for t, flag in ((ins[0], "transA"), (ins[1], "transB")):
+        if g.is_const(t):
+            raise ModelError(f"{_where(g, n)}: a constant A with a computed B is not supported")
+        if a.get(flag, 0):
+            tt = g.new_tensor(f"{t}_T", g.shape(t)[::-1])
+            g.add_node("Transpose", [t], [tt], {"perm": (1, 0)}, name=f"{n}_{flag}")
+            t = tt
+        operands.append(t)
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+    c = ins[2] if ins[2] and beta != 0.0 else None
+    tail: list[tuple[str, str]] = []  # (op, constant) applied after the product, in order
+    if alpha != 1.0:
+        tail.append(("Mul", g.add_const(np.float32(alpha), f"{n}_alpha")))
+    if c is not None:
+        full = np.broadcast_to(beta * g.const(c), g.shape(out)).copy()
+        tail.append(("Add", g.add_const(full, f"{n}_C")))
+    d["op"], d["attrs"] = "MatMulSS", {}
+    g.set_inputs(n, operands)
+    prev = n
+    for i, (op, k) in enumerate(tail):
+        mid = g.new_tensor(f"{out}_{i}", g.shape(out))
+        g.set_outputs(prev, [mid])
+        prev = g.add_node(op, [mid, k], [out], name=f"{n}_{op.lower()}")
+        _binary(g, prev)
+
+
+def _matmul_ss(g: Graph, n: str) -> None:
+    """MatMul of two computed tensors: MatMulSS, if both have two axes or more."""
+    d = g.node(n)
+    for t in d["inputs"]:
+        if len(g.shape(t)) < 2:
+            raise ModelError(
+                f"{_where(g, n)}: a product of two computed tensors needs both of rank >= 2; "
+                f"{t!r} has shape {list(g.shape(t))}"
+            )
+    d["op"], d["attrs"] = "MatMulSS", {}
+
+
 def _gemm(g: Graph, n: str) -> None:
     d, a = g.node(n), g.node(n)["attrs"]
+    if not g.is_const(d["inputs"][1]):
+        return _gemm_ss(g, n)
     x, b = d["inputs"][:2]
     c = d["inputs"][2] if len(d["inputs"]) > 2 and d["inputs"][2] else None
     out = d["outputs"][0]
@@ -161,6 +215,8 @@ def _matmul(g: Graph, n: str) -> None:
     d = g.node(n)
     x, w = d["inputs"]
     out = d["outputs"][0]
+    if not g.is_const(x) and not g.is_const(w):
+        return _matmul_ss(g, n)
     if g.is_const(x):  # C @ x = (x^T C^T)^T over the last two axes
         c, x = g.const(x), w
         r = len(g.shape(x))

@@ -159,6 +159,12 @@ class _Lowering:
         b = self.fit(self.arg(name, b_t), self.f)
         return self.emit_as(data, ops.mul, (a.id, b.id))
 
+    def lower_matmul_ss(self, name: str, data: dict) -> Value:
+        a_t, b_t = data["inputs"]
+        a = self.fit(self.arg(name, a_t), self.f)
+        b = self.fit(self.arg(name, b_t), self.f)
+        return self.emit_as(data, ops.matmul_ss, (a.id, b.id))
+
     def lower_neg(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
         return self.emit(ops.mul_public, (x.id,), factor=-1)
@@ -294,6 +300,7 @@ class _Lowering:
 _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Conv": lambda s, n, d: s.lower_linear(n, d, ops.conv2d),
     "MatMul": lambda s, n, d: s.lower_linear(n, d, ops.matmul),
+    "MatMulSS": _Lowering.lower_matmul_ss,
     "Add": lambda s, n, d: s.lower_add_sub(n, d, "Add"),
     "Sub": lambda s, n, d: s.lower_add_sub(n, d, "Sub"),
     "Mul": _Lowering.lower_mul,

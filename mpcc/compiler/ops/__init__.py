@@ -6,7 +6,16 @@
 `ops.REGISTRY` maps names to ops (plan files name them); `ops.ALL` lists them in order.
 """
 
-from mpcc.compiler.ops.arith import add, add_w, mul, mul_public, rescale, sub, trunc
+from mpcc.compiler.ops.arith import (
+    add,
+    add_w,
+    matmul_ss,
+    mul,
+    mul_public,
+    rescale,
+    sub,
+    trunc,
+)
 from mpcc.compiler.ops.base import REGISTRY, Op, RuleError, Site, Type, lookup
 from mpcc.compiler.ops.compare import clip, leaky_relu, relu
 from mpcc.compiler.ops.io import input, output
@@ -24,6 +33,7 @@ ALL: tuple[Op, ...] = (
     add,
     sub,
     mul,
+    matmul_ss,
     mul_public,
     rescale,
     trunc,
