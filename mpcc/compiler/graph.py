@@ -36,7 +36,7 @@ SUPPORTED_OPS: dict[str, str] = {
     "Add": "elementwise sum of two tensors, or of a tensor and a constant",
     "Sub": "elementwise difference of two tensors, or with a constant",
     "Mul": "elementwise product of two tensors, or of a tensor and a constant",
-    "Div": "division by a constant (becomes Mul by its reciprocal)",
+    "Div": "division by a constant (a Mul) or by a secret in [2^-6, 2^14]",
     "BatchNormalization": "inference batch norm (folded into the neighbouring Conv/MatMul)",
     "Relu": "max(x, 0)",
     "LeakyRelu": "x if x > 0 else alpha * x",
@@ -46,9 +46,26 @@ SUPPORTED_OPS: dict[str, str] = {
     "AveragePool": "2-D average pooling",
     "GlobalAveragePool": "mean over the spatial dims",
     "GlobalMaxPool": "max over the spatial dims",
-    "ReduceMean": "mean over all the spatial dims (becomes GlobalAveragePool)",
-    "ReduceMax": "max over all the spatial dims (becomes GlobalMaxPool)",
-    "ReduceSum": "sum over all the spatial dims (a window sum)",
+    "ReduceMean": "mean over any axes (local; a power-of-two count is free)",
+    "ReduceMax": "max over any axes (a tournament of ReLUs)",
+    "ReduceSum": "sum over any axes (local)",
+    "ReduceL2": "sqrt of the sum of squares over any axes (fused with a Div: L2 normalization)",
+    "Softmax": "over any axis, with max subtraction (a final one is dropped unless keep_softmax)",
+    "LogSoftmax": "over any axis, with max subtraction (a final one is dropped unless "
+    "keep_softmax)",
+    "LayerNormalization": "over the trailing axes from `axis` (the decomposed form is fused)",
+    "Exp": "exp on [-16, 0], clamped (range reduction and squaring)",
+    "Log": "log on [2^-6, 2^14], clamped",
+    "Sqrt": "sqrt on [2^-10, 2^14], clamped",
+    "Reciprocal": "1/x on [2^-6, 2^14], clamped",
+    "Pow": "constant exponent 2 (a secret square), 1, 0.5, -0.5 or -1",
+    "Sigmoid": "piecewise polynomial, abs. error 2^-10",
+    "Tanh": "piecewise polynomial, abs. error 2^-10",
+    "Erf": "piecewise polynomial, abs. error 2^-10",
+    "Gelu": "approximate none or tanh, abs. error 2^-10 (the decomposed forms are fused)",
+    "HardSigmoid": "max(0, min(1, alpha x + beta))",
+    "HardSwish": "x * HardSigmoid(x)",
+    "LpNormalization": "p = 2: x / ||x|| along an axis",
     "Neg": "negation",
     "Flatten": "reshape to 2-D",
     "Reshape": "change the shape (the target shape must be constant)",
@@ -56,13 +73,15 @@ SUPPORTED_OPS: dict[str, str] = {
     "Concat": "join tensors along an axis (constants too)",
     "Slice": "take a strided sub-tensor (constant bounds)",
     "Pad": "constant-value padding",
+    "Gather": "take entries at constant indices along any axis",
+    "Split": "split along an axis (becomes Slices)",
+    "Tile": "repeat along axes (constant repeats)",
+    "Expand": "broadcast to a constant shape (becomes Reshape + Tile)",
     "Squeeze": "drop size-1 axes",
     "Unsqueeze": "insert size-1 axes",
     "Identity": "no-op (removed)",
     "Cast": "between float types: no-op (removed); Casts of constants fold",
     "Dropout": "no-op at inference (removed)",
-    "Softmax": "only as the final op (dropped: the plan returns logits, argmax unchanged)",
-    "LogSoftmax": "only as the final op (dropped: the plan returns logits, argmax unchanged)",
 }
 
 # Inputs that must be constants, by op: input index -> what it is.
@@ -79,9 +98,14 @@ CONST_INPUTS: dict[str, dict[int, str]] = {
     "ReduceMean": {1: "axes"},
     "ReduceMax": {1: "axes"},
     "ReduceSum": {1: "axes"},
+    "ReduceL2": {1: "axes"},
+    "LayerNormalization": {1: "scale", 2: "bias"},
+    "Pow": {1: "exponent"},
     "Unsqueeze": {1: "axes"},
+    "Split": {1: "split"},
+    "Tile": {1: "repeats"},
+    "Expand": {1: "shape"},
     "Dropout": {1: "ratio", 2: "training_mode"},
-    "Div": {1: "divisor"},
     "LSTM": {
         1: "weight W",
         2: "recurrence weight R",
@@ -98,6 +122,7 @@ _ATTR_INPUTS = {
     "Clip": ("min", "max"),
     "Slice": ("starts", "ends", "axes", "steps"),
     "Pad": ("pads", "value"),
+    "Tile": ("reps",),
 }
 
 
@@ -192,6 +217,9 @@ class Graph:
                 continue
             if op == "MatMulSS":
                 op = "MatMul"
+            if op == "Gather" and "indices" in attrs:
+                idx = np.asarray(attrs.pop("indices"), np.int64).reshape(attrs.pop("ishape"))
+                inputs.append(const(idx, name))
             if op == "MatMul" and len(inputs) == 3:
                 tmp = f"{outputs[0]}__mm"
                 nodes.append(helper.make_node("MatMul", inputs[:2], [tmp], name))

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mpcc.compiler import ops
+from mpcc.compiler import lower_smooth, ops
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.ir import SLACK_BITS, Program, Value, WeightSpec
 from mpcc.compiler.ops import Op, RuleError
@@ -265,6 +265,17 @@ class _Lowering:
                 axes=list(a["axes"]),
                 steps=list(a["steps"]),
             )
+        if op == "Gather":
+            return self.emit_as(
+                data,
+                ops.gather,
+                (x.id,),
+                axis=int(a["axis"]),
+                indices=list(a["indices"]),
+                ishape=list(a["ishape"]),
+            )
+        if op == "Tile":
+            return self.emit_as(data, ops.tile, (x.id,), reps=list(a["reps"]))
         if op == "Pad":
             return self.emit_as(
                 data, ops.pad, (x.id,), pads=list(a["pads"]), value=float(a.get("value", 0.0))
@@ -319,6 +330,9 @@ _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Concat": lambda s, n, d: s.lower_movement(n, d, "Concat"),
     "Slice": lambda s, n, d: s.lower_movement(n, d, "Slice"),
     "Pad": lambda s, n, d: s.lower_movement(n, d, "Pad"),
+    "Gather": lambda s, n, d: s.lower_movement(n, d, "Gather"),
+    "Tile": lambda s, n, d: s.lower_movement(n, d, "Tile"),
+    **lower_smooth.HANDLERS,
 }
 
 

@@ -8,10 +8,14 @@
 
 from mpcc.compiler.ops.arith import (
     add,
+    add_const,
     add_w,
+    dot_const,
     matmul_ss,
     mul,
+    mul_const,
     mul_public,
+    relabel,
     rescale,
     sub,
     trunc,
@@ -20,8 +24,9 @@ from mpcc.compiler.ops.base import REGISTRY, Op, RuleError, Site, Type, lookup
 from mpcc.compiler.ops.compare import clip, leaky_relu, relu
 from mpcc.compiler.ops.io import input, output
 from mpcc.compiler.ops.linear import conv2d, matmul, mul_w
-from mpcc.compiler.ops.movement import concat, pad, reshape, slice, transpose
+from mpcc.compiler.ops.movement import concat, gather, pad, reshape, slice, tile, transpose
 from mpcc.compiler.ops.pool import avgpool, maxpool, maxpool_levels, sumpool
+from mpcc.compiler.ops.reduce import reduce_sum
 
 ALL: tuple[Op, ...] = (
     input,
@@ -48,6 +53,13 @@ ALL: tuple[Op, ...] = (
     concat,
     slice,
     pad,
+    gather,
+    tile,
+    add_const,
+    mul_const,
+    relabel,
+    dot_const,
+    reduce_sum,
 )
 assert set(ALL) == set(REGISTRY.values()), "every declared op is listed in ALL"
 
