@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpcc.errors import MpccError
+from mpcc.errors import InputError, MpccError
 from mpcc.inputs import load_npy
 
 
@@ -58,9 +58,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mpcc.compiler import planfile
 
     prog, weights = planfile.load(args.plan)
-    if not weights:
+    if prog.weights and not weights:
         raise MpccError(f"{args.plan} holds no weights; run it through deployed parties")
-    x = load_npy(args.input)
+    x = _read_inputs(args.input, [n for n, _ in prog.inputs])
+    if args.processes and isinstance(x, dict):
+        raise MpccError("--processes runs one-input plans only; drop it to run this plan")
     if args.cleartext:
         from mpcc.runtime.cleartext import predict
 
@@ -84,6 +86,35 @@ def cmd_run(args: argparse.Namespace) -> int:
         if not args.output:
             print(np.array2string(y, precision=4, max_line_width=120))
     return 0
+
+
+def _read_inputs(specs: list[str], names: list[str]) -> np.ndarray | dict[str, np.ndarray]:
+    """`--input` values: one FILE.npy for a one-input plan, NAME=FILE.npy per input, or one
+    .npz archive holding an array per input name."""
+    if len(specs) == 1 and "=" not in specs[0] and not specs[0].endswith(".npz"):
+        if len(names) > 1:
+            listed = ", ".join(repr(n) for n in names)
+            raise InputError(
+                f"this plan has {len(names)} inputs ({listed}): give --input NAME=FILE.npy "
+                "for each, or one .npz archive holding them by name"
+            )
+        return load_npy(specs[0])
+    found: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.endswith(".npz") and "=" not in spec:
+            try:
+                with np.load(spec, allow_pickle=False) as z:
+                    found.update({k: z[k] for k in z.files})
+            except (OSError, ValueError) as e:
+                raise InputError(f"{spec}: not a readable .npz archive ({e})") from None
+            continue
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise InputError(f"--input {spec!r}: this plan has several inputs; give NAME=FILE.npy")
+        found[name] = load_npy(path)
+    if len(names) == 1 and list(found) == names:
+        return found[names[0]]
+    return found
 
 
 def _run_in_processes(prog, weights, x: np.ndarray):
@@ -128,7 +159,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a plan on inputs from a .npy file")
     r.add_argument("plan")
-    r.add_argument("--input", required=True, help=".npy file with one or more samples")
+    r.add_argument(
+        "--input",
+        required=True,
+        action="append",
+        metavar="[NAME=]FILE",
+        help=".npy file with one or more samples; NAME=FILE.npy per input (repeatable) or one "
+        ".npz archive for a plan with several inputs",
+    )
     r.add_argument("--output", help=".npy file for the outputs")
     r.add_argument("--cleartext", action="store_true", help="plaintext fixed-point interpreter")
     r.add_argument(

@@ -162,6 +162,7 @@ SAMPLES: tuple[Sample, ...] = (
     _s("Squeeze", "", _n("Squeeze", "ax"), consts={"ax": _i64(0)}),
     _s("Unsqueeze", "", _n("Unsqueeze", "ax"), consts={"ax": _i64(0)}),
     _s("Identity", "", _n("Identity")),
+    _s("Cast", "between float types", _n("Cast", to=int(TensorProto.DOUBLE))),
     _s("Dropout", "", _n("Dropout")),
     _s("Softmax", "final", _n("Flatten"), _n("Softmax", axis=1), context=1),
     _s("Softmax", "elsewhere (or kept), 4 elements", _n("Softmax", axis=1), keep=True),
@@ -266,6 +267,7 @@ def rows() -> list[Row]:
 _FREE_WHY = {
     "BatchNormalization": "folded into the weights",
     "Identity": "removed",
+    "Cast": "removed",
     "Dropout": "removed",
     "Softmax": "dropped",
     "LogSoftmax": "dropped",

@@ -18,6 +18,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from mpcc.compiler.blockers import (
+    ATTRIBUTE,
+    NEEDS_CONSTANT,
+    UNSUPPORTED_OP,
+    Blocker,
+    raise_if_any,
+)
 from mpcc.errors import ModelError
 from mpcc.frontends import onnx as onnx_frontend
 
@@ -73,6 +80,7 @@ SUPPORTED_OPS: dict[str, str] = {
     "Squeeze": "drop size-1 axes",
     "Unsqueeze": "insert size-1 axes",
     "Identity": "no-op (removed)",
+    "Cast": "between float types: no-op (removed); Casts of constants fold",
     "Dropout": "no-op at inference (removed)",
 }
 
@@ -139,8 +147,12 @@ class Graph:
     # ---- building -------------------------------------------------------------------------
 
     @classmethod
-    def from_onnx(cls, model: onnx.ModelProto) -> Graph:
-        """Build a Graph from a model loaded by `mpcc.frontends.onnx.load`."""
+    def from_onnx(cls, model: onnx.ModelProto, blockers: list[Blocker] | None = None) -> Graph:
+        """Build a Graph from a model loaded by `mpcc.frontends.onnx.load`.
+
+        Unsupported ops and computed inputs where constants are needed raise one ModelError
+        listing them all; with a `blockers` list they are appended to it instead (and the
+        graph is built with those nodes as they are)."""
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         mg = model.graph
         g = cls(mg.name or "model", opset)
@@ -155,8 +167,11 @@ class Graph:
                 g.constants[n.output[0]] = _as_const(_constant_value(n))
             else:
                 nodes.append(n)
-        _check_supported(nodes)
-        _check_constant_inputs(nodes, g.constants)
+        found = node_blockers(nodes, g.constants, _integer_tensors(mg))
+        if blockers is None:
+            raise_if_any(found)
+        else:
+            blockers.extend(found)
         for vi in [*mg.input, *mg.value_info, *mg.output]:
             dims = vi.type.tensor_type.shape.dim
             if vi.name not in g.constants and all(d.HasField("dim_value") for d in dims):
@@ -486,29 +501,58 @@ def _constant_value(n: onnx.NodeProto) -> np.ndarray:
     return np.asarray(ReferenceEvaluator(n, opsets={"": 17}).run(None, {})[0])
 
 
-def _check_supported(nodes: list[onnx.NodeProto]) -> None:
-    bad = [n for n in nodes if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx")]
-    if bad:
-        listed = ", ".join(
-            f"node {n.name!r} (op {n.domain + '.' if n.domain else ''}{n.op_type})" for n in bad
-        )
-        raise ModelError(
-            f"{len(bad)} unsupported node{'s' * (len(bad) > 1)}: {listed}. "
-            f"Supported ops: {', '.join(sorted(SUPPORTED_OPS))}"
-        )
+def _integer_tensors(mg: onnx.GraphProto) -> set[str]:
+    """The non-constant tensors the model declares with an integer type."""
+    ints = {
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.UINT64,
+    }
+    return {
+        vi.name
+        for vi in [*mg.input, *mg.value_info, *mg.output]
+        if vi.type.tensor_type.elem_type in ints
+    }
 
 
-def _check_constant_inputs(nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray]) -> None:
-    problems = []
+def node_blockers(
+    nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray], integers: set[str]
+) -> list[Blocker]:
+    """Unsupported ops, computed tensors where a constant is needed, and integer division
+    (ONNX truncates it; mpcc computes on fixed-point reals), one Blocker per node."""
+    found = []
     for n in nodes:
+        where = f"node {n.name!r} (op {n.domain + '.' if n.domain else ''}{n.op_type})"
+        if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx"):
+            found.append(Blocker(UNSUPPORTED_OP, n.op_type, n.name, f"{where} is not supported"))
+            continue
         for i, what in CONST_INPUTS.get(n.op_type, {}).items():
             if i < len(n.input) and n.input[i] and n.input[i] not in constants:
-                problems.append(
-                    f"node {n.name!r} (op {n.op_type}) needs a constant {what} as input {i}, "
-                    f"but {n.input[i]!r} is computed"
+                found.append(
+                    Blocker(
+                        NEEDS_CONSTANT,
+                        n.op_type,
+                        n.name,
+                        f"{where} needs a constant {what} as input {i}, "
+                        f"but {n.input[i]!r} is computed",
+                    )
                 )
-    if problems:
-        raise ModelError("; ".join(problems))
+        if n.op_type == "Div" and n.output[0] in integers:
+            found.append(
+                Blocker(
+                    ATTRIBUTE,
+                    n.op_type,
+                    n.name,
+                    f"{where} divides integer tensors (ONNX truncates the quotient): not "
+                    "supported, mpcc computes on fixed-point reals (integer dtype)",
+                )
+            )
+    return found
 
 
 def _attr_input(

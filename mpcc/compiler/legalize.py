@@ -43,20 +43,35 @@ from typing import Any
 import numpy as np
 
 from mpcc.compiler import legalize_smooth
+from mpcc.compiler.blockers import ATTRIBUTE, Blocker, raise_if_any
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.recurrent import expand_recurrent
 from mpcc.errors import ModelError
 
 
-def legalize(g: Graph) -> None:
+def legalize(g: Graph, blockers: list[Blocker] | None = None) -> None:
     """Fill attribute defaults, resolve auto_pad, move constant inputs to attributes, rewrite
     Gemm, Flatten/Squeeze/Unsqueeze, Div by a constant and Sub of a constant, and refuse what
-    the compiler does not support (training-mode Dropout, Pow 3, ...)."""
+    the compiler does not support (training-mode Dropout, Pow 3, ...).
+
+    Every node is tried; what fails raises one ModelError listing all of them, or with a
+    `blockers` list is appended to it. Nodes already in `blockers` are left alone."""
+    found: list[Blocker] = []
+    skip = {b.node for b in blockers or []}
     expand_recurrent(g)
     for n in g.topo_nodes():
         rule = _LEGALIZE.get(g.op(n))
-        if rule is not None:
+        if rule is None or n in skip:
+            continue
+        op = g.op(n)
+        try:
             rule(g, n)
+        except ModelError as e:
+            found.append(Blocker(ATTRIBUTE, op, n, str(e)))
+    if blockers is None:
+        raise_if_any(found)
+    else:
+        blockers.extend(found)
 
 
 def _ints(v: Any) -> tuple[int, ...]:
@@ -327,14 +342,44 @@ def _clip(g: Graph, n: str) -> None:
     ins = [*d["inputs"], "", ""]
     lo = float(g.const(ins[1])) if ins[1] else -np.inf
     hi = float(g.const(ins[2])) if ins[2] else np.inf
-    d["attrs"] = {"min": lo, "max": hi}
+    # ONNX's Clip is min(max(x, lo), hi): with lo > hi every element is hi.
+    d["attrs"] = {"min": min(lo, hi), "max": hi}
     g.set_inputs(n, ins[:1])
 
 
 def _prelu(g: Graph, n: str) -> None:
-    x = g.node(n)["inputs"][0]
-    if g.shape(x) != g.shape(g.node(n)["outputs"][0]):
-        raise ModelError(f"{_where(g, n)}: the slope must broadcast to the input's shape")
+    """The slope broadcast (ONNX's unidirectional broadcast: trailing axes aligned) to the
+    input's full shape, so that it multiplies elementwise."""
+    x, slope = g.node(n)["inputs"][:2]
+    shape, s = g.shape(x), g.const(slope)
+    try:
+        full = np.broadcast_to(s, shape)
+    except ValueError:
+        hint = ""
+        if s.ndim == 1 and len(shape) > 2 and s.shape[0] == shape[1]:
+            per_channel = (s.shape[0],) + (1,) * (len(shape) - 2)
+            hint = f"; for a per-channel slope give it shape {per_channel}"
+        raise ModelError(
+            f"{_where(g, n)}: the slope of shape {tuple(s.shape)} does not broadcast to the "
+            f"input's shape {tuple(shape)} (ONNX aligns the trailing axes){hint}"
+        ) from None
+    if full.shape != s.shape:
+        g.set_inputs(n, [x, g.add_const(full.copy(), f"{n}_slope")])
+
+
+_FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def _cast(g: Graph, n: str) -> None:
+    """A Cast between float types is a no-op on fixed-point values (becomes Identity)."""
+    d = g.node(n)
+    to = int(d["attrs"].get("to", 0))
+    if to not in _FLOAT_TYPES:
+        raise ModelError(
+            f"{_where(g, n)}: a Cast of a computed tensor to a non-float type is not "
+            "supported (only Casts between float types, and Casts of constants, which fold)"
+        )
+    d["op"], d["attrs"] = "Identity", {}
 
 
 def _to_reshape(g: Graph, n: str) -> None:
@@ -546,6 +591,7 @@ _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "LeakyRelu": _leaky_relu,
     "Clip": _clip,
     "PRelu": _prelu,
+    "Cast": _cast,
     "Flatten": _to_reshape,
     "Squeeze": _to_reshape,
     "Unsqueeze": _to_reshape,

@@ -8,7 +8,8 @@ from pathlib import Path
 import onnx
 
 from mpcc.compiler import passes
-from mpcc.compiler.graph import Graph
+from mpcc.compiler.blockers import NEEDS_CONSTANT, UNFIXED, Blocker, raise_if_any
+from mpcc.compiler.graph import Graph, node_blockers
 from mpcc.compiler.ir import MAX_FRAC_BITS, MIN_FRAC_BITS
 from mpcc.compiler.lowering import lower
 from mpcc.compiler.plan import Plan
@@ -35,13 +36,31 @@ def compile_onnx(
         raise ModelError(
             f"frac_bits must be between {MIN_FRAC_BITS} and {MAX_FRAC_BITS}, got {frac_bits}"
         )
-    proto = onnx_frontend.load(model, input_shapes)
-    g = Graph.from_onnx(proto)
+    proto = onnx_frontend.load(model, input_shapes, check_static=False)
+    # Every blocker at once: unfixed shapes, unsupported ops, computed inputs where constants
+    # are needed, then (once shapes are known) unsupported attributes.
+    blockers = [
+        Blocker(NEEDS_CONSTANT, n.op_type, n.name, why)
+        if n is not None and " must be " in why
+        else Blocker(UNFIXED, n.op_type if n else "input", n.name if n else why.split("'")[1], why)
+        for n, why in onnx_frontend.static_problems(proto.graph)
+    ]
+    if blockers:
+        consts = {t.name: None for t in proto.graph.initializer}
+        consts |= {n.output[0]: None for n in proto.graph.node if n.op_type == "Constant"}
+        nodes = [n for n in proto.graph.node if n.op_type != "Constant"]
+        blockers += [
+            b
+            for b in node_blockers(nodes, consts, set())
+            if b.node not in {x.node for x in blockers}
+        ]
+        raise_if_any(blockers)
+    g = Graph.from_onnx(proto, blockers)
     if name:
         g.name = name
     elif isinstance(model, str | Path):
         g.name = Path(model).stem
-    g = passes.run_all(g, keep_softmax=keep_softmax)
+    g = passes.run_all(g, blockers, keep_softmax=keep_softmax)
     prog, weights = lower(g, frac_bits=frac_bits, public_weights=public_weights)
     verify(prog, weights)
     return Plan(prog, weights)
