@@ -23,6 +23,7 @@ import numpy as np
 from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.warmup import warm_up
 from mpcc.serving import state
+from mpcc.serving.certs import Revocations
 from mpcc.serving.config import ClusterConfig, format_address
 from mpcc.serving.state import Deployment
 from mpcc.serving.tls import (
@@ -67,8 +68,10 @@ class Listener:
       held for `evict_after` (half the deadline, at most a second, while a real handshake
       takes milliseconds) that connection is dropped to make room. Idle or slow sockets can
       thus delay a party's or client's connection by about a second, not hold the slots.
-    - **Clients** (`max_connections`): a greeted client link takes one of these, or is
-      refused with "too many client connections".
+    - **Clients** (`max_connections`): a greeted client link takes one of these, and one of
+      its identity's `client_connections` (the certificate's subject: see `admission`), or
+      is refused. A certificate on the revocation list (`certs.Revocations`, re-read when
+      its file changes) is refused whatever its role.
     - **Parties** (`PARTY_LINKS`): links from P0, P1, the dealer and the owner, greeted with
       a certificate of their role, have slots of their own that clients never take.
 
@@ -93,6 +96,9 @@ class Listener:
         self.evict_after = min(EVICT_AFTER_MAX_S, s.handshake_timeout_s / 2)
         self._clients = threading.BoundedSemaphore(max(1, s.max_connections))
         self._parties = threading.BoundedSemaphore(PARTY_LINKS)
+        self._per_identity: dict[str, int] = {}  # client links open, by certificate subject
+        self._ident_lock = threading.Lock()
+        self.revocations = Revocations(cfg, log)
         host, port = cfg.address(role)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
@@ -172,6 +178,42 @@ class Listener:
             self._pending_cv.notify()
             return True
 
+    def _admit(self, ch: TlsChannel, party: bool) -> str | None:
+        """Take a slot for a greeted link (released when it closes), or say why not: a
+        revoked certificate, a full pool, or a client identity at its connection limit."""
+        if self.revocations.revoked(ch.peer_serial):
+            return f"the certificate of {ch.peer_identity or ch.peer_role} was revoked"
+        if party:
+            if not self._parties.acquire(blocking=False):
+                return f"{self.role} has too many party links; try again later"
+            ch.on_close(lambda _why: self._parties.release())
+            return None
+        who = ch.peer_identity or "?"
+        with self._ident_lock:
+            if self._per_identity.get(who, 0) >= self.cfg.serving.client_connections:
+                return (
+                    f"client {who} has {self.cfg.serving.client_connections} connections "
+                    "(its limit, client_connections); close one or try again later"
+                )
+            if not self._clients.acquire(blocking=False):
+                return f"{self.role} has too many client connections; try again later"
+            self._per_identity[who] = self._per_identity.get(who, 0) + 1
+
+        def release(_why: str) -> None:
+            with self._ident_lock:
+                self._per_identity[who] -= 1
+                if not self._per_identity[who]:
+                    del self._per_identity[who]
+            self._clients.release()
+
+        ch.on_close(release)
+        return None
+
+    def connections_of(self, identity: str) -> int:
+        """Client links of one identity open now."""
+        with self._ident_lock:
+            return self._per_identity.get(identity, 0)
+
     def _serve(self, p: _Pending) -> None:
         """Handshake, hello, then the link's handler, which owns the channel from then on."""
         s = self.cfg.serving
@@ -206,17 +248,15 @@ class Listener:
             if not admitted:
                 raise HandshakeEOF("dropped from the handshake pool")
             party = ch.peer_role in PARTY_ROLES
-            pool = self._parties if party else self._clients
-            if not pool.acquire(blocking=False):
-                why = "too many party links" if party else "too many client connections"
+            why = self._admit(ch, party)
+            if why is not None:
                 self.log.warning("refused %s: %s", ch.peer, why)
                 try:
-                    ch.send_msg("refused", {"msg": f"{self.role} has {why}; try again later"})
+                    ch.send_msg("refused", {"msg": f"{self.role}: {why}"})
                 except PartyError:
                     pass
                 ch.close(why)
                 return
-            ch.on_close(lambda _why: pool.release())
             ch.limit_frames(s.max_frame_bytes, s.max_message_bytes if party else None)
             if self._closed.is_set():
                 ch.send_msg("refused", {"msg": f"{self.role} is shutting down"})
