@@ -73,10 +73,28 @@ def write_private(path: Path, data: bytes | Callable[[BinaryIO], object]) -> Non
                 data(f)
             else:
                 f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes the name: a crash leaves old or new
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or removal in `directory` durable (a no-op where directories cannot be
+    opened, e.g. on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:

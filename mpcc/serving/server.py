@@ -317,6 +317,9 @@ class PartyServer:
         self.deployment: Deployment | None = None
         self.load_error: str | None = None  # why the stored deployment was rejected
         self.kernels_ready = threading.Event()
+        left = state.clean(self.state_dir)  # what a crash mid-write or mid-deploy left
+        if left:
+            self.log.info("removed files an interrupted deploy left: %s", ", ".join(left))
         try:
             stored = state.load(self.state_dir)  # shares checked against the commitment
             self.deployment = stored.public_part() if stored is not None else None
@@ -412,23 +415,48 @@ class PartyServer:
         return self.role in ("p0", "p1")
 
     def on_deploy(self, ch: TlsChannel, hello: Message) -> None:
-        """The owner sends the public plan and, to P0/P1, this party's weight shares."""
+        """A two-phase deploy: the owner sends the public plan and, to P0/P1, this party's
+        weight shares, which are checked (the plan verified) and staged; the party answers
+        "staged", and switches to them only when the owner says "activate" -- once all three
+        have staged. Until then, and for good if the owner aborts or goes away, the previous
+        deployment stays active and serving."""
         t = self.cfg.serving.setup_timeout_s
         ch.send_msg("welcome", {"role": self.role})
+        staged: Deployment | None = None
         try:
-            dep = self._receive_deployment(ch, t)
+            staged = self._receive_deployment(ch, t)
+            ch.send_msg(
+                "staged",
+                {"role": self.role, "plan_hash": staged.plan_hash, "deploy_id": staged.deploy_id},
+            )
+            ch.recv_msg(t, expect="activate")
+            with self.deployed:
+                state.activate(self.state_dir, staged.deploy_id)
+                dep = staged.public_part()
+                self.deployment = dep
+                self.deploy_generation += 1
+                self.deployed.notify_all()
         except MpccError as e:
-            self.log.error("deployment from %s rejected: %s", ch.peer, e)
+            if staged is None:
+                self.log.error("deployment from %s rejected: %s", ch.peer, e)
+                why = f"{self.role} rejected the deployment: {e}"
+            else:
+                self.log.warning(
+                    "deployment %s… staged and not activated (%s): the previous one stays",
+                    staged.deploy_id[:8],
+                    e,
+                )
+                why = f"{self.role} did not activate the deployment: {e}"
+                try:
+                    state.discard(self.state_dir, staged.deploy_id)
+                except (OSError, MpccError) as err:
+                    self.log.error("could not remove the staged deployment: %s", err)
             try:
-                ch.send_msg("error", {"msg": f"{self.role} rejected the deployment: {e}"})
+                ch.send_msg("error", {"msg": why})
             except PartyError:
                 pass
-            ch.close("deployment rejected")
+            ch.close("deployment not activated")
             return
-        with self.deployed:
-            self.deployment = dep
-            self.deploy_generation += 1
-            self.deployed.notify_all()
         self.log.info(
             "deployed plan %s (%s), deployment %s",
             dep.plan_hash[:12],
@@ -460,7 +488,7 @@ class PartyServer:
                 raise PartyError("weight shares arrived out of order")
             shares[n] = msg.arrays[0]
         ch.recv_msg(t, expect="commit")
-        dep = Deployment.build(
+        dep = Deployment.build(  # checks the hash, verifies the plan, checks the shares
             head.meta.get("plan"),
             head.meta.get("plan_hash", ""),
             head.meta.get("deploy_id", ""),
@@ -469,7 +497,7 @@ class PartyServer:
             commitments=head.meta.get("commitments"),
             salt=head.meta.get("salt"),
         )
-        state.save(self.state_dir, dep)
+        state.stage(self.state_dir, dep)
         # The shares stay on disk: each session reads (and checks) them afresh, so between
         # sessions a party holds its opened weights alone.
         return dep.public_part()
