@@ -39,6 +39,7 @@ SERVING_RANGES: dict[str, tuple[float, float]] = {
     "batch_wait_ms": (0.001, 10_000.0),
     "max_connections": (1, 100_000),
     "max_handshakes": (1, 100_000),
+    "max_handshakes_per_source": (1, 100_000),
     "max_queue_mb": (1.0, 2.0**20),
     "client_connections": (1, 100_000),
     "client_queue": (1, 100_000),
@@ -67,6 +68,7 @@ class Serving:
     max_connections: int = 64  # concurrent client links a party accepts
     handshake_timeout_s: float = 5.0  # a new connection's TLS handshake and hello, in all
     max_handshakes: int = 16  # connections in their handshake (not yet authenticated) at once
+    max_handshakes_per_source: int = 4  # ... from one address (not a party's host)
     max_message_mb: float = 4096.0  # largest message split over frames, from another party
     max_queue_mb: float = 1024.0  # memory the clients' waiting requests may take at a party
     # per client identity (a certificate's subject; the shared client certificate is one):

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,7 @@ from mpcc.runtime.warmup import warm_up
 from mpcc.serving import state
 from mpcc.serving.certs import Revocations
 from mpcc.serving.config import ClusterConfig, format_address
+from mpcc.serving.handshakes import HandshakeSlots, Pending, party_hosts
 from mpcc.serving.state import Deployment
 from mpcc.serving.tls import (
     HandshakeEOF,
@@ -44,30 +44,22 @@ PARTY_LINKS = 16  # links from the other parties and the owner held at once (the
 EVICT_AFTER_MAX_S = 1.0  # a full handshake pool drops its oldest connection after this
 
 
-@dataclass(eq=False)
-class _Pending:
-    """A connection in its handshake or hello (not yet authenticated)."""
-
-    sock: socket.socket
-    where: str
-    since: float
-    evicted: bool = False
-
-
 class Listener:
     """Accepts TLS links on one address and dispatches them by link kind.
 
     Connections are counted in three pools, so that neither clients nor anyone who can open
     a TCP connection can lock the parties out of their own links:
 
-    - **Unauthenticated** (`max_handshakes`): a connection holds one of these slots from its
-      accept through the TLS handshake and the hello, which must both be done within
-      `handshake_timeout_s` -- one wall-clock deadline, not a per-read timeout, so a peer
-      that sends nothing, or a byte now and then, is dropped all the same. When every slot
-      is taken, new connections wait in the accept queue; and once the oldest slot has been
-      held for `evict_after` (half the deadline, at most a second, while a real handshake
-      takes milliseconds) that connection is dropped to make room. Idle or slow sockets can
-      thus delay a party's or client's connection by about a second, not hold the slots.
+    - **Unauthenticated** (`max_handshakes`; see `handshakes`): a connection holds one of
+      these slots from the start of its TLS handshake to its hello, which must both be done
+      within `handshake_timeout_s` -- one wall-clock deadline, not a per-read timeout, so a
+      peer that sends nothing, or a byte now and then, is dropped all the same. Connections
+      from the parties' own hosts have a pool of their own; from anywhere else, one source
+      address holds at most `max_handshakes_per_source`. When a pool is full, new
+      connections wait, and once its oldest slot has been held for `evict_after` (half the
+      deadline, at most a second, while a real handshake takes milliseconds) that
+      connection is dropped to make room. Idle or slow sockets can thus delay a party's or
+      client's connection by about a second, not hold the slots.
     - **Clients** (`max_connections`): a greeted client link takes one of these, and one of
       its identity's `client_connections` (the certificate's subject: see `admission`), or
       is refused. A certificate on the revocation list (`certs.Revocations`, re-read when
@@ -90,10 +82,15 @@ class Listener:
         self._handlers = handlers
         self._ctx = server_context(cfg, role)
         s = cfg.serving
-        self._pending: set[_Pending] = set()
-        self._pending_cv = threading.Condition()
-        self._max_pending = max(1, s.max_handshakes)
         self.evict_after = min(EVICT_AFTER_MAX_S, s.handshake_timeout_s / 2)
+        self.slots = HandshakeSlots(
+            s.max_handshakes,
+            s.max_handshakes_per_source,
+            self.evict_after,
+            party_hosts(cfg.addresses),
+            self._start_handshake,
+            log,
+        )
         self._clients = threading.BoundedSemaphore(max(1, s.max_connections))
         self._parties = threading.BoundedSemaphore(PARTY_LINKS)
         self._per_identity: dict[str, int] = {}  # client links open, by certificate subject
@@ -111,7 +108,6 @@ class Listener:
                 f"{role} cannot listen on {format_address((host, port))}: {e}"
             ) from None
         self._sock.listen(64)
-        self._sock.settimeout(0.5)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name="mpcc-accept", daemon=True)
 
@@ -120,16 +116,14 @@ class Listener:
 
     def close(self) -> None:
         self._closed.set()
-        with self._pending_cv:
-            self._pending_cv.notify_all()
         self._sock.close()
         self._thread.join(timeout=2)
+        self.slots.close()
 
     def _accept_loop(self) -> None:
         while not self._closed.is_set():
-            if not self._room_for_one():
-                continue
             try:
+                self._sock.settimeout(self.slots.tick())  # hands out slots as they free up
                 sock, addr = self._sock.accept()
             except TimeoutError:
                 continue
@@ -138,45 +132,10 @@ class Listener:
                     return
                 time.sleep(0.1)
                 continue
-            p = _Pending(sock, format_address(addr[:2]), time.monotonic())
-            with self._pending_cv:
-                self._pending.add(p)
-            threading.Thread(target=self._serve, args=(p,), name="mpcc-conn", daemon=True).start()
+            self.slots.admit(sock, format_address(addr[:2]), str(addr[0]))
 
-    def _room_for_one(self) -> bool:
-        """Wait (briefly) until a handshake slot is free, dropping the oldest pending
-        connection once it has had `evict_after` s; False to look again later."""
-        with self._pending_cv:
-            if len(self._pending) < self._max_pending:
-                return True
-            oldest = min(self._pending, key=lambda p: p.since)
-            wait = oldest.since + self.evict_after - time.monotonic()
-            if wait > 0:
-                self._pending_cv.wait(min(wait, 0.5))
-                return False
-            self._pending.discard(oldest)
-            oldest.evicted = True
-        self.log.warning(
-            "dropped the connection from %s: %d connections were in their handshake and it "
-            "had waited longest (%.1f s)",
-            oldest.where,
-            self._max_pending,
-            time.monotonic() - oldest.since,
-        )
-        try:
-            oldest.sock.shutdown(socket.SHUT_RDWR)  # wakes its thread, which closes it
-        except OSError:
-            pass
-        return True
-
-    def _authenticated(self, p: _Pending) -> bool:
-        """Leave the handshake pool; False if the connection was dropped from it."""
-        with self._pending_cv:
-            if p.evicted:
-                return False
-            self._pending.discard(p)
-            self._pending_cv.notify()
-            return True
+    def _start_handshake(self, p: Pending) -> None:
+        threading.Thread(target=self._serve, args=(p,), name="mpcc-conn", daemon=True).start()
 
     def _admit(self, ch: TlsChannel, party: bool) -> str | None:
         """Take a slot for a greeted link (released when it closes), or say why not: a
@@ -214,7 +173,7 @@ class Listener:
         with self._ident_lock:
             return self._per_identity.get(identity, 0)
 
-    def _serve(self, p: _Pending) -> None:
+    def _serve(self, p: Pending) -> None:
         """Handshake, hello, then the link's handler, which owns the channel from then on."""
         s = self.cfg.serving
         where, deadline = p.where, p.since + s.handshake_timeout_s
@@ -244,7 +203,7 @@ class Listener:
                     ) from None
                 raise
             finally:
-                admitted = self._authenticated(p)
+                admitted = self.slots.done(p)
             if not admitted:
                 raise HandshakeEOF("dropped from the handshake pool")
             party = ch.peer_role in PARTY_ROLES
