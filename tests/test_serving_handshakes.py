@@ -102,3 +102,19 @@ def test_party_links_get_through_at_once_while_other_hosts_flood_the_slots(liste
     finally:
         for s in flood:
             s.close()
+
+
+def test_client_headers_are_capped_lower_than_party_headers(listener):
+    # a client's header holds a few fields; a party's may hold a whole public plan
+    from mpcc.serving.wire import CLIENT_HEADER_MAX
+
+    cfg, _ = listener
+    big = {"x": "y" * (CLIENT_HEADER_MAX + 100)}
+    peer, _ = dial(cfg, client_context(cfg, "p1"), "p0", me="p1", link="peer")
+    peer.send_msg("ping", big)
+    assert peer.recv_msg(5.0).meta == big
+    peer.close()
+    client, _ = dial(cfg, client_context(cfg, "client"), "p0", me="client", link="client")
+    client.send_msg("ping", big)
+    with pytest.raises(PartyError, match="closed"):
+        client.recv_msg(5.0)

@@ -35,7 +35,7 @@ from mpcc.serving.tls import (
     greet,
     server_context,
 )
-from mpcc.serving.wire import Message
+from mpcc.serving.wire import CLIENT_HEADER_MAX, PARTY_HEADER_MAX, Message
 
 Handler = Callable[[TlsChannel, Message], None]
 HELLO_MAX_FRAME = 1 << 16  # before a peer has said what its link is for
@@ -216,7 +216,11 @@ class Listener:
                     pass
                 ch.close(why)
                 return
-            ch.limit_frames(s.max_frame_bytes, s.max_message_bytes if party else None)
+            ch.limit_frames(
+                s.max_frame_bytes,
+                s.max_message_bytes if party else None,
+                PARTY_HEADER_MAX if party else CLIENT_HEADER_MAX,
+            )
             if self._closed.is_set():
                 ch.send_msg("refused", {"msg": f"{self.role} is shutting down"})
                 ch.close("shutting down")

@@ -591,13 +591,21 @@ class TlsChannel(Channel):
         """None while open, else why it closed."""
         return self._closed
 
-    def limit_frames(self, max_frame_bytes: int, max_message_bytes: int | None = None) -> None:
-        """Change the largest frame this end accepts, and the largest message split over
-        frames (default: one frame's worth), e.g. once the link's kind is known."""
+    def limit_frames(
+        self,
+        max_frame_bytes: int,
+        max_message_bytes: int | None = None,
+        max_header_bytes: int | None = None,
+    ) -> None:
+        """Change the largest frame this end accepts, the largest message split over frames
+        (default: one frame's worth) and the largest frame header (default: unchanged), e.g.
+        once the link's kind is known."""
         self._parser.max_frame_bytes = max_frame_bytes
         self._parser.max_message_bytes = (
             max_frame_bytes if max_message_bytes is None else max_message_bytes
         )
+        if max_header_bytes is not None:
+            self._parser.max_header_bytes = max_header_bytes
 
     def on_close(self, fn: Callable[[str], None]) -> None:
         """Call fn(reason) once when the link closes (at once if it is closed already)."""
