@@ -25,6 +25,7 @@ from mpcc.errors import InputError, MpccError, PartyError
 from mpcc.inputs import as_samples, split_rows
 from mpcc.runtime.fixedpoint import decode, encode
 from mpcc.runtime.prg import reconstruct, share
+from mpcc.serving.certs import client_files
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.config import load as load_config
 from mpcc.serving.tls import LinkClosed, TlsChannel, client_context, dial
@@ -90,8 +91,15 @@ class Client:
         role: str | None = "client",
         cert: str | Path | None = None,
         key: str | Path | None = None,
+        identity: str | None = None,
     ) -> None:
+        """`identity`: use the certificate `mpcc cluster add-client NAME` issued to NAME
+        (default: the cluster's shared client certificate, or `cert` and `key`)."""
         self.cfg = config if isinstance(config, ClusterConfig) else load_config(config)
+        if identity is not None:
+            cert, key = client_files(self.cfg, identity)
+            if not cert.is_file() or not key.is_file():
+                raise MpccError(f"no certificate and key of client {identity!r} ({cert}, {key})")
         self.timeout = timeout if timeout is not None else self.cfg.serving.client_timeout_s
         self.window = max(1, window)
         self._ctx = client_context(self.cfg, None if cert else role, cert, key)

@@ -37,6 +37,7 @@ from mpcc.errors import InputError, MpccError, PartyError
 from mpcc.runtime.executor import PartyExecutor
 from mpcc.runtime.material import Bundle
 from mpcc.runtime.session import Session
+from mpcc.serving.admission import Identity, fair_order, mark_served
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.server import PartyServer
 from mpcc.serving.startup import (
@@ -61,6 +62,7 @@ RETRY_S = 0.002
 RETRY_MAX_S = 0.5
 MAX_ARRIVED = 1024  # request ids P1 reports per answer to an announcement
 CLIENT_SEND_STALL_S = 1.0
+REVOKED_CHECK_S = 1.0  # how often an open client link is checked against the revocation list
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Request:
     arrived: float
     not_before: float = 0.0  # P0: P1 did not have it yet; offer it again from then on
     retries: int = 0
+    who: str = "client"  # the client identity that sent it (its certificate's subject)
 
 
 @dataclass
@@ -100,10 +103,18 @@ class Outbox:
     MAX_BYTES = 64 * 2**20
 
     def __init__(
-        self, ch: TlsChannel, log: Any, max_messages: int = MAX_MESSAGES, max_bytes: int = MAX_BYTES
+        self,
+        ch: TlsChannel,
+        log: Any,
+        max_messages: int = MAX_MESSAGES,
+        max_bytes: int = MAX_BYTES,
+        account: Identity | None = None,
     ) -> None:
+        """`account`: the client identity whose bytes waiting these messages count towards
+        too (its links together; past its bound this link is closed)."""
         self.ch, self.log = ch, log
         self.max_messages, self.max_bytes = max_messages, max_bytes
+        self.account = account
         self._q: queue.SimpleQueue[tuple[str, dict[str, Any], list[np.ndarray]] | None] = (
             queue.SimpleQueue()
         )
@@ -118,6 +129,8 @@ class Outbox:
         size = _message_bytes(arrays)
         with self._lock:
             over = self._waiting >= self.max_messages or self._bytes + size > self.max_bytes
+            if not over and self.account is not None:
+                over = not self.account.hold_answer(size)
             if not over:
                 self._waiting += 1
                 self._bytes += size
@@ -152,9 +165,21 @@ class Outbox:
                     self.ch.send_msg(*item)
                 except PartyError as e:  # the link closes itself; later items are dropped
                     self.log.info("could not send a %s to %s: %s", item[0], self.ch.peer, e)
+            size = _message_bytes(item[2])
             with self._lock:
                 self._waiting -= 1
-                self._bytes -= _message_bytes(item[2])
+                self._bytes -= size
+            if self.account is not None:
+                self.account.release_answer(size)
+
+
+def _identity_of(ch: Any) -> str:
+    """The client identity of a link (its certificate's subject; "?" if it names none)."""
+    return getattr(ch, "peer_identity", None) or "?"
+
+
+def _who(r: Request) -> str:
+    return r.who
 
 
 def _message_bytes(arrays: list[np.ndarray]) -> int:
@@ -323,6 +348,8 @@ class ComputeParty(PartyServer):
         # client links stay open until shutdown has answered or failed what they wait for
         self._clients_done = threading.Event()
         self._outboxes: dict[TlsChannel, Outbox] = {}
+        self._identities: dict[str, Identity] = {}  # client identities seen, by name
+        self._last_served: dict[Any, int] = {}  # P0: identity -> when a batch last took one
         self.answered = 0
         self._janitor = threading.Thread(
             target=self._janitor_loop, name="mpcc-janitor", daemon=True
@@ -388,15 +415,21 @@ class ComputeParty(PartyServer):
         dep = self.deployment
         ch.limit_frames(self._client_frame_limit(dep))
         ch.send_msg("welcome", {"role": self.role})
-        outbox = Outbox(ch, self.log)
+        who = self._identity(_identity_of(ch))
+        outbox = Outbox(ch, self.log, account=who)
         with self._req:
             self._outboxes[ch] = outbox
-        heard = time.monotonic()
+        heard = checked = time.monotonic()
         try:
             while not self._clients_done.is_set():
                 if self.deployment is not dep:  # a model was deployed: its input size
                     dep = self.deployment
                     ch.limit_frames(self._client_frame_limit(dep))
+                if time.monotonic() - checked >= REVOKED_CHECK_S:
+                    checked = time.monotonic()
+                    if self._revoked(ch):
+                        self.log.warning("closing the link to %s: certificate revoked", ch.peer)
+                        break
                 msg = ch.poll(0.5)
                 if msg is None:
                     if time.monotonic() - heard > self.cfg.serving.client_idle_s and (
@@ -406,6 +439,7 @@ class ComputeParty(PartyServer):
                         break
                     continue
                 heard = time.monotonic()
+                self._pace(ch, who)
                 if msg.kind == "info":
                     outbox.post("info", self.info())
                 elif msg.kind == "request":
@@ -422,6 +456,28 @@ class ComputeParty(PartyServer):
                     del self._pending[rid]
             outbox.close(self.cfg.serving.timeout_s)
             ch.close("client link done")
+
+    def _identity(self, name: str) -> Identity:
+        """The state of one client identity, shared by its links (kept while the party runs,
+        so reconnecting does not refill its rate bucket)."""
+        s = self.cfg.serving
+        with self._req:
+            if name not in self._identities:
+                limit = int(s.client_queue_mb * 2**20)
+                self._identities[name] = Identity(name, s.client_rate, s.client_burst, limit)
+            return self._identities[name]
+
+    def _revoked(self, ch: TlsChannel) -> bool:
+        return self.listener is not None and self.listener.revocations.revoked(ch.peer_serial)
+
+    def _pace(self, ch: TlsChannel, who: Identity) -> None:
+        """Hold this link's next read until its identity's rate allows another message:
+        a client over `client_rate` is slowed down (TCP pushes back), not queued for."""
+        delay = who.bucket.reserve()
+        until = time.monotonic() + delay
+        while delay > 0 and ch.closed is None and not self._clients_done.is_set():
+            self._clients_done.wait(min(delay, 0.5))
+            delay = until - time.monotonic()
 
     def _idle_link(self, ch: TlsChannel, outbox: Outbox) -> bool:
         """Whether a client link holds nothing: no request waiting or running, no answer
@@ -452,10 +508,13 @@ class ComputeParty(PartyServer):
             else:
                 self._post(ch, "error", {"msg": f"{self.label} rejected a request: {e}"})
             return
-        r = Request(rid, int(msg.meta["rows"]), msg.arrays[0], ch, time.monotonic())
+        who = self._identity(_identity_of(ch))
+        r = Request(rid, int(msg.meta["rows"]), msg.arrays[0], ch, time.monotonic(), who=who.name)
+        serving = self.cfg.serving
         why = None
         with self._req:
             held = [*self._queue, *self._pending.values()]
+            mine = [h for h in held if h.who == who.name]
             if self.stop_event.is_set():
                 why = "the party is shutting down"
             elif (
@@ -470,6 +529,18 @@ class ComputeParty(PartyServer):
                 > self.cfg.serving.max_queue_mb * 2**20
             ):
                 why = "too many queued requests"
+            elif len(mine) >= serving.client_queue:
+                why = (
+                    f"client {who.name} has {len(mine)} requests waiting (its limit, client_queue)"
+                )
+            elif (
+                sum(h.share.nbytes for h in mine) + r.share.nbytes + who.answer_bytes
+                > serving.client_queue_mb * 2**20
+            ):
+                why = (
+                    f"client {who.name} has more than {serving.client_queue_mb:g} MB waiting "
+                    "(its limit, client_queue_mb)"
+                )
             elif sum(h.ch is ch for h in held) >= MAX_PER_LINK:
                 why = f"more than {MAX_PER_LINK} requests from one connection are waiting"
             elif self.party == 0:
@@ -821,7 +892,11 @@ class ComputeParty(PartyServer):
         now = time.monotonic()
         known = [r for r in self._queue if r.rid in self._p1_has]
         rest = [r for r in self._queue if r.rid not in self._p1_has and r.not_before <= now]
-        return known + rest
+        # round-robin between client identities, the one served longest ago first
+        return [
+            *fair_order(known, _who, self._last_served),
+            *fair_order(rest, _who, self._last_served),
+        ]
 
     def _next_ready_in(self) -> float:
         """Seconds until a deferred request may be offered again (at most 0.2)."""
@@ -836,6 +911,7 @@ class ComputeParty(PartyServer):
         self._inflight = {r.rid: r for r in reqs}
         if reqs:
             self._idle.clear()
+            mark_served({r.who for r in reqs}, self._last_served)
         return reqs
 
     def _requeue(self, reqs: list[Request], front: bool = True) -> None:
