@@ -258,7 +258,7 @@ class WanBed:
         log = open(self.logs / "relay.log", "ab")  # noqa: SIM115 - owned by the process
         self.relay = subprocess.Popen(
             cmd,
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
             env=_env(),
@@ -269,6 +269,17 @@ class WanBed:
         if line.strip() != b"ready":
             self.relay.kill()
             raise BedError(f"the relay did not start: {self.log('relay')[-2000:]}")
+
+    def set_rtt(self, rtt_ms: float) -> None:
+        """Change the relay's delay to RTT/2 each way (for data arriving from now on: change
+        it between queries). The bandwidth stays as built."""
+        if rtt_ms < 0:
+            raise BedError("the RTT must be >= 0 ms")
+        self.relay.stdin.write(f"delay {rtt_ms / 2!r}\n".encode())
+        self.relay.stdin.flush()
+        if self.relay.stdout.readline().strip() != b"ok":
+            raise BedError(f"the relay did not take the delay: {self.log('relay')[-2000:]}")
+        self.rtt_ms = rtt_ms
 
     def close(self) -> None:
         """Kill every process the bed started and delete its namespaces (and so its links)."""
@@ -377,12 +388,15 @@ def _env() -> dict[str, str]:
 
 
 # -- the delay relay (run in the hub namespace: python -m mpcc.bench.wan relay ...) ------------
-class _Pipe:
-    """One direction of a relayed connection: chunks leave `delay` s after they arrived, in
-    order; the reader stops reading while `limit` bytes wait (backpressure)."""
+_DELAY = [0.0]  # the one-way delay in seconds (the bed may change it between runs)
 
-    def __init__(self, src: socket.socket, dst: socket.socket, delay: float, limit: int) -> None:
-        self.src, self.dst, self.delay, self.limit = src, dst, delay, limit
+
+class _Pipe:
+    """One direction of a relayed connection: chunks leave the one-way delay after they
+    arrived, in order; the reader stops reading while `limit` bytes wait (backpressure)."""
+
+    def __init__(self, src: socket.socket, dst: socket.socket, limit: int) -> None:
+        self.src, self.dst, self.limit = src, dst, limit
         self.queue: deque[tuple[float, bytes]] = deque()
         self.queued = 0
         self.cv = threading.Condition()
@@ -401,7 +415,7 @@ class _Pipe:
             with self.cv:
                 while self.queued > self.limit:
                     self.cv.wait()
-                self.queue.append((time.monotonic() + self.delay, data))
+                self.queue.append((time.monotonic() + _DELAY[0], data))
                 self.queued += len(data)
                 self.cv.notify_all()
             if not data:
@@ -442,7 +456,7 @@ class _Pipe:
             self.done.set()
 
 
-def _relay_one(conn: socket.socket, upstream: tuple[str, int], delay: float, limit: int) -> None:
+def _relay_one(conn: socket.socket, upstream: tuple[str, int], limit: int) -> None:
     try:
         up = socket.create_connection(upstream, timeout=10)
     except OSError:
@@ -451,7 +465,7 @@ def _relay_one(conn: socket.socket, upstream: tuple[str, int], delay: float, lim
     for s in (conn, up):
         s.settimeout(None)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    pipes = [_Pipe(conn, up, delay, limit), _Pipe(up, conn, delay, limit)]
+    pipes = [_Pipe(conn, up, limit), _Pipe(up, conn, limit)]
     for p in pipes:
         p.start()
     for p in pipes:
@@ -460,12 +474,10 @@ def _relay_one(conn: socket.socket, upstream: tuple[str, int], delay: float, lim
     up.close()
 
 
-def _serve(listener: socket.socket, upstream: tuple[str, int], delay: float, limit: int) -> None:
+def _serve(listener: socket.socket, upstream: tuple[str, int], limit: int) -> None:
     while True:
         conn, _ = listener.accept()
-        threading.Thread(
-            target=_relay_one, args=(conn, upstream, delay, limit), daemon=True
-        ).start()
+        threading.Thread(target=_relay_one, args=(conn, upstream, limit), daemon=True).start()
 
 
 def relay_main(argv: list[str] | None = None) -> int:
@@ -474,6 +486,7 @@ def relay_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=8 << 20, help="bytes held per direction")
     ap.add_argument("routes", nargs="+", help="LISTEN_HOST:PORT=UPSTREAM_HOST:PORT")
     args = ap.parse_args(argv)
+    _DELAY[0] = args.delay_ms / 1e3
     threads = []
     for route in args.routes:
         listen, _, upstream = route.partition("=")
@@ -483,17 +496,18 @@ def relay_main(argv: list[str] | None = None) -> int:
         ls.listen(64)
         t = threading.Thread(
             target=_serve,
-            args=(ls, cfgmod.parse_address(upstream), args.delay_ms / 1e3, args.limit),
+            args=(ls, cfgmod.parse_address(upstream), args.limit),
             daemon=True,
         )
         threads.append(t)
     for t in threads:
         t.start()
     print("ready", flush=True)
-    try:
-        threading.Event().wait()  # until the harness kills us (or dies: PR_SET_PDEATHSIG)
-    except KeyboardInterrupt:
-        pass
+    for line in sys.stdin:  # commands from the bed; its end (the bed is gone) stops us
+        cmd, _, arg = line.partition(" ")
+        if cmd == "delay":
+            _DELAY[0] = float(arg) / 1e3
+            print("ok", flush=True)
     return 0
 
 
