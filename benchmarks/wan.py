@@ -191,8 +191,8 @@ def markdown(report: dict) -> str:
     m = report["machine"]
     out += [
         "",
-        f"Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores, load average "
-        f"{m.get('load_avg_1m', '?')} at the start (other work shares the cores).",
+        f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_avg_1m']:.1f} at "
+        "the start (other work shares the cores: the parties' compute time varies with it).",
         "",
     ]
     return "\n".join(out)
