@@ -20,14 +20,16 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from mpcc.api import compile as compile_model
     from mpcc.compiler import planfile
     from mpcc.compiler.report import format_report, report_json
-    from mpcc.frontends.onnx import parse_input_shapes
+    from mpcc.frontends.onnx import parse_fixed_inputs, parse_input_shapes
 
     shapes = parse_input_shapes(args.input_shape) if args.input_shape else None
+    fixed = parse_fixed_inputs(args.fix_input) if args.fix_input else None
     prog, weights = compile_model(
         args.model,
         input_shape=shapes,
         frac_bits=args.frac_bits,
         public_weights=args.public_weights,
+        fix_inputs=fixed,
     )
     out = Path(args.output) if args.output else Path(args.model).with_suffix(".mpcc")
     planfile.save(out, prog, weights)
@@ -105,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="[NAME=]DxDx..",
         help="fix an input's shape, e.g. 1x1x28x28 or input=64x1x28x28 (repeatable)",
+    )
+    c.add_argument(
+        "--fix-input",
+        action="append",
+        metavar="NAME=VALUE",
+        help="fix an input to a constant, e.g. attention_mask=1 (no padding): what it feeds "
+        "folds away and the client does not send it (repeatable)",
     )
     c.add_argument("--frac-bits", type=int, default=16, help="fixed-point fractional bits")
     c.add_argument(

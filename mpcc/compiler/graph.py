@@ -105,6 +105,10 @@ class Graph:
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.notes: list[str] = []
+        self.int_inputs: set[str] = set()  # inputs of an integer type (e.g. token ids)
+        # Inputs the client encodes other than as fixed-point reals: name -> {"encoding":
+        # "onehot", "depth": V} (ids one-hot encoded over V classes; set by legalization)
+        self.input_encodings: dict[str, dict[str, Any]] = {}
         # The precision of the model's float constants: the plan keeps its weights in it.
         self.float_dtype = np.dtype(np.float32)
         self._producer: dict[str, str] = {}
@@ -137,6 +141,12 @@ class Graph:
             if vi.name not in g.constants and all(d.HasField("dim_value") for d in dims):
                 g.shapes[vi.name] = tuple(d.dim_value for d in dims)
         g.inputs = [i.name for i in mg.input if i.name not in g.constants]
+        g.int_inputs = {
+            i.name
+            for i in mg.input
+            if i.name in g.inputs
+            and helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).kind in "iub"
+        }
         g.outputs = [o.name for o in mg.output]
         for n in nodes:
             attrs = {a.name: _plain(helper.get_attribute_value(a)) for a in n.attribute}

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcc.compiler.embedding import legalize_embedding
 from mpcc.compiler.graph import Graph
 from mpcc.errors import ModelError
 
@@ -248,6 +249,11 @@ def _binary(g: Graph, n: str) -> None:
         )
     d["op"], d["attrs"] = op, {}
     g.set_inputs(n, [x, y])
+    if g.is_const(y) and not g.is_const(x) and g.shape(x) == g.shape(out):
+        c = g.const(y)
+        if (op == "Mul" and (c == 1).all()) or (op == "Add" and (c == 0).all()):
+            d["op"] = "Identity"  # e.g. a mask of ones fixed by --fix-input; removed later
+            g.set_inputs(n, [x])
 
 
 def _batchnorm(g: Graph, n: str) -> None:
@@ -429,9 +435,12 @@ def _pad(g: Graph, n: str) -> None:
 
 
 def _gather(g: Graph, n: str) -> None:
-    """Gather of a computed tensor at constant indices (negative ones normalized)."""
+    """Gather of a computed tensor at constant indices (negative ones normalized), or of a
+    constant table by the client's integer ids (`_embedding`)."""
     d = g.node(n)
     x, idx = d["inputs"]
+    if g.is_const(x) and not g.is_const(idx):
+        return legalize_embedding(g, n)
     if g.is_const(x) or not g.is_const(idx):
         raise ModelError(
             f"{_where(g, n)}: only a computed tensor gathered at constant indices is supported "

@@ -25,13 +25,17 @@ def compile_onnx(
     frac_bits: int = DEFAULT_FRAC_BITS,
     public_weights: bool = False,
     name: str | None = None,
+    fix_inputs: dict[str, float] | None = None,
 ) -> Plan:
-    """Compile an ONNX model to a Plan: the Program and its (plaintext, owner-side) weights."""
+    """Compile an ONNX model to a Plan: the Program and its (plaintext, owner-side) weights.
+
+    `fix_inputs` fixes inputs to a constant (`mpcc.frontends.onnx.load`): a Hugging Face
+    attention mask of all ones folds away."""
     if not MIN_FRAC_BITS <= frac_bits <= MAX_FRAC_BITS:
         raise ModelError(
             f"frac_bits must be between {MIN_FRAC_BITS} and {MAX_FRAC_BITS}, got {frac_bits}"
         )
-    proto = onnx_frontend.load(model, input_shapes)
+    proto = onnx_frontend.load(model, input_shapes, fix_inputs)
     g = Graph.from_onnx(proto)
     if name:
         g.name = name

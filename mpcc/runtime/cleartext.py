@@ -15,7 +15,7 @@ import numpy as np
 from mpcc.compiler.batching import row_mixing, rows_independent
 from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError
-from mpcc.inputs import as_samples, map_batches
+from mpcc.inputs import ONEHOT, as_samples, input_shape, map_batches, one_hot
 from mpcc.runtime import kernels
 from mpcc.runtime.fixedpoint import arith_shift, decode, encode
 from mpcc.runtime.owner import encode_weight
@@ -77,10 +77,36 @@ def run_encoded(
     return {name: env[v] for name, v in prog.outputs}
 
 
+def _input_instr(prog: Program, k: int = 0) -> Instr:
+    vid = prog.inputs[k][1]
+    return next(ins for ins in prog.instrs if ins.out == vid)
+
+
+def sample_shape(prog: Program, k: int = 0) -> tuple[int, ...]:
+    """The shape of one batch of input k as the client gives it (token ids for a one-hot
+    input: without the depth axis)."""
+    ins = _input_instr(prog, k)
+    return input_shape(prog.value(ins.out).shape, ins.attrs.get("encoding"))
+
+
+def takes_ids(prog: Program, k: int = 0) -> bool:
+    """Whether input k takes integer ids (one-hot encoded by the client)."""
+    return _input_instr(prog, k).attrs.get("encoding") == ONEHOT
+
+
+def encode_input(prog: Program, x: np.ndarray, k: int = 0) -> np.ndarray:
+    """One batch of input k as the ring elements the client shares: reals at f fractional
+    bits, or ids one-hot over the input's depth (0/1 at scale 0)."""
+    ins = _input_instr(prog, k)
+    if ins.attrs.get("encoding") == ONEHOT:
+        return one_hot(x, ins.attrs["depth"], ins.attrs["name"])
+    return encode(x, prog.frac_bits)
+
+
 def in_batches(prog: Program, x: np.ndarray, fn: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
     """Apply a one-batch function to any number of samples, padding the last batch."""
-    shape = prog.value(prog.inputs[0][1]).shape
-    x = as_samples(x, shape)
+    shape = sample_shape(prog)
+    x = as_samples(x, shape, ids=takes_ids(prog))
     b = shape[0]
     if len(x) == b:
         return fn(x)  # exactly one batch: the output may have any layout
@@ -104,7 +130,7 @@ def in_batches(prog: Program, x: np.ndarray, fn: Callable[[np.ndarray], np.ndarr
 
 def check_samples(prog: Program, x: np.ndarray) -> np.ndarray:
     """`x` as the plan's samples [n, ...], refusing a wrong shape or no samples at all."""
-    return as_samples(x, prog.value(prog.inputs[0][1]).shape, allow_empty=False)
+    return as_samples(x, sample_shape(prog), allow_empty=False, ids=takes_ids(prog))
 
 
 def predict(prog: Program, weights: dict[str, np.ndarray], x: np.ndarray) -> np.ndarray:
@@ -117,7 +143,7 @@ def predict(prog: Program, weights: dict[str, np.ndarray], x: np.ndarray) -> np.
     out_name, out_scale = prog.outputs[0][0], prog.value(out_vid).scale
 
     def one(chunk: np.ndarray) -> np.ndarray:
-        raw = run_encoded(prog, enc_w, {in_name: encode(chunk, prog.frac_bits)})[out_name]
+        raw = run_encoded(prog, enc_w, {in_name: encode_input(prog, chunk)})[out_name]
         return decode(raw, out_scale)
 
     return in_batches(prog, x, one)

@@ -19,10 +19,10 @@ from mpcc.compiler.ir import Program
 from mpcc.compiler.plan import Plan, as_plan
 from mpcc.compiler.planfile import plan_hash
 from mpcc.errors import MpccError, PartyError
-from mpcc.runtime.cleartext import check_samples, in_batches
+from mpcc.runtime.cleartext import check_samples, encode_input, in_batches
 from mpcc.runtime.dealer import Dealer
 from mpcc.runtime.executor import PartyExecutor
-from mpcc.runtime.fixedpoint import decode, encode
+from mpcc.runtime.fixedpoint import decode
 from mpcc.runtime.material import Bundle
 from mpcc.runtime.owner import share_weights
 from mpcc.runtime.prg import reconstruct, share
@@ -180,7 +180,7 @@ class LocalCluster:
     # -- online ------------------------------------------------------------------------------
     def run_batch(self, x: np.ndarray) -> np.ndarray:
         """One query on exactly one batch of inputs; returns the decoded first output."""
-        x0, x1 = share(encode(x, self.prog.frac_bits))  # a bad input costs no material
+        x0, x1 = share(encode_input(self.prog, x))  # a bad input costs no material
         if not self._prepared:
             self.preprocess(1)
         q = self._prepared.pop(0)
