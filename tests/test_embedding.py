@@ -157,3 +157,48 @@ def test_cli_fix_input(tmp_path, capsys):
     assert code == 0 and out.exists()
     text = capsys.readouterr().out
     assert "encoding=onehot depth=40" in text and "fixed to 1" in text
+
+
+def test_a_mask_computed_from_the_ids_is_a_column_of_the_one_hot():
+    """mask = float(ids != PAD) (how a single-input export pads): a local gather of the
+    one-hot's PAD column, then 1 - it; applied to the embeddings with a Beaver product."""
+    rng = np.random.default_rng(5)
+    word = rng.normal(size=(V, D)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["word", "ids"], ["e"], "word_emb"),
+        helper.make_node("Equal", ["ids", "pad"], ["is_pad"], "eq"),
+        helper.make_node("Not", ["is_pad"], ["real"], "not"),
+        helper.make_node("Cast", ["real"], ["m"], "cast", to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["m", "ax"], ["m3"], "unsqueeze"),
+        helper.make_node("Mul", ["e", "m3"], ["y"], "mask"),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "masked",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, N])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, N, D])],
+        [
+            numpy_helper.from_array(word, "word"),
+            numpy_helper.from_array(np.array(0, np.int64), "pad"),
+            numpy_helper.from_array(np.array([2], np.int64), "ax"),
+        ],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    ids = rng.integers(1, V, (1, N))
+    ids[0, -2:] = 0  # padding
+    ref = run(m, {"ids": ids})[0]
+    assert (ref[0, -2:] == 0).all()
+    plan = compile_onnx(m)
+    names = [i.op.name for i in plan.program.instrs]
+    assert "gather" in names and "mul" in names, plan.program.text()
+    with LocalCluster(plan) as cluster:
+        assert np.abs(cluster.predict(ids) - ref).max() < 1e-4
+
+
+def test_ids_read_any_other_way_are_refused():
+    m = bert_like_embeddings(with_mask=False)
+    m.graph.node.append(helper.make_node("Cast", ["ids"], ["idf"], "ids_as_float", to=1))
+    m.graph.output.append(helper.make_tensor_value_info("idf", TensorProto.FLOAT, [1, N]))
+    with pytest.raises(ModelError, match="integer input 'ids' is read by node 'ids_as_float'"):
+        compile_onnx(m)

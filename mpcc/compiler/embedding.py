@@ -47,7 +47,10 @@ integer input used any other way is refused with that advice.
 
 from __future__ import annotations
 
+import numpy as np
+
 from mpcc.compiler.graph import Graph
+from mpcc.compiler.ops.io import ONEHOT
 from mpcc.errors import ModelError
 
 
@@ -55,39 +58,110 @@ def _where(g: Graph, n: str) -> str:
     return f"node {n!r} (op {g.op(n)})"
 
 
+def one_hot_inputs(g: Graph) -> None:
+    """Before legalization: give each integer input its one-hot encoding, over the rows of the
+    constant tables it indexes (one size for all), or refuse it naming the node that reads it
+    otherwise. Besides table lookups (Gather along axis 0), an id may be compared with a
+    constant (Equal, e.g. `ids != pad` for a mask): that is a column of the one-hot."""
+    for t in sorted(g.int_inputs - set(g.input_encodings)):
+        depths = set()
+        for c in g.consumers(t):
+            d = g.node(c)
+            a, b = (d["inputs"] + ["", ""])[:2]
+            if g.op(c) == "Gather" and b == t and g.is_const(a):
+                if int(d["attrs"].get("axis", 0)) % g.const(a).ndim != 0:
+                    raise ModelError(f"{_where(g, c)}: a lookup by client ids must use axis 0")
+                depths.add(int(g.const(a).shape[0]))
+            elif g.op(c) == "Equal" and _compared_constant(g, c, t) is not None:
+                continue
+            else:
+                raise ModelError(
+                    f"integer input {t!r} is read by {_where(g, c)}: an integer client input "
+                    "can only index constant tables (one-hot encoded by the client) or be "
+                    f"compared with a constant; fix it with --fix-input {t}=VALUE if the plan "
+                    "need not take it"
+                )
+        if t in g.outputs or len(depths) != 1:
+            why = f"tables of sizes {sorted(depths)}" if depths else "no constant table"
+            raise ModelError(
+                f"integer input {t!r} indexes {why}: it must index constant tables of one "
+                f"size (one-hot encoded by the client), or be fixed with --fix-input {t}=VALUE"
+            )
+        depth = depths.pop()
+        g.input_encodings[t] = {"encoding": ONEHOT, "depth": depth}
+        g.shapes[t] = (*g.shapes[t], depth)
+
+
+def _compared_constant(g: Graph, n: str, ids: str) -> int | None:
+    """The constant an Equal node compares `ids` with, if it is one integer."""
+    a, b = g.node(n)["inputs"]
+    other = b if a == ids else a
+    if not g.is_const(other) or g.const(other).size != 1:
+        return None
+    v = g.const(other).reshape(-1)[0]
+    return int(v) if float(v) == int(v) else None
+
+
+def legalize_id_compare(g: Graph, n: str) -> None:
+    """Equal(ids, c) [-> Not] [-> Cast to float] on a one-hot input: column c of the one-hot
+    (a local gather, 0/1 at scale 0), [1 - it]. The boolean may feed nothing else."""
+    d = g.node(n)
+    ids = next(t for t in d["inputs"] if t in g.input_encodings)
+    c = _compared_constant(g, n, ids)
+    depth = g.input_encodings[ids]["depth"]
+    chain = [n]
+    while True:
+        nxt = g.only_consumer(g.node(chain[-1])["outputs"][0])
+        if nxt is None or g.op(nxt) not in ("Not", "Cast"):
+            break
+        if g.op(nxt) == "Cast" and g.node(nxt)["attrs"].get("to") not in _FLOATS:
+            raise ModelError(f"{_where(g, nxt)}: an id comparison can only be cast to a float")
+        chain.append(nxt)
+        if g.op(nxt) == "Cast":
+            break
+    if g.op(chain[-1]) != "Cast":
+        raise ModelError(
+            f"{_where(g, n)}: a comparison of client ids must be cast to a float (e.g. a mask "
+            "ids != pad), then used as a number"
+        )
+    if not 0 <= c < depth:
+        raise ModelError(f"{_where(g, n)}: compares ids with {c}, outside [0, {depth})")
+    negate = sum(g.op(x) == "Not" for x in chain) % 2 == 1
+    out = g.node(chain[-1])["outputs"][0]
+    for x in chain[1:]:
+        g.remove_node(x)
+    shape = g.shapes[out]
+    d["op"] = "Gather"
+    d["attrs"] = {"axis": len(shape), "indices": (c,), "ishape": ()}
+    g.set_inputs(n, [ids])
+    if negate:
+        mid = g.new_tensor(f"{out}_eq", shape)
+        g.set_outputs(n, [mid])
+        one = g.add_const(np.ones(shape, np.float32), f"{n}_one")
+        g.add_node("Sub", [one, mid], [out], name=f"{n}_not")
+    else:
+        g.set_outputs(n, [out])
+
+
+_FLOATS = (1, 10, 11, 16)  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
 def legalize_embedding(g: Graph, n: str) -> None:
-    """Gather from a constant table [V, ...] by an integer client input of ids: the client
-    one-hot encodes its ids over V classes, so the lookup is onehot [..., V] @ table [V, d],
-    a MatMul with a (masked) weight. The input's shape gains the depth axis and it is
-    recorded in `g.input_encodings`; an integer input read by anything else is refused."""
+    """Gather from a constant table [V, ...] by an integer client input of ids (one-hot
+    encoded by `one_hot_inputs`): onehot [..., V] @ table [V, d], a MatMul with a (masked)
+    weight."""
     d = g.node(n)
     table_t, ids = d["inputs"]
     table = g.const(table_t)
     out = d["outputs"][0]
-    if ids not in g.int_inputs:
+    if ids not in g.input_encodings:
         p = g.producer(ids)
-        what = f"computed by node {p!r} (op {g.op(p)})" if p else "not an integer input"
+        what = f"computed by {_where(g, p)}" if p else "not an integer input"
         raise ModelError(
             f"{_where(g, n)}: a lookup in the constant table {table_t!r} needs its indices to "
             f"be an integer input of the model (one-hot encoded by the client); {ids!r} is {what}"
         )
-    if int(d["attrs"].get("axis", 0)) % table.ndim != 0:
-        raise ModelError(f"{_where(g, n)}: a table lookup by client ids must gather along axis 0")
     depth = int(table.shape[0])
-    enc = {"encoding": "onehot", "depth": depth}
-    for c in g.consumers(ids):
-        a, b = (g.node(c)["inputs"] + ["", ""])[:2]
-        lookup = g.op(c) == "Gather" and b == ids and g.is_const(a)
-        done = g.op(c) == "MatMul" and a == ids and g.input_encodings.get(ids) == enc
-        if ids in g.outputs or not (done or (lookup and g.const(a).shape[0] == depth)):
-            raise ModelError(
-                f"integer input {ids!r} is read by node {c!r} (op {g.op(c)}): an integer client "
-                f"input can only index constant tables of one size (one-hot encoded by the "
-                f"client); fix it with --fix-input {ids}=VALUE if the plan need not take it"
-            )
-    if g.input_encodings.get(ids) != enc:
-        g.input_encodings[ids] = enc
-        g.shapes[ids] = (*g.shapes[ids], depth)
     w = table.reshape(depth, -1)
     d["op"], d["attrs"] = "MatMul", {}
     g.set_inputs(n, [ids, g.add_const(w, f"{n}_table")])

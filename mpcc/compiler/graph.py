@@ -49,7 +49,11 @@ SUPPORTED_OPS: dict[str, str] = {
     "Concat": "join tensors along an axis (constants too)",
     "Slice": "take a strided sub-tensor (constant bounds)",
     "Pad": "constant-value padding",
-    "Gather": "take entries at constant indices along any axis",
+    "Gather": "take entries at constant indices along any axis; or rows of a constant table "
+    "by integer ids the client one-hot encodes (embeddings)",
+    "Equal": "integer ids compared with a constant (a column of their one-hot; e.g. a mask)",
+    "Not": "negation of an id comparison (1 - x)",
+    "Cast": "an id comparison cast to float (no-op)",
     "Split": "split along an axis (becomes Slices)",
     "Tile": "repeat along axes (constant repeats)",
     "Expand": "broadcast to a constant shape (becomes Reshape + Tile)",

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from mpcc.compiler.embedding import legalize_embedding
+from mpcc.compiler.embedding import legalize_embedding, legalize_id_compare, one_hot_inputs
 from mpcc.compiler.graph import Graph
 from mpcc.errors import ModelError
 
@@ -44,7 +44,10 @@ def legalize(g: Graph) -> None:
     """Fill attribute defaults, resolve auto_pad, move constant inputs to attributes, rewrite
     Gemm, Flatten/Squeeze/Unsqueeze, Div by a constant and Sub of a constant, and refuse what
     the compiler does not support (training-mode Dropout, a Softmax before the end, ...)."""
+    one_hot_inputs(g)
     for n in g.topo_nodes():
+        if n not in g.nx:  # removed by an earlier rule (an id comparison's Not and Cast)
+            continue
         rule = _LEGALIZE.get(g.op(n))
         if rule is not None:
             rule(g, n)
@@ -558,6 +561,7 @@ _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "Pad": _pad,
     "Gather": _gather,
     "Split": _split,
+    "Equal": legalize_id_compare,
     "Tile": _tile,
     "Expand": _expand,
     "Dropout": _dropout,
