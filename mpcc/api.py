@@ -112,6 +112,7 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
     dynamo: bool | None = None,
     keep_softmax: bool = False,
     calibrate: np.ndarray | Mapping[str, np.ndarray] | None = None,
+    fix_inputs: dict[str, float] | None = None,
 ) -> Plan:
     """Compile a PyTorch, Keras or ONNX model to a secure Plan: the Program and its
     (owner-side) weights (``prog, weights = plan`` unpacks it).
@@ -138,6 +139,7 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
         name=name,
         keep_softmax=keep_softmax,
         calibrate=calibrate,
+        fix_inputs=fix_inputs,
     )
     plan = _compile(model, kind, example_input, input_shape, weights, dynamo, opts)
     if calibrate is not None:

@@ -22,9 +22,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from mpcc.compiler import planfile
     from mpcc.compiler.calibrate import CalibrationWarning
     from mpcc.compiler.report import format_report, report_json
-    from mpcc.frontends.onnx import parse_input_shapes
+    from mpcc.frontends.onnx import parse_fixed_inputs, parse_input_shapes
 
     shapes = parse_input_shapes(args.input_shape) if args.input_shape else None
+    fixed = parse_fixed_inputs(args.fix_input) if args.fix_input else None
     calibration = _load_calibration(args.calibrate) if args.calibrate else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", CalibrationWarning)
@@ -35,6 +36,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
             public_weights=args.public_weights,
             keep_softmax=args.keep_softmax,
             calibrate=calibration,
+            fix_inputs=fixed,
         )
     for w in caught:
         if issubclass(w.category, CalibrationWarning):
@@ -163,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="[NAME=]DxDx..",
         help="fix an input's shape, e.g. 1x1x28x28 or input=64x1x28x28 (repeatable)",
+    )
+    c.add_argument(
+        "--fix-input",
+        action="append",
+        metavar="NAME=VALUE",
+        help="fix an input to a constant, e.g. attention_mask=1 (no padding): what it feeds "
+        "folds away and the client does not send it (repeatable)",
     )
     c.add_argument(
         "--frac-bits",

@@ -73,14 +73,18 @@ SUPPORTED_OPS: dict[str, str] = {
     "Concat": "join tensors along an axis (constants too)",
     "Slice": "take a strided sub-tensor (constant bounds)",
     "Pad": "constant-value padding",
-    "Gather": "take entries at constant indices along any axis",
+    "Gather": "take entries at constant indices along any axis; or rows of a constant table "
+    "by integer ids the client one-hot encodes (embeddings)",
+    "Equal": "integer ids compared with a constant (a column of their one-hot; e.g. a mask)",
+    "Not": "negation of an id comparison (1 - x)",
     "Split": "split along an axis (becomes Slices)",
     "Tile": "repeat along axes (constant repeats)",
     "Expand": "broadcast to a constant shape (becomes Reshape + Tile)",
     "Squeeze": "drop size-1 axes",
     "Unsqueeze": "insert size-1 axes",
     "Identity": "no-op (removed)",
-    "Cast": "between float types: no-op (removed); Casts of constants fold",
+    "Cast": "between float types, or of an id comparison to float: no-op (removed); Casts of "
+    "constants fold",
     "Dropout": "no-op at inference (removed)",
 }
 
@@ -138,6 +142,10 @@ class Graph:
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.notes: list[str] = []
+        self.int_inputs: set[str] = set()  # inputs of an integer type (e.g. token ids)
+        # Inputs the client encodes other than as fixed-point reals: name -> {"encoding":
+        # "onehot", "depth": V} (ids one-hot encoded over V classes; set by legalization)
+        self.input_encodings: dict[str, dict[str, Any]] = {}
         # The precision of the model's float constants: the plan keeps its weights in it.
         self.float_dtype = np.dtype(np.float32)
         self._producer: dict[str, str] = {}
@@ -177,6 +185,12 @@ class Graph:
             if vi.name not in g.constants and all(d.HasField("dim_value") for d in dims):
                 g.shapes[vi.name] = tuple(d.dim_value for d in dims)
         g.inputs = [i.name for i in mg.input if i.name not in g.constants]
+        g.int_inputs = {
+            i.name
+            for i in mg.input
+            if i.name in g.inputs
+            and helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).kind in "iub"
+        }
         g.outputs = [o.name for o in mg.output]
         for n in nodes:
             attrs = {a.name: _plain(helper.get_attribute_value(a)) for a in n.attribute}

@@ -299,7 +299,13 @@ class _Lowering:
     def run(self) -> tuple[Program, dict[str, np.ndarray]]:
         p = self.prog
         for t in self.g.inputs:
-            v = self.emit(ops.input, (), name=t, shape=list(self.g.shapes[t]))
+            enc = self.g.input_encodings.get(t, {})
+            if t in self.g.int_inputs and not enc:
+                raise ModelError(
+                    f"integer input {t!r} is not used as ids into a constant table; fix it "
+                    f"with --fix-input {t}=VALUE if the plan need not take it"
+                )
+            v = self.emit(ops.input, (), name=t, shape=list(self.g.shapes[t]), **enc)
             self.env[t] = v
             p.inputs.append((t, v.id))
         for node in self.g.topo_nodes():

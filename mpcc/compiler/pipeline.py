@@ -32,6 +32,7 @@ def compile_onnx(
     name: str | None = None,
     keep_softmax: bool = False,
     calibrate: Calibration | None = None,
+    fix_inputs: dict[str, float] | None = None,
 ) -> Plan:
     """Compile an ONNX model to a Plan: the Program and its (plaintext, owner-side) weights.
 
@@ -39,12 +40,13 @@ def compile_onnx(
     `keep_softmax`, which computes it securely. `frac_bits` defaults to DEFAULT_FRAC_BITS, or
     with `calibrate` (representative inputs: an array [N, ...] or a dict of them by input
     name) to the f chosen from their ranges (`mpcc.compiler.calibrate`); the report is then
-    `plan.calibration`."""
+    `plan.calibration`. `fix_inputs` fixes inputs to a constant
+    (`mpcc.frontends.onnx.load`): a Hugging Face attention mask of all ones folds away."""
     if frac_bits is not None and not MIN_FRAC_BITS <= frac_bits <= MAX_FRAC_BITS:
         raise ModelError(
             f"frac_bits must be between {MIN_FRAC_BITS} and {MAX_FRAC_BITS}, got {frac_bits}"
         )
-    proto = onnx_frontend.load(model, input_shapes, check_static=False)
+    proto = onnx_frontend.load(model, input_shapes, fix_inputs, check_static=False)
     # Every blocker at once: unfixed shapes, unsupported ops, computed inputs where constants
     # are needed, then (once shapes are known) unsupported attributes.
     blockers = [

@@ -394,7 +394,10 @@ class ComputeParty(PartyServer):
         if dep is not None:
             prog = dep.prog
             (_, in_vid), (out_name, out_vid) = prog.inputs[0], prog.outputs[0]
+            first = next(ins for ins in prog.instrs if ins.out == in_vid)
             d.update(
+                input_encoding=first.attrs.get("encoding"),
+                input_depth=first.attrs.get("depth"),
                 plan_hash=dep.plan_hash,
                 name=prog.name,
                 input_shape=list(prog.value(in_vid).shape),
