@@ -110,7 +110,9 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
     public_weights: bool = False,
     name: str | None = None,
     dynamo: bool | None = None,
+    keep_softmax: bool = False,
     calibrate: np.ndarray | Mapping[str, np.ndarray] | None = None,
+    fix_inputs: dict[str, float] | None = None,
 ) -> Plan:
     """Compile a PyTorch, Keras or ONNX model to a secure Plan: the Program and its
     (owner-side) weights (``prog, weights = plan`` unpacks it).
@@ -132,7 +134,12 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
         elif kind == "torch":
             name = type(model).__name__
     opts: dict[str, Any] = dict(
-        frac_bits=frac_bits, public_weights=public_weights, name=name, calibrate=calibrate
+        frac_bits=frac_bits,
+        public_weights=public_weights,
+        name=name,
+        keep_softmax=keep_softmax,
+        calibrate=calibrate,
+        fix_inputs=fix_inputs,
     )
     plan = _compile(model, kind, example_input, input_shape, weights, dynamo, opts)
     if calibrate is not None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpcc.compiler import ops
+from mpcc.compiler import lower_smooth, ops
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.ir import SLACK_BITS, Program, Value, WeightSpec
 from mpcc.compiler.ops import Op, RuleError
@@ -173,6 +173,12 @@ class _Lowering:
         b = self.fit(self.arg(name, b_t), self.f)
         return self.emit_as(data, ops.mul, (a.id, b.id))
 
+    def lower_matmul_ss(self, name: str, data: dict) -> Value:
+        a_t, b_t = data["inputs"]
+        a = self.fit(self.arg(name, a_t), self.f)
+        b = self.fit(self.arg(name, b_t), self.f)
+        return self.emit_as(data, ops.matmul_ss, (a.id, b.id))
+
     def lower_neg(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
         return self.emit(ops.mul_public, (x.id,), factor=-1)
@@ -273,6 +279,17 @@ class _Lowering:
                 axes=list(a["axes"]),
                 steps=list(a["steps"]),
             )
+        if op == "Gather":
+            return self.emit_as(
+                data,
+                ops.gather,
+                (x.id,),
+                axis=int(a["axis"]),
+                indices=list(a["indices"]),
+                ishape=list(a["ishape"]),
+            )
+        if op == "Tile":
+            return self.emit_as(data, ops.tile, (x.id,), reps=list(a["reps"]))
         if op == "Pad":
             return self.emit_as(
                 data, ops.pad, (x.id,), pads=list(a["pads"]), value=float(a.get("value", 0.0))
@@ -282,7 +299,13 @@ class _Lowering:
     def run(self) -> tuple[Program, dict[str, np.ndarray]]:
         p = self.prog
         for t in self.g.inputs:
-            v = self.emit(ops.input, (), name=t, shape=list(self.g.shapes[t]))
+            enc = self.g.input_encodings.get(t, {})
+            if t in self.g.int_inputs and not enc:
+                raise ModelError(
+                    f"integer input {t!r} is not used as ids into a constant table; fix it "
+                    f"with --fix-input {t}=VALUE if the plan need not take it"
+                )
+            v = self.emit(ops.input, (), name=t, shape=list(self.g.shapes[t]), **enc)
             self.env[t] = v
             p.inputs.append((t, v.id))
         for node in self.g.topo_nodes():
@@ -309,6 +332,7 @@ class _Lowering:
 _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Conv": lambda s, n, d: s.lower_linear(n, d, ops.conv2d),
     "MatMul": lambda s, n, d: s.lower_linear(n, d, ops.matmul),
+    "MatMulSS": _Lowering.lower_matmul_ss,
     "Add": lambda s, n, d: s.lower_add_sub(n, d, "Add"),
     "Sub": lambda s, n, d: s.lower_add_sub(n, d, "Sub"),
     "Mul": _Lowering.lower_mul,
@@ -327,6 +351,9 @@ _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Concat": lambda s, n, d: s.lower_movement(n, d, "Concat"),
     "Slice": lambda s, n, d: s.lower_movement(n, d, "Slice"),
     "Pad": lambda s, n, d: s.lower_movement(n, d, "Pad"),
+    "Gather": lambda s, n, d: s.lower_movement(n, d, "Gather"),
+    "Tile": lambda s, n, d: s.lower_movement(n, d, "Tile"),
+    **lower_smooth.HANDLERS,
 }
 
 

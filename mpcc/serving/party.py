@@ -37,6 +37,7 @@ from mpcc.errors import InputError, MpccError, PartyError
 from mpcc.runtime.executor import PartyExecutor
 from mpcc.runtime.material import Bundle
 from mpcc.runtime.session import Session
+from mpcc.serving.admission import Identity, fair_order, mark_served
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.server import PartyServer
 from mpcc.serving.startup import (
@@ -61,6 +62,7 @@ RETRY_S = 0.002
 RETRY_MAX_S = 0.5
 MAX_ARRIVED = 1024  # request ids P1 reports per answer to an announcement
 CLIENT_SEND_STALL_S = 1.0
+REVOKED_CHECK_S = 1.0  # how often an open client link is checked against the revocation list
 
 
 @dataclass
@@ -74,6 +76,7 @@ class Request:
     arrived: float
     not_before: float = 0.0  # P0: P1 did not have it yet; offer it again from then on
     retries: int = 0
+    who: str = "client"  # the client identity that sent it (its certificate's subject)
 
 
 @dataclass
@@ -84,20 +87,71 @@ class Prepared:
     dealer_wire: int = 0
 
 
+class StalePlan(InputError):
+    """A request encoded for another plan than the one deployed (the client must re-read)."""
+
+
 class Outbox:
     """Messages to one client, sent by a thread of their own: the query loops hand answers
-    over and go on, so a client that reads slowly (or not at all) delays nobody else."""
+    over and go on, so a client that reads slowly (or not at all) delays nobody else.
 
-    def __init__(self, ch: TlsChannel, log: Any) -> None:
+    It is bounded: a client that asks faster than it reads (say `info` at thousands a
+    second, reading a little now and then, so no single send stalls) would otherwise grow
+    the queue without limit. Past `max_messages` or `max_bytes` waiting, the link is closed."""
+
+    MAX_MESSAGES = 256
+    MAX_BYTES = 64 * 2**20
+
+    def __init__(
+        self,
+        ch: TlsChannel,
+        log: Any,
+        max_messages: int = MAX_MESSAGES,
+        max_bytes: int = MAX_BYTES,
+        account: Identity | None = None,
+    ) -> None:
+        """`account`: the client identity whose bytes waiting these messages count towards
+        too (its links together; past its bound this link is closed)."""
         self.ch, self.log = ch, log
+        self.max_messages, self.max_bytes = max_messages, max_bytes
+        self.account = account
         self._q: queue.SimpleQueue[tuple[str, dict[str, Any], list[np.ndarray]] | None] = (
             queue.SimpleQueue()
         )
+        self._lock = threading.Lock()
+        self._waiting = 0  # messages posted and not yet sent (or dropped)
+        self._bytes = 0
         self._thread = threading.Thread(target=self._run, name="mpcc-outbox", daemon=True)
         self._thread.start()
 
     def post(self, kind: str, meta: dict[str, Any], arrays: list[np.ndarray] | None = None) -> None:
-        self._q.put((kind, meta, arrays or []))
+        arrays = arrays or []
+        size = _message_bytes(arrays)
+        with self._lock:
+            over = self._waiting >= self.max_messages or self._bytes + size > self.max_bytes
+            if not over and self.account is not None:
+                over = not self.account.hold_answer(size)
+            if not over:
+                self._waiting += 1
+                self._bytes += size
+        if over:
+            if self.ch.closed is None:
+                self.log.warning(
+                    "closing the link to %s: it does not read its answers (%d messages, "
+                    "%d bytes waiting)",
+                    self.ch.peer,
+                    self._waiting,
+                    self._bytes,
+                )
+                self.ch.close("the client does not read its answers")
+            return
+        self._q.put((kind, meta, arrays))
+
+    @property
+    def waiting(self) -> tuple[int, int]:
+        """Messages and bytes posted and not yet sent."""
+        with self._lock:
+            return self._waiting, self._bytes
 
     def close(self, timeout: float) -> None:
         """Send what is queued (within `timeout` s), then stop."""
@@ -111,6 +165,25 @@ class Outbox:
                     self.ch.send_msg(*item)
                 except PartyError as e:  # the link closes itself; later items are dropped
                     self.log.info("could not send a %s to %s: %s", item[0], self.ch.peer, e)
+            size = _message_bytes(item[2])
+            with self._lock:
+                self._waiting -= 1
+                self._bytes -= size
+            if self.account is not None:
+                self.account.release_answer(size)
+
+
+def _identity_of(ch: Any) -> str:
+    """The client identity of a link (its certificate's subject; "?" if it names none)."""
+    return getattr(ch, "peer_identity", None) or "?"
+
+
+def _who(r: Request) -> str:
+    return r.who
+
+
+def _message_bytes(arrays: list[np.ndarray]) -> int:
+    return sum(a.nbytes for a in arrays) + 256  # arrays plus a header's worth
 
 
 def _rids(value: Any) -> list[str]:
@@ -268,13 +341,15 @@ class ComputeParty(PartyServer):
         self._rejected: OrderedDict[str, float] = OrderedDict()  # P1: rids it refused
         self._arrived: list[str] = []  # P1: rids received since its last answer to P0
         self._p1_has: set[str] = set()  # P0: rids P1 said it received
-        self._inflight: set[str] = set()  # P0: rids of the batch being announced or run
+        self._inflight: dict[str, Request] = {}  # the batch being announced (P0) or run
         self._peer_links: queue.Queue[tuple[Any, TlsChannel]] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
         # client links stay open until shutdown has answered or failed what they wait for
         self._clients_done = threading.Event()
         self._outboxes: dict[TlsChannel, Outbox] = {}
+        self._identities: dict[str, Identity] = {}  # client identities seen, by name
+        self._last_served: dict[Any, int] = {}  # P0: identity -> when a batch last took one
         self.answered = 0
         self._janitor = threading.Thread(
             target=self._janitor_loop, name="mpcc-janitor", daemon=True
@@ -319,7 +394,10 @@ class ComputeParty(PartyServer):
         if dep is not None:
             prog = dep.prog
             (_, in_vid), (out_name, out_vid) = prog.inputs[0], prog.outputs[0]
+            first = next(ins for ins in prog.instrs if ins.out == in_vid)
             d.update(
+                input_encoding=first.attrs.get("encoding"),
+                input_depth=first.attrs.get("depth"),
                 plan_hash=dep.plan_hash,
                 name=prog.name,
                 input_shape=list(prog.value(in_vid).shape),
@@ -340,17 +418,31 @@ class ComputeParty(PartyServer):
         dep = self.deployment
         ch.limit_frames(self._client_frame_limit(dep))
         ch.send_msg("welcome", {"role": self.role})
-        outbox = Outbox(ch, self.log)
+        who = self._identity(_identity_of(ch))
+        outbox = Outbox(ch, self.log, account=who)
         with self._req:
             self._outboxes[ch] = outbox
+        heard = checked = time.monotonic()
         try:
             while not self._clients_done.is_set():
                 if self.deployment is not dep:  # a model was deployed: its input size
                     dep = self.deployment
                     ch.limit_frames(self._client_frame_limit(dep))
+                if time.monotonic() - checked >= REVOKED_CHECK_S:
+                    checked = time.monotonic()
+                    if self._revoked(ch):
+                        self.log.warning("closing the link to %s: certificate revoked", ch.peer)
+                        break
                 msg = ch.poll(0.5)
                 if msg is None:
+                    if time.monotonic() - heard > self.cfg.serving.client_idle_s and (
+                        self._idle_link(ch, outbox)
+                    ):
+                        self.log.info("closing the idle link to %s", ch.peer)
+                        break
                     continue
+                heard = time.monotonic()
+                self._pace(ch, who)
                 if msg.kind == "info":
                     outbox.post("info", self.info())
                 elif msg.kind == "request":
@@ -368,6 +460,35 @@ class ComputeParty(PartyServer):
             outbox.close(self.cfg.serving.timeout_s)
             ch.close("client link done")
 
+    def _identity(self, name: str) -> Identity:
+        """The state of one client identity, shared by its links (kept while the party runs,
+        so reconnecting does not refill its rate bucket)."""
+        s = self.cfg.serving
+        with self._req:
+            if name not in self._identities:
+                limit = int(s.client_queue_mb * 2**20)
+                self._identities[name] = Identity(name, s.client_rate, s.client_burst, limit)
+            return self._identities[name]
+
+    def _revoked(self, ch: TlsChannel) -> bool:
+        return self.listener is not None and self.listener.revocations.revoked(ch.peer_serial)
+
+    def _pace(self, ch: TlsChannel, who: Identity) -> None:
+        """Hold this link's next read until its identity's rate allows another message:
+        a client over `client_rate` is slowed down (TCP pushes back), not queued for."""
+        delay = who.bucket.reserve()
+        until = time.monotonic() + delay
+        while delay > 0 and ch.closed is None and not self._clients_done.is_set():
+            self._clients_done.wait(min(delay, 0.5))
+            delay = until - time.monotonic()
+
+    def _idle_link(self, ch: TlsChannel, outbox: Outbox) -> bool:
+        """Whether a client link holds nothing: no request waiting or running, no answer
+        still to send (an idle link only takes a connection slot)."""
+        with self._req:
+            held = [*self._queue, *self._pending.values(), *self._inflight.values()]
+            return not any(r.ch is ch for r in held) and outbox.waiting[0] == 0
+
     def _client_frame_limit(self, dep: Deployment | None) -> int:
         """The largest frame a client may send: one share of at most a batch of the deployed
         plan's input, or small requests only while no model is deployed."""
@@ -384,14 +505,19 @@ class ComputeParty(PartyServer):
             shown = rid[:8] if isinstance(rid, str) and RID.match(rid) else "?"
             self.log.warning("rejected request %s from %s: %s", shown, ch.peer, e)
             if isinstance(rid, str) and RID.match(rid):
-                self._reject(ch, rid, str(e))
+                self._reject(
+                    ch, rid, str(e), code="stale_plan" if isinstance(e, StalePlan) else None
+                )
             else:
                 self._post(ch, "error", {"msg": f"{self.label} rejected a request: {e}"})
             return
-        r = Request(rid, int(msg.meta["rows"]), msg.arrays[0], ch, time.monotonic())
+        who = self._identity(_identity_of(ch))
+        r = Request(rid, int(msg.meta["rows"]), msg.arrays[0], ch, time.monotonic(), who=who.name)
+        serving = self.cfg.serving
         why = None
         with self._req:
             held = [*self._queue, *self._pending.values()]
+            mine = [h for h in held if h.who == who.name]
             if self.stop_event.is_set():
                 why = "the party is shutting down"
             elif (
@@ -406,6 +532,18 @@ class ComputeParty(PartyServer):
                 > self.cfg.serving.max_queue_mb * 2**20
             ):
                 why = "too many queued requests"
+            elif len(mine) >= serving.client_queue:
+                why = (
+                    f"client {who.name} has {len(mine)} requests waiting (its limit, client_queue)"
+                )
+            elif (
+                sum(h.share.nbytes for h in mine) + r.share.nbytes + who.answer_bytes
+                > serving.client_queue_mb * 2**20
+            ):
+                why = (
+                    f"client {who.name} has more than {serving.client_queue_mb:g} MB waiting "
+                    "(its limit, client_queue_mb)"
+                )
             elif sum(h.ch is ch for h in held) >= MAX_PER_LINK:
                 why = f"more than {MAX_PER_LINK} requests from one connection are waiting"
             elif self.party == 0:
@@ -420,13 +558,13 @@ class ComputeParty(PartyServer):
         elif why is not None:
             self._reject(ch, rid, why)
 
-    def _reject(self, ch: TlsChannel, rid: str, why: str) -> None:
+    def _reject(self, ch: TlsChannel, rid: str, why: str, code: str | None = None) -> None:
         """Refuse a request; P1 remembers it, so P0 fails its twin at once."""
         with self._req:
             self._rejected[rid] = time.monotonic()
             while len(self._rejected) > MAX_QUEUE:
                 self._rejected.popitem(last=False)
-        self._send_failed(ch, rid, f"{self.label} rejected the request: {why}")
+        self._send_failed(ch, rid, f"{self.label} rejected the request: {why}", code)
 
     def _check_request(self, msg: Message) -> str:
         dep = self.deployment
@@ -435,6 +573,13 @@ class ComputeParty(PartyServer):
         rid, rows = msg.meta.get("rid"), msg.meta.get("rows")
         if not isinstance(rid, str) or not RID.match(rid):
             raise InputError("malformed request id")
+        plan = msg.meta.get("plan")
+        if plan != dep.plan_hash:
+            raise StalePlan(
+                f"the request was encoded for plan {str(plan)[:12]}, but {self.label} serves "
+                f"plan {dep.plan_hash[:12]} (a model was deployed since): read the plan's "
+                "interface again"
+            )
         prog = dep.prog
         shape = prog.value(prog.inputs[0][1]).shape
         if not isinstance(rows, int) or not 1 <= rows <= prog.batch:
@@ -463,16 +608,21 @@ class ComputeParty(PartyServer):
         outbox.post(kind, meta, arrays)
         return True
 
-    def _send_failed(self, ch: TlsChannel, rid: str, why: str) -> None:
-        self._post(ch, "failed", {"rid": rid, "msg": why})
+    def _send_failed(self, ch: TlsChannel, rid: str, why: str, code: str | None = None) -> None:
+        meta = {"rid": rid, "msg": why}
+        if code is not None:  # what the client can act on ("stale_plan": read the plan again)
+            meta["code"] = code
+        self._post(ch, "failed", meta)
 
     def _fail(self, reqs: list[Request], why: str) -> None:
         for r in reqs:
             self._send_failed(r.ch, r.rid, why)
 
-    def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any]) -> int:
-        """Hand a result to its client's outbox: 1 if it was, 0 if the client left."""
-        if not self._post(r.ch, "result", {"rid": r.rid, "stats": stats}, [y]):
+    def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any], plan: str) -> int:
+        """Hand a result to its client's outbox: 1 if it was, 0 if the client left. `plan`:
+        the hash of the plan that computed it, which the client checks before decoding."""
+        meta = {"rid": r.rid, "plan": plan, "stats": stats}
+        if not self._post(r.ch, "result", meta, [y]):
             self.log.info("could not answer request %s: its client left", r.rid[:8])
             return 0
         self.answered += 1
@@ -745,7 +895,11 @@ class ComputeParty(PartyServer):
         now = time.monotonic()
         known = [r for r in self._queue if r.rid in self._p1_has]
         rest = [r for r in self._queue if r.rid not in self._p1_has and r.not_before <= now]
-        return known + rest
+        # round-robin between client identities, the one served longest ago first
+        return [
+            *fair_order(known, _who, self._last_served),
+            *fair_order(rest, _who, self._last_served),
+        ]
 
     def _next_ready_in(self) -> float:
         """Seconds until a deferred request may be offered again (at most 0.2)."""
@@ -757,9 +911,10 @@ class ComputeParty(PartyServer):
         `_idle` says so before the lock is let go, so shutdown waits for them."""
         taken = {id(r) for r in reqs}
         self._queue = deque(r for r in self._queue if id(r) not in taken)
-        self._inflight = {r.rid for r in reqs}
+        self._inflight = {r.rid: r for r in reqs}
         if reqs:
             self._idle.clear()
+            mark_served({r.who for r in reqs}, self._last_served)
         return reqs
 
     def _requeue(self, reqs: list[Request], front: bool = True) -> None:
@@ -796,7 +951,7 @@ class ComputeParty(PartyServer):
                 else:
                     self._requeue(batch)
                 with self._req:
-                    self._inflight = set()
+                    self._inflight = {}
                 self._idle.set()
                 return
             try:
@@ -833,7 +988,7 @@ class ComputeParty(PartyServer):
                 return
             finally:
                 with self._req:
-                    self._inflight = set()
+                    self._inflight = {}
                 self._idle.set()
 
     def _follow(self, s: PartySession) -> None:
@@ -853,6 +1008,8 @@ class ComputeParty(PartyServer):
                 batch, rejected, absent = self._gather(reqs, s.dep.prog.batch)
                 with self._req:
                     arrived, self._arrived = self._arrived, []
+                    # as at P0: a request id being run is taken until its answer is sent
+                    self._inflight = {r.rid: r for r in batch}
                 reply = {
                     "have": [r.rid for r in batch],
                     "rejected": rejected,
@@ -875,6 +1032,8 @@ class ComputeParty(PartyServer):
                 self._query_failed(s, batch, PartyError(f"internal error ({type(e).__name__})"))
                 return
             finally:
+                with self._req:
+                    self._inflight = {}
                 self._idle.set()
 
     def _gather(self, reqs: Any, cap: int) -> tuple[list[Request], list[str], list[str]]:
@@ -945,14 +1104,14 @@ class ComputeParty(PartyServer):
         }
         if len(batch) == 1 and not rows_independent(prog):
             stats["queued_s"] = start - batch[0].arrived
-            self._answered(s, self._answer(batch[0], y, stats))
+            self._answered(s, self._answer(batch[0], y, stats, s.dep.plan_hash))
             return
         if y.shape[0] != prog.batch:  # the row check lets no such plan batch requests
             raise PartyError(f"output shape {list(y.shape)} does not keep the batch first")
         row, answered = 0, 0
         for r in batch:
             stats["queued_s"] = start - r.arrived
-            answered += self._answer(r, y[row : row + r.rows], dict(stats))
+            answered += self._answer(r, y[row : row + r.rows], dict(stats), s.dep.plan_hash)
             row += r.rows
         self._answered(s, answered)
 
