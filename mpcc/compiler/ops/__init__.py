@@ -16,6 +16,7 @@ from mpcc.compiler.ops.arith import (
     mul_public,
     relabel,
     rescale,
+    square,
     sub,
     trunc,
 )
@@ -56,6 +57,7 @@ ALL: tuple[Op, ...] = (
     relabel,
     dot_const,
     reduce_sum,
+    square,
 )
 assert set(ALL) == set(REGISTRY.values()), "every declared op is listed in ALL"
 
