@@ -56,7 +56,8 @@ def normalise(em: Emitter, x: Value, axes: Sequence[int], eps: float) -> Value:
     """(x - mean) / sqrt(var + eps) over `axes`, at f bits."""
     f, s = em.f, inner(em.f)
     x = at_most(em, x, f)
-    d = sub(em, x, reduce_mean(em, x, axes, True))
+    # a power-of-two mean is the sum at more bits (free): d may carry up to f + log2(n) bits
+    d = at_most(em, sub(em, x, reduce_mean(em, x, axes, True)), budget(f) // 2)
     var = reduce_mean(em, square(em, d, s), axes, True)
     r = rsqrt(em, add_c(em, var, eps), budget(f) - d.scale)
     return mul(em, d, r, f)
