@@ -53,8 +53,8 @@ MARGIN_BITS = 4
 # Below about 100 LSBs a value's rounding (±1 LSB per truncation, accumulated over the
 # layers) is a percent of it: an output that small gives a noisy argmax.
 MIN_OUTPUT_LSBS = 100.0
-# Plan tensors count as the ONNX tensor of the same name if they agree to this (relative):
-# BatchNormalization folding changes float32 rounding, nothing else.
+# Plan tensors count as the ONNX tensor of the same name if they agree to this, relative to
+# the tensor's largest value: BatchNormalization folding changes float32 rounding only.
 _SAME = 1e-3
 
 Calibration = np.ndarray | Mapping[str, np.ndarray]
@@ -112,6 +112,7 @@ class Report:
     outputs: list[tuple[str, ValueRange, float | None]]  # (name, value, median top-2 gap)
     measured: Measured
     limit: str = ""  # why f is not higher
+    unmapped: list[str] = field(default_factory=list)  # IR values with no calibrated range
     warnings: list[str] = field(default_factory=list)
     # The plan's own fixed-point outputs on calibration samples against the float graph's:
     # output -> (samples, max |diff|, rms diff, argmax agreement or None). See `check`.
@@ -147,7 +148,8 @@ def measure(proto: onnx.ModelProto, g: Graph, data: Calibration) -> Measured:
     batch = g.shapes[g.inputs[0]][0]
     plan_model, plan_names = _exposed(g.to_onnx(), set(g.shapes))
     onnx_model, onnx_names = _exposed(proto, None)
-    plan_sess, onnx_sess = _session(plan_model), _session(onnx_model)
+    plan_what, onnx_what = "the graph the plan is lowered from", "the ONNX model"
+    plan_sess, onnx_sess = _session(plan_model, plan_what), _session(onnx_model, onnx_what)
     plan_types = _input_types(plan_sess)
     onnx_types = _input_types(onnx_sess)
 
@@ -160,8 +162,8 @@ def measure(proto: onnx.ModelProto, g: Graph, data: Calibration) -> Measured:
         feed = {t: a[rows] for t, a in inputs.items()}
         plan_feed = {t: feed[t].astype(dt, copy=False) for t, dt in plan_types.items()}
         onnx_feed = {t: feed[t].astype(dt, copy=False) for t, dt in onnx_types.items()}
-        got = dict(zip(plan_names, plan_sess.run(plan_names, plan_feed), strict=True))
-        ref = dict(zip(onnx_names, onnx_sess.run(onnx_names, onnx_feed), strict=True))
+        got = dict(zip(plan_names, _run(plan_sess, plan_names, plan_feed, plan_what), strict=True))
+        ref = dict(zip(onnx_names, _run(onnx_sess, onnx_names, onnx_feed, onnx_what), strict=True))
         for t, a in got.items():
             a = np.abs(np.asarray(a, dtype=np.float64))
             s = acc[t]
@@ -181,7 +183,7 @@ def measure(proto: onnx.ModelProto, g: Graph, data: Calibration) -> Measured:
             keep = len(rows) - max(0, start + batch - n)
             outs[t].append(np.asarray(got[t])[:keep])
     tensors = {t: Stats(s[0], math.sqrt(s[1] / max(s[2], 1))) for t, s in acc.items()}
-    rewritten = [t for t in plan_names if diff.get(t, 0.0) > _SAME * max(1.0, peak.get(t, 0.0))]
+    rewritten = [t for t in plan_names if diff.get(t, 0.0) > _SAME * peak.get(t, 0.0)]
     rewritten += [t for t in plan_names if t not in onnx_names and t not in g.inputs]
     folded = [t for t in onnx_names if t not in acc]
     return Measured(
@@ -274,16 +276,28 @@ def _input_types(sess) -> dict[str, type]:
     return {i.name: _ORT_TYPES.get(i.type, np.float32) for i in sess.get_inputs()}
 
 
-def _session(model: onnx.ModelProto):
+def _session(model: onnx.ModelProto, what: str):
+    """An onnxruntime session (CPU, one thread); a model it cannot load is a ModelError."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     opts.inter_op_num_threads = 1
     opts.log_severity_level = 3
-    return ort.InferenceSession(
-        model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
-    )
+    try:
+        sess = ort.InferenceSession(
+            model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
+    except Exception as e:  # onnxruntime's errors share no public base class
+        raise ModelError(f"calibration: onnxruntime cannot load {what}: {e}") from e
+    return sess
+
+
+def _run(sess, names: list[str], feed: dict[str, np.ndarray], what: str) -> list[np.ndarray]:
+    try:
+        return sess.run(names, feed)
+    except Exception as e:
+        raise ModelError(f"calibration: onnxruntime cannot run {what}: {e}") from e
 
 
 # ---- choosing f -----------------------------------------------------------------------------
@@ -375,6 +389,7 @@ def choose(
         margin_bits=margin_bits,
         samples=measured.samples,
         values=[v for v in vals if v.vid not in {vid for _, vid in prog.outputs}],
+        unmapped=_unmapped(prog, vals, trace),
         weights=wts,
         outputs=[],
         measured=measured,
@@ -412,7 +427,7 @@ def choose(
                 "secure argmax often differs from the float model's"
             )
     for name, err in measured.reference.items():
-        top = max(1.0, measured.tensors[name].max) if name in measured.tensors else 1.0
+        top = measured.tensors[name].max if name in measured.tensors else 0.0
         if err > _SAME * top:
             rep.warnings.append(
                 f"output {name!r}: the graph the plan is lowered from differs from the ONNX "
@@ -491,6 +506,16 @@ def _top2_gap(y: np.ndarray | None) -> float | None:
     flat = y.reshape(len(y), -1) if y.ndim == 2 else y.reshape(-1, y.shape[-1])
     top = np.sort(flat, axis=-1)[:, -2:]
     return float(np.median(top[:, 1] - top[:, 0]))
+
+
+def _unmapped(prog: Program, vals: list[ValueRange], trace: Trace) -> list[str]:
+    """The IR values `ranges` found no tensor or bound for, as `%id (op, node)`."""
+    seen = {v.vid for v in vals}
+    return [
+        f"%{ins.out} ({ins.op.name}, node {trace.nodes.get(ins.out, '?')!r})"
+        for ins in prog.instrs
+        if ins.out not in seen
+    ]
 
 
 def _weight_headroom(w: tuple[str, str, int, float, float]) -> float:

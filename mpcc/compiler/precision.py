@@ -105,6 +105,12 @@ def format_calibration(rep: Report) -> list[str]:
             f"  {bound} value(s) internal to a node's lowering: max |v| is a bound from the "
             "node's tensors and factors, not measured"
         )
+    if rep.unmapped:
+        lines.append(
+            f"  {len(rep.unmapped)} value(s) with no calibrated range (not checked): "
+            + ", ".join(rep.unmapped[:8])
+            + (" ..." if len(rep.unmapped) > 8 else "")
+        )
     lines += [f"  warning: {w}" for w in rep.warnings]
     return lines
 
@@ -150,6 +156,7 @@ def precision_json(prog: Program, rep: Report | None) -> dict[str, Any]:
         },
         "rewritten": rep.measured.rewritten,
         "folded": rep.measured.folded,
+        "unmapped": rep.unmapped,
         "warnings": rep.warnings,
     }
 
