@@ -110,6 +110,7 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
     public_weights: bool = False,
     name: str | None = None,
     dynamo: bool | None = None,
+    keep_softmax: bool = False,
 ) -> Plan:
     """Compile a PyTorch, Keras or ONNX model to a secure Plan: the Program and its
     (owner-side) weights (``prog, weights = plan`` unpacks it).
@@ -126,7 +127,9 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
             name = model.name
         elif kind == "torch":
             name = type(model).__name__
-    opts: dict[str, Any] = dict(frac_bits=frac_bits, public_weights=public_weights, name=name)
+    opts: dict[str, Any] = dict(
+        frac_bits=frac_bits, public_weights=public_weights, name=name, keep_softmax=keep_softmax
+    )
     if kind == "onnx":
         if weights is not None:
             raise ModelError("weights= is for PyTorch and Keras models; an ONNX model has them")

@@ -28,6 +28,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         input_shape=shapes,
         frac_bits=args.frac_bits,
         public_weights=args.public_weights,
+        keep_softmax=args.keep_softmax,
     )
     out = Path(args.output) if args.output else Path(args.model).with_suffix(".mpcc")
     planfile.save(out, prog, weights)
@@ -111,6 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--public-weights",
         action="store_true",
         help="keep weights public (linear layers become local): only if the model is not secret",
+    )
+    c.add_argument(
+        "--keep-softmax",
+        action="store_true",
+        help="compute a final Softmax/LogSoftmax securely instead of returning logits",
     )
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(fn=cmd_compile)

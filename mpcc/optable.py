@@ -84,10 +84,14 @@ class Sample:
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     shape: tuple[int, ...] = IMAGE
     context: int = 0
+    opset: int = 17
+    keep_softmax: bool = False
 
 
-def _s(op: str, case: str, *nodes, consts=None, shape=IMAGE, context=0) -> Sample:
-    return Sample(op, case, tuple(nodes), dict(consts or {}), shape, context)
+def _s(
+    op: str, case: str, *nodes, consts=None, shape=IMAGE, context=0, opset=17, keep=False
+) -> Sample:
+    return Sample(op, case, tuple(nodes), dict(consts or {}), shape, context, opset, keep)
 
 
 def _n(op: str, *extra: str, **attrs) -> tuple[str, tuple[str, ...], dict]:
@@ -134,9 +138,13 @@ SAMPLES: tuple[Sample, ...] = (
     _s("AveragePool", "other windows", _n("AveragePool", kernel_shape=[3, 3], strides=[1, 1])),
     _s("GlobalAveragePool", "", _n("GlobalAveragePool")),
     _s("GlobalMaxPool", "8x8 input", _n("GlobalMaxPool")),
-    _s("ReduceMean", "", _n("ReduceMean", axes=[2, 3])),
+    _s("ReduceMean", "spatial axes (a pool)", _n("ReduceMean", axes=[2, 3])),
+    _s("ReduceMean", "other axes (4 elements)", _n("ReduceMean", axes=[1])),
     _s("ReduceMax", "8x8 input", _n("ReduceMax", axes=[2, 3])),
+    _s("ReduceMax", "other axes (4 elements)", _n("ReduceMax", axes=[1])),
     _s("ReduceSum", "", _n("ReduceSum", "ax"), consts={"ax": _i64(2, 3)}),
+    _s("ReduceSum", "other axes", _n("ReduceSum", "ax"), consts={"ax": _i64(1)}),
+    _s("ReduceL2", "", _n("ReduceL2", axes=[1])),
     _s("Neg", "", _n("Neg")),
     _s("Flatten", "", _n("Flatten")),
     _s("Reshape", "", _n("Reshape", "s"), consts={"s": _i64(1, 4, 64)}),
@@ -150,8 +158,30 @@ SAMPLES: tuple[Sample, ...] = (
     _s("Unsqueeze", "", _n("Unsqueeze", "ax"), consts={"ax": _i64(0)}),
     _s("Identity", "", _n("Identity")),
     _s("Dropout", "", _n("Dropout")),
-    _s("Softmax", "", _n("Flatten"), _n("Softmax", axis=1), context=1),
-    _s("LogSoftmax", "", _n("Flatten"), _n("LogSoftmax", axis=1), context=1),
+    _s("Softmax", "final", _n("Flatten"), _n("Softmax", axis=1), context=1),
+    _s("Softmax", "elsewhere (or kept), 4 elements", _n("Softmax", axis=1), keep=True),
+    _s("LogSoftmax", "final", _n("Flatten"), _n("LogSoftmax", axis=1), context=1),
+    _s("LogSoftmax", "elsewhere (or kept), 4 elements", _n("LogSoftmax", axis=1), keep=True),
+    _s(
+        "LayerNormalization",
+        "8 elements",
+        _n("LayerNormalization", "g", "b", axis=-1),
+        consts={"g": _w(8), "b": _w(8)},
+    ),
+    _s("Exp", "", _n("Exp")),
+    _s("Log", "", _n("Log")),
+    _s("Sqrt", "", _n("Sqrt")),
+    _s("Reciprocal", "", _n("Reciprocal")),
+    _s("Div", "by a secret", _n("Div", SECRET)),
+    _s("Pow", "exponent 2", _n("Pow", "e"), consts={"e": np.float32(2.0)}),
+    _s("Sigmoid", "", _n("Sigmoid")),
+    _s("Tanh", "", _n("Tanh")),
+    _s("Erf", "", _n("Erf")),
+    _s("Gelu", "erf (exact)", _n("Gelu"), opset=20),
+    _s("Gelu", "tanh", _n("Gelu", approximate="tanh"), opset=20),
+    _s("HardSigmoid", "", _n("HardSigmoid")),
+    _s("HardSwish", "", _n("HardSwish")),
+    _s("LpNormalization", "p = 2", _n("LpNormalization", axis=1)),
 )
 
 
@@ -172,7 +202,7 @@ def _model(sample: Sample, upto: int) -> onnx.ModelProto:
         [helper.make_tensor_value_info(prev, TensorProto.UNDEFINED, None)],
         inits,
     )
-    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", sample.opset)])
     m.ir_version = 8
     return onnx.shape_inference.infer_shapes(m)
 
@@ -182,7 +212,7 @@ def _lowered(sample: Sample, upto: int) -> tuple[Counter, int, set[type]]:
     nodes."""
     if upto == 0:
         return Counter(), 0, set()
-    prog, _ = compile_onnx(_model(sample, upto), sample.shape)
+    prog, _ = compile_onnx(_model(sample, upto), sample.shape, keep_softmax=sample.keep_softmax)
     used = Counter(i.op.name for i in prog.instrs if i.op not in (ops.input, ops.output))
     protocols = {type(c) for i in prog.instrs for c in i.op.calls(ops.Site(prog, i))}
     return used, estimate(prog).total.rounds, protocols

@@ -10,21 +10,25 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
 - Neg; Relu; LeakyRelu (alpha); Clip (min, max floats, +-inf when absent); PRelu [x, slope].
 - MaxPool (kernel_shape, strides, pads, dilations, ceil_mode); AveragePool and SumPool
   (kernel_shape, strides, pads, count_include_pad, ceil_mode); GlobalAveragePool; GlobalMaxPool
-  (also from ReduceMean / ReduceMax; ReduceSum becomes a SumPool).
+  (also from ReduceMean / ReduceMax over the spatial axes of a 4-D image; ReduceSum there
+  becomes a SumPool).
+- The smooth-function ops in the form `mpcc.compiler.legalize_smooth` gives them (Reduce* over
+  any axes, Softmax/LogSoftmax over any axes, LayerNormalization, Exp, Sigmoid, ...); Div by a
+  computed tensor.
 - Reshape (shape: static, no -1 or 0), Transpose (perm), Concat (axis >= 0; inputs may be
   constants), Pad (pads in ONNX order over all axes, value; mode constant).
 - Slice (starts, ends, axes, steps): axes >= 0 in increasing order; starts and ends are
   non-negative and clamped like Python's slice with those bounds, except that with a negative
   step `end == -1` means "through index 0".
 - Left for the rewrites (`mpcc.compiler.rewrites`) to remove: Identity; Dropout (inference
-  mode, one output); BatchNormalization (epsilon; one output); Softmax and LogSoftmax, only
-  where they produce the model's output (through Reshapes at most).
+  mode, one output); BatchNormalization (epsilon; one output); a Softmax or LogSoftmax that
+  produces the model's output (through Reshapes at most) is dropped unless kept.
 
 LSTM and GRU are unrolled first (`mpcc.compiler.recurrent`) into the ops above and Sigmoid,
 Tanh (and Relu).
 
-No Gemm, Div, Flatten, Squeeze, Unsqueeze, ReduceMean, ReduceMax or ReduceSum remains; a
-Concat's inputs are all computed. What cannot be brought into this form raises ModelError.
+No Gemm, Flatten, Squeeze, Unsqueeze or Div by a constant remains; a Concat's inputs are all
+computed. What cannot be brought into this form raises ModelError.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from mpcc.compiler import legalize_smooth
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.recurrent import expand_recurrent
 from mpcc.errors import ModelError
@@ -42,7 +47,8 @@ from mpcc.errors import ModelError
 def legalize(g: Graph) -> None:
     """Fill attribute defaults, resolve auto_pad, move constant inputs to attributes, rewrite
     Gemm, Flatten/Squeeze/Unsqueeze, Div by a constant and Sub of a constant, and refuse what
-    the compiler does not support (training-mode Dropout, a Softmax before the end, ...)."""
+    the compiler does not support (training-mode Dropout, Pow 3, ...); LSTM and GRU are
+    unrolled first."""
     expand_recurrent(g)
     for n in g.topo_nodes():
         rule = _LEGALIZE.get(g.op(n))
@@ -185,6 +191,14 @@ def _binary(g: Graph, n: str) -> None:
     out = d["outputs"][0]
     if op in ("Add", "Mul") and g.is_const(x):
         x, y = y, x
+    if op == "Div" and not g.is_const(y):
+        if g.is_const(x):  # c / y = reciprocal(y) * c
+            r = g.new_tensor(f"{y}_recip", g.shape(y))
+            g.add_node("Reciprocal", [y], [r], {}, name=f"{n}_recip")
+            d["op"] = "Mul"
+            g.set_inputs(n, [r, x])
+            _binary(g, n)
+        return  # division by a secret (mpcc.compiler.approx.recip.divide)
     if op == "Div":
         c = g.const(y)
         if (c == 0).any():
@@ -218,34 +232,26 @@ _GLOBAL_POOL = {
 
 
 def _reduce(g: Graph, n: str) -> None:
-    """ReduceMean/Max/Sum over all the spatial axes -> GlobalAveragePool/GlobalMaxPool/SumPool.
-
-    Channels-last [N, H, W, C] reduced over (1, 2) is transposed to NCHW first (local).
-    """
-    d, a, op = g.node(n), g.node(n)["attrs"], g.op(n)
+    """ReduceMean/Max/Sum over all the spatial axes -> GlobalAveragePool/GlobalMaxPool/SumPool
+    (channels-last [N, H, W, C] reduced over (1, 2) is transposed to NCHW first: local); over
+    any other axes, the general form of `legalize_smooth.reduce_general`."""
+    d, op = g.node(n), g.op(n)
     x, out = d["inputs"][0], d["outputs"][0]
     shape = g.shape(x)
     rank = len(shape)
-    if len(d["inputs"]) > 1 and d["inputs"][1]:
-        axes = _ints(g.const(d["inputs"][1]))
-    else:
-        axes = _ints(a.get("axes", []))
-    axes = tuple(sorted(ax % rank for ax in axes)) or tuple(range(rank))
+    axes, _, noop = legalize_smooth.reduce_axes(g, n)
+    spatial = rank == 4 and axes in ((1, 2), (2, 3))
+    if noop or not spatial or (op == "ReduceSum" and rank != 4):
+        legalize_smooth.reduce_general(g, n)
+        return
     if rank == 4 and axes == (1, 2):  # channels-last
         nchw = g.new_tensor(f"{x}_nchw", (shape[0], shape[3], shape[1], shape[2]))
         g.add_node("Transpose", [x], [nchw], {"perm": (0, 3, 1, 2)}, name=f"{n}_to_nchw")
         x, shape, axes = nchw, g.shape(nchw), (2, 3)
-    if rank < 3 or axes != tuple(range(2, rank)):
-        raise ModelError(
-            f"{_where(g, n)}: only a reduction over all the spatial axes (2..{rank - 1}) is "
-            f"supported (or over 1, 2 of a channels-last image), not over axes {axes}"
-        )
     pooled = (*shape[:2], *(1,) * (rank - 2))
     d["op"] = _GLOBAL_POOL[op]
     d["attrs"] = {}
     if op == "ReduceSum":
-        if rank != 4:
-            raise ModelError(f"{_where(g, n)}: ReduceSum needs a 4-D tensor")
         d["attrs"] = {
             "kernel_shape": tuple(shape[2:]),
             "strides": (1, 1),
@@ -390,18 +396,15 @@ def _dropout(g: Graph, n: str) -> None:
 _TRAILING = ("Reshape", "Identity", "Dropout", "Flatten", "Squeeze", "Unsqueeze")
 
 
-def _softmax(g: Graph, n: str) -> None:
-    """Softmax/LogSoftmax only where it makes the model's output (the rewrites drop it)."""
+def is_final(g: Graph, n: str) -> bool:
+    """Whether node n's output is the model's output (through Reshape-like nodes at most)."""
     t = g.node(n)["outputs"][0]
     while t not in g.outputs or g.consumers(t):
         c = g.only_consumer(t)
         if c is None or g.op(c) not in _TRAILING:
-            feeds = ", ".join(repr(c) for c in g.consumers(t))
-            raise ModelError(
-                f"{_where(g, n)} is not the model's last op (it feeds {feeds}): "
-                f"{g.op(n)} is only supported as the final op, where it is dropped"
-            )
+            return False
         t = g.node(c)["outputs"][0]
+    return True
 
 
 def _only_first_output(g: Graph, n: str, unsupported: str) -> None:
@@ -440,6 +443,5 @@ _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "Slice": _slice,
     "Pad": _pad,
     "Dropout": _dropout,
-    "Softmax": _softmax,
-    "LogSoftmax": _softmax,
+    **legalize_smooth.RULES,
 }

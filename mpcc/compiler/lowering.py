@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from mpcc.compiler import ops
+from mpcc.compiler import lower_smooth, ops
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.ir import SLACK_BITS, Program, Value, WeightSpec
 from mpcc.compiler.ops import Op, RuleError
@@ -312,6 +312,7 @@ _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Concat": lambda s, n, d: s.lower_movement(n, d, "Concat"),
     "Slice": lambda s, n, d: s.lower_movement(n, d, "Slice"),
     "Pad": lambda s, n, d: s.lower_movement(n, d, "Pad"),
+    **lower_smooth.HANDLERS,
 }
 
 

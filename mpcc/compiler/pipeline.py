@@ -25,8 +25,12 @@ def compile_onnx(
     frac_bits: int = DEFAULT_FRAC_BITS,
     public_weights: bool = False,
     name: str | None = None,
+    keep_softmax: bool = False,
 ) -> Plan:
-    """Compile an ONNX model to a Plan: the Program and its (plaintext, owner-side) weights."""
+    """Compile an ONNX model to a Plan: the Program and its (plaintext, owner-side) weights.
+
+    A final Softmax/LogSoftmax is dropped (the plan returns logits, argmax unchanged) unless
+    `keep_softmax`, which computes it securely."""
     if not MIN_FRAC_BITS <= frac_bits <= MAX_FRAC_BITS:
         raise ModelError(
             f"frac_bits must be between {MIN_FRAC_BITS} and {MAX_FRAC_BITS}, got {frac_bits}"
@@ -37,7 +41,7 @@ def compile_onnx(
         g.name = name
     elif isinstance(model, str | Path):
         g.name = Path(model).stem
-    g = passes.run_all(g)
+    g = passes.run_all(g, keep_softmax=keep_softmax)
     prog, weights = lower(g, frac_bits=frac_bits, public_weights=public_weights)
     verify(prog, weights)
     return Plan(prog, weights)

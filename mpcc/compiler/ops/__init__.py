@@ -6,13 +6,26 @@
 `ops.REGISTRY` maps names to ops (plan files name them); `ops.ALL` lists them in order.
 """
 
-from mpcc.compiler.ops.arith import add, add_w, mul, mul_public, rescale, sub, trunc
+from mpcc.compiler.ops.arith import (
+    add,
+    add_const,
+    add_w,
+    dot_const,
+    mul,
+    mul_const,
+    mul_public,
+    relabel,
+    rescale,
+    sub,
+    trunc,
+)
 from mpcc.compiler.ops.base import REGISTRY, Op, RuleError, Site, Type, lookup
 from mpcc.compiler.ops.compare import clip, leaky_relu, relu
 from mpcc.compiler.ops.io import input, output
 from mpcc.compiler.ops.linear import conv2d, matmul, mul_w
 from mpcc.compiler.ops.movement import concat, pad, reshape, slice, transpose
 from mpcc.compiler.ops.pool import avgpool, maxpool, maxpool_levels, sumpool
+from mpcc.compiler.ops.reduce import reduce_sum
 
 ALL: tuple[Op, ...] = (
     input,
@@ -38,6 +51,11 @@ ALL: tuple[Op, ...] = (
     concat,
     slice,
     pad,
+    add_const,
+    mul_const,
+    relabel,
+    dot_const,
+    reduce_sum,
 )
 assert set(ALL) == set(REGISTRY.values()), "every declared op is listed in ALL"
 

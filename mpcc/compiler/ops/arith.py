@@ -7,6 +7,8 @@ import math
 
 from mpcc.compiler.calls import Call, Multiply, Truncate
 from mpcc.compiler.ops.base import (
+    Float,
+    Floats,
     Int,
     Op,
     Site,
@@ -106,5 +108,76 @@ trunc = declare(
         attrs={"shift": Int(lo=1, hi=62)},
         calls=_trunc_calls,
         rows=same_rows,
+    )
+)
+
+
+# ---- public constants (the building blocks of `mpcc.compiler.approx`) ----------------------
+
+
+def _const_scale(site: Site) -> Type:
+    x, bits = site.x, site.attrs["bits"]
+    return Type(x.shape, x.scale + bits)
+
+
+def _relabel(site: Site) -> Type:
+    x, bits = site.x, site.attrs["bits"]
+    require(x.scale + bits >= 0, f"relabelling @{x.scale} by {bits} bits leaves a negative scale")
+    return Type(x.shape, x.scale + bits)
+
+
+add_const = declare(
+    Op(
+        "add_const",
+        "x + c for a public real c, encoded at x's scale (local: P0 adds it)",
+        same_as_input,
+        attrs={"value": Float()},
+        rows=same_rows,
+    )
+)
+mul_const = declare(
+    Op(
+        "mul_const",
+        "x * round(c * 2^bits) for a public real c: bits more fractional bits (local)",
+        _const_scale,
+        attrs={"value": Float(), "bits": Int(lo=0, hi=62)},
+        rows=same_rows,
+    )
+)
+relabel = declare(
+    Op(
+        "relabel",
+        "x / 2^bits: the same ring element read at bits more fractional bits (free)",
+        _relabel,
+        attrs={"bits": Int(lo=-62, hi=62)},
+        rows=same_rows,
+    )
+)
+
+
+def _dot_const(site: Site) -> Type:
+    x, vals = site.x, site.attrs["values"]
+    require(len(x.shape) >= 2, "dot_const needs a trailing axis to contract")
+    require(
+        x.shape[-1] == len(vals), f"{len(vals)} values for a last axis of {x.shape[-1]} entries"
+    )
+    return Type(x.shape[:-1], x.scale + site.attrs["bits"])
+
+
+def _dot_rows(site: Site) -> str | None:
+    x, out = site.x, site.out
+    if not out.shape or x.shape[0] != out.shape[0]:
+        return "contracts the batch axis"
+    return None
+
+
+dot_const = declare(
+    Op(
+        "dot_const",
+        "sum_k x[..., k] * round(c_k * 2^bits) over the last axis, public c: bits more bits "
+        "(local)",
+        _dot_const,
+        attrs={"values": Floats(), "bits": Int(lo=0, hi=62)},
+        rows=_dot_rows,
     )
 )
