@@ -106,6 +106,7 @@ SAMPLES: tuple[Sample, ...] = (
     _s("Conv", "any kernel size, stride, padding, dilation, groups", _CONV, consts=_CONV_W),
     _s("Gemm", "", _n("Gemm", "B", "C", transB=1), consts={"B": _w(8, 16), "C": _w(8)}, shape=FLAT),
     _s("MatMul", "by a constant matrix", _n("MatMul", "W"), consts={"W": _w(16, 8)}, shape=FLAT),
+    _s("MatMul", "two secrets (batched, e.g. attention)", _n("MatMul", SECRET)),
     _s("Add", "a constant", _n("Add", "c"), consts={"c": _w(1, 4, 8, 8)}),
     _s("Add", "two secrets", _n("Add", SECRET)),
     _s("Sub", "a constant", _n("Sub", "c"), consts={"c": _w(1, 4, 1, 1)}),
@@ -154,6 +155,10 @@ SAMPLES: tuple[Sample, ...] = (
         "Slice", "", _n("Slice", "a", "b", "ax"), consts={"a": _i64(1), "b": _i64(5), "ax": _i64(2)}
     ),
     _s("Pad", "", _n("Pad", "p"), consts={"p": _i64(0, 0, 1, 1, 0, 0, 1, 1)}),
+    _s("Gather", "constant indices", _n("Gather", "i", axis=1), consts={"i": _i64(2, 0)}),
+    _s("Split", "", _n("Split", "sp", axis=1), consts={"sp": _i64(4)}),
+    _s("Tile", "", _n("Tile", "r"), consts={"r": _i64(1, 2, 1, 1)}),
+    _s("Expand", "", _n("Expand", "s"), consts={"s": _i64(2, 1, 1, 1)}),
     _s("Squeeze", "", _n("Squeeze", "ax"), consts={"ax": _i64(0)}),
     _s("Unsqueeze", "", _n("Unsqueeze", "ax"), consts={"ax": _i64(0)}),
     _s("Identity", "", _n("Identity")),

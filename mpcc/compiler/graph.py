@@ -23,8 +23,9 @@ from mpcc.frontends import onnx as onnx_frontend
 
 SUPPORTED_OPS: dict[str, str] = {
     "Conv": "2-D convolution (NCHW), any stride, padding, dilation and group count",
-    "Gemm": "fully connected layer (becomes MatMul + bias)",
-    "MatMul": "product of a tensor with a constant 2-D weight matrix",
+    "Gemm": "fully connected layer (becomes MatMul + bias); B may also be computed",
+    "MatMul": "product with a constant 2-D weight matrix, or of two computed tensors "
+    "(batched, with broadcasting: attention)",
     "Add": "elementwise sum of two tensors, or of a tensor and a constant",
     "Sub": "elementwise difference of two tensors, or with a constant",
     "Mul": "elementwise product of two tensors, or of a tensor and a constant",
@@ -65,6 +66,10 @@ SUPPORTED_OPS: dict[str, str] = {
     "Concat": "join tensors along an axis (constants too)",
     "Slice": "take a strided sub-tensor (constant bounds)",
     "Pad": "constant-value padding",
+    "Gather": "take entries at constant indices along any axis",
+    "Split": "split along an axis (becomes Slices)",
+    "Tile": "repeat along axes (constant repeats)",
+    "Expand": "broadcast to a constant shape (becomes Reshape + Tile)",
     "Squeeze": "drop size-1 axes",
     "Unsqueeze": "insert size-1 axes",
     "Identity": "no-op (removed)",
@@ -74,7 +79,7 @@ SUPPORTED_OPS: dict[str, str] = {
 # Inputs that must be constants, by op: input index -> what it is.
 CONST_INPUTS: dict[str, dict[int, str]] = {
     "Conv": {1: "weight", 2: "bias"},
-    "Gemm": {1: "weight B", 2: "bias C"},
+    "Gemm": {2: "bias C"},
     "BatchNormalization": {1: "scale", 2: "bias", 3: "mean", 4: "variance"},
     "PRelu": {1: "slope"},
     "Clip": {1: "min", 2: "max"},
@@ -89,6 +94,9 @@ CONST_INPUTS: dict[str, dict[int, str]] = {
     "LayerNormalization": {1: "scale", 2: "bias"},
     "Pow": {1: "exponent"},
     "Unsqueeze": {1: "axes"},
+    "Split": {1: "split"},
+    "Tile": {1: "repeats"},
+    "Expand": {1: "shape"},
     "Dropout": {1: "ratio", 2: "training_mode"},
     "LSTM": {
         1: "weight W",
@@ -106,6 +114,7 @@ _ATTR_INPUTS = {
     "Clip": ("min", "max"),
     "Slice": ("starts", "ends", "axes", "steps"),
     "Pad": ("pads", "value"),
+    "Tile": ("reps",),
 }
 
 
@@ -191,6 +200,11 @@ class Graph:
                 nodes.append(helper.make_node("AveragePool", inputs, [tmp], name, **attrs))
                 nodes.append(helper.make_node("Mul", [tmp, const(np.float32(k), name)], outputs))
                 continue
+            if op == "MatMulSS":
+                op = "MatMul"
+            if op == "Gather" and "indices" in attrs:
+                idx = np.asarray(attrs.pop("indices"), np.int64).reshape(attrs.pop("ishape"))
+                inputs.append(const(idx, name))
             if op == "MatMul" and len(inputs) == 3:
                 tmp = f"{outputs[0]}__mm"
                 nodes.append(helper.make_node("MatMul", inputs[:2], [tmp], name))
@@ -493,11 +507,6 @@ def _check_constant_inputs(nodes: list[onnx.NodeProto], constants: dict[str, np.
                     f"node {n.name!r} (op {n.op_type}) needs a constant {what} as input {i}, "
                     f"but {n.input[i]!r} is computed"
                 )
-        if n.op_type == "MatMul" and not any(t in constants for t in n.input):
-            problems.append(
-                f"node {n.name!r} (op MatMul) multiplies two computed tensors "
-                f"{n.input[0]!r} and {n.input[1]!r}: not supported yet (one must be a constant)"
-            )
     if problems:
         raise ModelError("; ".join(problems))
 

@@ -5,6 +5,8 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
 
 - Conv [x, W, (B)]: kernel_shape, strides, pads (top, left, bottom, right), dilations, group.
 - MatMul [x, W, (B)]: W constant [K, N], B constant [N].
+- MatMulSS [a, b]: the product of two computed tensors (MatMul, or Gemm whose B is
+  computed), both of rank >= 2, leading axes broadcast as numpy's matmul does.
 - Add / Sub / Mul [a, b]: both computed, or a constant second operand (Add, Mul) broadcasting
   to the first one's shape; Sub keeps a constant only as its first operand.
 - Neg; Relu; LeakyRelu (alpha); Clip (min, max floats, +-inf when absent); PRelu [x, slope].
@@ -17,6 +19,8 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
   computed tensor.
 - Reshape (shape: static, no -1 or 0), Transpose (perm), Concat (axis >= 0; inputs may be
   constants), Pad (pads in ONNX order over all axes, value; mode constant).
+- Gather [x] (axis, indices: flat non-negative ints, ishape: their shape): a computed tensor
+  at constant indices. Tile [x] (reps). Expand becomes Reshape + Tile; Split becomes Slices.
 - Slice (starts, ends, axes, steps): axes >= 0 in increasing order; starts and ends are
   non-negative and clamped like Python's slice with those bounds, except that with a negative
   step `end == -1` means "through index 0".
@@ -47,8 +51,7 @@ from mpcc.errors import ModelError
 def legalize(g: Graph) -> None:
     """Fill attribute defaults, resolve auto_pad, move constant inputs to attributes, rewrite
     Gemm, Flatten/Squeeze/Unsqueeze, Div by a constant and Sub of a constant, and refuse what
-    the compiler does not support (training-mode Dropout, Pow 3, ...); LSTM and GRU are
-    unrolled first."""
+    the compiler does not support (training-mode Dropout, Pow 3, ...)."""
     expand_recurrent(g)
     for n in g.topo_nodes():
         rule = _LEGALIZE.get(g.op(n))
@@ -125,8 +128,55 @@ def _pool(g: Graph, n: str) -> None:
     d["attrs"] = attrs
 
 
+def _gemm_ss(g: Graph, n: str) -> None:
+    """Gemm with a computed B: alpha * A' @ B' (+ beta * C) as [Transpose], MatMulSS, [Mul],
+    [Add], all but the product local."""
+    d, a = g.node(n), g.node(n)["attrs"]
+    ins = [*d["inputs"], ""]
+    out = d["outputs"][0]
+    operands = []
+    for t, flag in ((ins[0], "transA"), (ins[1], "transB")):
+        if g.is_const(t):
+            raise ModelError(f"{_where(g, n)}: a constant A with a computed B is not supported")
+        if a.get(flag, 0):
+            tt = g.new_tensor(f"{t}_T", g.shape(t)[::-1])
+            g.add_node("Transpose", [t], [tt], {"perm": (1, 0)}, name=f"{n}_{flag}")
+            t = tt
+        operands.append(t)
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+    c = ins[2] if ins[2] and beta != 0.0 else None
+    tail: list[tuple[str, str]] = []  # (op, constant) applied after the product, in order
+    if alpha != 1.0:
+        tail.append(("Mul", g.add_const(np.float32(alpha), f"{n}_alpha")))
+    if c is not None:
+        full = np.broadcast_to(beta * g.const(c), g.shape(out)).copy()
+        tail.append(("Add", g.add_const(full, f"{n}_C")))
+    d["op"], d["attrs"] = "MatMulSS", {}
+    g.set_inputs(n, operands)
+    prev = n
+    for i, (op, k) in enumerate(tail):
+        mid = g.new_tensor(f"{out}_{i}", g.shape(out))
+        g.set_outputs(prev, [mid])
+        prev = g.add_node(op, [mid, k], [out], name=f"{n}_{op.lower()}")
+        _binary(g, prev)
+
+
+def _matmul_ss(g: Graph, n: str) -> None:
+    """MatMul of two computed tensors: MatMulSS, if both have two axes or more."""
+    d = g.node(n)
+    for t in d["inputs"]:
+        if len(g.shape(t)) < 2:
+            raise ModelError(
+                f"{_where(g, n)}: a product of two computed tensors needs both of rank >= 2; "
+                f"{t!r} has shape {list(g.shape(t))}"
+            )
+    d["op"], d["attrs"] = "MatMulSS", {}
+
+
 def _gemm(g: Graph, n: str) -> None:
     d, a = g.node(n), g.node(n)["attrs"]
+    if not g.is_const(d["inputs"][1]):
+        return _gemm_ss(g, n)
     x, b = d["inputs"][:2]
     c = d["inputs"][2] if len(d["inputs"]) > 2 and d["inputs"][2] else None
     out = d["outputs"][0]
@@ -157,6 +207,8 @@ def _matmul(g: Graph, n: str) -> None:
     d = g.node(n)
     x, w = d["inputs"]
     out = d["outputs"][0]
+    if not g.is_const(x) and not g.is_const(w):
+        return _matmul_ss(g, n)
     if g.is_const(x):  # C @ x = (x^T C^T)^T over the last two axes
         c, x = g.const(x), w
         r = len(g.shape(x))
@@ -386,6 +438,66 @@ def _pad(g: Graph, n: str) -> None:
     g.set_inputs(n, ins[:1])
 
 
+def _gather(g: Graph, n: str) -> None:
+    """Gather of a computed tensor at constant indices (negative ones normalized)."""
+    d = g.node(n)
+    x, idx = d["inputs"]
+    if g.is_const(x) or not g.is_const(idx):
+        raise ModelError(
+            f"{_where(g, n)}: only a computed tensor gathered at constant indices is supported "
+            f"here ({x!r} is {'constant' if g.is_const(x) else 'computed'}, indices {idx!r} "
+            f"are {'constant' if g.is_const(idx) else 'computed'})"
+        )
+    shape = g.shape(x)
+    axis = int(d["attrs"].get("axis", 0)) % len(shape)
+    iv = np.asarray(g.const(idx), dtype=np.int64)
+    if ((iv < -shape[axis]) | (iv >= shape[axis])).any():
+        raise ModelError(f"{_where(g, n)}: an index is out of range for axis {axis} ({shape})")
+    iv = np.where(iv < 0, iv + shape[axis], iv)
+    d["attrs"] = {"axis": axis, "indices": _ints(iv), "ishape": tuple(iv.shape)}
+    g.set_inputs(n, [x])
+
+
+def _split(g: Graph, n: str) -> None:
+    """Split into one Slice per output (each local)."""
+    d, a = g.node(n), g.node(n)["attrs"]
+    x, outs = d["inputs"][0], list(d["outputs"])
+    rank = len(g.shape(x))
+    axis = int(a.get("axis", 0)) % rank
+    name = n
+    g.remove_node(n)
+    start = 0
+    for i, t in enumerate(outs):
+        size = g.shape(t)[axis]
+        if not t:
+            start += size
+            continue
+        attrs = {"starts": (start,), "ends": (start + size,), "axes": (axis,), "steps": (1,)}
+        g.add_node("Slice", [x], [t], attrs, name=f"{name}_{i}")
+        start += size
+
+
+def _tile(g: Graph, n: str) -> None:
+    d = g.node(n)
+    d["attrs"] = {"reps": _ints(g.const(d["inputs"][1]))}
+    g.set_inputs(n, d["inputs"][:1])
+
+
+def _expand(g: Graph, n: str) -> None:
+    """Expand (numpy broadcasting to a constant shape) as Reshape to the output's rank, then
+    Tile along the axes of size 1 that grow."""
+    d = g.node(n)
+    x, out = d["inputs"][0], d["outputs"][0]
+    shape, target = g.shape(x), g.shape(out)
+    full = (1,) * (len(target) - len(shape)) + tuple(shape)
+    if full != tuple(shape):
+        mid = g.new_tensor(f"{x}_rank{len(target)}", full)
+        g.add_node("Reshape", [x], [mid], {"shape": full}, name=f"{n}_reshape")
+        x = mid
+    d["op"], d["attrs"] = "Tile", {"reps": tuple(t // s for s, t in zip(full, target, strict=True))}
+    g.set_inputs(n, [x])
+
+
 def _dropout(g: Graph, n: str) -> None:
     d = g.node(n)
     if len(d["inputs"]) > 2 and d["inputs"][2] and g.const(d["inputs"][2]).any():
@@ -442,6 +554,10 @@ _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "Concat": _concat,
     "Slice": _slice,
     "Pad": _pad,
+    "Gather": _gather,
+    "Split": _split,
+    "Tile": _tile,
+    "Expand": _expand,
     "Dropout": _dropout,
     **legalize_smooth.RULES,
 }

@@ -159,6 +159,12 @@ class _Lowering:
         b = self.fit(self.arg(name, b_t), self.f)
         return self.emit_as(data, ops.mul, (a.id, b.id))
 
+    def lower_matmul_ss(self, name: str, data: dict) -> Value:
+        a_t, b_t = data["inputs"]
+        a = self.fit(self.arg(name, a_t), self.f)
+        b = self.fit(self.arg(name, b_t), self.f)
+        return self.emit_as(data, ops.matmul_ss, (a.id, b.id))
+
     def lower_neg(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
         return self.emit(ops.mul_public, (x.id,), factor=-1)
@@ -259,6 +265,17 @@ class _Lowering:
                 axes=list(a["axes"]),
                 steps=list(a["steps"]),
             )
+        if op == "Gather":
+            return self.emit_as(
+                data,
+                ops.gather,
+                (x.id,),
+                axis=int(a["axis"]),
+                indices=list(a["indices"]),
+                ishape=list(a["ishape"]),
+            )
+        if op == "Tile":
+            return self.emit_as(data, ops.tile, (x.id,), reps=list(a["reps"]))
         if op == "Pad":
             return self.emit_as(
                 data, ops.pad, (x.id,), pads=list(a["pads"]), value=float(a.get("value", 0.0))
@@ -294,6 +311,7 @@ class _Lowering:
 _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Conv": lambda s, n, d: s.lower_linear(n, d, ops.conv2d),
     "MatMul": lambda s, n, d: s.lower_linear(n, d, ops.matmul),
+    "MatMulSS": _Lowering.lower_matmul_ss,
     "Add": lambda s, n, d: s.lower_add_sub(n, d, "Add"),
     "Sub": lambda s, n, d: s.lower_add_sub(n, d, "Sub"),
     "Mul": _Lowering.lower_mul,
@@ -312,6 +330,8 @@ _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Concat": lambda s, n, d: s.lower_movement(n, d, "Concat"),
     "Slice": lambda s, n, d: s.lower_movement(n, d, "Slice"),
     "Pad": lambda s, n, d: s.lower_movement(n, d, "Pad"),
+    "Gather": lambda s, n, d: s.lower_movement(n, d, "Gather"),
+    "Tile": lambda s, n, d: s.lower_movement(n, d, "Tile"),
     **lower_smooth.HANDLERS,
 }
 

@@ -371,13 +371,46 @@ def _evaluate(
         return None
     if not all(t in values for t in inputs):
         return None
+    feeds = {t: values[t] for t in inputs}
     try:
-        ev = ReferenceEvaluator(n, opsets=opsets)
-        return ev.run(None, {t: values[t] for t in inputs})
+        return ReferenceEvaluator(n, opsets=opsets).run(None, feeds)
+    except Exception as e:
+        reference_error = e
+    try:  # onnx's reference evaluator has gaps (GatherElements in onnx 1.23): ask onnxruntime
+        return _evaluate_ort(n, feeds, opsets)
     except Exception as e:
         raise ModelError(
-            f"node {n.name!r} (op {n.op_type}): cannot evaluate it on its constant inputs: {e}"
+            f"node {n.name!r} (op {n.op_type}): cannot evaluate it on its constant inputs: "
+            f"onnx's reference evaluator says {reference_error}; onnxruntime says {e}"
         ) from e
+
+
+def _evaluate_ort(
+    n: onnx.NodeProto, feeds: dict[str, np.ndarray], opsets: dict[str, int]
+) -> list[np.ndarray]:
+    """Evaluate one node on constant inputs with onnxruntime (graph optimizations off)."""
+    import onnxruntime as ort
+
+    ins = [
+        helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+        for t, v in feeds.items()
+    ]
+    outs = [helper.make_empty_tensor_value_info(t) for t in n.output if t]
+    graph = helper.make_graph([n], "fold", ins, outs)
+    m = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()]
+    )
+    m.ir_version = min(m.ir_version, 10)
+    typed = shape_inference.infer_shapes(m)
+    found = {vi.name: vi for vi in typed.graph.value_info}
+    for o in m.graph.output:
+        if o.name in found:
+            o.CopyFrom(found[o.name])
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in m.graph.output], sess.run(None, feeds), strict=True))
+    return [got.get(t, np.zeros(0)) for t in n.output]
 
 
 def _prune(g: onnx.GraphProto) -> None:

@@ -16,6 +16,7 @@ from mpcc.compiler.batching import row_mixing, rows_independent
 from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError
 from mpcc.inputs import as_samples, map_batches
+from mpcc.runtime import kernels
 from mpcc.runtime.fixedpoint import arith_shift, decode, encode
 from mpcc.runtime.owner import encode_weight
 from mpcc.runtime.rules import RULES, Backend, check_shape
@@ -53,6 +54,9 @@ class Cleartext(Backend):
 
     def multiply(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return x * y
+
+    def matmul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        return kernels.batched_matmul(x, y)
 
     def truncate(self, x: np.ndarray, shift: int) -> np.ndarray:
         return arith_shift(x, shift)

@@ -201,10 +201,27 @@ class Client:
         chunks = split_rows(x, batch)  # P0 pads a query's batch with zero rows
         try:
             outs = self._run(chunks, plan)
+        except StalePlanError:
+            # a model was deployed since the interface was read: read it again, and encode
+            # for the new plan (its scale and shapes may differ), once
+            self.close()
+            return self._predict_again(x, plan)
         except MpccError:
             self.close()  # answers still in flight would be out of step: start afresh
             raise
         return np.concatenate(outs)
+
+    def _predict_again(self, x: np.ndarray, old: dict[str, Any]) -> np.ndarray:
+        plan = self._interface()
+        if plan["plan_hash"] == old["plan_hash"]:
+            raise PartyError("the parties refused the plan they announce; redeploy the model")
+        try:
+            return self.predict(x)
+        except StalePlanError as e:  # deployed again meanwhile: let the caller decide
+            self.close()
+            raise PartyError(
+                f"the model was redeployed twice during one prediction ({e})"
+            ) from None
 
     def _run(self, chunks: list[np.ndarray], plan: dict[str, Any]) -> list[np.ndarray]:
         links = self._connect()
@@ -220,7 +237,7 @@ class Client:
                 rid = secrets.token_hex(16)
                 s0, s1 = share(encode(chunks[nxt], frac))
                 pending[rid] = (nxt, time.perf_counter(), s0.nbytes, {})
-                meta = {"rid": rid, "rows": len(chunks[nxt])}
+                meta = {"rid": rid, "rows": len(chunks[nxt]), "plan": plan["plan_hash"]}
                 links["p0"].send_msg("request", meta, [s0])
                 links["p1"].send_msg("request", meta, [s1])
                 nxt += 1
@@ -232,9 +249,14 @@ class Client:
             if rid not in pending:
                 continue  # e.g. a late answer to an info request
             if msg.kind == "failed":
-                raise PartyError(f"{msg.meta.get('msg', 'request failed')}")
+                why = f"{msg.meta.get('msg', 'request failed')}"
+                raise (
+                    StalePlanError(why) if msg.meta.get("code") == "stale_plan" else PartyError(why)
+                )
             if msg.kind != "result":
                 raise PartyError(f"{role.upper()} answered with {msg.kind!r}")
+            if msg.meta.get("plan") != plan["plan_hash"]:  # never decode at another plan's scale
+                raise StalePlanError(f"{role.upper()} answered from another plan than was read")
             i, t0, nbytes, got = pending[rid]
             want = (len(chunks[i]), *out_tail) if rowwise else out_shape
             if len(msg.arrays) != 1 or msg.arrays[0].shape != want:
@@ -259,6 +281,10 @@ class Client:
             got, msg = self._next(self.timeout)
             if got == role:
                 return msg
+
+
+class StalePlanError(PartyError):
+    """The parties serve another plan than the one this client read (a redeploy)."""
 
 
 def _silent_parties(pending: dict[str, tuple[Any, ...]], timeout: float) -> str | None:

@@ -30,6 +30,7 @@ SERVING_RANGES: dict[str, tuple[float, float]] = {
     "timeout_s": (0.1, DAY_S),
     "setup_timeout_s": (0.1, DAY_S),
     "client_timeout_s": (0.1, DAY_S),
+    "client_idle_s": (0.1, DAY_S),
     "handshake_timeout_s": (0.1, DAY_S),
     "max_frame_mb": (1 / 16, 4096.0),  # 64 KiB: room for a message's header, split or not
     "max_message_mb": (1 / 16, 2.0**20),
@@ -53,6 +54,7 @@ class Serving:
     timeout_s: float = 5.0  # silence on a link during a query or start-up step: a fault
     setup_timeout_s: float = 60.0  # a session start-up (weights opened), its first material
     client_timeout_s: float = 30.0  # a client's wait for one answer, queueing included
+    client_idle_s: float = 60.0  # a client link with nothing asked and nothing owed is closed
     max_frame_mb: float = 256.0  # largest frame a peer may send (larger messages are split)
     stock: int = 4  # queries of preprocessing kept ready ahead (per compute party)
     stock_mb: float = 1024.0  # memory that stock may hold at a compute party (>= one query)

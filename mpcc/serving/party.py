@@ -84,20 +84,61 @@ class Prepared:
     dealer_wire: int = 0
 
 
+class StalePlan(InputError):
+    """A request encoded for another plan than the one deployed (the client must re-read)."""
+
+
 class Outbox:
     """Messages to one client, sent by a thread of their own: the query loops hand answers
-    over and go on, so a client that reads slowly (or not at all) delays nobody else."""
+    over and go on, so a client that reads slowly (or not at all) delays nobody else.
 
-    def __init__(self, ch: TlsChannel, log: Any) -> None:
+    It is bounded: a client that asks faster than it reads (say `info` at thousands a
+    second, reading a little now and then, so no single send stalls) would otherwise grow
+    the queue without limit. Past `max_messages` or `max_bytes` waiting, the link is closed."""
+
+    MAX_MESSAGES = 256
+    MAX_BYTES = 64 * 2**20
+
+    def __init__(
+        self, ch: TlsChannel, log: Any, max_messages: int = MAX_MESSAGES, max_bytes: int = MAX_BYTES
+    ) -> None:
         self.ch, self.log = ch, log
+        self.max_messages, self.max_bytes = max_messages, max_bytes
         self._q: queue.SimpleQueue[tuple[str, dict[str, Any], list[np.ndarray]] | None] = (
             queue.SimpleQueue()
         )
+        self._lock = threading.Lock()
+        self._waiting = 0  # messages posted and not yet sent (or dropped)
+        self._bytes = 0
         self._thread = threading.Thread(target=self._run, name="mpcc-outbox", daemon=True)
         self._thread.start()
 
     def post(self, kind: str, meta: dict[str, Any], arrays: list[np.ndarray] | None = None) -> None:
-        self._q.put((kind, meta, arrays or []))
+        arrays = arrays or []
+        size = _message_bytes(arrays)
+        with self._lock:
+            over = self._waiting >= self.max_messages or self._bytes + size > self.max_bytes
+            if not over:
+                self._waiting += 1
+                self._bytes += size
+        if over:
+            if self.ch.closed is None:
+                self.log.warning(
+                    "closing the link to %s: it does not read its answers (%d messages, "
+                    "%d bytes waiting)",
+                    self.ch.peer,
+                    self._waiting,
+                    self._bytes,
+                )
+                self.ch.close("the client does not read its answers")
+            return
+        self._q.put((kind, meta, arrays))
+
+    @property
+    def waiting(self) -> tuple[int, int]:
+        """Messages and bytes posted and not yet sent."""
+        with self._lock:
+            return self._waiting, self._bytes
 
     def close(self, timeout: float) -> None:
         """Send what is queued (within `timeout` s), then stop."""
@@ -111,6 +152,13 @@ class Outbox:
                     self.ch.send_msg(*item)
                 except PartyError as e:  # the link closes itself; later items are dropped
                     self.log.info("could not send a %s to %s: %s", item[0], self.ch.peer, e)
+            with self._lock:
+                self._waiting -= 1
+                self._bytes -= _message_bytes(item[2])
+
+
+def _message_bytes(arrays: list[np.ndarray]) -> int:
+    return sum(a.nbytes for a in arrays) + 256  # arrays plus a header's worth
 
 
 def _rids(value: Any) -> list[str]:
@@ -268,7 +316,7 @@ class ComputeParty(PartyServer):
         self._rejected: OrderedDict[str, float] = OrderedDict()  # P1: rids it refused
         self._arrived: list[str] = []  # P1: rids received since its last answer to P0
         self._p1_has: set[str] = set()  # P0: rids P1 said it received
-        self._inflight: set[str] = set()  # P0: rids of the batch being announced or run
+        self._inflight: dict[str, Request] = {}  # the batch being announced (P0) or run
         self._peer_links: queue.Queue[tuple[Any, TlsChannel]] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
@@ -343,6 +391,7 @@ class ComputeParty(PartyServer):
         outbox = Outbox(ch, self.log)
         with self._req:
             self._outboxes[ch] = outbox
+        heard = time.monotonic()
         try:
             while not self._clients_done.is_set():
                 if self.deployment is not dep:  # a model was deployed: its input size
@@ -350,7 +399,13 @@ class ComputeParty(PartyServer):
                     ch.limit_frames(self._client_frame_limit(dep))
                 msg = ch.poll(0.5)
                 if msg is None:
+                    if time.monotonic() - heard > self.cfg.serving.client_idle_s and (
+                        self._idle_link(ch, outbox)
+                    ):
+                        self.log.info("closing the idle link to %s", ch.peer)
+                        break
                     continue
+                heard = time.monotonic()
                 if msg.kind == "info":
                     outbox.post("info", self.info())
                 elif msg.kind == "request":
@@ -368,6 +423,13 @@ class ComputeParty(PartyServer):
             outbox.close(self.cfg.serving.timeout_s)
             ch.close("client link done")
 
+    def _idle_link(self, ch: TlsChannel, outbox: Outbox) -> bool:
+        """Whether a client link holds nothing: no request waiting or running, no answer
+        still to send (an idle link only takes a connection slot)."""
+        with self._req:
+            held = [*self._queue, *self._pending.values(), *self._inflight.values()]
+            return not any(r.ch is ch for r in held) and outbox.waiting[0] == 0
+
     def _client_frame_limit(self, dep: Deployment | None) -> int:
         """The largest frame a client may send: one share of at most a batch of the deployed
         plan's input, or small requests only while no model is deployed."""
@@ -384,7 +446,9 @@ class ComputeParty(PartyServer):
             shown = rid[:8] if isinstance(rid, str) and RID.match(rid) else "?"
             self.log.warning("rejected request %s from %s: %s", shown, ch.peer, e)
             if isinstance(rid, str) and RID.match(rid):
-                self._reject(ch, rid, str(e))
+                self._reject(
+                    ch, rid, str(e), code="stale_plan" if isinstance(e, StalePlan) else None
+                )
             else:
                 self._post(ch, "error", {"msg": f"{self.label} rejected a request: {e}"})
             return
@@ -420,13 +484,13 @@ class ComputeParty(PartyServer):
         elif why is not None:
             self._reject(ch, rid, why)
 
-    def _reject(self, ch: TlsChannel, rid: str, why: str) -> None:
+    def _reject(self, ch: TlsChannel, rid: str, why: str, code: str | None = None) -> None:
         """Refuse a request; P1 remembers it, so P0 fails its twin at once."""
         with self._req:
             self._rejected[rid] = time.monotonic()
             while len(self._rejected) > MAX_QUEUE:
                 self._rejected.popitem(last=False)
-        self._send_failed(ch, rid, f"{self.label} rejected the request: {why}")
+        self._send_failed(ch, rid, f"{self.label} rejected the request: {why}", code)
 
     def _check_request(self, msg: Message) -> str:
         dep = self.deployment
@@ -435,6 +499,13 @@ class ComputeParty(PartyServer):
         rid, rows = msg.meta.get("rid"), msg.meta.get("rows")
         if not isinstance(rid, str) or not RID.match(rid):
             raise InputError("malformed request id")
+        plan = msg.meta.get("plan")
+        if plan != dep.plan_hash:
+            raise StalePlan(
+                f"the request was encoded for plan {str(plan)[:12]}, but {self.label} serves "
+                f"plan {dep.plan_hash[:12]} (a model was deployed since): read the plan's "
+                "interface again"
+            )
         prog = dep.prog
         shape = prog.value(prog.inputs[0][1]).shape
         if not isinstance(rows, int) or not 1 <= rows <= prog.batch:
@@ -463,16 +534,21 @@ class ComputeParty(PartyServer):
         outbox.post(kind, meta, arrays)
         return True
 
-    def _send_failed(self, ch: TlsChannel, rid: str, why: str) -> None:
-        self._post(ch, "failed", {"rid": rid, "msg": why})
+    def _send_failed(self, ch: TlsChannel, rid: str, why: str, code: str | None = None) -> None:
+        meta = {"rid": rid, "msg": why}
+        if code is not None:  # what the client can act on ("stale_plan": read the plan again)
+            meta["code"] = code
+        self._post(ch, "failed", meta)
 
     def _fail(self, reqs: list[Request], why: str) -> None:
         for r in reqs:
             self._send_failed(r.ch, r.rid, why)
 
-    def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any]) -> int:
-        """Hand a result to its client's outbox: 1 if it was, 0 if the client left."""
-        if not self._post(r.ch, "result", {"rid": r.rid, "stats": stats}, [y]):
+    def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any], plan: str) -> int:
+        """Hand a result to its client's outbox: 1 if it was, 0 if the client left. `plan`:
+        the hash of the plan that computed it, which the client checks before decoding."""
+        meta = {"rid": r.rid, "plan": plan, "stats": stats}
+        if not self._post(r.ch, "result", meta, [y]):
             self.log.info("could not answer request %s: its client left", r.rid[:8])
             return 0
         self.answered += 1
@@ -757,7 +833,7 @@ class ComputeParty(PartyServer):
         `_idle` says so before the lock is let go, so shutdown waits for them."""
         taken = {id(r) for r in reqs}
         self._queue = deque(r for r in self._queue if id(r) not in taken)
-        self._inflight = {r.rid for r in reqs}
+        self._inflight = {r.rid: r for r in reqs}
         if reqs:
             self._idle.clear()
         return reqs
@@ -796,7 +872,7 @@ class ComputeParty(PartyServer):
                 else:
                     self._requeue(batch)
                 with self._req:
-                    self._inflight = set()
+                    self._inflight = {}
                 self._idle.set()
                 return
             try:
@@ -833,7 +909,7 @@ class ComputeParty(PartyServer):
                 return
             finally:
                 with self._req:
-                    self._inflight = set()
+                    self._inflight = {}
                 self._idle.set()
 
     def _follow(self, s: PartySession) -> None:
@@ -853,6 +929,8 @@ class ComputeParty(PartyServer):
                 batch, rejected, absent = self._gather(reqs, s.dep.prog.batch)
                 with self._req:
                     arrived, self._arrived = self._arrived, []
+                    # as at P0: a request id being run is taken until its answer is sent
+                    self._inflight = {r.rid: r for r in batch}
                 reply = {
                     "have": [r.rid for r in batch],
                     "rejected": rejected,
@@ -875,6 +953,8 @@ class ComputeParty(PartyServer):
                 self._query_failed(s, batch, PartyError(f"internal error ({type(e).__name__})"))
                 return
             finally:
+                with self._req:
+                    self._inflight = {}
                 self._idle.set()
 
     def _gather(self, reqs: Any, cap: int) -> tuple[list[Request], list[str], list[str]]:
@@ -945,14 +1025,14 @@ class ComputeParty(PartyServer):
         }
         if len(batch) == 1 and not rows_independent(prog):
             stats["queued_s"] = start - batch[0].arrived
-            self._answered(s, self._answer(batch[0], y, stats))
+            self._answered(s, self._answer(batch[0], y, stats, s.dep.plan_hash))
             return
         if y.shape[0] != prog.batch:  # the row check lets no such plan batch requests
             raise PartyError(f"output shape {list(y.shape)} does not keep the batch first")
         row, answered = 0, 0
         for r in batch:
             stats["queued_s"] = start - r.arrived
-            answered += self._answer(r, y[row : row + r.rows], dict(stats))
+            answered += self._answer(r, y[row : row + r.rows], dict(stats), s.dep.plan_hash)
             row += r.rows
         self._answered(s, answered)
 

@@ -170,13 +170,19 @@ def _parse_header(body: bytearray) -> tuple[Any, int]:
     end = META_HEAD.size + n
     if end > len(body):
         raise FrameError("frame header longer than the frame")
+    return _json_header(bytes(body[META_HEAD.size : end])), end
+
+
+def _json_header(raw: bytes) -> dict[str, Any]:
+    """A frame's JSON header as a dict; every way it can fail is a FrameError (a header
+    nested thousands deep makes json raise RecursionError, which must not kill a reader)."""
     try:
-        head = json.loads(bytes(body[META_HEAD.size : end]))
-    except (ValueError, UnicodeDecodeError):
+        head = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise FrameError("frame header is not valid JSON of the expected form") from None
     if not isinstance(head, dict):
         raise FrameError("frame header is not valid JSON of the expected form")
-    return head, end
+    return head
 
 
 def _message_head(head: dict[str, Any]) -> tuple[str, dict, list[tuple[np.dtype, tuple]]]:
@@ -395,12 +401,7 @@ class FrameParser:
             hit = _PARSED.get(key)
             if hit is not None:
                 return self._single(hit[0], {}, hit[1], size, hit[2])
-        try:
-            head = json.loads(bytes(header) if key is None else key)
-        except (ValueError, UnicodeDecodeError):
-            raise FrameError("frame header is not valid JSON of the expected form") from None
-        if not isinstance(head, dict):
-            raise FrameError("frame header is not valid JSON of the expected form")
+        head = _json_header(bytes(header) if key is None else key)
         if "c" in head:
             if s is None:
                 raise FrameError("continuation frame without a message head")

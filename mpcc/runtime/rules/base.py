@@ -48,6 +48,10 @@ class Backend:
         """x * y of two secrets, with numpy broadcasting."""
         raise NotImplementedError
 
+    def matmul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """x @ y of two secrets, with numpy's matmul broadcasting over leading axes."""
+        raise NotImplementedError
+
     def truncate(self, x: np.ndarray, shift: int) -> np.ndarray:
         """floor(x / 2^shift) (the secure protocol may add 1 LSB)."""
         raise NotImplementedError
