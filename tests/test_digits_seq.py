@@ -40,14 +40,6 @@ PENDING = re.compile(
 FEW = 16  # test digits in the default suite's secure runs
 
 
-@pytest.fixture(autouse=True)
-def _supported(monkeypatch):
-    from mpcc.compiler import graph
-
-    for op in ("LSTM", "GRU"):  # until Sigmoid/Tanh have a secure lowering
-        monkeypatch.setitem(graph.SUPPORTED_OPS, op, op)
-
-
 @pytest.fixture(scope="module")
 def test_digits() -> tuple[np.ndarray, np.ndarray]:
     return D.load("test")
