@@ -55,6 +55,7 @@ IR_END = "<!-- irops:end -->"
 IMAGE = (1, 4, 8, 8)
 FLAT = (1, 16)
 IDS = (1, 8)
+SEQUENCE = (4, 1, 8)  # [steps, batch, features]
 SECRET = "x"  # an extra input named SECRET is the model's input itself (a second secret)
 PREV = "<"  # an extra input naming the previous node's output
 
@@ -224,6 +225,20 @@ SAMPLES: tuple[Sample, ...] = (
     _s("HardSigmoid", "", _n("HardSigmoid")),
     _s("HardSwish", "", _n("HardSwish")),
     _s("LpNormalization", "p = 2", _n("LpNormalization", axis=1)),
+    _s(
+        "LSTM",
+        "4 steps, hidden 8",
+        _n("LSTM", "W", "R", "B", hidden_size=8),
+        consts={"W": _w(1, 32, 8), "R": _w(1, 32, 8), "B": _w(1, 64)},
+        shape=SEQUENCE,
+    ),
+    _s(
+        "GRU",
+        "4 steps, hidden 8",
+        _n("GRU", "W", "R", "B", hidden_size=8, linear_before_reset=1),
+        consts={"W": _w(1, 24, 8), "R": _w(1, 24, 8), "B": _w(1, 48)},
+        shape=SEQUENCE,
+    ),
 )
 
 
