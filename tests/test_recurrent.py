@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpcc.compiler import graph as graph_mod
 from mpcc.compiler.passes import run_all
 from mpcc.compiler.recurrent import expand_recurrent
 from mpcc.errors import ModelError
@@ -15,12 +14,6 @@ from tests.onnx_builders import check_graph, feeds_for, graph_of, model, node, o
 
 SEQ, BATCH, IN, HID = 5, 3, 4, 6
 GATES = {"LSTM": 4, "GRU": 3}
-
-
-@pytest.fixture(autouse=True)
-def _supported(monkeypatch):
-    for op in ("LSTM", "GRU"):  # until Sigmoid/Tanh have a secure lowering
-        monkeypatch.setitem(graph_mod.SUPPORTED_OPS, op, op)
 
 
 def rnn_model(

@@ -103,6 +103,8 @@ def test_add_client_and_revoke_commands(tmp_path, capsys):
     assert main(["cluster", "revoke", "alice", "--config", str(cfg.path)]) == 0
     assert cfg.crl.is_file()
     assert main(["cluster", "revoke", "nobody", "--config", str(cfg.path)]) == 2
+    with pytest.raises(MpccError, match="no certificate and key of client 'nobody'"):
+        Client(cfg, identity="nobody")
     (tmp_path / "ca.key").unlink()  # kept offline: issuing needs it
     with pytest.raises(ConfigError, match="needs the cluster CA"):
         add_client(cfg, "bob")

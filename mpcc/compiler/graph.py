@@ -66,6 +66,10 @@ SUPPORTED_OPS: dict[str, str] = {
     "HardSigmoid": "max(0, min(1, alpha x + beta))",
     "HardSwish": "x * HardSigmoid(x)",
     "LpNormalization": "p = 2: x / ||x|| along an axis",
+    "LSTM": "unrolled over the fixed sequence length (MatMuls, Sigmoid, Tanh, products); any "
+    "direction and layout, peepholes; no clip, input_forget or variable lengths",
+    "GRU": "unrolled over the fixed sequence length (MatMuls, Sigmoid, Tanh, products); any "
+    "direction and layout, linear_before_reset 0 or 1; no clip or variable lengths",
     "Neg": "negation",
     "Flatten": "reshape to 2-D",
     "Reshape": "change the shape (the target shape must be constant)",

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import onnx
 
 from mpcc.compiler import legalize_smooth
 from mpcc.compiler.blockers import ATTRIBUTE, Blocker, raise_if_any
@@ -384,9 +385,12 @@ def _cast(g: Graph, n: str) -> None:
     d = g.node(n)
     to = int(d["attrs"].get("to", 0))
     if to not in _FLOAT_TYPES:
+        name = (
+            onnx.TensorProto.DataType.Name(to) if to in onnx.TensorProto.DataType.values() else to
+        )
         raise ModelError(
-            f"{_where(g, n)}: a Cast of a computed tensor to a non-float type is not "
-            "supported (only Casts between float types, and Casts of constants, which fold)"
+            f"{_where(g, n)}: a Cast of a computed tensor to {name} is not supported (only "
+            "Casts to FLOAT16, BFLOAT16, FLOAT or DOUBLE, and Casts of constants, which fold)"
         )
     d["op"], d["attrs"] = "Identity", {}
 

@@ -170,6 +170,8 @@ class _Lowering:
             w = self.weight(b_t, self.g.const(b_t), self.f)
             return self.emit_as(data, ops.mul_w, (x.id,), (w,))
         a = self.fit(self.arg(name, a_t), self.f)
+        if a_t == b_t:  # a square (Pow 2): a Beaver pair, half the traffic
+            return self.emit_as(data, ops.square, (a.id,))
         b = self.fit(self.arg(name, b_t), self.f)
         return self.emit_as(data, ops.mul, (a.id, b.id))
 
