@@ -11,9 +11,10 @@ for x in [-16, 0] at an output scale of f (inputs below -16 give exp(-16) ~ 1.1e
 within the bound; inputs above 0 give 1). exp(-16) is below one LSB at f = 16, so no relative
 bound can hold near the bottom of the range; the absolute term covers it.
 
-Cost per element and party (f = 16): clip 2 ReLU (90 B), powers t^2..t^5 (3 levels), 1
-truncation, 4 squarings (mul + trunc each): ~ 90 + 4*16 + 4*8 + 8 + 4*24 = 290 B, 8 + 6 + 1 + 8
-= 23 rounds.
+Cost per element and party (f = 16): the clamp 1-2 ReLUs (45 B each; a softmax's x - max
+needs only the lower one), powers t^2..t^5 (a square and two products, 3 levels), 4 truncations,
+4 squarings with a Beaver pair (square + truncation: 16 B each): 250 B, 24 rounds, 301 B of
+dealer material (205 B and 16 rounds inside a softmax).
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ Bounds (f = 16, tested over 10^6 log-uniform points), at the output's scale R:
 - sqrt = x * rsqrt(x) on [2^-10, 2^14]: relative 2^-10 plus 2 LSBs;
 - log on [2^-6, 2^14]: absolute 2^-12 plus 2 LSBs.
 
-Cost per element and party (f = 16): clamp 2 ReLU, bits 2*K ReLU (K = hi - lo: 20 for the
-reciprocal, 24 for 1/sqrt) ~ 45 B each, 2 multiplies, powers of degree 6 (3 levels), 3
-truncations: ~ 2000 B and ~ 40 rounds for the reciprocal. These are only ever applied to
-reduced values (a softmax denominator or a variance per row), so the per-row cost is small
-beside the row's elementwise work.
+Cost per element and party (f = 16): the clamp 2 ReLUs, K comparison bits (`ge_zero`, ~37 B
+each; K = 20 for the reciprocal and log, 24 for 1/sqrt), two products, powers of degree 5-6
+and 3-4 truncations: reciprocal 993 B / 28 rounds, 1/sqrt 1125 B / 28, sqrt 1240 B / 38, log
+953 B / 26. These only ever apply to reduced values (a softmax denominator or a variance per
+row), so the per-row cost is small beside the row's elementwise work.
 """
 
 from __future__ import annotations
