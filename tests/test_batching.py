@@ -113,7 +113,8 @@ def test_a_plan_that_mixes_rows_serves_each_client_alone(servers):
         with pytest.raises(InputError, match="mixes samples"):
             c.predict(rand(1, 4, seed=9))  # a part of a batch would be padded by others' rows
         share = np.zeros((1, 4), np.uint64)
-        reply = c.send_raw("p0", "request", {"rid": "ab" * 16, "rows": 1}, [share])
+        meta = {"rid": "ab" * 16, "rows": 1, "plan": c._interface()["plan_hash"]}
+        reply = c.send_raw("p0", "request", meta, [share])
         assert reply.kind == "failed" and "exactly 2 samples" in reply.meta["msg"]
     xs = [rand(B, 4, seed=10 + k) for k in range(4)]
     for k, (y, stats) in _serve_concurrently(servers, xs).items():

@@ -74,6 +74,15 @@ def multiply(x_elems: int, y_elems: int, z_elems: int) -> Cost:
     return Cost(rounds=1, sent=WORD * (x_elems + y_elems), dealer=WORD * z_elems, macs=z_elems)
 
 
+def matmul_ss(x_elems: int, y_elems: int, z_elems: int, macs: int) -> Cost:
+    """X @ Y of two secrets with a fresh matrix Beaver triple (A, B, C = A @ B).
+
+    Online: open E = X - A and F = Y - B together (one round); each party then evaluates two
+    products, E @ [B] and [A] @ F (P0 folds E @ F into the first). Dealer: the correction
+    [C]_1 for P1. `macs` is one product's multiply-adds."""
+    return Cost(rounds=1, sent=WORD * (x_elems + y_elems), dealer=WORD * z_elems, macs=2 * macs)
+
+
 def square(n: int) -> Cost:
     """X * X with a Beaver pair (A, A^2): open E = X - A once (half a product's traffic)."""
     return Cost(rounds=1, sent=WORD * n, dealer=WORD * n, macs=n)

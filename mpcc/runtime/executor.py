@@ -16,13 +16,14 @@ from typing import Any
 
 import numpy as np
 
-from mpcc.compiler.calls import Call, Linear, Multiply, Relu, Sign, Square, Truncate
+from mpcc.compiler.calls import Call, Linear, MatMulSS, Multiply, Relu, Sign, Square, Truncate
 from mpcc.compiler.costmodel import calls, masked_weights
 from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError, MaterialError
 from mpcc.runtime.material import Bundle, MaterialStore
 from mpcc.runtime.protocols import (
     linear,
+    matmul_ss,
     multiply,
     protocol_for,
     relu,
@@ -245,6 +246,10 @@ class PartyExecutor(Backend):
     def multiply(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         mat = self._material(Multiply, x_shape=x.shape, y_shape=y.shape)
         return multiply.run(self.ch, self.party, mat, x, y)
+
+    def matmul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        mat = self._material(MatMulSS, x_shape=x.shape, y_shape=y.shape)
+        return matmul_ss.run(self.ch, self.party, mat, x, y)
 
     def square(self, x: np.ndarray) -> np.ndarray:
         mat = self._material(Square, n=x.size)

@@ -11,6 +11,7 @@ from mpcc.compiler.ops.arith import (
     add_const,
     add_w,
     dot_const,
+    matmul_ss,
     mul,
     mul_const,
     mul_public,
@@ -24,7 +25,7 @@ from mpcc.compiler.ops.base import REGISTRY, Op, RuleError, Site, Type, lookup
 from mpcc.compiler.ops.compare import clip, ge_zero, leaky_relu, relu
 from mpcc.compiler.ops.io import input, output
 from mpcc.compiler.ops.linear import conv2d, matmul, mul_w
-from mpcc.compiler.ops.movement import concat, pad, reshape, slice, transpose
+from mpcc.compiler.ops.movement import concat, gather, pad, reshape, slice, tile, transpose
 from mpcc.compiler.ops.pool import avgpool, maxpool, maxpool_levels, sumpool
 from mpcc.compiler.ops.reduce import reduce_sum
 
@@ -38,6 +39,7 @@ ALL: tuple[Op, ...] = (
     add,
     sub,
     mul,
+    matmul_ss,
     mul_public,
     rescale,
     trunc,
@@ -52,6 +54,8 @@ ALL: tuple[Op, ...] = (
     concat,
     slice,
     pad,
+    gather,
+    tile,
     add_const,
     mul_const,
     relabel,

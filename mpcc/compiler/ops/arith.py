@@ -1,11 +1,12 @@
-"""Arithmetic on secrets: sums (local), products (a Beaver triple), public factors (local),
-and truncation (dropping fractional bits: one round)."""
+"""Arithmetic on secrets: sums (local), products (a Beaver triple), matrix products of two
+secrets (a matrix Beaver triple), public factors (local), and truncation (dropping fractional
+bits: one round)."""
 
 from __future__ import annotations
 
 import math
 
-from mpcc.compiler.calls import Call, Multiply, Square, Truncate
+from mpcc.compiler.calls import Call, MatMulSS, Multiply, Square, Truncate
 from mpcc.compiler.ops.base import (
     Float,
     Floats,
@@ -41,6 +42,28 @@ def _mul(site: Site) -> Type:
     return Type(broadcast(a.shape, b.shape), a.scale + b.scale)
 
 
+def _matmul_ss(site: Site) -> Type:
+    a, b = site.args
+    require(
+        len(a.shape) >= 2 and len(b.shape) >= 2,
+        f"operands {list(a.shape)} and {list(b.shape)} need two axes each (..., M, K), (..., K, N)",
+    )
+    require(
+        a.shape[-1] == b.shape[-2],
+        f"operands {list(a.shape)} and {list(b.shape)} do not chain: K {a.shape[-1]} != "
+        f"{b.shape[-2]}",
+    )
+    lead = broadcast(a.shape[:-2], b.shape[:-2])
+    return Type((*lead, a.shape[-2], b.shape[-1]), a.scale + b.scale)
+
+
+def _matmul_ss_rows(site: Site) -> str | None:
+    """Rows stay apart when the batch axis is a leading (broadcast) axis of both operands."""
+    if any(len(site.prog.value(a).shape) < 3 for a in site.ins.args):
+        return "a product of two matrices mixes their rows"
+    return same_rows(site)
+
+
 def _rescale(site: Site) -> Type:
     x = site.x
     return Type(x.shape, x.scale + site.attrs["bits"])
@@ -55,6 +78,11 @@ def _trunc(site: Site) -> Type:
 def _mul_calls(site: Site) -> list[Call]:
     a, b = site.args
     return [Multiply(a.shape, b.shape)]
+
+
+def _matmul_ss_calls(site: Site) -> list[Call]:
+    a, b = site.args
+    return [MatMulSS(a.shape, b.shape)]
 
 
 def _trunc_calls(site: Site) -> list[Call]:
@@ -80,6 +108,17 @@ mul = declare(
         args=(2, 2),
         calls=_mul_calls,
         rows=same_rows,
+    )
+)
+matmul_ss = declare(
+    Op(
+        "matmul_ss",
+        "x[..., M, K] @ y[..., K, N] of two secrets (matmul broadcasting): fresh matrix "
+        "Beaver triple",
+        _matmul_ss,
+        args=(2, 2),
+        calls=_matmul_ss_calls,
+        rows=_matmul_ss_rows,
     )
 )
 mul_public = declare(

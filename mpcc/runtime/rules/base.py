@@ -48,6 +48,10 @@ class Backend:
         """x * y of two secrets, with numpy broadcasting."""
         raise NotImplementedError
 
+    def matmul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """x @ y of two secrets, with numpy's matmul broadcasting over leading axes."""
+        raise NotImplementedError
+
     def square(self, x: np.ndarray) -> np.ndarray:
         """x * x of one secret."""
         raise NotImplementedError

@@ -37,3 +37,12 @@ register(
 register(ops.concat, lambda b, ins, args: np.concatenate(args, axis=ins.attrs["axis"]))
 register(ops.slice, lambda b, ins, args: np.ascontiguousarray(slice_(args[0], ins.attrs)))
 register(ops.pad, _pad)
+register(
+    ops.gather,
+    lambda b, ins, args: np.take(
+        args[0],
+        np.asarray(ins.attrs["indices"], np.int64).reshape(ins.attrs["ishape"]),
+        axis=ins.attrs["axis"],
+    ),
+)
+register(ops.tile, lambda b, ins, args: np.tile(args[0], ins.attrs["reps"]))
