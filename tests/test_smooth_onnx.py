@@ -73,8 +73,10 @@ def test_reduce_sum_opset_13_axes_input_and_all_axes() -> None:
         ("HardSigmoid", X, 2**-12),
         ("HardSwish", X, 2**-10),
         ("Exp", -POS, 2**-10),
+        ("Exp", X / 2, 2**-10 * 100),  # e^x up to ~100 on x <= 8: relative 2^-10
         ("Sqrt", POS, 2**-9),
         ("Reciprocal", POS, 2**-10 * 20),  # 1/x up to 20: relative 2^-10
+        ("Reciprocal", POS * np.sign(X), 2**-10 * 20),
         ("Log", POS, 2**-9),
     ],
 )
