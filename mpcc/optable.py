@@ -54,8 +54,10 @@ IR_END = "<!-- irops:end -->"
 
 IMAGE = (1, 4, 8, 8)
 FLAT = (1, 16)
+IDS = (1, 8)
 SEQUENCE = (4, 1, 8)  # [steps, batch, features]
 SECRET = "x"  # an extra input named SECRET is the model's input itself (a second secret)
+PREV = "<"  # an extra input naming the previous node's output
 
 
 def _w(*shape: int) -> np.ndarray:
@@ -74,9 +76,11 @@ def _i64(*values: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Sample:
-    """A chain of nodes on input ``x``; each node takes the previous output, then ``extra``.
+    """A chain of nodes on input ``x``; each node takes the previous output, then ``extra``
+    (unless ``extra`` names its inputs itself: ``PREV`` for the previous output, ``x``).
 
-    The first ``context`` nodes are context: their own IR and rounds are subtracted.
+    The first ``context`` nodes are context: their own IR and rounds are subtracted. Outputs
+    no later node reads are the model's outputs; ``ids``: ``x`` holds int64 token ids.
     """
 
     op: str
@@ -87,12 +91,21 @@ class Sample:
     context: int = 0
     opset: int = 17
     keep_softmax: bool = False
+    ids: bool = False
 
 
 def _s(
-    op: str, case: str, *nodes, consts=None, shape=IMAGE, context=0, opset=17, keep=False
+    op: str,
+    case: str,
+    *nodes,
+    consts=None,
+    shape=IMAGE,
+    context=0,
+    opset=17,
+    keep=False,
+    ids=False,
 ) -> Sample:
-    return Sample(op, case, tuple(nodes), dict(consts or {}), shape, context, opset, keep)
+    return Sample(op, case, tuple(nodes), dict(consts or {}), shape, context, opset, keep, ids)
 
 
 def _n(op: str, *extra: str, **attrs) -> tuple[str, tuple[str, ...], dict]:
@@ -157,12 +170,36 @@ SAMPLES: tuple[Sample, ...] = (
     ),
     _s("Pad", "", _n("Pad", "p"), consts={"p": _i64(0, 0, 1, 1, 0, 0, 1, 1)}),
     _s("Gather", "constant indices", _n("Gather", "i", axis=1), consts={"i": _i64(2, 0)}),
+    _s(
+        "Gather",
+        "rows of a constant table by client ids (one-hot uploaded)",
+        _n("Gather", "table", PREV),
+        consts={"table": _w(12, 4)},
+        shape=IDS,
+        ids=True,
+    ),
+    *(
+        _s(
+            op,
+            "ids compared with a constant, cast to float (a mask: local)",
+            _n("Gather", "table", PREV),
+            _n("Equal", SECRET, "pad"),
+            _n("Not", PREV),
+            _n("Cast", PREV, to=1),
+            consts={"table": _w(12, 4), "pad": _i64(0)[0]},
+            shape=IDS,
+            ids=True,
+            context=1,
+        )
+        for op in ("Equal", "Not", "Cast")
+    ),
     _s("Split", "", _n("Split", "sp", axis=1), consts={"sp": _i64(4)}),
     _s("Tile", "", _n("Tile", "r"), consts={"r": _i64(1, 2, 1, 1)}),
     _s("Expand", "", _n("Expand", "s"), consts={"s": _i64(2, 1, 1, 1)}),
     _s("Squeeze", "", _n("Squeeze", "ax"), consts={"ax": _i64(0)}),
     _s("Unsqueeze", "", _n("Unsqueeze", "ax"), consts={"ax": _i64(0)}),
     _s("Identity", "", _n("Identity")),
+    _s("Cast", "between float types", _n("Cast", to=int(TensorProto.DOUBLE))),
     _s("Dropout", "", _n("Dropout")),
     _s("Softmax", "final", _n("Flatten"), _n("Softmax", axis=1), context=1),
     _s("Softmax", "elsewhere (or kept), 4 elements", _n("Softmax", axis=1), keep=True),
@@ -209,17 +246,24 @@ def _model(sample: Sample, upto: int) -> onnx.ModelProto:
     nodes, prev = [], SECRET
     for i, (op, extra, attrs) in enumerate(sample.nodes[:upto]):
         out = f"t{i}"
-        nodes.append(helper.make_node(op, [prev, *extra], [out], f"{op.lower()}_{i}", **attrs))
+        named = PREV in extra or (sample.ids and SECRET in extra)
+        inputs = [prev if t == PREV else t for t in extra] if named else [prev, *extra]
+        nodes.append(helper.make_node(op, inputs, [out], f"{op.lower()}_{i}", **attrs))
         prev = out
     used = {t for n in nodes for t in n.input}
+    outputs = [n.output[0] for n in nodes if n.output[0] not in used]
     inits = [
         numpy_helper.from_array(np.asarray(v), k) for k, v in sample.consts.items() if k in used
     ]
     graph = helper.make_graph(
         nodes,
         f"{sample.op}_sample",
-        [helper.make_tensor_value_info(SECRET, TensorProto.FLOAT, list(sample.shape))],
-        [helper.make_tensor_value_info(prev, TensorProto.UNDEFINED, None)],
+        [
+            helper.make_tensor_value_info(
+                SECRET, TensorProto.INT64 if sample.ids else TensorProto.FLOAT, list(sample.shape)
+            )
+        ],
+        [helper.make_tensor_value_info(t, TensorProto.UNDEFINED, None) for t in outputs],
         inits,
     )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", sample.opset)])
@@ -281,6 +325,7 @@ def rows() -> list[Row]:
 _FREE_WHY = {
     "BatchNormalization": "folded into the weights",
     "Identity": "removed",
+    "Cast": "removed",
     "Dropout": "removed",
     "Softmax": "dropped",
     "LogSoftmax": "dropped",
@@ -289,14 +334,19 @@ _FREE_WHY = {
 
 def table() -> str:
     """The markdown table (with its legend), as printed by ``python -m mpcc.optable``."""
+    from mpcc import conformance
+
     lines = [
-        "| ONNX op | case | secure IR | cost | online rounds |",
-        "|---|---|---|---|---|",
+        "| ONNX op | case | secure IR | cost | online rounds | ONNX node tests |",
+        "|---|---|---|---|---|---|",
     ]
+    counted: set[str] = set()
     for r in rows():
         case = r.case or SUPPORTED_OPS[r.op]
         ir = ", ".join(f"`{op}`" for op in r.ir) if r.ir else f"none ({_FREE_WHY.get(r.op, '')})"
-        lines.append(f"| {r.op} | {case} | {ir} | {r.cost} | {r.rounds} |")
+        tests = "" if r.op in counted else conformance.op_counts(r.op)
+        counted.add(r.op)
+        lines.append(f"| {r.op} | {case} | {ir} | {r.cost} | {r.rounds} | {tests} |")
     lines += [
         "",
         "*free*: no instruction; *local*: no communication; *N round(s)*: Beaver-triple "
@@ -305,6 +355,8 @@ def table() -> str:
         "(MaxPool: one level per halving of the window). A product's truncation is fused into "
         "the next ReLU/Clip, or costs 1 round where it is needed. Generated by "
         "`python -m mpcc.optable` from the compiler's passes, lowering and cost model.",
+        "",
+        conformance.legend(),
     ]
     return "\n".join(lines)
 

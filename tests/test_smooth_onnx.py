@@ -238,3 +238,52 @@ def test_unsupported_pow_names_the_node() -> None:
     m = _one("Pow", "e", inits={"e": np.float32(3.0)})
     with pytest.raises(ModelError, match=r"node 'y' \(op Pow\): exponent \[3.0\]"):
         mpcc.compile(m, input_shape={"x": X.shape})
+
+
+# ---- a torch module through both exporters ------------------------------------------------
+
+
+def _torch_block():
+    import torch
+    import torch.nn.functional as tf
+    from torch import nn
+
+    class HandNorm(nn.Module):
+        """A layer norm written out, as older code does (exported decomposed)."""
+
+        def forward(self, x):
+            mu = x.mean(-1, keepdim=True)
+            var = (x - mu).pow(2).mean(-1, keepdim=True)
+            return (x - mu) / torch.sqrt(var + 1e-5)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1, self.ln = nn.Linear(16, 32), nn.LayerNorm(32)
+            self.l2, self.l3, self.hand = nn.Linear(32, 32), nn.Linear(32, 8), HandNorm()
+
+        def forward(self, x):
+            h = tf.gelu(self.ln(self.l1(x)))
+            h = tf.gelu(self.l2(h), approximate="tanh") + tf.silu(h)
+            a = torch.softmax(h.reshape(-1, 4, 8), dim=-1).reshape(-1, 32)
+            h = torch.sigmoid(self.l3(a * h)) + torch.tanh(self.l3(h))
+            h = self.hand(h)
+            return h / h.norm(dim=-1, keepdim=True)
+
+    torch.manual_seed(0)
+    return Block().eval(), torch.randn(4, 16)
+
+
+@pytest.mark.parametrize("dynamo", [False, True])
+def test_a_torch_block_with_every_smooth_op(dynamo) -> None:
+    module, x = _torch_block()
+    ref = module(x).detach().numpy()
+    plan = mpcc.compile(module, example_input=x, dynamo=dynamo)
+    notes = " ".join(plan.program.notes)
+    assert "SiLU" in notes and "L2 normalisation" in notes and "layer norm" in notes
+    with LocalCluster(plan) as cluster:
+        got = cluster.predict(x.numpy())
+        stats = cluster.stats
+    assert np.abs(got - ref).max() <= 2e-3
+    want = estimate(plan.program).total
+    assert stats.sent == (want.sent, want.sent) and stats.dealer_bytes == want.dealer

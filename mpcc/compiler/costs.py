@@ -83,6 +83,11 @@ def matmul_ss(x_elems: int, y_elems: int, z_elems: int, macs: int) -> Cost:
     return Cost(rounds=1, sent=WORD * (x_elems + y_elems), dealer=WORD * z_elems, macs=2 * macs)
 
 
+def square(n: int) -> Cost:
+    """X * X with a Beaver pair (A, A^2): open E = X - A once (half a product's traffic)."""
+    return Cost(rounds=1, sent=WORD * n, dealer=WORD * n, macs=n)
+
+
 def truncate(n: int) -> Cost:
     """Known-MSB truncation with a 2^62 bias: open c = x + 2^62 + r; corrections r_hi, r_63."""
     return Cost(rounds=1, sent=WORD * n, dealer=2 * WORD * n)

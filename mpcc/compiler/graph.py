@@ -18,6 +18,13 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from mpcc.compiler.blockers import (
+    ATTRIBUTE,
+    NEEDS_CONSTANT,
+    UNSUPPORTED_OP,
+    Blocker,
+    raise_if_any,
+)
 from mpcc.errors import ModelError
 from mpcc.frontends import onnx as onnx_frontend
 
@@ -70,13 +77,18 @@ SUPPORTED_OPS: dict[str, str] = {
     "Concat": "join tensors along an axis (constants too)",
     "Slice": "take a strided sub-tensor (constant bounds)",
     "Pad": "constant-value padding",
-    "Gather": "take entries at constant indices along any axis",
+    "Gather": "take entries at constant indices along any axis; or rows of a constant table "
+    "by integer ids the client one-hot encodes (embeddings)",
+    "Equal": "integer ids compared with a constant (a column of their one-hot; e.g. a mask)",
+    "Not": "negation of an id comparison (1 - x)",
     "Split": "split along an axis (becomes Slices)",
     "Tile": "repeat along axes (constant repeats)",
     "Expand": "broadcast to a constant shape (becomes Reshape + Tile)",
     "Squeeze": "drop size-1 axes",
     "Unsqueeze": "insert size-1 axes",
     "Identity": "no-op (removed)",
+    "Cast": "between float types, or of an id comparison to float: no-op (removed); Casts of "
+    "constants fold",
     "Dropout": "no-op at inference (removed)",
 }
 
@@ -134,6 +146,10 @@ class Graph:
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.notes: list[str] = []
+        self.int_inputs: set[str] = set()  # inputs of an integer type (e.g. token ids)
+        # Inputs the client encodes other than as fixed-point reals: name -> {"encoding":
+        # "onehot", "depth": V} (ids one-hot encoded over V classes; set by legalization)
+        self.input_encodings: dict[str, dict[str, Any]] = {}
         # The precision of the model's float constants: the plan keeps its weights in it.
         self.float_dtype = np.dtype(np.float32)
         self._producer: dict[str, str] = {}
@@ -143,8 +159,12 @@ class Graph:
     # ---- building -------------------------------------------------------------------------
 
     @classmethod
-    def from_onnx(cls, model: onnx.ModelProto) -> Graph:
-        """Build a Graph from a model loaded by `mpcc.frontends.onnx.load`."""
+    def from_onnx(cls, model: onnx.ModelProto, blockers: list[Blocker] | None = None) -> Graph:
+        """Build a Graph from a model loaded by `mpcc.frontends.onnx.load`.
+
+        Unsupported ops and computed inputs where constants are needed raise one ModelError
+        listing them all; with a `blockers` list they are appended to it instead (and the
+        graph is built with those nodes as they are)."""
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         mg = model.graph
         g = cls(mg.name or "model", opset)
@@ -159,13 +179,22 @@ class Graph:
                 g.constants[n.output[0]] = _as_const(_constant_value(n))
             else:
                 nodes.append(n)
-        _check_supported(nodes)
-        _check_constant_inputs(nodes, g.constants)
+        found = node_blockers(nodes, g.constants, _integer_tensors(mg))
+        if blockers is None:
+            raise_if_any(found)
+        else:
+            blockers.extend(found)
         for vi in [*mg.input, *mg.value_info, *mg.output]:
             dims = vi.type.tensor_type.shape.dim
             if vi.name not in g.constants and all(d.HasField("dim_value") for d in dims):
                 g.shapes[vi.name] = tuple(d.dim_value for d in dims)
         g.inputs = [i.name for i in mg.input if i.name not in g.constants]
+        g.int_inputs = {
+            i.name
+            for i in mg.input
+            if i.name in g.inputs
+            and helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).kind in "iub"
+        }
         g.outputs = [o.name for o in mg.output]
         for n in nodes:
             attrs = {a.name: _plain(helper.get_attribute_value(a)) for a in n.attribute}
@@ -490,29 +519,58 @@ def _constant_value(n: onnx.NodeProto) -> np.ndarray:
     return np.asarray(ReferenceEvaluator(n, opsets={"": 17}).run(None, {})[0])
 
 
-def _check_supported(nodes: list[onnx.NodeProto]) -> None:
-    bad = [n for n in nodes if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx")]
-    if bad:
-        listed = ", ".join(
-            f"node {n.name!r} (op {n.domain + '.' if n.domain else ''}{n.op_type})" for n in bad
-        )
-        raise ModelError(
-            f"{len(bad)} unsupported node{'s' * (len(bad) > 1)}: {listed}. "
-            f"Supported ops: {', '.join(sorted(SUPPORTED_OPS))}"
-        )
+def _integer_tensors(mg: onnx.GraphProto) -> set[str]:
+    """The non-constant tensors the model declares with an integer type."""
+    ints = {
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.UINT64,
+    }
+    return {
+        vi.name
+        for vi in [*mg.input, *mg.value_info, *mg.output]
+        if vi.type.tensor_type.elem_type in ints
+    }
 
 
-def _check_constant_inputs(nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray]) -> None:
-    problems = []
+def node_blockers(
+    nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray], integers: set[str]
+) -> list[Blocker]:
+    """Unsupported ops, computed tensors where a constant is needed, and integer division
+    (ONNX truncates it; mpcc computes on fixed-point reals), one Blocker per node."""
+    found = []
     for n in nodes:
+        where = f"node {n.name!r} (op {n.domain + '.' if n.domain else ''}{n.op_type})"
+        if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx"):
+            found.append(Blocker(UNSUPPORTED_OP, n.op_type, n.name, f"{where} is not supported"))
+            continue
         for i, what in CONST_INPUTS.get(n.op_type, {}).items():
             if i < len(n.input) and n.input[i] and n.input[i] not in constants:
-                problems.append(
-                    f"node {n.name!r} (op {n.op_type}) needs a constant {what} as input {i}, "
-                    f"but {n.input[i]!r} is computed"
+                found.append(
+                    Blocker(
+                        NEEDS_CONSTANT,
+                        n.op_type,
+                        n.name,
+                        f"{where} needs a constant {what} as input {i}, "
+                        f"but {n.input[i]!r} is computed",
+                    )
                 )
-    if problems:
-        raise ModelError("; ".join(problems))
+        if n.op_type == "Div" and n.output[0] in integers:
+            found.append(
+                Blocker(
+                    ATTRIBUTE,
+                    n.op_type,
+                    n.name,
+                    f"{where} divides integer tensors (ONNX truncates the quotient): not "
+                    "supported, mpcc computes on fixed-point reals (integer dtype)",
+                )
+            )
+    return found
 
 
 def _attr_input(

@@ -41,22 +41,42 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import onnx
 
 from mpcc.compiler import legalize_smooth
+from mpcc.compiler.blockers import ATTRIBUTE, Blocker, raise_if_any
+from mpcc.compiler.embedding import legalize_embedding, legalize_id_compare, one_hot_inputs
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.recurrent import expand_recurrent
 from mpcc.errors import ModelError
 
 
-def legalize(g: Graph) -> None:
+def legalize(g: Graph, blockers: list[Blocker] | None = None) -> None:
     """Fill attribute defaults, resolve auto_pad, move constant inputs to attributes, rewrite
     Gemm, Flatten/Squeeze/Unsqueeze, Div by a constant and Sub of a constant, and refuse what
-    the compiler does not support (training-mode Dropout, Pow 3, ...)."""
+    the compiler does not support (training-mode Dropout, Pow 3, ...).
+
+    Every node is tried; what fails raises one ModelError listing all of them, or with a
+    `blockers` list is appended to it. Nodes already in `blockers` are left alone."""
+    found: list[Blocker] = []
+    skip = {b.node for b in blockers or []}
     expand_recurrent(g)
+    one_hot_inputs(g)
     for n in g.topo_nodes():
+        if n not in g.nx:  # removed by an earlier rule (an id comparison's Not and Cast)
+            continue
         rule = _LEGALIZE.get(g.op(n))
-        if rule is not None:
+        if rule is None or n in skip:
+            continue
+        op = g.op(n)
+        try:
             rule(g, n)
+        except ModelError as e:
+            found.append(Blocker(ATTRIBUTE, op, n, str(e)))
+    if blockers is None:
+        raise_if_any(found)
+    else:
+        blockers.extend(found)
 
 
 def _ints(v: Any) -> tuple[int, ...]:
@@ -266,6 +286,11 @@ def _binary(g: Graph, n: str) -> None:
         )
     d["op"], d["attrs"] = op, {}
     g.set_inputs(n, [x, y])
+    if g.is_const(y) and not g.is_const(x) and g.shape(x) == g.shape(out):
+        c = g.const(y)
+        if (op == "Mul" and (c == 1).all()) or (op == "Add" and (c == 0).all()):
+            d["op"] = "Identity"  # e.g. a mask of ones fixed by --fix-input; removed later
+            g.set_inputs(n, [x])
 
 
 def _batchnorm(g: Graph, n: str) -> None:
@@ -327,14 +352,47 @@ def _clip(g: Graph, n: str) -> None:
     ins = [*d["inputs"], "", ""]
     lo = float(g.const(ins[1])) if ins[1] else -np.inf
     hi = float(g.const(ins[2])) if ins[2] else np.inf
-    d["attrs"] = {"min": lo, "max": hi}
+    # ONNX's Clip is min(max(x, lo), hi): with lo > hi every element is hi.
+    d["attrs"] = {"min": min(lo, hi), "max": hi}
     g.set_inputs(n, ins[:1])
 
 
 def _prelu(g: Graph, n: str) -> None:
-    x = g.node(n)["inputs"][0]
-    if g.shape(x) != g.shape(g.node(n)["outputs"][0]):
-        raise ModelError(f"{_where(g, n)}: the slope must broadcast to the input's shape")
+    """The slope broadcast (ONNX's unidirectional broadcast: trailing axes aligned) to the
+    input's full shape, so that it multiplies elementwise."""
+    x, slope = g.node(n)["inputs"][:2]
+    shape, s = g.shape(x), g.const(slope)
+    try:
+        full = np.broadcast_to(s, shape)
+    except ValueError:
+        hint = ""
+        if s.ndim == 1 and len(shape) > 2 and s.shape[0] == shape[1]:
+            per_channel = (s.shape[0],) + (1,) * (len(shape) - 2)
+            hint = f"; for a per-channel slope give it shape {per_channel}"
+        raise ModelError(
+            f"{_where(g, n)}: the slope of shape {tuple(s.shape)} does not broadcast to the "
+            f"input's shape {tuple(shape)} (ONNX aligns the trailing axes){hint}"
+        ) from None
+    if full.shape != s.shape:
+        g.set_inputs(n, [x, g.add_const(full.copy(), f"{n}_slope")])
+
+
+_FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def _cast(g: Graph, n: str) -> None:
+    """A Cast between float types is a no-op on fixed-point values (becomes Identity)."""
+    d = g.node(n)
+    to = int(d["attrs"].get("to", 0))
+    if to not in _FLOAT_TYPES:
+        name = (
+            onnx.TensorProto.DataType.Name(to) if to in onnx.TensorProto.DataType.values() else to
+        )
+        raise ModelError(
+            f"{_where(g, n)}: a Cast of a computed tensor to {name} is not supported (only "
+            "Casts to FLOAT16, BFLOAT16, FLOAT or DOUBLE, and Casts of constants, which fold)"
+        )
+    d["op"], d["attrs"] = "Identity", {}
 
 
 def _to_reshape(g: Graph, n: str) -> None:
@@ -439,9 +497,12 @@ def _pad(g: Graph, n: str) -> None:
 
 
 def _gather(g: Graph, n: str) -> None:
-    """Gather of a computed tensor at constant indices (negative ones normalized)."""
+    """Gather of a computed tensor at constant indices (negative ones normalized), or of a
+    constant table by the client's integer ids (`_embedding`)."""
     d = g.node(n)
     x, idx = d["inputs"]
+    if g.is_const(x) and not g.is_const(idx):
+        return legalize_embedding(g, n)
     if g.is_const(x) or not g.is_const(idx):
         raise ModelError(
             f"{_where(g, n)}: only a computed tensor gathered at constant indices is supported "
@@ -546,6 +607,7 @@ _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "LeakyRelu": _leaky_relu,
     "Clip": _clip,
     "PRelu": _prelu,
+    "Cast": _cast,
     "Flatten": _to_reshape,
     "Squeeze": _to_reshape,
     "Unsqueeze": _to_reshape,
@@ -556,6 +618,7 @@ _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "Pad": _pad,
     "Gather": _gather,
     "Split": _split,
+    "Equal": legalize_id_compare,
     "Tile": _tile,
     "Expand": _expand,
     "Dropout": _dropout,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from mpcc.compiler.blockers import Blocker, raise_if_any
 from mpcc.compiler.fusions import fuse_all
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.legalize import legalize
@@ -37,12 +38,20 @@ PASSES: tuple[Callable[[Graph], None], ...] = (
 )
 
 
-def run_all(g: Graph, keep_softmax: bool = False) -> Graph:
+def run_all(g: Graph, blockers: list[Blocker] | None = None, keep_softmax: bool = False) -> Graph:
     """Run every pass in order; return the same (now legalized and simplified) graph.
 
-    With `keep_softmax` a final Softmax/LogSoftmax is computed securely, not dropped."""
+    With `blockers` (what earlier checks found), legalization adds what it finds and one
+    ModelError reports them all before the rewrites run. With `keep_softmax` a final
+    Softmax/LogSoftmax is computed securely, not dropped."""
     for p in PASSES:
-        if not (keep_softmax and p is drop_final_softmax):
+        if keep_softmax and p is drop_final_softmax:
+            continue
+        if p is legalize:
+            legalize(g, blockers)
+            if blockers is not None:
+                raise_if_any(blockers)
+        else:
             p(g)
     g.prune()
     return g

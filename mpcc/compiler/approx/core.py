@@ -99,6 +99,12 @@ def mul(em: Emitter, a: Value, b: Value, scale: int | None = None) -> Value:
     return p if scale is None else to_scale(em, p, scale)
 
 
+def square(em: Emitter, a: Value, scale: int | None = None) -> Value:
+    """a * a (a Beaver pair: half a product's traffic), truncated to `scale` if given."""
+    p = em.emit(ops.square, (a.id,))
+    return p if scale is None else to_scale(em, p, scale)
+
+
 def add(em: Emitter, a: Value, b: Value) -> Value:
     top = max(a.scale, b.scale)
     return em.emit(ops.add, (to_scale(em, a, top).id, to_scale(em, b, top).id))
@@ -212,8 +218,11 @@ def powers(em: Emitter, t: Value, deg: int) -> Value:
     m = 1
     while m < deg:
         k = min(m, deg - m)
-        top = take(em, pw, m - 1, m)
-        prod = to_scale(em, em.emit(ops.mul, (top.id, take(em, pw, 0, k).id)), s)
+        if m == 1:
+            prod = square(em, pw, s)
+        else:
+            top = take(em, pw, m - 1, m)
+            prod = to_scale(em, em.emit(ops.mul, (top.id, take(em, pw, 0, k).id)), s)
         pw = em.emit(ops.concat, (pw.id, prod.id), axis=len(t.shape))
         m += k
     return pw

@@ -21,7 +21,16 @@ from __future__ import annotations
 import numpy as np
 
 from mpcc.compiler import ops
-from mpcc.compiler.approx.core import Emitter, add_c, cheb_fit, inner, mul, poly, relabel, to_scale
+from mpcc.compiler.approx.core import (
+    Emitter,
+    add_c,
+    cheb_fit,
+    inner,
+    poly,
+    relabel,
+    square,
+    to_scale,
+)
 from mpcc.compiler.ir import Value
 
 EXP_LO = -16.0
@@ -29,15 +38,18 @@ SQUARINGS = 4  # exp(x) = exp(x / 16)^16
 EXP_DEG = 5
 
 
-def exp(em: Emitter, x: Value) -> Value:
-    """exp(min(max(x, -16), 0)) at the internal scale f + 4 (truncate it for an output)."""
+def exp(em: Emitter, x: Value, nonpositive: bool = False) -> Value:
+    """exp(min(max(x, -16), 0)) at the internal scale f + 4 (truncate it for an output).
+
+    `nonpositive`: the caller guarantees x <= 0 (a softmax's x - max), so only the lower
+    bound is clamped (one ReLU, not two)."""
     s = inner(em.f)
     # 2v + 1 in [-1, 1] for v = x / 16: the clamp's fused shift brings x to at most s - 3
     # bits; the relabel reads the same element as x / 8.
     shift = max(x.scale - (s - (SQUARINGS - 1)), 0)
-    xc = em.emit(ops.clip, (x.id,), lo=EXP_LO, hi=0.0, shift=shift)
+    xc = em.emit(ops.clip, (x.id,), lo=EXP_LO, hi=None if nonpositive else 0.0, shift=shift)
     t = add_c(em, to_scale(em, relabel(em, xc, SQUARINGS - 1), s), 1.0)
     y = poly(em, t, cheb_fit(np.exp, -1.0, 0.0, EXP_DEG), s)
     for _ in range(SQUARINGS):
-        y = mul(em, y, y, s)
+        y = square(em, y, s)
     return y

@@ -16,7 +16,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mpcc.compiler import ops
-from mpcc.compiler.approx.core import Emitter, add_c, at_most, budget, inner, mul, sub, to_scale
+from mpcc.compiler.approx.core import (
+    Emitter,
+    add_c,
+    at_most,
+    budget,
+    inner,
+    mul,
+    square,
+    sub,
+    to_scale,
+)
 from mpcc.compiler.approx.exp import exp
 from mpcc.compiler.approx.recip import log, reciprocal, rsqrt
 from mpcc.compiler.approx.reduce import reduce_max, reduce_mean, reduce_sum
@@ -28,7 +38,7 @@ def softmax(em: Emitter, x: Value, axes: Sequence[int], scale: int) -> Value:
     s = inner(em.f)
     x = at_most(em, x, s)
     d = sub(em, x, reduce_max(em, x, axes, True))
-    e = exp(em, d)  # at s bits, in (0, 1]
+    e = exp(em, d, nonpositive=True)  # at s bits, in (0, 1]
     r = reciprocal(em, reduce_sum(em, e, axes, True), budget(em.f) - s)
     return mul(em, e, r, scale)
 
@@ -38,7 +48,7 @@ def logsoftmax(em: Emitter, x: Value, axes: Sequence[int], scale: int) -> Value:
     s = inner(em.f)
     x = at_most(em, x, s)
     d = sub(em, x, reduce_max(em, x, axes, True))
-    lse = log(em, reduce_sum(em, exp(em, d), axes, True))
+    lse = log(em, reduce_sum(em, exp(em, d, nonpositive=True), axes, True))
     return to_scale(em, sub(em, to_scale(em, d, s), lse), scale)
 
 
@@ -46,8 +56,9 @@ def normalise(em: Emitter, x: Value, axes: Sequence[int], eps: float) -> Value:
     """(x - mean) / sqrt(var + eps) over `axes`, at f bits."""
     f, s = em.f, inner(em.f)
     x = at_most(em, x, f)
-    d = sub(em, x, reduce_mean(em, x, axes, True))
-    var = reduce_mean(em, mul(em, d, d, s), axes, True)
+    # a power-of-two mean is the sum at more bits (free): d may carry up to f + log2(n) bits
+    d = at_most(em, sub(em, x, reduce_mean(em, x, axes, True)), budget(f) // 2)
+    var = reduce_mean(em, square(em, d, s), axes, True)
     r = rsqrt(em, add_c(em, var, eps), budget(f) - d.scale)
     return mul(em, d, r, f)
 
@@ -56,7 +67,7 @@ def l2_normalise(em: Emitter, x: Value, axes: Sequence[int]) -> Value:
     """x / sqrt(sum x^2) over `axes` (sum clamped to [2^-10, 2^14]), at f bits."""
     f, s = em.f, inner(em.f)
     x = at_most(em, x, f)
-    ss = reduce_sum(em, mul(em, x, x, s), axes, True)
+    ss = reduce_sum(em, square(em, x, s), axes, True)
     r = rsqrt(em, ss, budget(f) - x.scale)
     return mul(em, x, r, f)
 

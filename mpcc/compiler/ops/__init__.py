@@ -17,6 +17,7 @@ from mpcc.compiler.ops.arith import (
     mul_public,
     relabel,
     rescale,
+    square,
     sub,
     trunc,
 )
@@ -60,6 +61,7 @@ ALL: tuple[Op, ...] = (
     relabel,
     dot_const,
     reduce_sum,
+    square,
 )
 assert set(ALL) == set(REGISTRY.values()), "every declared op is listed in ALL"
 

@@ -52,6 +52,10 @@ class Backend:
         """x @ y of two secrets, with numpy's matmul broadcasting over leading axes."""
         raise NotImplementedError
 
+    def square(self, x: np.ndarray) -> np.ndarray:
+        """x * x of one secret."""
+        raise NotImplementedError
+
     def truncate(self, x: np.ndarray, shift: int) -> np.ndarray:
         """floor(x / 2^shift) (the secure protocol may add 1 LSB)."""
         raise NotImplementedError
