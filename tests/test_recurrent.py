@@ -133,6 +133,9 @@ def test_activations_other_than_the_defaults():
     acts = ["Tanh", "Relu", "Sigmoid"]
     check_expansion(rnn_model("LSTM", activations=acts))
     check_expansion(rnn_model("GRU", "bidirectional", activations=["Relu", "Tanh"] * 2))
+    # different activations per direction: two unrollings instead of one of double width
+    acts = ["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Tanh", "Relu"]
+    check_expansion(rnn_model("LSTM", "bidirectional", init="input", activations=acts))
 
 
 def test_full_sequence_lens():
@@ -151,6 +154,14 @@ def test_zero_initial_state_costs_no_first_step_products():
     assert counted.count("MatMul") == 1 + (SEQ - 1)  # input projection + one per later step
     assert counted.count("Mul") == 2 + 3 * (SEQ - 1)
     assert counted.count("Sigmoid") == SEQ  # i, o, f together
+
+
+def test_bidirectional_steps_run_both_directions_at_once():
+    g = graph_of(rnn_model("GRU", "bidirectional", outputs=("Y",)))
+    expand_recurrent(g)
+    counted = ops(g)
+    assert counted.count("Sigmoid") == counted.count("Tanh") == SEQ
+    assert counted.count("MatMul") == 1 + 2 * (SEQ - 1)  # linear_before_reset=0: two a step
 
 
 @pytest.mark.parametrize(
