@@ -94,8 +94,7 @@ REFUSALS: dict[str, tuple[str, str]] = {
 
 # Cases known to give wrong results, each with why and who owns the fix. The suite fails on
 # any other wrong result, and on a listed case that passes (then take it off the list).
-KNOWN_WRONG: dict[str, str] = {
-}
+KNOWN_WRONG: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
