@@ -4,7 +4,8 @@ One module per family: `core` (stacking, comparison bits, Chebyshev-fitted polyn
 piecewise selection), `exp`, `recip` (reciprocal, 1/sqrt, sqrt, log, division), `activations`
 (sigmoid, tanh, erf, GELU, SiLU, hard sigmoid/swish), `reduce` (sum, mean, max over any
 axes) and `norm` (softmax, log-softmax, layer and L2 normalisation). Each module states its
-input range, error bound and cost; `tests/test_approx.py` checks the bounds over 10^6 points.
+input range, error bound and cost; `tests/test_approx.py` checks the bounds over 10^6 points,
+and docs/ops.md ("Smooth functions") tabulates them.
 """
 
 from mpcc.compiler.approx.activations import (
