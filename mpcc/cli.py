@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,25 +20,52 @@ from mpcc.inputs import load_npy
 def cmd_compile(args: argparse.Namespace) -> int:
     from mpcc.api import compile as compile_model
     from mpcc.compiler import planfile
+    from mpcc.compiler.calibrate import CalibrationWarning
     from mpcc.compiler.report import format_report, report_json
-    from mpcc.frontends.onnx import parse_input_shapes
+    from mpcc.frontends.onnx import parse_fixed_inputs, parse_input_shapes
 
     shapes = parse_input_shapes(args.input_shape) if args.input_shape else None
-    prog, weights = compile_model(
-        args.model,
-        input_shape=shapes,
-        frac_bits=args.frac_bits,
-        public_weights=args.public_weights,
-        keep_softmax=args.keep_softmax,
-    )
+    fixed = parse_fixed_inputs(args.fix_input) if args.fix_input else None
+    calibration = _load_calibration(args.calibrate) if args.calibrate else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        plan = compile_model(
+            args.model,
+            input_shape=shapes,
+            frac_bits=args.frac_bits,
+            public_weights=args.public_weights,
+            keep_softmax=args.keep_softmax,
+            calibrate=calibration,
+            fix_inputs=fixed,
+        )
+    for w in caught:
+        if issubclass(w.category, CalibrationWarning):
+            print(f"mpcc: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    prog, weights, report = plan.program, plan.weights, plan.calibration
     out = Path(args.output) if args.output else Path(args.model).with_suffix(".mpcc")
     planfile.save(out, prog, weights)
     if args.json:
-        print(json.dumps(dict(report_json(prog), plan_file=str(out)), indent=1))
+        print(json.dumps(dict(report_json(prog, calibration=report), plan_file=str(out)), indent=1))
     else:
-        print(format_report(prog))
+        print(format_report(prog, calibration=report))
         print(f"wrote {out}")
     return 0
+
+
+def _load_calibration(path: str) -> np.ndarray | dict[str, np.ndarray]:
+    """Calibration inputs: a .npy array [N, ...] (one input), or an .npz of arrays by input
+    name."""
+    if str(path).endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise InputError(f"no calibration file at {path}") from None
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path} is not an .npz archive of arrays ({e})") from None
+    return load_npy(path)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -138,7 +166,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[NAME=]DxDx..",
         help="fix an input's shape, e.g. 1x1x28x28 or input=64x1x28x28 (repeatable)",
     )
-    c.add_argument("--frac-bits", type=int, default=16, help="fixed-point fractional bits")
+    c.add_argument(
+        "--fix-input",
+        action="append",
+        metavar="NAME=VALUE",
+        help="fix an input to a constant, e.g. attention_mask=1 (no padding): what it feeds "
+        "folds away and the client does not send it (repeatable)",
+    )
+    c.add_argument(
+        "--frac-bits",
+        type=int,
+        default=None,
+        help="fixed-point fractional bits (default 16, or chosen by --calibrate)",
+    )
+    c.add_argument(
+        "--calibrate",
+        metavar="X.npy",
+        help="representative inputs [N, ...] (.npy; .npz by input name): run the float model "
+        "on them, choose --frac-bits from the value ranges (or check the one given) and "
+        "report each layer's headroom and resolution",
+    )
     c.add_argument(
         "--public-weights",
         action="store_true",

@@ -54,7 +54,10 @@ IR_END = "<!-- irops:end -->"
 
 IMAGE = (1, 4, 8, 8)
 FLAT = (1, 16)
+IDS = (1, 8)
+SEQUENCE = (4, 1, 8)  # [steps, batch, features]
 SECRET = "x"  # an extra input named SECRET is the model's input itself (a second secret)
+PREV = "<"  # an extra input naming the previous node's output
 
 
 def _w(*shape: int) -> np.ndarray:
@@ -73,9 +76,11 @@ def _i64(*values: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Sample:
-    """A chain of nodes on input ``x``; each node takes the previous output, then ``extra``.
+    """A chain of nodes on input ``x``; each node takes the previous output, then ``extra``
+    (unless ``extra`` names its inputs itself: ``PREV`` for the previous output, ``x``).
 
-    The first ``context`` nodes are context: their own IR and rounds are subtracted.
+    The first ``context`` nodes are context: their own IR and rounds are subtracted. Outputs
+    no later node reads are the model's outputs; ``ids``: ``x`` holds int64 token ids.
     """
 
     op: str
@@ -86,12 +91,21 @@ class Sample:
     context: int = 0
     opset: int = 17
     keep_softmax: bool = False
+    ids: bool = False
 
 
 def _s(
-    op: str, case: str, *nodes, consts=None, shape=IMAGE, context=0, opset=17, keep=False
+    op: str,
+    case: str,
+    *nodes,
+    consts=None,
+    shape=IMAGE,
+    context=0,
+    opset=17,
+    keep=False,
+    ids=False,
 ) -> Sample:
-    return Sample(op, case, tuple(nodes), dict(consts or {}), shape, context, opset, keep)
+    return Sample(op, case, tuple(nodes), dict(consts or {}), shape, context, opset, keep, ids)
 
 
 def _n(op: str, *extra: str, **attrs) -> tuple[str, tuple[str, ...], dict]:
@@ -156,6 +170,29 @@ SAMPLES: tuple[Sample, ...] = (
     ),
     _s("Pad", "", _n("Pad", "p"), consts={"p": _i64(0, 0, 1, 1, 0, 0, 1, 1)}),
     _s("Gather", "constant indices", _n("Gather", "i", axis=1), consts={"i": _i64(2, 0)}),
+    _s(
+        "Gather",
+        "rows of a constant table by client ids (one-hot uploaded)",
+        _n("Gather", "table", PREV),
+        consts={"table": _w(12, 4)},
+        shape=IDS,
+        ids=True,
+    ),
+    *(
+        _s(
+            op,
+            "ids compared with a constant, cast to float (a mask: local)",
+            _n("Gather", "table", PREV),
+            _n("Equal", SECRET, "pad"),
+            _n("Not", PREV),
+            _n("Cast", PREV, to=1),
+            consts={"table": _w(12, 4), "pad": _i64(0)[0]},
+            shape=IDS,
+            ids=True,
+            context=1,
+        )
+        for op in ("Equal", "Not", "Cast")
+    ),
     _s("Split", "", _n("Split", "sp", axis=1), consts={"sp": _i64(4)}),
     _s("Tile", "", _n("Tile", "r"), consts={"r": _i64(1, 2, 1, 1)}),
     _s("Expand", "", _n("Expand", "s"), consts={"s": _i64(2, 1, 1, 1)}),
@@ -188,6 +225,20 @@ SAMPLES: tuple[Sample, ...] = (
     _s("HardSigmoid", "", _n("HardSigmoid")),
     _s("HardSwish", "", _n("HardSwish")),
     _s("LpNormalization", "p = 2", _n("LpNormalization", axis=1)),
+    _s(
+        "LSTM",
+        "4 steps, hidden 8",
+        _n("LSTM", "W", "R", "B", hidden_size=8),
+        consts={"W": _w(1, 32, 8), "R": _w(1, 32, 8), "B": _w(1, 64)},
+        shape=SEQUENCE,
+    ),
+    _s(
+        "GRU",
+        "4 steps, hidden 8",
+        _n("GRU", "W", "R", "B", hidden_size=8, linear_before_reset=1),
+        consts={"W": _w(1, 24, 8), "R": _w(1, 24, 8), "B": _w(1, 48)},
+        shape=SEQUENCE,
+    ),
 )
 
 
@@ -195,17 +246,24 @@ def _model(sample: Sample, upto: int) -> onnx.ModelProto:
     nodes, prev = [], SECRET
     for i, (op, extra, attrs) in enumerate(sample.nodes[:upto]):
         out = f"t{i}"
-        nodes.append(helper.make_node(op, [prev, *extra], [out], f"{op.lower()}_{i}", **attrs))
+        named = PREV in extra or (sample.ids and SECRET in extra)
+        inputs = [prev if t == PREV else t for t in extra] if named else [prev, *extra]
+        nodes.append(helper.make_node(op, inputs, [out], f"{op.lower()}_{i}", **attrs))
         prev = out
     used = {t for n in nodes for t in n.input}
+    outputs = [n.output[0] for n in nodes if n.output[0] not in used]
     inits = [
         numpy_helper.from_array(np.asarray(v), k) for k, v in sample.consts.items() if k in used
     ]
     graph = helper.make_graph(
         nodes,
         f"{sample.op}_sample",
-        [helper.make_tensor_value_info(SECRET, TensorProto.FLOAT, list(sample.shape))],
-        [helper.make_tensor_value_info(prev, TensorProto.UNDEFINED, None)],
+        [
+            helper.make_tensor_value_info(
+                SECRET, TensorProto.INT64 if sample.ids else TensorProto.FLOAT, list(sample.shape)
+            )
+        ],
+        [helper.make_tensor_value_info(t, TensorProto.UNDEFINED, None) for t in outputs],
         inits,
     )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", sample.opset)])

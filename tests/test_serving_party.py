@@ -144,6 +144,8 @@ def _deploy_to(
     for n in sorted(shares):
         ch.send_msg("share", {"name": n}, [shares[n]])
     ch.send_msg("commit")
+    ch.recv_msg(10, expect="staged")  # two-phase: staged, then activated
+    ch.send_msg("activate")
     ch.recv_msg(10, expect="deployed")
     ch.close()
 

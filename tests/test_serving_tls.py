@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import socket
@@ -284,3 +285,11 @@ def test_party_start_checks_certificate_expiry(tmp_path, caplog):
     assert not caplog.records
     with pytest.raises(MpccError, match="1 to 36500 days"):
         init_ca(tmp_path / "none", "test", days=0)
+
+
+def test_an_array_spec_of_the_wrong_type_is_a_frame_error():
+    # found by hypothesis (test_serving_properties): a dtype given as a list raised TypeError
+    # (unhashable), past the FrameError handling
+    h = json.dumps({"k": "x", "m": {}, "a": [[["<u8"], [1]]]}).encode()
+    with pytest.raises(FrameError, match="describes an array badly"):
+        decode_body(bytearray(struct.pack("<I", len(h)) + h + bytes(8)))

@@ -73,8 +73,10 @@ def test_reduce_sum_opset_13_axes_input_and_all_axes() -> None:
         ("HardSigmoid", X, 2**-12),
         ("HardSwish", X, 2**-10),
         ("Exp", -POS, 2**-10),
+        ("Exp", X / 2, 2**-10 * 100),  # e^x up to ~100 on x <= 8: relative 2^-10
         ("Sqrt", POS, 2**-9),
         ("Reciprocal", POS, 2**-10 * 20),  # 1/x up to 20: relative 2^-10
+        ("Reciprocal", POS * np.sign(X), 2**-10 * 20),
         ("Log", POS, 2**-9),
     ],
 )
@@ -157,11 +159,14 @@ def _fused(m, x: np.ndarray, tol: float, note: str) -> None:
     assert any(note in n for n in plan.program.notes), plan.program.notes
 
 
-def test_decomposed_layernorm_is_fused() -> None:
+@pytest.mark.parametrize("twice", [False, True])
+def test_decomposed_layernorm_is_fused(twice) -> None:
+    """`twice`: the deviation computed by two Subs, as the dynamo exporter emits it."""
     nodes = [
         node("ReduceMean", ["x"], ["mu"], axes=[-1]),
         node("Sub", ["x", "mu"], ["d"]),
-        node("Pow", ["d", "two"], ["d2"]),
+        *([node("Sub", ["x", "mu"], ["d_again"])] if twice else []),
+        node("Pow", ["d_again" if twice else "d", "two"], ["d2"]),
         node("ReduceMean", ["d2"], ["var"], axes=[-1]),
         node("Add", ["var", "eps"], ["ve"]),
         node("Sqrt", ["ve"], ["sd"]),
@@ -238,3 +243,55 @@ def test_unsupported_pow_names_the_node() -> None:
     m = _one("Pow", "e", inits={"e": np.float32(3.0)})
     with pytest.raises(ModelError, match=r"node 'y' \(op Pow\): exponent \[3.0\]"):
         mpcc.compile(m, input_shape={"x": X.shape})
+
+
+# ---- a torch module through both exporters ------------------------------------------------
+
+
+def _torch_block():
+    import torch
+    import torch.nn.functional as tf
+    from torch import nn
+
+    class HandNorm(nn.Module):
+        """A layer norm written out, as older code does (exported decomposed)."""
+
+        def forward(self, x):
+            mu = x.mean(-1, keepdim=True)
+            var = (x - mu).pow(2).mean(-1, keepdim=True)
+            return (x - mu) / torch.sqrt(var + 1e-5)
+
+    class Block(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.l1, self.ln = nn.Linear(16, 32), nn.LayerNorm(32)
+            self.l2, self.l3, self.hand = nn.Linear(32, 32), nn.Linear(32, 8), HandNorm()
+
+        def forward(self, x):
+            h = tf.gelu(self.ln(self.l1(x)))
+            h = tf.gelu(self.l2(h), approximate="tanh") + tf.silu(h)
+            a = torch.softmax(h.reshape(-1, 4, 8), dim=-1).reshape(-1, 32)
+            h = torch.sigmoid(self.l3(a * h)) + torch.tanh(self.l3(h))
+            h = self.hand(h)
+            return h / h.norm(dim=-1, keepdim=True)
+
+    torch.manual_seed(0)
+    return Block().eval(), torch.randn(4, 16)
+
+
+@pytest.mark.parametrize(
+    "dynamo",
+    [False, pytest.param(True, marks=pytest.mark.slow)],  # its export takes 25 s
+)
+def test_a_torch_block_with_every_smooth_op(dynamo) -> None:
+    module, x = _torch_block()
+    ref = module(x).detach().numpy()
+    plan = mpcc.compile(module, example_input=x, dynamo=dynamo)
+    notes = " ".join(plan.program.notes)
+    assert "SiLU" in notes and "L2 normalisation" in notes and "layer norm" in notes
+    with LocalCluster(plan) as cluster:
+        got = cluster.predict(x.numpy())
+        stats = cluster.stats
+    assert np.abs(got - ref).max() <= 2e-3
+    want = estimate(plan.program).total
+    assert stats.sent == (want.sent, want.sent) and stats.dealer_bytes == want.dealer

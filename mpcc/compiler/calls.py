@@ -81,6 +81,16 @@ class MatMulSS(Call):
 
 
 @dataclass(frozen=True)
+class Square(Call):
+    """Z = X * X of one secret of n elements: a Beaver pair (A, A^2), one opening."""
+
+    n: int
+
+    def cost(self) -> Cost:
+        return costs.square(self.n)
+
+
+@dataclass(frozen=True)
 class Truncate(Call):
     """Drop `shift` fractional bits of n elements (known-MSB truncation, one round)."""
 
@@ -102,4 +112,14 @@ class Relu(Call):
         return costs.relu(self.n, self.shift)
 
 
-CALL_TYPES: tuple[type[Call], ...] = (Linear, Multiply, MatMulSS, Truncate, Relu)
+@dataclass(frozen=True)
+class Sign(Call):
+    """[x >= 0] of n elements as arithmetic 0/1 shares (the ReLU's comparison, 8 rounds)."""
+
+    n: int
+
+    def cost(self) -> Cost:
+        return costs.sign(self.n)
+
+
+CALL_TYPES: tuple[type[Call], ...] = (Linear, Multiply, MatMulSS, Truncate, Relu, Square, Sign)

@@ -237,15 +237,23 @@ def fuse_layernorm(g: Graph) -> None:
         if pw is None:
             continue
         ins = g.node(pw)["inputs"]
-        squares = (g.op(pw) == "Pow" and ins[0] == d and _near(_scalar(g, ins[1]), 2.0)) or (
-            g.op(pw) == "Mul" and ins == [d, d]
+        d2 = ins[0]  # the deviation squared: d itself, or the same Sub again (dynamo)
+        twin = g.producer(d2)
+        same = d2 == d or (
+            twin is not None and g.op(twin) == "Sub" and g.node(twin)["inputs"] == [x, mean]
         )
-        if not squares:
+        squares = (g.op(pw) == "Pow" and _near(_scalar(g, ins[1]), 2.0)) or (
+            g.op(pw) == "Mul" and ins == [d2, d2]
+        )
+        if not (same and squares):
             continue
         ax = _reduce_axes(g, rm1)
         rank = len(g.shape(x))
         chain = [rm1, sub, pw, rm2, add, sq, div]
         inner = [mean, d, g.node(pw)["outputs"][0], v, g.node(add)["outputs"][0], s]
+        if d2 != d:
+            chain.insert(1, twin)
+            inner.append(d2)
         readers_ok = all(t not in g.outputs and set(g.consumers(t)) <= set(chain) for t in inner)
         keep = all(g.node(r)["attrs"].get("keepdims", 1) for r in (rm1, rm2))
         if ax != _reduce_axes(g, rm2) or ax != tuple(range(ax[0], rank)) or not keep:

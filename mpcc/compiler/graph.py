@@ -36,7 +36,7 @@ SUPPORTED_OPS: dict[str, str] = {
     "Add": "elementwise sum of two tensors, or of a tensor and a constant",
     "Sub": "elementwise difference of two tensors, or with a constant",
     "Mul": "elementwise product of two tensors, or of a tensor and a constant",
-    "Div": "division by a constant (a Mul) or by a secret in [2^-6, 2^14]",
+    "Div": "division by a constant (a Mul) or by a secret with |x| in [2^-6, 2^14]",
     "BatchNormalization": "inference batch norm (folded into the neighbouring Conv/MatMul)",
     "Relu": "max(x, 0)",
     "LeakyRelu": "x if x > 0 else alpha * x",
@@ -54,10 +54,10 @@ SUPPORTED_OPS: dict[str, str] = {
     "LogSoftmax": "over any axis, with max subtraction (a final one is dropped unless "
     "keep_softmax)",
     "LayerNormalization": "over the trailing axes from `axis` (the decomposed form is fused)",
-    "Exp": "exp on [-16, 0], clamped (range reduction and squaring)",
+    "Exp": "exp on [-16, 8], clamped (range reduction and squaring)",
     "Log": "log on [2^-6, 2^14], clamped",
     "Sqrt": "sqrt on [2^-10, 2^14], clamped",
-    "Reciprocal": "1/x on [2^-6, 2^14], clamped",
+    "Reciprocal": "1/x for |x| in [2^-6, 2^14], clamped",
     "Pow": "constant exponent 2 (a secret square), 1, 0.5, -0.5 or -1",
     "Sigmoid": "piecewise polynomial, abs. error 2^-10",
     "Tanh": "piecewise polynomial, abs. error 2^-10",
@@ -66,6 +66,10 @@ SUPPORTED_OPS: dict[str, str] = {
     "HardSigmoid": "max(0, min(1, alpha x + beta))",
     "HardSwish": "x * HardSigmoid(x)",
     "LpNormalization": "p = 2: x / ||x|| along an axis",
+    "LSTM": "unrolled over the fixed sequence length (MatMuls, Sigmoid, Tanh, products); any "
+    "direction and layout, peepholes; no clip, input_forget or variable lengths",
+    "GRU": "unrolled over the fixed sequence length (MatMuls, Sigmoid, Tanh, products); any "
+    "direction and layout, linear_before_reset 0 or 1; no clip or variable lengths",
     "Neg": "negation",
     "Flatten": "reshape to 2-D",
     "Reshape": "change the shape (the target shape must be constant)",
@@ -73,14 +77,18 @@ SUPPORTED_OPS: dict[str, str] = {
     "Concat": "join tensors along an axis (constants too)",
     "Slice": "take a strided sub-tensor (constant bounds)",
     "Pad": "constant-value padding",
-    "Gather": "take entries at constant indices along any axis",
+    "Gather": "take entries at constant indices along any axis; or rows of a constant table "
+    "by integer ids the client one-hot encodes (embeddings)",
+    "Equal": "integer ids compared with a constant (a column of their one-hot; e.g. a mask)",
+    "Not": "negation of an id comparison (1 - x)",
     "Split": "split along an axis (becomes Slices)",
     "Tile": "repeat along axes (constant repeats)",
     "Expand": "broadcast to a constant shape (becomes Reshape + Tile)",
     "Squeeze": "drop size-1 axes",
     "Unsqueeze": "insert size-1 axes",
     "Identity": "no-op (removed)",
-    "Cast": "between float types: no-op (removed); Casts of constants fold",
+    "Cast": "between float types, or of an id comparison to float: no-op (removed); Casts of "
+    "constants fold",
     "Dropout": "no-op at inference (removed)",
 }
 
@@ -138,6 +146,10 @@ class Graph:
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.notes: list[str] = []
+        self.int_inputs: set[str] = set()  # inputs of an integer type (e.g. token ids)
+        # Inputs the client encodes other than as fixed-point reals: name -> {"encoding":
+        # "onehot", "depth": V} (ids one-hot encoded over V classes; set by legalization)
+        self.input_encodings: dict[str, dict[str, Any]] = {}
         # The precision of the model's float constants: the plan keeps its weights in it.
         self.float_dtype = np.dtype(np.float32)
         self._producer: dict[str, str] = {}
@@ -177,6 +189,12 @@ class Graph:
             if vi.name not in g.constants and all(d.HasField("dim_value") for d in dims):
                 g.shapes[vi.name] = tuple(d.dim_value for d in dims)
         g.inputs = [i.name for i in mg.input if i.name not in g.constants]
+        g.int_inputs = {
+            i.name
+            for i in mg.input
+            if i.name in g.inputs
+            and helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).kind in "iub"
+        }
         g.outputs = [o.name for o in mg.output]
         for n in nodes:
             attrs = {a.name: _plain(helper.get_attribute_value(a)) for a in n.attribute}

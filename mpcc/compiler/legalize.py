@@ -45,6 +45,7 @@ import onnx
 
 from mpcc.compiler import legalize_smooth
 from mpcc.compiler.blockers import ATTRIBUTE, Blocker, raise_if_any
+from mpcc.compiler.embedding import legalize_embedding, legalize_id_compare, one_hot_inputs
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.recurrent import expand_recurrent
 from mpcc.errors import ModelError
@@ -60,7 +61,10 @@ def legalize(g: Graph, blockers: list[Blocker] | None = None) -> None:
     found: list[Blocker] = []
     skip = {b.node for b in blockers or []}
     expand_recurrent(g)
+    one_hot_inputs(g)
     for n in g.topo_nodes():
+        if n not in g.nx:  # removed by an earlier rule (an id comparison's Not and Cast)
+            continue
         rule = _LEGALIZE.get(g.op(n))
         if rule is None or n in skip:
             continue
@@ -282,6 +286,11 @@ def _binary(g: Graph, n: str) -> None:
         )
     d["op"], d["attrs"] = op, {}
     g.set_inputs(n, [x, y])
+    if g.is_const(y) and not g.is_const(x) and g.shape(x) == g.shape(out):
+        c = g.const(y)
+        if (op == "Mul" and (c == 1).all()) or (op == "Add" and (c == 0).all()):
+            d["op"] = "Identity"  # e.g. a mask of ones fixed by --fix-input; removed later
+            g.set_inputs(n, [x])
 
 
 def _batchnorm(g: Graph, n: str) -> None:
@@ -488,9 +497,12 @@ def _pad(g: Graph, n: str) -> None:
 
 
 def _gather(g: Graph, n: str) -> None:
-    """Gather of a computed tensor at constant indices (negative ones normalized)."""
+    """Gather of a computed tensor at constant indices (negative ones normalized), or of a
+    constant table by the client's integer ids (`_embedding`)."""
     d = g.node(n)
     x, idx = d["inputs"]
+    if g.is_const(x) and not g.is_const(idx):
+        return legalize_embedding(g, n)
     if g.is_const(x) or not g.is_const(idx):
         raise ModelError(
             f"{_where(g, n)}: only a computed tensor gathered at constant indices is supported "
@@ -606,6 +618,7 @@ _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "Pad": _pad,
     "Gather": _gather,
     "Split": _split,
+    "Equal": legalize_id_compare,
     "Tile": _tile,
     "Expand": _expand,
     "Dropout": _dropout,

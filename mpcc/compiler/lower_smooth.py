@@ -46,7 +46,7 @@ def _reduce(s, n: str, d: dict) -> Value:  # noqa: ANN001
         v = approx.reduce_mean(s, at_most(s, x, max_scale(s.f) - k), axes, keep)
     else:  # ReduceL2 = sqrt(sum x^2)
         x = at_most(s, x, s.f)
-        sq = s.emit(ops.mul, (x.id, x.id))
+        sq = s.emit(ops.square, (x.id,))
         v = approx.sqrt(s, approx.reduce_sum(s, sq, axes, keep))
     return _checked(s, n, d, v)
 
@@ -102,10 +102,10 @@ HANDLERS: dict[str, Callable] = {
     "LogSoftmax": _softmax,
     "LayerNormalization": _layernorm,
     "Div": _div,
-    "Exp": _unary(approx.exp),
+    "Exp": _unary(approx.exp_signed),
     "Log": _unary(approx.log),
     "Sqrt": _unary(approx.sqrt),
-    "Reciprocal": _unary(approx.reciprocal),
+    "Reciprocal": _unary(lambda em, x: approx.reciprocal(em, x, signed=True)),
     "Rsqrt": _unary(approx.rsqrt),
     "Sigmoid": _unary(approx.sigmoid),
     "Tanh": _unary(approx.tanh),

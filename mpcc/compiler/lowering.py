@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -31,6 +32,16 @@ _GLOBAL_POOL = dict(
 )
 
 
+@dataclass
+class Trace:
+    """Where a lowering put each graph tensor (for calibration): `values` maps a tensor of the
+    graph to the IR value holding it after its node; `nodes` maps every IR value to the graph
+    node whose lowering emitted it ("input"/"output" for the plan's ends)."""
+
+    values: dict[str, int] = field(default_factory=dict)
+    nodes: dict[int, str] = field(default_factory=dict)
+
+
 class _Lowering:
     def __init__(self, g: Graph, frac_bits: int, public_weights: bool) -> None:
         self.g = g
@@ -41,6 +52,7 @@ class _Lowering:
         self.env: dict[str, Value] = {}
         self.node = "input"  # the ONNX node being lowered, for error messages
         self._named: dict[tuple[str, int, str], str] = {}  # (tensor, scale, role) -> weight
+        self.trace = Trace()
 
     def emit(
         self, op: Op, args: tuple[int, ...], weights: tuple[str, ...] = (), **attrs: object
@@ -48,9 +60,11 @@ class _Lowering:
         """Append an instruction; its op's rule types the output. A rule the node breaks is
         a ModelError that names the node."""
         try:
-            return self.prog.emit(op, args, weights, **attrs)
+            v = self.prog.emit(op, args, weights, **attrs)
         except RuleError as e:
             raise ModelError(f"node {self.node!r}: {op.name}: {e}") from None
+        self.trace.nodes[v.id] = self.node
+        return v
 
     def emit_as(
         self, data: dict, op: Op, args: tuple[int, ...], weights: tuple[str, ...] = (), **attrs
@@ -156,6 +170,8 @@ class _Lowering:
             w = self.weight(b_t, self.g.const(b_t), self.f)
             return self.emit_as(data, ops.mul_w, (x.id,), (w,))
         a = self.fit(self.arg(name, a_t), self.f)
+        if a_t == b_t:  # a square (Pow 2): a Beaver pair, half the traffic
+            return self.emit_as(data, ops.square, (a.id,))
         b = self.fit(self.arg(name, b_t), self.f)
         return self.emit_as(data, ops.mul, (a.id, b.id))
 
@@ -285,7 +301,13 @@ class _Lowering:
     def run(self) -> tuple[Program, dict[str, np.ndarray]]:
         p = self.prog
         for t in self.g.inputs:
-            v = self.emit(ops.input, (), name=t, shape=list(self.g.shapes[t]))
+            enc = self.g.input_encodings.get(t, {})
+            if t in self.g.int_inputs and not enc:
+                raise ModelError(
+                    f"integer input {t!r} is not used as ids into a constant table; fix it "
+                    f"with --fix-input {t}=VALUE if the plan need not take it"
+                )
+            v = self.emit(ops.input, (), name=t, shape=list(self.g.shapes[t]), **enc)
             self.env[t] = v
             p.inputs.append((t, v.id))
         for node in self.g.topo_nodes():
@@ -305,6 +327,7 @@ class _Lowering:
             v = self.arg("output", t)
             o = self.emit(ops.output, (v.id,), name=t)
             p.outputs.append((t, o.id))
+        self.trace.values = {t: v.id for t, v in self.env.items()}
         return p, self.weights
 
 
@@ -337,7 +360,12 @@ _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
 
 
 def lower(
-    g: Graph, frac_bits: int = 16, public_weights: bool = False
+    g: Graph, frac_bits: int = 16, public_weights: bool = False, trace: Trace | None = None
 ) -> tuple[Program, dict[str, np.ndarray]]:
-    """Lower a graph that went through `passes.run_all` to a Program and its weights."""
-    return _Lowering(g, frac_bits, public_weights).run()
+    """Lower a graph that went through `passes.run_all` to a Program and its weights;
+    `trace`, if given, is filled with where each tensor went (see `Trace`)."""
+    lowering = _Lowering(g, frac_bits, public_weights)
+    out = lowering.run()
+    if trace is not None:
+        trace.values, trace.nodes = lowering.trace.values, lowering.trace.nodes
+    return out

@@ -13,7 +13,9 @@ Constants are folded while unrolling: a zero initial state (the default) removes
 step's recurrence MatMul and its products, and a constant initial state is propagated
 exactly. Two rewrites save secure products: the GRU update is computed as
 h' = h~ + z (h - h~) (one product instead of two), and without peepholes the three
-sigmoid gates of an LSTM (or the two of a GRU) are one activation over contiguous columns.
+sigmoid gates of an LSTM (or the two of a GRU) are one activation over contiguous columns;
+and a bidirectional layer with the same activations both ways is one unrolling of twice the
+width (`_both_directions`), so both directions share every step's rounds.
 
 Supported: directions forward, reverse and bidirectional; both layouts; initial states
 constant or computed; peepholes (LSTM input P); GRU's `linear_before_reset` either way;
@@ -132,6 +134,14 @@ class _Builder:
         ints = [np.array([v], np.int64) for v in (start, end, axis)]
         return self.emit("Slice", [x, *ints], tuple(shape), hint)
 
+    def reverse(self, x: Value, axis: int, hint: str) -> Value:
+        """x in reverse order along `axis`."""
+        if isinstance(x, np.ndarray):
+            return np.flip(x, axis).copy()
+        dim = self.shape(x)[axis]
+        ints = [np.array([v], np.int64) for v in (dim - 1, -dim - 1, axis, -1)]
+        return self.emit("Slice", [x, *ints], self.shape(x), hint)
+
     def reshape(self, x: Value, shape: tuple[int, ...], hint: str) -> Value:
         if isinstance(x, np.ndarray):
             return x.reshape(shape)
@@ -247,16 +257,18 @@ def _expand(g: Graph, n: str) -> None:
             g.shapes.pop(t, None)
 
     bld = _Builder(g, n, dtype)
-    ys, last_h, last_c = [], [], []
+    gh = gates * hidden
+    per_dir = [tuple(acts[k * acts_per_dir : (k + 1) * acts_per_dir]) for k in range(dirs)]
+    inits: list[dict[str, Value]] = []
     for k in range(dirs):
-        tag = f"_d{k}" if dirs > 1 else ""
         init: dict[str, Value] = {}
         for key, t in states.items():
-            s = bld.slice(g.const(t) if g.is_const(t) else t, layout, k, k + 1, f"{key}{tag}")
-            init[key] = bld.reshape(s, (batch, hidden), f"{key}{tag}_2d")
-        forward = direction == "forward" or (direction == "bidirectional" and k == 0)
-        gh = gates * hidden
-        dr = _Direction(
+            s = bld.slice(g.const(t) if g.is_const(t) else t, layout, k, k + 1, f"{key}_d{k}")
+            init[key] = bld.reshape(s, (batch, hidden), f"{key}_d{k}_2d")
+        inits.append(init)
+
+    def direction_of(k: int, tag: str, steps: range) -> _Direction:
+        return _Direction(
             x=x,
             axis=layout,
             batch=batch,
@@ -265,13 +277,27 @@ def _expand(g: Graph, n: str) -> None:
             wb=b[k][:gh],
             rb=b[k][gh:],
             p=None if p is None else p[k],
-            acts=tuple(acts[k * acts_per_dir : (k + 1) * acts_per_dir]),
-            steps=tuple(range(seq) if forward else range(seq - 1, -1, -1)),
+            acts=per_dir[k],
+            steps=tuple(steps),
             linear_before_reset=lbr,
             tag=tag,
         )
-        cell = _lstm_direction if op == "LSTM" else _gru_direction
-        hs, h, c = cell(bld, dr, init)
+
+    cell = _lstm_direction if op == "LSTM" else _gru_direction
+    # Per direction: (h by time step, last h, last c or None), each [batch, hidden].
+    runs: list[tuple[dict[int, Value], Value, Value | None]] = []
+    if dirs == 2 and per_dir[0] == per_dir[1]:
+        runs = _both_directions(
+            bld, cell, direction_of(0, "", range(seq)), direction_of(1, "", range(seq)), inits, seq
+        )
+    else:
+        for k in range(dirs):
+            forward = direction == "forward" or (direction == "bidirectional" and k == 0)
+            steps = range(seq) if forward else range(seq - 1, -1, -1)
+            runs.append(cell(bld, direction_of(k, f"_d{k}" if dirs > 1 else "", steps), inits[k]))
+    ys, last_h, last_c = [], [], []
+    for k, (hs, h, c) in enumerate(runs):
+        tag = f"_d{k}" if dirs > 1 else ""
         if used[0]:
             parts = [bld.reshape(hs[t], (1, 1, batch, hidden), f"y{t}{tag}") for t in range(seq)]
             ys.append(bld.concat(parts, 0, f"y{tag}"))
@@ -287,6 +313,53 @@ def _expand(g: Graph, n: str) -> None:
         if u:
             v = make()
             bld.bind(bld.transpose(v, perm, f"{t}_layout") if layout else v, t)
+
+
+def _interleave(a: np.ndarray, b: np.ndarray, gates: int) -> np.ndarray:
+    """Columns [..., gates * h] of two directions as [..., gates * 2h]: gate-major, the
+    forward direction's h columns then the backward one's in each gate."""
+    lead = a.shape[:-1]
+    h = a.shape[-1] // gates
+    both = np.stack([a.reshape(*lead, gates, h), b.reshape(*lead, gates, h)], axis=-2)
+    return both.reshape(*lead, gates * 2 * h)
+
+
+def _both_directions(bld, cell, fwd: _Direction, bwd: _Direction, inits, seq: int):
+    """A bidirectional layer as one unrolling of width 2 * hidden: step j runs the forward
+    direction at time j and the backward one at time seq - 1 - j together, so each step's
+    activations and products serve both (half the rounds of two unrollings). The input is
+    [x, x reversed in time] along the features, the weights block-diagonal with gate-major,
+    direction-minor columns, so that every elementwise op of the cell applies unchanged."""
+    hid, gates = fwd.hidden, fwd.wt.shape[1] // fwd.hidden
+    zw, zr = np.zeros_like(fwd.wt), np.zeros_like(fwd.rt)
+    x_both = bld.concat([fwd.x, bld.reverse(fwd.x, fwd.axis, "x_rev")], 2, "x_both")
+    p = None if fwd.p is None else _interleave(fwd.p, bwd.p, 3)
+    dr = _Direction(
+        x=x_both,
+        axis=fwd.axis,
+        batch=fwd.batch,
+        wt=np.concatenate([_interleave(fwd.wt, zw, gates), _interleave(zw, bwd.wt, gates)]),
+        rt=np.concatenate([_interleave(fwd.rt, zr, gates), _interleave(zr, bwd.rt, gates)]),
+        wb=_interleave(fwd.wb, bwd.wb, gates),
+        rb=_interleave(fwd.rb, bwd.rb, gates),
+        p=p,
+        acts=fwd.acts,
+        steps=tuple(range(seq)),
+        linear_before_reset=fwd.linear_before_reset,
+        tag="",
+    )
+    init = {k: bld.concat([inits[0][k], inits[1][k]], 1, f"{k}_both") for k in inits[0]}
+    hs, h, c = cell(bld, dr, init)
+
+    def half(v: Value, d: int, hint: str) -> Value:
+        return bld.slice(v, 1, d * hid, (d + 1) * hid, hint)
+
+    runs = []
+    for d in range(2):
+        by_time = {t: half(hs[t if d == 0 else seq - 1 - t], d, f"h{t}_d{d}") for t in range(seq)}
+        last_c = None if c is None else half(c, d, f"c_d{d}")
+        runs.append((by_time, half(h, d, f"hlast_d{d}"), last_c))
+    return runs
 
 
 def _step_input(bld: _Builder, dr: _Direction, xw: Value, t: int) -> Value:

@@ -60,15 +60,18 @@ def parse_input_shapes(specs: list[str]) -> Shapes:
 def load(
     model: str | Path | onnx.ModelProto,
     input_shapes: Shapes | tuple[int, ...] | None = None,
+    fix_inputs: dict[str, float] | None = None,
     check_static: bool = True,
 ) -> onnx.ModelProto:
     """Load, check and fix the shapes of an ONNX model, folding everything constant.
 
-    Returns a new model (the argument is not modified) whose every non-constant tensor has a
-    static shape in `graph.value_info` / `graph.input` / `graph.output` (without
-    `check_static`, tensors whose shape stays unknown are left for the caller to report:
-    `static_problems`). Notes for the compile
-    report (e.g. a batch dim defaulted to 1) are in the metadata property `mpcc.notes`.
+    `fix_inputs` fixes inputs to a constant value (every element), e.g. a Hugging Face
+    `attention_mask` to 1 when the client sends no padding: the input becomes a constant and
+    what it feeds folds away. Returns a new model (the argument is not modified) whose every
+    non-constant tensor has a static shape in `graph.value_info` / `graph.input` /
+    `graph.output`. Without `check_static`, tensors whose shape stays unknown are left for
+    the caller to report (`static_problems`). Notes for the compile report (e.g. a batch dim
+    defaulted to 1, an input fixed) are in the metadata property `mpcc.notes`.
     """
     m, label = _read(model)
     _check(m, label)
@@ -79,6 +82,7 @@ def load(
     _name_nodes(m.graph)
     _check_domains(m.graph)
     found = _fix_input_shapes(m.graph, input_shapes, strict=check_static)
+    found += _fix_inputs(m.graph, fix_inputs or {})
     _fold_constants(m)
     m = _infer(m)
     if check_static:
@@ -290,6 +294,46 @@ def _unfixed(name: str, dims: list, k: int) -> str:
         f"input {name!r}: dim {k}{sym} is not fixed; give the whole shape "
         f"with --input-shape {name}={example}"
     )
+
+
+def parse_fixed_inputs(specs: list[str]) -> dict[str, float]:
+    """Parse `--fix-input` values: `attention_mask=1`."""
+    fixed: dict[str, float] = {}
+    for spec in specs:
+        name, eq, value = spec.partition("=")
+        try:
+            v = float(value)
+        except ValueError:
+            v = None
+        if not eq or not name.strip() or v is None:
+            raise ModelError(
+                f"bad --fix-input {spec!r}: expected NAME=VALUE, e.g. attention_mask=1"
+            )
+        fixed[name.strip()] = v
+    return fixed
+
+
+def _fix_inputs(g: onnx.GraphProto, fixed: dict[str, float]) -> list[str]:
+    """Replace each input named in `fixed` by a constant of its shape and type; return notes."""
+    by_name = {i.name: i for i in g.input}
+    notes = []
+    for name, value in fixed.items():
+        inp = by_name.get(name)
+        if inp is None:
+            names = ", ".join(repr(i.name) for i in g.input)
+            raise ModelError(f"--fix-input for unknown input {name!r}; inputs: {names}")
+        tt = inp.type.tensor_type
+        shape = [d.dim_value for d in tt.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if dtype.kind in "iub" and value != int(value):
+            raise ModelError(f"--fix-input {name}={value:g}: input {name!r} is {dtype}, not float")
+        g.input.remove(inp)
+        g.initializer.append(numpy_helper.from_array(np.full(shape, value, dtype=dtype), name))
+        notes.append(
+            f"input {name!r} fixed to {value:g} (--fix-input): folded into the plan, the client "
+            "does not send it"
+        )
+    return notes
 
 
 def _infer(m: onnx.ModelProto) -> onnx.ModelProto:

@@ -15,7 +15,7 @@ import numpy as np
 from mpcc.compiler.batching import row_mixing, rows_independent
 from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError
-from mpcc.inputs import as_samples, pad_rows
+from mpcc.inputs import ONEHOT, as_samples, input_shape, one_hot, pad_rows
 from mpcc.runtime import kernels
 from mpcc.runtime.fixedpoint import arith_shift, decode, encode
 from mpcc.runtime.owner import encode_weight
@@ -58,11 +58,17 @@ class Cleartext(Backend):
     def matmul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
         return kernels.batched_matmul(x, y)
 
+    def square(self, x: np.ndarray) -> np.ndarray:
+        return x * x
+
     def truncate(self, x: np.ndarray, shift: int) -> np.ndarray:
         return arith_shift(x, shift)
 
     def relu(self, x: np.ndarray, shift: int) -> np.ndarray:
         return plain_relu(x, shift)
+
+    def ge_zero(self, x: np.ndarray) -> np.ndarray:
+        return (x.view(np.int64) >= 0).astype(np.uint64)
 
 
 def run_encoded(
@@ -78,6 +84,33 @@ def run_encoded(
 
 
 Samples = np.ndarray | Mapping[str, np.ndarray]
+
+
+def _input_instr(prog: Program, k: int | str = 0) -> Instr:
+    """The `input` instruction of input k (its index, or its name)."""
+    vid = dict(prog.inputs)[k] if isinstance(k, str) else prog.inputs[k][1]
+    return next(ins for ins in prog.instrs if ins.out == vid)
+
+
+def sample_shape(prog: Program, k: int | str = 0) -> tuple[int, ...]:
+    """The shape of one batch of input k as the client gives it (token ids for a one-hot
+    input: without the depth axis)."""
+    ins = _input_instr(prog, k)
+    return input_shape(prog.value(ins.out).shape, ins.attrs.get("encoding"))
+
+
+def takes_ids(prog: Program, k: int | str = 0) -> bool:
+    """Whether input k takes integer ids (one-hot encoded by the client)."""
+    return _input_instr(prog, k).attrs.get("encoding") == ONEHOT
+
+
+def encode_input(prog: Program, x: np.ndarray, k: int | str = 0) -> np.ndarray:
+    """One batch of input k as the ring elements the client shares: reals at f fractional
+    bits, or ids one-hot over the input's depth (0/1 at scale 0)."""
+    ins = _input_instr(prog, k)
+    if ins.attrs.get("encoding") == ONEHOT:
+        return one_hot(x, ins.attrs["depth"], ins.attrs["name"])
+    return encode(x, prog.frac_bits)
 
 
 def check_inputs(prog: Program, x: Samples) -> dict[str, np.ndarray]:
@@ -97,12 +130,10 @@ def check_inputs(prog: Program, x: Samples) -> dict[str, np.ndarray]:
     if unknown or missing:
         what = f"no input named {unknown[0]!r}" if unknown else f"input {missing[0]!r} is missing"
         raise InputError(f"{what}; the plan's inputs are {listed}")
-    return {n: as_samples(x[n], prog.value(v).shape, allow_empty=False) for n, v in prog.inputs}
-
-
-def check_samples(prog: Program, x: np.ndarray) -> np.ndarray:
-    """`x` as the plan's samples [n, ...], refusing a wrong shape or no samples at all."""
-    return as_samples(x, prog.value(prog.inputs[0][1]).shape, allow_empty=False)
+    return {
+        n: as_samples(x[n], sample_shape(prog, n), allow_empty=False, ids=takes_ids(prog, n))
+        for n, _ in prog.inputs
+    }
 
 
 def in_batches(
@@ -113,7 +144,7 @@ def in_batches(
     """Apply a one-batch function (inputs by name -> output) to any number of samples,
     padding the last batch. Inputs of exactly the plan's shapes are one batch whatever
     their leading dims; otherwise every input is cut along its first (batch) axis."""
-    shapes = {n: tuple(prog.value(v).shape) for n, v in prog.inputs}
+    shapes = {n: sample_shape(prog, n) for n, _ in prog.inputs}
     if all(xs[n].shape == shapes[n] for n in shapes):
         return fn(xs)  # exactly one batch: the output may have any layout
     if len({s[0] for s in shapes.values()}) > 1:
@@ -149,7 +180,7 @@ def run_decoded(
     prog: Program, enc_w: dict[str, np.ndarray], xs: dict[str, np.ndarray]
 ) -> dict[str, np.ndarray]:
     """Every output of one batch, decoded, from the inputs by name and the encoded weights."""
-    raw = run_encoded(prog, enc_w, {k: encode(v, prog.frac_bits) for k, v in xs.items()})
+    raw = run_encoded(prog, enc_w, {k: encode_input(prog, v, k) for k, v in xs.items()})
     return {name: decode(raw[name], prog.value(vid).scale) for name, vid in prog.outputs}
 
 

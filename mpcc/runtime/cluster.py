@@ -20,10 +20,10 @@ from mpcc.compiler.ir import Program
 from mpcc.compiler.plan import Plan, as_plan
 from mpcc.compiler.planfile import plan_hash
 from mpcc.errors import MpccError, PartyError
-from mpcc.runtime.cleartext import Samples, check_inputs, in_batches
+from mpcc.runtime.cleartext import Samples, check_inputs, encode_input, in_batches
 from mpcc.runtime.dealer import Dealer
 from mpcc.runtime.executor import PartyExecutor
-from mpcc.runtime.fixedpoint import decode, encode
+from mpcc.runtime.fixedpoint import decode
 from mpcc.runtime.material import Bundle
 from mpcc.runtime.owner import share_weights
 from mpcc.runtime.prg import reconstruct, share
@@ -187,7 +187,7 @@ class LocalCluster:
         """One query on exactly one batch of inputs (an array for a one-input plan, else a
         dict by input name); returns every output, decoded, by name."""
         xs = x if isinstance(x, Mapping) else {self.prog.inputs[0][0]: x}
-        shares = {n: share(encode(v, self.prog.frac_bits)) for n, v in xs.items()}
+        shares = {n: share(encode_input(self.prog, v, n)) for n, v in xs.items()}
         if not self._prepared:  # a bad input costs no material
             self.preprocess(1)
         q = self._prepared.pop(0)

@@ -16,12 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from mpcc.compiler.calls import Call, Linear, MatMulSS, Multiply, Relu, Truncate
+from mpcc.compiler.calls import Call, Linear, MatMulSS, Multiply, Relu, Sign, Square, Truncate
 from mpcc.compiler.costmodel import calls, masked_weights
 from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError, MaterialError
 from mpcc.runtime.material import Bundle, MaterialStore
-from mpcc.runtime.protocols import linear, matmul_ss, multiply, protocol_for, relu, truncation
+from mpcc.runtime.protocols import (
+    linear,
+    matmul_ss,
+    multiply,
+    protocol_for,
+    relu,
+    sign,
+    square,
+    truncation,
+)
 from mpcc.runtime.rules import RULES, Backend, check_shape
 from mpcc.runtime.rules.linear import layout, prepare_weight, prepared_maps
 from mpcc.runtime.session import Session
@@ -242,6 +251,10 @@ class PartyExecutor(Backend):
         mat = self._material(MatMulSS, x_shape=x.shape, y_shape=y.shape)
         return matmul_ss.run(self.ch, self.party, mat, x, y)
 
+    def square(self, x: np.ndarray) -> np.ndarray:
+        mat = self._material(Square, n=x.size)
+        return square.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
+
     def truncate(self, x: np.ndarray, shift: int) -> np.ndarray:
         mat = self._material(Truncate, n=x.size, shift=shift)
         return truncation.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
@@ -249,3 +262,7 @@ class PartyExecutor(Backend):
     def relu(self, x: np.ndarray, shift: int) -> np.ndarray:
         mat = self._material(Relu, n=x.size, shift=shift)
         return relu.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
+
+    def ge_zero(self, x: np.ndarray) -> np.ndarray:
+        mat = self._material(Sign, n=x.size)
+        return sign.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)

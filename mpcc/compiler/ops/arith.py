@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 
-from mpcc.compiler.calls import Call, MatMulSS, Multiply, Truncate
+from mpcc.compiler.calls import Call, MatMulSS, Multiply, Square, Truncate
 from mpcc.compiler.ops.base import (
     Float,
     Floats,
@@ -218,5 +218,21 @@ dot_const = declare(
         _dot_const,
         attrs={"values": Floats(), "bits": Int(lo=0, hi=62)},
         rows=_dot_rows,
+    )
+)
+
+
+def _square(site: Site) -> Type:
+    x = site.x
+    return Type(x.shape, 2 * x.scale)
+
+
+square = declare(
+    Op(
+        "square",
+        "x * x of one secret: a Beaver pair, one opening (half a mul's traffic)",
+        _square,
+        calls=lambda s: [Square(math.prod(s.x.shape))],
+        rows=same_rows,
     )
 )
