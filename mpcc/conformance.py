@@ -94,11 +94,7 @@ REFUSALS: dict[str, tuple[str, str]] = {
 
 # Cases known to give wrong results, each with why and who owns the fix. The suite fails on
 # any other wrong result, and on a listed case that passes (then take it off the list).
-KNOWN_WRONG: dict[str, str] = {
-    "test_exp": "Exp's approximation is only accurate for x <= 0 (Softmax's range): h-smooth",
-    "test_exp_example": "Exp's approximation is only accurate for x <= 0: h-smooth",
-    "test_reciprocal_example": "Reciprocal of a negative value (-4): h-smooth",
-}
+KNOWN_WRONG: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,15 @@ CASES = {
         2,
         F,
     ),
+    "exp_signed": (approx.exp_signed, np.exp, _uniform(-16, 8), 2**-10, 2, F),
+    "reciprocal_signed": (
+        lambda em, x: approx.reciprocal(em, x, signed=True),
+        np.reciprocal,
+        lambda rng, n: 2.0 ** rng.uniform(-6, 14, n) * rng.choice([-1.0, 1.0], n),
+        2**-10,
+        2,
+        F + 4,
+    ),
     "reciprocal": (approx.reciprocal, np.reciprocal, _log_uniform(-6, 14), 2**-10, 2, F + 4),
     "rsqrt": (approx.rsqrt, lambda v: 1 / np.sqrt(v), _log_uniform(-10, 14), 2**-10, 2, F + 4),
     "sqrt": (approx.sqrt, np.sqrt, _log_uniform(-10, 14), 2**-10, 2, F),
@@ -107,7 +116,7 @@ def _points(name: str, n: int) -> np.ndarray:
 
 # Per-row functions (a softmax denominator, a variance): their batched comparisons make 10^6
 # points a 15 s run, so the default suite takes 2^17 of them and `slow` the full 10^6.
-PER_ROW = {"reciprocal", "rsqrt", "sqrt", "log"}
+PER_ROW = {"reciprocal", "reciprocal_signed", "rsqrt", "sqrt", "log"}
 
 
 def _clear(name: str, n: int) -> None:

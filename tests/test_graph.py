@@ -151,7 +151,7 @@ def test_graph_without_static_shapes_needs_load():
 
 
 def test_supported_ops_are_described():
-    assert len(SUPPORTED_OPS) == 53
+    assert len(SUPPORTED_OPS) == 55
     assert all(isinstance(d, str) and d and "\n" not in d for d in SUPPORTED_OPS.values())
 
 

@@ -72,6 +72,7 @@ def test_every_call_type_has_a_protocol_priced_as_it_deals() -> None:
         calls.Truncate: calls.Truncate(70, 16),
         calls.Relu: calls.Relu(130, 16),
         calls.Square: calls.Square(70),
+        calls.Sign: calls.Sign(130),
     }
     assert set(calls.CALL_TYPES) == set(BY_CALL) == set(samples)
     for kind, call in samples.items():

@@ -112,4 +112,14 @@ class Relu(Call):
         return costs.relu(self.n, self.shift)
 
 
-CALL_TYPES: tuple[type[Call], ...] = (Linear, Multiply, MatMulSS, Truncate, Relu, Square)
+@dataclass(frozen=True)
+class Sign(Call):
+    """[x >= 0] of n elements as arithmetic 0/1 shares (the ReLU's comparison, 8 rounds)."""
+
+    n: int
+
+    def cost(self) -> Cost:
+        return costs.sign(self.n)
+
+
+CALL_TYPES: tuple[type[Call], ...] = (Linear, Multiply, MatMulSS, Truncate, Relu, Square, Sign)

@@ -107,3 +107,12 @@ def relu(n: int, shift: int = 0) -> Cost:
     if shift:
         dealer += 2 * WORD * n
     return Cost(rounds=2 + len(COMPARE_AND_LEVELS), sent=sent, dealer=dealer)
+
+
+def sign(n: int) -> Cost:
+    """[x >= 0] as an arithmetic bit: a ReLU without its select (no d opening, no
+    [rho sigma]): round 1 opens c, rounds 2..7 the tree, round 8 opens e."""
+    w = words(n)
+    sent = WORD * n + 2 * WORD * COMPARE_ANDS * w + WORD * w
+    dealer = WORD * (MASK_BITS * w + COMPARE_ANDS * w) + WORD * n
+    return Cost(rounds=2 + len(COMPARE_AND_LEVELS), sent=sent, dealer=dealer)

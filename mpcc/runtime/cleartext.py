@@ -67,6 +67,9 @@ class Cleartext(Backend):
     def relu(self, x: np.ndarray, shift: int) -> np.ndarray:
         return plain_relu(x, shift)
 
+    def ge_zero(self, x: np.ndarray) -> np.ndarray:
+        return (x.view(np.int64) >= 0).astype(np.uint64)
+
 
 def run_encoded(
     prog: Program, weights: dict[str, np.ndarray], inputs: dict[str, np.ndarray]

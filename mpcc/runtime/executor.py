@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mpcc.compiler.calls import Call, Linear, MatMulSS, Multiply, Relu, Square, Truncate
+from mpcc.compiler.calls import Call, Linear, MatMulSS, Multiply, Relu, Sign, Square, Truncate
 from mpcc.compiler.costmodel import calls, masked_weights
 from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError, MaterialError
@@ -27,6 +27,7 @@ from mpcc.runtime.protocols import (
     multiply,
     protocol_for,
     relu,
+    sign,
     square,
     truncation,
 )
@@ -261,3 +262,7 @@ class PartyExecutor(Backend):
     def relu(self, x: np.ndarray, shift: int) -> np.ndarray:
         mat = self._material(Relu, n=x.size, shift=shift)
         return relu.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
+
+    def ge_zero(self, x: np.ndarray) -> np.ndarray:
+        mat = self._material(Sign, n=x.size)
+        return sign.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)

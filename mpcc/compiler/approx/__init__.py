@@ -18,7 +18,7 @@ from mpcc.compiler.approx.activations import (
     tanh,
 )
 from mpcc.compiler.approx.core import Emitter, ProgramEmitter, inner
-from mpcc.compiler.approx.exp import exp
+from mpcc.compiler.approx.exp import exp, exp_signed
 from mpcc.compiler.approx.norm import l2_normalise, logsoftmax, normalise, softmax
 from mpcc.compiler.approx.recip import divide, log, reciprocal, rsqrt, sqrt
 from mpcc.compiler.approx.reduce import reduce_max, reduce_mean, reduce_sum
@@ -29,6 +29,7 @@ __all__ = [
     "divide",
     "erf",
     "exp",
+    "exp_signed",
     "gelu",
     "gelu_tanh",
     "hard_sigmoid",

@@ -13,8 +13,9 @@ Conventions:
 - `inner(f) = f + 4` is the *internal scale*: polynomial variables and their powers live
   there, so that the product of two of them (2f + 8 bits) is exactly the budget
   `ir.max_scale(f)`.
-- A comparison bit is exact: for ring integers relu(z + 1) - relu(z) = [z >= 0], an
-  arithmetic 0/1 at scale 0; selecting with it is one Beaver multiply.
+- A comparison bit [z >= 0] is exact: `ge_zero` (the ReLU's comparison tree and bit
+  injection without its select, `runtime/protocols/sign.py`) gives it as an arithmetic 0/1
+  at scale 0; selecting with it is one Beaver multiply.
 - Coefficients are fitted at import by one documented procedure (`cheb_fit`): Chebyshev
   interpolation at the first-kind Chebyshev points of [-1, 1] (numpy's
   `Chebyshev.interpolate`), converted to the monomial basis. Each piece is mapped onto
@@ -157,29 +158,22 @@ def relus(em: Emitter, vals: Sequence[Value]) -> list[Value]:
 
 
 def bits_ge(em: Emitter, x: Value, thresholds: Sequence[float]) -> Value:
-    """[x >= c] for each threshold, stacked [*shape, K] at scale 0, in one ReLU call.
-
-    relu(z + 1) - relu(z) = [z >= 0] for ring integers z = x - c (exact). Thresholds must be
-    multiples of 2^-x.scale (so that x - c is exact)."""
-    lsb = 2.0**-x.scale
-    zs, zs1 = [], []
+    """[x >= c] for each threshold, stacked [*shape, K] at scale 0, in one comparison call
+    (`ge_zero` on the stacked x - c, exact). Thresholds must be multiples of 2^-x.scale."""
+    zs = []
     for c in thresholds:
         assert float(c * 2.0**x.scale).is_integer(), (c, x.scale)
-        z = add_c(em, x, -c)
-        zs.append(z)
-        zs1.append(add_c(em, z, lsb))
-    r = em.emit(ops.relu, (stack(em, zs1 + zs).id,), shift=0)
-    k = len(thresholds)
-    hi, lo = take(em, r, 0, k), take(em, r, k, 2 * k)
-    return relabel(em, em.emit(ops.sub, (hi.id, lo.id)), -x.scale)
+        zs.append(add_c(em, x, -c))
+    return em.emit(ops.ge_zero, (stack(em, zs).id,))
 
 
 def sign_abs(em: Emitter, x: Value) -> tuple[Value, Value, Value]:
-    """(b, |x|, relu(x)) with b = [x >= 0] at scale 0, from one ReLU call on [x + 1, x]."""
-    r1, r0 = relus(em, [add_c(em, x, 2.0**-x.scale), x])
-    b = relabel(em, em.emit(ops.sub, (r1.id, r0.id)), -x.scale)
-    absx = em.emit(ops.sub, (em.emit(ops.mul_public, (r0.id,), factor=2).id, x.id))
-    return b, absx, r0
+    """(b, |x|, relu(x)) with b = [x >= 0] at scale 0: one comparison and one multiply
+    (relu(x) = b x, |x| = 2 b x - x)."""
+    b = em.emit(ops.ge_zero, (x.id,))
+    r = em.emit(ops.mul, (b.id, x.id))
+    absx = em.emit(ops.sub, (em.emit(ops.mul_public, (r.id,), factor=2).id, x.id))
+    return b, absx, r
 
 
 def clamp(em: Emitter, x: Value, lo: float | None, hi: float | None) -> Value:

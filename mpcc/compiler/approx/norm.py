@@ -2,13 +2,15 @@
 
 - softmax(x) = e / sum(e) with e = exp(x - max(x)) (max subtraction: x - max <= 0 is the
   range of `exp.exp`, and the sum lies in [1, n], the reciprocal's range for n <= 2^14).
-  Cost per element: the max tournament (~1 ReLU), exp (~290 B), one multiply by the row's
-  reciprocal and a truncation; per row, one reciprocal.
+  Cost per element over rows of 128: 266 B and 108 rounds (the max tournament ~45 B, exp
+  clamped from below ~205 B, one product by the row's reciprocal and a truncation; per row
+  one reciprocal).
 - logsoftmax(x) = (x - max) - log(sum(e)).
 - layernorm(x) = (x - mean) / sqrt(var + eps) * gamma + beta, var the mean of the squared
   deviations (one square per element), 1/sqrt per row (`recip.rsqrt`: var + eps is clamped
-  to [2^-10, 2^14]).
-- l2 normalisation x / ||x|| = x * rsqrt(sum x^2): one square per element, 1/sqrt per row.
+  to [2^-10, 2^14]). Over rows of 384: 43 B per element, 34 rounds.
+- l2 normalisation x / ||x|| = x * rsqrt(sum x^2): one square per element, 1/sqrt per row
+  (35 B per element over rows of 384).
 """
 
 from __future__ import annotations

@@ -21,11 +21,11 @@ Bounds (f = 16, tested over 10^6 log-uniform points), at the output's scale R:
 - sqrt = x * rsqrt(x) on [2^-10, 2^14]: relative 2^-10 plus 2 LSBs;
 - log on [2^-6, 2^14]: absolute 2^-12 plus 2 LSBs.
 
-Cost per element and party (f = 16): clamp 2 ReLU, bits 2*K ReLU (K = hi - lo: 20 for the
-reciprocal, 24 for 1/sqrt) ~ 45 B each, 2 multiplies, powers of degree 6 (3 levels), 3
-truncations: ~ 2000 B and ~ 40 rounds for the reciprocal. These are only ever applied to
-reduced values (a softmax denominator or a variance per row), so the per-row cost is small
-beside the row's elementwise work.
+Cost per element and party (f = 16): the clamp 2 ReLUs, K comparison bits (`ge_zero`, ~37 B
+each; K = 20 for the reciprocal and log, 24 for 1/sqrt), two products, powers of degree 5-6
+and 3-4 truncations: reciprocal 993 B / 28 rounds, 1/sqrt 1125 B / 28, sqrt 1240 B / 38, log
+953 B / 26. These only ever apply to reduced values (a softmax denominator or a variance per
+row), so the per-row cost is small beside the row's elementwise work.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ from mpcc.compiler.approx.core import (
     mul,
     poly,
     relabel,
+    sign_abs,
     to_scale,
 )
 from mpcc.compiler.ir import Value
@@ -73,8 +74,16 @@ def _normalise(em: Emitter, x: Value, rng: tuple[int, int]) -> tuple[Value, Valu
     return t, bits, xc
 
 
-def reciprocal(em: Emitter, x: Value, scale: int | None = None) -> Value:
-    """1/x for x in [2^-6, 2^14] (clamped), at `scale` bits (default the internal f + 4)."""
+def reciprocal(em: Emitter, x: Value, scale: int | None = None, signed: bool = False) -> Value:
+    """1/x for x in [2^-6, 2^14] (clamped), at `scale` bits (default the internal f + 4).
+
+    `signed`: x of either sign, |x| in [2^-6, 2^14]: sign(x) / |x| (a comparison bit and two
+    products more; the ONNX ops' lowering, where the sign is not known)."""
+    if signed:
+        b, absx, _ = sign_abs(em, at_most(em, x, inner(em.f)))
+        r = reciprocal(em, absx, scale)
+        br = em.emit(ops.mul, (b.id, r.id))
+        return em.emit(ops.sub, (em.emit(ops.mul_public, (br.id,), factor=2).id, r.id))
     s = inner(em.f)
     lo, hi = RECIP_RANGE
     t, bits, _ = _normalise(em, x, RECIP_RANGE)
@@ -118,8 +127,9 @@ def log(em: Emitter, x: Value) -> Value:
     return add(em, q, k)
 
 
-def divide(em: Emitter, a: Value, b: Value, scale: int) -> Value:
-    """a / b for a secret b in [2^-6, 2^14] (clamped): a * reciprocal(b), at `scale` bits."""
+def divide(em: Emitter, a: Value, b: Value, scale: int, signed: bool = True) -> Value:
+    """a / b for a secret b with |b| in [2^-6, 2^14] (clamped): a * reciprocal(b), at `scale`
+    bits (`signed`: b may be negative)."""
     a = at_most(em, a, em.f)
-    r = reciprocal(em, b, budget(em.f) - a.scale)
+    r = reciprocal(em, b, budget(em.f) - a.scale, signed=signed)
     return mul(em, a, r, scale)

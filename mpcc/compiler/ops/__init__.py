@@ -22,7 +22,7 @@ from mpcc.compiler.ops.arith import (
     trunc,
 )
 from mpcc.compiler.ops.base import REGISTRY, Op, RuleError, Site, Type, lookup
-from mpcc.compiler.ops.compare import clip, leaky_relu, relu
+from mpcc.compiler.ops.compare import clip, ge_zero, leaky_relu, relu
 from mpcc.compiler.ops.io import input, output
 from mpcc.compiler.ops.linear import conv2d, matmul, mul_w
 from mpcc.compiler.ops.movement import concat, gather, pad, reshape, slice, tile, transpose
@@ -62,6 +62,7 @@ ALL: tuple[Op, ...] = (
     dot_const,
     reduce_sum,
     square,
+    ge_zero,
 )
 assert set(ALL) == set(REGISTRY.values()), "every declared op is listed in ALL"
 

@@ -64,6 +64,10 @@ class Backend:
         """max(floor(x / 2^shift), 0), same shape as x."""
         raise NotImplementedError
 
+    def ge_zero(self, x: np.ndarray) -> np.ndarray:
+        """[x >= 0] as ring elements 0/1, same shape as x."""
+        raise NotImplementedError
+
 
 Eval = Callable[[Backend, Instr, list[np.ndarray]], np.ndarray]
 
