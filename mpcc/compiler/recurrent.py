@@ -9,6 +9,11 @@ states (and a Transpose for `layout=1`). Every op emitted is a plain ONNX op in 
 `mpcc.compiler.legalize` takes, so legalization, the rewrites and lowering apply as usual,
 and the expansion can be run by onnxruntime (tests compare it with the original node).
 
+The unrolling works batch-first ([batch, seq, ...]) whatever the layout, and transposes only
+the finished outputs to ONNX's time-major layout: the exporter's Transposes around the node
+then cancel with these (`merge_transposes`), constants keep a single row where their rows are
+equal, and the plan keeps the samples of a batch apart (`mpcc.compiler.batching`).
+
 Constants are folded while unrolling: a zero initial state (the default) removes the first
 step's recurrence MatMul and its products, and a constant initial state is propagated
 exactly. Two rewrites save secure products: the GRU update is computed as
@@ -78,8 +83,12 @@ class _Builder:
         return self.g.add_const(v, f"{self.node}_c")
 
     def full(self, c: np.ndarray, like: Value) -> np.ndarray:
-        """A constant broadcast to a computed operand's shape (legalize keeps only those)."""
-        return np.ascontiguousarray(np.broadcast_to(c, self.shape(like)), dtype=self.dtype)
+        """A constant operand of a computed one, which it broadcasts to: with a single row
+        when its rows are all equal, so that the plan keeps the batch's rows apart."""
+        c = np.asarray(c, self.dtype)
+        if c.ndim == len(self.shape(like)) and c.shape[0] > 1 and (c == c[:1]).all():
+            c = c[:1]
+        return np.ascontiguousarray(c)
 
     def matmul(self, x: Value, w: np.ndarray, hint: str) -> Value:
         if isinstance(x, np.ndarray):
@@ -162,6 +171,9 @@ class _Builder:
         if isinstance(x, np.ndarray):
             return x.transpose(perm)
         shape = tuple(self.shape(x)[p] for p in perm)
+        moved = [p for p in perm if self.shape(x)[p] != 1]
+        if moved == sorted(moved):  # only size-1 axes move: the same order, a Reshape
+            return self.reshape(x, shape, hint)
         return self.emit("Transpose", [x], shape, hint, perm=perm)
 
     def bind(self, v: Value, out: str) -> None:
@@ -202,7 +214,7 @@ class _Direction:
     """What one direction's unrolling needs."""
 
     x: str  # the input sequence
-    axis: int  # its sequence axis (the layout)
+    axis: int  # its sequence axis
     batch: int
     wt: np.ndarray  # input weights, transposed: [input, gates * hidden]
     rt: np.ndarray  # recurrence weights, transposed: [hidden, gates * hidden]
@@ -267,10 +279,12 @@ def _expand(g: Graph, n: str) -> None:
             init[key] = bld.reshape(s, (batch, hidden), f"{key}_d{k}_2d")
         inits.append(init)
 
+    x_bf = bld.transpose(x, (1, 0, 2), "x_bf") if layout == 0 else x  # [batch, seq, input]
+
     def direction_of(k: int, tag: str, steps: range) -> _Direction:
         return _Direction(
-            x=x,
-            axis=layout,
+            x=x_bf,
+            axis=1,
             batch=batch,
             wt=w[k].T,
             rt=r[k].T,
@@ -295,24 +309,33 @@ def _expand(g: Graph, n: str) -> None:
             forward = direction == "forward" or (direction == "bidirectional" and k == 0)
             steps = range(seq) if forward else range(seq - 1, -1, -1)
             runs.append(cell(bld, direction_of(k, f"_d{k}" if dirs > 1 else "", steps), inits[k]))
-    ys, last_h, last_c = [], [], []
-    for k, (hs, h, c) in enumerate(runs):
-        tag = f"_d{k}" if dirs > 1 else ""
-        if used[0]:
-            parts = [bld.reshape(hs[t], (1, 1, batch, hidden), f"y{t}{tag}") for t in range(seq)]
-            ys.append(bld.concat(parts, 0, f"y{tag}"))
-        last_h.append(bld.reshape(h, (1, batch, hidden), f"yh{tag}"))
-        if c is not None:
-            last_c.append(bld.reshape(c, (1, batch, hidden), f"yc{tag}"))
+
+    # The outputs are assembled batch-first ([batch, seq, dirs, hidden], [batch, dirs, hidden])
+    # and transposed to layout 0 last: the exporter's own Transposes back to batch-first then
+    # cancel these, and a plan whose rows stay apart may share queries and pad batches.
+    def y() -> Value:
+        steps = []
+        for t in range(seq):
+            per_dir = [
+                bld.reshape(hs[t], (batch, 1, 1, hidden), f"y{t}_d{k}")
+                for k, (hs, _, _) in enumerate(runs)
+            ]
+            steps.append(bld.concat(per_dir, 2, f"y{t}"))
+        return bld.concat(steps, 1, "Y_bf")
+
+    def last(i: int, hint: str) -> Value:
+        parts = [bld.reshape(r[i], (batch, 1, hidden), f"{hint}_d{k}") for k, r in enumerate(runs)]
+        return bld.concat(parts, 1, f"{hint}_bf")
+
     results = (
-        (lambda: bld.concat(ys, 1, "Y"), (2, 0, 1, 3)),
-        (lambda: bld.concat(last_h, 0, "Y_h"), (1, 0, 2)),
-        (lambda: bld.concat(last_c, 0, "Y_c"), (1, 0, 2)),
+        (y, (1, 2, 0, 3)),
+        (lambda: last(1, "Y_h"), (1, 0, 2)),
+        (lambda: last(2, "Y_c"), (1, 0, 2)),
     )
     for (make, perm), t, u in zip(results, outputs, used, strict=True):
         if u:
             v = make()
-            bld.bind(bld.transpose(v, perm, f"{t}_layout") if layout else v, t)
+            bld.bind(v if layout else bld.transpose(v, perm, f"{t}_layout"), t)
 
 
 def _interleave(a: np.ndarray, b: np.ndarray, gates: int) -> np.ndarray:
