@@ -82,6 +82,7 @@ def test_embedding_lookup_matches_onnxruntime_and_is_priced():
     assert {i.op.name for i in prog.instrs} == {"input", "matmul", "add_w", "output"}
     report = format_report(prog)
     assert "input 'mask' fixed to 1" in report and "input 'tt' fixed to 0" in report
+    assert f"input 'ids': integer ids, one-hot encoded by the client over {V} classes" in report
     assert np.abs(predict(*plan, ids) - ref[0]).max() < 1e-4
     with LocalCluster(plan) as cluster:
         got = cluster.predict(ids)

@@ -90,6 +90,10 @@ def one_hot_inputs(g: Graph) -> None:
         depth = depths.pop()
         g.input_encodings[t] = {"encoding": ONEHOT, "depth": depth}
         g.shapes[t] = (*g.shapes[t], depth)
+        g.notes.append(
+            f"input {t!r}: integer ids, one-hot encoded by the client over {depth} classes "
+            f"({depth} words uploaded per id; table lookups are products with the table)"
+        )
 
 
 def _compared_constant(g: Graph, n: str, ids: str) -> int | None:
