@@ -198,6 +198,43 @@ def markdown(report: dict) -> str:
     return "\n".join(out)
 
 
+def chart(report: dict, path: Path) -> bool:
+    """Latency against RTT per model: measured (median, p90 bar), floor and projection."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    models = list(dict.fromkeys(r["model"] for r in report["rows"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, name in zip(axes[0], models, strict=True):
+        rows = [r for r in report["rows"] if r["model"] == name]
+        rtt = [r["rtt_ms"] for r in rows]
+        med = [r["latency_s"]["median"] * 1e3 for r in rows]
+        p90 = [r["latency_s"]["p90"] * 1e3 for r in rows]
+        ax.errorbar(
+            rtt,
+            med,
+            yerr=[[0] * len(med), [b - a for a, b in zip(med, p90, strict=True)]],
+            marker="o",
+            capsize=3,
+            label="measured (median, p90)",
+        )
+        ax.plot(rtt, [r["projection_s"] * 1e3 for r in rows], "s--", label="mpcc bench projection")
+        ax.plot(rtt, [r["floor_s"] * 1e3 for r in rows], ":", color="gray", label="floor")
+        ax.set_title(f"{NAMES[name]}, {rows[0]['rounds']} rounds")
+        ax.set_xlabel("RTT (ms)")
+        ax.set_ylabel("latency per query at the client (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rtt", type=float, nargs="+", default=[10.0], help="round trips, ms")
@@ -231,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
+    chart(report, out.with_suffix(".png"))
     print(f"wrote {out.with_suffix('.md')}")
     return 0
 

@@ -59,6 +59,14 @@ REFUSALS: dict[str, tuple[str, str]] = {
         r"only 2-D NCHW|needs a 4-D|must be 2-D|constant operand must be|of rank",
         "a tensor rank mpcc does not lower (e.g. 1-D or 3-D convolution and pooling)",
     ),
+    "range": (
+        r"must be finite|within \|v\|",
+        "inputs that are infinite, NaN or beyond the fixed-point range (|v| < 2^46 at f = 16)",
+    ),
+    "empty": (
+        r"empty|zero-size|no samples|dim of 0",
+        "a tensor with a dimension of size 0",
+    ),
     "attribute": (
         r"is not supported|are not supported|only constant padding|training mode|"
         r"only a reduction|noop_with_empty_axes|a slice step of 0|ceil_mode|Indices output|"
@@ -80,14 +88,6 @@ REFUSALS: dict[str, tuple[str, str]] = {
     "constant output": (
         r"is a constant: it does not depend",
         "the output does not depend on any input (nothing to compute securely)",
-    ),
-    "range": (
-        r"must be finite|within \|v\|",
-        "inputs that are infinite, NaN or beyond the fixed-point range (|v| < 2^46 at f = 16)",
-    ),
-    "empty": (
-        r"empty|zero-size|no samples|dim of 0",
-        "a tensor with a dimension of size 0",
     ),
 }
 

@@ -19,7 +19,7 @@ from mpcc.compiler.report import format_report, report_json
 from mpcc.errors import ModelError
 from mpcc.frontends.onnx import load
 from mpcc.zoo.reference import run_onnxruntime
-from tests.onnx_builders import model, node, rand
+from tests.onnx_builders import model, node, rand, run
 
 # Distinct columns, so the two outputs differ (equal ones would rightly warn of a tied argmax).
 W2 = np.array([[1, 0], [0, 1], [1, 0], [0, 0.5]], np.float32)
@@ -227,3 +227,27 @@ def test_values_inside_a_nodes_lowering_are_bounded() -> None:
     assert inside["sub"].max >= np.abs(np.minimum(h, 0)).max()
     assert inside["mul_w"].max >= np.abs(slope * np.minimum(h, 0)).max()
     assert "value(s) internal to a node's lowering" in rep.text()
+
+
+def test_softmax_inside_the_graph_calibrates_and_checks_its_fixed_point() -> None:
+    """A Softmax mid-graph lowers to a smooth-function approximation: calibration still
+    chooses f, and the plan's own fixed-point outputs are measured against the float model
+    (whether or not onnxruntime takes the rewritten graph)."""
+    m = model(
+        [
+            node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+            node("Softmax", ["h"], ["p"], name="sm", axis=-1),
+            node("MatMul", ["p", "w2"], ["y"], name="fc2"),
+        ],
+        {"x": [1, 8]},
+        ["y"],
+        {"w1": rand(8, 8, seed=4), "w2": rand(8, 3, seed=5)},
+    )
+    x = rand(32, 8, seed=6)
+    plan = mpcc.compile(m, calibrate=x)
+    rep = plan.calibration
+    assert MIN_FRAC_BITS <= rep.frac_bits <= MAX_FRAC_BITS
+    n, max_err, _, agree = rep.fixed_point["y"]
+    assert n == 32 and max_err < 1e-2 and agree is not None and agree >= 0.9
+    y = run(m, {"x": x[:1]})[0]
+    assert np.abs(rep.measured.outputs["y"][:1] - y).max() < 1e-5  # the float reference

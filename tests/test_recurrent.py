@@ -133,6 +133,9 @@ def test_activations_other_than_the_defaults():
     acts = ["Tanh", "Relu", "Sigmoid"]
     check_expansion(rnn_model("LSTM", activations=acts))
     check_expansion(rnn_model("GRU", "bidirectional", activations=["Relu", "Tanh"] * 2))
+    # different activations per direction: two unrollings instead of one of double width
+    acts = ["Sigmoid", "Tanh", "Tanh", "Sigmoid", "Tanh", "Relu"]
+    check_expansion(rnn_model("LSTM", "bidirectional", init="input", activations=acts))
 
 
 def test_full_sequence_lens():
@@ -151,6 +154,14 @@ def test_zero_initial_state_costs_no_first_step_products():
     assert counted.count("MatMul") == 1 + (SEQ - 1)  # input projection + one per later step
     assert counted.count("Mul") == 2 + 3 * (SEQ - 1)
     assert counted.count("Sigmoid") == SEQ  # i, o, f together
+
+
+def test_bidirectional_steps_run_both_directions_at_once():
+    g = graph_of(rnn_model("GRU", "bidirectional", outputs=("Y",)))
+    expand_recurrent(g)
+    counted = ops(g)
+    assert counted.count("Sigmoid") == counted.count("Tanh") == SEQ
+    assert counted.count("MatMul") == 1 + 2 * (SEQ - 1)  # linear_before_reset=0: two a step
 
 
 @pytest.mark.parametrize(
@@ -177,3 +188,59 @@ def test_variable_sequence_lens_refused():
     m.graph.node[0].input.extend(["lens"])
     with pytest.raises(ModelError, match="sequence_lens must be absent or a constant equal"):
         expand_recurrent(graph_of(m))
+
+
+# ---- torch: stacked bidirectional layers ----------------------------------------------------
+
+
+def _stacked(cell: str):
+    import torch
+
+    torch.manual_seed(0)  # not secret
+
+    class Stacked(torch.nn.Module):
+        """Two bidirectional layers; the last step's output (a Gather) into a Linear."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            rnn = torch.nn.LSTM if cell == "LSTM" else torch.nn.GRU
+            self.rnn = rnn(6, 8, num_layers=2, bidirectional=True, batch_first=True)
+            self.fc = torch.nn.Linear(16, 3)
+
+        def forward(self, x):
+            return self.fc(self.rnn(x)[0][:, -1])
+
+    return Stacked().eval()
+
+
+@pytest.mark.parametrize(
+    "dynamo", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["torchscript", "dynamo"]
+)
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_torch_stacked_bidirectional(cell, dynamo):
+    """torch's num_layers=2, bidirectional=True export: unrolled exactly, and (TorchScript
+    export) securely within 1e-3 of onnxruntime, the traffic equal to the cost model."""
+    pytest.importorskip("torch")
+    import torch
+
+    from mpcc.compiler.costmodel import estimate
+    from mpcc.compiler.pipeline import compile_onnx
+    from mpcc.frontends.torch import export
+    from mpcc.runtime.cluster import LocalCluster
+
+    x = rand(2, 5, 6, seed=7)
+    m = export(_stacked(cell), torch.from_numpy(x), dynamo=dynamo)
+    assert [n.op_type for n in m.graph.node].count(cell) == 2
+    g = graph_of(m, x.shape)
+    ref = run(m, {g.inputs[0]: x})
+    run_all(g)
+    check_graph(g, {g.inputs[0]: x}, ref)
+    if dynamo:
+        return
+    plan = compile_onnx(m, x.shape)
+    with LocalCluster(plan.program, plan.weights) as cluster:
+        got = cluster.predict(x)
+        stats = cluster.stats
+    assert np.abs(got - ref[0]).max() <= 1e-3
+    want = estimate(plan.program).total
+    assert stats.sent == (want.sent, want.sent) and stats.rounds == want.rounds

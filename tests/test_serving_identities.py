@@ -17,7 +17,7 @@ from mpcc.cli import main
 from mpcc.errors import MpccError
 from mpcc.serving.admission import TokenBucket, fair_order, mark_served
 from mpcc.serving.certs import add_client, client_files, revoke
-from mpcc.serving.client import Client
+from mpcc.serving.client import Client, cluster_status
 from mpcc.serving.config import ConfigError
 from mpcc.serving.local import init_local
 from mpcc.serving.party import ComputeParty, Request
@@ -112,7 +112,7 @@ def test_add_client_and_revoke_commands(tmp_path, capsys):
 
 def test_identities_connection_limit_and_revocation_without_restart(tmp_path):
     cfg = init_local(tmp_path, timeout_s=5.0, client_connections=1, max_connections=8)
-    for name in ("alice", "bob"):
+    for name in ("alice", "bob", "carol"):
         add_client(cfg, name)
     s = Servers(cfg)
     try:
@@ -137,6 +137,8 @@ def test_identities_connection_limit_and_revocation_without_restart(tmp_path):
         bob.send_msg("info")
         assert bob.recv_msg(10, expect="info").kind == "info"
         bob.close()
+        assert "client was revoked" in cluster_status(cfg)["p0"]  # `cluster status` ...
+        assert cluster_status(cfg, "carol")["p0"]["role"] == "p0"  # ... --client carol
     finally:
         s.close()
 

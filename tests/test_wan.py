@@ -9,6 +9,7 @@ Needs root and `ip netns`; CI runs as root.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 
@@ -66,3 +67,22 @@ def test_bed_cleans_up_after_a_failure(tmp_path):
             assert _ours(bed)
             raise RuntimeError("boom")
     assert not _ours(bed)
+
+
+def test_leftovers_of_dead_runs_are_removed():
+    """A bed killed outright leaves its namespaces; the next bed deletes those whose process
+    is gone (and no one else's)."""
+    from mpcc.bench.wan import PREFIX, remove_stale
+
+    dead = f"{PREFIX}{2**22 + 7}xdeadbe-hub"  # above the largest pid Linux hands out
+    alive = f"{PREFIX}{os.getpid()}xalive0-hub"
+    for ns in (dead, alive):
+        subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        gone = remove_stale()
+        left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        assert dead in gone and dead not in left
+        assert alive in left
+    finally:
+        for ns in (dead, alive):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)

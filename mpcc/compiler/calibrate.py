@@ -58,6 +58,9 @@ MIN_OUTPUT_LSBS = 100.0
 _SAME = 1e-3
 
 Calibration = np.ndarray | Mapping[str, np.ndarray]
+# Graph ops that keep an ONNX tensor's name but not its value (a SumPool is k times the
+# AveragePool it replaced): never measured on the ONNX model by name.
+_RENAMED_VALUES = {"SumPool"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +81,7 @@ class Measured:
     folded: list[str]  # ONNX tensors the plan does not compute (folded, fused or dropped)
     outputs: dict[str, np.ndarray]  # each plan output, all samples (for the argmax margin)
     reference: dict[str, float]  # plan output -> max |plan - ONNX| where ONNX has it
+    fallback: str = ""  # why the rewritten graph could not run (then: the ONNX model's tensors)
 
 
 @dataclass(frozen=True)
@@ -146,24 +150,42 @@ def measure(proto: onnx.ModelProto, g: Graph, data: Calibration) -> Measured:
     inputs = _inputs(g, data)
     n = len(next(iter(inputs.values())))
     batch = g.shapes[g.inputs[0]][0]
-    plan_model, plan_names = _exposed(g.to_onnx(), set(g.shapes))
-    onnx_model, onnx_names = _exposed(proto, None)
     plan_what, onnx_what = "the graph the plan is lowered from", "the ONNX model"
-    plan_sess, onnx_sess = _session(plan_model, plan_what), _session(onnx_model, onnx_what)
-    plan_types = _input_types(plan_sess)
+    onnx_model, onnx_names = _exposed(proto, None)
+    onnx_sess = _session(onnx_model, onnx_what)
     onnx_types = _input_types(onnx_sess)
+    fallback = ""
+    try:
+        plan_model, plan_names = _exposed(g.to_onnx(), set(g.shapes))
+        plan_sess = _session(plan_model, plan_what)
+        plan_types = _input_types(plan_sess)
+    except Exception as e:  # a legal form onnxruntime does not take (e.g. mpcc attributes)
+        # Measure on the ONNX model alone: the tensors the passes kept by name, except those
+        # whose producer now computes something else under the same name.
+        fallback = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        plan_sess, plan_types = None, {}
+        plan_names = [
+            t
+            for t in onnx_names
+            if t in g.shapes
+            and (g.producer(t) is None or g.op(g.producer(t)) not in _RENAMED_VALUES)
+        ]
 
     acc: dict[str, list[float]] = {t: [0.0, 0.0, 0] for t in plan_names}
-    diff = {t: 0.0 for t in plan_names if t in onnx_names}
+    diff = {t: 0.0 for t in plan_names if t in onnx_names and plan_sess is not None}
     peak = dict.fromkeys(diff, 0.0)
-    outs: dict[str, list[np.ndarray]] = {t: [] for t in g.outputs}
+    outs: dict[str, list[np.ndarray]] = {t: [] for t in g.outputs if t in acc}
     for start in range(0, n, batch):
         rows = np.arange(start, start + batch) % n  # the last chunk wraps round to the start
         feed = {t: a[rows] for t, a in inputs.items()}
-        plan_feed = {t: feed[t].astype(dt, copy=False) for t, dt in plan_types.items()}
         onnx_feed = {t: feed[t].astype(dt, copy=False) for t, dt in onnx_types.items()}
-        got = dict(zip(plan_names, _run(plan_sess, plan_names, plan_feed, plan_what), strict=True))
         ref = dict(zip(onnx_names, _run(onnx_sess, onnx_names, onnx_feed, onnx_what), strict=True))
+        if plan_sess is None:
+            got = {t: ref[t] for t in plan_names}
+        else:
+            plan_feed = {t: feed[t].astype(dt, copy=False) for t, dt in plan_types.items()}
+            got = _run(plan_sess, plan_names, plan_feed, plan_what)
+            got = dict(zip(plan_names, got, strict=True))
         for t, a in got.items():
             a = np.abs(np.asarray(a, dtype=np.float64))
             s = acc[t]
@@ -179,13 +201,13 @@ def measure(proto: onnx.ModelProto, g: Graph, data: Calibration) -> Measured:
                 peak[t] = max(peak[t], float(np.abs(r).max(initial=0.0)))
             else:
                 diff[t] = math.inf
-        for t in g.outputs:
+        for t in outs:
             keep = len(rows) - max(0, start + batch - n)
             outs[t].append(np.asarray(got[t])[:keep])
     tensors = {t: Stats(s[0], math.sqrt(s[1] / max(s[2], 1))) for t, s in acc.items()}
     rewritten = [t for t in plan_names if diff.get(t, 0.0) > _SAME * peak.get(t, 0.0)]
     rewritten += [t for t in plan_names if t not in onnx_names and t not in g.inputs]
-    folded = [t for t in onnx_names if t not in acc]
+    folded = [t for t in onnx_names if t not in g.shapes]
     return Measured(
         samples=n,
         tensors=tensors,
@@ -193,6 +215,7 @@ def measure(proto: onnx.ModelProto, g: Graph, data: Calibration) -> Measured:
         folded=folded,
         outputs={t: np.concatenate(v) for t, v in outs.items()},
         reference={t: diff[t] for t in g.outputs if t in diff},
+        fallback=fallback,
     )
 
 

@@ -89,6 +89,13 @@ def format_calibration(rep: Report) -> list[str]:
             f"  fixed point (this plan's arithmetic, cleartext, on {n} calibration samples): "
             f"output {name!r} max |error| {top:.3g}, rms {rms:.3g}{agree_s}"
         )
+    if m.fallback:
+        lines.append(
+            "  the graph the plan is lowered from does not run in onnxruntime ("
+            + _clip(m.fallback, 120)
+            + "): ranges come from the ONNX model's tensors the passes kept by name; the other "
+            "values are bounds or not checked"
+        )
     if m.rewritten:
         lines.append(
             "  measured as the plan computes them (the passes changed these tensors): "
@@ -102,8 +109,10 @@ def format_calibration(rep: Report) -> list[str]:
     bound = sum(v.bound for v in rep.values)
     if bound:
         lines.append(
-            f"  {bound} value(s) internal to a node's lowering: max |v| is a bound from the "
-            "node's tensors and factors, not measured"
+            f"  {bound} value(s) internal to a node's lowering: max |v| is estimated from the "
+            "node's tensors and factors, not measured (a bound for simple lowerings such as "
+            "PRelu; for a smooth-function approximation only an estimate: the fixed-point "
+            "line is the measurement)"
         )
     if rep.unmapped:
         lines.append(
@@ -156,6 +165,7 @@ def precision_json(prog: Program, rep: Report | None) -> dict[str, Any]:
         },
         "rewritten": rep.measured.rewritten,
         "folded": rep.measured.folded,
+        "fallback": rep.measured.fallback,
         "unmapped": rep.unmapped,
         "warnings": rep.warnings,
     }

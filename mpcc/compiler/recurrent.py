@@ -9,11 +9,18 @@ states (and a Transpose for `layout=1`). Every op emitted is a plain ONNX op in 
 `mpcc.compiler.legalize` takes, so legalization, the rewrites and lowering apply as usual,
 and the expansion can be run by onnxruntime (tests compare it with the original node).
 
+The unrolling works batch-first ([batch, seq, ...]) whatever the layout, and transposes only
+the finished outputs to ONNX's time-major layout: the exporter's Transposes around the node
+then cancel with these (`merge_transposes`), constants keep a single row where their rows are
+equal, and the plan keeps the samples of a batch apart (`mpcc.compiler.batching`).
+
 Constants are folded while unrolling: a zero initial state (the default) removes the first
 step's recurrence MatMul and its products, and a constant initial state is propagated
 exactly. Two rewrites save secure products: the GRU update is computed as
 h' = h~ + z (h - h~) (one product instead of two), and without peepholes the three
-sigmoid gates of an LSTM (or the two of a GRU) are one activation over contiguous columns.
+sigmoid gates of an LSTM (or the two of a GRU) are one activation over contiguous columns;
+and a bidirectional layer with the same activations both ways is one unrolling of twice the
+width (`_both_directions`), so both directions share every step's rounds.
 
 Supported: directions forward, reverse and bidirectional; both layouts; initial states
 constant or computed; peepholes (LSTM input P); GRU's `linear_before_reset` either way;
@@ -76,8 +83,12 @@ class _Builder:
         return self.g.add_const(v, f"{self.node}_c")
 
     def full(self, c: np.ndarray, like: Value) -> np.ndarray:
-        """A constant broadcast to a computed operand's shape (legalize keeps only those)."""
-        return np.ascontiguousarray(np.broadcast_to(c, self.shape(like)), dtype=self.dtype)
+        """A constant operand of a computed one, which it broadcasts to: with a single row
+        when its rows are all equal, so that the plan keeps the batch's rows apart."""
+        c = np.asarray(c, self.dtype)
+        if c.ndim == len(self.shape(like)) and c.shape[0] > 1 and (c == c[:1]).all():
+            c = c[:1]
+        return np.ascontiguousarray(c)
 
     def matmul(self, x: Value, w: np.ndarray, hint: str) -> Value:
         if isinstance(x, np.ndarray):
@@ -132,6 +143,14 @@ class _Builder:
         ints = [np.array([v], np.int64) for v in (start, end, axis)]
         return self.emit("Slice", [x, *ints], tuple(shape), hint)
 
+    def reverse(self, x: Value, axis: int, hint: str) -> Value:
+        """x in reverse order along `axis`."""
+        if isinstance(x, np.ndarray):
+            return np.flip(x, axis).copy()
+        dim = self.shape(x)[axis]
+        ints = [np.array([v], np.int64) for v in (dim - 1, -dim - 1, axis, -1)]
+        return self.emit("Slice", [x, *ints], self.shape(x), hint)
+
     def reshape(self, x: Value, shape: tuple[int, ...], hint: str) -> Value:
         if isinstance(x, np.ndarray):
             return x.reshape(shape)
@@ -152,6 +171,9 @@ class _Builder:
         if isinstance(x, np.ndarray):
             return x.transpose(perm)
         shape = tuple(self.shape(x)[p] for p in perm)
+        moved = [p for p in perm if self.shape(x)[p] != 1]
+        if moved == sorted(moved):  # only size-1 axes move: the same order, a Reshape
+            return self.reshape(x, shape, hint)
         return self.emit("Transpose", [x], shape, hint, perm=perm)
 
     def bind(self, v: Value, out: str) -> None:
@@ -192,7 +214,7 @@ class _Direction:
     """What one direction's unrolling needs."""
 
     x: str  # the input sequence
-    axis: int  # its sequence axis (the layout)
+    axis: int  # its sequence axis
     batch: int
     wt: np.ndarray  # input weights, transposed: [input, gates * hidden]
     rt: np.ndarray  # recurrence weights, transposed: [hidden, gates * hidden]
@@ -247,46 +269,120 @@ def _expand(g: Graph, n: str) -> None:
             g.shapes.pop(t, None)
 
     bld = _Builder(g, n, dtype)
-    ys, last_h, last_c = [], [], []
+    gh = gates * hidden
+    per_dir = [tuple(acts[k * acts_per_dir : (k + 1) * acts_per_dir]) for k in range(dirs)]
+    inits: list[dict[str, Value]] = []
     for k in range(dirs):
-        tag = f"_d{k}" if dirs > 1 else ""
         init: dict[str, Value] = {}
         for key, t in states.items():
-            s = bld.slice(g.const(t) if g.is_const(t) else t, layout, k, k + 1, f"{key}{tag}")
-            init[key] = bld.reshape(s, (batch, hidden), f"{key}{tag}_2d")
-        forward = direction == "forward" or (direction == "bidirectional" and k == 0)
-        gh = gates * hidden
-        dr = _Direction(
-            x=x,
-            axis=layout,
+            s = bld.slice(g.const(t) if g.is_const(t) else t, layout, k, k + 1, f"{key}_d{k}")
+            init[key] = bld.reshape(s, (batch, hidden), f"{key}_d{k}_2d")
+        inits.append(init)
+
+    x_bf = bld.transpose(x, (1, 0, 2), "x_bf") if layout == 0 else x  # [batch, seq, input]
+
+    def direction_of(k: int, tag: str, steps: range) -> _Direction:
+        return _Direction(
+            x=x_bf,
+            axis=1,
             batch=batch,
             wt=w[k].T,
             rt=r[k].T,
             wb=b[k][:gh],
             rb=b[k][gh:],
             p=None if p is None else p[k],
-            acts=tuple(acts[k * acts_per_dir : (k + 1) * acts_per_dir]),
-            steps=tuple(range(seq) if forward else range(seq - 1, -1, -1)),
+            acts=per_dir[k],
+            steps=tuple(steps),
             linear_before_reset=lbr,
             tag=tag,
         )
-        cell = _lstm_direction if op == "LSTM" else _gru_direction
-        hs, h, c = cell(bld, dr, init)
-        if used[0]:
-            parts = [bld.reshape(hs[t], (1, 1, batch, hidden), f"y{t}{tag}") for t in range(seq)]
-            ys.append(bld.concat(parts, 0, f"y{tag}"))
-        last_h.append(bld.reshape(h, (1, batch, hidden), f"yh{tag}"))
-        if c is not None:
-            last_c.append(bld.reshape(c, (1, batch, hidden), f"yc{tag}"))
+
+    cell = _lstm_direction if op == "LSTM" else _gru_direction
+    # Per direction: (h by time step, last h, last c or None), each [batch, hidden].
+    runs: list[tuple[dict[int, Value], Value, Value | None]] = []
+    if dirs == 2 and per_dir[0] == per_dir[1]:
+        runs = _both_directions(
+            bld, cell, direction_of(0, "", range(seq)), direction_of(1, "", range(seq)), inits, seq
+        )
+    else:
+        for k in range(dirs):
+            forward = direction == "forward" or (direction == "bidirectional" and k == 0)
+            steps = range(seq) if forward else range(seq - 1, -1, -1)
+            runs.append(cell(bld, direction_of(k, f"_d{k}" if dirs > 1 else "", steps), inits[k]))
+
+    # The outputs are assembled batch-first ([batch, seq, dirs, hidden], [batch, dirs, hidden])
+    # and transposed to layout 0 last: the exporter's own Transposes back to batch-first then
+    # cancel these, and a plan whose rows stay apart may share queries and pad batches.
+    def y() -> Value:
+        steps = []
+        for t in range(seq):
+            per_dir = [
+                bld.reshape(hs[t], (batch, 1, 1, hidden), f"y{t}_d{k}")
+                for k, (hs, _, _) in enumerate(runs)
+            ]
+            steps.append(bld.concat(per_dir, 2, f"y{t}"))
+        return bld.concat(steps, 1, "Y_bf")
+
+    def last(i: int, hint: str) -> Value:
+        parts = [bld.reshape(r[i], (batch, 1, hidden), f"{hint}_d{k}") for k, r in enumerate(runs)]
+        return bld.concat(parts, 1, f"{hint}_bf")
+
     results = (
-        (lambda: bld.concat(ys, 1, "Y"), (2, 0, 1, 3)),
-        (lambda: bld.concat(last_h, 0, "Y_h"), (1, 0, 2)),
-        (lambda: bld.concat(last_c, 0, "Y_c"), (1, 0, 2)),
+        (y, (1, 2, 0, 3)),
+        (lambda: last(1, "Y_h"), (1, 0, 2)),
+        (lambda: last(2, "Y_c"), (1, 0, 2)),
     )
     for (make, perm), t, u in zip(results, outputs, used, strict=True):
         if u:
             v = make()
-            bld.bind(bld.transpose(v, perm, f"{t}_layout") if layout else v, t)
+            bld.bind(v if layout else bld.transpose(v, perm, f"{t}_layout"), t)
+
+
+def _interleave(a: np.ndarray, b: np.ndarray, gates: int) -> np.ndarray:
+    """Columns [..., gates * h] of two directions as [..., gates * 2h]: gate-major, the
+    forward direction's h columns then the backward one's in each gate."""
+    lead = a.shape[:-1]
+    h = a.shape[-1] // gates
+    both = np.stack([a.reshape(*lead, gates, h), b.reshape(*lead, gates, h)], axis=-2)
+    return both.reshape(*lead, gates * 2 * h)
+
+
+def _both_directions(bld, cell, fwd: _Direction, bwd: _Direction, inits, seq: int):
+    """A bidirectional layer as one unrolling of width 2 * hidden: step j runs the forward
+    direction at time j and the backward one at time seq - 1 - j together, so each step's
+    activations and products serve both (half the rounds of two unrollings). The input is
+    [x, x reversed in time] along the features, the weights block-diagonal with gate-major,
+    direction-minor columns, so that every elementwise op of the cell applies unchanged."""
+    hid, gates = fwd.hidden, fwd.wt.shape[1] // fwd.hidden
+    zw, zr = np.zeros_like(fwd.wt), np.zeros_like(fwd.rt)
+    x_both = bld.concat([fwd.x, bld.reverse(fwd.x, fwd.axis, "x_rev")], 2, "x_both")
+    p = None if fwd.p is None else _interleave(fwd.p, bwd.p, 3)
+    dr = _Direction(
+        x=x_both,
+        axis=fwd.axis,
+        batch=fwd.batch,
+        wt=np.concatenate([_interleave(fwd.wt, zw, gates), _interleave(zw, bwd.wt, gates)]),
+        rt=np.concatenate([_interleave(fwd.rt, zr, gates), _interleave(zr, bwd.rt, gates)]),
+        wb=_interleave(fwd.wb, bwd.wb, gates),
+        rb=_interleave(fwd.rb, bwd.rb, gates),
+        p=p,
+        acts=fwd.acts,
+        steps=tuple(range(seq)),
+        linear_before_reset=fwd.linear_before_reset,
+        tag="",
+    )
+    init = {k: bld.concat([inits[0][k], inits[1][k]], 1, f"{k}_both") for k in inits[0]}
+    hs, h, c = cell(bld, dr, init)
+
+    def half(v: Value, d: int, hint: str) -> Value:
+        return bld.slice(v, 1, d * hid, (d + 1) * hid, hint)
+
+    runs = []
+    for d in range(2):
+        by_time = {t: half(hs[t if d == 0 else seq - 1 - t], d, f"h{t}_d{d}") for t in range(seq)}
+        last_c = None if c is None else half(c, d, f"c_d{d}")
+        runs.append((by_time, half(h, d, f"hlast_d{d}"), last_c))
+    return runs
 
 
 def _step_input(bld: _Builder, dr: _Direction, xw: Value, t: int) -> Value:

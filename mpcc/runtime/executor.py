@@ -12,6 +12,7 @@ and the tests measure through them, the executor is never patched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -140,9 +141,13 @@ class PartyExecutor(Backend):
         return () if fn is None else (fn, self._operands[layout(self.prog, ins)][1])
 
     # -- offline, per query -----------------------------------------------------------------
-    def prepare(self, query: int, bundle: Bundle | None) -> int:
+    def prepare(
+        self, query: int, bundle: Bundle | None, pause: Callable[[], None] | None = None
+    ) -> int:
         """Expand this party's material for a query (P1 also takes the dealer's bundle);
-        returns the bytes of material now held for it."""
+        returns the bytes of material now held for it. `pause`, if given, is called before
+        each call's material: a server blocks there while a query's online phase runs, so
+        making material ahead does not take the cores and the GIL from that phase."""
         s = self.session
         if self.party == 1:
             if bundle is None:
@@ -157,6 +162,8 @@ class PartyExecutor(Backend):
         for i, ins in enumerate(self.prog.instrs):
             for j, call in enumerate(self._calls[i]):
                 prg = s.call_prg(self._seed, query, i, j)
+                if pause is not None:
+                    pause()
                 corr = next(corrections, None) if self.party == 1 else None
                 if self.party == 1 and corr is None:
                     raise MaterialError(f"dealer bundle for query {query} is short")

@@ -331,11 +331,18 @@ def _stats(got: dict[str, Message], rows: int, latency: float, share_bytes: int)
     )
 
 
-def cluster_status(config: str | Path | ClusterConfig) -> dict[str, dict[str, Any] | str]:
+def cluster_status(
+    config: str | Path | ClusterConfig, identity: str | None = None
+) -> dict[str, dict[str, Any] | str]:
     """Each compute party's public `info`, or why it could not be had (asked one by one, so
-    a party that is down does not hide the other)."""
+    a party that is down does not hide the other). `identity`: ask with the certificate
+    `cluster add-client` issued to it (default: the shared client certificate)."""
     cfg = config if isinstance(config, ClusterConfig) else load_config(config)
-    ctx = client_context(cfg, "client")
+    if identity is None:
+        ctx = client_context(cfg, "client")
+    else:
+        cert, key = client_files(cfg, identity)
+        ctx = client_context(cfg, None, str(cert), str(key))
     got: dict[str, dict[str, Any] | str] = {}
     for role in PARTIES:
         try:

@@ -41,6 +41,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     st.add_argument("--config", required=True, help="cluster.toml (client credentials)")
     st.add_argument(
+        "--client", metavar="NAME", help="ask with the certificate `cluster add-client NAME` issued"
+    )
+    st.add_argument(
         "--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for serving"
     )
     st.set_defaults(fn=cmd_cluster_status)
@@ -147,7 +150,7 @@ def cmd_cluster_status(args: argparse.Namespace) -> int:
 
     deadline = time.monotonic() + max(0.0, args.wait)
     while True:
-        text, serving = format_status(cluster_status(args.config))
+        text, serving = format_status(cluster_status(args.config, args.client))
         if serving or time.monotonic() >= deadline:
             print(text)
             return 0 if serving else 1

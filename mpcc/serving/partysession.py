@@ -158,6 +158,13 @@ class PartySession:
         (same cores, and the GIL), so it waits for the phase to end."""
         return self.online and bool(self.prepared)
 
+    def yield_to_online(self) -> None:
+        """Block while a query's online phase runs (the material being made is for a later
+        query: the running one took its material before its phase began)."""
+        with self.cond:
+            while self.alive and self.online:
+                self.cond.wait(0.5)
+
     def wait_to_prepare(self, full: bool) -> None:
         """Block while the stock is full (`full`: P0; P1's is held by its credit) or
         preparing should wait for an online phase."""
@@ -334,7 +341,7 @@ class SessionSetup:
                 if self.party == 0:
                     q = s.prepared_upto + 1
                     t0 = time.perf_counter()
-                    nbytes = s.ex.prepare(q, None)
+                    nbytes = s.ex.prepare(q, None, s.yield_to_online)
                     p = Prepared(time.perf_counter() - t0, time.monotonic())
                     s.mark_prepared(q, p, nbytes)
                 else:
@@ -350,7 +357,7 @@ class SessionSetup:
                     bundle = Bundle.from_arrays(msg.arrays)
                     if bundle.query != s.prepared_upto + 1:
                         raise PartyError(f"the dealer sent material for query {bundle.query}")
-                    nbytes = s.ex.prepare(bundle.query, bundle)
+                    nbytes = s.ex.prepare(bundle.query, bundle, s.yield_to_online)
                     deal_s = float(msg.meta.get("deal_s", 0.0))
                     p = Prepared(
                         time.perf_counter() - t0 + deal_s,

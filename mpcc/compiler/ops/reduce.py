@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mpcc.compiler.ops.base import Int, Ints, Op, Site, Type, declare, require
-from mpcc.compiler.ops.rows import same_rows
+from mpcc.compiler.ops.rows import batch_axis_kept
 
 
 def reduced_shape(shape: tuple[int, ...], axes: list[int], keepdims: bool) -> tuple[int, ...]:
@@ -24,7 +24,7 @@ def _reduce(site: Site) -> Type:
 def _rows(site: Site) -> str | None:
     if 0 in site.attrs["axes"]:
         return "sums over the batch axis"
-    return same_rows(site)
+    return batch_axis_kept(site)  # axis 0 survives, first, even without keepdims
 
 
 reduce_sum = declare(
