@@ -2,9 +2,9 @@
 
 exp(x) = exp(x / 2^k)^(2^k) with k = 4 (CrypTen's limit approach, Knott et al. 2021, made
 accurate with a polynomial core, as SPU/PUMA do): x is clamped to [-16, 0] (one ReLU call per
-bound), x / 16 in [-1, 0] is free (a relabel of the fixed-point scale), exp there is a degree-5
-Chebyshev interpolant (relative error 1.1e-6), and four squarings at the internal scale f + 4
-raise it to the 16th power (relative error grows 16x: 1.7e-5).
+bound), x / 16 in [-1, 0] is free (a relabel of the fixed-point scale), exp there is a degree-4
+Chebyshev interpolant (relative error 2.5e-5), and four squarings at the internal scale f + 4
+raise it to the 16th power (relative error grows 16x: 4e-4 = 2^-11.3).
 
 Bound (f = 16, tested over 10^6 points): |exp_hat(x) - exp(x)| <= 2^-10 exp(x) + 2 * 2^-16
 for x in [-16, 0] at an output scale of f (inputs below -16 give exp(-16) ~ 1.1e-7, i.e. 0 to
@@ -12,9 +12,9 @@ within the bound; inputs above 0 give 1). exp(-16) is below one LSB at f = 16, s
 bound can hold near the bottom of the range; the absolute term covers it.
 
 Cost per element and party (f = 16): the clamp 1-2 ReLUs (45 B each; a softmax's x - max
-needs only the lower one), powers t^2..t^5 (a square and two products, 3 levels), 4 truncations,
-4 squarings with a Beaver pair (square + truncation: 16 B each): 250 B, 24 rounds, 301 B of
-dealer material (205 B and 16 rounds inside a softmax).
+needs only the lower one), powers t^2..t^4 (a square and a product, 2 levels), 3 truncations,
+4 squarings with a Beaver pair (square + truncation: 16 B each): 226 B, 22 rounds, 277 B of
+dealer material (181 B and 14 rounds inside a softmax).
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from mpcc.compiler.ir import Value
 
 EXP_LO = -16.0
 SQUARINGS = 4  # exp(x) = exp(x / 16)^16
-EXP_DEG = 5
+EXP_DEG = 4
 
 
 def exp(em: Emitter, x: Value, nonpositive: bool = False) -> Value:

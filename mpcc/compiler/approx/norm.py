@@ -2,8 +2,8 @@
 
 - softmax(x) = e / sum(e) with e = exp(x - max(x)) (max subtraction: x - max <= 0 is the
   range of `exp.exp`, and the sum lies in [1, n], the reciprocal's range for n <= 2^14).
-  Cost per element over rows of 128: 266 B and 108 rounds (the max tournament ~45 B, exp
-  clamped from below ~205 B, one product by the row's reciprocal and a truncation; per row
+  Cost per element over rows of 128: 242 B and 106 rounds (the max tournament ~45 B, exp
+  clamped from below ~181 B, one product by the row's reciprocal and a truncation; per row
   one reciprocal).
 - logsoftmax(x) = (x - max) - log(sum(e)).
 - layernorm(x) = (x - mean) / sqrt(var + eps) * gamma + beta, var the mean of the squared
