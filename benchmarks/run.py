@@ -326,7 +326,8 @@ def markdown(suite: dict) -> str:
                 )
     lines += ["", "## Projected latency on a network", ""]
     lines += [
-        "**A projection, not a measurement**: measured in-process online time + rounds x RTT + "
+        "**A projection, not a measurement**: measured in-process online time + rounds x RTT/2 "
+        "(a round is one one-way delay) + "
         "bytes sent per party / bandwidth (full duplex, no TCP/TLS overhead, no congestion).",
         "",
         "| model | batch | " + " | ".join(LINKS) + " |",

@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from mpcc.compiler.pipeline import DEFAULT_FRAC_BITS, compile_onnx
+from mpcc.compiler.pipeline import compile_onnx
 from mpcc.compiler.plan import Plan
-from mpcc.errors import ModelError
+from mpcc.errors import InputError, ModelError
 
 if TYPE_CHECKING:
     import torch
@@ -106,17 +106,24 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
     input_shape: ShapeSpec | None = None,
     *,
     weights: str | Path | None = None,
-    frac_bits: int = DEFAULT_FRAC_BITS,
+    frac_bits: int | None = None,
     public_weights: bool = False,
     name: str | None = None,
     dynamo: bool | None = None,
+    keep_softmax: bool = False,
+    calibrate: np.ndarray | Mapping[str, np.ndarray] | None = None,
+    fix_inputs: dict[str, float] | None = None,
 ) -> Plan:
     """Compile a PyTorch, Keras or ONNX model to a secure Plan: the Program and its
     (owner-side) weights (``prog, weights = plan`` unpacks it).
 
     ``example_input`` (a tensor or array) or ``input_shape`` (``(1, 1, 28, 28)``, ``"1x1x28x28"``
     or, for ONNX, ``{"input": (1, 1, 28, 28)}``) fixes the shapes; the batch of the plan is
-    their first dim. The rest goes to :func:`mpcc.compiler.pipeline.compile_onnx`.
+    their first dim. ``calibrate`` (representative inputs, ``[N, ...]``, or a dict by input
+    name) runs the float model on them and chooses ``frac_bits`` from the ranges it sees (or
+    checks the ``frac_bits`` given); ``plan.calibration`` is the report, and ``print(plan)``
+    shows it (see :mod:`mpcc.compiler.calibrate`). Without it, ``frac_bits`` is
+    ``DEFAULT_FRAC_BITS`` (16). The rest goes to :func:`mpcc.compiler.pipeline.compile_onnx`.
     """
     kind = kind_of(model)
     if name is None:
@@ -126,7 +133,29 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
             name = model.name
         elif kind == "torch":
             name = type(model).__name__
-    opts: dict[str, Any] = dict(frac_bits=frac_bits, public_weights=public_weights, name=name)
+    opts: dict[str, Any] = dict(
+        frac_bits=frac_bits,
+        public_weights=public_weights,
+        name=name,
+        keep_softmax=keep_softmax,
+        calibrate=calibrate,
+        fix_inputs=fix_inputs,
+    )
+    plan = _compile(model, kind, example_input, input_shape, weights, dynamo, opts)
+    if calibrate is not None:
+        _check_fixed_point(plan, calibrate)
+    return plan
+
+
+def _compile(
+    model: Any,
+    kind: str,
+    example_input: Any,
+    input_shape: ShapeSpec | None,
+    weights: str | Path | None,
+    dynamo: bool | None,
+    opts: dict[str, Any],
+) -> Plan:
     if kind == "onnx":
         if weights is not None:
             raise ModelError("weights= is for PyTorch and Keras models; an ONNX model has them")
@@ -160,6 +189,26 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
             f"exported with the TorchScript exporter; the dynamo graph failed: {_brief(first)}"
         )
         return plan
+
+
+def _check_fixed_point(plan: Plan, data: Any, samples: int = 256) -> None:
+    """Run the calibrated plan's own fixed-point arithmetic (the cleartext interpreter) on the
+    first calibration samples and add the comparison to its calibration report."""
+    from mpcc.compiler.calibrate import check
+    from mpcc.runtime.cleartext import predict
+
+    prog = plan.program
+    if len(prog.inputs) != 1 or len(prog.outputs) != 1:
+        return  # the interpreter's predict takes one input and gives one output
+    x = data[prog.inputs[0][0]] if isinstance(data, Mapping) else data
+    x = np.asarray(x)
+    if x.ndim == len(prog.value(prog.inputs[0][1]).shape) - 1:
+        x = x[None]
+    try:
+        fixed = predict(prog, plan.weights, x[:samples])
+    except InputError:  # e.g. a plan mixing rows, given a partial batch: nothing to compare
+        return
+    check(plan.calibration, prog.outputs[0][0], fixed)
 
 
 def load(path: str | Path, with_weights: bool = True) -> Plan:

@@ -8,35 +8,64 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from mpcc.errors import MpccError
+from mpcc.errors import InputError, MpccError
 from mpcc.inputs import load_npy
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
     from mpcc.api import compile as compile_model
     from mpcc.compiler import planfile
+    from mpcc.compiler.calibrate import CalibrationWarning
     from mpcc.compiler.report import format_report, report_json
-    from mpcc.frontends.onnx import parse_input_shapes
+    from mpcc.frontends.onnx import parse_fixed_inputs, parse_input_shapes
 
     shapes = parse_input_shapes(args.input_shape) if args.input_shape else None
-    prog, weights = compile_model(
-        args.model,
-        input_shape=shapes,
-        frac_bits=args.frac_bits,
-        public_weights=args.public_weights,
-    )
+    fixed = parse_fixed_inputs(args.fix_input) if args.fix_input else None
+    calibration = _load_calibration(args.calibrate) if args.calibrate else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CalibrationWarning)
+        plan = compile_model(
+            args.model,
+            input_shape=shapes,
+            frac_bits=args.frac_bits,
+            public_weights=args.public_weights,
+            keep_softmax=args.keep_softmax,
+            calibrate=calibration,
+            fix_inputs=fixed,
+        )
+    for w in caught:
+        if issubclass(w.category, CalibrationWarning):
+            print(f"mpcc: warning: {w.message}", file=sys.stderr)
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    prog, weights, report = plan.program, plan.weights, plan.calibration
     out = Path(args.output) if args.output else Path(args.model).with_suffix(".mpcc")
     planfile.save(out, prog, weights)
     if args.json:
-        print(json.dumps(dict(report_json(prog), plan_file=str(out)), indent=1))
+        print(json.dumps(dict(report_json(prog, calibration=report), plan_file=str(out)), indent=1))
     else:
-        print(format_report(prog))
+        print(format_report(prog, calibration=report))
         print(f"wrote {out}")
     return 0
+
+
+def _load_calibration(path: str) -> np.ndarray | dict[str, np.ndarray]:
+    """Calibration inputs: a .npy array [N, ...] (one input), or an .npz of arrays by input
+    name."""
+    if str(path).endswith(".npz"):
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise InputError(f"no calibration file at {path}") from None
+        except (OSError, ValueError) as e:
+            raise InputError(f"{path} is not an .npz archive of arrays ({e})") from None
+    return load_npy(path)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -57,9 +86,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from mpcc.compiler import planfile
 
     prog, weights = planfile.load(args.plan)
-    if not weights:
+    if prog.weights and not weights:
         raise MpccError(f"{args.plan} holds no weights; run it through deployed parties")
-    x = load_npy(args.input)
+    x = _read_inputs(args.input, [n for n, _ in prog.inputs])
+    if args.processes and isinstance(x, dict):
+        raise MpccError("--processes runs one-input plans only; drop it to run this plan")
     if args.cleartext:
         from mpcc.runtime.cleartext import predict
 
@@ -85,6 +116,35 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_inputs(specs: list[str], names: list[str]) -> np.ndarray | dict[str, np.ndarray]:
+    """`--input` values: one FILE.npy for a one-input plan, NAME=FILE.npy per input, or one
+    .npz archive holding an array per input name."""
+    if len(specs) == 1 and "=" not in specs[0] and not specs[0].endswith(".npz"):
+        if len(names) > 1:
+            listed = ", ".join(repr(n) for n in names)
+            raise InputError(
+                f"this plan has {len(names)} inputs ({listed}): give --input NAME=FILE.npy "
+                "for each, or one .npz archive holding them by name"
+            )
+        return load_npy(specs[0])
+    found: dict[str, np.ndarray] = {}
+    for spec in specs:
+        if spec.endswith(".npz") and "=" not in spec:
+            try:
+                with np.load(spec, allow_pickle=False) as z:
+                    found.update({k: z[k] for k in z.files})
+            except (OSError, ValueError) as e:
+                raise InputError(f"{spec}: not a readable .npz archive ({e})") from None
+            continue
+        name, sep, path = spec.partition("=")
+        if not sep:
+            raise InputError(f"--input {spec!r}: this plan has several inputs; give NAME=FILE.npy")
+        found[name] = load_npy(path)
+    if len(names) == 1 and list(found) == names:
+        return found[names[0]]
+    return found
+
+
 def _run_in_processes(prog, weights, x: np.ndarray):
     """Three party processes on 127.0.0.1 over mutually authenticated TLS, then a client."""
     from mpcc.serving.local import serve_locally
@@ -106,11 +166,35 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="[NAME=]DxDx..",
         help="fix an input's shape, e.g. 1x1x28x28 or input=64x1x28x28 (repeatable)",
     )
-    c.add_argument("--frac-bits", type=int, default=16, help="fixed-point fractional bits")
+    c.add_argument(
+        "--fix-input",
+        action="append",
+        metavar="NAME=VALUE",
+        help="fix an input to a constant, e.g. attention_mask=1 (no padding): what it feeds "
+        "folds away and the client does not send it (repeatable)",
+    )
+    c.add_argument(
+        "--frac-bits",
+        type=int,
+        default=None,
+        help="fixed-point fractional bits (default 16, or chosen by --calibrate)",
+    )
+    c.add_argument(
+        "--calibrate",
+        metavar="X.npy",
+        help="representative inputs [N, ...] (.npy; .npz by input name): run the float model "
+        "on them, choose --frac-bits from the value ranges (or check the one given) and "
+        "report each layer's headroom and resolution",
+    )
     c.add_argument(
         "--public-weights",
         action="store_true",
         help="keep weights public (linear layers become local): only if the model is not secret",
+    )
+    c.add_argument(
+        "--keep-softmax",
+        action="store_true",
+        help="compute a final Softmax/LogSoftmax securely instead of returning logits",
     )
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(fn=cmd_compile)
@@ -122,7 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run a plan on inputs from a .npy file")
     r.add_argument("plan")
-    r.add_argument("--input", required=True, help=".npy file with one or more samples")
+    r.add_argument(
+        "--input",
+        required=True,
+        action="append",
+        metavar="[NAME=]FILE",
+        help=".npy file with one or more samples; NAME=FILE.npy per input (repeatable) or one "
+        ".npz archive for a plan with several inputs",
+    )
     r.add_argument("--output", help=".npy file for the outputs")
     r.add_argument("--cleartext", action="store_true", help="plaintext fixed-point interpreter")
     r.add_argument(

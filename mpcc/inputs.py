@@ -38,8 +38,11 @@ def load_npy(path: str) -> np.ndarray:
     return x
 
 
-def as_samples(x: np.ndarray, shape: Sequence[int], *, allow_empty: bool = True) -> np.ndarray:
-    """`x` as float64 samples [n, *shape[1:]] for a plan whose input has `shape`.
+def as_samples(
+    x: np.ndarray, shape: Sequence[int], *, allow_empty: bool = True, ids: bool = False
+) -> np.ndarray:
+    """`x` as float64 samples [n, *shape[1:]] for a plan whose input has `shape` (with `ids`:
+    int64 samples of integer ids, any other dtype refused).
 
     One sample without the leading axis becomes [1, ...]; any other shape is an InputError
     naming the expected one (so is n = 0 unless `allow_empty`)."""
@@ -47,7 +50,11 @@ def as_samples(x: np.ndarray, shape: Sequence[int], *, allow_empty: bool = True)
     x = np.asarray(x)
     if x.dtype.kind not in NUMERIC_KINDS:
         raise _not_numeric("the input", str(x.dtype))
-    x = x.astype(np.float64, copy=False)
+    if ids and x.dtype.kind not in "iu":
+        raise InputError(
+            f"the input holds token ids: an integer array is expected, not dtype {x.dtype}"
+        )
+    x = x.astype(np.int64 if ids else np.float64, copy=False)
     if x.shape == shape[1:]:
         x = x[None]
     if x.ndim != len(shape) or x.shape[1:] != shape[1:] or (not allow_empty and len(x) == 0):
@@ -85,3 +92,27 @@ def map_batches(
         y = fn(pad_rows(chunk, batch) if pad else chunk)
         outs.append(y[:n])
     return np.concatenate(outs) if outs else np.zeros((0,))
+
+
+ONEHOT = "onehot"
+
+
+def input_shape(shape: Sequence[int], encoding: str | None) -> tuple[int, ...]:
+    """The shape of what the client gives for a plan input of `shape`: a one-hot input's ids
+    lack its last axis (the depth)."""
+    return tuple(shape[:-1]) if encoding == ONEHOT else tuple(shape)
+
+
+def one_hot(ids: np.ndarray, depth: int, name: str = "input") -> np.ndarray:
+    """Integer ids [...] as a one-hot [..., depth] of ring elements 0/1 (uint64, scale 0):
+    what the client secret-shares for an input with encoding `onehot`. A non-integer dtype
+    or an id outside [0, depth) is an InputError naming the input."""
+    ids = np.asarray(ids)
+    if ids.dtype.kind not in "iu":
+        raise InputError(f"input {name!r} takes integer ids, not an array of dtype {ids.dtype}")
+    if ids.size and (ids.min() < 0 or ids.max() >= depth):
+        bad = ids[(ids < 0) | (ids >= depth)].reshape(-1)[0]
+        raise InputError(f"input {name!r}: id {bad} is outside [0, {depth})")
+    out = np.zeros((*ids.shape, depth), np.uint64)
+    np.put_along_axis(out, ids.astype(np.int64)[..., None], np.uint64(1), axis=-1)
+    return out

@@ -56,8 +56,10 @@ IMAGE = (1, 4, 8, 8)
 SIGNAL = (1, 4, 16)  # 1-D: [N, C, L]
 VOLUME = (1, 4, 4, 8, 8)  # 3-D: [N, C, D, H, W]
 FLAT = (1, 16)
+IDS = (1, 8)
+SEQUENCE = (4, 1, 8)  # [steps, batch, features]
 SECRET = "x"  # an extra input named SECRET is the model's input itself (a second secret)
-PREV = "<"  # an extra input named PREV puts the previous output there, not first
+PREV = "<"  # an extra input naming the previous node's output
 
 
 def _w(*shape: int) -> np.ndarray:
@@ -76,9 +78,11 @@ def _i64(*values: int) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Sample:
-    """A chain of nodes on input ``x``; each node takes the previous output, then ``extra``.
+    """A chain of nodes on input ``x``; each node takes the previous output, then ``extra``
+    (unless ``extra`` names its inputs itself: ``PREV`` for the previous output, ``x``).
 
-    The first ``context`` nodes are context: their own IR and rounds are subtracted.
+    The first ``context`` nodes are context: their own IR and rounds are subtracted. Outputs
+    no later node reads are the model's outputs; ``ids``: ``x`` holds int64 token ids.
     """
 
     op: str
@@ -88,10 +92,22 @@ class Sample:
     shape: tuple[int, ...] = IMAGE
     context: int = 0
     opset: int = 17
+    keep_softmax: bool = False
+    ids: bool = False
 
 
-def _s(op: str, case: str, *nodes, consts=None, shape=IMAGE, context=0, opset=17) -> Sample:
-    return Sample(op, case, tuple(nodes), dict(consts or {}), shape, context, opset)
+def _s(
+    op: str,
+    case: str,
+    *nodes,
+    consts=None,
+    shape=IMAGE,
+    context=0,
+    opset=17,
+    keep=False,
+    ids=False,
+) -> Sample:
+    return Sample(op, case, tuple(nodes), dict(consts or {}), shape, context, opset, keep, ids)
 
 
 def _n(op: str, *extra: str, **attrs) -> tuple[str, tuple[str, ...], dict]:
@@ -145,6 +161,7 @@ SAMPLES: tuple[Sample, ...] = (
         _n("MatMul", "C", PREV),
         consts={"C": _w(2, 4, 5, 8)},
     ),
+    _s("MatMul", "two secrets (batched, e.g. attention)", _n("MatMul", SECRET)),
     _s("Add", "a constant", _n("Add", "c"), consts={"c": _w(1, 4, 8, 8)}),
     _s("Add", "two secrets", _n("Add", SECRET)),
     _s("Sub", "a constant", _n("Sub", "c"), consts={"c": _w(1, 4, 1, 1)}),
@@ -192,9 +209,13 @@ SAMPLES: tuple[Sample, ...] = (
     ),
     _s("GlobalAveragePool", "", _n("GlobalAveragePool")),
     _s("GlobalMaxPool", "8x8 input", _n("GlobalMaxPool")),
-    _s("ReduceMean", "", _n("ReduceMean", axes=[2, 3])),
+    _s("ReduceMean", "spatial axes (a pool)", _n("ReduceMean", axes=[2, 3])),
+    _s("ReduceMean", "other axes (4 elements)", _n("ReduceMean", axes=[1])),
     _s("ReduceMax", "8x8 input", _n("ReduceMax", axes=[2, 3])),
+    _s("ReduceMax", "other axes (4 elements)", _n("ReduceMax", axes=[1])),
     _s("ReduceSum", "", _n("ReduceSum", "ax"), consts={"ax": _i64(2, 3)}),
+    _s("ReduceSum", "other axes", _n("ReduceSum", "ax"), consts={"ax": _i64(1)}),
+    _s("ReduceL2", "", _n("ReduceL2", axes=[1])),
     _s("Neg", "", _n("Neg")),
     _s("Flatten", "", _n("Flatten")),
     _s("Reshape", "", _n("Reshape", "s"), consts={"s": _i64(1, 4, 64)}),
@@ -223,12 +244,76 @@ SAMPLES: tuple[Sample, ...] = (
         consts={"sc": np.array([1, 1, 2, 2], np.float32)},
         opset=9,
     ),
+    _s("Gather", "constant indices", _n("Gather", "i", axis=1), consts={"i": _i64(2, 0)}),
+    _s(
+        "Gather",
+        "rows of a constant table by client ids (one-hot uploaded)",
+        _n("Gather", "table", PREV),
+        consts={"table": _w(12, 4)},
+        shape=IDS,
+        ids=True,
+    ),
+    *(
+        _s(
+            op,
+            "ids compared with a constant, cast to float (a mask: local)",
+            _n("Gather", "table", PREV),
+            _n("Equal", SECRET, "pad"),
+            _n("Not", PREV),
+            _n("Cast", PREV, to=1),
+            consts={"table": _w(12, 4), "pad": _i64(0)[0]},
+            shape=IDS,
+            ids=True,
+            context=1,
+        )
+        for op in ("Equal", "Not", "Cast")
+    ),
+    _s("Split", "", _n("Split", "sp", axis=1), consts={"sp": _i64(4)}),
+    _s("Tile", "", _n("Tile", "r"), consts={"r": _i64(1, 2, 1, 1)}),
+    _s("Expand", "", _n("Expand", "s"), consts={"s": _i64(2, 1, 1, 1)}),
     _s("Squeeze", "", _n("Squeeze", "ax"), consts={"ax": _i64(0)}),
     _s("Unsqueeze", "", _n("Unsqueeze", "ax"), consts={"ax": _i64(0)}),
     _s("Identity", "", _n("Identity")),
+    _s("Cast", "between float types", _n("Cast", to=int(TensorProto.DOUBLE))),
     _s("Dropout", "", _n("Dropout")),
-    _s("Softmax", "", _n("Flatten"), _n("Softmax", axis=1), context=1),
-    _s("LogSoftmax", "", _n("Flatten"), _n("LogSoftmax", axis=1), context=1),
+    _s("Softmax", "final", _n("Flatten"), _n("Softmax", axis=1), context=1),
+    _s("Softmax", "elsewhere (or kept), 4 elements", _n("Softmax", axis=1), keep=True),
+    _s("LogSoftmax", "final", _n("Flatten"), _n("LogSoftmax", axis=1), context=1),
+    _s("LogSoftmax", "elsewhere (or kept), 4 elements", _n("LogSoftmax", axis=1), keep=True),
+    _s(
+        "LayerNormalization",
+        "8 elements",
+        _n("LayerNormalization", "g", "b", axis=-1),
+        consts={"g": _w(8), "b": _w(8)},
+    ),
+    _s("Exp", "", _n("Exp")),
+    _s("Log", "", _n("Log")),
+    _s("Sqrt", "", _n("Sqrt")),
+    _s("Reciprocal", "", _n("Reciprocal")),
+    _s("Div", "by a secret", _n("Div", SECRET)),
+    _s("Pow", "exponent 2", _n("Pow", "e"), consts={"e": np.float32(2.0)}),
+    _s("Sigmoid", "", _n("Sigmoid")),
+    _s("Tanh", "", _n("Tanh")),
+    _s("Erf", "", _n("Erf")),
+    _s("Gelu", "erf (exact)", _n("Gelu"), opset=20),
+    _s("Gelu", "tanh", _n("Gelu", approximate="tanh"), opset=20),
+    _s("HardSigmoid", "", _n("HardSigmoid")),
+    _s("HardSwish", "", _n("HardSwish")),
+    _s("LpNormalization", "p = 2", _n("LpNormalization", axis=1)),
+    _s(
+        "LSTM",
+        "4 steps, hidden 8",
+        _n("LSTM", "W", "R", "B", hidden_size=8),
+        consts={"W": _w(1, 32, 8), "R": _w(1, 32, 8), "B": _w(1, 64)},
+        shape=SEQUENCE,
+    ),
+    _s(
+        "GRU",
+        "4 steps, hidden 8",
+        _n("GRU", "W", "R", "B", hidden_size=8, linear_before_reset=1),
+        consts={"W": _w(1, 24, 8), "R": _w(1, 24, 8), "B": _w(1, 48)},
+        shape=SEQUENCE,
+    ),
 )
 
 
@@ -236,18 +321,24 @@ def _model(sample: Sample, upto: int) -> onnx.ModelProto:
     nodes, prev = [], SECRET
     for i, (op, extra, attrs) in enumerate(sample.nodes[:upto]):
         out = f"t{i}"
-        ins = [prev if e == PREV else e for e in extra] if PREV in extra else [prev, *extra]
-        nodes.append(helper.make_node(op, ins, [out], f"{op.lower()}_{i}", **attrs))
+        named = PREV in extra or (sample.ids and SECRET in extra)
+        inputs = [prev if t == PREV else t for t in extra] if named else [prev, *extra]
+        nodes.append(helper.make_node(op, inputs, [out], f"{op.lower()}_{i}", **attrs))
         prev = out
     used = {t for n in nodes for t in n.input}
+    outputs = [n.output[0] for n in nodes if n.output[0] not in used]
     inits = [
         numpy_helper.from_array(np.asarray(v), k) for k, v in sample.consts.items() if k in used
     ]
     graph = helper.make_graph(
         nodes,
         f"{sample.op}_sample",
-        [helper.make_tensor_value_info(SECRET, TensorProto.FLOAT, list(sample.shape))],
-        [helper.make_tensor_value_info(prev, TensorProto.UNDEFINED, None)],
+        [
+            helper.make_tensor_value_info(
+                SECRET, TensorProto.INT64 if sample.ids else TensorProto.FLOAT, list(sample.shape)
+            )
+        ],
+        [helper.make_tensor_value_info(t, TensorProto.UNDEFINED, None) for t in outputs],
         inits,
     )
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", sample.opset)])
@@ -260,7 +351,7 @@ def _lowered(sample: Sample, upto: int) -> tuple[Counter, int, set[type]]:
     nodes."""
     if upto == 0:
         return Counter(), 0, set()
-    prog, _ = compile_onnx(_model(sample, upto), sample.shape)
+    prog, _ = compile_onnx(_model(sample, upto), sample.shape, keep_softmax=sample.keep_softmax)
     used = Counter(i.op.name for i in prog.instrs if i.op not in (ops.input, ops.output))
     protocols = {type(c) for i in prog.instrs for c in i.op.calls(ops.Site(prog, i))}
     return used, estimate(prog).total.rounds, protocols
@@ -309,6 +400,7 @@ def rows() -> list[Row]:
 _FREE_WHY = {
     "BatchNormalization": "folded into the weights",
     "Identity": "removed",
+    "Cast": "removed",
     "Dropout": "removed",
     "Softmax": "dropped",
     "LogSoftmax": "dropped",
@@ -317,14 +409,19 @@ _FREE_WHY = {
 
 def table() -> str:
     """The markdown table (with its legend), as printed by ``python -m mpcc.optable``."""
+    from mpcc import conformance
+
     lines = [
-        "| ONNX op | case | secure IR | cost | online rounds |",
-        "|---|---|---|---|---|",
+        "| ONNX op | case | secure IR | cost | online rounds | ONNX node tests |",
+        "|---|---|---|---|---|---|",
     ]
+    counted: set[str] = set()
     for r in rows():
         case = r.case or SUPPORTED_OPS[r.op]
         ir = ", ".join(f"`{op}`" for op in r.ir) if r.ir else f"none ({_FREE_WHY.get(r.op, '')})"
-        lines.append(f"| {r.op} | {case} | {ir} | {r.cost} | {r.rounds} |")
+        tests = "" if r.op in counted else conformance.op_counts(r.op)
+        counted.add(r.op)
+        lines.append(f"| {r.op} | {case} | {ir} | {r.cost} | {r.rounds} | {tests} |")
     lines += [
         "",
         "*free*: no instruction; *local*: no communication; *N round(s)*: Beaver-triple "
@@ -333,6 +430,8 @@ def table() -> str:
         "(MaxPool: one level per halving of the window). A product's truncation is fused into "
         "the next ReLU/Clip, or costs 1 round where it is needed. Generated by "
         "`python -m mpcc.optable` from the compiler's passes, lowering and cost model.",
+        "",
+        conformance.legend(),
     ]
     return "\n".join(lines)
 

@@ -45,6 +45,7 @@ def _rowwise_model():
         ([node("Reshape", ["x", "s"], ["y"])], {"s": np.array([1, 4 * B], np.int64)}, "batch"),
         ([node("Mul", ["x", "w"], ["y"])], {"w": rand(B, 4, seed=3)}, "differs per row"),
         ([node("Concat", ["x", "x"], ["y"], axis=0)], {}, "batch axis"),
+        ([node("ReduceSum", ["x", "ax"], ["y"])], {"ax": np.array([0])}, "batch axis"),
         (
             [node("Slice", ["x", "st", "en", "ax"], ["y"])],
             {"st": np.array([1]), "en": np.array([2]), "ax": np.array([0])},
@@ -66,6 +67,11 @@ def test_plans_that_mix_rows_are_found(nodes, inits, why):
         ([node("Concat", ["x", "x"], ["y"], axis=1)], {}),
         ([node("Mul", ["x", "w"], ["y"])], {"w": rand(1, 4, seed=3)}),
         ([node("Add", ["x", "x"], ["s"]), node("Relu", ["s"], ["y"])], {}),
+        # a sum over the last axis, kept or dropped, keeps each sample's row (Sigmoid and
+        # Tanh sum over an internal last axis too)
+        ([node("ReduceSum", ["x", "ax"], ["y"], keepdims=0)], {"ax": np.array([1])}),
+        ([node("ReduceSum", ["x", "ax"], ["y"], keepdims=1)], {"ax": np.array([1])}),
+        ([node("Sigmoid", ["x"], ["y"])], {}),
     ],
 )
 def test_plans_that_keep_rows_apart(nodes, inits):
@@ -113,7 +119,8 @@ def test_a_plan_that_mixes_rows_serves_each_client_alone(servers):
         with pytest.raises(InputError, match="mixes samples"):
             c.predict(rand(1, 4, seed=9))  # a part of a batch would be padded by others' rows
         share = np.zeros((1, 4), np.uint64)
-        reply = c.send_raw("p0", "request", {"rid": "ab" * 16, "rows": 1}, [share])
+        meta = {"rid": "ab" * 16, "rows": 1, "plan": c._interface()["plan_hash"]}
+        reply = c.send_raw("p0", "request", meta, [share])
         assert reply.kind == "failed" and "exactly 2 samples" in reply.meta["msg"]
     xs = [rand(B, 4, seed=10 + k) for k in range(4)]
     for k, (y, stats) in _serve_concurrently(servers, xs).items():

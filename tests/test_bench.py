@@ -156,19 +156,19 @@ def test_projection_arithmetic(tiny, capsys) -> None:
     link = bench.Link.parse("40,0.1")
     assert link.rtt_s == pytest.approx(0.04) and link.gbps == 0.1
     assert link.transfer_s(1_250_000) == pytest.approx(0.1)  # 10 Mbit at 100 Mbit/s
-    assert link.project(0.010, 60, 728_704) == pytest.approx(0.010 + 60 * 0.04 + 0.05829632)
+    assert link.project(0.010, 60, 728_704) == pytest.approx(0.010 + 60 * 0.02 + 0.05829632)
 
     rep, _ = _report(capsys, str(tiny), "--repeat", "3", "--network", "2.5,0.5", "--layers")
     (r,) = rep["results"]
     p, bw = r["projection"], 0.5e9 / 8  # bytes per second
     assert (p["rtt_ms"], p["gbps"]) == (2.5, 0.5)
     assert p["online_s"] == pytest.approx(
-        r["online_s"]["median"] + r["rounds"] * 2.5e-3 + max(r["sent_bytes"]) / bw
+        r["online_s"]["median"] + r["rounds"] * 1.25e-3 + max(r["sent_bytes"]) / bw
     )
     assert p["dealer_transfer_s"] == pytest.approx(r["dealer_bytes"] / bw)
     for row in r["layers"]["instrs"]:
         assert row["projected_s"] == pytest.approx(
-            row["time_s"][0] + row["rounds"] * 2.5e-3 + max(row["sent"]) / bw
+            row["time_s"][0] + row["rounds"] * 1.25e-3 + max(row["sent"]) / bw
         )
 
 

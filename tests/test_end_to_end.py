@@ -86,3 +86,22 @@ def test_public_weights_make_linear_layers_local(plans, reference, digits_test) 
     want = estimate(prog).total
     assert stats.rounds == want.rounds == secret.rounds - 4  # four linear layers, no rounds
     assert stats.sent == (want.sent, want.sent) and want.sent < secret.sent
+
+
+def test_keep_softmax_returns_the_probabilities(zoo_model, digits_test) -> None:
+    """The ResNet ends in Softmax: with keep_softmax the plan computes it securely, close to
+    onnxruntime's probabilities, and the counted traffic is still the cost model's."""
+    from mpcc.zoo.reference import run_onnxruntime
+
+    path = zoo_model("resnet")
+    prog, weights = compile_onnx(path, (16, 1, 28, 28), keep_softmax=True)
+    x = digits_test[0][:16]
+    with LocalCluster(prog, weights) as cluster:
+        got = cluster.predict(x)
+        stats = cluster.stats
+    ref = run_onnxruntime(path, x)
+    assert np.abs(got - ref).max() <= 2e-3
+    assert np.allclose(got.sum(1), 1.0, atol=2e-3)
+    want = estimate(prog).total
+    assert stats.sent == (want.sent, want.sent) and stats.rounds == want.rounds
+    assert stats.dealer_bytes == want.dealer

@@ -98,3 +98,22 @@ def test_values_are_freed_after_their_last_use() -> None:
         for v in vs:
             readers = [j for j, ins in enumerate(prog.instrs) if v in ins.args]
             assert i == max(readers, default=defined[v]), (i, v)  # after its last reader
+
+
+def test_prepare_pauses_before_each_call(monkeypatch) -> None:
+    """`prepare`'s pause hook (a serving party blocks there during an online phase) runs
+    once before each call's material, at both parties."""
+    prog, weights = _mlp()
+    seen: list[int] = []
+    original = executor.PartyExecutor.prepare
+
+    def paused(self, query, bundle, pause=None):
+        return original(self, query, bundle, lambda: seen.append(self.party))
+
+    monkeypatch.setattr(executor.PartyExecutor, "prepare", paused)
+    with LocalCluster(prog, weights) as cluster:
+        cluster.predict(rand(17, 12, seed=3))
+    per_query = sum(len(costmodel.calls(prog, ins)) for ins in prog.instrs)
+    assert per_query > 0
+    assert seen.count(0) == seen.count(1) > 0
+    assert seen.count(0) % per_query == 0

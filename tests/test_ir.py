@@ -68,8 +68,11 @@ def test_every_call_type_has_a_protocol_priced_as_it_deals() -> None:
     samples = {
         calls.Linear: calls.Linear((2, 5), (2, 3), 30),
         calls.Multiply: calls.Multiply((2, 1, 4), (3, 4)),
+        calls.MatMulSS: calls.MatMulSS((2, 1, 3, 4), (5, 4, 6)),
         calls.Truncate: calls.Truncate(70, 16),
         calls.Relu: calls.Relu(130, 16),
+        calls.Square: calls.Square(70),
+        calls.Sign: calls.Sign(130),
     }
     assert set(calls.CALL_TYPES) == set(BY_CALL) == set(samples)
     for kind, call in samples.items():

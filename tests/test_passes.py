@@ -47,6 +47,10 @@ CONTRACT = {
     "Concat": {"axis"},
     "Slice": {"starts", "ends", "axes", "steps"},
     "Pad": {"pads", "value"},
+    **{op: {"axes", "keepdims"} for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceL2")},
+    "Softmax": {"axes"},
+    "LogSoftmax": {"axes"},
+    "LayerNormalization": {"axes", "epsilon"},
 }
 
 
@@ -276,10 +280,12 @@ def test_normalize_reduce_mean(keepdims, opset):
     assert ops(g) == ["GlobalAveragePool"] + ["Reshape"] * (1 - keepdims)
 
 
-def test_reduce_mean_over_other_axes_is_an_error():
-    m = model([node("ReduceMean", ["x"], ["y"], axes=[1])], {"x": (2, 3, 4, 5)}, ["y"])
-    with pytest.raises(ModelError, match=r"spatial axes \(2..3\).*\(1,\)"):
-        legalize(graph_of(m))
+def test_reduce_mean_over_other_axes_keeps_its_axes():
+    m = model([node("ReduceMean", ["x"], ["y"], axes=[-3])], {"x": (2, 3, 4, 5)}, ["y"])
+    g = graph_of(m)
+    legalize(g)
+    (n,) = g.topo_nodes()
+    assert g.op(n) == "ReduceMean" and g.node(n)["attrs"] == {"axes": (1,), "keepdims": 1}
 
 
 # ---- 2. Identity / Dropout ---------------------------------------------------------------
@@ -347,11 +353,13 @@ def test_drop_final_softmax(op):
 
 
 @pytest.mark.parametrize("also_output", [False, True])
-def test_softmax_in_the_middle_is_an_error(also_output):
+def test_softmax_in_the_middle_is_kept(also_output):
     nodes = [node("Softmax", ["x"], ["p"], name="sm"), node("Relu", ["p"], ["y"])]
     m = model(nodes, {"x": (2, 3)}, ["y", "p"] if also_output else ["y"])
-    with pytest.raises(ModelError, match="node 'sm' \\(op Softmax\\) is not the model's last op"):
-        legalize(graph_of(m))
+    g = graph_of(m)
+    legalize(g)
+    R.drop_final_softmax(g)
+    assert g.op("sm") == "Softmax" and g.node("sm")["attrs"] == {"axes": (1,)}
 
 
 # ---- 4. BatchNormalization ---------------------------------------------------------------

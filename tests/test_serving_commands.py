@@ -29,6 +29,9 @@ def test_commands_are_registered(tmp_path):
         ["party", "--config", "c.toml", "--role", "p0", "--num-requests", "3"],
         ["deploy", "m.mpcc", "--config", "c.toml"],
         ["predict", "--config", "c.toml", "--input", "x.npy", "--argmax"],
+        ["predict", "--config", "c.toml", "--input", "x.npy", "--client", "alice"],
+        ["cluster", "add-client", "alice", "--config", "c.toml", "--days", "30"],
+        ["cluster", "revoke", "alice", "--config", "c.toml"],
     ):
         assert callable(parse(argv).fn)
     with pytest.raises(SystemExit):

@@ -142,8 +142,10 @@ def test_wrong_shape_input_is_rejected(cluster, reference):
     X, ref = reference
     with Client(cluster.cfg) as c:
         bad = np.zeros((1, 1, 27, 27), dtype=np.uint64)
+        plan = c._interface()["plan_hash"]
         for role in ("p0", "p1"):
-            msg = c.send_raw(role, "request", {"rid": secrets.token_hex(16), "rows": 1}, [bad])
+            meta = {"rid": secrets.token_hex(16), "rows": 1, "plan": plan}
+            msg = c.send_raw(role, "request", meta, [bad])
             assert msg.kind == "failed"
             assert "expected uint64[1, 1, 28, 28]" in msg.meta["msg"]
         with pytest.raises(InputError):

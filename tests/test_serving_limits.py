@@ -23,6 +23,7 @@ from mpcc.serving.config import ConfigError
 from mpcc.serving.config import load as load_config
 from mpcc.serving.local import init_local
 from mpcc.serving.owner import deploy_program
+from mpcc.serving.party import Outbox
 from mpcc.serving.server import Listener
 from mpcc.serving.tls import LinkRefused, TlsChannel, client_context, dial, greet, server_context
 from mpcc.serving.wire import (
@@ -544,3 +545,47 @@ def test_the_settings_table_in_the_guide_matches_the_defaults():
         row = re.search(rf"^\| `{f.name}` \| ([^|]+) \|", doc, re.MULTILINE)
         assert row, f"docs/deployment.md has no row for [serving] {f.name}"
         assert float(row.group(1)) == getattr(Serving(), f.name), f.name
+
+
+class _StuckLink:
+    """A client link whose sends block until released (a client that does not read)."""
+
+    peer = "client"
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.closed: str | None = None
+        self.sent = 0
+
+    def send_msg(self, kind, meta, arrays) -> None:
+        self.release.wait(10)
+        self.sent += 1
+
+    def close(self, reason: str = "") -> None:
+        self.closed = reason
+
+
+def test_outbox_is_bounded_and_closes_a_link_that_does_not_read():
+    # issue 14: `info` posted far faster than it is read grew the queue without bound
+    link = _StuckLink()
+    box = Outbox(link, logging.getLogger("test"), max_messages=8, max_bytes=1 << 20)
+    for _ in range(8):
+        box.post("info", {"x": 1})
+    assert link.closed is None and box.waiting[0] == 8
+    box.post("info", {"x": 1})  # the ninth: over the bound
+    assert link.closed == "the client does not read its answers"
+    assert box.waiting[0] == 8  # the refused message was not queued
+    link.release.set()
+    box.close(5)
+    assert box.waiting == (0, 0)
+
+
+def test_outbox_bounds_bytes_too():
+    link = _StuckLink()
+    box = Outbox(link, logging.getLogger("test"), max_messages=100, max_bytes=10_000)
+    box.post("answer", {}, [np.zeros(1000, np.uint64)])  # 8 KB: fits
+    assert link.closed is None
+    box.post("answer", {}, [np.zeros(1000, np.uint64)])  # 16 KB: over
+    assert link.closed is not None
+    link.release.set()
+    box.close(5)

@@ -144,6 +144,8 @@ def _deploy_to(
     for n in sorted(shares):
         ch.send_msg("share", {"name": n}, [shares[n]])
     ch.send_msg("commit")
+    ch.recv_msg(10, expect="staged")  # two-phase: staged, then activated
+    ch.send_msg("activate")
     ch.recv_msg(10, expect="deployed")
     ch.close()
 
@@ -177,7 +179,10 @@ def test_mismatched_deployments_stop_start_up(servers, mlp, ort_logits):
         with pytest.raises(PartyError, match="weight share commitments"):
             c.wait_ready(3)
     err = _dealer_error(servers, "disagree on the weight share commitments (p")
-    assert "P0 and P1 disagree on the weight share commitments (p" in err, err
+    # whichever of the two notices first reports it
+    assert re.search(r"(P0 and P1|P1 and P0) disagree on the weight share commitments \(p", err), (
+        err
+    )
     deploy_program(prog, weights, servers.cfg)  # a complete deployment repairs it
     with Client(servers.cfg) as c:
         c.wait_ready(30)
@@ -323,7 +328,8 @@ def _p0_only_request(c: Client, rows: int = 1) -> str:
     """A request whose share reaches P0 alone (a broken or hostile client); its id."""
     rid = secrets.token_hex(16)
     share = np.zeros((rows, 1, 28, 28), np.uint64)
-    c._connect()["p0"].send_msg("request", {"rid": rid, "rows": rows}, [share])
+    meta = {"rid": rid, "rows": rows, "plan": c._interface()["plan_hash"]}
+    c._connect()["p0"].send_msg("request", meta, [share])
     return rid
 
 
@@ -360,8 +366,9 @@ def test_one_connection_cannot_fill_the_queue(servers, mlp):
         c.wait_ready(30)
         p1 = c._connect()["p1"]
         share = np.zeros((1, 1, 28, 28), np.uint64)
+        plan = c._interface()["plan_hash"]
         for _ in range(MAX_PER_LINK + 1):  # held at P1, which waits for P0's announcement
-            p1.send_msg("request", {"rid": secrets.token_hex(16), "rows": 1}, [share])
+            p1.send_msg("request", {"rid": secrets.token_hex(16), "rows": 1, "plan": plan}, [share])
         _, msg = c._next(10)
         assert msg.kind == "failed" and "from one connection" in msg.meta["msg"]
     with Client(servers.cfg) as other:  # another client is still served
@@ -460,14 +467,108 @@ def test_a_request_p1_dropped_is_not_offered_in_a_loop(servers, mlp, ort_logits)
     X, ref = ort_logits
     rid = secrets.token_hex(16)
     share = np.zeros((4, 1, 28, 28), np.uint64)
+    plan = servers.parties["p0"].deployment.plan_hash
     with Client(servers.cfg) as gone:
-        gone._connect()["p1"].send_msg("request", {"rid": rid, "rows": 4}, [share])
+        gone._connect()["p1"].send_msg("request", {"rid": rid, "rows": 4, "plan": plan}, [share])
         with Client(servers.cfg) as good:  # a query, so that P1 reports the request to P0
             check(good.predict(X[:4]), ref[:4])
     with Client(servers.cfg) as c:
         sid = c.wait_ready(10)
-        c._connect()["p0"].send_msg("request", {"rid": rid, "rows": 4}, [share])
+        c._connect()["p0"].send_msg("request", {"rid": rid, "rows": 4, "plan": plan}, [share])
         _, msg = c._next(10)
         assert msg.kind == "failed" and "never received" in msg.meta["msg"]
         check(c.predict(X[4:8]), ref[4:8])
         assert c.wait_ready(10) == sid  # the same session: nothing crashed
+
+
+@pytest.mark.parametrize("role", ["p0", "p1"])
+def test_a_request_id_being_run_is_taken_at_both_parties(servers, mlp, ort_logits, role):
+    # issue 14: only P0 tracked the ids of the batch in flight, so P1 accepted a second
+    # request under the id of one it was running
+    from mpcc.serving.wire import Message
+
+    prog, weights = mlp
+    servers.deploy(prog, weights)
+    party = servers.parties[role]
+    seen: list[set[str]] = []
+    refused: list[str] = []
+    run = party._execute
+
+    def execute(s, q, batch):  # while the batch runs, offer one of its ids again
+        seen.append(set(party._inflight))
+        failed = party._send_failed
+        party._send_failed = lambda ch, rid, why: refused.append(why)
+        try:
+            share = np.zeros((1, *prog.value(prog.inputs[0][1]).shape[1:]), np.uint64)
+            party._on_request(
+                object(),
+                Message(
+                    "request", {"rid": batch[0].rid, "rows": 1, "plan": s.dep.plan_hash}, [share]
+                ),
+            )
+        finally:
+            party._send_failed = failed
+        return run(s, q, batch)
+
+    party._execute = execute
+    with Client(servers.cfg) as c:
+        check(c.predict(ort_logits[0][:2]), ort_logits[1][:2])
+    assert len(seen) == 1 and len(seen[0]) == 1  # the one request's id, while it ran
+    assert refused == [f"{party.label} rejected the request: duplicate request id"]
+    with party._req:
+        assert not party._inflight
+
+
+def test_idle_client_links_are_closed_and_free_their_slot(tmp_path):
+    # issue 14: idle links never timed out, so max_connections idle clients shut out the rest
+    from mpcc.serving.tls import LinkRefused
+
+    cfg = init_local(tmp_path, timeout_s=3.0, client_idle_s=0.5, max_connections=1)
+    s = Servers(cfg)
+    try:
+        s.start("p0")
+        ctx = client_context(cfg, "client")
+        idle, _ = dial(cfg, ctx, "p0", me="client", link="client")
+        with pytest.raises(LinkRefused, match="too many client connections"):
+            dial(cfg, ctx, "p0", me="client", link="client")
+        deadline = time.monotonic() + 10
+        while idle.closed is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert idle.closed is not None  # closed by P0 after client_idle_s of silence
+        fresh, _ = dial(cfg, ctx, "p0", me="client", link="client")  # the slot is free again
+        fresh.send_msg("info", {})
+        assert fresh.poll(5).kind == "info"
+        fresh.close("done")
+    finally:
+        s.close()
+
+
+def test_a_client_never_decodes_with_a_stale_plan(servers, zoo_model, ort_logits):
+    # issue 14: the client cached the plan's scale across a redeploy of a model with the same
+    # shapes and another precision, and decoded the new plan's answers with the old scale
+    from mpcc.compiler.pipeline import compile_onnx
+
+    X, ref = ort_logits
+    old = compile_onnx(zoo_model("mlp"), (4, 1, 28, 28), frac_bits=16)
+    new = compile_onnx(zoo_model("mlp"), (4, 1, 28, 28), frac_bits=12)
+    servers.deploy(*old)
+    with Client(servers.cfg) as c:
+        check(c.predict(X[:4]), ref[:4])
+        stale = c._interface()["plan_hash"]
+        deploy_program(*new, servers.cfg)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # until both parties serve the new plan
+            try:
+                got = c.info()
+            except PartyError:
+                continue
+            if all(m.get("plan_hash") not in (None, stale) for m in got.values()):
+                break
+        # a request encoded for the old plan is refused, by name
+        share = np.zeros((1, 1, 28, 28), np.uint64)
+        reply = c.send_raw("p0", "request", {"rid": "dd" * 16, "rows": 1, "plan": stale}, [share])
+        assert reply.kind == "failed" and reply.meta["code"] == "stale_plan"
+        assert "a model was deployed since" in reply.meta["msg"]
+        c.wait_ready(30)
+        check(c.predict(X[:4]), ref[:4])  # the same client: re-reads, encodes at f = 12
+        assert c._interface()["frac_bits"] == 12

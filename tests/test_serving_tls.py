@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import socket
@@ -215,6 +216,19 @@ def test_frame_parser_rejects_malformed():
         decode_body(bytearray(struct.pack("<I", len(h)) + h + bytes(8)))
 
 
+@pytest.mark.parametrize("depth", [5_000, 100_000])
+def test_deeply_nested_header_is_a_frame_error(depth):
+    # json raises RecursionError on deep nesting; it must surface as a FrameError (which
+    # closes the one link), not escape and kill the link's reader thread
+    h = b'{"k":"a","m":' + b"[" * depth + b"]" * depth + b',"a":[]}'
+    body = struct.pack("<I", len(h)) + h
+    with pytest.raises(FrameError, match="JSON"):
+        decode_body(bytearray(body))
+    frame = FRAME_HEAD.pack(MAGIC, len(body)) + body
+    with pytest.raises(FrameError, match="JSON"):
+        FrameParser(1 << 22).feed(frame)
+
+
 def test_handshake_has_a_deadline(cluster):
     # a server that accepts and then says nothing: the dialer gives up at its deadline
     with socket.create_server(cluster.address("p1")) as silent:
@@ -271,3 +285,11 @@ def test_party_start_checks_certificate_expiry(tmp_path, caplog):
     assert not caplog.records
     with pytest.raises(MpccError, match="1 to 36500 days"):
         init_ca(tmp_path / "none", "test", days=0)
+
+
+def test_an_array_spec_of_the_wrong_type_is_a_frame_error():
+    # found by hypothesis (test_serving_properties): a dtype given as a list raised TypeError
+    # (unhashable), past the FrameError handling
+    h = json.dumps({"k": "x", "m": {}, "a": [[["<u8"], [1]]]}).encode()
+    with pytest.raises(FrameError, match="describes an array badly"):
+        decode_body(bytearray(struct.pack("<I", len(h)) + h + bytes(8)))

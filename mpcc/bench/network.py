@@ -9,8 +9,9 @@ import math
 from mpcc.errors import MpccError
 
 PROJECTION_NOTE = (
-    "projection, not a measurement: measured online time + rounds x RTT + "
-    "bytes sent per party / bandwidth (full duplex; no TCP/TLS overhead, no congestion)"
+    "projection, not a measurement: measured online time + rounds x RTT/2 + "
+    "bytes sent per party / bandwidth (a round is one message each way at once, so it costs "
+    "one one-way delay; full duplex; no TCP/TLS overhead, no congestion)"
 )
 
 
@@ -38,9 +39,15 @@ class Link:
         """Seconds to push `nbytes` through the link at full bandwidth."""
         return nbytes * 8 / (self.gbps * 1e9)
 
+    @property
+    def round_s(self) -> float:
+        """What one round costs: both parties send at once and each waits for the other's
+        message, so a round is one one-way delay, RTT/2 (not a request and its reply)."""
+        return self.rtt_s / 2
+
     def project(self, compute_s: float, rounds: int, nbytes: float) -> float:
-        """compute + rounds x RTT + bytes / bandwidth: the latency on this link (a model)."""
-        return compute_s + rounds * self.rtt_s + self.transfer_s(nbytes)
+        """compute + rounds x RTT/2 + bytes / bandwidth: the latency on this link (a model)."""
+        return compute_s + rounds * self.round_s + self.transfer_s(nbytes)
 
     def projection(
         self, online_s: float, rounds: int, sent: int, dealer_bytes: int
@@ -50,7 +57,7 @@ class Link:
         return {
             **self.asdict(),
             "online_s": self.project(online_s, rounds, sent),
-            "rounds_s": rounds * self.rtt_s,
+            "rounds_s": rounds * self.round_s,
             "transfer_s": self.transfer_s(sent),
             "dealer_transfer_s": self.transfer_s(dealer_bytes),
         }

@@ -85,7 +85,7 @@ def format_text(report: dict[str, Any]) -> str:
             lines.append(
                 f"  batch {r['batch']}: {fmt_s(p['online_s'])} online = "
                 f"{fmt_s(r['online_s']['median'])} measured + {r['rounds']} x "
-                f"{net['rtt_ms']:g} ms + {fmt_bytes(max(r['sent_bytes']))} / link "
+                f"{net['rtt_ms'] / 2:g} ms + {fmt_bytes(max(r['sent_bytes']))} / link "
                 f"({fmt_s(p['transfer_s'])}); dealer material {fmt_s(p['dealer_transfer_s'])}"
             )
     for r in report["results"]:

@@ -58,6 +58,39 @@ class Multiply(Call):
 
 
 @dataclass(frozen=True)
+class MatMulSS(Call):
+    """Z = X @ Y of two secrets with numpy's matmul broadcasting over the leading axes:
+    X (..., M, K), Y (..., K, N). A matrix Beaver triple from the dealer, one round."""
+
+    x_shape: Shape
+    y_shape: Shape
+
+    @property
+    def z_shape(self) -> Shape:
+        lead = np.broadcast_shapes(self.x_shape[:-2], self.y_shape[:-2])
+        return (*(int(d) for d in lead), self.x_shape[-2], self.y_shape[-1])
+
+    @property
+    def macs(self) -> int:
+        """Ring multiply-adds of one product X @ Y."""
+        return math.prod(self.z_shape) * self.x_shape[-1]
+
+    def cost(self) -> Cost:
+        x, y = math.prod(self.x_shape), math.prod(self.y_shape)
+        return costs.matmul_ss(x, y, math.prod(self.z_shape), self.macs)
+
+
+@dataclass(frozen=True)
+class Square(Call):
+    """Z = X * X of one secret of n elements: a Beaver pair (A, A^2), one opening."""
+
+    n: int
+
+    def cost(self) -> Cost:
+        return costs.square(self.n)
+
+
+@dataclass(frozen=True)
 class Truncate(Call):
     """Drop `shift` fractional bits of n elements (known-MSB truncation, one round)."""
 
@@ -79,4 +112,14 @@ class Relu(Call):
         return costs.relu(self.n, self.shift)
 
 
-CALL_TYPES: tuple[type[Call], ...] = (Linear, Multiply, Truncate, Relu)
+@dataclass(frozen=True)
+class Sign(Call):
+    """[x >= 0] of n elements as arithmetic 0/1 shares (the ReLU's comparison, 8 rounds)."""
+
+    n: int
+
+    def cost(self) -> Cost:
+        return costs.sign(self.n)
+
+
+CALL_TYPES: tuple[type[Call], ...] = (Linear, Multiply, MatMulSS, Truncate, Relu, Square, Sign)

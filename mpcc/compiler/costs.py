@@ -74,6 +74,20 @@ def multiply(x_elems: int, y_elems: int, z_elems: int) -> Cost:
     return Cost(rounds=1, sent=WORD * (x_elems + y_elems), dealer=WORD * z_elems, macs=z_elems)
 
 
+def matmul_ss(x_elems: int, y_elems: int, z_elems: int, macs: int) -> Cost:
+    """X @ Y of two secrets with a fresh matrix Beaver triple (A, B, C = A @ B).
+
+    Online: open E = X - A and F = Y - B together (one round); each party then evaluates two
+    products, E @ [B] and [A] @ F (P0 folds E @ F into the first). Dealer: the correction
+    [C]_1 for P1. `macs` is one product's multiply-adds."""
+    return Cost(rounds=1, sent=WORD * (x_elems + y_elems), dealer=WORD * z_elems, macs=2 * macs)
+
+
+def square(n: int) -> Cost:
+    """X * X with a Beaver pair (A, A^2): open E = X - A once (half a product's traffic)."""
+    return Cost(rounds=1, sent=WORD * n, dealer=WORD * n, macs=n)
+
+
 def truncate(n: int) -> Cost:
     """Known-MSB truncation with a 2^62 bias: open c = x + 2^62 + r; corrections r_hi, r_63."""
     return Cost(rounds=1, sent=WORD * n, dealer=2 * WORD * n)
@@ -92,4 +106,13 @@ def relu(n: int, shift: int = 0) -> Cost:
     dealer = WORD * (MASK_BITS * w + COMPARE_ANDS * w) + 2 * WORD * n
     if shift:
         dealer += 2 * WORD * n
+    return Cost(rounds=2 + len(COMPARE_AND_LEVELS), sent=sent, dealer=dealer)
+
+
+def sign(n: int) -> Cost:
+    """[x >= 0] as an arithmetic bit: a ReLU without its select (no d opening, no
+    [rho sigma]): round 1 opens c, rounds 2..7 the tree, round 8 opens e."""
+    w = words(n)
+    sent = WORD * n + 2 * WORD * COMPARE_ANDS * w + WORD * w
+    dealer = WORD * (MASK_BITS * w + COMPARE_ANDS * w) + WORD * n
     return Cost(rounds=2 + len(COMPARE_AND_LEVELS), sent=sent, dealer=dealer)

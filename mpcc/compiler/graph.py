@@ -18,18 +18,26 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from mpcc.compiler.blockers import (
+    ATTRIBUTE,
+    NEEDS_CONSTANT,
+    UNSUPPORTED_OP,
+    Blocker,
+    raise_if_any,
+)
 from mpcc.errors import ModelError
 from mpcc.frontends import onnx as onnx_frontend
 
 SUPPORTED_OPS: dict[str, str] = {
     "Conv": "1-D, 2-D or 3-D convolution, any kernel, stride, padding, dilation and groups",
     "ConvTranspose": "1-D, 2-D or 3-D transposed convolution (a Beaver triple, like Conv)",
-    "Gemm": "fully connected layer (becomes MatMul + bias); A or B constant",
-    "MatMul": "product with a constant of any rank, on either side",
+    "Gemm": "fully connected layer (becomes MatMul + bias); A constant, or B constant or computed",
+    "MatMul": "product with a constant of any rank on either side, or of two computed tensors "
+    "(batched, with broadcasting: attention)",
     "Add": "elementwise sum of two tensors, or of a tensor and a constant",
     "Sub": "elementwise difference of two tensors, or with a constant",
     "Mul": "elementwise product of two tensors, or of a tensor and a constant",
-    "Div": "division by a constant (becomes Mul by its reciprocal)",
+    "Div": "division by a constant (a Mul) or by a secret with |x| in [2^-6, 2^14]",
     "BatchNormalization": "inference batch norm (folded into the neighbouring Conv/MatMul)",
     "Relu": "max(x, 0)",
     "LeakyRelu": "x if x > 0 else alpha * x",
@@ -39,9 +47,30 @@ SUPPORTED_OPS: dict[str, str] = {
     "AveragePool": "1-D, 2-D or 3-D average pooling, dilated too",
     "GlobalAveragePool": "mean over the spatial dims",
     "GlobalMaxPool": "max over the spatial dims",
-    "ReduceMean": "mean over all the spatial dims (becomes GlobalAveragePool)",
-    "ReduceMax": "max over all the spatial dims (becomes GlobalMaxPool)",
-    "ReduceSum": "sum over all the spatial dims (a window sum)",
+    "ReduceMean": "mean over any axes (local; a power-of-two count is free)",
+    "ReduceMax": "max over any axes (a tournament of ReLUs)",
+    "ReduceSum": "sum over any axes (local)",
+    "ReduceL2": "sqrt of the sum of squares over any axes (fused with a Div: L2 normalization)",
+    "Softmax": "over any axis, with max subtraction (a final one is dropped unless keep_softmax)",
+    "LogSoftmax": "over any axis, with max subtraction (a final one is dropped unless "
+    "keep_softmax)",
+    "LayerNormalization": "over the trailing axes from `axis` (the decomposed form is fused)",
+    "Exp": "exp on [-16, 8], clamped (range reduction and squaring)",
+    "Log": "log on [2^-6, 2^14], clamped",
+    "Sqrt": "sqrt on [2^-10, 2^14], clamped",
+    "Reciprocal": "1/x for |x| in [2^-6, 2^14], clamped",
+    "Pow": "constant exponent 2 (a secret square), 1, 0.5, -0.5 or -1",
+    "Sigmoid": "piecewise polynomial, abs. error 2^-10",
+    "Tanh": "piecewise polynomial, abs. error 2^-10",
+    "Erf": "piecewise polynomial, abs. error 2^-10",
+    "Gelu": "approximate none or tanh, abs. error 2^-10 (the decomposed forms are fused)",
+    "HardSigmoid": "max(0, min(1, alpha x + beta))",
+    "HardSwish": "x * HardSigmoid(x)",
+    "LpNormalization": "p = 2: x / ||x|| along an axis",
+    "LSTM": "unrolled over the fixed sequence length (MatMuls, Sigmoid, Tanh, products); any "
+    "direction and layout, peepholes; no clip, input_forget or variable lengths",
+    "GRU": "unrolled over the fixed sequence length (MatMuls, Sigmoid, Tanh, products); any "
+    "direction and layout, linear_before_reset 0 or 1; no clip or variable lengths",
     "Neg": "negation",
     "Flatten": "reshape to 2-D",
     "Reshape": "change the shape (the target shape must be constant)",
@@ -52,12 +81,19 @@ SUPPORTED_OPS: dict[str, str] = {
     "Resize": "nearest-neighbour resize (constant scales or sizes; any coordinate transform but "
     "tf_crop_and_resize)",
     "Upsample": "nearest-neighbour upsampling (constant scales)",
+    "Gather": "take entries at constant indices along any axis; or rows of a constant table "
+    "by integer ids the client one-hot encodes (embeddings)",
+    "Equal": "integer ids compared with a constant (a column of their one-hot; e.g. a mask)",
+    "Not": "negation of an id comparison (1 - x)",
+    "Split": "split along an axis (becomes Slices)",
+    "Tile": "repeat along axes (constant repeats)",
+    "Expand": "broadcast to a constant shape (becomes Reshape + Tile)",
     "Squeeze": "drop size-1 axes",
     "Unsqueeze": "insert size-1 axes",
     "Identity": "no-op (removed)",
+    "Cast": "between float types, or of an id comparison to float: no-op (removed); Casts of "
+    "constants fold",
     "Dropout": "no-op at inference (removed)",
-    "Softmax": "only as the final op (dropped: the plan returns logits, argmax unchanged)",
-    "LogSoftmax": "only as the final op (dropped: the plan returns logits, argmax unchanged)",
 }
 
 # Inputs that must be constants, by op: input index -> what it is.
@@ -75,11 +111,24 @@ CONST_INPUTS: dict[str, dict[int, str]] = {
     "ReduceMean": {1: "axes"},
     "ReduceMax": {1: "axes"},
     "ReduceSum": {1: "axes"},
+    "ReduceL2": {1: "axes"},
+    "LayerNormalization": {1: "scale", 2: "bias"},
+    "Pow": {1: "exponent"},
     "Unsqueeze": {1: "axes"},
+    "Split": {1: "split"},
+    "Tile": {1: "repeats"},
+    "Expand": {1: "shape"},
     "Dropout": {1: "ratio", 2: "training_mode"},
-    "Div": {1: "divisor"},
     "Resize": {1: "roi", 2: "scales", 3: "sizes"},
     "Upsample": {1: "scales"},
+    "LSTM": {
+        1: "weight W",
+        2: "recurrence weight R",
+        3: "bias B",
+        4: "sequence_lens",
+        7: "peephole P",
+    },
+    "GRU": {1: "weight W", 2: "recurrence weight R", 3: "bias B", 4: "sequence_lens"},
 }
 
 # Node attributes that ONNX (opset >= 13) takes as constant inputs, in input order.
@@ -88,6 +137,7 @@ _ATTR_INPUTS = {
     "Clip": ("min", "max"),
     "Slice": ("starts", "ends", "axes", "steps"),
     "Pad": ("pads", "value"),
+    "Tile": ("reps",),
 }
 
 
@@ -103,6 +153,10 @@ class Graph:
         self.inputs: list[str] = []
         self.outputs: list[str] = []
         self.notes: list[str] = []
+        self.int_inputs: set[str] = set()  # inputs of an integer type (e.g. token ids)
+        # Inputs the client encodes other than as fixed-point reals: name -> {"encoding":
+        # "onehot", "depth": V} (ids one-hot encoded over V classes; set by legalization)
+        self.input_encodings: dict[str, dict[str, Any]] = {}
         # The precision of the model's float constants: the plan keeps its weights in it.
         self.float_dtype = np.dtype(np.float32)
         self._producer: dict[str, str] = {}
@@ -112,8 +166,12 @@ class Graph:
     # ---- building -------------------------------------------------------------------------
 
     @classmethod
-    def from_onnx(cls, model: onnx.ModelProto) -> Graph:
-        """Build a Graph from a model loaded by `mpcc.frontends.onnx.load`."""
+    def from_onnx(cls, model: onnx.ModelProto, blockers: list[Blocker] | None = None) -> Graph:
+        """Build a Graph from a model loaded by `mpcc.frontends.onnx.load`.
+
+        Unsupported ops and computed inputs where constants are needed raise one ModelError
+        listing them all; with a `blockers` list they are appended to it instead (and the
+        graph is built with those nodes as they are)."""
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
         mg = model.graph
         g = cls(mg.name or "model", opset)
@@ -128,13 +186,22 @@ class Graph:
                 g.constants[n.output[0]] = _as_const(_constant_value(n))
             else:
                 nodes.append(n)
-        _check_supported(nodes)
-        _check_constant_inputs(nodes, g.constants)
+        found = node_blockers(nodes, g.constants, _integer_tensors(mg))
+        if blockers is None:
+            raise_if_any(found)
+        else:
+            blockers.extend(found)
         for vi in [*mg.input, *mg.value_info, *mg.output]:
             dims = vi.type.tensor_type.shape.dim
             if vi.name not in g.constants and all(d.HasField("dim_value") for d in dims):
                 g.shapes[vi.name] = tuple(d.dim_value for d in dims)
         g.inputs = [i.name for i in mg.input if i.name not in g.constants]
+        g.int_inputs = {
+            i.name
+            for i in mg.input
+            if i.name in g.inputs
+            and helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).kind in "iub"
+        }
         g.outputs = [o.name for o in mg.output]
         for n in nodes:
             attrs = {a.name: _plain(helper.get_attribute_value(a)) for a in n.attribute}
@@ -173,6 +240,11 @@ class Graph:
                 nodes.append(helper.make_node("AveragePool", inputs, [tmp], name, **attrs))
                 nodes.append(helper.make_node("Mul", [tmp, const(np.float32(k), name)], outputs))
                 continue
+            if op == "MatMulSS":
+                op = "MatMul"
+            if op == "Gather" and "indices" in attrs:
+                idx = np.asarray(attrs.pop("indices"), np.int64).reshape(attrs.pop("ishape"))
+                inputs.append(const(idx, name))
             if op == "MatMul" and len(inputs) == 3:
                 tmp = f"{outputs[0]}__mm"
                 nodes.append(helper.make_node("MatMul", inputs[:2], [tmp], name))
@@ -454,39 +526,58 @@ def _constant_value(n: onnx.NodeProto) -> np.ndarray:
     return np.asarray(ReferenceEvaluator(n, opsets={"": 17}).run(None, {})[0])
 
 
-def _check_supported(nodes: list[onnx.NodeProto]) -> None:
-    bad = [n for n in nodes if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx")]
-    if bad:
-        listed = ", ".join(
-            f"node {n.name!r} (op {n.domain + '.' if n.domain else ''}{n.op_type})" for n in bad
-        )
-        raise ModelError(
-            f"{len(bad)} unsupported node{'s' * (len(bad) > 1)}: {listed}. "
-            f"Supported ops: {', '.join(sorted(SUPPORTED_OPS))}"
-        )
+def _integer_tensors(mg: onnx.GraphProto) -> set[str]:
+    """The non-constant tensors the model declares with an integer type."""
+    ints = {
+        onnx.TensorProto.INT8,
+        onnx.TensorProto.INT16,
+        onnx.TensorProto.INT32,
+        onnx.TensorProto.INT64,
+        onnx.TensorProto.UINT8,
+        onnx.TensorProto.UINT16,
+        onnx.TensorProto.UINT32,
+        onnx.TensorProto.UINT64,
+    }
+    return {
+        vi.name
+        for vi in [*mg.input, *mg.value_info, *mg.output]
+        if vi.type.tensor_type.elem_type in ints
+    }
 
 
-def _check_constant_inputs(nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray]) -> None:
-    problems = []
+def node_blockers(
+    nodes: list[onnx.NodeProto], constants: dict[str, np.ndarray], integers: set[str]
+) -> list[Blocker]:
+    """Unsupported ops, computed tensors where a constant is needed, and integer division
+    (ONNX truncates it; mpcc computes on fixed-point reals), one Blocker per node."""
+    found = []
     for n in nodes:
+        where = f"node {n.name!r} (op {n.domain + '.' if n.domain else ''}{n.op_type})"
+        if n.op_type not in SUPPORTED_OPS or n.domain not in ("", "ai.onnx"):
+            found.append(Blocker(UNSUPPORTED_OP, n.op_type, n.name, f"{where} is not supported"))
+            continue
         for i, what in CONST_INPUTS.get(n.op_type, {}).items():
             if i < len(n.input) and n.input[i] and n.input[i] not in constants:
-                problems.append(
-                    f"node {n.name!r} (op {n.op_type}) needs a constant {what} as input {i}, "
-                    f"but {n.input[i]!r} is computed"
+                found.append(
+                    Blocker(
+                        NEEDS_CONSTANT,
+                        n.op_type,
+                        n.name,
+                        f"{where} needs a constant {what} as input {i}, "
+                        f"but {n.input[i]!r} is computed",
+                    )
                 )
-        if n.op_type == "MatMul" and not any(t in constants for t in n.input):
-            problems.append(
-                f"node {n.name!r} (op MatMul) multiplies two computed tensors "
-                f"{n.input[0]!r} and {n.input[1]!r}: not supported yet (one must be a constant)"
+        if n.op_type == "Div" and n.output[0] in integers:
+            found.append(
+                Blocker(
+                    ATTRIBUTE,
+                    n.op_type,
+                    n.name,
+                    f"{where} divides integer tensors (ONNX truncates the quotient): not "
+                    "supported, mpcc computes on fixed-point reals (integer dtype)",
+                )
             )
-        if n.op_type == "Gemm" and not any(t in constants for t in n.input[:2]):
-            problems.append(
-                f"node {n.name!r} (op Gemm) multiplies two computed tensors {n.input[0]!r} "
-                f"and {n.input[1]!r}: not supported yet (A or B must be a constant)"
-            )
-    if problems:
-        raise ModelError("; ".join(problems))
+    return found
 
 
 def _attr_input(

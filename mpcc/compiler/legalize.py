@@ -9,26 +9,37 @@ filled, auto_pad resolved, negative axes normalized); int lists are tuples of in
   dilations, output_padding, group.
 - MatMul [x, W, (B)]: W constant [K, N], or a stack [..., K, N] (x of rank >= 2, batch axes
   broadcast as numpy does); B constant [N].
+- MatMulSS [a, b]: the product of two computed tensors (MatMul, or Gemm whose B is
+  computed), both of rank >= 2, leading axes broadcast as numpy's matmul does.
 - Add / Sub / Mul [a, b]: both computed, or a constant second operand (Add, Mul) broadcasting
   to the first one's shape; Sub keeps a constant only as its first operand.
 - Neg; Relu; LeakyRelu (alpha); Clip (min, max floats, +-inf when absent); PRelu [x, slope].
 - MaxPool (kernel_shape, strides, pads, dilations, ceil_mode); AveragePool and SumPool
   (kernel_shape, strides, pads, count_include_pad, ceil_mode; dilations only when dilated, an
   opset-19 attribute), all over 1-3 spatial axes; GlobalAveragePool; GlobalMaxPool
-  (also from ReduceMean / ReduceMax; ReduceSum becomes a SumPool).
+  (also from ReduceMean / ReduceMax over the spatial axes of a 4-D image; ReduceSum there
+  becomes a SumPool).
+- The smooth-function ops in the form `mpcc.compiler.legalize_smooth` gives them (Reduce* over
+  any axes, Softmax/LogSoftmax over any axes, LayerNormalization, Exp, Sigmoid, ...); Div by a
+  computed tensor.
 - Reshape (shape: static, no -1 or 0), Transpose (perm), Concat (axis >= 0; inputs may be
   constants), Pad (pads in ONNX order over all axes, value; mode only when not constant:
   reflect, edge or wrap).
+- Gather [x] (axis, indices: flat non-negative ints, ishape: their shape): a computed tensor
+  at constant indices. Tile [x] (reps). Expand becomes Reshape + Tile; Split becomes Slices.
 - Slice (starts, ends, axes, steps): axes >= 0 in increasing order; starts and ends are
   non-negative and clamped like Python's slice with those bounds, except that with a negative
   step `end == -1` means "through index 0".
 - Resize (index: the source index along each axis, nearest mode; also from Upsample).
 - Left for the rewrites (`mpcc.compiler.rewrites`) to remove: Identity; Dropout (inference
-  mode, one output); BatchNormalization (epsilon; one output); Softmax and LogSoftmax, only
-  where they produce the model's output (through Reshapes at most).
+  mode, one output); BatchNormalization (epsilon; one output); a Softmax or LogSoftmax that
+  produces the model's output (through Reshapes at most) is dropped unless kept.
 
-No Gemm, Div, Flatten, Squeeze, Unsqueeze, ReduceMean, ReduceMax or ReduceSum remains; a
-Concat's inputs are all computed. What cannot be brought into this form raises ModelError.
+LSTM and GRU are unrolled first (`mpcc.compiler.recurrent`) into the ops above and Sigmoid,
+Tanh (and Relu).
+
+No Gemm, Flatten, Squeeze, Unsqueeze or Div by a constant remains; a Concat's inputs are all
+computed. What cannot be brought into this form raises ModelError.
 """
 
 from __future__ import annotations
@@ -37,19 +48,42 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import onnx
 
+from mpcc.compiler import legalize_smooth
+from mpcc.compiler.blockers import ATTRIBUTE, Blocker, raise_if_any
+from mpcc.compiler.embedding import legalize_embedding, legalize_id_compare, one_hot_inputs
 from mpcc.compiler.graph import Graph
+from mpcc.compiler.recurrent import expand_recurrent
 from mpcc.errors import ModelError
 
 
-def legalize(g: Graph) -> None:
+def legalize(g: Graph, blockers: list[Blocker] | None = None) -> None:
     """Fill attribute defaults, resolve auto_pad, move constant inputs to attributes, rewrite
     Gemm, Flatten/Squeeze/Unsqueeze, Div by a constant and Sub of a constant, and refuse what
-    the compiler does not support (training-mode Dropout, a Softmax before the end, ...)."""
+    the compiler does not support (training-mode Dropout, Pow 3, ...).
+
+    Every node is tried; what fails raises one ModelError listing all of them, or with a
+    `blockers` list is appended to it. Nodes already in `blockers` are left alone."""
+    found: list[Blocker] = []
+    skip = {b.node for b in blockers or []}
+    expand_recurrent(g)
+    one_hot_inputs(g)
     for n in g.topo_nodes():
+        if n not in g.nx:  # removed by an earlier rule (an id comparison's Not and Cast)
+            continue
         rule = _LEGALIZE.get(g.op(n))
-        if rule is not None:
+        if rule is None or n in skip:
+            continue
+        op = g.op(n)
+        try:
             rule(g, n)
+        except ModelError as e:
+            found.append(Blocker(ATTRIBUTE, op, n, str(e)))
+    if blockers is None:
+        raise_if_any(found)
+    else:
+        blockers.extend(found)
 
 
 def _ints(v: Any) -> tuple[int, ...]:
@@ -165,14 +199,60 @@ def _pool(g: Graph, n: str) -> None:
     d["attrs"] = attrs
 
 
+def _gemm_ss(g: Graph, n: str) -> None:
+    """Gemm with a computed B: alpha * A' @ B' (+ beta * C) as [Transpose], MatMulSS, [Mul],
+    [Add], all but the product local."""
+    d, a = g.node(n), g.node(n)["attrs"]
+    ins = [*d["inputs"], ""]
+    out = d["outputs"][0]
+    operands = []
+    for t, flag in ((ins[0], "transA"), (ins[1], "transB")):
+        if g.is_const(t):
+            raise ModelError(f"{_where(g, n)}: a constant A with a computed B is not supported")
+        if a.get(flag, 0):
+            tt = g.new_tensor(f"{t}_T", g.shape(t)[::-1])
+            g.add_node("Transpose", [t], [tt], {"perm": (1, 0)}, name=f"{n}_{flag}")
+            t = tt
+        operands.append(t)
+    alpha, beta = float(a.get("alpha", 1.0)), float(a.get("beta", 1.0))
+    c = ins[2] if ins[2] and beta != 0.0 else None
+    tail: list[tuple[str, str]] = []  # (op, constant) applied after the product, in order
+    if alpha != 1.0:
+        tail.append(("Mul", g.add_const(np.float32(alpha), f"{n}_alpha")))
+    if c is not None:
+        full = np.broadcast_to(beta * g.const(c), g.shape(out)).copy()
+        tail.append(("Add", g.add_const(full, f"{n}_C")))
+    d["op"], d["attrs"] = "MatMulSS", {}
+    g.set_inputs(n, operands)
+    prev = n
+    for i, (op, k) in enumerate(tail):
+        mid = g.new_tensor(f"{out}_{i}", g.shape(out))
+        g.set_outputs(prev, [mid])
+        prev = g.add_node(op, [mid, k], [out], name=f"{n}_{op.lower()}")
+        _binary(g, prev)
+
+
+def _matmul_ss(g: Graph, n: str) -> None:
+    """MatMul of two computed tensors: MatMulSS, if both have two axes or more."""
+    d = g.node(n)
+    for t in d["inputs"]:
+        if len(g.shape(t)) < 2:
+            raise ModelError(
+                f"{_where(g, n)}: a product of two computed tensors needs both of rank >= 2; "
+                f"{t!r} has shape {list(g.shape(t))}"
+            )
+    d["op"], d["attrs"] = "MatMulSS", {}
+
+
 def _gemm(g: Graph, n: str) -> None:
     d, a = g.node(n), g.node(n)["attrs"]
+    if g.is_const(d["inputs"][0]) and not g.is_const(d["inputs"][1]):
+        return _gemm_constant_first(g, n)
+    if not g.is_const(d["inputs"][1]):
+        return _gemm_ss(g, n)
     x, b = d["inputs"][:2]
     c = d["inputs"][2] if len(d["inputs"]) > 2 and d["inputs"][2] else None
     out = d["outputs"][0]
-    if g.is_const(x) and not g.is_const(b):
-        _gemm_constant_first(g, n)
-        return
     w = g.const(b).T if a.get("transB", 0) else g.const(b)
     if float(a.get("alpha", 1.0)) != 1.0:
         w = float(a["alpha"]) * w
@@ -225,7 +305,7 @@ def _matmul(g: Graph, n: str) -> None:
     a, b = d["inputs"]
     out = d["outputs"][0]
     if not (g.is_const(a) or g.is_const(b)):
-        return  # two secrets: not ours to legalize here
+        return _matmul_ss(g, n)
     ranks = [g.const(t).ndim if g.is_const(t) else len(g.shape(t)) for t in (a, b)]
     if 1 in ranks:  # numpy: a 1-D first operand is a row, a 1-D second one a column
         a = _as_matrix(g, n, a, (1, -1)) if ranks[0] == 1 else a
@@ -284,6 +364,14 @@ def _binary(g: Graph, n: str) -> None:
     out = d["outputs"][0]
     if op in ("Add", "Mul") and g.is_const(x):
         x, y = y, x
+    if op == "Div" and not g.is_const(y):
+        if g.is_const(x):  # c / y = reciprocal(y) * c
+            r = g.new_tensor(f"{y}_recip", g.shape(y))
+            g.add_node("Reciprocal", [y], [r], {}, name=f"{n}_recip")
+            d["op"] = "Mul"
+            g.set_inputs(n, [r, x])
+            _binary(g, n)
+        return  # division by a secret (mpcc.compiler.approx.recip.divide)
     if op == "Div":
         c = g.const(y)
         if (c == 0).any():
@@ -299,6 +387,11 @@ def _binary(g: Graph, n: str) -> None:
         )
     d["op"], d["attrs"] = op, {}
     g.set_inputs(n, [x, y])
+    if g.is_const(y) and not g.is_const(x) and g.shape(x) == g.shape(out):
+        c = g.const(y)
+        if (op == "Mul" and (c == 1).all()) or (op == "Add" and (c == 0).all()):
+            d["op"] = "Identity"  # e.g. a mask of ones fixed by --fix-input; removed later
+            g.set_inputs(n, [x])
 
 
 def _batchnorm(g: Graph, n: str) -> None:
@@ -317,34 +410,26 @@ _GLOBAL_POOL = {
 
 
 def _reduce(g: Graph, n: str) -> None:
-    """ReduceMean/Max/Sum over all the spatial axes -> GlobalAveragePool/GlobalMaxPool/SumPool.
-
-    Channels-last [N, H, W, C] reduced over (1, 2) is transposed to NCHW first (local).
-    """
-    d, a, op = g.node(n), g.node(n)["attrs"], g.op(n)
+    """ReduceMean/Max/Sum over all the spatial axes -> GlobalAveragePool/GlobalMaxPool/SumPool
+    (channels-last [N, H, W, C] reduced over (1, 2) is transposed to NCHW first: local); over
+    any other axes, the general form of `legalize_smooth.reduce_general`."""
+    d, op = g.node(n), g.op(n)
     x, out = d["inputs"][0], d["outputs"][0]
     shape = g.shape(x)
     rank = len(shape)
-    if len(d["inputs"]) > 1 and d["inputs"][1]:
-        axes = _ints(g.const(d["inputs"][1]))
-    else:
-        axes = _ints(a.get("axes", []))
-    axes = tuple(sorted(ax % rank for ax in axes)) or tuple(range(rank))
+    axes, _, noop = legalize_smooth.reduce_axes(g, n)
+    spatial = rank == 4 and axes in ((1, 2), (2, 3))
+    if noop or not spatial or (op == "ReduceSum" and rank != 4):
+        legalize_smooth.reduce_general(g, n)
+        return
     if rank == 4 and axes == (1, 2):  # channels-last
         nchw = g.new_tensor(f"{x}_nchw", (shape[0], shape[3], shape[1], shape[2]))
         g.add_node("Transpose", [x], [nchw], {"perm": (0, 3, 1, 2)}, name=f"{n}_to_nchw")
         x, shape, axes = nchw, g.shape(nchw), (2, 3)
-    if rank < 3 or axes != tuple(range(2, rank)):
-        raise ModelError(
-            f"{_where(g, n)}: only a reduction over all the spatial axes (2..{rank - 1}) is "
-            f"supported (or over 1, 2 of a channels-last image), not over axes {axes}"
-        )
     pooled = (*shape[:2], *(1,) * (rank - 2))
     d["op"] = _GLOBAL_POOL[op]
     d["attrs"] = {}
     if op == "ReduceSum":
-        if rank != 4:
-            raise ModelError(f"{_where(g, n)}: ReduceSum needs a 4-D tensor")
         d["attrs"] = {
             "kernel_shape": tuple(shape[2:]),
             "strides": (1, 1),
@@ -368,14 +453,47 @@ def _clip(g: Graph, n: str) -> None:
     ins = [*d["inputs"], "", ""]
     lo = float(g.const(ins[1])) if ins[1] else -np.inf
     hi = float(g.const(ins[2])) if ins[2] else np.inf
-    d["attrs"] = {"min": lo, "max": hi}
+    # ONNX's Clip is min(max(x, lo), hi): with lo > hi every element is hi.
+    d["attrs"] = {"min": min(lo, hi), "max": hi}
     g.set_inputs(n, ins[:1])
 
 
 def _prelu(g: Graph, n: str) -> None:
-    x = g.node(n)["inputs"][0]
-    if g.shape(x) != g.shape(g.node(n)["outputs"][0]):
-        raise ModelError(f"{_where(g, n)}: the slope must broadcast to the input's shape")
+    """The slope broadcast (ONNX's unidirectional broadcast: trailing axes aligned) to the
+    input's full shape, so that it multiplies elementwise."""
+    x, slope = g.node(n)["inputs"][:2]
+    shape, s = g.shape(x), g.const(slope)
+    try:
+        full = np.broadcast_to(s, shape)
+    except ValueError:
+        hint = ""
+        if s.ndim == 1 and len(shape) > 2 and s.shape[0] == shape[1]:
+            per_channel = (s.shape[0],) + (1,) * (len(shape) - 2)
+            hint = f"; for a per-channel slope give it shape {per_channel}"
+        raise ModelError(
+            f"{_where(g, n)}: the slope of shape {tuple(s.shape)} does not broadcast to the "
+            f"input's shape {tuple(shape)} (ONNX aligns the trailing axes){hint}"
+        ) from None
+    if full.shape != s.shape:
+        g.set_inputs(n, [x, g.add_const(full.copy(), f"{n}_slope")])
+
+
+_FLOAT_TYPES = {1, 10, 11, 16}  # FLOAT, FLOAT16, DOUBLE, BFLOAT16
+
+
+def _cast(g: Graph, n: str) -> None:
+    """A Cast between float types is a no-op on fixed-point values (becomes Identity)."""
+    d = g.node(n)
+    to = int(d["attrs"].get("to", 0))
+    if to not in _FLOAT_TYPES:
+        name = (
+            onnx.TensorProto.DataType.Name(to) if to in onnx.TensorProto.DataType.values() else to
+        )
+        raise ModelError(
+            f"{_where(g, n)}: a Cast of a computed tensor to {name} is not supported (only "
+            "Casts to FLOAT16, BFLOAT16, FLOAT or DOUBLE, and Casts of constants, which fold)"
+        )
+    d["op"], d["attrs"] = "Identity", {}
 
 
 def _to_reshape(g: Graph, n: str) -> None:
@@ -572,6 +690,69 @@ def _resize(g: Graph, n: str) -> None:
     g.set_inputs(n, [x])
 
 
+def _gather(g: Graph, n: str) -> None:
+    """Gather of a computed tensor at constant indices (negative ones normalized), or of a
+    constant table by the client's integer ids (`_embedding`)."""
+    d = g.node(n)
+    x, idx = d["inputs"]
+    if g.is_const(x) and not g.is_const(idx):
+        return legalize_embedding(g, n)
+    if g.is_const(x) or not g.is_const(idx):
+        raise ModelError(
+            f"{_where(g, n)}: only a computed tensor gathered at constant indices is supported "
+            f"here ({x!r} is {'constant' if g.is_const(x) else 'computed'}, indices {idx!r} "
+            f"are {'constant' if g.is_const(idx) else 'computed'})"
+        )
+    shape = g.shape(x)
+    axis = int(d["attrs"].get("axis", 0)) % len(shape)
+    iv = np.asarray(g.const(idx), dtype=np.int64)
+    if ((iv < -shape[axis]) | (iv >= shape[axis])).any():
+        raise ModelError(f"{_where(g, n)}: an index is out of range for axis {axis} ({shape})")
+    iv = np.where(iv < 0, iv + shape[axis], iv)
+    d["attrs"] = {"axis": axis, "indices": _ints(iv), "ishape": tuple(iv.shape)}
+    g.set_inputs(n, [x])
+
+
+def _split(g: Graph, n: str) -> None:
+    """Split into one Slice per output (each local)."""
+    d, a = g.node(n), g.node(n)["attrs"]
+    x, outs = d["inputs"][0], list(d["outputs"])
+    rank = len(g.shape(x))
+    axis = int(a.get("axis", 0)) % rank
+    name = n
+    g.remove_node(n)
+    start = 0
+    for i, t in enumerate(outs):
+        size = g.shape(t)[axis]
+        if not t:
+            start += size
+            continue
+        attrs = {"starts": (start,), "ends": (start + size,), "axes": (axis,), "steps": (1,)}
+        g.add_node("Slice", [x], [t], attrs, name=f"{name}_{i}")
+        start += size
+
+
+def _tile(g: Graph, n: str) -> None:
+    d = g.node(n)
+    d["attrs"] = {"reps": _ints(g.const(d["inputs"][1]))}
+    g.set_inputs(n, d["inputs"][:1])
+
+
+def _expand(g: Graph, n: str) -> None:
+    """Expand (numpy broadcasting to a constant shape) as Reshape to the output's rank, then
+    Tile along the axes of size 1 that grow."""
+    d = g.node(n)
+    x, out = d["inputs"][0], d["outputs"][0]
+    shape, target = g.shape(x), g.shape(out)
+    full = (1,) * (len(target) - len(shape)) + tuple(shape)
+    if full != tuple(shape):
+        mid = g.new_tensor(f"{x}_rank{len(target)}", full)
+        g.add_node("Reshape", [x], [mid], {"shape": full}, name=f"{n}_reshape")
+        x = mid
+    d["op"], d["attrs"] = "Tile", {"reps": tuple(t // s for s, t in zip(full, target, strict=True))}
+    g.set_inputs(n, [x])
+
+
 def _dropout(g: Graph, n: str) -> None:
     d = g.node(n)
     if len(d["inputs"]) > 2 and d["inputs"][2] and g.const(d["inputs"][2]).any():
@@ -582,18 +763,15 @@ def _dropout(g: Graph, n: str) -> None:
 _TRAILING = ("Reshape", "Identity", "Dropout", "Flatten", "Squeeze", "Unsqueeze")
 
 
-def _softmax(g: Graph, n: str) -> None:
-    """Softmax/LogSoftmax only where it makes the model's output (the rewrites drop it)."""
+def is_final(g: Graph, n: str) -> bool:
+    """Whether node n's output is the model's output (through Reshape-like nodes at most)."""
     t = g.node(n)["outputs"][0]
     while t not in g.outputs or g.consumers(t):
         c = g.only_consumer(t)
         if c is None or g.op(c) not in _TRAILING:
-            feeds = ", ".join(repr(c) for c in g.consumers(t))
-            raise ModelError(
-                f"{_where(g, n)} is not the model's last op (it feeds {feeds}): "
-                f"{g.op(n)} is only supported as the final op, where it is dropped"
-            )
+            return False
         t = g.node(c)["outputs"][0]
+    return True
 
 
 def _only_first_output(g: Graph, n: str, unsupported: str) -> None:
@@ -624,6 +802,7 @@ _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "LeakyRelu": _leaky_relu,
     "Clip": _clip,
     "PRelu": _prelu,
+    "Cast": _cast,
     "Flatten": _to_reshape,
     "Squeeze": _to_reshape,
     "Unsqueeze": _to_reshape,
@@ -634,7 +813,11 @@ _LEGALIZE: dict[str, Callable[[Graph, str], None]] = {
     "Pad": _pad,
     "Resize": _resize,
     "Upsample": _resize,
+    "Gather": _gather,
+    "Split": _split,
+    "Equal": legalize_id_compare,
+    "Tile": _tile,
+    "Expand": _expand,
     "Dropout": _dropout,
-    "Softmax": _softmax,
-    "LogSoftmax": _softmax,
+    **legalize_smooth.RULES,
 }

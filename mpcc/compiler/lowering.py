@@ -15,15 +15,26 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from mpcc.compiler import ops
+from mpcc.compiler import lower_smooth, ops
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.ir import SLACK_BITS, Program, Value, WeightSpec
 from mpcc.compiler.ops import Op, RuleError
 from mpcc.compiler.poolshapes import avgpool_counts
 from mpcc.errors import ModelError
+
+
+@dataclass
+class Trace:
+    """Where a lowering put each graph tensor (for calibration): `values` maps a tensor of the
+    graph to the IR value holding it after its node; `nodes` maps every IR value to the graph
+    node whose lowering emitted it ("input"/"output" for the plan's ends)."""
+
+    values: dict[str, int] = field(default_factory=dict)
+    nodes: dict[int, str] = field(default_factory=dict)
 
 
 class _Lowering:
@@ -36,6 +47,7 @@ class _Lowering:
         self.env: dict[str, Value] = {}
         self.node = "input"  # the ONNX node being lowered, for error messages
         self._named: dict[tuple[str, int, str], str] = {}  # (tensor, scale, role) -> weight
+        self.trace = Trace()
 
     def emit(
         self, op: Op, args: tuple[int, ...], weights: tuple[str, ...] = (), **attrs: object
@@ -43,9 +55,11 @@ class _Lowering:
         """Append an instruction; its op's rule types the output. A rule the node breaks is
         a ModelError that names the node."""
         try:
-            return self.prog.emit(op, args, weights, **attrs)
+            v = self.prog.emit(op, args, weights, **attrs)
         except RuleError as e:
             raise ModelError(f"node {self.node!r}: {op.name}: {e}") from None
+        self.trace.nodes[v.id] = self.node
+        return v
 
     def emit_as(
         self, data: dict, op: Op, args: tuple[int, ...], weights: tuple[str, ...] = (), **attrs
@@ -160,8 +174,16 @@ class _Lowering:
             w = self.weight(b_t, self.g.const(b_t), self.f)
             return self.emit_as(data, ops.mul_w, (x.id,), (w,))
         a = self.fit(self.arg(name, a_t), self.f)
+        if a_t == b_t:  # a square (Pow 2): a Beaver pair, half the traffic
+            return self.emit_as(data, ops.square, (a.id,))
         b = self.fit(self.arg(name, b_t), self.f)
         return self.emit_as(data, ops.mul, (a.id, b.id))
+
+    def lower_matmul_ss(self, name: str, data: dict) -> Value:
+        a_t, b_t = data["inputs"]
+        a = self.fit(self.arg(name, a_t), self.f)
+        b = self.fit(self.arg(name, b_t), self.f)
+        return self.emit_as(data, ops.matmul_ss, (a.id, b.id))
 
     def lower_neg(self, name: str, data: dict) -> Value:
         x = self.arg(name, data["inputs"][0])
@@ -271,6 +293,17 @@ class _Lowering:
                 axes=list(a["axes"]),
                 steps=list(a["steps"]),
             )
+        if op == "Gather":
+            return self.emit_as(
+                data,
+                ops.gather,
+                (x.id,),
+                axis=int(a["axis"]),
+                indices=list(a["indices"]),
+                ishape=list(a["ishape"]),
+            )
+        if op == "Tile":
+            return self.emit_as(data, ops.tile, (x.id,), reps=list(a["reps"]))
         if op == "Pad":
             mode = {"mode": a["mode"]} if a.get("mode", "constant") != "constant" else {}
             return self.emit_as(
@@ -290,7 +323,13 @@ class _Lowering:
     def run(self) -> tuple[Program, dict[str, np.ndarray]]:
         p = self.prog
         for t in self.g.inputs:
-            v = self.emit(ops.input, (), name=t, shape=list(self.g.shapes[t]))
+            enc = self.g.input_encodings.get(t, {})
+            if t in self.g.int_inputs and not enc:
+                raise ModelError(
+                    f"integer input {t!r} is not used as ids into a constant table; fix it "
+                    f"with --fix-input {t}=VALUE if the plan need not take it"
+                )
+            v = self.emit(ops.input, (), name=t, shape=list(self.g.shapes[t]), **enc)
             self.env[t] = v
             p.inputs.append((t, v.id))
         for node in self.g.topo_nodes():
@@ -310,6 +349,7 @@ class _Lowering:
             v = self.arg("output", t)
             o = self.emit(ops.output, (v.id,), name=t)
             p.outputs.append((t, o.id))
+        self.trace.values = {t: v.id for t, v in self.env.items()}
         return p, self.weights
 
 
@@ -317,6 +357,7 @@ _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Conv": lambda s, n, d: s.lower_linear(n, d, ops.conv),
     "ConvTranspose": lambda s, n, d: s.lower_linear(n, d, ops.conv_transpose),
     "MatMul": lambda s, n, d: s.lower_linear(n, d, ops.matmul),
+    "MatMulSS": _Lowering.lower_matmul_ss,
     "Add": lambda s, n, d: s.lower_add_sub(n, d, "Add"),
     "Sub": lambda s, n, d: s.lower_add_sub(n, d, "Sub"),
     "Mul": _Lowering.lower_mul,
@@ -336,11 +377,19 @@ _HANDLERS: dict[str, Callable[[_Lowering, str, dict], Value]] = {
     "Slice": lambda s, n, d: s.lower_movement(n, d, "Slice"),
     "Pad": lambda s, n, d: s.lower_movement(n, d, "Pad"),
     "Resize": lambda s, n, d: s.lower_movement(n, d, "Resize"),
+    "Gather": lambda s, n, d: s.lower_movement(n, d, "Gather"),
+    "Tile": lambda s, n, d: s.lower_movement(n, d, "Tile"),
+    **lower_smooth.HANDLERS,
 }
 
 
 def lower(
-    g: Graph, frac_bits: int = 16, public_weights: bool = False
+    g: Graph, frac_bits: int = 16, public_weights: bool = False, trace: Trace | None = None
 ) -> tuple[Program, dict[str, np.ndarray]]:
-    """Lower a graph that went through `passes.run_all` to a Program and its weights."""
-    return _Lowering(g, frac_bits, public_weights).run()
+    """Lower a graph that went through `passes.run_all` to a Program and its weights;
+    `trace`, if given, is filled with where each tensor went (see `Trace`)."""
+    lowering = _Lowering(g, frac_bits, public_weights)
+    out = lowering.run()
+    if trace is not None:
+        trace.values, trace.nodes = lowering.trace.values, lowering.trace.nodes
+    return out

@@ -1,13 +1,16 @@
 """The graph passes in the order `run_all` runs them: legalization, then the rewrites.
 
 After `run_all` the graph holds the ops of the contract in `mpcc.compiler.legalize`, and no
-Identity, Dropout, BatchNormalization, Softmax or LogSoftmax: what lowering takes.
+Identity, Dropout or BatchNormalization, and a final Softmax/LogSoftmax only with
+`keep_softmax`: what lowering takes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from mpcc.compiler.blockers import Blocker, raise_if_any
+from mpcc.compiler.fusions import fuse_all
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.legalize import legalize
 from mpcc.compiler.rewrites import (
@@ -22,6 +25,7 @@ from mpcc.compiler.rewrites import (
 )
 
 PASSES: tuple[Callable[[Graph], None], ...] = (
+    fuse_all,
     legalize,
     remove_identity,
     merge_reshapes,
@@ -34,9 +38,20 @@ PASSES: tuple[Callable[[Graph], None], ...] = (
 )
 
 
-def run_all(g: Graph) -> Graph:
-    """Run every pass in order; return the same (now legalized and simplified) graph."""
+def run_all(g: Graph, blockers: list[Blocker] | None = None, keep_softmax: bool = False) -> Graph:
+    """Run every pass in order; return the same (now legalized and simplified) graph.
+
+    With `blockers` (what earlier checks found), legalization adds what it finds and one
+    ModelError reports them all before the rewrites run. With `keep_softmax` a final
+    Softmax/LogSoftmax is computed securely, not dropped."""
     for p in PASSES:
-        p(g)
+        if keep_softmax and p is drop_final_softmax:
+            continue
+        if p is legalize:
+            legalize(g, blockers)
+            if blockers is not None:
+                raise_if_any(blockers)
+        else:
+            p(g)
     g.prune()
     return g

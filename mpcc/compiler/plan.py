@@ -32,6 +32,7 @@ class Plan:
 
     program: Program
     weights: dict[str, np.ndarray] = field(default_factory=dict)
+    calibration: Any = None  # the `calibrate.Report` of a plan compiled with calibration data
 
     def __post_init__(self) -> None:
         if self.weights is None:
@@ -99,7 +100,7 @@ class Plan:
     def __str__(self) -> str:
         from mpcc.compiler.report import format_report
 
-        return format_report(self.program)
+        return format_report(self.program, calibration=self.calibration)
 
     def __repr__(self) -> str:
         held = "with weights" if self.weights else "public part only"

@@ -8,6 +8,7 @@ from mpcc.compiler.batching import row_mixing
 from mpcc.compiler.costmodel import CostReport, estimate
 from mpcc.compiler.ir import Program
 from mpcc.compiler.planfile import plan_hash, to_public
+from mpcc.compiler.precision import format_assumptions, format_calibration, precision_json
 
 
 def _bytes(n: int) -> str:
@@ -26,8 +27,9 @@ def _batching(prog: Program) -> str:
     return f"one client per query, {prog.batch} samples a request (rows mix at {why})"
 
 
-def format_report(prog: Program, report: CostReport | None = None) -> str:
-    """A human-readable plan: header, notes, one line per instruction, totals."""
+def format_report(prog: Program, report: CostReport | None = None, calibration: Any = None) -> str:
+    """A human-readable plan: header, notes, one line per instruction, totals, and the
+    precision (what f assumes, or the calibration report if given)."""
     report = report or estimate(prog)
     head = (
         f"plan {prog.name}  ring=2^64 f={prog.frac_bits}  batch={prog.batch}  "
@@ -51,10 +53,16 @@ def format_report(prog: Program, report: CostReport | None = None) -> str:
         f"  each party -> client   {_bytes(report.client_received)}",
         f"once per session: opening masked weights, {_bytes(s.setup)} sent by each party",
     ]
+    if calibration is not None:
+        lines += format_calibration(calibration)
+    else:
+        lines += format_assumptions(prog)
     return "\n".join(lines)
 
 
-def report_json(prog: Program, report: CostReport | None = None) -> dict[str, Any]:
+def report_json(
+    prog: Program, report: CostReport | None = None, calibration: Any = None
+) -> dict[str, Any]:
     """The same report as JSON data (with the full public plan)."""
     report = report or estimate(prog)
     return {
@@ -68,5 +76,6 @@ def report_json(prog: Program, report: CostReport | None = None) -> dict[str, An
             for i, c in zip(to_public(prog)["instrs"], report.per_instr, strict=True)
         ],
         "values": to_public(prog)["values"],
+        "precision": precision_json(prog, calibration),
         **report.asdict(),
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mpcc.compiler.graph import Graph
+from mpcc.compiler.legalize import is_final
 from mpcc.compiler.rewriter import ANY, CONST, Node, Op, Rule, Through, apply
 
 AFFINE = "Conv|MatMul"
@@ -60,12 +61,14 @@ def _drop_softmax(g: Graph, n: Node) -> str:
     return f"dropped final {n.op} {n.name!r}: the plan returns logits (argmax is unchanged)"
 
 
-DROP_FINAL_SOFTMAX = Rule(Op("Softmax|LogSoftmax", name="n"), rewrite=_drop_softmax)
+DROP_FINAL_SOFTMAX = Rule(
+    Op("Softmax|LogSoftmax", name="n", where=lambda g, n: is_final(g, n.name)),
+    rewrite=_drop_softmax,
+)
 
 
 def drop_final_softmax(g: Graph) -> None:
-    """Drop the final Softmax/LogSoftmax (legalization allows no other), so the plan returns
-    logits."""
+    """Drop a final Softmax/LogSoftmax, so the plan returns logits (others are computed)."""
     apply(g, DROP_FINAL_SOFTMAX)
 
 

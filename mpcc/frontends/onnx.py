@@ -60,24 +60,33 @@ def parse_input_shapes(specs: list[str]) -> Shapes:
 def load(
     model: str | Path | onnx.ModelProto,
     input_shapes: Shapes | tuple[int, ...] | None = None,
+    fix_inputs: dict[str, float] | None = None,
+    check_static: bool = True,
 ) -> onnx.ModelProto:
     """Load, check and fix the shapes of an ONNX model, folding everything constant.
 
-    Returns a new model (the argument is not modified) whose every non-constant tensor has a
-    static shape in `graph.value_info` / `graph.input` / `graph.output`. Notes for the compile
-    report (e.g. a batch dim defaulted to 1) are in the metadata property `mpcc.notes`.
+    `fix_inputs` fixes inputs to a constant value (every element), e.g. a Hugging Face
+    `attention_mask` to 1 when the client sends no padding: the input becomes a constant and
+    what it feeds folds away. Returns a new model (the argument is not modified) whose every
+    non-constant tensor has a static shape in `graph.value_info` / `graph.input` /
+    `graph.output`. Without `check_static`, tensors whose shape stays unknown are left for
+    the caller to report (`static_problems`). Notes for the compile report (e.g. a batch dim
+    defaulted to 1, an input fixed) are in the metadata property `mpcc.notes`.
     """
     m, label = _read(model)
     _check(m, label)
     if m.functions:
         m = onnx.inliner.inline_local_functions(m)
     m = _upgrade(m)
+    _stamp_ir(m)
     _name_nodes(m.graph)
     _check_domains(m.graph)
-    found = _fix_input_shapes(m.graph, input_shapes)
+    found = _fix_input_shapes(m.graph, input_shapes, strict=check_static)
+    found += _fix_inputs(m.graph, fix_inputs or {})
     _fold_constants(m)
     m = _infer(m)
-    _check_static(m.graph)
+    if check_static:
+        _check_static(m.graph)
     for p in [p for p in m.metadata_props if p.key == NOTES_KEY]:
         m.metadata_props.remove(p)
     if found:
@@ -167,6 +176,14 @@ def _upgrade(m: onnx.ModelProto) -> onnx.ModelProto:
         ) from e
 
 
+def _stamp_ir(m: onnx.ModelProto) -> None:
+    """Before IR 4 every initializer had to be a graph input too, and shape inference of such
+    a model ignores initializers that are not: raise the IR version so that the initializers
+    are constants once `_fix_input_shapes` drops them from the inputs."""
+    if m.ir_version < 4:
+        m.ir_version = max(4, helper.find_min_ir_version_for(list(m.opset_import)))
+
+
 def _name_nodes(g: onnx.GraphProto) -> None:
     """Give every node a unique, non-empty name."""
     seen: set[str] = set()
@@ -185,8 +202,11 @@ def _check_domains(g: onnx.GraphProto) -> None:
         raise ModelError(f"only standard ONNX ops are supported, not {listed}")
 
 
-def _fix_input_shapes(g: onnx.GraphProto, given: Shapes | tuple[int, ...] | None) -> list[str]:
-    """Drop initializers from the inputs and set every input's shape; return notes."""
+def _fix_input_shapes(
+    g: onnx.GraphProto, given: Shapes | tuple[int, ...] | None, strict: bool = True
+) -> list[str]:
+    """Drop initializers from the inputs and set every input's shape; return notes. Without
+    `strict`, an input with a symbolic dim past the first keeps it (`static_problems` says)."""
     inits = {t.name for t in g.initializer}
     real = [i for i in g.input if i.name not in inits]
     del_inputs = [i for i in g.input if i.name in inits]
@@ -244,20 +264,75 @@ def _fix_input_shapes(g: onnx.GraphProto, given: Shapes | tuple[int, ...] | None
                         f"input {inp.name!r}: symbolic batch dim{sym} set to 1 "
                         "(use --input-shape to change it)"
                     )
+                elif strict:
+                    raise ModelError(_unfixed(inp.name, dims, k))
                 else:
-                    sym = f" ({d.dim_param!r})" if d.dim_param else ""
-                    example = "x".join(
-                        str(x.dim_value) if x.HasField("dim_value") else "1" if j == 0 else "<?>"
-                        for j, x in enumerate(dims)
-                    )
-                    raise ModelError(
-                        f"input {inp.name!r}: dim {k}{sym} is not fixed; give the whole shape "
-                        f"with --input-shape {inp.name}={example}"
-                    )
+                    shape = None
+                    break
+        if shape is None:
+            continue
+        if 0 in shape:
+            raise ModelError(
+                f"input {inp.name!r} has shape {list(shape)}, with a dim of size 0: empty "
+                "tensors are not supported"
+            )
         tt.ClearField("shape")
         tt.shape.SetInParent()
         for s in shape:
             tt.shape.dim.add().dim_value = s
+    return notes
+
+
+def _unfixed(name: str, dims: list, k: int) -> str:
+    """Why input `name` has no fixed shape (its dim `k` is symbolic), and what to give."""
+    sym = f" ({dims[k].dim_param!r})" if dims[k].dim_param else ""
+    example = "x".join(
+        str(x.dim_value) if x.HasField("dim_value") else "1" if j == 0 else "<?>"
+        for j, x in enumerate(dims)
+    )
+    return (
+        f"input {name!r}: dim {k}{sym} is not fixed; give the whole shape "
+        f"with --input-shape {name}={example}"
+    )
+
+
+def parse_fixed_inputs(specs: list[str]) -> dict[str, float]:
+    """Parse `--fix-input` values: `attention_mask=1`."""
+    fixed: dict[str, float] = {}
+    for spec in specs:
+        name, eq, value = spec.partition("=")
+        try:
+            v = float(value)
+        except ValueError:
+            v = None
+        if not eq or not name.strip() or v is None:
+            raise ModelError(
+                f"bad --fix-input {spec!r}: expected NAME=VALUE, e.g. attention_mask=1"
+            )
+        fixed[name.strip()] = v
+    return fixed
+
+
+def _fix_inputs(g: onnx.GraphProto, fixed: dict[str, float]) -> list[str]:
+    """Replace each input named in `fixed` by a constant of its shape and type; return notes."""
+    by_name = {i.name: i for i in g.input}
+    notes = []
+    for name, value in fixed.items():
+        inp = by_name.get(name)
+        if inp is None:
+            names = ", ".join(repr(i.name) for i in g.input)
+            raise ModelError(f"--fix-input for unknown input {name!r}; inputs: {names}")
+        tt = inp.type.tensor_type
+        shape = [d.dim_value for d in tt.shape.dim]
+        dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if dtype.kind in "iub" and value != int(value):
+            raise ModelError(f"--fix-input {name}={value:g}: input {name!r} is {dtype}, not float")
+        g.input.remove(inp)
+        g.initializer.append(numpy_helper.from_array(np.full(shape, value, dtype=dtype), name))
+        notes.append(
+            f"input {name!r} fixed to {value:g} (--fix-input): folded into the plan, the client "
+            "does not send it"
+        )
     return notes
 
 
@@ -371,13 +446,46 @@ def _evaluate(
         return None
     if not all(t in values for t in inputs):
         return None
+    feeds = {t: values[t] for t in inputs}
     try:
-        ev = ReferenceEvaluator(n, opsets=opsets)
-        return ev.run(None, {t: values[t] for t in inputs})
+        return ReferenceEvaluator(n, opsets=opsets).run(None, feeds)
+    except Exception as e:
+        reference_error = e
+    try:  # onnx's reference evaluator has gaps (GatherElements in onnx 1.23): ask onnxruntime
+        return _evaluate_ort(n, feeds, opsets)
     except Exception as e:
         raise ModelError(
-            f"node {n.name!r} (op {n.op_type}): cannot evaluate it on its constant inputs: {e}"
+            f"node {n.name!r} (op {n.op_type}): cannot evaluate it on its constant inputs: "
+            f"onnx's reference evaluator says {reference_error}; onnxruntime says {e}"
         ) from e
+
+
+def _evaluate_ort(
+    n: onnx.NodeProto, feeds: dict[str, np.ndarray], opsets: dict[str, int]
+) -> list[np.ndarray]:
+    """Evaluate one node on constant inputs with onnxruntime (graph optimizations off)."""
+    import onnxruntime as ort
+
+    ins = [
+        helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+        for t, v in feeds.items()
+    ]
+    outs = [helper.make_empty_tensor_value_info(t) for t in n.output if t]
+    graph = helper.make_graph([n], "fold", ins, outs)
+    m = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()]
+    )
+    m.ir_version = min(m.ir_version, 10)
+    typed = shape_inference.infer_shapes(m)
+    found = {vi.name: vi for vi in typed.graph.value_info}
+    for o in m.graph.output:
+        if o.name in found:
+            o.CopyFrom(found[o.name])
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in m.graph.output], sess.run(None, feeds), strict=True))
+    return [got.get(t, np.zeros(0)) for t in n.output]
 
 
 def _prune(g: onnx.GraphProto) -> None:
@@ -394,14 +502,61 @@ def _prune(g: onnx.GraphProto) -> None:
 
 
 def _check_static(g: onnx.GraphProto) -> None:
+    problems = static_problems(g)
+    if problems:
+        raise ModelError("; ".join(p for _, p in problems))
+
+
+def static_problems(g: onnx.GraphProto) -> list[tuple[onnx.NodeProto | None, str]]:
+    """The inputs with a dim left unfixed (node None), and the nodes whose outputs have no
+    static shape while their inputs' shapes are known (the first cause of every other
+    unknown shape), each with why: most often an input that mpcc needs constant (a shape,
+    axes, starts, pads) but is computed from the model's inputs."""
     known = {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
     consts = {t.name for t in g.initializer}
+    problems: list[tuple[onnx.NodeProto | None, str]] = []
+    for inp in g.input:
+        if inp.name not in consts and _static_shape(inp) is None:
+            dims = list(inp.type.tensor_type.shape.dim)
+            k = next(k for k, d in enumerate(dims) if not d.HasField("dim_value"))
+            problems.append((None, _unfixed(inp.name, dims, k)))
+
+    def static(t: str) -> bool:
+        return not t or t in consts or (t in known and _static_shape(known[t]) is not None)
+
     for n in g.node:
-        for t in n.output:
-            if not t or t in consts:
-                continue
-            if t not in known or _static_shape(known[t]) is None:
-                raise ModelError(
-                    f"tensor {t!r} (output of node {n.name!r}, op {n.op_type}) has no static "
-                    "shape after fixing the input shapes and folding constants"
+        bad = [t for t in n.output if t and not static(t)]
+        if not bad or not all(static(t) for t in n.input):
+            continue
+        computed = [(i, t) for i, t in enumerate(n.input) if i > 0 and t and t not in consts]
+        where = f"node {n.name!r} (op {n.op_type})"
+        if computed:
+            names = ", ".join(f"{_input_name(n, i)} {t!r}" for i, t in computed)
+            one = len(computed) == 1
+            must = "must be a constant, but is" if one else "must be constants, but are"
+            problems.append(
+                (
+                    n,
+                    f"{where}: its {names} {must} computed from the model's inputs (the shape "
+                    f"of {bad[0]!r} depends on {'it' if one else 'them'})",
                 )
+            )
+        else:
+            problems.append(
+                (
+                    n,
+                    f"tensor {bad[0]!r} (output of node {n.name!r}, op {n.op_type}) has no "
+                    "static shape after fixing the input shapes and folding constants",
+                )
+            )
+    return problems
+
+
+def _input_name(n: onnx.NodeProto, i: int) -> str:
+    """The ONNX schema's name of input `i` of `n` ("shape", "axes", ...), or "input i"."""
+    try:
+        formal = onnx.defs.get_schema(n.op_type, domain=n.domain or "").inputs
+        name = formal[min(i, len(formal) - 1)].name
+    except Exception:  # an unknown op: no schema
+        return f"input {i}"
+    return f"input {i} ({name})"

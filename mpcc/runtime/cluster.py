@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,10 +20,10 @@ from mpcc.compiler.ir import Program
 from mpcc.compiler.plan import Plan, as_plan
 from mpcc.compiler.planfile import plan_hash
 from mpcc.errors import MpccError, PartyError
-from mpcc.runtime.cleartext import check_samples, in_batches
+from mpcc.runtime.cleartext import Samples, check_inputs, encode_input, in_batches
 from mpcc.runtime.dealer import Dealer
 from mpcc.runtime.executor import PartyExecutor
-from mpcc.runtime.fixedpoint import decode, encode
+from mpcc.runtime.fixedpoint import decode
 from mpcc.runtime.material import Bundle
 from mpcc.runtime.owner import share_weights
 from mpcc.runtime.prg import reconstruct, share
@@ -178,42 +179,51 @@ class LocalCluster:
         return time.perf_counter() - start
 
     # -- online ------------------------------------------------------------------------------
-    def run_batch(self, x: np.ndarray) -> np.ndarray:
+    def run_batch(self, x: Samples) -> np.ndarray:
         """One query on exactly one batch of inputs; returns the decoded first output."""
-        x0, x1 = share(encode(x, self.prog.frac_bits))  # a bad input costs no material
-        if not self._prepared:
+        return self.run_outputs(x)[self.prog.outputs[0][0]]
+
+    def run_outputs(self, x: Samples) -> dict[str, np.ndarray]:
+        """One query on exactly one batch of inputs (an array for a one-input plan, else a
+        dict by input name); returns every output, decoded, by name."""
+        xs = x if isinstance(x, Mapping) else {self.prog.inputs[0][0]: x}
+        shares = {n: share(encode_input(self.prog, v, n)) for n, v in xs.items()}
+        if not self._prepared:  # a bad input costs no material
             self.preprocess(1)
         q = self._prepared.pop(0)
         offline, dealer_s, dealer_bytes, material_bytes = self._offline.pop(q)
         self._next_query = q + 1
-        in_name = self.prog.inputs[0][0]
         before = [p.ch.traffic.snapshot() for p in self.parties]
         t0 = time.perf_counter()
-        outs = self._both(lambda p, s: p.run(q, {in_name: s}), (x0, x1))
-        online = time.perf_counter() - t0
-        out_name, out_vid = self.prog.outputs[0]
-        y = decode(
-            reconstruct(outs[0][out_name], outs[1][out_name]), self.prog.value(out_vid).scale
+        outs = self._both(
+            lambda p, s: p.run(q, s),
+            tuple({n: sh[k] for n, sh in shares.items()} for k in (0, 1)),
         )
+        online = time.perf_counter() - t0
+        y = {
+            name: decode(reconstruct(outs[0][name], outs[1][name]), self.prog.value(vid).scale)
+            for name, vid in self.prog.outputs
+        }
         used = [p.ch.traffic.since(b) for p, b in zip(self.parties, before, strict=True)]
         self.stats = QueryStats(
-            batch=len(x),
+            batch=self.prog.batch,
             online_s=online,
             offline_s=offline,
             sent=(used[0].bytes_sent, used[1].bytes_sent),
             rounds=used[0].rounds,
             dealer_bytes=dealer_bytes,
             material_bytes=material_bytes,
-            client_bytes=x0.nbytes,
+            client_bytes=sum(sh[0].nbytes for sh in shares.values()),
             dealer_s=dealer_s,
         )
         return y
 
-    def predict(self, x: np.ndarray, progress: bool = False) -> np.ndarray:
-        """Secure prediction for any number of samples, in batches of the plan's batch size."""
-        x = check_samples(self.prog, x)
+    def predict(self, x: Samples, progress: bool = False) -> np.ndarray:
+        """Secure prediction for any number of samples, in batches of the plan's batch size
+        (first output). `x` is an array for a one-input plan, else a dict by input name."""
+        x = check_inputs(self.prog, x)
         done = [0]
-        total = -(-len(x) // self.prog.batch)
+        total = -(-len(next(iter(x.values()))) // self.prog.batch)
 
         def one(chunk: np.ndarray) -> np.ndarray:
             y = self.run_batch(chunk)

@@ -12,16 +12,26 @@ and the tests measure through them, the executor is never patched.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from mpcc.compiler.calls import Call, Linear, Multiply, Relu, Truncate
+from mpcc.compiler.calls import Call, Linear, MatMulSS, Multiply, Relu, Sign, Square, Truncate
 from mpcc.compiler.costmodel import calls, masked_weights
 from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError, MaterialError
 from mpcc.runtime.material import Bundle, MaterialStore
-from mpcc.runtime.protocols import linear, multiply, protocol_for, relu, truncation
+from mpcc.runtime.protocols import (
+    linear,
+    matmul_ss,
+    multiply,
+    protocol_for,
+    relu,
+    sign,
+    square,
+    truncation,
+)
 from mpcc.runtime.rules import RULES, Backend, check_shape
 from mpcc.runtime.rules.linear import layout, prepare_weight, prepared_maps
 from mpcc.runtime.session import Session
@@ -131,9 +141,13 @@ class PartyExecutor(Backend):
         return () if fn is None else (fn, self._operands[layout(self.prog, ins)][1])
 
     # -- offline, per query -----------------------------------------------------------------
-    def prepare(self, query: int, bundle: Bundle | None) -> int:
+    def prepare(
+        self, query: int, bundle: Bundle | None, pause: Callable[[], None] | None = None
+    ) -> int:
         """Expand this party's material for a query (P1 also takes the dealer's bundle);
-        returns the bytes of material now held for it."""
+        returns the bytes of material now held for it. `pause`, if given, is called before
+        each call's material: a server blocks there while a query's online phase runs, so
+        making material ahead does not take the cores and the GIL from that phase."""
         s = self.session
         if self.party == 1:
             if bundle is None:
@@ -148,6 +162,8 @@ class PartyExecutor(Backend):
         for i, ins in enumerate(self.prog.instrs):
             for j, call in enumerate(self._calls[i]):
                 prg = s.call_prg(self._seed, query, i, j)
+                if pause is not None:
+                    pause()
                 corr = next(corrections, None) if self.party == 1 else None
                 if self.party == 1 and corr is None:
                     raise MaterialError(f"dealer bundle for query {query} is short")
@@ -238,6 +254,14 @@ class PartyExecutor(Backend):
         mat = self._material(Multiply, x_shape=x.shape, y_shape=y.shape)
         return multiply.run(self.ch, self.party, mat, x, y)
 
+    def matmul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        mat = self._material(MatMulSS, x_shape=x.shape, y_shape=y.shape)
+        return matmul_ss.run(self.ch, self.party, mat, x, y)
+
+    def square(self, x: np.ndarray) -> np.ndarray:
+        mat = self._material(Square, n=x.size)
+        return square.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
+
     def truncate(self, x: np.ndarray, shift: int) -> np.ndarray:
         mat = self._material(Truncate, n=x.size, shift=shift)
         return truncation.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
@@ -245,3 +269,7 @@ class PartyExecutor(Backend):
     def relu(self, x: np.ndarray, shift: int) -> np.ndarray:
         mat = self._material(Relu, n=x.size, shift=shift)
         return relu.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
+
+    def ge_zero(self, x: np.ndarray) -> np.ndarray:
+        mat = self._material(Sign, n=x.size)
+        return sign.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)

@@ -178,6 +178,16 @@ def _matmul(a, b):
 
 
 @_jit
+def _batched_matmul(a, b, c):
+    """c[i] = a[i] @ b[i] for C-contiguous a (L, M, K), b (L, K, N), c (L, M, N)."""
+    for i in range(a.shape[0]):
+        if a.shape[1] < FEW_ROWS:
+            _gemm_nn_rows(a[i], b[i], c[i])
+        else:
+            _gemm_nt(a[i], _transpose(b[i]), c[i])
+
+
+@_jit
 def _matmul_nt(a, bt):
     c = np.empty((a.shape[0], bt.shape[0]), np.uint64)
     _gemm_nt(a, bt, c)
@@ -328,6 +338,22 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape[1] != b.shape[0]:
         raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not chain")
     return _matmul(a, b)
+
+
+def batched_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Ring product with numpy's matmul broadcasting: a (..., M, K) @ b (..., K, N) ->
+    (broadcast(...), M, N), mod 2^64. Both operands have at least two axes; an operand
+    broadcast over the leading axes is copied out to the full batch."""
+    a, b = _ring(a, None, "a"), _ring(b, None, "b")
+    if a.ndim < 2 or b.ndim < 2 or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"batched_matmul: shapes {a.shape} and {b.shape} do not chain")
+    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    (m, k), n = a.shape[-2:], b.shape[-1]
+    a3 = np.ascontiguousarray(np.broadcast_to(a, (*lead, m, k))).reshape(-1, m, k)
+    b3 = np.ascontiguousarray(np.broadcast_to(b, (*lead, k, n))).reshape(-1, k, n)
+    c = np.empty((a3.shape[0], m, n), np.uint64)
+    _batched_matmul(a3, b3, c)
+    return c.reshape(*lead, m, n)
 
 
 def dense(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -599,6 +625,7 @@ __all__ = [
     "batched_dense",
     "conv",
     "conv_transpose",
+    "batched_matmul",
     "conv2d",
     "dense",
     "dense_t",

@@ -10,7 +10,9 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import secrets
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
@@ -25,10 +27,14 @@ from mpcc.serving.config import DEFAULT_DAYS, ROLES, ClusterConfig, ConfigError
 __all__ = [
     "DEFAULT_DAYS",
     "ROLES",
+    "Revocations",
+    "add_client",
     "check_expiry",
+    "identity_from_peercert",
     "init_ca",
     "issue",
     "make_ca",
+    "revoke",
     "role_from_peercert",
 ]
 
@@ -67,10 +73,28 @@ def write_private(path: Path, data: bytes | Callable[[BinaryIO], object]) -> Non
                 data(f)
             else:
                 f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes the name: a crash leaves old or new
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename or removal in `directory` durable (a no-op where directories cannot be
+    opened, e.g. on Windows)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
@@ -146,14 +170,17 @@ def issue(
     cluster: str,
     days: int = DEFAULT_DAYS,
     not_before: dt.datetime | None = None,
+    name: str | None = None,
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
-    """A key and a CA-signed certificate for one role (usable as TLS client and server)."""
+    """A key and a CA-signed certificate for one role (usable as TLS client and server).
+
+    `name`: the identity in the subject (common name "mpcc <name>"; default: the role)."""
     check_days(days)
     key = ec.generate_private_key(ec.SECP256R1())
     start = _start(not_before)
     cert = (
         x509.CertificateBuilder()
-        .subject_name(_name(f"mpcc {role}", cluster))
+        .subject_name(_name(f"mpcc {name or role}", cluster))
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -230,3 +257,178 @@ def check_expiry(
             log.warning(
                 "%s %s expires on %s, in %d days; %s", what, path, when, left.days, RENEW_HINT
             )
+
+
+# -- client identities and revocation -------------------------------------------------------
+CLIENTS_DIR = "clients"  # `cluster add-client NAME` writes clients/NAME.crt and NAME.key
+CLIENT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+SHARED_CLIENT = "client"  # the identity of the cluster's shared client certificate
+
+
+def identity_from_peercert(cert: dict | None) -> str | None:
+    """The identity a peer certificate names: its subject's common name without the "mpcc "
+    prefix (so "client" for the cluster's shared client certificate)."""
+    for rdn in (cert or {}).get("subject", ()):
+        for k, v in rdn:
+            if k == "commonName" and isinstance(v, str) and v.startswith("mpcc "):
+                return v[len("mpcc ") :]
+    return None
+
+
+def serial_from_peercert(cert: dict | None) -> int | None:
+    """The serial number of a peer certificate as returned by `SSLObject.getpeercert()`."""
+    try:
+        return int((cert or {})["serialNumber"], 16)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def check_client_name(name: str) -> None:
+    if not isinstance(name, str) or not CLIENT_NAME.match(name) or name in ROLES:
+        raise ConfigError(
+            f"a client name is 1 to 64 letters, digits, '_', '.' or '-' (starting with a letter "
+            f"or digit) and not one of {', '.join(ROLES)}; not {name!r}"
+        )
+
+
+def client_files(cfg: ClusterConfig, name: str) -> tuple[Path, Path]:
+    """(certificate, key) of a client identity: the shared one, or one `add_client` issued."""
+    if name == SHARED_CLIENT and SHARED_CLIENT in cfg.credentials:
+        return cfg.credentials[SHARED_CLIENT]
+    check_client_name(name)
+    d = cfg.path.parent / CLIENTS_DIR
+    return d / f"{name}.crt", d / f"{name}.key"
+
+
+def _load_ca(cfg: ClusterConfig) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """The cluster CA's key and certificate (the key is kept offline: where it is, these
+    commands run)."""
+    key_path = cfg.ca.with_suffix(".key")
+    try:
+        cert = x509.load_pem_x509_certificate(cfg.ca.read_bytes())
+        key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    except OSError as e:
+        raise ConfigError(
+            f"issuing or revoking certificates needs the cluster CA ({cfg.ca} and {key_path}): "
+            f"{e.strerror or e}"
+        ) from None
+    except ValueError as e:
+        raise ConfigError(f"cannot read the cluster CA {cfg.ca}: {e}") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ConfigError(f"{key_path} is not the cluster's EC CA key")
+    return key, cert
+
+
+def add_client(
+    cfg: ClusterConfig, name: str, days: int = DEFAULT_DAYS, force: bool = False
+) -> tuple[Path, Path]:
+    """Issue a client certificate of its own to `name` (role client, subject "mpcc <name>"):
+    parties apply their per-client limits to it, and `revoke` can lock it out alone.
+    Writes clients/<name>.crt and .key (0600) next to cluster.toml; returns their paths."""
+    check_client_name(name)
+    check_days(days)
+    cert_path, key_path = client_files(cfg, name)
+    if cert_path.exists() and not force:
+        raise ConfigError(f"client {name!r} exists ({cert_path}); use --force to issue it anew")
+    ca_key, ca_cert = _load_ca(cfg)
+    key, cert = issue(SHARED_CLIENT, ca_key, ca_cert, cfg.name, days, name=name)
+    cert_path.parent.mkdir(parents=True, exist_ok=True)
+    write_private(key_path, _key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert_path, key_path
+
+
+def _read_crl(path: Path, ca_cert: x509.Certificate) -> x509.CertificateRevocationList | None:
+    """The CRL at `path` (None if there is none), checked against the cluster CA."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        crl = x509.load_pem_x509_crl(data)
+    except ValueError:
+        raise ConfigError(f"{path} is not a PEM certificate revocation list") from None
+    pub = ca_cert.public_key()
+    if crl.issuer != ca_cert.subject or not crl.is_signature_valid(pub):  # type: ignore[arg-type]
+        raise ConfigError(f"{path} is not signed by this cluster's CA")
+    return crl
+
+
+def revoke(cfg: ClusterConfig, name: str) -> int:
+    """Add the certificate of client `name` to the cluster's revocation list (`cfg.crl`, a
+    CRL signed by the CA); returns its serial number. Parties that have the new file refuse
+    the certificate at the next connection and close its open links."""
+    cert_path, _ = client_files(cfg, name)
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except OSError:
+        raise ConfigError(f"no certificate of client {name!r} ({cert_path})") from None
+    ca_key, ca_cert = _load_ca(cfg)
+    old = _read_crl(cfg.crl, ca_cert)
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(max(ca_cert.not_valid_after_utc, now + dt.timedelta(days=1)))
+    )
+    serials = {r.serial_number for r in old} if old is not None else set()
+    for r in old or ():
+        builder = builder.add_revoked_certificate(r)
+    if cert.serial_number not in serials:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder()
+            .serial_number(cert.serial_number)
+            .revocation_date(now)
+            .build()
+        )
+    crl = builder.sign(ca_key, hashes.SHA256())
+    pem = crl.public_bytes(serialization.Encoding.PEM)
+    write_private(cfg.crl, pem)
+    os.chmod(cfg.crl, 0o644)  # public: every party reads it
+    return cert.serial_number
+
+
+class Revocations:
+    """The cluster's revocation list (`cfg.crl`, a CRL signed by the cluster CA), read again
+    whenever its file changes: a party checks each new link's certificate against it and
+    its open client links now and then, so `mpcc cluster revoke` takes effect without a
+    restart. No file: nothing is revoked. A file that does not verify is logged and the
+    list read before it is kept."""
+
+    def __init__(self, cfg: ClusterConfig, logger: logging.Logger | None = None) -> None:
+        self.path, self.ca = cfg.crl, cfg.ca
+        self.log = logger or log
+        self._serials: frozenset[int] = frozenset()
+        self._stamp: tuple[int, int, int] | None = None
+        self._lock = threading.Lock()
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read the list again if its file changed (a stat otherwise)."""
+        try:
+            st = os.stat(self.path)
+            stamp: tuple[int, int, int] | None = (st.st_mtime_ns, st.st_size, st.st_ino)
+        except OSError:
+            stamp = None
+        with self._lock:
+            if stamp == self._stamp:
+                return
+            self._stamp = stamp
+            if stamp is None:
+                self._serials = frozenset()
+                return
+            try:
+                ca = x509.load_pem_x509_certificate(self.ca.read_bytes())
+                crl = _read_crl(self.path, ca)
+            except (OSError, ValueError, ConfigError) as e:
+                self.log.error("ignoring the new revocation list %s: %s", self.path, e)
+                return
+            self._serials = frozenset(r.serial_number for r in crl or ())
+            self.log.info("revocation list %s: %d certificates", self.path, len(self._serials))
+
+    def revoked(self, serial: int | None) -> bool:
+        """Whether a certificate of this serial number is revoked (the list is re-read
+        first if its file changed)."""
+        self.refresh()
+        return serial is not None and serial in self._serials

@@ -22,9 +22,10 @@ from typing import Any
 import numpy as np
 
 from mpcc.errors import InputError, MpccError, PartyError
-from mpcc.inputs import as_samples, split_rows
+from mpcc.inputs import ONEHOT, as_samples, input_shape, one_hot, split_rows
 from mpcc.runtime.fixedpoint import decode, encode
 from mpcc.runtime.prg import reconstruct, share
+from mpcc.serving.certs import client_files
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.config import load as load_config
 from mpcc.serving.tls import LinkClosed, TlsChannel, client_context, dial
@@ -90,8 +91,15 @@ class Client:
         role: str | None = "client",
         cert: str | Path | None = None,
         key: str | Path | None = None,
+        identity: str | None = None,
     ) -> None:
+        """`identity`: use the certificate `mpcc cluster add-client NAME` issued to NAME
+        (default: the cluster's shared client certificate, or `cert` and `key`)."""
         self.cfg = config if isinstance(config, ClusterConfig) else load_config(config)
+        if identity is not None:
+            cert, key = client_files(self.cfg, identity)
+            if not cert.is_file() or not key.is_file():
+                raise MpccError(f"no certificate and key of client {identity!r} ({cert}, {key})")
         self.timeout = timeout if timeout is not None else self.cfg.serving.client_timeout_s
         self.window = max(1, window)
         self._ctx = client_context(self.cfg, None if cert else role, cert, key)
@@ -189,8 +197,9 @@ class Client:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits (the plan's first output) for any number of samples."""
         plan = self._interface()
-        shape, batch = tuple(plan["input_shape"]), int(plan["batch"])
-        x = as_samples(x, shape, allow_empty=False)
+        enc, batch = plan.get("input_encoding"), int(plan["batch"])
+        shape = input_shape(plan["input_shape"], enc)
+        x = as_samples(x, shape, allow_empty=False, ids=enc == ONEHOT)
         if not plan.get("rows_independent", False):
             whole = len(x) == batch or (len(x) % batch == 0 and plan["output_shape"][:1] == [batch])
             if not whole:
@@ -201,10 +210,27 @@ class Client:
         chunks = split_rows(x, batch)  # P0 pads a query's batch with zero rows
         try:
             outs = self._run(chunks, plan)
+        except StalePlanError:
+            # a model was deployed since the interface was read: read it again, and encode
+            # for the new plan (its scale and shapes may differ), once
+            self.close()
+            return self._predict_again(x, plan)
         except MpccError:
             self.close()  # answers still in flight would be out of step: start afresh
             raise
         return np.concatenate(outs)
+
+    def _predict_again(self, x: np.ndarray, old: dict[str, Any]) -> np.ndarray:
+        plan = self._interface()
+        if plan["plan_hash"] == old["plan_hash"]:
+            raise PartyError("the parties refused the plan they announce; redeploy the model")
+        try:
+            return self.predict(x)
+        except StalePlanError as e:  # deployed again meanwhile: let the caller decide
+            self.close()
+            raise PartyError(
+                f"the model was redeployed twice during one prediction ({e})"
+            ) from None
 
     def _run(self, chunks: list[np.ndarray], plan: dict[str, Any]) -> list[np.ndarray]:
         links = self._connect()
@@ -218,9 +244,12 @@ class Client:
         while nxt < len(chunks) or pending:
             while nxt < len(chunks) and len(pending) < self.window:
                 rid = secrets.token_hex(16)
-                s0, s1 = share(encode(chunks[nxt], frac))
+                if plan.get("input_encoding") == ONEHOT:  # token ids, one-hot encoded here
+                    s0, s1 = share(one_hot(chunks[nxt], int(plan["input_depth"])))
+                else:
+                    s0, s1 = share(encode(chunks[nxt], frac))
                 pending[rid] = (nxt, time.perf_counter(), s0.nbytes, {})
-                meta = {"rid": rid, "rows": len(chunks[nxt])}
+                meta = {"rid": rid, "rows": len(chunks[nxt]), "plan": plan["plan_hash"]}
                 links["p0"].send_msg("request", meta, [s0])
                 links["p1"].send_msg("request", meta, [s1])
                 nxt += 1
@@ -232,9 +261,14 @@ class Client:
             if rid not in pending:
                 continue  # e.g. a late answer to an info request
             if msg.kind == "failed":
-                raise PartyError(f"{msg.meta.get('msg', 'request failed')}")
+                why = f"{msg.meta.get('msg', 'request failed')}"
+                raise (
+                    StalePlanError(why) if msg.meta.get("code") == "stale_plan" else PartyError(why)
+                )
             if msg.kind != "result":
                 raise PartyError(f"{role.upper()} answered with {msg.kind!r}")
+            if msg.meta.get("plan") != plan["plan_hash"]:  # never decode at another plan's scale
+                raise StalePlanError(f"{role.upper()} answered from another plan than was read")
             i, t0, nbytes, got = pending[rid]
             want = (len(chunks[i]), *out_tail) if rowwise else out_shape
             if len(msg.arrays) != 1 or msg.arrays[0].shape != want:
@@ -259,6 +293,10 @@ class Client:
             got, msg = self._next(self.timeout)
             if got == role:
                 return msg
+
+
+class StalePlanError(PartyError):
+    """The parties serve another plan than the one this client read (a redeploy)."""
 
 
 def _silent_parties(pending: dict[str, tuple[Any, ...]], timeout: float) -> str | None:
@@ -293,11 +331,18 @@ def _stats(got: dict[str, Message], rows: int, latency: float, share_bytes: int)
     )
 
 
-def cluster_status(config: str | Path | ClusterConfig) -> dict[str, dict[str, Any] | str]:
+def cluster_status(
+    config: str | Path | ClusterConfig, identity: str | None = None
+) -> dict[str, dict[str, Any] | str]:
     """Each compute party's public `info`, or why it could not be had (asked one by one, so
-    a party that is down does not hide the other)."""
+    a party that is down does not hide the other). `identity`: ask with the certificate
+    `cluster add-client` issued to it (default: the shared client certificate)."""
     cfg = config if isinstance(config, ClusterConfig) else load_config(config)
-    ctx = client_context(cfg, "client")
+    if identity is None:
+        ctx = client_context(cfg, "client")
+    else:
+        cert, key = client_files(cfg, identity)
+        ctx = client_context(cfg, None, str(cert), str(key))
     got: dict[str, dict[str, Any] | str] = {}
     for role in PARTIES:
         try:

@@ -41,9 +41,29 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     st.add_argument("--config", required=True, help="cluster.toml (client credentials)")
     st.add_argument(
+        "--client", metavar="NAME", help="ask with the certificate `cluster add-client NAME` issued"
+    )
+    st.add_argument(
         "--wait", type=float, default=0.0, metavar="S", help="wait up to S seconds for serving"
     )
     st.set_defaults(fn=cmd_cluster_status)
+    a = csub.add_parser(
+        "add-client",
+        help="issue a client a certificate of its own (its own limits; revocable alone)",
+    )
+    a.add_argument("name", help="the client's name (letters, digits, '_', '.', '-')")
+    a.add_argument("--config", required=True, help="cluster.toml (next to ca.crt and ca.key)")
+    a.add_argument(
+        "--days", type=int, default=DEFAULT_DAYS, help="certificate validity in days (at least 1)"
+    )
+    a.add_argument("--force", action="store_true", help="issue a new certificate for NAME")
+    a.set_defaults(fn=cmd_cluster_add_client)
+    rv = csub.add_parser(
+        "revoke", help="revoke a client's certificate (parties re-read the list as it changes)"
+    )
+    rv.add_argument("name", help="the client's name (`client`: the shared client certificate)")
+    rv.add_argument("--config", required=True, help="cluster.toml (next to ca.crt and ca.key)")
+    rv.set_defaults(fn=cmd_cluster_revoke)
 
     p = subparsers.add_parser("party", help="run one party (p0, p1 or dealer) until stopped")
     p.add_argument("--config", required=True, help="cluster.toml")
@@ -76,6 +96,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--output", help=".npy file for the logits (or labels with --argmax)")
     r.add_argument("--argmax", action="store_true", help="output class labels")
     r.add_argument("--timeout", type=float, help="seconds to wait for an answer")
+    r.add_argument(
+        "--client",
+        metavar="NAME",
+        help="use the certificate `cluster add-client NAME` issued (default: the shared one)",
+    )
     r.add_argument("-q", "--quiet", action="store_true")
     r.set_defaults(fn=cmd_predict)
 
@@ -98,12 +123,34 @@ def cmd_cluster_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cluster_add_client(args: argparse.Namespace) -> int:
+    from mpcc.serving.certs import add_client
+
+    cfg = cfgmod.load(args.config)
+    cert, key = add_client(cfg, args.name, args.days, force=args.force)
+    print(f"client {args.name}: wrote {cert} and {key} (mode 0600)")
+    print("Give the client cluster.toml, ca.crt and these two files; it runs")
+    print(f"  mpcc predict --config cluster.toml --client {args.name} ...")
+    return 0
+
+
+def cmd_cluster_revoke(args: argparse.Namespace) -> int:
+    from mpcc.serving.certs import revoke
+
+    cfg = cfgmod.load(args.config)
+    serial = revoke(cfg, args.name)
+    print(f"revoked the certificate of client {args.name} (serial {serial:x}) in {cfg.crl}")
+    print("Copy it next to cluster.toml on every party's machine: each re-reads it at the next")
+    print("connection (no restart) and closes that client's open links within a second.")
+    return 0
+
+
 def cmd_cluster_status(args: argparse.Namespace) -> int:
     from mpcc.serving.client import cluster_status, format_status
 
     deadline = time.monotonic() + max(0.0, args.wait)
     while True:
-        text, serving = format_status(cluster_status(args.config))
+        text, serving = format_status(cluster_status(args.config, args.client))
         if serving or time.monotonic() >= deadline:
             print(text)
             return 0 if serving else 1
@@ -157,7 +204,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 f"--timeout must be from {lo:g} to {hi:g} s, not {args.timeout}"
             )
     x = load_npy(args.input)
-    with Client(args.config, timeout=args.timeout) as client:
+    with Client(args.config, timeout=args.timeout, identity=args.client) as client:
         y = client.predict(x)
         stats = client.stats
     if args.argmax:

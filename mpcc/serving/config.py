@@ -30,6 +30,7 @@ SERVING_RANGES: dict[str, tuple[float, float]] = {
     "timeout_s": (0.1, DAY_S),
     "setup_timeout_s": (0.1, DAY_S),
     "client_timeout_s": (0.1, DAY_S),
+    "client_idle_s": (0.1, DAY_S),
     "handshake_timeout_s": (0.1, DAY_S),
     "max_frame_mb": (1 / 16, 4096.0),  # 64 KiB: room for a message's header, split or not
     "max_message_mb": (1 / 16, 2.0**20),
@@ -38,7 +39,13 @@ SERVING_RANGES: dict[str, tuple[float, float]] = {
     "batch_wait_ms": (0.001, 10_000.0),
     "max_connections": (1, 100_000),
     "max_handshakes": (1, 100_000),
+    "max_handshakes_per_source": (1, 100_000),
     "max_queue_mb": (1.0, 2.0**20),
+    "client_connections": (1, 100_000),
+    "client_queue": (1, 100_000),
+    "client_rate": (0.1, 1e6),
+    "client_burst": (1, 1_000_000),
+    "client_queue_mb": (0.001, 2.0**20),
 }
 
 
@@ -53,6 +60,7 @@ class Serving:
     timeout_s: float = 5.0  # silence on a link during a query or start-up step: a fault
     setup_timeout_s: float = 60.0  # a session start-up (weights opened), its first material
     client_timeout_s: float = 30.0  # a client's wait for one answer, queueing included
+    client_idle_s: float = 60.0  # a client link with nothing asked and nothing owed is closed
     max_frame_mb: float = 256.0  # largest frame a peer may send (larger messages are split)
     stock: int = 4  # queries of preprocessing kept ready ahead (per compute party)
     stock_mb: float = 1024.0  # memory that stock may hold at a compute party (>= one query)
@@ -60,8 +68,15 @@ class Serving:
     max_connections: int = 64  # concurrent client links a party accepts
     handshake_timeout_s: float = 5.0  # a new connection's TLS handshake and hello, in all
     max_handshakes: int = 16  # connections in their handshake (not yet authenticated) at once
+    max_handshakes_per_source: int = 4  # ... from one address (not a party's host)
     max_message_mb: float = 4096.0  # largest message split over frames, from another party
     max_queue_mb: float = 1024.0  # memory the clients' waiting requests may take at a party
+    # per client identity (a certificate's subject; the shared client certificate is one):
+    client_connections: int = 32  # links it may hold at a party
+    client_queue: int = 128  # requests it may have waiting at a party
+    client_rate: float = 1000.0  # messages a second it may send, on average (token bucket)
+    client_burst: int = 1000  # ... and at once, after a quiet spell (the bucket's size)
+    client_queue_mb: float = 256.0  # its waiting requests and unsent answers, in memory
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -96,6 +111,7 @@ class ClusterConfig:
     credentials: dict[str, tuple[Path, Path]]  # role -> (certificate, private key)
     state_dir: Path
     serving: Serving = field(default_factory=Serving)
+    crl: Path = Path("revoked.crl")  # the revocation list (`mpcc cluster revoke`); absolute
 
     def address(self, role: str) -> tuple[str, int]:
         try:
@@ -192,6 +208,7 @@ def load(path: str | Path) -> ClusterConfig:
             credentials=creds,
             state_dir=base / cluster.get("state_dir", "state"),
             serving=serving,
+            crl=base / cluster.get("crl", "revoked.crl"),
         )
     except (KeyError, TypeError) as e:
         raise ConfigError(f"{path}: missing or malformed entry {e}") from None
@@ -218,6 +235,7 @@ def render(
         f"name = {_q(name)}",
         'ca = "ca.crt"',
         'state_dir = "state"   # each party keeps its deployed model under state/<role>',
+        'crl = "revoked.crl"   # revoked client certificates (`mpcc cluster revoke`), if any',
         "",
         "[parties]",
         *(f"{r} = {_q(format_address(addresses[r]))}" for r in PARTIES),

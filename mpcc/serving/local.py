@@ -86,6 +86,7 @@ class ProcessCluster:
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs = self.dir / "logs"
         self.logs.mkdir(exist_ok=True)
+        self._log_from: dict[str, int] = {}
 
     def __enter__(self) -> ProcessCluster:
         return self
@@ -97,6 +98,7 @@ class ProcessCluster:
         if role in self.procs and self.procs[role].poll() is None:
             raise MpccError(f"{role} is already running")
         log = open(self.logs / f"{role}.log", "ab")  # noqa: SIM115 - owned by the process
+        self._log_from[role] = log.tell()  # this run's lines start here
         root = str(Path(__file__).resolve().parents[2])  # so `-m mpcc` finds this mpcc
         path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
@@ -116,8 +118,10 @@ class ProcessCluster:
             self.start(role)
         self.wait_listening()
 
-    def wait_listening(self, timeout: float = 30.0) -> None:
-        """Until every running party accepts TCP connections."""
+    def wait_listening(self, timeout: float = 60.0) -> None:
+        """Until every running party accepts TCP connections and has loaded its kernels:
+        loading them takes the interpreter for a few seconds, so on a loaded machine a
+        party that has just started may not finish a TLS handshake in time before."""
         deadline = time.monotonic() + timeout
         for role, p in self.procs.items():
             while True:
@@ -130,6 +134,14 @@ class ProcessCluster:
                     if time.monotonic() > deadline:
                         raise MpccError(f"{role} is not listening after {timeout:g} s") from None
                     time.sleep(0.05)
+        for role, p in self.procs.items():
+            while p.poll() is None and time.monotonic() < deadline:
+                with open(self.logs / f"{role}.log", "rb") as f:
+                    f.seek(self._log_from.get(role, 0))
+                    text = f.read()
+                if b"kernels ready" in text or b"kernel warm-up failed" in text:
+                    break
+                time.sleep(0.1)
 
     def kill(self, role: str, sig: int = signal.SIGKILL) -> None:
         p = self.procs.get(role)

@@ -8,6 +8,12 @@ parties' shares (`mpcc.serving.state.share_commitment`, each salted with a secre
 holder gets), which they check their shares against and compare with each other.
 A plan compiled with public weights would give P0 and P1 plaintext weights, so it is
 deployed only when explicitly allowed.
+
+A deploy is two-phase, so that a failure half-way leaves every party serving its previous
+deployment: the owner sends to all three, each checks what it got (the plan verifier
+included) and stages it; only when all three have answered "staged" does the owner send
+"activate". If any party refuses, fails or cannot be reached before that, the others are
+told to abort and discard what they staged.
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ from mpcc.runtime.owner import share_weights
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.config import load as load_config
 from mpcc.serving.state import SALT_BYTES, share_commitment
-from mpcc.serving.tls import client_context, dial
+from mpcc.serving.tls import TlsChannel, client_context, dial
+
+ROLES = ("p0", "p1", "dealer")
 
 
 class DeployError(MpccError):
@@ -77,26 +85,64 @@ def deploy_program(
     shares = dict(zip(("p0", "p1"), share_weights(prog, weights), strict=True))
     salts = {r: secrets.token_bytes(SALT_BYTES) for r in shares}
     commitments = {r: share_commitment(deploy_id, r, salts[r], s) for r, s in shares.items()}
-    errors = []
-    for role in ("p0", "p1", "dealer"):
-        mine = shares.get(role)
-        names = sorted(mine) if mine is not None else []
+    t = cfg.serving.setup_timeout_s
+    links: dict[str, TlsChannel] = {}
+    role = ROLES[0]
+    try:
+        # phase 1: every party receives, checks and stages; none switches yet
+        for role in ROLES:
+            mine = shares.get(role)
+            names = sorted(mine) if mine is not None else []
+            links[role], _ = dial(cfg, ctx, role, me="owner", link="deploy")
+            head = {"plan": public, "plan_hash": digest, "deploy_id": deploy_id}
+            if mine is not None:  # both commitments, but only this party's salt
+                head.update(commitments=commitments, salt=salts[role].hex())
+            links[role].send_msg("deploy", {**head, "weights": names})
+            for n in names:
+                links[role].send_msg("share", {"name": n}, [mine[n]])
+            links[role].send_msg("commit")
+        del shares, salts
+        for role in links:  # (`role` names the party that failed, below)
+            links[role].recv_msg(t, expect="staged")
+    except PartyError as e:
+        for ch in links.values():  # each discards what it staged
+            ch.abort(f"the deployment failed at {role}")
+            ch.close("deployment aborted")
+        raise DeployError(
+            f"deployment failed at {role}: {_reason(links.get(role), e)}; no party switched "
+            "to it, each keeps "
+            "serving its previous deployment"
+        ) from None
+    # phase 2: all three hold it, so all switch
+    done, errors = [], []
+    for role, ch in links.items():
         try:
-            ch, _ = dial(cfg, ctx, role, me="owner", link="deploy")
-            try:
-                head = {"plan": public, "plan_hash": digest, "deploy_id": deploy_id}
-                if mine is not None:  # both commitments, but only this party's salt
-                    head.update(commitments=commitments, salt=salts[role].hex())
-                ch.send_msg("deploy", {**head, "weights": names})
-                for n in names:
-                    ch.send_msg("share", {"name": n}, [mine[n]])
-                ch.send_msg("commit")
-                ch.recv_msg(cfg.serving.setup_timeout_s, expect="deployed")
-            finally:
-                ch.close("deployed")
+            ch.send_msg("activate")
         except PartyError as e:
             errors.append(f"{role}: {e}")
-    del shares, salts
+    for role, ch in links.items():
+        try:
+            if not any(err.startswith(f"{role}:") for err in errors):
+                ch.recv_msg(t, expect="deployed")
+                done.append(role)
+        except PartyError as e:
+            errors.append(f"{role}: {e}")
+        finally:
+            ch.close("deployed")
     if errors:
-        raise DeployError("deployment incomplete; " + "; ".join(errors))
+        raise DeployError(
+            f"deployment {deploy_id[:8]}… was activated at {', '.join(done) or 'no party'} "
+            f"only ({'; '.join(errors)}); the parties will not start a session across two "
+            "deployments: deploy again"
+        )
     return deploy_id
+
+
+def _reason(ch: TlsChannel | None, e: PartyError) -> str:
+    """Why a party failed: the error it sent, if it did before closing the link (a send to
+    it may fail first), else what went wrong here."""
+    try:
+        msg = ch.poll(0) if ch is not None else None
+    except PartyError:
+        msg = None
+    return str(msg.meta.get("msg", e)) if msg is not None and msg.kind == "error" else str(e)

@@ -15,7 +15,6 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,9 @@ import numpy as np
 from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.warmup import warm_up
 from mpcc.serving import state
+from mpcc.serving.certs import Revocations
 from mpcc.serving.config import ClusterConfig, format_address
+from mpcc.serving.handshakes import HandshakeSlots, Pending, party_hosts
 from mpcc.serving.state import Deployment
 from mpcc.serving.tls import (
     HandshakeEOF,
@@ -34,7 +35,7 @@ from mpcc.serving.tls import (
     greet,
     server_context,
 )
-from mpcc.serving.wire import Message
+from mpcc.serving.wire import CLIENT_HEADER_MAX, PARTY_HEADER_MAX, Message
 
 Handler = Callable[[TlsChannel, Message], None]
 HELLO_MAX_FRAME = 1 << 16  # before a peer has said what its link is for
@@ -43,32 +44,26 @@ PARTY_LINKS = 16  # links from the other parties and the owner held at once (the
 EVICT_AFTER_MAX_S = 1.0  # a full handshake pool drops its oldest connection after this
 
 
-@dataclass(eq=False)
-class _Pending:
-    """A connection in its handshake or hello (not yet authenticated)."""
-
-    sock: socket.socket
-    where: str
-    since: float
-    evicted: bool = False
-
-
 class Listener:
     """Accepts TLS links on one address and dispatches them by link kind.
 
     Connections are counted in three pools, so that neither clients nor anyone who can open
     a TCP connection can lock the parties out of their own links:
 
-    - **Unauthenticated** (`max_handshakes`): a connection holds one of these slots from its
-      accept through the TLS handshake and the hello, which must both be done within
-      `handshake_timeout_s` -- one wall-clock deadline, not a per-read timeout, so a peer
-      that sends nothing, or a byte now and then, is dropped all the same. When every slot
-      is taken, new connections wait in the accept queue; and once the oldest slot has been
-      held for `evict_after` (half the deadline, at most a second, while a real handshake
-      takes milliseconds) that connection is dropped to make room. Idle or slow sockets can
-      thus delay a party's or client's connection by about a second, not hold the slots.
-    - **Clients** (`max_connections`): a greeted client link takes one of these, or is
-      refused with "too many client connections".
+    - **Unauthenticated** (`max_handshakes`; see `handshakes`): a connection holds one of
+      these slots from the start of its TLS handshake to its hello, which must both be done
+      within `handshake_timeout_s` -- one wall-clock deadline, not a per-read timeout, so a
+      peer that sends nothing, or a byte now and then, is dropped all the same. Connections
+      from the parties' own hosts have a pool of their own; from anywhere else, one source
+      address holds at most `max_handshakes_per_source`. When a pool is full, new
+      connections wait, and once its oldest slot has been held for `evict_after` (half the
+      deadline, at most a second, while a real handshake takes milliseconds) that
+      connection is dropped to make room. Idle or slow sockets can thus delay a party's or
+      client's connection by about a second, not hold the slots.
+    - **Clients** (`max_connections`): a greeted client link takes one of these, and one of
+      its identity's `client_connections` (the certificate's subject: see `admission`), or
+      is refused. A certificate on the revocation list (`certs.Revocations`, re-read when
+      its file changes) is refused whatever its role.
     - **Parties** (`PARTY_LINKS`): links from P0, P1, the dealer and the owner, greeted with
       a certificate of their role, have slots of their own that clients never take.
 
@@ -87,12 +82,20 @@ class Listener:
         self._handlers = handlers
         self._ctx = server_context(cfg, role)
         s = cfg.serving
-        self._pending: set[_Pending] = set()
-        self._pending_cv = threading.Condition()
-        self._max_pending = max(1, s.max_handshakes)
         self.evict_after = min(EVICT_AFTER_MAX_S, s.handshake_timeout_s / 2)
+        self.slots = HandshakeSlots(
+            s.max_handshakes,
+            s.max_handshakes_per_source,
+            self.evict_after,
+            party_hosts(cfg.addresses),
+            self._start_handshake,
+            log,
+        )
         self._clients = threading.BoundedSemaphore(max(1, s.max_connections))
         self._parties = threading.BoundedSemaphore(PARTY_LINKS)
+        self._per_identity: dict[str, int] = {}  # client links open, by certificate subject
+        self._ident_lock = threading.Lock()
+        self.revocations = Revocations(cfg, log)
         host, port = cfg.address(role)
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_STREAM)
@@ -105,7 +108,6 @@ class Listener:
                 f"{role} cannot listen on {format_address((host, port))}: {e}"
             ) from None
         self._sock.listen(64)
-        self._sock.settimeout(0.5)
         self._closed = threading.Event()
         self._thread = threading.Thread(target=self._accept_loop, name="mpcc-accept", daemon=True)
 
@@ -114,16 +116,14 @@ class Listener:
 
     def close(self) -> None:
         self._closed.set()
-        with self._pending_cv:
-            self._pending_cv.notify_all()
         self._sock.close()
         self._thread.join(timeout=2)
+        self.slots.close()
 
     def _accept_loop(self) -> None:
         while not self._closed.is_set():
-            if not self._room_for_one():
-                continue
             try:
+                self._sock.settimeout(self.slots.tick())  # hands out slots as they free up
                 sock, addr = self._sock.accept()
             except TimeoutError:
                 continue
@@ -132,47 +132,48 @@ class Listener:
                     return
                 time.sleep(0.1)
                 continue
-            p = _Pending(sock, format_address(addr[:2]), time.monotonic())
-            with self._pending_cv:
-                self._pending.add(p)
-            threading.Thread(target=self._serve, args=(p,), name="mpcc-conn", daemon=True).start()
+            self.slots.admit(sock, format_address(addr[:2]), str(addr[0]))
 
-    def _room_for_one(self) -> bool:
-        """Wait (briefly) until a handshake slot is free, dropping the oldest pending
-        connection once it has had `evict_after` s; False to look again later."""
-        with self._pending_cv:
-            if len(self._pending) < self._max_pending:
-                return True
-            oldest = min(self._pending, key=lambda p: p.since)
-            wait = oldest.since + self.evict_after - time.monotonic()
-            if wait > 0:
-                self._pending_cv.wait(min(wait, 0.5))
-                return False
-            self._pending.discard(oldest)
-            oldest.evicted = True
-        self.log.warning(
-            "dropped the connection from %s: %d connections were in their handshake and it "
-            "had waited longest (%.1f s)",
-            oldest.where,
-            self._max_pending,
-            time.monotonic() - oldest.since,
-        )
-        try:
-            oldest.sock.shutdown(socket.SHUT_RDWR)  # wakes its thread, which closes it
-        except OSError:
-            pass
-        return True
+    def _start_handshake(self, p: Pending) -> None:
+        threading.Thread(target=self._serve, args=(p,), name="mpcc-conn", daemon=True).start()
 
-    def _authenticated(self, p: _Pending) -> bool:
-        """Leave the handshake pool; False if the connection was dropped from it."""
-        with self._pending_cv:
-            if p.evicted:
-                return False
-            self._pending.discard(p)
-            self._pending_cv.notify()
-            return True
+    def _admit(self, ch: TlsChannel, party: bool) -> str | None:
+        """Take a slot for a greeted link (released when it closes), or say why not: a
+        revoked certificate, a full pool, or a client identity at its connection limit."""
+        if self.revocations.revoked(ch.peer_serial):
+            return f"the certificate of {ch.peer_identity or ch.peer_role} was revoked"
+        if party:
+            if not self._parties.acquire(blocking=False):
+                return f"{self.role} has too many party links; try again later"
+            ch.on_close(lambda _why: self._parties.release())
+            return None
+        who = ch.peer_identity or "?"
+        with self._ident_lock:
+            if self._per_identity.get(who, 0) >= self.cfg.serving.client_connections:
+                return (
+                    f"client {who} has {self.cfg.serving.client_connections} connections "
+                    "(its limit, client_connections); close one or try again later"
+                )
+            if not self._clients.acquire(blocking=False):
+                return f"{self.role} has too many client connections; try again later"
+            self._per_identity[who] = self._per_identity.get(who, 0) + 1
 
-    def _serve(self, p: _Pending) -> None:
+        def release(_why: str) -> None:
+            with self._ident_lock:
+                self._per_identity[who] -= 1
+                if not self._per_identity[who]:
+                    del self._per_identity[who]
+            self._clients.release()
+
+        ch.on_close(release)
+        return None
+
+    def connections_of(self, identity: str) -> int:
+        """Client links of one identity open now."""
+        with self._ident_lock:
+            return self._per_identity.get(identity, 0)
+
+    def _serve(self, p: Pending) -> None:
         """Handshake, hello, then the link's handler, which owns the channel from then on."""
         s = self.cfg.serving
         where, deadline = p.where, p.since + s.handshake_timeout_s
@@ -202,22 +203,24 @@ class Listener:
                     ) from None
                 raise
             finally:
-                admitted = self._authenticated(p)
+                admitted = self.slots.done(p)
             if not admitted:
                 raise HandshakeEOF("dropped from the handshake pool")
             party = ch.peer_role in PARTY_ROLES
-            pool = self._parties if party else self._clients
-            if not pool.acquire(blocking=False):
-                why = "too many party links" if party else "too many client connections"
+            why = self._admit(ch, party)
+            if why is not None:
                 self.log.warning("refused %s: %s", ch.peer, why)
                 try:
-                    ch.send_msg("refused", {"msg": f"{self.role} has {why}; try again later"})
+                    ch.send_msg("refused", {"msg": f"{self.role}: {why}"})
                 except PartyError:
                     pass
                 ch.close(why)
                 return
-            ch.on_close(lambda _why: pool.release())
-            ch.limit_frames(s.max_frame_bytes, s.max_message_bytes if party else None)
+            ch.limit_frames(
+                s.max_frame_bytes,
+                s.max_message_bytes if party else None,
+                PARTY_HEADER_MAX if party else CLIENT_HEADER_MAX,
+            )
             if self._closed.is_set():
                 ch.send_msg("refused", {"msg": f"{self.role} is shutting down"})
                 ch.close("shutting down")
@@ -277,6 +280,9 @@ class PartyServer:
         self.deployment: Deployment | None = None
         self.load_error: str | None = None  # why the stored deployment was rejected
         self.kernels_ready = threading.Event()
+        left = state.clean(self.state_dir)  # what a crash mid-write or mid-deploy left
+        if left:
+            self.log.info("removed files an interrupted deploy left: %s", ", ".join(left))
         try:
             stored = state.load(self.state_dir)  # shares checked against the commitment
             self.deployment = stored.public_part() if stored is not None else None
@@ -372,23 +378,48 @@ class PartyServer:
         return self.role in ("p0", "p1")
 
     def on_deploy(self, ch: TlsChannel, hello: Message) -> None:
-        """The owner sends the public plan and, to P0/P1, this party's weight shares."""
+        """A two-phase deploy: the owner sends the public plan and, to P0/P1, this party's
+        weight shares, which are checked (the plan verified) and staged; the party answers
+        "staged", and switches to them only when the owner says "activate" -- once all three
+        have staged. Until then, and for good if the owner aborts or goes away, the previous
+        deployment stays active and serving."""
         t = self.cfg.serving.setup_timeout_s
         ch.send_msg("welcome", {"role": self.role})
+        staged: Deployment | None = None
         try:
-            dep = self._receive_deployment(ch, t)
+            staged = self._receive_deployment(ch, t)
+            ch.send_msg(
+                "staged",
+                {"role": self.role, "plan_hash": staged.plan_hash, "deploy_id": staged.deploy_id},
+            )
+            ch.recv_msg(t, expect="activate")
+            with self.deployed:
+                state.activate(self.state_dir, staged.deploy_id)
+                dep = staged.public_part()
+                self.deployment = dep
+                self.deploy_generation += 1
+                self.deployed.notify_all()
         except MpccError as e:
-            self.log.error("deployment from %s rejected: %s", ch.peer, e)
+            if staged is None:
+                self.log.error("deployment from %s rejected: %s", ch.peer, e)
+                why = f"{self.role} rejected the deployment: {e}"
+            else:
+                self.log.warning(
+                    "deployment %s… staged and not activated (%s): the previous one stays",
+                    staged.deploy_id[:8],
+                    e,
+                )
+                why = f"{self.role} did not activate the deployment: {e}"
+                try:
+                    state.discard(self.state_dir, staged.deploy_id)
+                except (OSError, MpccError) as err:
+                    self.log.error("could not remove the staged deployment: %s", err)
             try:
-                ch.send_msg("error", {"msg": f"{self.role} rejected the deployment: {e}"})
+                ch.send_msg("error", {"msg": why})
             except PartyError:
                 pass
-            ch.close("deployment rejected")
+            ch.close("deployment not activated")
             return
-        with self.deployed:
-            self.deployment = dep
-            self.deploy_generation += 1
-            self.deployed.notify_all()
         self.log.info(
             "deployed plan %s (%s), deployment %s",
             dep.plan_hash[:12],
@@ -420,7 +451,7 @@ class PartyServer:
                 raise PartyError("weight shares arrived out of order")
             shares[n] = msg.arrays[0]
         ch.recv_msg(t, expect="commit")
-        dep = Deployment.build(
+        dep = Deployment.build(  # checks the hash, verifies the plan, checks the shares
             head.meta.get("plan"),
             head.meta.get("plan_hash", ""),
             head.meta.get("deploy_id", ""),
@@ -429,7 +460,7 @@ class PartyServer:
             commitments=head.meta.get("commitments"),
             salt=head.meta.get("salt"),
         )
-        state.save(self.state_dir, dep)
+        state.stage(self.state_dir, dep)
         # The shares stay on disk: each session reads (and checks) them afresh, so between
         # sessions a party holds its opened weights alone.
         return dep.public_part()

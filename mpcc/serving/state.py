@@ -1,8 +1,15 @@
 """A party's deployed model on disk: the public plan, a deployment id and (P0, P1) its shares.
 
-One file, `deployment.npz` (mode 0600, in a 0700 directory), replaced atomically, so a party
-that restarts serves the same model without the owner sending it again. Parties never hold
-plaintext weights; the dealer's file holds the public plan only.
+One file, `deployment.npz` (mode 0600, in a 0700 directory), so a party that restarts serves
+the same model without the owner sending it again. Parties never hold plaintext weights; the
+dealer's file holds the public plan only.
+
+A deploy is two-phase (see `mpcc.serving.owner`): a party first *stages* what it received,
+as `staged-<deployment id>.npz` beside the active file, and replaces the active file with it
+(`activate`) only once all three parties have staged theirs. Every write is fsynced, file and
+directory, and lands under a temporary name first, so a crash leaves the old file or the new
+one, never a mix; what a crash leaves over (temporary and staged files) is removed at start
+(`clean`).
 
 With its share a compute party keeps the owner's commitments to both parties' shares
 (`share_commitment`) and the salt of its own: it checks its share against its commitment
@@ -15,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -24,9 +32,11 @@ import numpy as np
 from mpcc.compiler.ir import Program
 from mpcc.compiler.planfile import canonical_json, from_public, plan_hash
 from mpcc.errors import PlanError
-from mpcc.serving.certs import write_private
+from mpcc.serving.certs import fsync_dir, write_private
 
 FILE = "deployment.npz"
+STAGED = "staged-{}.npz"  # a deployment received, waiting for the owner's "activate"
+_DEPLOY_ID = re.compile(r"^[0-9a-f]{8,64}$")
 META = "__deployment__"
 SHARE_ROLES = ("p0", "p1")
 SALT_BYTES = 32
@@ -159,8 +169,46 @@ def check_shares(prog: Program, shares: dict[str, np.ndarray]) -> None:
             )
 
 
-def save(directory: Path, dep: Deployment) -> Path:
-    """Write the deployment (atomically, mode 0600) into `directory` (mode 0700)."""
+def staged_path(directory: Path, deploy_id: str) -> Path:
+    if not isinstance(deploy_id, str) or not _DEPLOY_ID.match(deploy_id):
+        raise PlanError("malformed deployment id")
+    return directory / STAGED.format(deploy_id)
+
+
+def stage(directory: Path, dep: Deployment) -> Path:
+    """Write a received deployment beside the active one, not yet in use (`activate`)."""
+    return save(directory, dep, staged_path(directory, dep.deploy_id).name)
+
+
+def activate(directory: Path, deploy_id: str) -> None:
+    """Make a staged deployment the active one (an atomic rename, made durable)."""
+    os.replace(staged_path(directory, deploy_id), directory / FILE)
+    fsync_dir(directory)
+
+
+def discard(directory: Path, deploy_id: str) -> None:
+    """Remove a staged deployment the owner did not activate."""
+    staged_path(directory, deploy_id).unlink(missing_ok=True)
+
+
+def clean(directory: Path) -> list[str]:
+    """Remove what an interrupted write or deploy left in `directory` (temporary files and
+    deployments staged and never activated); returns their names."""
+    if not directory.is_dir():
+        return []
+    gone = []
+    for p in directory.iterdir():
+        if p.name.startswith((FILE + ".tmp", "staged-")) and p.is_file():
+            p.unlink(missing_ok=True)
+            gone.append(p.name)
+    if gone:
+        fsync_dir(directory)
+    return sorted(gone)
+
+
+def save(directory: Path, dep: Deployment, name: str = FILE) -> Path:
+    """Write the deployment (atomically and durably, mode 0600) into `directory` (mode 0700)
+    as `name`."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(directory, 0o700)
     meta = {
@@ -176,7 +224,7 @@ def save(directory: Path, dep: Deployment) -> Path:
         arrays[f"w{i}"] = dep.shares[n]
     names = sorted(dep.shares or {})
     arrays["__names__"] = np.frombuffer(json.dumps(names).encode(), dtype=np.uint8)
-    path = directory / FILE
+    path = directory / name
     write_private(path, lambda f: np.savez(f, **arrays))  # streamed: no copy of the shares
     return path
 

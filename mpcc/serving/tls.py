@@ -41,7 +41,7 @@ import numpy as np
 
 from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.transport import Channel
-from mpcc.serving.certs import role_from_peercert
+from mpcc.serving.certs import identity_from_peercert, role_from_peercert, serial_from_peercert
 from mpcc.serving.config import ClusterConfig, format_address
 from mpcc.serving.wire import FrameError, FrameParser, Message, encode_message
 
@@ -203,6 +203,8 @@ class TlsChannel(Channel):
         self._last_wire = 0
         self.wire = WireTraffic()
         self.peer_role: str | None = None
+        self.peer_identity: str | None = None  # the certificate's subject (see certs)
+        self.peer_serial: int | None = None
         try:
             self.peer_addr = format_address(sock.getpeername()[:2])
         except OSError:
@@ -213,9 +215,15 @@ class TlsChannel(Channel):
             sock.close()
             raise PartyError(f"connection from {self.peer_addr} failed: {e}") from None
         self._handshake(time.monotonic() + timeout if deadline is None else deadline)
-        self.peer_role = role_from_peercert(self._ssl.getpeercert())
+        cert = self._ssl.getpeercert()
+        self.peer_role = role_from_peercert(cert)
+        self.peer_identity = identity_from_peercert(cert)
+        self.peer_serial = serial_from_peercert(cert)
         if label is None:
-            self.peer = f"{self.peer_role or 'unknown'}@{self.peer_addr}"
+            who = self.peer_role or "unknown"
+            if self.peer_identity not in (None, who):
+                who = f"{who} {self.peer_identity}"
+            self.peer = f"{who}@{self.peer_addr}"
         self._reading = True  # no other thread knows this channel yet
         try:
             self._process(b"")  # records that arrived together with the end of the handshake
@@ -583,13 +591,21 @@ class TlsChannel(Channel):
         """None while open, else why it closed."""
         return self._closed
 
-    def limit_frames(self, max_frame_bytes: int, max_message_bytes: int | None = None) -> None:
-        """Change the largest frame this end accepts, and the largest message split over
-        frames (default: one frame's worth), e.g. once the link's kind is known."""
+    def limit_frames(
+        self,
+        max_frame_bytes: int,
+        max_message_bytes: int | None = None,
+        max_header_bytes: int | None = None,
+    ) -> None:
+        """Change the largest frame this end accepts, the largest message split over frames
+        (default: one frame's worth) and the largest frame header (default: unchanged), e.g.
+        once the link's kind is known."""
         self._parser.max_frame_bytes = max_frame_bytes
         self._parser.max_message_bytes = (
             max_frame_bytes if max_message_bytes is None else max_message_bytes
         )
+        if max_header_bytes is not None:
+            self._parser.max_header_bytes = max_header_bytes
 
     def on_close(self, fn: Callable[[str], None]) -> None:
         """Call fn(reason) once when the link closes (at once if it is closed already)."""

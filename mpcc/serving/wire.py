@@ -10,6 +10,8 @@ N - 1 continuation frames whose header is `{"c": i}` (i = 1 .. N-1) and whose bo
 next bytes of the arrays. So no frame exceeds the limit, whatever the size of an array.
 
 The receiver checks every frame's length against its frame limit before reading the body,
+its header's length against the header limit (small for clients, whose headers hold a few
+fields; larger for the parties and the owner, whose deploy header carries the public plan),
 and a split message's total (declared in its head, before any of it is read) against its
 message limit; it checks that headers are well formed and that the arrays account for
 exactly the bytes that follow. Anything else is a `FrameError`; the connection that sent it
@@ -40,6 +42,10 @@ _ENCODED: dict[tuple, bytes] = {}
 _PARSED: dict[bytes, tuple[str, list[tuple[np.dtype, tuple]], int]] = {}  # kind, specs, size
 PART_HEADROOM = 32  # bytes kept for a continuation frame's header ({"c": i})
 MIN_PART = 1024  # a frame limit must leave at least this much room for array bytes
+CLIENT_HEADER_MAX = 1 << 16  # a client's header: a request's or info's few fields
+# a party's or the owner's: the deploy header holds the public plan, 100 to 250 bytes per
+# instruction (MobileNetV2's is 28 KB), so 64 MiB fits plans of some 250k instructions
+PARTY_HEADER_MAX = 1 << 26
 
 
 class FrameError(PartyError):
@@ -162,21 +168,33 @@ def frame_size(bufs: list[Buffer]) -> int:
     return sum(len(b) if isinstance(b, bytes) else b.nbytes for b in bufs)
 
 
-def _parse_header(body: bytearray) -> tuple[Any, int]:
+def _parse_header(body: bytearray, max_header_bytes: int) -> tuple[Any, int]:
     """The JSON header of a frame body and the offset of what follows it."""
     if len(body) < META_HEAD.size:
         raise FrameError("frame body too short")
     (n,) = META_HEAD.unpack_from(body)
+    _check_header(n, max_header_bytes)
     end = META_HEAD.size + n
     if end > len(body):
         raise FrameError("frame header longer than the frame")
+    return _json_header(bytes(body[META_HEAD.size : end])), end
+
+
+def _check_header(n: int, limit: int) -> None:
+    if n > limit:
+        raise FrameError(f"frame header of {n} bytes exceeds the limit of {limit} bytes")
+
+
+def _json_header(raw: bytes) -> dict[str, Any]:
+    """A frame's JSON header as a dict; every way it can fail is a FrameError (a header
+    nested thousands deep makes json raise RecursionError, which must not kill a reader)."""
     try:
-        head = json.loads(bytes(body[META_HEAD.size : end]))
-    except (ValueError, UnicodeDecodeError):
+        head = json.loads(raw)
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise FrameError("frame header is not valid JSON of the expected form") from None
     if not isinstance(head, dict):
         raise FrameError("frame header is not valid JSON of the expected form")
-    return head, end
+    return head
 
 
 def _message_head(head: dict[str, Any]) -> tuple[str, dict, list[tuple[np.dtype, tuple]]]:
@@ -191,6 +209,7 @@ def _message_head(head: dict[str, Any]) -> tuple[str, dict, list[tuple[np.dtype,
         if (
             not isinstance(spec, list)
             or len(spec) != 2
+            or not isinstance(spec[0], str)  # (a list is unhashable: TypeError, not a miss)
             or spec[0] not in DTYPES
             or not isinstance(spec[1], list)
             or len(spec[1]) > MAX_NDIM
@@ -220,9 +239,9 @@ def _arrays(buf: bytearray, off: int, specs: list[tuple[np.dtype, tuple]]) -> li
     return arrays
 
 
-def decode_body(body: bytearray) -> Message:
+def decode_body(body: bytearray, max_header_bytes: int = PARTY_HEADER_MAX) -> Message:
     """Parse the body of a one-frame message; raises FrameError if it is malformed."""
-    head, end = _parse_header(body)
+    head, end = _parse_header(body, max_header_bytes)
     if "n" in head or "c" in head:
         raise FrameError("frame is part of a split message")
     kind, meta, specs = _message_head(head)
@@ -250,7 +269,8 @@ class FrameParser:
     """Turns a byte stream into messages, enforcing the frame and message size limits.
 
     `max_frame_bytes` bounds every frame's body; `max_message_bytes` bounds the arrays of a
-    message split over several frames (by default, no larger than one frame).
+    message split over several frames (by default, no larger than one frame);
+    `max_header_bytes` every frame's JSON header (by default a party's: `PARTY_HEADER_MAX`).
 
     The stream is written into the parser: `buffer()` is where the next bytes go and
     `advance(n)` says that n of them are there (`feed` does both for bytes at hand). Frame
@@ -263,9 +283,15 @@ class FrameParser:
     STAGE = 1 << 16  # the staging buffer's size
     HEADER_MAX = 1 << 14  # a frame whose header is longer is buffered whole, then parsed
 
-    def __init__(self, max_frame_bytes: int, max_message_bytes: int | None = None) -> None:
+    def __init__(
+        self,
+        max_frame_bytes: int,
+        max_message_bytes: int | None = None,
+        max_header_bytes: int = PARTY_HEADER_MAX,
+    ) -> None:
         self.max_frame_bytes = max_frame_bytes
         self.max_message_bytes = max_frame_bytes if max_message_bytes is None else max_message_bytes
+        self.max_header_bytes = max_header_bytes
         self.frames = 0  # complete frames parsed
         self._stage = bytearray(self.STAGE)
         self._view = memoryview(self._stage)
@@ -343,6 +369,7 @@ class FrameParser:
             if avail < META_HEAD.size:
                 return out
             (hlen,) = META_HEAD.unpack_from(stage, start)
+            _check_header(hlen, self.max_header_bytes)
             end = META_HEAD.size + hlen
             if end > n:
                 raise FrameError("frame header longer than the frame")
@@ -395,12 +422,7 @@ class FrameParser:
             hit = _PARSED.get(key)
             if hit is not None:
                 return self._single(hit[0], {}, hit[1], size, hit[2])
-        try:
-            head = json.loads(bytes(header) if key is None else key)
-        except (ValueError, UnicodeDecodeError):
-            raise FrameError("frame header is not valid JSON of the expected form") from None
-        if not isinstance(head, dict):
-            raise FrameError("frame header is not valid JSON of the expected form")
+        head = _json_header(bytes(header) if key is None else key)
         if "c" in head:
             if s is None:
                 raise FrameError("continuation frame without a message head")

@@ -41,6 +41,7 @@ __all__ = [
     "VERSION",
     "LeNet",
     "MobileNet",
+    "MobileNetV2Untrained",
     "ResNet",
     "ResNetDeep",
     "TrainSpec",
@@ -215,6 +216,54 @@ class ResNetDeep(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.stages(self.stem(x)))
+
+
+class _InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand + BN + ReLU6, 3x3 depthwise + BN + ReLU6, 1x1 project
+    + BN, with the identity shortcut when the shape is kept."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, expand: int = 6) -> None:
+        super().__init__()
+        h = c_in * expand
+        self.residual = stride == 1 and c_in == c_out
+        self.block = nn.Sequential(
+            _conv_bn(c_in, h, 1),
+            nn.ReLU6(),
+            _conv_bn(h, h, 3, stride, groups=h),
+            nn.ReLU6(),
+            _conv_bn(h, c_out, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.block(x) if self.residual else self.block(x)
+
+
+class MobileNetV2Untrained(nn.Module):
+    """A small MobileNetV2 (7 inverted-residual blocks, 16 -> 64 channels, 28 -> 7) with
+    torchvision's initialisation (Kaiming-normal fan-out convs, N(0, 0.01) classifier, zero
+    biases) and no training: its logits are about 1e-5, the "untrained models fail silently"
+    case of the calibration report. Not in MODELS (nothing to train)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(1, 16, 3), nn.ReLU6()]
+        c = 16
+        for c_out, n, stride in ((16, 1, 1), (24, 2, 2), (32, 2, 1), (64, 2, 2)):
+            for i in range(n):
+                layers.append(_InvertedResidual(c, c_out, stride if i == 0 else 1))
+                c = c_out
+        layers += [_conv_bn(c, 128, 1), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(128, 10)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {

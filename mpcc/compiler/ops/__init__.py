@@ -6,13 +6,28 @@
 `ops.REGISTRY` maps names to ops (plan files name them); `ops.ALL` lists them in order.
 """
 
-from mpcc.compiler.ops.arith import add, add_w, mul, mul_public, rescale, sub, trunc
+from mpcc.compiler.ops.arith import (
+    add,
+    add_const,
+    add_w,
+    dot_const,
+    matmul_ss,
+    mul,
+    mul_const,
+    mul_public,
+    relabel,
+    rescale,
+    square,
+    sub,
+    trunc,
+)
 from mpcc.compiler.ops.base import REGISTRY, Op, RuleError, Site, Type, lookup
-from mpcc.compiler.ops.compare import clip, leaky_relu, relu
+from mpcc.compiler.ops.compare import clip, ge_zero, leaky_relu, relu
 from mpcc.compiler.ops.io import input, output
 from mpcc.compiler.ops.linear import conv, conv_transpose, matmul, mul_w
-from mpcc.compiler.ops.movement import concat, pad, reshape, resize, slice, transpose
+from mpcc.compiler.ops.movement import concat, gather, pad, reshape, resize, slice, tile, transpose
 from mpcc.compiler.ops.pool import avgpool, maxpool, maxpool_levels, sumpool
+from mpcc.compiler.ops.reduce import reduce_sum
 
 ALL: tuple[Op, ...] = (
     input,
@@ -25,6 +40,7 @@ ALL: tuple[Op, ...] = (
     add,
     sub,
     mul,
+    matmul_ss,
     mul_public,
     rescale,
     trunc,
@@ -40,6 +56,15 @@ ALL: tuple[Op, ...] = (
     slice,
     pad,
     resize,
+    gather,
+    tile,
+    add_const,
+    mul_const,
+    relabel,
+    dot_const,
+    reduce_sum,
+    square,
+    ge_zero,
 )
 assert set(ALL) == set(REGISTRY.values()), "every declared op is listed in ALL"
 

@@ -1,12 +1,15 @@
-"""Arithmetic on secrets: sums (local), products (a Beaver triple), public factors (local),
-and truncation (dropping fractional bits: one round)."""
+"""Arithmetic on secrets: sums (local), products (a Beaver triple), matrix products of two
+secrets (a matrix Beaver triple), public factors (local), and truncation (dropping fractional
+bits: one round)."""
 
 from __future__ import annotations
 
 import math
 
-from mpcc.compiler.calls import Call, Multiply, Truncate
+from mpcc.compiler.calls import Call, MatMulSS, Multiply, Square, Truncate
 from mpcc.compiler.ops.base import (
+    Float,
+    Floats,
     Int,
     Op,
     Site,
@@ -39,6 +42,28 @@ def _mul(site: Site) -> Type:
     return Type(broadcast(a.shape, b.shape), a.scale + b.scale)
 
 
+def _matmul_ss(site: Site) -> Type:
+    a, b = site.args
+    require(
+        len(a.shape) >= 2 and len(b.shape) >= 2,
+        f"operands {list(a.shape)} and {list(b.shape)} need two axes each (..., M, K), (..., K, N)",
+    )
+    require(
+        a.shape[-1] == b.shape[-2],
+        f"operands {list(a.shape)} and {list(b.shape)} do not chain: K {a.shape[-1]} != "
+        f"{b.shape[-2]}",
+    )
+    lead = broadcast(a.shape[:-2], b.shape[:-2])
+    return Type((*lead, a.shape[-2], b.shape[-1]), a.scale + b.scale)
+
+
+def _matmul_ss_rows(site: Site) -> str | None:
+    """Rows stay apart when the batch axis is a leading (broadcast) axis of both operands."""
+    if any(len(site.prog.value(a).shape) < 3 for a in site.ins.args):
+        return "a product of two matrices mixes their rows"
+    return same_rows(site)
+
+
 def _rescale(site: Site) -> Type:
     x = site.x
     return Type(x.shape, x.scale + site.attrs["bits"])
@@ -53,6 +78,11 @@ def _trunc(site: Site) -> Type:
 def _mul_calls(site: Site) -> list[Call]:
     a, b = site.args
     return [Multiply(a.shape, b.shape)]
+
+
+def _matmul_ss_calls(site: Site) -> list[Call]:
+    a, b = site.args
+    return [MatMulSS(a.shape, b.shape)]
 
 
 def _trunc_calls(site: Site) -> list[Call]:
@@ -80,6 +110,17 @@ mul = declare(
         rows=same_rows,
     )
 )
+matmul_ss = declare(
+    Op(
+        "matmul_ss",
+        "x[..., M, K] @ y[..., K, N] of two secrets (matmul broadcasting): fresh matrix "
+        "Beaver triple",
+        _matmul_ss,
+        args=(2, 2),
+        calls=_matmul_ss_calls,
+        rows=_matmul_ss_rows,
+    )
+)
 mul_public = declare(
     Op(
         "mul_public",
@@ -105,6 +146,93 @@ trunc = declare(
         _trunc,
         attrs={"shift": Int(lo=1, hi=62)},
         calls=_trunc_calls,
+        rows=same_rows,
+    )
+)
+
+
+# ---- public constants (the building blocks of `mpcc.compiler.approx`) ----------------------
+
+
+def _const_scale(site: Site) -> Type:
+    x, bits = site.x, site.attrs["bits"]
+    return Type(x.shape, x.scale + bits)
+
+
+def _relabel(site: Site) -> Type:
+    x, bits = site.x, site.attrs["bits"]
+    require(x.scale + bits >= 0, f"relabelling @{x.scale} by {bits} bits leaves a negative scale")
+    return Type(x.shape, x.scale + bits)
+
+
+add_const = declare(
+    Op(
+        "add_const",
+        "x + c for a public real c, encoded at x's scale (local: P0 adds it)",
+        same_as_input,
+        attrs={"value": Float()},
+        rows=same_rows,
+    )
+)
+mul_const = declare(
+    Op(
+        "mul_const",
+        "x * round(c * 2^bits) for a public real c: bits more fractional bits (local)",
+        _const_scale,
+        attrs={"value": Float(), "bits": Int(lo=0, hi=62)},
+        rows=same_rows,
+    )
+)
+relabel = declare(
+    Op(
+        "relabel",
+        "x / 2^bits: the same ring element read at bits more fractional bits (free)",
+        _relabel,
+        attrs={"bits": Int(lo=-62, hi=62)},
+        rows=same_rows,
+    )
+)
+
+
+def _dot_const(site: Site) -> Type:
+    x, vals = site.x, site.attrs["values"]
+    require(len(x.shape) >= 2, "dot_const needs a trailing axis to contract")
+    require(
+        x.shape[-1] == len(vals), f"{len(vals)} values for a last axis of {x.shape[-1]} entries"
+    )
+    return Type(x.shape[:-1], x.scale + site.attrs["bits"])
+
+
+def _dot_rows(site: Site) -> str | None:
+    x, out = site.x, site.out
+    if not out.shape or x.shape[0] != out.shape[0]:
+        return "contracts the batch axis"
+    return None
+
+
+dot_const = declare(
+    Op(
+        "dot_const",
+        "sum_k x[..., k] * round(c_k * 2^bits) over the last axis, public c: bits more bits "
+        "(local)",
+        _dot_const,
+        attrs={"values": Floats(), "bits": Int(lo=0, hi=62)},
+        rows=_dot_rows,
+    )
+)
+
+
+def _square(site: Site) -> Type:
+    x = site.x
+    return Type(x.shape, 2 * x.scale)
+
+
+square = declare(
+    Op(
+        "square",
+        "x * x of one secret: a Beaver pair, one opening (half a mul's traffic)",
+        _square,
+        calls=lambda s: [Square(math.prod(s.x.shape))],
         rows=same_rows,
     )
 )

@@ -50,7 +50,8 @@ EVERY_0 = object()  # `Attr.hide`: an int list of zeros, of any length
 class Attr:
     """One attribute: its kind, bounds, and how it prints in the IR text.
 
-    kinds: "int", "ints" (a list of ints, `length` long if given), "float", "str".
+    kinds: "int", "ints" (a list of ints, `length` long if given), "float", "floats" (a
+    non-empty list of finite numbers), "str".
     `lo`/`hi` bound an int or every element of an int list; `choices` a string; `optional`
     allows the attribute to be absent or None; `hide` is a value not printed (`...`: never
     printed; `EVERY_1` / `EVERY_0`: a list of ones / zeros of any length, a window's default
@@ -91,6 +92,13 @@ class Attr:
         if self.kind == "float":
             ok = isinstance(value, int | float) and not isinstance(value, bool)
             return None if ok and math.isfinite(value) else f"must be a finite number: {value!r}"
+        if self.kind == "floats":
+            if not isinstance(value, list | tuple) or not value:
+                return f"must be a non-empty list of numbers, not {value!r}"
+            for v in value:
+                if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                    return f"element {v!r} must be a finite number"
+            return None
         if self.kind == "str":
             if not isinstance(value, str):
                 return f"must be a string, not {value!r}"
@@ -123,6 +131,11 @@ def Ints(length: int | None = None, lo: int | None = None, **kw: Any) -> Attr:  
 def Float(**kw: Any) -> Attr:  # noqa: N802
     """A finite number."""
     return Attr("float", **kw)
+
+
+def Floats(**kw: Any) -> Attr:  # noqa: N802
+    """A non-empty list of finite numbers."""
+    return Attr("floats", **kw)
 
 
 def Str(*choices: str, **kw: Any) -> Attr:  # noqa: N802

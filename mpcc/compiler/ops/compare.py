@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from mpcc.compiler.calls import Call, Relu
+from mpcc.compiler.calls import Call, Relu, Sign
 from mpcc.compiler.ops.base import Float, Int, Op, Site, Type, declare, require
 from mpcc.compiler.ops.rows import same_rows
 
@@ -74,6 +74,21 @@ clip = declare(
         _clip,
         attrs={"lo": Float(optional=True), "hi": Float(optional=True), "shift": _SHIFT},
         calls=_clip_calls,
+        rows=same_rows,
+    )
+)
+
+
+def _ge_zero(site: Site) -> Type:
+    return Type(site.x.shape, 0)
+
+
+ge_zero = declare(
+    Op(
+        "ge_zero",
+        "[x >= 0] as an arithmetic 0/1 at scale 0 (the ReLU's comparison, no select)",
+        _ge_zero,
+        calls=lambda s: [Sign(math.prod(s.x.shape))],
         rows=same_rows,
     )
 )

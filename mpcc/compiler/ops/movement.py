@@ -1,6 +1,7 @@
-"""Data movement: reshape, transpose, concat, slice and pad. All local: each party moves its
-share exactly as the plaintext would move (pad's constant is added by P0 only; reflect, edge
-and wrap padding copy elements, so they are the same map on shares)."""
+"""Data movement: reshape, transpose, concat, slice, pad, gather (by public indices), tile and
+resize. All local: each party moves its share exactly as the plaintext would move (pad's
+constant is added by P0 only; reflect, edge and wrap padding copy elements, so they are the
+same map on shares)."""
 
 from __future__ import annotations
 
@@ -105,6 +106,37 @@ def _resize_rows(site: Site) -> str | None:
     return same_rows(site)
 
 
+def _gather(site: Site) -> Type:
+    x, a = site.x, site.attrs
+    axis, idx, ishape = a["axis"], a["indices"], tuple(a["ishape"])
+    require(axis < len(x.shape), f"axis {axis} of a rank-{len(x.shape)} tensor")
+    require(
+        len(idx) == math.prod(ishape),
+        f"{len(idx)} indices do not fill the index shape {list(ishape)}",
+    )
+    require(
+        all(i < x.shape[axis] for i in idx),
+        f"an index is past the end of axis {axis} (size {x.shape[axis]})",
+    )
+    return Type((*x.shape[:axis], *ishape, *x.shape[axis + 1 :]), x.scale)
+
+
+def _tile(site: Site) -> Type:
+    x, reps = site.x, site.attrs["reps"]
+    require(len(reps) == len(x.shape), f"{len(reps)} repeats for a rank-{len(x.shape)} tensor")
+    return Type(tuple(d * r for d, r in zip(x.shape, reps, strict=True)), x.scale)
+
+
+def _gather_rows(site: Site) -> str | None:
+    if site.attrs["axis"] == 0:
+        return "it gathers along the batch axis"
+    return batch_axis_kept(site)
+
+
+def _tile_rows(site: Site) -> str | None:
+    return same_rows(site) or ("it repeats the batch axis" if site.attrs["reps"][0] != 1 else None)
+
+
 def _transpose_rows(site: Site) -> str | None:
     perm = site.attrs["perm"]
     return same_rows(site) or (None if perm[0] == 0 else f"perm {list(perm)} moves the batch axis")
@@ -188,5 +220,27 @@ resize = declare(
         _resize,
         attrs={"shape": Ints(lo=1), "index": Ints(lo=0, hide=...)},
         rows=_resize_rows,
+    )
+)
+gather = declare(
+    Op(
+        "gather",
+        "take entries at public indices along an axis (local)",
+        _gather,
+        attrs={
+            "axis": Int(lo=0),
+            "indices": Ints(lo=0, hide=...),
+            "ishape": Ints(lo=0, short="idx"),
+        },
+        rows=_gather_rows,
+    )
+)
+tile = declare(
+    Op(
+        "tile",
+        "repeat the tensor along each axis (local; Expand is a tile)",
+        _tile,
+        attrs={"reps": Ints(lo=1)},
+        rows=_tile_rows,
     )
 )

@@ -1,6 +1,6 @@
 """What a protocol module exports: one object that deals, expands and runs one call type.
 
-Each protocol module (`linear`, `multiply`, `truncation`, `relu`) implements one of the
+Each protocol module (`linear`, `multiply`, `matmul_ss`, `truncation`, `relu`) implements one of the
 compiler's call types (`mpcc.compiler.calls`) and exports it as `PROTOCOL`:
 
 - `deal(call, prg0, prg1, *operands)`: the dealer's correction for P1, flat uint64 words

@@ -48,12 +48,24 @@ class Backend:
         """x * y of two secrets, with numpy broadcasting."""
         raise NotImplementedError
 
+    def matmul(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """x @ y of two secrets, with numpy's matmul broadcasting over leading axes."""
+        raise NotImplementedError
+
+    def square(self, x: np.ndarray) -> np.ndarray:
+        """x * x of one secret."""
+        raise NotImplementedError
+
     def truncate(self, x: np.ndarray, shift: int) -> np.ndarray:
         """floor(x / 2^shift) (the secure protocol may add 1 LSB)."""
         raise NotImplementedError
 
     def relu(self, x: np.ndarray, shift: int) -> np.ndarray:
         """max(floor(x / 2^shift), 0), same shape as x."""
+        raise NotImplementedError
+
+    def ge_zero(self, x: np.ndarray) -> np.ndarray:
+        """[x >= 0] as ring elements 0/1, same shape as x."""
         raise NotImplementedError
 
 

@@ -63,5 +63,6 @@ def _clip(b: Backend, ins: Instr, args: list[np.ndarray]) -> np.ndarray:
 
 
 register(ops.relu, lambda b, ins, args: b.relu(args[0], ins.attrs["shift"]))
+register(ops.ge_zero, lambda b, ins, args: b.ge_zero(args[0]))
 register(ops.leaky_relu, _leaky)
 register(ops.clip, _clip)

@@ -45,3 +45,12 @@ register(
     ops.resize,
     lambda b, ins, args: args[0][np.ix_(*resize_indices(ins.attrs))],
 )
+register(
+    ops.gather,
+    lambda b, ins, args: np.take(
+        args[0],
+        np.asarray(ins.attrs["indices"], np.int64).reshape(ins.attrs["ishape"]),
+        axis=ins.attrs["axis"],
+    ),
+)
+register(ops.tile, lambda b, ins, args: np.tile(args[0], ins.attrs["reps"]))

@@ -1,0 +1,277 @@
+"""Secure inference across a WAN emulated on this machine, measured end to end at the client.
+
+P0, P1 and the dealer run as `python -m mpcc party` processes over mutually authenticated
+TLS 1.3, each in its own network namespace, and the client in a fourth; every link crosses
+a relay that holds each chunk RTT/2 each way, and tbf caps each role's link at the given
+rate (`mpcc.bench.wan.WanBed`). For each model and RTT it reports the client's end-to-end
+latency over N queries (median, p90), the rounds and bytes of one query, the physical floor
+(rounds x RTT/2 for the parties' rounds + one RTT for the client's request and answer), and
+`mpcc bench --network`'s projection of the same query (in-process online time + rounds x
+RTT/2 + bytes / bandwidth) beside it. Every answer is checked against onnxruntime.
+
+    sudo .venv/bin/python benchmarks/wan.py --rtt 10 --gbps 1        # one point, LeNet
+    sudo .venv/bin/python benchmarks/wan.py --sweep --models lenet resnet18
+
+`resnet18` is torchvision's ResNet-18 written by hand (benchmarks/bigmodels.py) with 10
+classes at 32x32 (CIFAR), random weights under a fixed seed. Writes benchmarks/results/wan.md
+and wan.json. Needs root (network namespaces); the machine's load shows in the numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mpcc.bench import bench, machine_info  # noqa: E402
+from mpcc.bench.network import Link  # noqa: E402
+from mpcc.bench.wan import WanBed, unavailable  # noqa: E402
+from mpcc.compiler.pipeline import compile_onnx  # noqa: E402
+from mpcc.serving.client import Client  # noqa: E402
+from mpcc.serving.owner import deploy_program  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+CACHE = REPO / ".cache" / "wan"
+SWEEP_MS = (0.2, 5.0, 10.0, 40.0)
+TOLERANCE = 1e-2  # served logits against onnxruntime's (16 fractional bits)
+NAMES = {"lenet": "LeNet (MNIST 28x28)", "resnet18": "ResNet-18 (CIFAR 32x32)"}
+
+
+def lenet(n: int) -> tuple[Path, np.ndarray]:
+    from mpcc.zoo.digits import load_digits_28
+    from mpcc.zoo.models import build
+
+    X, _ = load_digits_28("test")
+    return build("lenet"), X[:n]
+
+
+def resnet18(n: int) -> tuple[Path, np.ndarray]:
+    """torchvision's ResNet-18 layer shapes, 10 classes, exported once at 1x3x32x32."""
+    import hashlib
+
+    src = (REPO / "benchmarks" / "bigmodels.py").read_bytes()
+    path = CACHE / f"resnet18-cifar-{hashlib.sha256(src).hexdigest()[:10]}.onnx"
+    if not path.exists():
+        import onnx
+        import torch
+
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        import bigmodels
+
+        from mpcc.api import export_onnx
+
+        torch.manual_seed(0)
+        module = bigmodels.ResNet18(num_classes=10)
+        bigmodels.init_like_torchvision("resnet18", module)
+        module.eval()
+        CACHE.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        onnx.save(export_onnx(module, torch.randn(1, 3, 32, 32)), str(tmp))
+        tmp.replace(path)
+    rng = np.random.default_rng(0)  # test data, not masks
+    return path, rng.standard_normal((n, 3, 32, 32)).astype(np.float32)
+
+
+MODELS = {"lenet": lenet, "resnet18": resnet18}
+
+
+def stats(xs: list[float]) -> dict[str, float]:
+    return {
+        "median": statistics.median(xs),
+        "p90": float(np.percentile(xs, 90)),
+        "min": min(xs),
+        "n": len(xs),
+    }
+
+
+def run_model(bed: WanBed, name: str, rtts: list[float], gbps: float, n: int) -> list[dict]:
+    from mpcc.zoo.reference import run_logits
+
+    path, X = MODELS[name](n)
+    ref = run_logits(path, X)
+    shape = (1, *X.shape[1:])
+    prog, weights = compile_onnx(path, shape)
+    print(f"{name}: in-process reference (mpcc bench)", flush=True)
+    local = bench(path, [1], n, plaintext=False)["results"][0]
+    rows = []
+    with bed.inside("client"):
+        cfg = bed.view("client")
+        deploy_program(prog, weights, cfg)
+        with Client(cfg) as c:
+            c.wait_ready(600)
+            for rtt in rtts:
+                bed.set_rtt(rtt)
+                for i in range(2):  # warm the links at this delay
+                    c.predict(X[i : i + 1])
+                lat, err = [], 0.0
+                for i in range(n):
+                    t0 = time.perf_counter()
+                    y = c.predict(X[i : i + 1])
+                    lat.append(time.perf_counter() - t0)
+                    if y.argmax() != ref[i].argmax() or np.abs(y - ref[i]).max() > TOLERANCE:
+                        raise AssertionError(f"{name} query {i} at {rtt} ms: wrong answer")
+                    err = max(err, float(np.abs(y - ref[i]).max()))
+                r = c.stats.requests[-1]
+                link = Link(rtt / 1e3, gbps)
+                proj = link.projection(
+                    local["online_s"]["median"],
+                    local["rounds"],
+                    max(local["sent_bytes"]),
+                    local["dealer_bytes"],
+                )
+                row = {
+                    "model": name,
+                    "rtt_ms": rtt,
+                    "gbps": gbps,
+                    "latency_s": stats(lat),
+                    "online_s_at_parties": r.online_s,
+                    "rounds": r.rounds,
+                    "sent_bytes": list(r.sent),
+                    "wire_bytes": list(r.wire_sent),
+                    "dealer_bytes": r.dealer_bytes,
+                    "client_bytes": r.client_bytes,
+                    "floor_s": r.rounds * rtt / 2e3 + rtt / 1e3,
+                    "inprocess_online_s": local["online_s"]["median"],
+                    "projection_s": proj["online_s"],
+                    "max_abs_err": err,
+                }
+                row["projection_error"] = row["projection_s"] / row["latency_s"]["median"] - 1
+                rows.append(row)
+                print(line(row), flush=True)
+    return rows
+
+
+def line(r: dict) -> str:
+    lat = r["latency_s"]
+    return (
+        f"{r['model']:9s} RTT {r['rtt_ms']:5g} ms: median {lat['median'] * 1e3:7.1f} ms "
+        f"p90 {lat['p90'] * 1e3:7.1f} ms | {r['rounds']} rounds, floor "
+        f"{r['floor_s'] * 1e3:7.1f} ms | projection {r['projection_s'] * 1e3:7.1f} ms "
+        f"({r['projection_error']:+.0%})"
+    )
+
+
+def markdown(report: dict) -> str:
+    out = [
+        "# Secure inference across an emulated WAN (`benchmarks/wan.py`)",
+        "",
+        f"Generated {report['when']} by `{report['command']}`.",
+        "",
+        "P0, P1 and the dealer as `python -m mpcc party` processes over TLS 1.3, each in its",
+        "own network namespace, the client in a fourth; every link crosses a relay holding",
+        f"each chunk RTT/2 each way; tbf caps each role's link at {report['gbps']:g} Gbit/s.",
+        "Latency is the client's, end to end (its request and answer included), batch 1,",
+        f"{report['queries']} queries per point; every answer checked against onnxruntime.",
+        "*Floor* = rounds x RTT/2 + one RTT for the client's legs. *Projection* =",
+        "`mpcc bench --network RTT,Gbps` (in-process online time + rounds x RTT/2 +",
+        "bytes / bandwidth); its error is against the measured median.",
+        "",
+        "| model | RTT ms | median ms | p90 ms | rounds | bytes/party | floor ms "
+        "| projection ms | projection error |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        lat = r["latency_s"]
+        out.append(
+            f"| {NAMES[r['model']]} | {r['rtt_ms']:g} | {lat['median'] * 1e3:.1f} "
+            f"| {lat['p90'] * 1e3:.1f} | {r['rounds']} | {max(r['sent_bytes']) / 1e6:.2f} MB "
+            f"| {r['floor_s'] * 1e3:.1f} | {r['projection_s'] * 1e3:.1f} "
+            f"| {r['projection_error']:+.0%} |"
+        )
+    m = report["machine"]
+    out += [
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_avg_1m']:.1f} at "
+        "the start (other work shares the cores: the parties' compute time varies with it).",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def chart(report: dict, path: Path) -> bool:
+    """Latency against RTT per model: measured (median, p90 bar), floor and projection."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    models = list(dict.fromkeys(r["model"] for r in report["rows"]))
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4), squeeze=False)
+    for ax, name in zip(axes[0], models, strict=True):
+        rows = [r for r in report["rows"] if r["model"] == name]
+        rtt = [r["rtt_ms"] for r in rows]
+        med = [r["latency_s"]["median"] * 1e3 for r in rows]
+        p90 = [r["latency_s"]["p90"] * 1e3 for r in rows]
+        ax.errorbar(
+            rtt,
+            med,
+            yerr=[[0] * len(med), [b - a for a, b in zip(med, p90, strict=True)]],
+            marker="o",
+            capsize=3,
+            label="measured (median, p90)",
+        )
+        ax.plot(rtt, [r["projection_s"] * 1e3 for r in rows], "s--", label="mpcc bench projection")
+        ax.plot(rtt, [r["floor_s"] * 1e3 for r in rows], ":", color="gray", label="floor")
+        ax.set_title(f"{NAMES[name]}, {rows[0]['rounds']} rounds")
+        ax.set_xlabel("RTT (ms)")
+        ax.set_ylabel("latency per query at the client (ms)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rtt", type=float, nargs="+", default=[10.0], help="round trips, ms")
+    ap.add_argument("--sweep", action="store_true", help=f"RTT {', '.join(map(str, SWEEP_MS))}")
+    ap.add_argument("--gbps", type=float, default=1.0, help="each role's link rate")
+    ap.add_argument("--models", nargs="+", default=["lenet"], choices=sorted(MODELS))
+    ap.add_argument("--queries", type=int, default=20, help="timed queries per point")
+    ap.add_argument("--out", default=str(RESULTS / "wan"), help="output path without suffix")
+    args = ap.parse_args(argv)
+    why = unavailable()
+    if why:
+        print(f"benchmarks/wan.py: {why}", file=sys.stderr)
+        return 2
+    rtts = list(SWEEP_MS) if args.sweep else args.rtt
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/wan.py " + " ".join(argv or sys.argv[1:]),
+        "gbps": args.gbps,
+        "queries": args.queries,
+        "machine": machine_info(),
+        "rows": [],
+    }
+    with (
+        tempfile.TemporaryDirectory(prefix="mpcc-wan-") as tmp,
+        WanBed(tmp, rtts[0], args.gbps, timeout_s=60, handshake_timeout_s=60) as bed,
+    ):
+        bed.start_parties()
+        for name in args.models:
+            report["rows"] += run_model(bed, name, rtts, args.gbps, args.queries)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    chart(report, out.with_suffix(".png"))
+    print(f"wrote {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The comparison bit [x >= 0] as an arithmetic 0/1 share (DReLU), for signed |x| < 2^62, in
+8 rounds (`costs.sign`): the ReLU protocol (`relu.py`) without its select.
+
+Round 1 opens c = x + 2^62 + r; rounds 2..7 evaluate the same bit-sliced comparison tree,
+giving XOR shares of t = [x >= 0]; round 8 opens e = t ^ rho (daBit rho) and converts,
+t^A = e + (1 - 2e)[rho] (bit injection, as in ABY's B2A with a daBit: Demmler et al. NDSS
+2015; Rotaru and Wood, INDOCRYPT 2019). Against a ReLU this saves the opening of
+d = y - sigma in round 2 (one word per element) and the dealer's [rho sigma]: a comparison
+bit costs ~37 B per element and party, where relu(x + 1) - relu(x) costs two ReLUs (~90 B).
+
+Material: r; P0's XOR shares of bits 0..62 of r; AND triples u, v and P0's w; the daBit
+<rho> (both seeds) and P0's [rho]. P1's correction, flat: r bits [63, words], w [116, words],
+[rho] [n].
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from mpcc.compiler import calls
+from mpcc.runtime import bitslice
+from mpcc.runtime.prg import Prg
+from mpcc.runtime.protocols import common
+from mpcc.runtime.protocols.base import Protocol
+from mpcc.runtime.protocols.relu import ANDS, MASK_BITS, ReluMaterial, _nonneg, _open_masked
+from mpcc.runtime.transport import Channel
+
+_ONE = np.uint64(1)
+_EMPTY = np.empty(0, np.uint64)
+
+
+def correction_words(n: int) -> int:
+    """Length of P1's correction (uint64 words)."""
+    return (MASK_BITS + ANDS) * bitslice.words(n) + n
+
+
+def _layout(n: int) -> dict[str, tuple[int, ...]]:
+    nw = bitslice.words(n)
+    return {"r_bits": (MASK_BITS, nw), "w": (ANDS, nw), "rho": (n,)}
+
+
+def _split(flat: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    parts, at = {}, 0
+    for name, shape in _layout(n).items():
+        size = math.prod(shape)
+        parts[name] = flat[at : at + size].reshape(shape)
+        at += size
+    return parts
+
+
+def _draw(party: int, n: int, prg: Prg) -> dict[str, np.ndarray]:
+    """The seeded parts of party's material, in the one order dealer and party both use."""
+    nw = bitslice.words(n)
+    p0 = party == 0
+    m = {"r": prg.uint64(n)}
+    if p0:
+        m["r_bits"] = prg.uint64(MASK_BITS, nw)
+    m["u"] = prg.uint64(ANDS, nw)
+    m["v"] = prg.uint64(ANDS, nw)
+    if p0:
+        m["w"] = prg.uint64(ANDS, nw)
+    m["rho_bits"] = prg.uint64(nw)
+    if p0:
+        m["rho"] = prg.uint64(n)
+    return m
+
+
+def deal(n: int, prg0: Prg, prg1: Prg) -> np.ndarray:
+    """Dealer: P1's correction, flat uint64 (`costs.sign(n).dealer` bytes)."""
+    nw = bitslice.words(n)
+    out = np.empty(correction_words(n), dtype=np.uint64)
+    c = _split(out, n)
+    r = prg0.uint64(n)
+    r += prg1.uint64(n)
+    np.bitwise_xor(bitslice.pack(r, MASK_BITS), prg0.uint64(MASK_BITS, nw), out=c["r_bits"])
+    u = prg0.uint64(ANDS, nw)
+    v = prg0.uint64(ANDS, nw)
+    prg0.fill(c["w"])
+    u ^= prg1.uint64(ANDS, nw)
+    v ^= prg1.uint64(ANDS, nw)
+    u &= v
+    c["w"] ^= u
+    rho = bitslice.unpack(prg0.uint64(nw) ^ prg1.uint64(nw), n)
+    np.subtract(rho, prg0.fill(c["rho"]), out=c["rho"])
+    return out
+
+
+def expand(party: int, n: int, prg: Prg, correction: np.ndarray | None) -> ReluMaterial:
+    """Party side: everything from the seed (P0), or the correction's parts (P1)."""
+    m = _draw(party, n, prg)
+    corr = common.checked_correction("sign", party, correction, correction_words(n))
+    if corr is not None:
+        m |= _split(corr, n)
+    return ReluMaterial(n=n, shift=0, sigma=_EMPTY, rho_sigma=_EMPTY, **m)
+
+
+def run(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray) -> np.ndarray:
+    """Online: this party's arithmetic share of [x >= 0], same shape as x (8 rounds)."""
+    common.consume("sign", mat, "a reused mask leaks the input")
+    x = np.asarray(x, dtype=np.uint64)
+    if x.size != mat.n:
+        raise ValueError(f"sign: input has {x.size} elements, material is for {mat.n}")
+    c, _ = _open_masked(ch, party, mat, x.reshape(-1))
+    t, _ = _nonneg(ch, party, mat, c, [])
+    e_share = t ^ mat.rho_bits
+    (e_peer,) = ch.exchange([e_share])
+    e = bitslice.unpack(e_share ^ e_peer, mat.n)
+    out = (_ONE - (e << _ONE)) * mat.rho
+    if party == 0:
+        out += e
+    return out.reshape(x.shape)
+
+
+PROTOCOL = Protocol(
+    call=calls.Sign,
+    deal=lambda c, prg0, prg1: deal(c.n, prg0, prg1),
+    expand=lambda party, c, prg, corr: expand(party, c.n, prg, corr),
+    run=run,
+    correction_words=lambda c: correction_words(c.n),
+)
