@@ -24,7 +24,8 @@ from mpcc.compiler.verify import VerifyError, verify
 from mpcc.errors import PlanError
 
 FORMAT = "mpcc-plan"
-VERSION = 2  # 2: weights as .npy entries in their own dtype; input carries its shape; rescale
+VERSION = 3  # 3: conv over 1-3 spatial axes (was conv2d), input encodings, the smooth ops
+# 2: weights as .npy entries in their own dtype; input carries its shape; rescale
 WEIGHTS_DIR = "weights/"
 PROTOCOLS = {
     "linear": "beaver triple, weights masked once per session (F = W - B)",

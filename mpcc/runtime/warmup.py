@@ -8,7 +8,8 @@ matmul over a few rows) and at batch `kernels.FEW_ROWS` (the transposed-weight m
 every kernel gets the argument types, dtypes and layouts the runtime gives it and no later
 query compiles anything. The plans cover Conv (plain, grouped, depthwise, single input
 channel, strided), MaxPool, AveragePool (2^j and other windows), ReLU, LeakyReLU, Clip,
-Mul of two secrets, Gemm and MatMul.
+Mul of two secrets, Gemm and MatMul, and an attention block (MatMul of two secrets, Softmax,
+LayerNormalization, GELU).
 
     report = warm_up()   # once per process; later calls return the same report at once
     log.info("kernels ready in %s", report)
@@ -130,22 +131,69 @@ def _model(batch: int) -> Any:
     return onnx.shape_inference.infer_shapes(m)
 
 
+def _attention_model(batch: int) -> Any:
+    """A tiny attention block on [batch, 4, 8]: products of two secrets (Q K^T, P V), a
+    product by a constant stack of matrices, a softmax inside the graph, LayerNormalization
+    and GELU (the transformer kernels)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def node(op: str, inputs: list[str], out: str, **attrs: Any) -> Any:
+        return helper.make_node(op, inputs, [out], out, **attrs)
+
+    w = (np.linspace(-0.5, 0.5, 64) + 0.03).reshape(8, 8).astype(np.float32)
+    nodes = [
+        node("MatMul", ["x", "w_q"], "q"),
+        node("Transpose", ["x"], "kt", perm=[0, 2, 1]),
+        node("MatMul", ["q", "kt"], "s"),  # two secrets, batched
+        node("Softmax", ["s"], "p", axis=-1),
+        node("Unsqueeze", ["x", "ax1"], "x4"),
+        node("MatMul", ["x4", "w_stack"], "v4"),  # by a constant stack of matrices
+        node("ReduceSum", ["v4", "ax1"], "v", keepdims=0),
+        node("MatMul", ["p", "v"], "a"),
+        node("LayerNormalization", ["a", "gamma", "beta"], "n", axis=-1),
+        node("Gelu", ["n"], "y"),
+    ]
+    inits = [
+        numpy_helper.from_array(w, "w_q"),
+        numpy_helper.from_array(np.stack([w, -w.T]), "w_stack"),
+        numpy_helper.from_array(np.array([1], np.int64), "ax1"),
+        numpy_helper.from_array(np.ones(8, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(8, np.float32), "beta"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "warmup_attention",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [batch, 4, 8])],
+        inits,
+    )
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    m.ir_version = 9
+    return onnx.shape_inference.infer_shapes(m)
+
+
 def _run_plans() -> int:
-    """Compile the warm-up model at each batch and run it in cleartext and securely."""
+    """Compile the warm-up models at each batch and run them in cleartext and securely."""
     from mpcc.compiler.pipeline import compile_onnx
     from mpcc.runtime import cleartext, kernels
     from mpcc.runtime.cluster import LocalCluster
 
     batches = (1, kernels.FEW_ROWS)
+    runs = 0
     for batch in batches:
-        prog, weights = compile_onnx(_model(batch), name="warmup")
-        n = batch * 2 * _WIDTH * _WIDTH
-        x = np.linspace(-1.0, 1.0, n, dtype=np.float32).reshape(batch, 2, _WIDTH, _WIDTH)
-        cleartext.predict(prog, weights, x)
-        # A cold compile takes seconds inside the session: no link timeout may cut it short.
-        with LocalCluster(prog, weights, timeout=600.0) as cluster:
-            cluster.run_batch(x)
-    return len(batches)
+        for model, shape in (
+            (_model(batch), (batch, 2, _WIDTH, _WIDTH)),
+            (_attention_model(batch), (batch, 4, 8)),
+        ):
+            prog, weights = compile_onnx(model, name="warmup")
+            x = np.linspace(-1.0, 1.0, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+            cleartext.predict(prog, weights, x)
+            # A cold compile takes seconds inside the session: no link timeout may cut it short.
+            with LocalCluster(prog, weights, timeout=600.0) as cluster:
+                cluster.run_batch(x)
+            runs += 1
+    return runs
 
 
 def warm_up() -> WarmupReport:
