@@ -57,7 +57,7 @@ REFUSALS: dict[str, tuple[str, str]] = {
     ),
     "rank": (
         r"only 2-D NCHW|needs a 4-D|must be 2-D|constant operand must be|of rank",
-        "a tensor rank mpcc does not lower (e.g. 1-D or 3-D convolution and pooling)",
+        "a tensor rank mpcc does not lower (e.g. convolution over more than 3 spatial axes)",
     ),
     "range": (
         r"must be finite|within \|v\|",
@@ -70,7 +70,7 @@ REFUSALS: dict[str, tuple[str, str]] = {
     "attribute": (
         r"is not supported|are not supported|only constant padding|training mode|"
         r"only a reduction|noop_with_empty_axes|a slice step of 0|ceil_mode|Indices output|"
-        r"only p = 2",
+        r"only p = 2|only mode '|only keep_aspect_ratio_policy|output_shape",
         "an attribute or mode mpcc does not support (see the op's row)",
     ),
     "broadcast": (
