@@ -202,7 +202,9 @@ def test_oversized_and_malformed_frames_are_rejected(cluster, reference):
 
 def _metrics(cluster) -> dict:
     from mpcc.serving.client import cluster_status
+    from mpcc.serving.metrics import SUMMARY_EVERY_S
 
+    time.sleep(SUMMARY_EVERY_S + 0.05)  # the summary a party gives is at most this old
     got = cluster_status(cluster.cfg)
     return {r: m["metrics"] for r, m in got.items()}
 

@@ -12,6 +12,7 @@ Nothing secret is exported: metric names and labels are fixed strings, never ids
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,7 @@ CAUSES = (
     "other",
 )
 LINKS = ("peer", "dealer", "client")
+SUMMARY_EVERY_S = 0.2
 
 
 def failure_cause(why: str, code: str | None = None) -> str:
@@ -87,6 +89,8 @@ class PartyMetrics:
         self._gauges: dict[str, Gauge] = {}
         self._server: Any = None
         self._lock = threading.Lock()
+        self._summary: dict[str, Any] | None = None
+        self._summary_at = 0.0
 
     # -- what the party tells us --------------------------------------------------------------
     def failed(self, why: str, code: str | None = None) -> None:
@@ -120,35 +124,63 @@ class PartyMetrics:
         return generate_latest(self.registry)
 
     def summary(self) -> dict[str, Any]:
-        """Plain numbers for `info` and `mpcc cluster status`."""
+        """Plain numbers for `info` and `mpcc cluster status` (read at most every
+        `SUMMARY_EVERY_S`: clients may ask for `info` a thousand times a second)."""
+        with self._lock:
+            now = time.monotonic()
+            if self._summary is None or now - self._summary_at >= SUMMARY_EVERY_S:
+                self._summary, self._summary_at = self._read(), now
+            return self._summary
+
+    def _read(self) -> dict[str, Any]:
+        v: dict[tuple[str, tuple], float] = {}
+        buckets: dict[str, list[tuple[float, int]]] = {}
+        for fam in self.registry.collect():  # one pass over everything
+            for smp in fam.samples:
+                if smp.name.endswith("_bucket"):
+                    buckets.setdefault(fam.name, []).append((float(smp.labels["le"]), smp.value))
+                else:
+                    v[smp.name, tuple(sorted(smp.labels.items()))] = smp.value
+
+        def get(name: str, **labels: str) -> float:
+            return v.get((name, tuple(sorted(labels.items()))), 0.0)
+
+        def hist(name: str) -> dict[str, float | None]:
+            count = int(get(f"{name}_count"))
+            out: dict[str, float | None] = {
+                "count": count,
+                "mean": get(f"{name}_sum") / count if count else 0.0,
+            }
+            for key, q in (("p50_at_most", 0.5), ("p99_at_most", 0.99)):
+                le = next((le for le, n in buckets.get(name, []) if count and n >= q * count), 0.0)
+                out[key] = None if le == float("inf") else le  # None: beyond the last bucket
+            return out
+
         live = self._live_bytes()
         link = {
             kind: {
-                d: int(self._get("mpcc_link_bytes_total", link=kind, direction=d))
+                d: int(get("mpcc_link_bytes_total", link=kind, direction=d))
                 + live.get((kind, d), 0)
                 for d in ("sent", "received")
             }
             for kind in LINKS
         }
-        failures = {c: int(self._get("mpcc_failures_total", cause=c)) for c in CAUSES}
+        failures = {c: int(get("mpcc_failures_total", cause=c)) for c in CAUSES}
         return {
-            "requests": int(self._get("mpcc_requests_total")),
-            "answers": int(self._get("mpcc_answers_total")),
+            "requests": int(get("mpcc_requests_total")),
+            "answers": int(get("mpcc_answers_total")),
             "failures": {c: n for c, n in failures.items() if n},
-            "queries": int(self._get("mpcc_queries_total")),
-            "sessions": int(self._get("mpcc_sessions_total")),
-            "latency_s": _hist(self.latency),
-            "online_s": _hist(self.online),
+            "queries": int(get("mpcc_queries_total")),
+            "sessions": int(get("mpcc_sessions_total")),
+            "latency_s": hist("mpcc_request_seconds"),
+            "online_s": hist("mpcc_online_seconds"),
             "gauges": {
-                k.removeprefix("mpcc_"): self._get(k)
+                k.removeprefix("mpcc_"): get(k)
                 for k in self._gauges
                 if not k.startswith("mpcc_open_")
             },
             "link_bytes": link,
         }
-
-    def _get(self, name: str, **labels: str) -> float:
-        return self.registry.get_sample_value(name, labels) or 0.0
 
     def serve(self, port: int) -> None:
         """Serve the text format on 127.0.0.1:`port` (a thread of its own)."""
@@ -159,22 +191,3 @@ class PartyMetrics:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
-
-
-def _hist(h: Histogram) -> dict[str, float | None]:
-    """Count, mean and the upper bounds of the buckets holding the median and the 99th
-    percentile (a histogram knows no more)."""
-    buckets, total, count = [], 0.0, 0
-    for metric in h.collect():
-        for s in metric.samples:
-            if s.name.endswith("_bucket"):
-                buckets.append((float(s.labels["le"]), int(s.value)))
-            elif s.name.endswith("_sum"):
-                total = s.value
-            elif s.name.endswith("_count"):
-                count = int(s.value)
-    out: dict[str, float | None] = {"count": count, "mean": total / count if count else 0.0}
-    for name, q in (("p50_at_most", 0.5), ("p99_at_most", 0.99)):
-        le = next((le for le, n in buckets if count and n >= q * count), 0.0)
-        out[name] = None if le == float("inf") else le  # None: beyond the last bucket
-    return out
