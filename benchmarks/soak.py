@@ -516,6 +516,10 @@ def _summarise(rep: Report, outcomes, kills, ups, t_start, t_end, rss) -> None:
                     "end_mb": round(base[-1] / 1024, 1),
                     "peak_mb": round(max(base) / 1024, 1),
                     "growth": round((base[-1] - base[0]) / base[0], 4),
+                    # a leak keeps growing; an allocator's high-water mark levels off
+                    "growth_second_half": round(
+                        (base[-1] - base[len(base) // 2]) / base[len(base) // 2], 4
+                    ),
                 }
             )
 
@@ -556,7 +560,8 @@ def markdown(rep: Report) -> str:
         for r in rows:
             lines.append(
                 f"- {role} pid {r['pid']} ({r['from_s']:g}–{r['to_s']:g} s): {r['start_mb']} → "
-                f"{r['end_mb']} (peak {r['peak_mb']}), {r['growth']:+.1%}"
+                f"{r['end_mb']} (peak {r['peak_mb']}), {r['growth']:+.1%} "
+                f"({r['growth_second_half']:+.1%} in its second half)"
             )
     lines += ["", "Abusers:", ""]
     lines += [f"- {n}: {json.dumps(d)}" for n, d in rep.abusers.items()]
