@@ -41,10 +41,30 @@ def lenet(zoo_model):
     return path, prog, weights
 
 
+def _port_pair() -> int:
+    """A free port whose successor is free too (P0 serves metrics on one, P1 on the next)."""
+    from mpcc.serving.local import free_port
+
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            if port < 65534 and s.connect_ex(("127.0.0.1", port + 1)) != 0:
+                try:
+                    s2 = socket.socket()
+                    s2.bind(("127.0.0.1", port + 1))
+                    s2.close()
+                    return port
+                except OSError:
+                    pass
+    raise RuntimeError("no two free ports in a row")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, lenet):
     _, prog, weights = lenet
-    pc = ProcessCluster(tmp_path_factory.mktemp("cluster"), timeout_s=TIMEOUT_S, stock=3)
+    pc = ProcessCluster(
+        tmp_path_factory.mktemp("cluster"), timeout_s=TIMEOUT_S, stock=3, metrics_port=_port_pair()
+    )
     try:
         pc.start_all()
         deploy_program(prog, weights, pc.cfg)
@@ -178,6 +198,95 @@ def test_oversized_and_malformed_frames_are_rejected(cluster, reference):
         check(c.predict(X[:2]), ref[:2])
     assert "exceeds the limit" in cluster.log("p0")
     assert "not valid JSON" in cluster.log("p1")
+
+
+def _metrics(cluster) -> dict:
+    from mpcc.serving.client import cluster_status
+    from mpcc.serving.metrics import SUMMARY_EVERY_S
+
+    time.sleep(SUMMARY_EVERY_S + 0.05)  # the summary a party gives is at most this old
+    got = cluster_status(cluster.cfg)
+    return {r: m["metrics"] for r, m in got.items()}
+
+
+def test_counters_move_with_answers_and_failures(cluster, reference):
+    """After 3 answered requests and a refused one, each party's counters say so."""
+    from mpcc.serving.client import cluster_status, format_status
+
+    X, ref = reference
+    before = _metrics(cluster)
+    with Client(cluster.cfg) as c:
+        for i in range(3):
+            check(c.predict(X[i : i + 1]), ref[i : i + 1])
+        plan = c._interface()["plan_hash"]
+        bad = np.zeros((1, 1, 27, 27), dtype=np.uint64)
+        meta = {"rid": secrets.token_hex(16), "rows": 1, "plan": plan}
+        assert c.send_raw("p0", "request", meta, [bad]).kind == "failed"
+    after = _metrics(cluster)
+    for role in ("p0", "p1"):
+        b, a = before[role], after[role]
+        assert a["answers"] - b["answers"] == 3, (role, a)
+        assert a["latency_s"]["count"] - b["latency_s"]["count"] == 3
+        assert a["latency_s"]["p99_at_most"] is not None and a["latency_s"]["mean"] > 0
+        assert a["queries"] - b["queries"] == 3
+        assert a["sessions"] >= 1 and a["gauges"]["session_live"] == 1
+        assert a["link_bytes"]["peer"]["sent"] > b["link_bytes"]["peer"]["sent"]
+        assert a["link_bytes"]["client"]["received"] > b["link_bytes"]["client"]["received"]
+    assert after["p1"]["link_bytes"]["dealer"]["received"] > 0  # P1 takes the corrections
+    assert after["p0"]["requests"] - before["p0"]["requests"] == 4
+    assert after["p1"]["requests"] - before["p1"]["requests"] == 3
+    bad_before = before["p0"]["failures"].get("bad_request", 0)
+    assert after["p0"]["failures"].get("bad_request", 0) - bad_before == 1
+    assert after["p1"]["failures"] == before["p1"]["failures"]
+    text, serving = format_status(cluster_status(cluster.cfg))
+    assert serving and re.search(r"\d+ requests, \d+ answers, \d+ failed \(bad_request", text)
+    assert "latency median <=" in text and "wire sent/received: peer" in text
+
+
+def test_metrics_endpoint_serves_prometheus_text(cluster):
+    """Each compute party serves its metrics on 127.0.0.1 (P0 at metrics_port, P1 the next)
+    in the Prometheus text format, with nothing secret in it."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    port = cluster.cfg.serving.metrics_port
+    status = _metrics(cluster)
+    for role, p in (("p0", port), ("p1", port + 1)):
+        with urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=10) as r:
+            assert r.status == 200
+            text = r.read().decode()
+        fams = {f.name: f for f in text_string_to_metric_families(text)}  # parses, or raises
+        for name in (
+            "mpcc_requests",
+            "mpcc_answers",
+            "mpcc_failures",
+            "mpcc_request_seconds",
+            "mpcc_online_seconds",
+            "mpcc_link_bytes",
+            "mpcc_queued_requests",
+            "mpcc_stock_queries",
+            "mpcc_outbox_messages",
+        ):
+            assert name in fams, (role, name, sorted(fams))
+        answers = next(s.value for s in fams["mpcc_answers"].samples if s.name.endswith("_total"))
+        assert answers >= status[role]["answers"] > 0
+        causes = {s.labels.get("cause") for s in fams["mpcc_failures"].samples}
+        assert "bad_request" in causes and "limit" in causes
+        assert fams["mpcc_request_seconds"].type == "histogram"
+        # no shares, ids or opened values: labels are fixed words, values counts, sizes,
+        # seconds or timestamps (far below 64-bit ring elements), no hex strings at all
+        from mpcc.serving.metrics import CAUSES, LINKS
+
+        words = {*CAUSES, *LINKS, "sent", "received"}
+        for fam in fams.values():
+            for smp in fam.samples:
+                for k, v in smp.labels.items():
+                    assert v in words or k == "le", (role, smp)
+                assert abs(smp.value) < 2**40, (role, smp)
+        assert not re.search(r"\b[0-9a-f]*[a-f][0-9a-f]*[0-9][0-9a-f]*\b", text), role
+    with socket.socket() as s:  # loopback only
+        assert s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def test_kill_p1_mid_query_then_restart(cluster, reference):

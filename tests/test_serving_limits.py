@@ -447,6 +447,32 @@ def test_tls_link_carries_messages_larger_than_a_frame(tls_pair):
     assert a.wire.sent > a.traffic.bytes_sent
 
 
+def test_unread_messages_are_held_back_by_tcp_not_queued(tls_pair):
+    """A peer that sends far faster than its messages are taken (an `info` flood) fills the
+    receiver's inbox only to INBOX_MAX (plus one read's worth): then TCP holds it back.
+    Nothing is lost: a consumer that reads on gets every message, in order."""
+    from mpcc.serving.tls import CHUNK
+
+    a, b = tls_pair
+    n, pad = 30_000, "x" * 1000  # 30 MB: more than the socket buffers hold
+    sent = []
+
+    def flood():
+        for i in range(n):
+            a.send_msg("info", {"i": i, "pad": pad})
+            sent.append(i)
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    time.sleep(1.5)  # the receiver takes nothing meanwhile; its background reader reads
+    per_read = CHUNK // 1000
+    assert len(b._inbox) <= 256 + per_read, len(b._inbox)  # INBOX_MAX + one read
+    assert len(sent) < n  # the sender is held back (its socket buffers are full)
+    got = [b.recv_msg(3.0).meta["i"] for _ in range(n)]
+    t.join(5)
+    assert got == list(range(n))
+
+
 def test_tls_link_refuses_an_oversized_frame_or_message(tls_pair):
     a, b = tls_pair
     a._send_raw(FRAME_HEAD.pack(MAGIC, (1 << 16) + 1))  # a frame over the limit

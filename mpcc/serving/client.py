@@ -357,6 +357,41 @@ def cluster_status(
     return got
 
 
+def _ms(v: float | None) -> str:
+    return "beyond the last bucket" if v is None else f"{v * 1e3:g} ms"
+
+
+def format_metrics(m: dict[str, Any]) -> str:
+    """One line of a party's counters (its `info`'s "metrics") for `mpcc cluster status`."""
+    fails = m.get("failures", {})
+    failed = sum(fails.values())
+    causes = ", ".join(f"{c} {n}" for c, n in fails.items())
+    g, lat, online = m.get("gauges", {}), m.get("latency_s", {}), m.get("online_s", {})
+    mb = m.get("link_bytes", {})
+
+    def n(key: str) -> int:
+        return int(g.get(key, 0))
+
+    links = ", ".join(
+        f"{k} {v.get('sent', 0) / 1e6:.1f}/{v.get('received', 0) / 1e6:.1f} MB"
+        for k, v in mb.items()
+    )
+    text = (
+        f"{m.get('requests', 0)} requests, {m.get('answers', 0)} answers, {failed} failed"
+        + (f" ({causes})" if causes else "")
+        + f"; {m.get('queries', 0)} queries in {m.get('sessions', 0)} sessions"
+        + f"; queued {n('queued_requests')}, in flight {n('inflight_requests')}"
+        + f", to send {n('outbox_messages')}, client links {n('client_links')}"
+        + f"; stock {n('stock_queries')} queries ({g.get('stock_bytes', 0) / 1e6:.1f} MB)"
+    )
+    if lat.get("count"):
+        text += (
+            f"; latency median <= {_ms(lat.get('p50_at_most'))}, p99 <= "
+            f"{_ms(lat.get('p99_at_most'))}, online mean {online.get('mean', 0) * 1e3:.1f} ms"
+        )
+    return text + (f"; wire sent/received: {links}" if links else "")
+
+
 def format_status(got: dict[str, dict[str, Any] | str]) -> tuple[str, bool]:
     """Lines for `mpcc cluster status`, and whether the cluster is serving (P0 and P1 in
     one live session)."""
@@ -379,6 +414,8 @@ def format_status(got: dict[str, dict[str, Any] | str]) -> tuple[str, bool]:
         if m.get("last_error"):
             line += f"; last error: {m['last_error']}"
         lines.append(line)
+        if isinstance(m.get("metrics"), dict):
+            lines.append("    " + format_metrics(m["metrics"]))
     sids = {m.get("session") if isinstance(m, dict) else None for m in got.values()}
     serving = len(sids) == 1 and None not in sids
     lines.append("serving" if serving else "not serving")

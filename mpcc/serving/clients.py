@@ -112,6 +112,7 @@ class ClientLinks:
                     del self._pending[rid]
             outbox.close(self.cfg.serving.timeout_s)
             ch.close("client link done")
+            self.metrics.link_closed("client", ch.wire.sent, ch.wire.received)
 
     def _identity(self, name: str) -> Identity:
         """The state of one client identity, shared by its links (kept while the party runs,
@@ -151,6 +152,7 @@ class ClientLinks:
         return min(self.cfg.serving.max_frame_bytes, 8 * math.prod(shape) + 4096)
 
     def _on_request(self, ch: TlsChannel, msg: Message) -> None:
+        self.metrics.requests.inc()
         rid = msg.meta.get("rid")
         try:
             rid = self._check_request(msg)
@@ -162,6 +164,7 @@ class ClientLinks:
                     ch, rid, str(e), code="stale_plan" if isinstance(e, StalePlan) else None
                 )
             else:
+                self.metrics.failed("malformed request")
                 self._post(ch, "error", {"msg": f"{self.label} rejected a request: {e}"})
             return
         who = self._identity(_identity_of(ch))
@@ -262,6 +265,7 @@ class ClientLinks:
         return True
 
     def _send_failed(self, ch: TlsChannel, rid: str, why: str, code: str | None = None) -> None:
+        self.metrics.failed(why, code)
         meta = {"rid": rid, "msg": why}
         if code is not None:  # what the client can act on ("stale_plan": read the plan again)
             meta["code"] = code
@@ -279,6 +283,8 @@ class ClientLinks:
             self.log.info("could not answer request %s: its client left", r.rid[:8])
             return 0
         self.answered += 1
+        self.metrics.answers.inc()
+        self.metrics.latency.observe(time.monotonic() - r.arrived)
         if self.num_requests is not None and self.answered >= self.num_requests:
             self.stop(f"answered {self.answered} requests")
         return 1

@@ -35,6 +35,7 @@ from mpcc.errors import MpccError
 from mpcc.serving.admission import Identity
 from mpcc.serving.clients import MAX_PER_LINK, ClientLinks, Request
 from mpcc.serving.config import ClusterConfig
+from mpcc.serving.metrics import PartyMetrics
 from mpcc.serving.outbox import Outbox
 from mpcc.serving.partysession import PartySession, SessionSetup
 from mpcc.serving.scheduler import QueryLoop
@@ -79,6 +80,7 @@ class ComputeParty(ClientLinks, SessionSetup, QueryLoop, PartyServer):
         self._identities: dict[str, Identity] = {}  # client identities seen, by name
         self._last_served: dict[Any, int] = {}  # P0: identity -> when a batch last took one
         self.answered = 0
+        self.metrics = self._make_metrics()
         self._janitor = threading.Thread(
             target=self._janitor_loop, name="mpcc-janitor", daemon=True
         )
@@ -95,6 +97,77 @@ class ComputeParty(ClientLinks, SessionSetup, QueryLoop, PartyServer):
     def start(self) -> None:
         super().start()
         self._janitor.start()
+        port = self.cfg.serving.metrics_port
+        if port:
+            try:
+                self.metrics.serve(port + self.party)
+                self.log.info("metrics on http://127.0.0.1:%d/metrics", port + self.party)
+            except OSError as e:
+                self.log.error("cannot serve metrics on port %d: %s", port + self.party, e)
+
+    def _make_metrics(self) -> PartyMetrics:
+        """Counters and histograms, and gauges read from the party's state when asked."""
+        m = PartyMetrics(self.role)
+
+        def outboxes(i: int) -> float:
+            with self._req:
+                return float(sum(o.waiting[i] for o in self._outboxes.values()))
+
+        def session(read) -> float:
+            s = self._session
+            return float(read(s)) if s is not None and s.alive else 0.0
+
+        m.gauge(
+            "mpcc_queued_requests",
+            "Requests waiting (P0: to be scheduled; P1: to be announced)",
+            lambda: float(len(self._queue) + len(self._pending)),
+        )
+        m.gauge(
+            "mpcc_inflight_requests",
+            "Requests in the query being run",
+            lambda: float(len(self._inflight)),
+        )
+        m.gauge("mpcc_client_links", "Open client links", lambda: float(len(self._outboxes)))
+        m.gauge(
+            "mpcc_outbox_messages", "Answers waiting to be sent to clients", lambda: outboxes(0)
+        )
+        m.gauge(
+            "mpcc_outbox_bytes",
+            "Bytes of answers waiting to be sent to clients",
+            lambda: outboxes(1),
+        )
+        m.gauge(
+            "mpcc_stock_queries",
+            "Queries of preprocessing ready ahead",
+            lambda: session(lambda s: len(s.prepared)),
+        )
+        m.gauge(
+            "mpcc_stock_bytes",
+            "Memory the preprocessing ready ahead takes",
+            lambda: session(lambda s: len(s.prepared) * s.query_bytes),
+        )
+        m.gauge(
+            "mpcc_session_live",
+            "1 while P0 and P1 share a live session",
+            lambda: session(lambda s: 1),
+        )
+        m.live_bytes(self._open_link_bytes)
+        return m
+
+    def _open_link_bytes(self) -> dict[tuple[str, str], int]:
+        """Wire bytes of the links open now: the clients', the session's peer and dealer."""
+        out: dict[tuple[str, str], int] = {}
+        with self._req:
+            chans = [("client", ch) for ch in self._outboxes]
+        s = self._session
+        if s is not None:
+            chans += [("peer", s.peer), ("dealer", s.dealer)]
+        for kind, ch in chans:
+            w = getattr(ch, "wire", None)
+            if w is not None:
+                out[kind, "sent"] = out.get((kind, "sent"), 0) + w.sent
+                out[kind, "received"] = out.get((kind, "received"), 0) + w.received
+        return out
 
     def on_peer(self, ch: TlsChannel, hello: Message) -> None:
         """P1's link: kept for the session start-up waiting for it."""
@@ -112,6 +185,7 @@ class ComputeParty(ClientLinks, SessionSetup, QueryLoop, PartyServer):
             "answered": self.answered,
             "last_error": self.last_error,
             "kernels_ready": self.kernels_ready.is_set(),
+            "metrics": self.metrics.summary(),
         }
         if s is not None and s.alive:  # how far ahead preprocessing runs, and its memory
             d.update(
@@ -154,3 +228,4 @@ class ComputeParty(ClientLinks, SessionSetup, QueryLoop, PartyServer):
             outbox.close(max(0.0, deadline - time.monotonic()))
         self._clients_done.set()
         self._janitor.join(timeout=1)
+        self.metrics.close()

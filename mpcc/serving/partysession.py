@@ -184,6 +184,8 @@ class SessionSetup:
             s, self._session = self._session, None
         if s is not None:
             s.end(reason)
+            for kind, ch in (("peer", s.peer), ("dealer", s.dealer)):
+                self.metrics.link_closed(kind, ch.wire.sent, ch.wire.received)
 
     def on_dealer(self, ch: TlsChannel, hello: Message) -> None:
         """The dealer starts a session; this thread then runs it until it ends."""
@@ -217,6 +219,7 @@ class SessionSetup:
                 )
                 return
             self._session = s
+        self.metrics.sessions.inc()
         self.last_error = None
         s.watch_links()
         self.log.info("session %s… ready (plan %s)", s.sid[:8], s.dep.plan_hash[:12])

@@ -262,6 +262,8 @@ class QueryLoop:
         finally:
             s.online_over()
         online = time.perf_counter() - t0
+        self.metrics.queries.inc()
+        self.metrics.online.observe(online)
         s.consumed(q)
         used = s.peer.traffic.since(t_before)
         stats = {
