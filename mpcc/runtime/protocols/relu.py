@@ -100,8 +100,9 @@ def correction_words(n: int, shift: int) -> int:
     return (MASK_BITS + ANDS) * bitslice.words(n) + (4 if shift else 2) * n
 
 
-def _draw(party: int, n: int, shift: int, prg: Prg) -> dict[str, np.ndarray]:
-    """The seeded parts of party's material, in the one order dealer and party both use."""
+def draw_compare(party: int, n: int, prg: Prg) -> dict[str, np.ndarray]:
+    """The seeded parts of the comparison (the mask r and its bits, the AND triples, the
+    bit rho), in the one order dealer and party both use; the sign protocol's whole draw."""
     nw = bitslice.words(n)
     p0 = party == 0
     m = {"r": prg.uint64(n)}
@@ -114,6 +115,14 @@ def _draw(party: int, n: int, shift: int, prg: Prg) -> dict[str, np.ndarray]:
     m["rho_bits"] = prg.uint64(nw)
     if p0:
         m["rho"] = prg.uint64(n)
+    return m
+
+
+def _draw(party: int, n: int, shift: int, prg: Prg) -> dict[str, np.ndarray]:
+    """The seeded parts of party's material, in the one order dealer and party both use:
+    the comparison's, then the select's (and the truncation's)."""
+    p0 = party == 0
+    m = draw_compare(party, n, prg)
     m["sigma"] = prg.uint64(n)
     if p0:
         m["rho_sigma"] = prg.uint64(n)

@@ -24,7 +24,14 @@ from mpcc.runtime import bitslice
 from mpcc.runtime.prg import Prg
 from mpcc.runtime.protocols import common
 from mpcc.runtime.protocols.base import Protocol
-from mpcc.runtime.protocols.relu import ANDS, MASK_BITS, ReluMaterial, _nonneg, _open_masked
+from mpcc.runtime.protocols.relu import (
+    ANDS,
+    MASK_BITS,
+    ReluMaterial,
+    _nonneg,
+    _open_masked,
+    draw_compare,
+)
 from mpcc.runtime.transport import Channel
 
 _ONE = np.uint64(1)
@@ -50,21 +57,7 @@ def _split(flat: np.ndarray, n: int) -> dict[str, np.ndarray]:
     return parts
 
 
-def _draw(party: int, n: int, prg: Prg) -> dict[str, np.ndarray]:
-    """The seeded parts of party's material, in the one order dealer and party both use."""
-    nw = bitslice.words(n)
-    p0 = party == 0
-    m = {"r": prg.uint64(n)}
-    if p0:
-        m["r_bits"] = prg.uint64(MASK_BITS, nw)
-    m["u"] = prg.uint64(ANDS, nw)
-    m["v"] = prg.uint64(ANDS, nw)
-    if p0:
-        m["w"] = prg.uint64(ANDS, nw)
-    m["rho_bits"] = prg.uint64(nw)
-    if p0:
-        m["rho"] = prg.uint64(n)
-    return m
+_draw = draw_compare  # the ReLU's comparison part, drawn in the same order
 
 
 def deal(n: int, prg0: Prg, prg1: Prg) -> np.ndarray:
