@@ -424,7 +424,7 @@ def test_pooling_1d_3d_match_onnxruntime(rng, case):
         np.testing.assert_allclose(sums / counts, want_avg, rtol=1e-6)
 
 
-def test_conv_transpose_and_batched_dense_are_exact_ring_maps(rng):
+def test_conv_transpose_and_batched_matmul_are_exact_ring_maps(rng):
     """Bit-exact against Python-int references on full-range ring elements."""
     x, w = ring(rng, (2, 4, 3, 4)), ring(rng, (4, 3, 2, 3))  # groups 2: w (C, O/g, kh, kw)
     s, p, d, extra = (2, 1), (1, 0, 0, 1), (1, 2), (1, 0)
@@ -445,4 +445,4 @@ def test_conv_transpose_and_batched_dense_are_exact_ring_maps(rng):
 
     a, b = ring(rng, (3, 1, 4, 5)), ring(rng, (2, 5, 6))
     want = np.einsum("xyik,ykj->xyij", np.broadcast_to(as_objects(a), (3, 2, 4, 5)), as_objects(b))
-    np.testing.assert_array_equal(kernels.batched_dense(a, b), from_objects(want))
+    np.testing.assert_array_equal(kernels.batched_matmul(a, b), from_objects(want))

@@ -364,27 +364,6 @@ def dense(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     return matmul(x.reshape(-1, w.shape[0]), w).reshape(*x.shape[:-1], w.shape[1])
 
 
-@_jit
-def _matmul_batches(a, b, c):
-    for i in range(a.shape[0]):
-        c[i] = _matmul(a[i], b[i])
-
-
-def batched_dense(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Ring product of stacks of matrices with numpy's batch broadcasting:
-    x (..., M, K) @ w (..., K, N) -> (broadcast batch..., M, N), mod 2^64."""
-    x, w = _ring(x, None, "x"), _ring(w, None, "w")
-    if x.ndim < 2 or w.ndim < 2 or x.shape[-1] != w.shape[-2]:
-        raise ValueError(f"batched_dense: shapes {x.shape} and {w.shape} do not chain")
-    batch = np.broadcast_shapes(x.shape[:-2], w.shape[:-2])
-    (m, k), n = x.shape[-2:], w.shape[-1]
-    xs = np.ascontiguousarray(np.broadcast_to(x, batch + (m, k))).reshape(-1, m, k)
-    ws = np.ascontiguousarray(np.broadcast_to(w, batch + (k, n))).reshape(-1, k, n)
-    out = np.empty((xs.shape[0], m, n), np.uint64)
-    _matmul_batches(xs, ws, out)
-    return out.reshape(*batch, m, n)
-
-
 def transpose(w: np.ndarray) -> np.ndarray:
     """A (K, N) ring matrix as its C-contiguous transpose (N, K): the operand `dense_t` takes."""
     return _transpose(_ring(w, 2, "w"))
@@ -622,7 +601,6 @@ def sum_pool(
 
 
 __all__ = [
-    "batched_dense",
     "conv",
     "conv_transpose",
     "batched_matmul",

@@ -46,7 +46,7 @@ def prepared_maps(prog: Program) -> dict[int, Bilinear]:
 
 def _matmul_map(prog: Program, ins: Instr, prepared: bool = False) -> Bilinear:
     if len(prog.weights[ins.weights[0]].shape) > 2:
-        return kernels.batched_dense
+        return kernels.batched_matmul
     return kernels.dense_t if prepared and weight_transposed(prog, ins) else kernels.dense
 
 
