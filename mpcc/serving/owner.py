@@ -138,15 +138,11 @@ def deploy_program(
     return deploy_id
 
 
-ERROR_GRACE_S = 1.0  # how long a failed deploy waits for the party's own error message
-
-
 def _reason(ch: TlsChannel | None, e: PartyError) -> str:
-    """Why a party failed: the error it sent, if it did before closing the link, else what
-    went wrong here. A send to it may fail (broken pipe) before this side has read the
-    error it sent, so its error gets a moment to arrive."""
+    """Why a party failed: the error it sent, if it did before closing the link (a send to
+    it may fail first), else what went wrong here."""
     try:
-        msg = ch.poll(ERROR_GRACE_S) if ch is not None else None
+        msg = ch.poll(0) if ch is not None else None
     except PartyError:
         msg = None
     return str(msg.meta.get("msg", e)) if msg is not None and msg.kind == "error" else str(e)

@@ -42,6 +42,19 @@ HELLO_MAX_FRAME = 1 << 16  # before a peer has said what its link is for
 PARTY_ROLES = frozenset({"p0", "p1", "dealer", "owner"})
 PARTY_LINKS = 16  # links from the other parties and the owner held at once (their own pool)
 EVICT_AFTER_MAX_S = 1.0  # a full handshake pool drops its oldest connection after this
+ERROR_LINGER_S = 5.0  # a refused deploy keeps reading until the owner has its error
+
+
+def _drain_until_closed(ch: TlsChannel, within_s: float) -> None:
+    """Read and drop what the peer still sends until it closes the link (or `within_s`).
+
+    Closing a socket with unread data resets the connection, and the reset can destroy the
+    error message sent just before it: the owner, still sending shares, would report a
+    broken pipe instead of the reason. Reading on until the owner has read the error and
+    hung up closes the link cleanly."""
+    end = time.monotonic() + within_s
+    while (left := end - time.monotonic()) > 0:
+        ch.poll(left)  # raises PartyError once the peer has closed
 
 
 class Listener:
@@ -416,6 +429,7 @@ class PartyServer:
                     self.log.error("could not remove the staged deployment: %s", err)
             try:
                 ch.send_msg("error", {"msg": why})
+                _drain_until_closed(ch, ERROR_LINGER_S)
             except PartyError:
                 pass
             ch.close("deployment not activated")
