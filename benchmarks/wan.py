@@ -4,10 +4,12 @@ P0, P1 and the dealer run as `python -m mpcc party` processes over mutually auth
 TLS 1.3, each in its own network namespace, and the client in a fourth; every link crosses
 a relay that holds each chunk RTT/2 each way, and tbf caps each role's link at the given
 rate (`mpcc.bench.wan.WanBed`). For each model and RTT it reports the client's end-to-end
-latency over N queries (median, p90), the rounds and bytes of one query, the physical floor
-(rounds x RTT/2 for the parties' rounds + one RTT for the client's request and answer), and
-`mpcc bench --network`'s projection of the same query (in-process online time + rounds x
-RTT/2 + bytes / bandwidth) beside it. Every answer is checked against onnxruntime.
+latency over N queries (median, p90), the rounds and bytes of one query, and
+`mpcc bench --network`'s projection of the same query beside it
+(`mpcc.bench.network.Link.project_query`: the no-delay latency + (rounds + 4) x RTT/2 +
+bytes on the wire / rate), with the no-delay latency measured over TLS on localhost
+(`mpcc bench --processes`), in process (`mpcc bench`), and in the bed at 0 ms RTT. Every
+answer is checked against onnxruntime.
 
     sudo .venv/bin/python benchmarks/wan.py --rtt 10 --gbps 1        # one point, LeNet
     sudo .venv/bin/python benchmarks/wan.py --sweep --models lenet resnet18
@@ -33,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpcc.bench import bench, machine_info  # noqa: E402
-from mpcc.bench.network import Link  # noqa: E402
+from mpcc.bench.network import Link, QueryTraffic, wire_bytes  # noqa: E402
 from mpcc.bench.wan import WanBed, unavailable  # noqa: E402
 from mpcc.compiler.pipeline import compile_onnx  # noqa: E402
 from mpcc.serving.client import Client  # noqa: E402
@@ -94,41 +96,57 @@ def stats(xs: list[float]) -> dict[str, float]:
     }
 
 
+def traffic(prog: Any, r: Any) -> QueryTraffic:
+    """One served query's traffic as the client saw it (`RequestStats`)."""
+    out = prog.value(prog.outputs[0][1])
+    return QueryTraffic(r.rounds, max(r.sent), r.client_bytes, 8 * int(np.prod(out.shape)))
+
+
+def timed(c: Client, X: np.ndarray, ref: np.ndarray, n: int, where: str) -> list[float]:
+    """n queries one after another, each checked against onnxruntime: their latencies."""
+    for i in range(2):  # warm the links at this delay
+        c.predict(X[i : i + 1])
+    lat = []
+    for i in range(n):
+        t0 = time.perf_counter()
+        y = c.predict(X[i : i + 1])
+        lat.append(time.perf_counter() - t0)
+        if y.argmax() != ref[i].argmax() or np.abs(y - ref[i]).max() > TOLERANCE:
+            raise AssertionError(f"{where} query {i}: wrong answer")
+    return lat
+
+
 def run_model(bed: WanBed, name: str, rtts: list[float], gbps: float, n: int) -> list[dict]:
+    """The model at each RTT through the bed, beside `mpcc bench --network`'s projections
+    from its two no-delay measurements (in process; over TLS on localhost) and from the
+    bed's own latency at 0 ms RTT (which isolates the network model from the compute)."""
     from mpcc.zoo.reference import run_logits
 
     path, X = MODELS[name](n)
     ref = run_logits(path, X)
     shape = (1, *X.shape[1:])
     prog, weights = compile_onnx(path, shape)
-    print(f"{name}: in-process reference (mpcc bench)", flush=True)
-    local = bench(path, [1], n, plaintext=False)["results"][0]
+    base: dict[str, float] = {}
+    print(f"{name}: no-delay references (mpcc bench, mpcc bench --processes)", flush=True)
+    for mode, processes in (("inprocess", False), ("tls", True)):
+        res = bench(path, [1], n, plaintext=False, processes=processes)["results"][0]
+        base[mode] = res["e2e_s"]["median"]
     rows = []
     with bed.inside("client"):
         cfg = bed.view("client")
         deploy_program(prog, weights, cfg)
         with Client(cfg) as c:
             c.wait_ready(600)
+            bed.set_rtt(0.0)
+            base["bed0"] = statistics.median(timed(c, X, ref, n, f"{name} at 0 ms"))
             for rtt in rtts:
                 bed.set_rtt(rtt)
-                for i in range(2):  # warm the links at this delay
-                    c.predict(X[i : i + 1])
-                lat, err = [], 0.0
-                for i in range(n):
-                    t0 = time.perf_counter()
-                    y = c.predict(X[i : i + 1])
-                    lat.append(time.perf_counter() - t0)
-                    if y.argmax() != ref[i].argmax() or np.abs(y - ref[i]).max() > TOLERANCE:
-                        raise AssertionError(f"{name} query {i} at {rtt} ms: wrong answer")
-                    err = max(err, float(np.abs(y - ref[i]).max()))
+                lat = timed(c, X, ref, n, f"{name} at {rtt} ms")
                 r = c.stats.requests[-1]
+                q = traffic(prog, r)
                 link = Link(rtt / 1e3, gbps)
-                proj = link.projection(
-                    local["online_s"]["median"],
-                    local["rounds"],
-                    max(local["sent_bytes"]),
-                    local["dealer_bytes"],
-                )
+                proj = {k: link.project_query(t, q)["latency_s"] for k, t in base.items()}
+                terms = link.project_query(base["tls"], q)
                 row = {
                     "model": name,
                     "rtt_ms": rtt,
@@ -138,14 +156,20 @@ def run_model(bed: WanBed, name: str, rtts: list[float], gbps: float, n: int) ->
                     "rounds": r.rounds,
                     "sent_bytes": list(r.sent),
                     "wire_bytes": list(r.wire_sent),
+                    "wire_bytes_projected": wire_bytes(max(r.sent), r.rounds),
                     "dealer_bytes": r.dealer_bytes,
                     "client_bytes": r.client_bytes,
-                    "floor_s": r.rounds * rtt / 2e3 + rtt / 1e3,
-                    "inprocess_online_s": local["online_s"]["median"],
-                    "projection_s": proj["online_s"],
-                    "max_abs_err": err,
+                    "answer_bytes": q.answer_bytes,
+                    "floor_s": terms["delay_s"],
+                    "no_delay_s": base,
+                    "terms": terms,
+                    "projection_s": proj["tls"],
+                    "projection_inprocess_s": proj["inprocess"],
+                    "projection_bed0_s": proj["bed0"],
                 }
-                row["projection_error"] = row["projection_s"] / row["latency_s"]["median"] - 1
+                med = row["latency_s"]["median"]
+                for k in ("projection_s", "projection_inprocess_s", "projection_bed0_s"):
+                    row[k.removesuffix("_s") + "_error"] = row[k] / med - 1
                 rows.append(row)
                 print(line(row), flush=True)
     return rows
@@ -155,9 +179,10 @@ def line(r: dict) -> str:
     lat = r["latency_s"]
     return (
         f"{r['model']:9s} RTT {r['rtt_ms']:5g} ms: median {lat['median'] * 1e3:7.1f} ms "
-        f"p90 {lat['p90'] * 1e3:7.1f} ms | {r['rounds']} rounds, floor "
+        f"p90 {lat['p90'] * 1e3:7.1f} ms | {r['rounds']} rounds, delays "
         f"{r['floor_s'] * 1e3:7.1f} ms | projection {r['projection_s'] * 1e3:7.1f} ms "
-        f"({r['projection_error']:+.0%})"
+        f"({r['projection_error']:+.0%}), in process {r['projection_inprocess_error']:+.0%}, "
+        f"bed at 0 ms {r['projection_bed0_error']:+.0%}"
     )
 
 
@@ -172,13 +197,20 @@ def markdown(report: dict) -> str:
         f"each chunk RTT/2 each way; tbf caps each role's link at {report['gbps']:g} Gbit/s.",
         "Latency is the client's, end to end (its request and answer included), batch 1,",
         f"{report['queries']} queries per point; every answer checked against onnxruntime.",
-        "*Floor* = rounds x RTT/2 + one RTT for the client's legs. *Projection* =",
-        "`mpcc bench --network RTT,Gbps` (in-process online time + rounds x RTT/2 +",
-        "bytes / bandwidth); its error is against the measured median.",
         "",
-        "| model | RTT ms | median ms | p90 ms | rounds | bytes/party | floor ms "
-        "| projection ms | projection error |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Projection (`mpcc.bench.network.Link.project_query`) = the query's latency with no",
+        "delay + (rounds + 4) x RTT/2 (*delays*: the rounds, the client's two legs, P0's",
+        "announcement and P1's go) + bytes on the wire (frames, TLS records, TCP/IP headers)",
+        "/ rate. Its no-delay term is measured three ways: **TLS** = `mpcc bench --processes`",
+        "(three party processes over TLS on localhost, the client's latency: what",
+        "`mpcc bench --processes --network RTT,Gbps` projects), **in process** = `mpcc bench`",
+        "(threads and queues), **bed 0** = this bed with the relays at 0 ms (the same",
+        "processes and relays: it isolates the network model from the compute estimate).",
+        "Errors are against the measured median.",
+        "",
+        "| model | RTT ms | median ms | p90 ms | rounds | bytes/party | delays ms "
+        "| projection (TLS) ms | error | in process | bed 0 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         lat = r["latency_s"]
@@ -186,8 +218,21 @@ def markdown(report: dict) -> str:
             f"| {NAMES[r['model']]} | {r['rtt_ms']:g} | {lat['median'] * 1e3:.1f} "
             f"| {lat['p90'] * 1e3:.1f} | {r['rounds']} | {max(r['sent_bytes']) / 1e6:.2f} MB "
             f"| {r['floor_s'] * 1e3:.1f} | {r['projection_s'] * 1e3:.1f} "
-            f"| {r['projection_error']:+.0%} |"
+            f"| {r['projection_error']:+.0%} | {r['projection_inprocess_error']:+.0%} "
+            f"| {r['projection_bed0_error']:+.0%} |"
         )
+    out += ["", "No-delay latencies (median ms):", ""]
+    seen = set()
+    for r in report["rows"]:
+        if r["model"] not in seen:
+            seen.add(r["model"])
+            b = r["no_delay_s"]
+            out.append(
+                f"- {NAMES[r['model']]}: TLS on localhost {b['tls'] * 1e3:.1f}, in process "
+                f"{b['inprocess'] * 1e3:.1f}, bed at 0 ms {b['bed0'] * 1e3:.1f}; wire bytes "
+                f"per party {r['wire_bytes'][0]:,} measured, {r['wire_bytes_projected']:,.0f} "
+                "projected"
+            )
     m = report["machine"]
     out += [
         "",
@@ -199,7 +244,8 @@ def markdown(report: dict) -> str:
 
 
 def chart(report: dict, path: Path) -> bool:
-    """Latency against RTT per model: measured (median, p90 bar), floor and projection."""
+    """Latency against RTT per model: measured (median, p90 bar), the delays alone and the
+    projections."""
     try:
         import matplotlib
 
@@ -222,8 +268,14 @@ def chart(report: dict, path: Path) -> bool:
             capsize=3,
             label="measured (median, p90)",
         )
-        ax.plot(rtt, [r["projection_s"] * 1e3 for r in rows], "s--", label="mpcc bench projection")
-        ax.plot(rtt, [r["floor_s"] * 1e3 for r in rows], ":", color="gray", label="floor")
+        ax.plot(rtt, [r["projection_s"] * 1e3 for r in rows], "s--", label="projection (TLS)")
+        ax.plot(
+            rtt,
+            [r["projection_inprocess_s"] * 1e3 for r in rows],
+            "^:",
+            label="projection (in process)",
+        )
+        ax.plot(rtt, [r["floor_s"] * 1e3 for r in rows], ":", color="gray", label="delays alone")
         ax.set_title(f"{NAMES[name]}, {rows[0]['rounds']} rounds")
         ax.set_xlabel("RTT (ms)")
         ax.set_ylabel("latency per query at the client (ms)")

@@ -20,6 +20,7 @@ import onnx
 import pytest
 
 from mpcc import bench
+from mpcc.bench.network import QueryTraffic, wire_bytes
 from mpcc.cli import main as cli_main
 from mpcc.compiler import planfile
 from mpcc.compiler.costmodel import estimate
@@ -162,10 +163,17 @@ def test_projection_arithmetic(tiny, capsys) -> None:
     (r,) = rep["results"]
     p, bw = r["projection"], 0.5e9 / 8  # bytes per second
     assert (p["rtt_ms"], p["gbps"]) == (2.5, 0.5)
+    online_wire = wire_bytes(max(r["sent_bytes"]), r["rounds"])
     assert p["online_s"] == pytest.approx(
-        r["online_s"]["median"] + r["rounds"] * 1.25e-3 + max(r["sent_bytes"]) / bw
+        r["online_s"]["median"] + r["rounds"] * 1.25e-3 + online_wire / bw
     )
-    assert p["dealer_transfer_s"] == pytest.approx(r["dealer_bytes"] / bw)
+    # the latency at the client: from the measured no-delay latency, the client's legs and
+    # P0's announcement included (the formula itself: tests/test_projection.py)
+    q = QueryTraffic(r["rounds"], max(r["sent_bytes"]), r["client_bytes"], 8 * 2)
+    want = bench.Link(2.5e-3, 0.5).project_query(r["e2e_s"]["median"], q)
+    assert p["latency_s"] == pytest.approx(want["latency_s"])
+    assert p["latency_s"] > p["online_s"] + 4 * 1.25e-3
+    assert p["dealer_transfer_s"] == pytest.approx(wire_bytes(r["dealer_bytes"], 1) / bw)
     for row in r["layers"]["instrs"]:
         assert row["projected_s"] == pytest.approx(
             row["time_s"][0] + row["rounds"] * 1.25e-3 + max(row["sent"]) / bw

@@ -83,10 +83,12 @@ def format_text(report: dict[str, Any]) -> str:
         for r in report["results"]:
             p = r["projection"]
             lines.append(
-                f"  batch {r['batch']}: {fmt_s(p['online_s'])} online = "
-                f"{fmt_s(r['online_s']['median'])} measured + {r['rounds']} x "
-                f"{net['rtt_ms'] / 2:g} ms + {fmt_bytes(max(r['sent_bytes']))} / link "
-                f"({fmt_s(p['transfer_s'])}); dealer material {fmt_s(p['dealer_transfer_s'])}"
+                f"  batch {r['batch']}: {fmt_s(p['latency_s'])} at the client = "
+                f"{fmt_s(p['compute_s'])} measured + ({r['rounds']} + 4) x "
+                f"{net['rtt_ms'] / 2:g} ms + {fmt_bytes(max(r['sent_bytes']))} online "
+                f"({fmt_s(p['transfer_s'])}), shares and answers "
+                f"({fmt_s(p['upload_s'] + p['answer_s'])}) on the wire; the parties' online "
+                f"phase {fmt_s(p['online_s'])}; dealer material {fmt_s(p['dealer_transfer_s'])}"
             )
     for r in report["results"]:
         if r["layers"]:
