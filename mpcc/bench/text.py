@@ -80,6 +80,11 @@ def format_text(report: dict[str, Any]) -> str:
     if report["network"]:
         net = report["network"]
         lines += ["", f"on a {net['rtt_ms']:g} ms RTT, {net['gbps']:g} Gbit/s link: {net['note']}"]
+        if report["mode"] == "threads":
+            lines.append(
+                "  (measured in process: no TLS, no processes, so the projection leaves out "
+                "their cost per round; `--processes` measures the query over TLS)"
+            )
         for r in report["results"]:
             p = r["projection"]
             lines.append(
