@@ -37,6 +37,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpcc.bench import bench, machine_info  # noqa: E402
+from mpcc.bench.measure import wait_for_stock  # noqa: E402
 from mpcc.bench.network import Link, QueryTraffic, tls_bytes  # noqa: E402
 from mpcc.bench.wan import WanBed, unavailable  # noqa: E402
 from mpcc.compiler.pipeline import compile_onnx  # noqa: E402
@@ -114,22 +115,6 @@ def checked(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, ref: np.
     return t
 
 
-def settle(client: Client, timeout: float = 30.0) -> None:
-    """Wait until P0 and P1 hold their full stock of material again: after a query the
-    parties (and the dealer) make the next one's, which would slow whichever query runs
-    meanwhile on these two cores (a WAN hides that work in the waits for the peer)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        info = client.info()
-        if all(
-            m.get("material_held_bytes", 0) >= m.get("stock", 1) * m.get("query_material_bytes", 0)
-            for m in info.values()
-        ):
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"the parties did not refill their stock within {timeout:g} s")
-
-
 def run_model(bed: WanBed, name: str, rtts: list[float], gbps: float, n: int) -> list[dict]:
     """The model at each RTT through the bed, beside `mpcc bench --network`'s projections.
 
@@ -139,7 +124,7 @@ def run_model(bed: WanBed, name: str, rtts: list[float], gbps: float, n: int) ->
     the relays at 0 ms (*bed 0*: the same processes and relays, which isolates the network
     model from the no-delay estimate), measured interleaved with the point's queries (one at
     the point's RTT, one at 0 ms, in turn, each once the parties hold their stock of
-    material again: see `settle`), so both see the same machine load."""
+    material again: `wait_for_stock`), so both see the same machine load."""
     from mpcc.zoo.reference import run_logits
 
     path, X = MODELS[name](n)
@@ -163,7 +148,7 @@ def run_model(bed: WanBed, name: str, rtts: list[float], gbps: float, n: int) ->
                         t = checked(c.predict, X[i % n : i % n + 1], ref[i % n])
                         if key == "bed":
                             r = c.stats.requests[-1]
-                        settle(c)
+                        wait_for_stock(c)
                         if i >= 2:
                             lat[key].append(t)
                 rows.append(point(name, prog, Link(rtt / 1e3, gbps), r, lat, before))
