@@ -120,39 +120,40 @@ def run_model(bed: WanBed, name: str, rtts: list[float], gbps: float, n: int) ->
 
     The projection's no-delay term is what `mpcc bench --processes` (*TLS*: three party
     processes over TLS on localhost) and `mpcc bench` (*in process*: threads and queues)
-    measure, each run once before the sweep. A third projection takes it from this bed with
-    the relays at 0 ms (*bed 0*: the same processes and relays, which isolates the network
-    model from the no-delay estimate), measured interleaved with the point's queries (one at
-    the point's RTT, one at 0 ms, in turn, each once the parties hold their stock of
-    material again: `wait_for_stock`), so both see the same machine load."""
+    measure, run just before each point (the machine's load drifts). A third projection
+    takes it from this bed with the relays at 0 ms (*bed 0*: the same processes and relays,
+    which isolates the network model from the no-delay estimate), measured interleaved with
+    the point's queries (one at the point's RTT, one at 0 ms, in turn, each once the parties
+    hold their stock of material again: `wait_for_stock`), so both see the same load."""
     from mpcc.zoo.reference import run_logits
 
     path, X = MODELS[name](n)
     ref = run_logits(path, X)
     prog, weights = compile_onnx(path, (1, *X.shape[1:]))
-    before = {}
-    for key, processes in (("tls", True), ("inprocess", False)):
-        print(f"{name}: mpcc bench{' --processes' * processes} (before the sweep)", flush=True)
-        res = bench(path, [1], n, plaintext=False, processes=processes)["results"][0]
-        before[key] = res["e2e_s"]
     rows = []
     with bed.inside("client"):  # the client's links are made in its namespace
         deploy_program(prog, weights, bed.view("client"))
-        with Client(bed.view("client")) as c:
-            c.wait_ready(600)
-            for rtt in rtts:
-                lat: dict[str, list[float]] = {"bed": [], "bed0": []}
-                for i in range(n + 2):  # the first two warm the links at this delay
-                    for key in lat:
-                        bed.set_rtt(rtt if key == "bed" else 0.0)
-                        t = checked(c.predict, X[i % n : i % n + 1], ref[i % n])
-                        if key == "bed":
-                            r = c.stats.requests[-1]
-                        wait_for_stock(c)
-                        if i >= 2:
-                            lat[key].append(t)
-                rows.append(point(name, prog, Link(rtt / 1e3, gbps), r, lat, before))
-                print(line(rows[-1]), flush=True)
+        c = Client(bed.view("client"))
+        c.wait_ready(600)
+    with c:
+        for rtt in rtts:
+            before = {}
+            for key, processes in (("tls", True), ("inprocess", False)):
+                print(f"{name}: mpcc bench{' --processes' * processes}", flush=True)
+                res = bench(path, [1], n, plaintext=False, processes=processes)["results"][0]
+                before[key] = res["e2e_s"]
+            lat: dict[str, list[float]] = {"bed": [], "bed0": []}
+            for i in range(n + 2):  # the first two warm the links at this delay
+                for key in lat:
+                    bed.set_rtt(rtt if key == "bed" else 0.0)
+                    t = checked(c.predict, X[i % n : i % n + 1], ref[i % n])
+                    if key == "bed":
+                        r = c.stats.requests[-1]
+                    wait_for_stock(c)
+                    if i >= 2:
+                        lat[key].append(t)
+            rows.append(point(name, prog, Link(rtt / 1e3, gbps), r, lat, before))
+            print(line(rows[-1]), flush=True)
     return rows
 
 
@@ -215,7 +216,7 @@ def markdown(report: dict) -> str:
         "delay + (rounds + 4) x RTT/2 (*delays*: the rounds, the client's two legs, P0's",
         "announcement and P1's go) + bytes on the wire (frames, TLS records, TCP/IP headers)",
         "/ rate. Its no-delay term (the query's latency with no delay) is measured three ways:",
-        "**TLS** = `mpcc bench --processes` run once before the model's sweep (three party",
+        "**TLS** = `mpcc bench --processes` run just before the point (three party",
         "processes over TLS on localhost: what `mpcc bench --processes --network RTT,Gbps`",
         "projects), **in process** = `mpcc bench` (threads and queues: what",
         "`mpcc bench --network RTT,Gbps` projects), and **bed 0** = this bed with the relays",
@@ -242,7 +243,7 @@ def markdown(report: dict) -> str:
         out.append(
             f"- {NAMES[r['model']]} at {r['rtt_ms']:g} ms: TLS "
             f"{b['tls']['median'] * 1e3:.1f}, in process {b['inprocess']['median'] * 1e3:.1f} "
-            f"(both before the sweep), bed 0 {b['bed0']['median'] * 1e3:.1f}; P0's bytes on "
+            f"(just before), bed 0 {b['bed0']['median'] * 1e3:.1f}; P0's bytes on "
             f"the socket {r['wire_bytes'][0]:,} measured, {r['wire_bytes_projected']:,.0f} "
             "projected"
         )
@@ -288,6 +289,7 @@ def chart(report: dict, path: Path) -> bool:
             "^:",
             label="projection (in process)",
         )
+        ax.plot(rtt, [r["projection_bed0_s"] * 1e3 for r in rows], "x", label="projection (bed 0)")
         ax.plot(rtt, [r["floor_s"] * 1e3 for r in rows], ":", color="gray", label="delays alone")
         ax.set_title(f"{NAMES[name]}, {rows[0]['rounds']} rounds")
         ax.set_xlabel("RTT (ms)")
