@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -315,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     if why:
         print(f"benchmarks/wan.py: {why}", file=sys.stderr)
         return 2
+    # killed (SIGTERM): leave through the `with` blocks, which delete the bed and stop
+    # every process this run started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rtts = list(SWEEP_MS) if args.sweep else args.rtt
     report: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
