@@ -119,49 +119,54 @@ def checked(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, ref: np.
 def run_model(bed: WanBed, name: str, rtts: list[float], gbps: float, n: int) -> list[dict]:
     """The model at each RTT through the bed, beside `mpcc bench --network`'s projections.
 
-    The projection's no-delay term is what `mpcc bench --processes` (*TLS*: three party
-    processes over TLS on localhost) and `mpcc bench` (*in process*: threads and queues)
-    measure, run just before each point (the machine's load drifts). A third projection
-    takes it from this bed with the relays at 0 ms (*bed 0*: the same processes and relays,
-    which isolates the network model from the no-delay estimate), measured interleaved with
-    the point's queries (one at the point's RTT, one at 0 ms, in turn, each once the parties
-    hold their stock of material again: `wait_for_stock`), so both see the same load."""
+    The projection's no-delay term is measured four ways. Interleaved with the point's
+    queries, so that all see the same machine load (in turn: a query at the point's RTT, one
+    with the relays at 0 ms, one on localhost, each once the parties hold their stock of
+    material again: `wait_for_stock`): *TLS*, three party processes over TLS on localhost
+    (what `mpcc bench --processes` measures), and *bed 0*, this bed at 0 ms (the same
+    processes and relays: it isolates the network model from the no-delay estimate). Run
+    just before the point: *bench*, `mpcc bench --processes` itself, and *in process*,
+    `mpcc bench` (threads and queues)."""
+    from mpcc.serving.local import serve_locally
     from mpcc.zoo.reference import run_logits
 
     path, X = MODELS[name](n)
     ref = run_logits(path, X)
     prog, weights = compile_onnx(path, (1, *X.shape[1:]))
     rows = []
-    with bed.inside("client"):  # the client's links are made in its namespace
-        deploy_program(prog, weights, bed.view("client"))
-        c = Client(bed.view("client"))
-        c.wait_ready(600)
-    with c:
-        for rtt in rtts:
-            before = {}
-            for key, processes in (("tls", True), ("inprocess", False)):
-                print(f"{name}: mpcc bench{' --processes' * processes}", flush=True)
-                res = bench(path, [1], n, plaintext=False, processes=processes)["results"][0]
-                before[key] = res["e2e_s"]
-            lat: dict[str, list[float]] = {"bed": [], "bed0": []}
-            for i in range(n + 2):  # the first two warm the links at this delay
-                for key in lat:
-                    bed.set_rtt(rtt if key == "bed" else 0.0)
-                    t = checked(c.predict, X[i % n : i % n + 1], ref[i % n])
-                    if key == "bed":
-                        r = c.stats.requests[-1]
-                    wait_for_stock(c)
-                    if i >= 2:
-                        lat[key].append(t)
-            rows.append(point(name, prog, Link(rtt / 1e3, gbps), r, lat, before))
-            print(line(rows[-1]), flush=True)
+    with serve_locally(prog, weights) as local:
+        with bed.inside("client"):  # the client's links are made in its namespace
+            deploy_program(prog, weights, bed.view("client"))
+            c = Client(bed.view("client"))
+            c.wait_ready(600)
+        with c:
+            for rtt in rtts:
+                before = {}
+                for key, processes in (("bench", True), ("inprocess", False)):
+                    print(f"{name}: mpcc bench{' --processes' * processes}", flush=True)
+                    res = bench(path, [1], n, plaintext=False, processes=processes)
+                    before[key] = res["results"][0]["e2e_s"]
+                lat: dict[str, list[float]] = {"bed": [], "bed0": [], "tls": []}
+                for i in range(n + 2):  # the first two warm the links at this delay
+                    for key in lat:
+                        client = local if key == "tls" else c
+                        if key != "tls":
+                            bed.set_rtt(rtt if key == "bed" else 0.0)
+                        t = checked(client.predict, X[i % n : i % n + 1], ref[i % n])
+                        if key == "bed":
+                            r = c.stats.requests[-1]
+                        wait_for_stock(client)
+                        if i >= 2:
+                            lat[key].append(t)
+                rows.append(point(name, prog, Link(rtt / 1e3, gbps), r, lat, before))
+                print(line(rows[-1]), flush=True)
     return rows
 
 
 def point(name: str, prog: Any, link: Link, r: Any, lat: dict, before: dict) -> dict:
     """One RTT's row: the bed's latencies, the query's traffic, the projections."""
     q = traffic(prog, r)
-    no_delay = {"bed0": stats(lat["bed0"]), **before}
+    no_delay = {k: stats(v) for k, v in lat.items() if k != "bed"} | before
     proj = {k: link.project_query(v["median"], q)["latency_s"] for k, v in no_delay.items()}
     row = {
         "model": name,
@@ -181,7 +186,7 @@ def point(name: str, prog: Any, link: Link, r: Any, lat: dict, before: dict) -> 
         "terms": link.project_query(no_delay["tls"]["median"], q),
     }
     med = row["latency_s"]["median"]
-    for k in ("tls", "inprocess", "bed0"):
+    for k in ("tls", "bench", "inprocess", "bed0"):
         key = "projection" if k == "tls" else f"projection_{k}"
         row[key + "_s"] = proj[k]
         row[key + "_error"] = proj[k] / med - 1
@@ -194,8 +199,8 @@ def line(r: dict) -> str:
         f"{r['model']:9s} RTT {r['rtt_ms']:5g} ms: median {lat['median'] * 1e3:7.1f} ms "
         f"p90 {lat['p90'] * 1e3:7.1f} ms | {r['rounds']} rounds, delays "
         f"{r['floor_s'] * 1e3:7.1f} ms | projection {r['projection_s'] * 1e3:7.1f} ms "
-        f"({r['projection_error']:+.0%}), in process {r['projection_inprocess_error']:+.0%}, "
-        f"bed 0 {r['projection_bed0_error']:+.0%}"
+        f"({r['projection_error']:+.0%}), bench {r['projection_bench_error']:+.0%}, in process "
+        f"{r['projection_inprocess_error']:+.0%}, bed 0 {r['projection_bed0_error']:+.0%}"
     )
 
 
@@ -216,18 +221,20 @@ def markdown(report: dict) -> str:
         "Projection (`mpcc.bench.network.Link.project_query`) = the query's latency with no",
         "delay + (rounds + 4) x RTT/2 (*delays*: the rounds, the client's two legs, P0's",
         "announcement and P1's go) + bytes on the wire (frames, TLS records, TCP/IP headers)",
-        "/ rate. Its no-delay term (the query's latency with no delay) is measured three ways:",
-        "**TLS** = `mpcc bench --processes` run just before the point (three party",
-        "processes over TLS on localhost: what `mpcc bench --processes --network RTT,Gbps`",
-        "projects), **in process** = `mpcc bench` (threads and queues: what",
-        "`mpcc bench --network RTT,Gbps` projects), and **bed 0** = this bed with the relays",
-        "at 0 ms, interleaved with the point's queries (the same processes, relays and load:",
-        "it isolates the network model from the no-delay estimate).",
+        "/ rate. Its no-delay term (the query's latency with no delay) is measured four ways.",
+        "Interleaved with the point's queries (in turn, each once the parties hold their stock",
+        "of material again), so all see the same load: **TLS** = three party processes over",
+        "TLS on localhost (what `mpcc bench --processes` measures, and so what",
+        "`mpcc bench --processes --network RTT,Gbps` projects from), and **bed 0** = this bed",
+        "with the relays at 0 ms (the same processes and relays: it isolates the network",
+        "model from the no-delay estimate). Run just before the point: **bench** =",
+        "`mpcc bench --processes` itself, and **in process** = `mpcc bench` (threads and",
+        "queues: what `mpcc bench --network RTT,Gbps` projects from).",
         "Errors are against the measured median.",
         "",
         "| model | RTT ms | median ms | p90 ms | rounds | bytes/party | delays ms "
-        "| projection (TLS) ms | error | in process | bed 0 |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| projection (TLS) ms | error | bench | in process | bed 0 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["rows"]:
         lat = r["latency_s"]
@@ -235,17 +242,17 @@ def markdown(report: dict) -> str:
             f"| {NAMES[r['model']]} | {r['rtt_ms']:g} | {lat['median'] * 1e3:.1f} "
             f"| {lat['p90'] * 1e3:.1f} | {r['rounds']} | {max(r['sent_bytes']) / 1e6:.2f} MB "
             f"| {r['floor_s'] * 1e3:.1f} | {r['projection_s'] * 1e3:.1f} "
-            f"| {r['projection_error']:+.0%} | {r['projection_inprocess_error']:+.0%} "
-            f"| {r['projection_bed0_error']:+.0%} |"
+            f"| {r['projection_error']:+.0%} | {r['projection_bench_error']:+.0%} "
+            f"| {r['projection_inprocess_error']:+.0%} | {r['projection_bed0_error']:+.0%} |"
         )
     out += ["", "No-delay latencies (median ms):", ""]
     for r in report["rows"]:
         b = r["no_delay_s"]
         out.append(
-            f"- {NAMES[r['model']]} at {r['rtt_ms']:g} ms: TLS "
-            f"{b['tls']['median'] * 1e3:.1f}, in process {b['inprocess']['median'] * 1e3:.1f} "
-            f"(just before), bed 0 {b['bed0']['median'] * 1e3:.1f}; P0's bytes on "
-            f"the socket {r['wire_bytes'][0]:,} measured, {r['wire_bytes_projected']:,.0f} "
+            f"- {NAMES[r['model']]} at {r['rtt_ms']:g} ms: TLS {b['tls']['median'] * 1e3:.1f}, "
+            f"bed 0 {b['bed0']['median'] * 1e3:.1f}, bench {b['bench']['median'] * 1e3:.1f}, "
+            f"in process {b['inprocess']['median'] * 1e3:.1f}; P0's bytes on the socket "
+            f"{r['wire_bytes'][0]:,} measured, {r['wire_bytes_projected']:,.0f} "
             "projected"
         )
     m = report["machine"]
@@ -284,6 +291,7 @@ def chart(report: dict, path: Path) -> bool:
             label="measured (median, p90)",
         )
         ax.plot(rtt, [r["projection_s"] * 1e3 for r in rows], "s--", label="projection (TLS)")
+        ax.plot(rtt, [r["projection_bench_s"] * 1e3 for r in rows], "+", label="projection (bench)")
         ax.plot(
             rtt,
             [r["projection_inprocess_s"] * 1e3 for r in rows],
