@@ -27,6 +27,11 @@ class Call:
     def cost(self) -> Cost:
         raise NotImplementedError
 
+    def dealer_p0(self) -> int:
+        """Bytes the dealer sends P0 for one query on top of `cost().dealer` (to P1): 0 for
+        protocols whose P0 material all comes from its seed; FSS keys' common words."""
+        return 0
+
 
 @dataclass(frozen=True)
 class Linear(Call):
@@ -122,4 +127,43 @@ class Sign(Call):
         return costs.sign(self.n)
 
 
-CALL_TYPES: tuple[type[Call], ...] = (Linear, Multiply, MatMulSS, Truncate, Relu, Square, Sign)
+@dataclass(frozen=True)
+class SignFss(Call):
+    """[x >= 0] of n elements as arithmetic 0/1 shares in one round: a masked opening and a
+    dealer-made distributed comparison function (FSS keys, to both parties)."""
+
+    n: int
+
+    def cost(self) -> Cost:
+        return costs.sign_fss(self.n)
+
+    def dealer_p0(self) -> int:
+        return costs.dcf_key(self.n, ring=True)
+
+
+@dataclass(frozen=True)
+class ReluFss(Call):
+    """ReLU of n elements (`shift` bits truncated in the same protocol) in two rounds: a
+    one-bit DCF for the sign, then a daBit select (FSS keys, to both parties)."""
+
+    n: int
+    shift: int
+
+    def cost(self) -> Cost:
+        return costs.relu_fss(self.n, self.shift)
+
+    def dealer_p0(self) -> int:
+        return costs.dcf_key(self.n, ring=False)
+
+
+CALL_TYPES: tuple[type[Call], ...] = (
+    Linear,
+    Multiply,
+    MatMulSS,
+    Truncate,
+    Relu,
+    Square,
+    Sign,
+    SignFss,
+    ReluFss,
+)
