@@ -74,6 +74,21 @@ def test_dcf_shares_the_comparison(bits: int, ring: bool) -> None:
     assert 0.4 < (y0 & U64(1)).mean() < 0.6
 
 
+@pytest.mark.parametrize("ring", [True, False])
+def test_dcf_in_chunks(ring: bool, monkeypatch) -> None:
+    """Elements go through the levels in chunks: several, the last one short."""
+    monkeypatch.setattr(dcf, "CHUNK", 128)
+    n, bits = 1000, 62
+    alpha, x = _dcf_points(bits, n, np.random.default_rng(9))
+    roots = (dcf.root_seeds(_prg("c0"), n), dcf.root_seeds(_prg("c1"), n))
+    key = dcf.gen(alpha, 1, 0, roots, bits, ring)
+    y = sum(dcf.evaluate(p, roots[p], key, x, bits, ring) for p in (0, 1))
+    want = (x < alpha).astype(np.uint64)
+    np.testing.assert_array_equal(y if ring else y & U64(1), want)
+    monkeypatch.setattr(dcf, "CHUNK", 1 << 20)  # the same words in one pass
+    np.testing.assert_array_equal(dcf.gen(alpha, 1, 0, roots, bits, ring), key)
+
+
 def test_dcf_key_words_look_uniform() -> None:
     """The common words (the seed corrections, ~85% of the key) are uniform bytes."""
     n = 2000

@@ -49,6 +49,10 @@ from mpcc.runtime.prg import Prg
 # The public fixed key of the MMO PRG.
 FIXED_KEY = hashlib.sha256(b"mpcc/dcf/G: fixed-key AES-128, Matyas-Meyer-Oseas").digest()[:16]
 SEED_WORDS = 2  # 128-bit seeds
+# Elements per pass through the levels (a multiple of 64): big enough that a level's AES
+# call amortises its overhead, small enough to bound the pass's buffers (Gen: 200 B per
+# element, ~3 MB). Measured at n = 10^5: 2^10..2^20 all within noise of each other.
+CHUNK = 1 << 14
 _CLEAR = ~np.uint64(3)
 _ONE = np.uint64(1)
 
@@ -124,31 +128,47 @@ def gen(
     out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Dealer: the common correction words (flat uint64, `key_words` long) of n DCFs for
-    [x < alpha] with payload beta and offset gamma (n each), given both parties' root seeds
-    ([n, 2] each, from `root_seeds`). Writes into `out` if given."""
+    [x < alpha] with payload beta and offset gamma (n each, or scalars), given both parties'
+    root seeds ([n, 2] each, from `root_seeds`). Writes into `out` if given."""
     bits = _bits(bits)
     alpha = np.ascontiguousarray(alpha, dtype=np.uint64).reshape(-1)
     n = alpha.size
     if bits < 64 and np.any(alpha >> np.uint64(bits)):
         raise ValueError(f"DCF: alpha does not fit in {bits} bits")
     beta = np.ascontiguousarray(np.broadcast_to(np.asarray(beta, np.uint64), (n,)))
+    gamma = np.ascontiguousarray(np.broadcast_to(np.asarray(gamma, np.uint64), (n,)))
     if out is None:
         out = np.empty(key_words(n, bits, ring), dtype=np.uint64)
     k = split(out, n, bits, ring)
     k["vcw"][...] = 0
     k["tcw"][...] = 0
-    s = np.stack([np.asarray(r, np.uint64).reshape(n, 2) for r in roots])
+    r0, r1 = (np.asarray(r, np.uint64).reshape(n, 2) for r in roots)
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        _gen_chunk(alpha[lo:hi], beta[lo:hi], gamma[lo:hi], r0[lo:hi], r1[lo:hi], bits, ring, k, lo)
+    return out
+
+
+def _gen_chunk(alpha, beta, gamma, r0, r1, bits, ring, k, lo) -> None:
+    """Gen for the elements lo.. lo + len(alpha) (lo a multiple of 64): every level's AES
+    over the chunk in one call, so the chunk's state stays in cache across the levels."""
+    n, wlo = alpha.size, lo // 64
+    wsl = slice(wlo, wlo + bitslice.words(n))
+    s = np.stack([r0, r1])
     t = np.zeros((2, n), dtype=np.uint64)
     t[1] = 1
     valpha = np.zeros(n, dtype=np.uint64)
-    valpha -= np.asarray(gamma, dtype=np.uint64)
+    valpha -= gamma
     inp = np.empty((2, n, 3, 2), dtype=np.uint64)
     inp[...] = s[:, :, None, :]
     inp[:, :, :, 0] ^= np.arange(3, dtype=np.uint64)
     aes = _Mmo(inp.shape)
-    dummy = np.empty((1, 1), dtype=np.uint64)
+    dummy = np.empty(1, dtype=np.uint64)
     for level in range(bits):
-        vcw, vbits = (k["vcw"][level], dummy[0]) if ring else (dummy[0], k["vcw"][level])
+        if ring:
+            vcw, vbits = k["vcw"][level, lo : lo + n], dummy
+        else:
+            vcw, vbits = dummy, k["vcw"][level, wsl]
         gen_level(
             aes(inp),
             inp,
@@ -159,18 +179,17 @@ def gen(
             s,
             t,
             valpha,
-            k["scw"][level],
+            k["scw"][level, lo : lo + n],
             vcw,
             vbits,
-            k["tcw"][level],
+            k["tcw"][level][:, wsl],
         )
     sg = _ONE - (t[1] << _ONE)
     last = sg * (s[1, :, 1] - s[0, :, 1] - valpha)
     if ring:
-        k["last"][...] = last
+        k["last"][lo : lo + n] = last
     else:
-        k["last"][...] = bitslice.pack(last & _ONE, 1)[0]
-    return out
+        k["last"][wsl] = bitslice.pack(last & _ONE, 1)[0]
 
 
 def evaluate(
@@ -182,7 +201,19 @@ def evaluate(
     x = np.ascontiguousarray(x, dtype=np.uint64).reshape(-1)
     n = x.size
     k = split(key, n, bits, ring)
-    s = np.array(np.asarray(root, np.uint64).reshape(n, 2))
+    root = np.asarray(root, np.uint64).reshape(n, 2)
+    v = np.empty(n, dtype=np.uint64)
+    for lo in range(0, n, CHUNK):
+        hi = min(n, lo + CHUNK)
+        v[lo:hi] = _eval_chunk(party, root[lo:hi], k, x[lo:hi], bits, ring, lo)
+    return v if ring else v & _ONE
+
+
+def _eval_chunk(party, root, k, x, bits, ring, lo) -> np.ndarray:
+    """Eval for the elements lo.. lo + len(x) (lo a multiple of 64), a level's AES at once."""
+    n, wlo = x.size, lo // 64
+    wsl = slice(wlo, wlo + bitslice.words(n))
+    s = np.array(root)
     t = np.full(n, party, dtype=np.uint64)
     v = np.zeros(n, dtype=np.uint64)
     blocks = 2 if ring else 1
@@ -194,7 +225,10 @@ def evaluate(
     aes = _Mmo(inp.shape)
     dummy = np.empty(1, dtype=np.uint64)
     for level in range(bits):
-        vcw, vbits = (k["vcw"][level], dummy) if ring else (dummy, k["vcw"][level])
+        if ring:
+            vcw, vbits = k["vcw"][level, lo : lo + n], dummy
+        else:
+            vcw, vbits = dummy, k["vcw"][level, wsl]
         eval_level(
             aes(inp),
             inp,
@@ -205,15 +239,15 @@ def evaluate(
             s,
             t,
             v,
-            k["scw"][level],
+            k["scw"][level, lo : lo + n],
             vcw,
             vbits,
-            k["tcw"][level],
+            k["tcw"][level][:, wsl],
         )
-    last = k["last"] if ring else bitslice.unpack(k["last"], n)
+    last = k["last"][lo : lo + n] if ring else bitslice.unpack(k["last"][wsl], n)
     final = s[:, 1] + t * last
     if party == 1:
         v -= final
     else:
         v += final
-    return v if ring else v & _ONE
+    return v
