@@ -25,10 +25,11 @@ PRG. G(s) for a seed s is fixed-key AES in Matyas-Meyer-Oseas mode, h_j = AES_K(
 (K public; AES modelled as an ideal permutation: Guo, Katz, Wang and Yu, IEEE S&P 2020, the
 PRG of Google's distributed_point_functions). h_0, h_1 give the left and right child (bit 0
 is t, the 2 low bits are cleared in seeds), h_2 the two 64-bit values (one-bit outputs take
-bit 1 of h_0, h_1 instead). Gen needs 3 blocks per node and party; Eval only the blocks of
-its own path: 2 per level (1 with one-bit outputs). Every level is one ECB call over all
-elements (OpenSSL through `cryptography`, AES-NI), and the per-element work of a level is
-one numba kernel (`mpcc.runtime.dcf_kernels`): no Python loop over elements.
+bit 1 of h_0, h_1 instead). Gen needs 3 blocks per node and party (2 with one-bit
+outputs); Eval only the blocks of its own path: 2 per level (1 with one-bit outputs). Every
+level is one ECB call over all elements (of a chunk of `CHUNK`; OpenSSL through
+`cryptography`, AES-NI), and the per-element work of a level is one numba kernel
+(`mpcc.runtime.dcf_kernels`): no Python loop over elements.
 
 Common key words, flat uint64, for n elements (w = ceil(n / 64) packed words):
 s_CW [m, n, 2] | V_CW [m, n] (ring) or [m, w] (bits) | t_CW [m, 2, w] | CW_{m+1} [n] or [w].
@@ -159,9 +160,10 @@ def _gen_chunk(alpha, beta, gamma, r0, r1, bits, ring, k, lo) -> None:
     t[1] = 1
     valpha = np.zeros(n, dtype=np.uint64)
     valpha -= gamma
-    inp = np.empty((2, n, 3, 2), dtype=np.uint64)
+    blocks = 3 if ring else 2  # one-bit values come with the children's blocks
+    inp = np.empty((2, n, blocks, 2), dtype=np.uint64)
     inp[...] = s[:, :, None, :]
-    inp[:, :, :, 0] ^= np.arange(3, dtype=np.uint64)
+    inp[:, :, :, 0] ^= np.arange(blocks, dtype=np.uint64)
     aes = _Mmo(inp.shape)
     dummy = np.empty(1, dtype=np.uint64)
     for level in range(bits):

@@ -32,10 +32,11 @@ def gen_level(
 ):  # pragma: no cover - numba
     """One level of Gen for both parties' paths, all elements (see `dcf.gen`).
 
-    out, inp: [2, n, 3, 2] AES output/input blocks (party, element, block, word); s [2, n, 2],
-    t [2, n] the parties' on-path seeds and control bits (updated); valpha [n] the running
-    on-path sum (updated). Writes this level's correction words: scw [n, 2], and vcw [n]
-    (ring) or vcw_bits [words] (one-bit outputs), tcw_bits [2, words] (left, right)."""
+    out, inp: [2, n, 3 or 2, 2] AES output/input blocks (party, element, block, word; the
+    values block only with ring outputs); s [2, n, 2], t [2, n] the parties' on-path seeds
+    and control bits (updated); valpha [n] the running on-path sum (updated). Writes this
+    level's correction words: scw [n, 2], and vcw [n] (ring) or vcw_bits [words] (one-bit
+    outputs), tcw_bits [2, words] (left, right)."""
     n = alpha.shape[0]
     sl = np.empty((2, 2), dtype=np.uint64)
     sr = np.empty((2, 2), dtype=np.uint64)
@@ -100,7 +101,7 @@ def gen_level(
                 t[b, e] = tl[b] ^ (tb & tkeep)
             s[b, e, 0] = n0
             s[b, e, 1] = n1
-            for j in range(3):
+            for j in range(inp.shape[2]):
                 inp[b, e, j, 0] = n0 ^ np.uint64(j)
                 inp[b, e, j, 1] = n1
 

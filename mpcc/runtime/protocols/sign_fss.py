@@ -32,9 +32,12 @@ online link; fully separate keys would double the dealer's words for no security
 cost model prices the P1 copy in `Cost.dealer` and the P0 copy in `calls.SignFss.dealer_p0`.
 
 Sizes (`dcf.key_words` with m = 62): 62 (3n + 2 ceil(n/64)) + n words, ~1,512 B per element
-to each party; online 8 B per element and party, one round. Measured on the 2-core dev box
-under load from other jobs (n = 10^5): key generation ~1.0 s at the dealer, evaluation
-~0.29 s per party (AES ~0.06 s of it); see the report of issue 13 for the measurement.
+to each party; online 8 B per element and party, one round. Time (`benchmarks/fss.py`,
+n = 10^5, the 2-core dev box at load average ~9.5, wall / CPU seconds): key generation
+0.77 / 0.38 at the dealer, evaluation 0.16 / 0.084 per party (fixed-key AES ~0.03 of it),
+the whole online phase 0.26 wall for both parties in two threads -- against 0.007 for the
+8-round `sign.py`. So FSS pays where 7 saved one-way delays outweigh ~2.6 us per element
+(on this box: layers up to ~13,000 elements at 10 ms RTT), and costs ~100x the dealer bytes.
 """
 
 from __future__ import annotations
