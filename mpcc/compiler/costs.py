@@ -5,7 +5,8 @@ bytes and rounds the transport counts are exactly these. Conventions:
 
 - `rounds`: online communication rounds (each compute party sends one message, then waits).
 - `sent`: bytes each compute party sends to the other online (the protocols are symmetric).
-- `dealer`: bytes the dealer sends to P1 for one query (P0's material all comes from its seed).
+- `dealer`: bytes the dealer sends to P1 for one query (P0's material all comes from its seed,
+  but for FSS keys, whose common words go to P0 too: `calls.Call.dealer_p0`).
 - `macs`: ring multiply-adds each compute party does online (linear layers only).
 - `setup`: bytes each compute party sends once per session (opening the masked weights).
 

@@ -26,6 +26,25 @@ _TWO = np.uint64(2)
 _CLEAR = ~np.uint64(3)
 
 
+@numba.njit(inline="always")
+def _children(out, inp, b, e, a, ring):  # pragma: no cover - numba
+    """Party b's node e expanded and split by the alpha bit a: the kept child's seed words,
+    control bit and value, the lost child's seed words, control bit and value."""
+    hl0 = out[b, e, 0, 0] ^ inp[b, e, 0, 0]
+    hl1 = out[b, e, 0, 1] ^ inp[b, e, 0, 1]
+    hr0 = out[b, e, 1, 0] ^ inp[b, e, 1, 0]
+    hr1 = out[b, e, 1, 1] ^ inp[b, e, 1, 1]
+    if ring:
+        vl = out[b, e, 2, 0] ^ inp[b, e, 2, 0]
+        vr = out[b, e, 2, 1] ^ inp[b, e, 2, 1]
+    else:
+        vl = (hl0 >> _ONE) & _ONE
+        vr = (hr0 >> _ONE) & _ONE
+    if a:  # alpha bit 1: x going left is below alpha (lose = left, keep = right)
+        return hr0 & _CLEAR, hr1, hr0 & _ONE, vr, hl0 & _CLEAR, hl1, hl0 & _ONE, vl
+    return hl0 & _CLEAR, hl1, hl0 & _ONE, vl, hr0 & _CLEAR, hr1, hr0 & _ONE, vr
+
+
 @_jit
 def gen_level(
     out, inp, bitpos, alpha, beta, ring, s, t, valpha, scw, vcw, vcw_bits, tcw_bits
@@ -38,72 +57,50 @@ def gen_level(
     level's correction words: scw [n, 2], and vcw [n] (ring) or vcw_bits [words] (one-bit
     outputs), tcw_bits [2, words] (left, right)."""
     n = alpha.shape[0]
-    sl = np.empty((2, 2), dtype=np.uint64)
-    sr = np.empty((2, 2), dtype=np.uint64)
-    tl = np.empty(2, dtype=np.uint64)
-    tr = np.empty(2, dtype=np.uint64)
-    vl = np.empty(2, dtype=np.uint64)
-    vr = np.empty(2, dtype=np.uint64)
+    blocks = inp.shape[2]
     for e in range(n):
         a = (alpha[e] >> bitpos) & _ONE
-        for b in range(2):
-            hl0 = out[b, e, 0, 0] ^ inp[b, e, 0, 0]
-            hl1 = out[b, e, 0, 1] ^ inp[b, e, 0, 1]
-            hr0 = out[b, e, 1, 0] ^ inp[b, e, 1, 0]
-            hr1 = out[b, e, 1, 1] ^ inp[b, e, 1, 1]
-            tl[b] = hl0 & _ONE
-            tr[b] = hr0 & _ONE
-            sl[b, 0] = hl0 & _CLEAR
-            sl[b, 1] = hl1
-            sr[b, 0] = hr0 & _CLEAR
-            sr[b, 1] = hr1
-            if ring:
-                vl[b] = out[b, e, 2, 0] ^ inp[b, e, 2, 0]
-                vr[b] = out[b, e, 2, 1] ^ inp[b, e, 2, 1]
-            else:
-                vl[b] = (hl0 >> _ONE) & _ONE
-                vr[b] = (hr0 >> _ONE) & _ONE
-        # alpha bit 1: x going left is below alpha (lose = left, keep = right)
-        if a:
-            c0 = sl[0, 0] ^ sl[1, 0]
-            c1 = sl[0, 1] ^ sl[1, 1]
-            vlose0, vlose1, vkeep0, vkeep1 = vl[0], vl[1], vr[0], vr[1]
-        else:
-            c0 = sr[0, 0] ^ sr[1, 0]
-            c1 = sr[0, 1] ^ sr[1, 1]
-            vlose0, vlose1, vkeep0, vkeep1 = vr[0], vr[1], vl[0], vl[1]
+        k00, k01, kt0, kv0, l00, l01, lt0, lv0 = _children(out, inp, 0, e, a, ring)
+        k10, k11, kt1, kv1, l10, l11, lt1, lv1 = _children(out, inp, 1, e, a, ring)
+        c0 = l00 ^ l10
+        c1 = l01 ^ l11
         scw[e, 0] = c0
         scw[e, 1] = c1
-        sg = _ONE - (t[1, e] << _ONE)  # (-1)^t1
-        v = sg * (vlose1 - vlose0 - valpha[e]) + sg * beta[e] * a
-        valpha[e] += vkeep0 - vkeep1 + sg * v
+        t0 = t[0, e]
+        t1 = t[1, e]
+        sg = _ONE - (t1 << _ONE)  # (-1)^t1
+        v = sg * (lv1 - lv0 - valpha[e]) + sg * beta[e] * a
+        valpha[e] += kv0 - kv1 + sg * v
         w = e // 64
         lane = np.uint64(e & 63)
         if ring:
             vcw[e] = v
         else:
             vcw_bits[w] |= (v & _ONE) << lane
-        tcl = tl[0] ^ tl[1] ^ a ^ _ONE
-        tcr = tr[0] ^ tr[1] ^ a
+        # t_CW^L = tL0 ^ tL1 ^ a ^ 1, t_CW^R = tR0 ^ tR1 ^ a: the kept one is kt0 ^ kt1 ^ 1
+        tkeep = kt0 ^ kt1 ^ _ONE
+        tlose = lt0 ^ lt1
+        tcl = tlose if a else tkeep
+        tcr = tkeep if a else tlose
         tcw_bits[0, w] |= tcl << lane
         tcw_bits[1, w] |= tcr << lane
-        tkeep = tcr if a else tcl
-        for b in range(2):
-            tb = t[b, e]
-            mask = np.uint64(0) - tb
-            if a:
-                n0 = sr[b, 0] ^ (c0 & mask)
-                n1 = sr[b, 1] ^ (c1 & mask)
-                t[b, e] = tr[b] ^ (tb & tkeep)
-            else:
-                n0 = sl[b, 0] ^ (c0 & mask)
-                n1 = sl[b, 1] ^ (c1 & mask)
-                t[b, e] = tl[b] ^ (tb & tkeep)
-            s[b, e, 0] = n0
-            s[b, e, 1] = n1
-            for j in range(inp.shape[2]):
-                inp[b, e, j, 0] = n0 ^ np.uint64(j)
-                inp[b, e, j, 1] = n1
+        m0 = np.uint64(0) - t0
+        m1 = np.uint64(0) - t1
+        n00 = k00 ^ (c0 & m0)
+        n01 = k01 ^ (c1 & m0)
+        n10 = k10 ^ (c0 & m1)
+        n11 = k11 ^ (c1 & m1)
+        t[0, e] = kt0 ^ (t0 & tkeep)
+        t[1, e] = kt1 ^ (t1 & tkeep)
+        s[0, e, 0] = n00
+        s[0, e, 1] = n01
+        s[1, e, 0] = n10
+        s[1, e, 1] = n11
+        for j in range(blocks):
+            inp[0, e, j, 0] = n00 ^ np.uint64(j)
+            inp[0, e, j, 1] = n01
+            inp[1, e, j, 0] = n10 ^ np.uint64(j)
+            inp[1, e, j, 1] = n11
 
 
 @_jit
