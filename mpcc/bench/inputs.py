@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mpcc.compiler import ops
 from mpcc.compiler.ir import Program
 from mpcc.errors import MpccError
 from mpcc.inputs import ONEHOT, input_shape
@@ -28,7 +29,7 @@ def plan_input(prog: Program) -> tuple[tuple[int, ...], int | None]:
     """The shape of what a client passes for the plan's (first) input, and for token ids
     (a one-hot encoded input) the vocabulary size; None for a real-valued input."""
     name, vid = prog.inputs[0]
-    ins = next(i for i in prog.instrs if i.op.name == "input" and i.attrs["name"] == name)
+    ins = next(i for i in prog.instrs if i.op is ops.input and i.attrs["name"] == name)
     encoding = ins.attrs.get("encoding")
     shape = input_shape(prog.value(vid).shape, encoding)
     return shape, (int(ins.attrs["depth"]) if encoding == ONEHOT else None)

@@ -27,6 +27,11 @@ class Call:
     def cost(self) -> Cost:
         raise NotImplementedError
 
+    def dealer_p0(self) -> int:
+        """Bytes the dealer sends P0 for one query on top of `cost().dealer` (to P1): 0 for
+        protocols whose P0 material all comes from its seed; FSS keys' common words."""
+        return 0
+
 
 @dataclass(frozen=True)
 class Linear(Call):
@@ -167,6 +172,35 @@ class Powers(Call):
         return costs.powers(self.n, len(self.levels()), len(prods), squares)
 
 
+@dataclass(frozen=True)
+class SignFss(Call):
+    """[x >= 0] of n elements as arithmetic 0/1 shares in one round: a masked opening and a
+    dealer-made distributed comparison function (FSS keys, to both parties)."""
+
+    n: int
+
+    def cost(self) -> Cost:
+        return costs.sign_fss(self.n)
+
+    def dealer_p0(self) -> int:
+        return costs.dcf_key(self.n, ring=True)
+
+
+@dataclass(frozen=True)
+class ReluFss(Call):
+    """ReLU of n elements (`shift` bits truncated in the same protocol) in two rounds: a
+    one-bit DCF for the sign, then a daBit select (FSS keys, to both parties)."""
+
+    n: int
+    shift: int
+
+    def cost(self) -> Cost:
+        return costs.relu_fss(self.n, self.shift)
+
+    def dealer_p0(self) -> int:
+        return costs.dcf_key(self.n, ring=False)
+
+
 CALL_TYPES: tuple[type[Call], ...] = (
     Linear,
     Multiply,
@@ -176,4 +210,6 @@ CALL_TYPES: tuple[type[Call], ...] = (
     Square,
     Sign,
     Powers,
+    SignFss,
+    ReluFss,
 )

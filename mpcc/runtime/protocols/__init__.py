@@ -7,7 +7,9 @@ from mpcc.runtime.protocols import (
     multiply,
     powers,
     relu,
+    relu_fss,
     sign,
+    sign_fss,
     square,
     truncation,
 )
@@ -15,7 +17,18 @@ from mpcc.runtime.protocols.base import Protocol
 
 BY_CALL: dict[type[Call], Protocol] = {
     m.PROTOCOL.call: m.PROTOCOL
-    for m in (linear, multiply, matmul_ss, truncation, relu, square, sign, powers)
+    for m in (
+        linear,
+        multiply,
+        matmul_ss,
+        truncation,
+        relu,
+        square,
+        sign,
+        powers,
+        sign_fss,
+        relu_fss,
+    )
 }
 
 
