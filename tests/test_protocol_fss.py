@@ -89,20 +89,31 @@ def test_dcf_in_chunks(ring: bool, monkeypatch) -> None:
     np.testing.assert_array_equal(dcf.gen(alpha, 1, 0, roots, bits, ring), key)
 
 
-def test_dcf_key_words_look_uniform() -> None:
-    """The common words (the seed corrections, ~85% of the key) are uniform bytes."""
-    n = 2000
-    rng = np.random.default_rng(5)
-    alpha = rng.integers(0, 2**62, n, dtype=np.uint64)
-    roots = (dcf.root_seeds(_prg("u0"), n), dcf.root_seeds(_prg("u1"), n))
-    for zero in (np.zeros(n, np.uint64), alpha):  # the words do not depend on alpha
-        key = dcf.split(dcf.gen(zero, 1, 0, roots, 62), n, 62)
-        words = np.ascontiguousarray(key["scw"][..., 1]).reshape(
-            -1
-        )  # word 0 has its 2 low bits clear by design
-        counts = np.bincount(words.view(np.uint8), minlength=256)
-        expect = counts.sum() / 256
-        assert ((counts - expect) ** 2 / expect).sum() < 255 + 8 * np.sqrt(2 * 255)
+@pytest.mark.parametrize("ring", [True, False])
+def test_dcf_key_words_look_uniform(ring: bool) -> None:
+    """Every bit of the common words is a fair coin whatever alpha is (the seed words' 2 low
+    bits excepted: clear by design), so the words a party receives say nothing of alpha."""
+    n = 2048  # whole packed words: no padding lanes
+    roots = (dcf.root_seeds(_prg("u0", ring), n), dcf.root_seeds(_prg("u1", ring), n))
+    alphas = {
+        "zero": np.zeros(n, np.uint64),
+        "top": np.full(n, 2**62 - 1, np.uint64),
+        "random": np.random.default_rng(5).integers(0, 2**62, n, dtype=np.uint64),
+    }
+    for name, alpha in alphas.items():
+        key = dcf.split(dcf.gen(alpha, 1, 0, roots, 62, ring), n, 62, ring)
+        parts = {
+            "scw0": key["scw"][..., 0] >> U64(2),
+            "scw1": key["scw"][..., 1],
+            "vcw": key["vcw"],
+            "tcw": key["tcw"],
+            "last": key["last"],
+        }
+        for part, a in parts.items():
+            a = np.ascontiguousarray(a).reshape(-1)
+            f = _bit_freq(a)[: 62 if part == "scw0" else 64]
+            assert np.all(np.abs(f - 0.5) < 6 * 0.5 / np.sqrt(a.size)), (name, part, f)
+        assert not np.any(key["scw"][..., 0] & U64(3))
 
 
 def test_dcf_refuses_bad_keys_and_inputs() -> None:
