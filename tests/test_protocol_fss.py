@@ -285,8 +285,8 @@ def test_material_is_used_exactly_once() -> None:
 
 # --- the parties' views -----------------------------------------------------------------------
 
-VIEW_N = 4000  # not a multiple of 64: padding lanes are in the view too
-VIEW_RUNS = 20
+VIEW_N = 6000  # not a multiple of 64: padding lanes are in the view too
+VIEW_RUNS = 10
 
 
 def _opened(call: calls.Call, rounds) -> dict[str, np.ndarray]:
