@@ -82,27 +82,18 @@ def _draw(n: int, prg: Prg) -> tuple[np.ndarray, np.ndarray]:
     return r, dcf.root_seeds(prg, n)
 
 
-def comparison_key(
-    r: np.ndarray,
-    roots: tuple[np.ndarray, np.ndarray],
-    ring: bool,
-    offset: np.ndarray | int = 0,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """The DCF whose two evaluations at c mod 2^62 add up to r_62 xor [c mod 2^62 < r mod 2^62]
-    (plus `offset`, mod 2 with one-bit outputs): the sign of x from c = x + 2^62 + r. Its
-    common words are written into `out` if given."""
+def comparison_key(r: np.ndarray, roots: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The DCF whose two evaluations at c mod 2^62 add up to r_62 xor [c mod 2^62 < r mod 2^62]:
+    the sign of x from c = x + 2^62 + r (64-bit outputs)."""
     r62 = (r >> _SIXTY_TWO) & _ONE
-    beta = _ONE - (r62 << _ONE) if ring else _ONE
-    gamma = r62 + np.asarray(offset, dtype=np.uint64)
-    return dcf.gen(r & LOW62, beta, gamma, roots, BITS, ring, out=out)
+    return dcf.gen(r & LOW62, _ONE - (r62 << _ONE), r62, roots, BITS, ring=True)
 
 
 def deal(n: int, prg0: Prg, prg1: Prg) -> np.ndarray:
     """Dealer: the common DCF key words (`costs.sign_fss(n).dealer` bytes), for P1 and P0."""
     r0, root0 = _draw(n, prg0)
     r1, root1 = _draw(n, prg1)
-    return comparison_key(r0 + r1, (root0, root1), ring=True)
+    return comparison_key(r0 + r1, (root0, root1))
 
 
 def checked_key(protocol: str, party: int, correction: np.ndarray | None, words: int) -> np.ndarray:
