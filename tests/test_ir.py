@@ -73,6 +73,7 @@ def test_every_call_type_has_a_protocol_priced_as_it_deals() -> None:
         calls.Relu: calls.Relu(130, 16),
         calls.Square: calls.Square(70),
         calls.Sign: calls.Sign(130),
+        calls.Powers: calls.Powers(70, 3, 20, (1, 2, 3, 5, 7)),
         calls.SignFss: calls.SignFss(130),
         calls.ReluFss: calls.ReluFss(130, 16),
     }

@@ -94,6 +94,23 @@ def truncate(n: int) -> Cost:
     return Cost(rounds=1, sent=WORD * n, dealer=2 * WORD * n)
 
 
+def powers(n: int, levels: int, products: int, squares: int) -> Cost:
+    """Powers of one secret with every wire opened once (`runtime/protocols/powers.py`).
+
+    Round 1 truncates the input (opening c = x + 2^62 + r); each later round computes one
+    level's products locally from the opened wires and the dealer's mask products, and
+    truncates them (one opening each). Dealer: each wire's truncation corrections [r_hi],
+    [r_63]; per product the mask cross terms (4 words, 2 for a square)."""
+    wires = 1 + products
+    cross = 4 * (products - squares) + 2 * squares
+    return Cost(
+        rounds=1 + levels,
+        sent=WORD * n * wires,
+        dealer=WORD * n * (2 * wires + cross),
+        macs=n * products,
+    )
+
+
 def relu(n: int, shift: int = 0) -> Cost:
     """ReLU of x (optionally of x truncated by `shift` bits) by masked opening + bit tree.
 

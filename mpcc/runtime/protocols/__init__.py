@@ -5,6 +5,7 @@ from mpcc.runtime.protocols import (
     linear,
     matmul_ss,
     multiply,
+    powers,
     relu,
     relu_fss,
     sign,
@@ -16,7 +17,18 @@ from mpcc.runtime.protocols.base import Protocol
 
 BY_CALL: dict[type[Call], Protocol] = {
     m.PROTOCOL.call: m.PROTOCOL
-    for m in (linear, multiply, matmul_ss, truncation, relu, square, sign, sign_fss, relu_fss)
+    for m in (
+        linear,
+        multiply,
+        matmul_ss,
+        truncation,
+        relu,
+        square,
+        sign,
+        powers,
+        sign_fss,
+        relu_fss,
+    )
 }
 
 
