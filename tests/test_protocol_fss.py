@@ -123,6 +123,8 @@ def test_dcf_refuses_bad_keys_and_inputs() -> None:
     key = dcf.gen(np.zeros(4, np.uint64), 1, 0, roots, 8)
     with pytest.raises(ValueError, match="key"):
         dcf.evaluate(0, roots[0], key[:-1], np.zeros(4, np.uint64), 8)
+    with pytest.raises(ValueError, match="point does not fit"):
+        dcf.evaluate(0, roots[0], key, np.array([0, 0, 256, 0], np.uint64), 8)
     with pytest.raises(ValueError, match="1..64"):
         dcf.gen(np.zeros(4, np.uint64), 1, 0, roots, 65)
 
