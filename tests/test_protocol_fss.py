@@ -89,20 +89,31 @@ def test_dcf_in_chunks(ring: bool, monkeypatch) -> None:
     np.testing.assert_array_equal(dcf.gen(alpha, 1, 0, roots, bits, ring), key)
 
 
-def test_dcf_key_words_look_uniform() -> None:
-    """The common words (the seed corrections, ~85% of the key) are uniform bytes."""
-    n = 2000
-    rng = np.random.default_rng(5)
-    alpha = rng.integers(0, 2**62, n, dtype=np.uint64)
-    roots = (dcf.root_seeds(_prg("u0"), n), dcf.root_seeds(_prg("u1"), n))
-    for zero in (np.zeros(n, np.uint64), alpha):  # the words do not depend on alpha
-        key = dcf.split(dcf.gen(zero, 1, 0, roots, 62), n, 62)
-        words = np.ascontiguousarray(key["scw"][..., 1]).reshape(
-            -1
-        )  # word 0 has its 2 low bits clear by design
-        counts = np.bincount(words.view(np.uint8), minlength=256)
-        expect = counts.sum() / 256
-        assert ((counts - expect) ** 2 / expect).sum() < 255 + 8 * np.sqrt(2 * 255)
+@pytest.mark.parametrize("ring", [True, False])
+def test_dcf_key_words_look_uniform(ring: bool) -> None:
+    """Every bit of the common words is a fair coin whatever alpha is (the seed words' 2 low
+    bits excepted: clear by design), so the words a party receives say nothing of alpha."""
+    n = 2048  # whole packed words: no padding lanes
+    roots = (dcf.root_seeds(_prg("u0", ring), n), dcf.root_seeds(_prg("u1", ring), n))
+    alphas = {
+        "zero": np.zeros(n, np.uint64),
+        "top": np.full(n, 2**62 - 1, np.uint64),
+        "random": np.random.default_rng(5).integers(0, 2**62, n, dtype=np.uint64),
+    }
+    for name, alpha in alphas.items():
+        key = dcf.split(dcf.gen(alpha, 1, 0, roots, 62, ring), n, 62, ring)
+        parts = {
+            "scw0": key["scw"][..., 0] >> U64(2),
+            "scw1": key["scw"][..., 1],
+            "vcw": key["vcw"],
+            "tcw": key["tcw"],
+            "last": key["last"],
+        }
+        for part, a in parts.items():
+            a = np.ascontiguousarray(a).reshape(-1)
+            f = _bit_freq(a)[: 62 if part == "scw0" else 64]
+            assert np.all(np.abs(f - 0.5) < 6 * 0.5 / np.sqrt(a.size)), (name, part, f)
+        assert not np.any(key["scw"][..., 0] & U64(3))
 
 
 def test_dcf_refuses_bad_keys_and_inputs() -> None:
@@ -112,6 +123,8 @@ def test_dcf_refuses_bad_keys_and_inputs() -> None:
     key = dcf.gen(np.zeros(4, np.uint64), 1, 0, roots, 8)
     with pytest.raises(ValueError, match="key"):
         dcf.evaluate(0, roots[0], key[:-1], np.zeros(4, np.uint64), 8)
+    with pytest.raises(ValueError, match="point does not fit"):
+        dcf.evaluate(0, roots[0], key, np.array([0, 0, 256, 0], np.uint64), 8)
     with pytest.raises(ValueError, match="1..64"):
         dcf.gen(np.zeros(4, np.uint64), 1, 0, roots, 65)
 
@@ -119,18 +132,26 @@ def test_dcf_refuses_bad_keys_and_inputs() -> None:
 # --- the protocols ----------------------------------------------------------------------------
 
 
-def _edge_inputs(n: int, rng: np.random.Generator) -> np.ndarray:
-    """n signed values with -2^62 <= x < 2^62: every edge, uniform, model-like and small."""
+def _low(call: calls.Call) -> int:
+    """The smallest input the call is exact for: -2^62, or -2^62 + 2^min(shift, 61) for an
+    FSS ReLU with a truncation (its comparison ignores the low bits: relu_fss docstring)."""
+    if isinstance(call, calls.ReluFss) and call.shift:
+        return -(1 << 62) + (1 << min(call.shift, 61))
+    return -(1 << 62)
+
+
+def _edge_inputs(n: int, rng: np.random.Generator, low: int = -(1 << 62)) -> np.ndarray:
+    """n signed values with low <= x < 2^62: every edge, uniform, model-like and small."""
     k = np.arange(62)
     powers = np.concatenate([1 << k, (1 << k) - 1, (1 << k) + 1]).astype(np.int64)
     powers = powers[powers <= LIMIT]
     special = np.array([0, 1, 2, 65535, 65536, 65537, LIMIT, LIMIT - 1], dtype=np.int64)
-    edges = np.concatenate([special, powers, -powers, -special, [-1, -(1 << 62)]])
+    edges = np.concatenate([special, powers, -powers, -special, [-1, low, low + 1, low + 2]])
     uniform = rng.integers(-LIMIT, LIMIT + 1, n // 3)
     model = np.round(rng.uniform(-1000, 1000, n // 3) * 2.0**32).astype(np.int64)
     small = rng.integers(-(1 << 20), 1 << 20, n // 6)
     x = np.concatenate([np.resize(edges, n - 2 * (n // 3) - n // 6), uniform, model, small])
-    return rng.permutation(x)
+    return rng.permutation(np.maximum(x, low))
 
 
 def _secure(call: calls.Call, x: np.ndarray, tag: object, record: bool = False):
@@ -182,25 +203,39 @@ IDS = ["sign", "relu", "relu_trunc16"]
 
 @pytest.mark.parametrize("make", CALLS, ids=IDS)
 def test_exact_at_edges(make) -> None:
-    x = _edge_inputs(12_000, np.random.default_rng(1))
-    call = make(x.size)
+    call = make(12_000)
+    x = _edge_inputs(call.n, np.random.default_rng(1), _low(call))
     y, *_ = _secure(call, x, ("edges", repr(call)))
     _check(call, x, y)
 
 
-@pytest.mark.parametrize("shift", [1, 31, 62])
+@pytest.mark.parametrize("shift", [1, 2, 31, 61, 62])
 def test_relu_other_shifts(shift: int) -> None:
-    x = _edge_inputs(3000, np.random.default_rng(100 + shift))
-    call = calls.ReluFss(x.size, shift)
+    call = calls.ReluFss(3000, shift)
+    x = _edge_inputs(call.n, np.random.default_rng(100 + shift), _low(call))
+    x[:64] = np.arange(64) - 32  # around 0, where the comparison drops the low bits
     y, *_ = _secure(call, x, ("shifts", shift))
     _check(call, x, y)
+
+
+def test_relu_range_bound_is_tight() -> None:
+    """The FSS ReLU with a shift is exact from -2^62 + 2^shift up, and not below (down to
+    -2^62): the bound in its docstring is the real one."""
+    call = calls.ReluFss(512, 8)
+    low = _low(call)
+    x = np.concatenate([low - 1 - np.arange(256), low + np.arange(256)])
+    y, *_ = _secure(call, x, "range")
+    _check(call, x[256:], y[256:])
+    # below: a wrong sign for about half (when the low 8 bits of x + r do not carry), and
+    # then the output is floor(x / 2^8), hugely negative
+    assert 64 < np.sum(y[:256] < 0) < 192
 
 
 @pytest.mark.parametrize("make", CALLS, ids=IDS)
 @pytest.mark.parametrize("shape", [(1,), (63,), (64,), (65,), (2, 3, 5, 7), (0,)])
 def test_shapes_and_exact_traffic(make, shape: tuple[int, ...]) -> None:
-    x = np.random.default_rng(len(shape)).integers(-LIMIT, LIMIT + 1, shape)
-    call = make(x.size)
+    call = make(int(np.prod(shape)))
+    x = np.random.default_rng(len(shape)).integers(_low(call), LIMIT + 1, shape)
     y, chans, corr, *_ = _secure(call, x, ("shape", shape, repr(call)))
     assert y.shape == shape
     _check(call, x, y)
@@ -218,6 +253,7 @@ def test_costs_are_the_papers_key_sizes() -> None:
     per = costs.sign_fss(n).dealer / n
     assert per == 62 * (128 + 2 + 64) / 8 + 8
     assert calls.ReluFss(n, 0).dealer_p0() / n == 62 * (128 + 3) / 8 + 1 / 8
+    assert calls.ReluFss(n, 16).dealer_p0() / n == 46 * (128 + 3) / 8 + 1 / 8  # bits 16..61
     assert costs.sign_fss(n).rounds == 1 and costs.relu_fss(n, 16).rounds == 2
 
 
@@ -225,7 +261,7 @@ def test_material_is_consistent() -> None:
     n = 300
     s0, s1 = b"m0" * 8, b"m1" * 8
     corr = relu_fss.deal(n, 16, Prg.derive(s0), Prg.derive(s1))
-    k = relu_fss.key_words(n)
+    k = relu_fss.key_words(n, 16)
     m0 = relu_fss.expand(0, n, 16, Prg.derive(s0), corr[:k])
     m1 = relu_fss.expand(1, n, 16, Prg.derive(s1), corr)
     np.testing.assert_array_equal(m0.key, m1.key)
@@ -235,9 +271,13 @@ def test_material_is_consistent() -> None:
     r = m0.r + m1.r
     np.testing.assert_array_equal(m0.r_hi + m1.r_hi, (r & U64(2**63 - 1)) >> U64(16))
     np.testing.assert_array_equal(m0.r_63 + m1.r_63, r >> U64(63))
-    # the key's offset hides rho: the evaluations at c = r (x = -2^62) add to r_62 ^ rho
-    z = dcf.evaluate(0, m0.root, m0.key, r & sign_fss.LOW62, 62, False)
-    z ^= dcf.evaluate(1, m1.root, m1.key, r & sign_fss.LOW62, 62, False)
+    # the key compares bits 16..61 and its offset hides rho: at c_hi = r_hi, [c_hi <= r_hi] = 1
+    r_hi = (r & sign_fss.LOW62) >> U64(16)
+    z = dcf.evaluate(0, m0.root, m0.key, r_hi, 46, False)
+    z ^= dcf.evaluate(1, m1.root, m1.key, r_hi, 46, False)
+    np.testing.assert_array_equal(z, ((r >> U64(62)) & U64(1)) ^ rho ^ U64(1))
+    z = dcf.evaluate(0, m0.root, m0.key, r_hi + U64(1), 46, False)  # r_hi < 2^46 - 1 here
+    z ^= dcf.evaluate(1, m1.root, m1.key, r_hi + U64(1), 46, False)
     np.testing.assert_array_equal(z, ((r >> U64(62)) & U64(1)) ^ rho)
 
 
@@ -274,8 +314,8 @@ def test_material_is_used_exactly_once() -> None:
 
 # --- the parties' views -----------------------------------------------------------------------
 
-VIEW_N = 4000  # not a multiple of 64: padding lanes are in the view too
-VIEW_RUNS = 20
+VIEW_N = 6000  # not a multiple of 64: padding lanes are in the view too
+VIEW_RUNS = 10
 
 
 def _opened(call: calls.Call, rounds) -> dict[str, np.ndarray]:
@@ -333,12 +373,12 @@ def _byte_chi2(a: np.ndarray) -> float:
 @pytest.mark.parametrize("make", CALLS, ids=IDS)
 def test_view_does_not_depend_on_input(make) -> None:
     rng = np.random.default_rng(11)
+    call = make(VIEW_N)
     inputs = {
         "zero": np.zeros(VIEW_N, np.int64),
-        "max_negative": np.full(VIEW_N, -(1 << 62), np.int64),
-        "mixed": rng.integers(-LIMIT, LIMIT + 1, VIEW_N),
+        "max_negative": np.full(VIEW_N, _low(call), np.int64),
+        "mixed": rng.integers(_low(call), LIMIT + 1, VIEW_N),
     }
-    call = make(VIEW_N)
     views = {name: _views(call, x, f"view-{name}-{call!r}") for name, x in inputs.items()}
     freqs = {}
     for name in inputs:
@@ -362,9 +402,9 @@ def test_view_does_not_depend_on_input(make) -> None:
 @pytest.mark.parametrize("make", CALLS, ids=IDS)
 def test_no_message_is_a_plaintext(make) -> None:
     """Neither a received share nor an opened value equals the cleartext it carries."""
-    x = np.random.default_rng(12).integers(-LIMIT, LIMIT + 1, VIEW_N)
-    x[:100] = 0
     call = make(VIEW_N)
+    x = np.random.default_rng(12).integers(_low(call), LIMIT + 1, VIEW_N)
+    x[:100] = 0
     y, _, _, views, _ = _secure(call, x, ("plain", repr(call)), record=True)
     opened = _opened(call, views[0])
     xu = x.astype(np.uint64)
@@ -391,7 +431,7 @@ def test_no_message_is_a_plaintext(make) -> None:
 def test_exhaustive_million(make) -> None:
     rng = np.random.default_rng(1000)
     for chunk in range(10):
-        x = _edge_inputs(100_000, rng)
-        call = make(x.size)
+        call = make(100_000)
+        x = _edge_inputs(call.n, rng, _low(call))
         y, *_ = _secure(call, x, ("slow", repr(call), chunk))
         _check(call, x, y)

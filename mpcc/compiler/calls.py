@@ -198,7 +198,7 @@ class ReluFss(Call):
         return costs.relu_fss(self.n, self.shift)
 
     def dealer_p0(self) -> int:
-        return costs.dcf_key(self.n, ring=False)
+        return costs.dcf_key(self.n, ring=False, bits=costs.relu_fss_bits(self.shift))
 
 
 CALL_TYPES: tuple[type[Call], ...] = (

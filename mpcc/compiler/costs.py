@@ -140,14 +140,20 @@ def sign(n: int) -> Cost:
 DCF_BITS = COMPARE_BITS
 
 
-def dcf_key(n: int, ring: bool = True) -> int:
-    """Bytes of the correction words common to both keys of n DCFs on 62-bit inputs: per
+def dcf_key(n: int, ring: bool = True, bits: int = DCF_BITS) -> int:
+    """Bytes of the correction words common to both keys of n DCFs on `bits`-bit inputs: per
     level a 128-bit seed word, two control bits and a value (64 bits, or 1 bit with `ring`
     False), and a final value. Both parties receive them (P0 as well as P1)."""
     w = words(n)
     if ring:
-        return WORD * (DCF_BITS * (3 * n + 2 * w) + n)
-    return WORD * (DCF_BITS * (2 * n + 3 * w) + w)
+        return WORD * (bits * (3 * n + 2 * w) + n)
+    return WORD * (bits * (2 * n + 3 * w) + w)
+
+
+def relu_fss_bits(shift: int) -> int:
+    """Input bits of the FSS ReLU's DCF: the sign needs only bits shift..61 of the opened
+    value when `shift` bits are truncated (`runtime.protocols.relu_fss`)."""
+    return DCF_BITS - min(shift, DCF_BITS - 1)
 
 
 def sign_fss(n: int) -> Cost:
@@ -160,10 +166,10 @@ def sign_fss(n: int) -> Cost:
 def relu_fss(n: int, shift: int = 0) -> Cost:
     """ReLU (optionally of x truncated by `shift` bits) by FSS in two rounds: round 1 opens
     c = x + 2^62 + r (and d = x - sigma when shift is 0), round 2 opens the one-bit
-    e = [x >= 0] ^ rho (and d = y - sigma with a shift). Dealer to P1: a one-bit-output DCF's
-    common words (~1 KB per element; the same again to P0), [rho], [rho sigma], and with a
-    shift the truncation corrections [r_hi], [r_63]."""
-    dealer = dcf_key(n, ring=False) + 2 * WORD * n
+    e = [x >= 0] ^ rho (and d = y - sigma with a shift). Dealer to P1: a one-bit-output DCF
+    on `relu_fss_bits(shift)` bits (~1 KB per element at shift 0, ~0.75 KB at 16; the same
+    words again to P0), [rho], [rho sigma], and with a shift [r_hi], [r_63]."""
+    dealer = dcf_key(n, ring=False, bits=relu_fss_bits(shift)) + 2 * WORD * n
     if shift:
         dealer += 2 * WORD * n
     return Cost(rounds=2, sent=2 * WORD * n + WORD * words(n), dealer=dealer)

@@ -31,6 +31,10 @@ level is one ECB call over all elements (of a chunk of `CHUNK`; OpenSSL through
 `cryptography`, AES-NI), and the per-element work of a level is one numba kernel
 (`mpcc.runtime.dcf_kernels`): no Python loop over elements.
 
+Time (`benchmarks/fss.py`, m = 62, n = 10^5, the 2-core dev box shared with other jobs at
+load average ~5; wall / CPU seconds): Gen 0.76 / 0.29 with 64-bit outputs (AES 0.08 of it),
+0.43 / 0.19 with one-bit outputs; Eval per party 0.16 / 0.07 (AES 0.02), 0.09 / 0.05.
+
 Common key words, flat uint64, for n elements (w = ceil(n / 64) packed words):
 s_CW [m, n, 2] | V_CW [m, n] (ring) or [m, w] (bits) | t_CW [m, 2, w] | CW_{m+1} [n] or [w].
 """
@@ -202,6 +206,8 @@ def evaluate(
     bits = _bits(bits)
     x = np.ascontiguousarray(x, dtype=np.uint64).reshape(-1)
     n = x.size
+    if bits < 64 and np.any(x >> np.uint64(bits)):
+        raise ValueError(f"DCF: a point does not fit in {bits} bits")
     k = split(key, n, bits, ring)
     root = np.asarray(root, np.uint64).reshape(n, 2)
     v = np.empty(n, dtype=np.uint64)

@@ -1,23 +1,38 @@
 """ReLU, optionally with a fused known-MSB truncation, in TWO rounds by function secret sharing
-(`costs.relu_fss`): [x] -> [ReLU(trunc(x, shift))] for signed |x| < 2^62, the round-reduced
-counterpart of `relu.py` (8 rounds).
+(`costs.relu_fss`): [x] -> [ReLU(trunc(x, shift))] for signed -2^62 + 2^h <= x < 2^62 with
+h = min(shift, 61) (all of -2^62 <= x < 2^62 for shift 0), the round-reduced counterpart of
+`relu.py` (8 rounds).
 
 Round 1 opens c = x + 2^62 + r (as `sign_fss.py`), and with shift = 0 also d = x - sigma.
 Each party then evaluates its key of a DCF with ONE-BIT outputs (`mpcc.runtime.dcf`,
-ring=False; ~1 KB per element instead of ~1.5 KB) with alpha = r mod 2^62, beta = 1 and
-offset gamma = r_62 xor rho, where rho is a bit only the dealer knows: the two evaluations at
-c mod 2^62 are XOR shares of r_62 xor rho xor [c mod 2^62 < r mod 2^62], so with c_62 they
-are XOR shares of e = t xor rho, t = [x >= 0] (`sign_fss.py` gives the derivation). Round 2
-opens e (one bit per element) and, with a shift, d = y - sigma where
+ring=False) on m = 62 - h bits, h = min(shift, 61), at c_hi = (c mod 2^62) >> h, with
+alpha = r_hi + 1 for r_hi = (r mod 2^62) >> h, beta = 1 and offset r_62 xor rho, where rho
+is a bit only the dealer knows (when r_hi + 1 = 2^m: beta = 0 and the offset takes the 1).
+The two evaluations are XOR shares of e = c_62 xor r_62 xor rho xor [c_hi <= r_hi] (P0 adds
+the public c_62). With shift 0 (h = 0) the DCF is `sign_fss.py`'s exact [c_hi < r_hi].
+
+Why that is the sign. x + 2^62 = c - r, so x >= 0 iff c_62 xor r_62 xor b, with b the
+borrow out of bit 61, b = [c mod 2^62 < r mod 2^62] (`sign_fss.py`). [c_hi <= r_hi] differs
+from b only when c_hi = r_hi and the low h bits do not borrow, i.e. when
+(x + 2^62) mod 2^62 < 2^h: for 0 <= x < 2^h, and for x < -2^62 + 2^h (hence the range). So
+e = t xor rho where t = [x >= 0], except for 0 <= x < 2^h where t = 0. There h <= shift and
+the ReLU's value floor(x / 2^shift) is 0: selecting 0 instead of y loses only the rounding
+bit u of y = floor(x / 2^shift) + u. Dropping h bits makes the key (62 - h) / 62 as big and
+as fast: ~1 KB per element at shift 0, ~0.75 KB at shift 16. This is SIGMA's comparison on
+the truncated bits (Gupta et al., PETS 2024) with "<=" for "<", which moves its error from
+small negative x (an output of -1) to small positive x (a rounding bit dropped).
+
+Round 2 opens e (one bit per element) and, with a shift, d = y - sigma, where
 y = floor(x / 2^shift) + u, u in {0, 1}, is the known-MSB truncation of `truncation.py`
 computed locally from c. Then with the daBit [rho] (Rotaru and Wood, INDOCRYPT 2019) and
 [rho sigma], as in `relu.py`'s last round:
 
     t^A = e + (1 - 2e)[rho],    t y = d t^A + e [sigma] + (1 - 2e) [rho sigma].
 
-The result is max(floor(x / 2^shift), 0) + u for x >= 0 (error 0 or +1 LSB, never a wrong
-sign) and exactly max(x, 0) for shift = 0; this is SIGMA's/Orca's DReLU-then-select shape
-with the select's mask folded into the DCF's offset, so the sign costs no extra opening.
+The result is max(floor(x / 2^shift), 0) + u' with u' in {0, 1} for x >= 0 (error 0 or +1
+LSB, never a wrong sign), exactly 0 for every x < 0, and exactly max(x, 0) for shift = 0.
+This is SIGMA's and Orca's DReLU-then-select, with the select's mask folded into the DCF's
+offset so the sign costs no extra opening.
 
 Material. From party p's seed: r_p, root seeds, sigma_p and, for P0, [rho]_0, [rho sigma]_0
 (and [r_hi]_0, [r_63]_0 with a shift). rho is drawn by the dealer from both streams after
@@ -25,9 +40,10 @@ everything the parties draw. P1's correction, flat: the DCF's common words (sent
 `PROTOCOL.shared_words`, see `sign_fss.py` on why), then [rho]_1 [n], [rho sigma]_1 [n]
 (then [r_hi]_1 [n], [r_63]_1 [n]). Online 16 B + 1 bit per element and party.
 
-Time (`benchmarks/fss.py`, n = 10^5, the 2-core dev box at load ~9.5, wall / CPU seconds):
-key generation 0.67 / 0.34 at the dealer (deal 0.50 wall in all), evaluation 0.15 / 0.08
-per party, the whole online phase 0.27 wall for both parties, against 0.025 for `relu.py`.
+Time (`benchmarks/fss.py`, n = 10^5, the 2-core dev box at load average ~5, wall seconds):
+shift 16 (a 46-bit DCF): deal 0.42 at the dealer, the whole online phase 0.16 for both
+parties in two threads, against 0.009 for `relu.py`; a 62-bit one-bit-output DCF (shift 0)
+generates in 0.43 (0.19 CPU) and evaluates in 0.09 (0.05 CPU) per party.
 """
 
 from __future__ import annotations
@@ -41,7 +57,7 @@ from mpcc.runtime import bitslice, dcf
 from mpcc.runtime.prg import Prg
 from mpcc.runtime.protocols import common, truncation
 from mpcc.runtime.protocols.base import Protocol
-from mpcc.runtime.protocols.sign_fss import BITS, LOW62, checked_key, comparison_key
+from mpcc.runtime.protocols.sign_fss import BITS, LOW62, checked_key
 from mpcc.runtime.transport import Channel
 
 _ONE = np.uint64(1)
@@ -72,14 +88,42 @@ def _check_shift(shift: int) -> int:
     return shift
 
 
-def key_words(n: int) -> int:
+def _dropped(shift: int) -> int:
+    """h: the low bits of c and r the comparison ignores."""
+    return min(shift, BITS - 1)
+
+
+def key_words(n: int, shift: int) -> int:
     """The DCF's common words: the leading part of the correction, which P0 receives too."""
-    return dcf.key_words(n, BITS, ring=False)
+    return dcf.key_words(n, BITS - _dropped(shift), ring=False)
 
 
 def correction_words(n: int, shift: int) -> int:
     """Length of P1's correction (uint64 words)."""
-    return key_words(n) + (4 if shift else 2) * n
+    return key_words(n, shift) + (4 if shift else 2) * n
+
+
+def comparison_key(
+    r: np.ndarray,
+    rho: np.ndarray,
+    roots: tuple[np.ndarray, np.ndarray],
+    shift: int,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """The one-bit DCF whose evaluations at (c mod 2^62) >> h are XOR shares of
+    r_62 ^ rho ^ [c_hi <= r_hi] (h > 0) or r_62 ^ rho ^ [c_hi < r_hi] (h = 0: exact) (module
+    docstring); written into `out` if given."""
+    h = np.uint64(_dropped(shift))
+    m = BITS - int(h)
+    r_hi = (r & LOW62) >> h
+    if h:
+        top = r_hi == np.uint64((1 << m) - 1)  # c_hi <= r_hi always: a constant 1
+        alpha = (r_hi + _ONE) & np.uint64((1 << m) - 1)
+    else:
+        top, alpha = np.zeros(r.shape, bool), r_hi
+    beta = (~top).astype(np.uint64)
+    gamma = ((r >> _SIXTY_TWO) & _ONE) ^ rho ^ top.astype(np.uint64)
+    return dcf.gen(alpha, beta, gamma, roots, m, ring=False, out=out)
 
 
 def _draw(party: int, n: int, shift: int, prg: Prg) -> dict[str, np.ndarray]:
@@ -97,19 +141,19 @@ def _draw(party: int, n: int, shift: int, prg: Prg) -> dict[str, np.ndarray]:
 def _private(flat: np.ndarray, n: int, shift: int) -> dict[str, np.ndarray]:
     """P1's private correction parts (after the key words) as named views."""
     names = ["rho", "rho_sigma"] + (["r_hi", "r_63"] if shift else [])
-    at = key_words(n)
+    at = key_words(n, shift)
     return {name: flat[at + i * n : at + (i + 1) * n] for i, name in enumerate(names)}
 
 
 def deal(n: int, shift: int, prg0: Prg, prg1: Prg) -> np.ndarray:
     """Dealer: P1's correction, flat uint64 (`costs.relu_fss(n, shift).dealer` bytes); its
-    first `key_words(n)` words go to P0 too."""
+    first `key_words(n, shift)` words go to P0 too."""
     shift = _check_shift(shift)
     m0, m1 = _draw(0, n, shift, prg0), _draw(1, n, shift, prg1)
     rho = bitslice.unpack(prg0.uint64(bitslice.words(n)) ^ prg1.uint64(bitslice.words(n)), n)
     out = np.empty(correction_words(n, shift), dtype=np.uint64)
     r = m0["r"] + m1["r"]
-    comparison_key(r, (m0["root"], m1["root"]), False, rho, out=out[: key_words(n)])
+    comparison_key(r, rho, (m0["root"], m1["root"]), shift, out=out[: key_words(n, shift)])
     c = _private(out, n, shift)
     np.subtract(rho, m0["rho"], out=c["rho"])
     np.subtract(rho * (m0["sigma"] + m1["sigma"]), m0["rho_sigma"], out=c["rho_sigma"])
@@ -126,9 +170,9 @@ def expand(
     structured shares from the dealer."""
     shift = _check_shift(shift)
     m = _draw(party, n, shift, prg)
-    want = correction_words(n, shift) if party == 1 else key_words(n)
+    want = correction_words(n, shift) if party == 1 else key_words(n, shift)
     corr = checked_key("relu_fss", party, correction, want)
-    m["key"] = corr[: key_words(n)]
+    m["key"] = corr[: key_words(n, shift)]
     if party == 1:
         m |= _private(corr, n, shift)
     return ReluFssMaterial(n=n, shift=shift, **m)
@@ -149,7 +193,8 @@ def run(ch: Channel, party: int, mat: ReluFssMaterial, x: np.ndarray) -> np.ndar
         d_share = truncation.output_share(party, c, mat.r_hi, mat.r_63, mat.shift) - mat.sigma
     else:  # round 1: c and d = x - sigma
         c, d = common.open_shares(ch, [c_share, x - mat.sigma])
-    z = dcf.evaluate(party, mat.root, mat.key, c & LOW62, BITS, ring=False)
+    h = _dropped(mat.shift)
+    z = dcf.evaluate(party, mat.root, mat.key, (c & LOW62) >> np.uint64(h), BITS - h, False)
     if party == 0:
         z ^= (c >> _SIXTY_TWO) & _ONE
     e_share = bitslice.pack(z, 1)[0]
@@ -173,5 +218,5 @@ PROTOCOL = Protocol(
     expand=lambda party, c, prg, corr: expand(party, c.n, c.shift, prg, corr),
     run=run,
     correction_words=lambda c: correction_words(c.n, c.shift),
-    shared_words=lambda c: key_words(c.n),
+    shared_words=lambda c: key_words(c.n, c.shift),
 )

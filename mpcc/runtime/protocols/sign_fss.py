@@ -33,11 +33,12 @@ cost model prices the P1 copy in `Cost.dealer` and the P0 copy in `calls.SignFss
 
 Sizes (`dcf.key_words` with m = 62): 62 (3n + 2 ceil(n/64)) + n words, ~1,512 B per element
 to each party; online 8 B per element and party, one round. Time (`benchmarks/fss.py`,
-n = 10^5, the 2-core dev box at load average ~9.5, wall / CPU seconds): key generation
-0.77 / 0.38 at the dealer, evaluation 0.16 / 0.084 per party (fixed-key AES ~0.03 of it),
-the whole online phase 0.26 wall for both parties in two threads -- against 0.007 for the
-8-round `sign.py`. So FSS pays where 7 saved one-way delays outweigh ~2.6 us per element
-(on this box: layers up to ~13,000 elements at 10 ms RTT), and costs ~100x the dealer bytes.
+n = 10^5, the 2-core dev box shared with other jobs at load average 5-10, wall / CPU seconds):
+key generation 0.76 / 0.29 at the dealer, evaluation 0.16 / 0.07 per party (fixed-key AES
+0.02-0.03 of it), the whole online phase 0.26-0.37 wall for both parties in two threads --
+against 0.004-0.007 for the 8-round `sign.py`. So FSS pays where 7 saved one-way delays
+outweigh ~1.6 us of evaluation per element and party (on this box, a layer of up to ~20,000
+elements at 10 ms RTT), at ~100x the dealer bytes.
 """
 
 from __future__ import annotations
@@ -82,27 +83,18 @@ def _draw(n: int, prg: Prg) -> tuple[np.ndarray, np.ndarray]:
     return r, dcf.root_seeds(prg, n)
 
 
-def comparison_key(
-    r: np.ndarray,
-    roots: tuple[np.ndarray, np.ndarray],
-    ring: bool,
-    offset: np.ndarray | int = 0,
-    out: np.ndarray | None = None,
-) -> np.ndarray:
-    """The DCF whose two evaluations at c mod 2^62 add up to r_62 xor [c mod 2^62 < r mod 2^62]
-    (plus `offset`, mod 2 with one-bit outputs): the sign of x from c = x + 2^62 + r. Its
-    common words are written into `out` if given."""
+def comparison_key(r: np.ndarray, roots: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The DCF whose two evaluations at c mod 2^62 add up to r_62 xor [c mod 2^62 < r mod 2^62]:
+    the sign of x from c = x + 2^62 + r (64-bit outputs)."""
     r62 = (r >> _SIXTY_TWO) & _ONE
-    beta = _ONE - (r62 << _ONE) if ring else _ONE
-    gamma = r62 + np.asarray(offset, dtype=np.uint64)
-    return dcf.gen(r & LOW62, beta, gamma, roots, BITS, ring, out=out)
+    return dcf.gen(r & LOW62, _ONE - (r62 << _ONE), r62, roots, BITS, ring=True)
 
 
 def deal(n: int, prg0: Prg, prg1: Prg) -> np.ndarray:
     """Dealer: the common DCF key words (`costs.sign_fss(n).dealer` bytes), for P1 and P0."""
     r0, root0 = _draw(n, prg0)
     r1, root1 = _draw(n, prg1)
-    return comparison_key(r0 + r1, (root0, root1), ring=True)
+    return comparison_key(r0 + r1, (root0, root1))
 
 
 def checked_key(protocol: str, party: int, correction: np.ndarray | None, words: int) -> np.ndarray:
