@@ -30,8 +30,9 @@ from mpcc.compiler.ir import Program
 from mpcc.compiler.ops import Op
 from mpcc.errors import MpccError
 
-# Online CPU per compared element (both parties, wall), on the reference machine.
-CPU_S_PER_ELEMENT = {Relu: 0.25e-6, Sign: 0.2e-6, ReluFss: 2.7e-6, SignFss: 2.5e-6}
+# Online CPU per compared element (the whole online phase, both parties, wall), on the
+# reference machine at n = 10^5 (`benchmarks/fss.py`).
+CPU_S_PER_ELEMENT = {Relu: 0.09e-6, Sign: 0.06e-6, ReluFss: 1.6e-6, SignFss: 3.0e-6}
 
 
 @dataclass(frozen=True)
