@@ -19,6 +19,7 @@ import numpy as np
 
 from mpcc.compiler.batching import rows_independent
 from mpcc.errors import InputError, PartyError
+from mpcc.serving import heap
 from mpcc.serving.admission import Identity
 from mpcc.serving.outbox import Outbox
 from mpcc.serving.state import Deployment
@@ -26,6 +27,7 @@ from mpcc.serving.tls import TlsChannel
 from mpcc.serving.wire import Message
 
 RID = re.compile(r"^[0-9a-f]{16,64}$")
+TRIM_EVERY_S = 60.0  # the janitor gives freed heap memory back this often
 MAX_QUEUE = 1024
 # Requests one client link may have waiting at a party (a client keeps `window` in flight).
 MAX_PER_LINK = 32
@@ -302,8 +304,12 @@ class ClientLinks:
     def _janitor_loop(self) -> None:
         """Fail requests that can no longer be served in time."""
         t = self.cfg.serving
+        trimmed = time.monotonic()
         while not self.stop_event.wait(0.25):
             now = time.monotonic()
+            if now - trimmed > TRIM_EVERY_S:
+                heap.trim()  # client links come and go: give their freed memory back
+                trimmed = now
             expired: list[tuple[Request, str]] = []
             s = self._session
             with self._req:

@@ -20,6 +20,7 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.executor import PartyExecutor
 from mpcc.runtime.material import Bundle
 from mpcc.runtime.session import Session
+from mpcc.serving import heap
 from mpcc.serving.startup import (
     contribution,
     mismatch,
@@ -234,6 +235,8 @@ class SessionSetup:
                 if self.stop_event.is_set()
                 else "session loop ended"
             )
+            del s
+            heap.trim()  # the session's material and buffers are garbage now
 
     def _setup(self, dealer: TlsChannel) -> PartySession:
         t = self.cfg.serving.setup_timeout_s
