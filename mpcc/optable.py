@@ -1,6 +1,6 @@
 """The table of supported ONNX ops and what each costs securely, generated from the code.
 
-Every op in :data:`mpcc.compiler.graph.SUPPORTED_OPS` is compiled in a tiny sample model (one
+Every op in :data:`mpcc.compiler.supported.SUPPORTED_OPS` is compiled in a tiny sample model (one
 per case, e.g. Mul by a constant or of two secrets) through the real passes and lowering; the
 IR instructions it leaves and their rounds come from the lowered program and the cost model
 (:func:`mpcc.compiler.costmodel.estimate`). Context nodes a case needs (the Conv before a
@@ -30,8 +30,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from mpcc.compiler import calls, ops
 from mpcc.compiler.costmodel import estimate
-from mpcc.compiler.graph import SUPPORTED_OPS
 from mpcc.compiler.pipeline import compile_onnx
+from mpcc.compiler.supported import SUPPORTED_OPS
 
 __all__ = [
     "START",

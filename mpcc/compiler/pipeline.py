@@ -10,10 +10,11 @@ import onnx
 
 from mpcc.compiler import passes
 from mpcc.compiler.blockers import NEEDS_CONSTANT, UNFIXED, Blocker, raise_if_any
-from mpcc.compiler.graph import Graph, node_blockers
+from mpcc.compiler.graph import Graph
 from mpcc.compiler.ir import MAX_FRAC_BITS, MIN_FRAC_BITS
 from mpcc.compiler.lowering import lower
 from mpcc.compiler.plan import Plan
+from mpcc.compiler.supported import node_blockers
 from mpcc.compiler.verify import verify
 from mpcc.errors import ModelError
 from mpcc.frontends import onnx as onnx_frontend
