@@ -22,6 +22,7 @@ from mpcc.compiler.blockers import Blocker, raise_if_any
 from mpcc.compiler.supported import integer_tensors, node_blockers
 from mpcc.errors import ModelError
 from mpcc.frontends import onnx as onnx_frontend
+from mpcc.frontends.onnx_fold import read_initializer
 
 # Node attributes that ONNX (opset >= 13) takes as constant inputs, in input order.
 _ATTR_INPUTS = {
@@ -69,7 +70,7 @@ class Graph:
         g = cls(mg.name or "model", opset)
         g.notes = onnx_frontend.notes(model)
         for t in mg.initializer:
-            g.constants[t.name] = _as_const(onnx_frontend.read_initializer(t))
+            g.constants[t.name] = _as_const(read_initializer(t))
             if t.data_type == onnx.TensorProto.DOUBLE:
                 g.float_dtype = np.dtype(np.float64)
         nodes = []

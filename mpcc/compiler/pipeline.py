@@ -18,6 +18,7 @@ from mpcc.compiler.supported import node_blockers
 from mpcc.compiler.verify import verify
 from mpcc.errors import ModelError
 from mpcc.frontends import onnx as onnx_frontend
+from mpcc.frontends.onnx_shapes import static_problems
 
 if TYPE_CHECKING:
     from mpcc.compiler.calibrate import Calibration
@@ -54,7 +55,7 @@ def compile_onnx(
         Blocker(NEEDS_CONSTANT, n.op_type, n.name, why)
         if n is not None and " must be " in why
         else Blocker(UNFIXED, n.op_type if n else "input", n.name if n else why.split("'")[1], why)
-        for n, why in onnx_frontend.static_problems(proto.graph)
+        for n, why in static_problems(proto.graph)
     ]
     if blockers:
         consts = {t.name: None for t in proto.graph.initializer}
