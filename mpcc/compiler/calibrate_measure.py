@@ -19,10 +19,7 @@ from mpcc.errors import ModelError
 # the tensor's largest value: BatchNormalization folding changes float32 rounding only.
 SAME = 1e-3
 
-
 Calibration = np.ndarray | Mapping[str, np.ndarray]
-
-
 # Graph ops that keep an ONNX tensor's name but not its value (a SumPool is k times the
 # AveragePool it replaced): never measured on the ONNX model by name.
 _RENAMED_VALUES = {"SumPool"}
