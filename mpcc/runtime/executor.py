@@ -17,7 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from mpcc.compiler.calls import Call, Linear, MatMulSS, Multiply, Relu, Sign, Square, Truncate
+from mpcc.compiler.calls import (
+    Call,
+    Linear,
+    MatMulSS,
+    Multiply,
+    Powers,
+    Relu,
+    Sign,
+    Square,
+    Truncate,
+)
 from mpcc.compiler.costmodel import calls, masked_weights
 from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError, MaterialError
@@ -26,6 +36,7 @@ from mpcc.runtime.protocols import (
     linear,
     matmul_ss,
     multiply,
+    powers,
     protocol_for,
     relu,
     sign,
@@ -273,3 +284,8 @@ class PartyExecutor(Backend):
     def ge_zero(self, x: np.ndarray) -> np.ndarray:
         mat = self._material(Sign, n=x.size)
         return sign.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
+
+    def powers(self, x: np.ndarray, shift: int, scale: int, exponents: list[int]) -> np.ndarray:
+        mat = self._material(Powers, n=x.size, shift=shift, scale=scale)
+        out = powers.run(self.ch, self.party, mat, x.reshape(-1))
+        return out.reshape(*x.shape, len(exponents))
