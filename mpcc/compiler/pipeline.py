@@ -10,14 +10,16 @@ import onnx
 
 from mpcc.compiler import passes
 from mpcc.compiler.blockers import NEEDS_CONSTANT, UNFIXED, Blocker, raise_if_any
-from mpcc.compiler.graph import Graph, node_blockers
+from mpcc.compiler.graph import Graph
 from mpcc.compiler.ir import MAX_FRAC_BITS, MIN_FRAC_BITS
 from mpcc.compiler.lowering import lower
 from mpcc.compiler.network import Network, choose, describe
 from mpcc.compiler.plan import Plan
+from mpcc.compiler.supported import node_blockers
 from mpcc.compiler.verify import verify
 from mpcc.errors import ModelError
 from mpcc.frontends import onnx as onnx_frontend
+from mpcc.frontends.onnx_shapes import static_problems
 
 if TYPE_CHECKING:
     from mpcc.compiler.calibrate import Calibration
@@ -61,7 +63,7 @@ def compile_onnx(
         Blocker(NEEDS_CONSTANT, n.op_type, n.name, why)
         if n is not None and " must be " in why
         else Blocker(UNFIXED, n.op_type if n else "input", n.name if n else why.split("'")[1], why)
-        for n, why in onnx_frontend.static_problems(proto.graph)
+        for n, why in static_problems(proto.graph)
     ]
     if blockers:
         consts = {t.name: None for t in proto.graph.initializer}
