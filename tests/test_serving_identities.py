@@ -192,7 +192,8 @@ def limited(tmp_path):
     started = []
 
     def start(**serving) -> Servers:
-        cfg = init_local(tmp_path, timeout_s=5.0, stock=1, client_timeout_s=60, **serving)
+        serving = {"client_timeout_s": 60, **serving}
+        cfg = init_local(tmp_path, timeout_s=5.0, stock=1, **serving)
         for name in ("alice", "bob"):
             add_client(cfg, name)
         s = Servers(cfg)
@@ -247,3 +248,20 @@ def test_bytes_waiting_are_limited_per_identity(limited, mlp):
         assert len(failed) == 1 and "client alice has more than 0.015 MB waiting" in failed[0]
         failed = _flood_p1(a, 3)
         assert len(failed) == 1 and "MB waiting" in failed[0]
+
+
+def test_p1_expires_requests_p0_never_announces(limited, mlp):
+    """A request sent to P1 alone is never announced by P0; P1 fails it after the request
+    timeout (client_timeout_s) with a clear error, which frees its place in the identity's
+    limit. Without the expiry such requests wait at P1 for ever and, once client_queue is
+    full, every further request of the identity is refused."""
+    s = limited(client_queue=2, client_timeout_s=1.0)
+    s.deploy(*mlp)
+    expiry = "P1: P0 did not schedule this request in time"
+    with Client(s.cfg, identity="alice") as a:
+        t0 = time.monotonic()
+        assert _flood_p1(a, 2) == [expiry, expiry]
+        assert time.monotonic() - t0 > 1.0  # not before the timeout
+        assert not s.parties["p1"]._pending
+        # the limit (2 waiting) is free again: two more are taken, and expire in turn
+        assert _flood_p1(a, 2) == [expiry, expiry]
