@@ -21,6 +21,7 @@ from mpcc.errors import PartyError
 from mpcc.serving.client import Client
 from mpcc.serving.config import ConfigError
 from mpcc.serving.config import load as load_config
+from mpcc.serving.frameparser import FrameParser
 from mpcc.serving.local import init_local
 from mpcc.serving.owner import deploy_program
 from mpcc.serving.party import Outbox
@@ -31,7 +32,6 @@ from mpcc.serving.wire import (
     MAGIC,
     META_HEAD,
     FrameError,
-    FrameParser,
     encode,
     encode_message,
 )

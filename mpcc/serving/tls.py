@@ -45,7 +45,8 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.transport import Channel
 from mpcc.serving.certs import identity_from_peercert, role_from_peercert, serial_from_peercert
 from mpcc.serving.config import ClusterConfig, format_address
-from mpcc.serving.wire import FrameError, FrameParser, Message, encode_message
+from mpcc.serving.frameparser import FrameParser
+from mpcc.serving.wire import FrameError, Message, encode_message
 
 log = logging.getLogger("mpcc.serving.tls")
 
