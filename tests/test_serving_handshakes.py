@@ -16,8 +16,8 @@ import time
 import pytest
 
 from mpcc.errors import PartyError
+from mpcc.serving.listener import Listener
 from mpcc.serving.local import init_local
-from mpcc.serving.server import Listener
 from mpcc.serving.tls import TlsChannel, client_context, dial
 from tests.test_serving_limits import _closed_by_server, _wait_closed
 

@@ -22,10 +22,10 @@ from mpcc.serving.client import Client
 from mpcc.serving.config import ConfigError
 from mpcc.serving.config import load as load_config
 from mpcc.serving.frameparser import FrameParser
+from mpcc.serving.listener import Listener
 from mpcc.serving.local import init_local
 from mpcc.serving.owner import deploy_program
 from mpcc.serving.party import Outbox
-from mpcc.serving.server import Listener
 from mpcc.serving.tls import LinkRefused, TlsChannel, client_context, dial, greet, server_context
 from mpcc.serving.wire import (
     FRAME_HEAD,
