@@ -19,13 +19,14 @@ import pytest
 from mpcc.errors import MpccError, PartyError
 from mpcc.serving.client import Client
 from mpcc.serving.dealer import DealerParty
+from mpcc.serving.links import dial
 from mpcc.serving.local import init_local
 from mpcc.serving.owner import deploy_program
 from mpcc.serving.party import ComputeParty
 from mpcc.serving.state import FILE as STATE_FILE
 from mpcc.serving.state import load as load_state
 from mpcc.serving.state import share_commitment
-from mpcc.serving.tls import client_context, dial
+from mpcc.serving.tlscontext import client_context
 from tests.concurrent_clients import each_client
 
 # Served logits against onnxruntime's float32 ones: with 16 fractional bits the secure plan
@@ -521,7 +522,7 @@ def test_a_request_id_being_run_is_taken_at_both_parties(servers, mlp, ort_logit
 
 def test_idle_client_links_are_closed_and_free_their_slot(tmp_path):
     # issue 14: idle links never timed out, so max_connections idle clients shut out the rest
-    from mpcc.serving.tls import LinkRefused
+    from mpcc.serving.tlsstream import LinkRefused
 
     cfg = init_local(tmp_path, timeout_s=3.0, client_idle_s=0.5, max_connections=1)
     s = Servers(cfg)

@@ -23,14 +23,10 @@ from mpcc.runtime.transport import local_link
 from mpcc.serving import config as cfgmod
 from mpcc.serving.certs import ROLES, check_expiry, init_ca, issue, write_role
 from mpcc.serving.frameparser import FrameParser
-from mpcc.serving.tls import (
-    LinkRefused,
-    TlsChannel,
-    client_context,
-    dial,
-    greet,
-    server_context,
-)
+from mpcc.serving.links import dial, greet
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlscontext import client_context, server_context
+from mpcc.serving.tlsstream import LinkRefused
 from mpcc.serving.wire import FRAME_HEAD, MAGIC, FrameError, decode_body, encode
 
 

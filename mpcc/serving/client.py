@@ -28,7 +28,9 @@ from mpcc.runtime.prg import reconstruct, share
 from mpcc.serving.certs import client_files
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.config import load as load_config
-from mpcc.serving.tls import LinkClosed, TlsChannel, client_context, dial
+from mpcc.serving.links import dial
+from mpcc.serving.tls import LinkClosed, TlsChannel
+from mpcc.serving.tlscontext import client_context
 from mpcc.serving.wire import Message
 
 PARTIES = ("p0", "p1")

@@ -21,10 +21,11 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.dealer import Dealer
 from mpcc.runtime.session import Session, new_seeds
 from mpcc.serving.config import ClusterConfig
+from mpcc.serving.links import dial
 from mpcc.serving.server import PartyServer
 from mpcc.serving.startup import contribution, mismatch, prg_kat, session_id
 from mpcc.serving.state import Deployment
-from mpcc.serving.tls import TlsChannel, dial
+from mpcc.serving.tls import TlsChannel
 from mpcc.serving.wire import Message
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 1.0

@@ -17,14 +17,10 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.serving.certs import Revocations
 from mpcc.serving.config import ClusterConfig, format_address
 from mpcc.serving.handshakes import HandshakeSlots, Pending, party_hosts
-from mpcc.serving.tls import (
-    HandshakeEOF,
-    HandshakeTimeout,
-    LinkRefused,
-    TlsChannel,
-    greet,
-    server_context,
-)
+from mpcc.serving.links import greet
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlscontext import server_context
+from mpcc.serving.tlsstream import HandshakeEOF, HandshakeTimeout, LinkRefused
 from mpcc.serving.wire import CLIENT_HEADER_MAX, PARTY_HEADER_MAX, Message
 
 Handler = Callable[[TlsChannel, Message], None]

@@ -30,8 +30,10 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.owner import share_weights
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.config import load as load_config
+from mpcc.serving.links import dial
 from mpcc.serving.state import SALT_BYTES, share_commitment
-from mpcc.serving.tls import TlsChannel, client_context, dial
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlscontext import client_context
 
 ROLES = ("p0", "p1", "dealer")
 

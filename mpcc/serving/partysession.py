@@ -20,6 +20,7 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.executor import PartyExecutor
 from mpcc.runtime.material import Bundle
 from mpcc.runtime.session import Session
+from mpcc.serving.links import dial
 from mpcc.serving.startup import (
     contribution,
     mismatch,
@@ -27,7 +28,8 @@ from mpcc.serving.startup import (
     session_id,
 )
 from mpcc.serving.state import Deployment, load_shares
-from mpcc.serving.tls import LinkRefused, TlsChannel, dial
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlsstream import LinkRefused
 from mpcc.serving.wire import Message
 
 if TYPE_CHECKING:

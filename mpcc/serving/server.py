@@ -17,7 +17,8 @@ from mpcc.serving import state
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.listener import Handler, Listener
 from mpcc.serving.state import Deployment
-from mpcc.serving.tls import TlsChannel, client_context
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlscontext import client_context
 from mpcc.serving.wire import Message
 
 ERROR_LINGER_S = 5.0  # a refused deploy keeps reading until the owner has its error
