@@ -29,6 +29,7 @@ from mpcc.serving.certs import client_files
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.config import load as load_config
 from mpcc.serving.links import dial
+from mpcc.serving.messages import ErrorReply, Failed, MalformedMessage, Request, Result
 from mpcc.serving.tls import LinkClosed, TlsChannel
 from mpcc.serving.tlscontext import client_context
 from mpcc.serving.wire import Message
@@ -146,7 +147,7 @@ class Client:
         if isinstance(item, LinkClosed):
             raise PartyError(f"lost the connection to {role.upper()}: {item.reason}")
         if item.kind == "error":
-            raise PartyError(f"{role.upper()}: {item.meta.get('msg', 'error')}")
+            raise PartyError(f"{role.upper()}: {ErrorReply.lenient(item.meta).msg}")
         return role, item
 
     def info(self) -> dict[str, dict[str, Any]]:
@@ -241,7 +242,8 @@ class Client:
         rowwise = bool(plan.get("rows_independent", False))
         outs: list[np.ndarray | None] = [None] * len(chunks)
         stats: list[RequestStats | None] = [None] * len(chunks)
-        pending: dict[str, tuple[int, float, int, dict[str, Message]]] = {}
+        # by request id: its chunk, when it was sent, its share's size, the answers so far
+        pending: dict[str, tuple[int, float, int, dict[str, tuple[Result, np.ndarray]]]] = {}
         t_start, nxt = time.perf_counter(), 0
         while nxt < len(chunks) or pending:
             while nxt < len(chunks) and len(pending) < self.window:
@@ -251,34 +253,37 @@ class Client:
                 else:
                     s0, s1 = share(encode(chunks[nxt], frac))
                 pending[rid] = (nxt, time.perf_counter(), s0.nbytes, {})
-                meta = {"rid": rid, "rows": len(chunks[nxt]), "plan": plan["plan_hash"]}
-                links["p0"].send_msg("request", meta, [s0])
-                links["p1"].send_msg("request", meta, [s1])
+                req = Request(rid, len(chunks[nxt]), plan["plan_hash"])
+                req.send(links["p0"], [s0])
+                req.send(links["p1"], [s1])
                 nxt += 1
             try:
                 role, msg = self._next(self.timeout)
             except PartyError as e:
                 raise PartyError(_silent_parties(pending, self.timeout) or str(e)) from None
-            rid = msg.meta.get("rid")
-            if rid not in pending:
+            kind = {Failed.KIND: Failed, Result.KIND: Result}.get(msg.kind)
+            if kind is None:
                 continue  # e.g. a late answer to an info request
-            if msg.kind == "failed":
-                why = f"{msg.meta.get('msg', 'request failed')}"
-                raise (
-                    StalePlanError(why) if msg.meta.get("code") == "stale_plan" else PartyError(why)
-                )
-            if msg.kind != "result":
-                raise PartyError(f"{role.upper()} answered with {msg.kind!r}")
-            if msg.meta.get("plan") != plan["plan_hash"]:  # never decode at another plan's scale
+            try:
+                answer = kind.parse(msg.meta)
+            except MalformedMessage as e:
+                raise PartyError(f"{role.upper()}: {e}") from None
+            rid = answer.rid
+            if rid not in pending:
+                continue  # e.g. an answer to a request of a prediction that failed
+            if isinstance(answer, Failed):
+                stale = answer.code == "stale_plan"
+                raise StalePlanError(answer.msg) if stale else PartyError(answer.msg)
+            if answer.plan != plan["plan_hash"]:  # never decode at another plan's scale
                 raise StalePlanError(f"{role.upper()} answered from another plan than was read")
             i, t0, nbytes, got = pending[rid]
             want = (len(chunks[i]), *out_tail) if rowwise else out_shape
             if len(msg.arrays) != 1 or msg.arrays[0].shape != want:
                 raise PartyError(f"{role.upper()} answered with a malformed result")
-            got[role] = msg
+            got[role] = (answer, msg.arrays[0])
             if len(got) == 2:
                 del pending[rid]
-                a0, a1 = got["p0"].arrays[0], got["p1"].arrays[0]
+                a0, a1 = got["p0"][1], got["p1"][1]
                 outs[i] = decode(reconstruct(a0, a1), scale)
                 stats[i] = _stats(got, len(chunks[i]), time.perf_counter() - t0, nbytes)
         self.stats = PredictStats([s for s in stats if s], time.perf_counter() - t_start)
@@ -314,8 +319,10 @@ def _silent_parties(pending: dict[str, tuple[Any, ...]], timeout: float) -> str 
     return None
 
 
-def _stats(got: dict[str, Message], rows: int, latency: float, share_bytes: int) -> RequestStats:
-    s0, s1 = got["p0"].meta.get("stats", {}), got["p1"].meta.get("stats", {})
+def _stats(
+    got: dict[str, tuple[Result, np.ndarray]], rows: int, latency: float, share_bytes: int
+) -> RequestStats:
+    s0, s1 = got["p0"][0].stats or {}, got["p1"][0].stats or {}
     return RequestStats(
         rows=rows,
         latency_s=latency,

@@ -11,9 +11,9 @@ from typing import Any
 
 from mpcc.errors import PartyError
 from mpcc.serving.config import ClusterConfig, format_address
+from mpcc.serving.messages import Hello, MalformedMessage, Refused, Welcome
 from mpcc.serving.tls import TlsChannel
 from mpcc.serving.tlsstream import LinkRefused
-from mpcc.serving.wire import Message
 
 PROTOCOL_VERSION = 1
 
@@ -26,10 +26,11 @@ def dial(
     *,
     me: str,
     link: str,
-    meta: dict[str, Any] | None = None,
+    sid: str | None = None,
     timeout: float | None = None,
 ) -> tuple[TlsChannel, dict[str, Any]]:
-    """Connect to party `target`, check its certificate's role, open a `link`.
+    """Connect to party `target`, check its certificate's role, open a `link` (a peer link
+    names its session, `sid`).
 
     Connecting and the TLS handshake must end within the timeout (the serving `timeout_s`
     by default); so must the answer to the hello. Returns the channel and the meta of the
@@ -58,17 +59,22 @@ def dial(
         ch.close("wrong peer role")
         raise LinkRefused(f"expected {where}, but its certificate is for {ch.peer_role!r}")
     try:
-        ch.send_msg("hello", {"link": link, "version": PROTOCOL_VERSION, **(meta or {})})
+        Hello(link, PROTOCOL_VERSION, sid).send(ch)
         msg = ch.recv_msg(t)
     except PartyError as e:
         ch.close(str(e))
         raise PartyError(f"{target} did not accept the {link} link: {_strip(e, ch)}") from None
-    if msg.kind == "refused":
-        ch.close("refused")
-        raise LinkRefused(f"{target} refused the {link} link: {msg.meta.get('msg', '')}")
-    if msg.kind != "welcome":
+    if msg.kind not in (Refused.KIND, Welcome.KIND):
         ch.close("bad welcome")
         raise PartyError(f"{target} answered the hello with {msg.kind!r}")
+    try:
+        answer = (Refused if msg.kind == Refused.KIND else Welcome).parse(msg.meta)
+    except MalformedMessage as e:
+        ch.close("bad welcome")
+        raise PartyError(f"{target} answered the hello badly: {e}") from None
+    if isinstance(answer, Refused):
+        ch.close("refused")
+        raise LinkRefused(f"{target} refused the {link} link: {answer.msg}")
     return ch, msg.meta
 
 
@@ -77,27 +83,30 @@ def _strip(e: Exception, ch: TlsChannel) -> str:
     return s[len(ch.peer) + 2 :] if s.startswith(ch.peer + ": ") else s
 
 
-def greet(ch: TlsChannel, allowed: dict[str, set[str]], timeout: float) -> Message:
+def greet(ch: TlsChannel, allowed: dict[str, set[str]], timeout: float) -> Hello:
     """Server side: read the hello and check the link kind against the peer's pinned role.
 
     `allowed` maps link kinds to the certificate roles that may open them. On success the
     hello is returned (the caller sends the welcome); otherwise the peer is told why, the
     channel closed and LinkRefused raised.
     """
-    msg = ch.recv_msg(timeout, expect="hello")
-    link, version = msg.meta.get("link"), msg.meta.get("version")
-    why = None
-    if version != PROTOCOL_VERSION:
-        why = f"protocol version {version!r} is not {PROTOCOL_VERSION}"
-    elif link not in allowed:
-        why = f"no {link!r} links here"
-    elif ch.peer_role not in allowed[link]:
-        why = f"a certificate of role {ch.peer_role!r} may not open a {link} link"
-    if why:
+    msg = ch.recv_msg(timeout, expect=Hello.KIND)
+    try:
+        hello = Hello.parse(msg.meta)
+        why = None
+        if hello.version != PROTOCOL_VERSION:
+            why = f"protocol version {hello.version!r} is not {PROTOCOL_VERSION}"
+        elif hello.link not in allowed:
+            why = f"no {hello.link!r} links here"
+        elif ch.peer_role not in allowed[hello.link]:
+            why = f"a certificate of role {ch.peer_role!r} may not open a {hello.link} link"
+    except MalformedMessage as e:
+        why = str(e)
+    if why is not None:
         try:
-            ch.send_msg("refused", {"msg": why})
+            Refused(why).send(ch)
         except PartyError:
             pass
         ch.close(why)
         raise LinkRefused(f"refused {ch.peer}: {why}")
-    return msg
+    return hello

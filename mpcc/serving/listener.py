@@ -18,12 +18,13 @@ from mpcc.serving.certs import Revocations
 from mpcc.serving.config import ClusterConfig, format_address
 from mpcc.serving.handshakes import HandshakeSlots, Pending, party_hosts
 from mpcc.serving.links import greet
+from mpcc.serving.messages import Hello, Refused
 from mpcc.serving.tls import TlsChannel
 from mpcc.serving.tlscontext import server_context
 from mpcc.serving.tlsstream import HandshakeEOF, HandshakeTimeout, LinkRefused
-from mpcc.serving.wire import CLIENT_HEADER_MAX, PARTY_HEADER_MAX, Message
+from mpcc.serving.wire import CLIENT_HEADER_MAX, PARTY_HEADER_MAX
 
-Handler = Callable[[TlsChannel, Message], None]
+Handler = Callable[[TlsChannel, Hello], None]
 HELLO_MAX_FRAME = 1 << 16  # before a peer has said what its link is for
 PARTY_ROLES = frozenset({"p0", "p1", "dealer", "owner"})
 PARTY_LINKS = 16  # links from the other parties and the owner held at once (their own pool)
@@ -197,7 +198,7 @@ class Listener:
             if why is not None:
                 self.log.warning("refused %s: %s", ch.peer, why)
                 try:
-                    ch.send_msg("refused", {"msg": f"{self.role}: {why}"})
+                    Refused(f"{self.role}: {why}").send(ch)
                 except PartyError:
                     pass
                 ch.close(why)
@@ -208,10 +209,10 @@ class Listener:
                 PARTY_HEADER_MAX if party else CLIENT_HEADER_MAX,
             )
             if self._closed.is_set():
-                ch.send_msg("refused", {"msg": f"{self.role} is shutting down"})
+                Refused(f"{self.role} is shutting down").send(ch)
                 ch.close("shutting down")
                 return
-            self._handlers[hello.meta["link"]][1](ch, hello)
+            self._handlers[hello.link][1](ch, hello)
         except HandshakeEOF:
             self.log.debug("connection from %s closed before TLS started", where)
             if ch is not None:

@@ -21,6 +21,7 @@ from mpcc.runtime.executor import PartyExecutor
 from mpcc.runtime.material import Bundle
 from mpcc.runtime.session import Session
 from mpcc.serving.links import dial
+from mpcc.serving.messages import Hello, Welcome
 from mpcc.serving.startup import (
     contribution,
     mismatch,
@@ -30,7 +31,6 @@ from mpcc.serving.startup import (
 from mpcc.serving.state import Deployment, load_shares
 from mpcc.serving.tls import TlsChannel
 from mpcc.serving.tlsstream import LinkRefused
-from mpcc.serving.wire import Message
 
 if TYPE_CHECKING:
     from mpcc.serving.party import ComputeParty
@@ -189,11 +189,11 @@ class SessionSetup:
             for kind, ch in (("peer", s.peer), ("dealer", s.dealer)):
                 self.metrics.link_closed(kind, ch.wire.sent, ch.wire.received)
 
-    def on_dealer(self, ch: TlsChannel, hello: Message) -> None:
+    def on_dealer(self, ch: TlsChannel, hello: Hello) -> None:
         """The dealer starts a session; this thread then runs it until it ends."""
         ch.peer = "dealer"
         self._end_session("the dealer started a new session")
-        ch.send_msg("welcome", {"role": self.role})
+        Welcome(self.role).send(ch)
         generation = self.deploy_generation
         try:
             s = self._setup(ch)
@@ -313,9 +313,7 @@ class SessionSetup:
                 raise PartyError("stopping")
             if self.party == 1:
                 try:
-                    ch, _ = dial(
-                        self.cfg, self.client_ctx, "p0", me="p1", link="peer", meta={"sid": sid}
-                    )
+                    ch, _ = dial(self.cfg, self.client_ctx, "p0", me="p1", link="peer", sid=sid)
                     return ch
                 except LinkRefused:
                     raise

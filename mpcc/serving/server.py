@@ -16,10 +16,20 @@ from mpcc.runtime.warmup import warm_up
 from mpcc.serving import state
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.listener import Handler, Listener
+from mpcc.serving.messages import (
+    Activate,
+    Commit,
+    Deployed,
+    DeployHead,
+    ErrorReply,
+    Hello,
+    Share,
+    Staged,
+    Welcome,
+)
 from mpcc.serving.state import Deployment
 from mpcc.serving.tls import TlsChannel
 from mpcc.serving.tlscontext import client_context
-from mpcc.serving.wire import Message
 
 ERROR_LINGER_S = 5.0  # a refused deploy keeps reading until the owner has its error
 
@@ -161,22 +171,19 @@ class PartyServer:
     def takes_shares(self) -> bool:
         return self.role in ("p0", "p1")
 
-    def on_deploy(self, ch: TlsChannel, hello: Message) -> None:
+    def on_deploy(self, ch: TlsChannel, hello: Hello) -> None:
         """A two-phase deploy: the owner sends the public plan and, to P0/P1, this party's
         weight shares, which are checked (the plan verified) and staged; the party answers
         "staged", and switches to them only when the owner says "activate" -- once all three
         have staged. Until then, and for good if the owner aborts or goes away, the previous
         deployment stays active and serving."""
         t = self.cfg.serving.setup_timeout_s
-        ch.send_msg("welcome", {"role": self.role})
+        Welcome(self.role).send(ch)
         staged: Deployment | None = None
         try:
             staged = self._receive_deployment(ch, t)
-            ch.send_msg(
-                "staged",
-                {"role": self.role, "plan_hash": staged.plan_hash, "deploy_id": staged.deploy_id},
-            )
-            ch.recv_msg(t, expect="activate")
+            Staged(self.role, staged.plan_hash, staged.deploy_id).send(ch)
+            Activate.recv(ch, t)
             with self.deployed:
                 state.activate(self.state_dir, staged.deploy_id)
                 dep = staged.public_part()
@@ -199,7 +206,7 @@ class PartyServer:
                 except (OSError, MpccError) as err:
                     self.log.error("could not remove the staged deployment: %s", err)
             try:
-                ch.send_msg("error", {"msg": why})
+                ErrorReply(why).send(ch)
                 _drain_until_closed(ch, ERROR_LINGER_S)
             except PartyError:
                 pass
@@ -213,16 +220,14 @@ class PartyServer:
         )
         self.on_new_deployment()
         try:
-            ch.send_msg("deployed", {"role": self.role, "plan_hash": dep.plan_hash})
+            Deployed(self.role, dep.plan_hash).send(ch)
         finally:
             ch.close("deployment done")
 
     def _receive_deployment(self, ch: TlsChannel, t: float) -> Deployment:
         """The deploy header, one message per weight share, then a commit."""
-        head = ch.recv_msg(t, expect="deploy")
-        names = head.meta.get("weights", [])
-        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise PartyError("malformed deploy header")
+        head = DeployHead.recv(ch, t)
+        names = head.weights
         if self.takes_shares() != bool(names):
             raise PartyError(
                 "the dealer takes the public plan only"
@@ -231,19 +236,19 @@ class PartyServer:
             )
         shares: dict[str, np.ndarray] = {}
         for n in names:
-            msg = ch.recv_msg(t, expect="share")
-            if msg.meta.get("name") != n or len(msg.arrays) != 1:
+            msg = ch.recv_msg(t, expect=Share.KIND)
+            if Share.of(msg).name != n or len(msg.arrays) != 1:
                 raise PartyError("weight shares arrived out of order")
             shares[n] = msg.arrays[0]
-        ch.recv_msg(t, expect="commit")
+        Commit.recv(ch, t)
         dep = Deployment.build(  # checks the hash, verifies the plan, checks the shares
-            head.meta.get("plan"),
-            head.meta.get("plan_hash", ""),
-            head.meta.get("deploy_id", ""),
+            head.plan,
+            head.plan_hash,
+            head.deploy_id,
             shares if names else None,
             role=self.role,
-            commitments=head.meta.get("commitments"),
-            salt=head.meta.get("salt"),
+            commitments=head.commitments,
+            salt=head.salt,
         )
         state.stage(self.state_dir, dep)
         # The shares stay on disk: each session reads (and checks) them afresh, so between

@@ -39,6 +39,7 @@ from mpcc.errors import PartyError
 from mpcc.runtime.transport import Channel
 from mpcc.serving.certs import identity_from_peercert, role_from_peercert, serial_from_peercert
 from mpcc.serving.frameparser import FrameParser
+from mpcc.serving.messages import Abort, ErrorReply
 from mpcc.serving.tlscontext import ssl_reason
 from mpcc.serving.tlsstream import CHUNK, POLL_IN, POLL_OUT, TlsStream, wait_for
 from mpcc.serving.wire import FrameError, Message, encode_message
@@ -300,8 +301,8 @@ class TlsChannel(Channel):
             if item is not None:
                 if isinstance(item, _Closed):
                     raise PartyError(f"{self.peer}: {item.reason}")
-                if item.kind == "abort":
-                    raise PartyError(f"{self.peer} failed: {item.meta.get('reason', '?')}")
+                if item.kind == Abort.KIND:
+                    raise PartyError(f"{self.peer} failed: {Abort.lenient(item.meta).reason}")
                 return item
             failed = None
             try:
@@ -320,8 +321,8 @@ class TlsChannel(Channel):
         msg = self.poll(t)
         if msg is None:
             raise PartyError(f"{self.peer} sent nothing for {t:g} s")
-        if msg.kind == "error":
-            raise PartyError(f"{self.peer}: {msg.meta.get('msg', 'error')}")
+        if msg.kind == ErrorReply.KIND:
+            raise PartyError(f"{self.peer}: {ErrorReply.lenient(msg.meta).msg}")
         if expect is not None and msg.kind != expect:
             raise PartyError(f"{self.peer} sent {msg.kind!r} where {expect!r} was expected")
         return msg
@@ -356,7 +357,7 @@ class TlsChannel(Channel):
 
     def abort(self, reason: str) -> None:
         try:
-            self.send_msg("abort", {"reason": reason})
+            Abort(reason).send(self)
         except PartyError:
             pass
 
