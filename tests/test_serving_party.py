@@ -286,6 +286,24 @@ def test_requests_without_a_model_are_refused(servers):
             c.predict(np.zeros((1, 1, 28, 28)))
 
 
+def test_malformed_requests_are_answered_by_field(servers, mlp, ort_logits):
+    """A request whose fields are of the wrong type is refused with an error that names the
+    field (by its id if that is well formed), and the party keeps serving the link."""
+    servers.deploy(*mlp)
+    X, ref = ort_logits
+    share = np.zeros((1, 1, 28, 28), np.uint64)
+    with Client(servers.cfg, timeout=10) as c:
+        plan = c._interface()["plan_hash"]
+        for role in ("p0", "p1"):
+            meta = {"rid": secrets.token_hex(16), "rows": "1", "plan": plan}
+            reply = c.send_raw(role, "request", meta, [share])
+            assert reply.kind == "failed" and reply.meta["rid"] == meta["rid"]
+            assert "the 'rows' field of a 'request' message must be an integer" in reply.meta["msg"]
+            with pytest.raises(PartyError, match="the 'rid' field of a 'request' message must be"):
+                c.send_raw(role, "request", {"rid": 7, "rows": 1, "plan": plan}, [share])
+        check(c.predict(X[:2]), ref[:2])
+
+
 def test_client_frames_follow_the_deployed_input_size(servers, zoo_model, ort_logits):
     """Before a model is deployed a client may send small messages only; a link opened
     then takes the model's requests once it is deployed."""

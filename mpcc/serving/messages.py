@@ -370,8 +370,9 @@ class Skip(Go):
 
 
 @dataclass(frozen=True)
-class Bundle(ControlMessage):
-    """The dealer's preprocessing material for one query (its arrays), and how long it took."""
+class Dealt(ControlMessage):
+    """The dealer's preprocessing material for one query (its arrays: a `Bundle`'s), and
+    how long dealing it took."""
 
     KIND = "bundle"
     deal_s: float = field(SECONDS, 0.0)
