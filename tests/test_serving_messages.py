@@ -49,6 +49,8 @@ EXAMPLES = [
     m.Dealt(0.125),
     m.Credit(7, 40),
     m.Answered(41),
+    m.PlanInterface("f" * 64, 4, [4, 1, 28, 28], [4, 10], 16, 16, True),
+    m.PlanInterface("f" * 64, 1, [1, 32], [1, 2], 16, 16, False, "onehot", 30522),
 ]
 
 
@@ -95,6 +97,12 @@ def test_the_meta_sent_is_the_one_parties_always_sent():
         (m.Go, {"have": [RID, 5], "rejected": []}, ["'have'", "'go'", "list of strings"]),
         (m.Start, {"sid": "s", "contributions": ["a"]}, ["'contributions'", "'start'"]),
         (m.Dealt, {"deal_s": float("nan")}, ["'deal_s'", "finite"]),
+        (
+            m.PlanInterface,
+            {"plan_hash": "h", "batch": 4, "input_shape": [4, 8], "output_shape": [4, 2]}
+            | {"frac_bits": 99, "output_scale": 16},
+            ["'frac_bits'", "'info'", "from 0 to 62"],
+        ),
         (m.DeployHead, {"plan": [], "plan_hash": "h", "deploy_id": "d"}, ["'plan'", "object"]),
         (
             m.DeployHead,

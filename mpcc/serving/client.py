@@ -29,7 +29,14 @@ from mpcc.serving.certs import client_files
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.config import load as load_config
 from mpcc.serving.links import dial
-from mpcc.serving.messages import ErrorReply, Failed, MalformedMessage, Request, Result
+from mpcc.serving.messages import (
+    ErrorReply,
+    Failed,
+    MalformedMessage,
+    PlanInterface,
+    Request,
+    Result,
+)
 from mpcc.serving.tls import LinkClosed, TlsChannel
 from mpcc.serving.tlscontext import client_context
 from mpcc.serving.wire import Message
@@ -186,6 +193,8 @@ class Client:
         raise PartyError(f"the cluster is not ready after {timeout:g} s ({last})")
 
     def _interface(self) -> dict[str, Any]:
+        """P0's `info`, once P0 and P1 are seen to serve one plan (read again after a
+        redeploy: see `predict`)."""
         if self._plan is None:
             got = self.info()
             p0, p1 = got["p0"], got["p1"]
@@ -197,14 +206,21 @@ class Client:
         return self._plan
 
     # -- predictions --------------------------------------------------------------------------
+    def _plan_interface(self) -> PlanInterface:
+        try:
+            return PlanInterface.parse(self._interface())
+        except MalformedMessage as e:
+            self._plan = None
+            raise PartyError(f"P0 described its plan badly: {e}") from None
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits (the plan's first output) for any number of samples."""
-        plan = self._interface()
-        enc, batch = plan.get("input_encoding"), int(plan["batch"])
-        shape = input_shape(plan["input_shape"], enc)
+        plan = self._plan_interface()
+        enc, batch = plan.input_encoding, plan.batch
+        shape = input_shape(plan.input_shape, enc)
         x = as_samples(x, shape, allow_empty=False, ids=enc == ONEHOT)
-        if not plan.get("rows_independent", False):
-            whole = len(x) == batch or (len(x) % batch == 0 and plan["output_shape"][:1] == [batch])
+        if not plan.rows_independent:
+            whole = len(x) == batch or (len(x) % batch == 0 and plan.output_shape[:1] == [batch])
             if not whole:
                 raise InputError(
                     f"this plan mixes samples across its batch axis: give exactly {batch} "
@@ -223,9 +239,9 @@ class Client:
             raise
         return np.concatenate(outs)
 
-    def _predict_again(self, x: np.ndarray, old: dict[str, Any]) -> np.ndarray:
-        plan = self._interface()
-        if plan["plan_hash"] == old["plan_hash"]:
+    def _predict_again(self, x: np.ndarray, old: PlanInterface) -> np.ndarray:
+        plan = self._plan_interface()
+        if plan.plan_hash == old.plan_hash:
             raise PartyError("the parties refused the plan they announce; redeploy the model")
         try:
             return self.predict(x)
@@ -235,11 +251,11 @@ class Client:
                 f"the model was redeployed twice during one prediction ({e})"
             ) from None
 
-    def _run(self, chunks: list[np.ndarray], plan: dict[str, Any]) -> list[np.ndarray]:
+    def _run(self, chunks: list[np.ndarray], plan: PlanInterface) -> list[np.ndarray]:
         links = self._connect()
-        frac, scale = int(plan["frac_bits"]), int(plan["output_scale"])
-        out_shape, out_tail = tuple(plan["output_shape"]), tuple(plan["output_shape"][1:])
-        rowwise = bool(plan.get("rows_independent", False))
+        frac, scale = plan.frac_bits, plan.output_scale
+        out_shape, out_tail = tuple(plan.output_shape), tuple(plan.output_shape[1:])
+        rowwise = plan.rows_independent
         outs: list[np.ndarray | None] = [None] * len(chunks)
         stats: list[RequestStats | None] = [None] * len(chunks)
         # by request id: its chunk, when it was sent, its share's size, the answers so far
@@ -248,12 +264,14 @@ class Client:
         while nxt < len(chunks) or pending:
             while nxt < len(chunks) and len(pending) < self.window:
                 rid = secrets.token_hex(16)
-                if plan.get("input_encoding") == ONEHOT:  # token ids, one-hot encoded here
-                    s0, s1 = share(one_hot(chunks[nxt], int(plan["input_depth"])))
+                if plan.input_encoding == ONEHOT:  # token ids, one-hot encoded here
+                    if plan.input_depth is None:
+                        raise PartyError("P0 did not say the depth of its one-hot input")
+                    s0, s1 = share(one_hot(chunks[nxt], plan.input_depth))
                 else:
                     s0, s1 = share(encode(chunks[nxt], frac))
                 pending[rid] = (nxt, time.perf_counter(), s0.nbytes, {})
-                req = Request(rid, len(chunks[nxt]), plan["plan_hash"])
+                req = Request(rid, len(chunks[nxt]), plan.plan_hash)
                 req.send(links["p0"], [s0])
                 req.send(links["p1"], [s1])
                 nxt += 1
@@ -274,7 +292,7 @@ class Client:
             if isinstance(answer, Failed):
                 stale = answer.code == "stale_plan"
                 raise StalePlanError(answer.msg) if stale else PartyError(answer.msg)
-            if answer.plan != plan["plan_hash"]:  # never decode at another plan's scale
+            if answer.plan != plan.plan_hash:  # never decode at another plan's scale
                 raise StalePlanError(f"{role.upper()} answered from another plan than was read")
             i, t0, nbytes, got = pending[rid]
             want = (len(chunks[i]), *out_tail) if rowwise else out_shape

@@ -60,6 +60,11 @@ SECONDS = Check(
     "a finite number >= 0",
     lambda v: type(v) in (int, float) and math.isfinite(v) and v >= 0,
 )
+BOOL = Check("true or false", lambda v: isinstance(v, bool))
+BITS = Check("an integer from 0 to 62", lambda v: _is_int(v) and 0 <= v <= 62)
+SHAPE = Check(
+    "a list of integers >= 0", lambda v: isinstance(v, list) and all(COUNT.ok(d) for d in v)
+)
 OBJECT = Check("an object", lambda v: isinstance(v, dict))
 STRINGS = Check(
     "a list of strings", lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)
@@ -241,6 +246,23 @@ class Result(ControlMessage):
     rid: str = field(STR)
     plan: str = field(STR)
     stats: dict = field(OBJECT, None)
+
+
+@dataclass(frozen=True)
+class PlanInterface(ControlMessage):
+    """What a client encodes its inputs and decodes its answers with: the part of a party's
+    `info` (a dict of public facts, sent while a model is deployed) about the plan."""
+
+    KIND = "info"
+    plan_hash: str = field(STR)
+    batch: int = field(ROWS)
+    input_shape: list = field(SHAPE)
+    output_shape: list = field(SHAPE)
+    frac_bits: int = field(BITS)
+    output_scale: int = field(BITS)
+    rows_independent: bool = field(BOOL, False)
+    input_encoding: str | None = field(optional(STR), None)
+    input_depth: int | None = field(optional(ROWS), None)
 
 
 # -- deploys: owner and parties -----------------------------------------------------------------
