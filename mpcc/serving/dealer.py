@@ -158,6 +158,11 @@ class DealerParty(PartyServer):
                     t0 = time.perf_counter()
                     bundle = dealer.deal(q)
                     deal_s = time.perf_counter() - t0
+                    if dealer.sends_p0:  # FSS keys' common words, sent with P1's bundle
+                        mine = dealer.for_p0(bundle)
+                        Dealt(deal_s).send(p0, mine.to_arrays())
+                        p0.traffic.bytes_sent += mine.nbytes
+                        p0.traffic.messages_sent += 1
                     Dealt(deal_s).send(p1, bundle.to_arrays())
                     p1.traffic.bytes_sent += bundle.nbytes
                     p1.traffic.messages_sent += 1

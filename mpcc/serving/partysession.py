@@ -326,13 +326,15 @@ class SessionSetup:
     # -- preprocessing ----------------------------------------------------------------------
     def _prepare_loop(self, s: PartySession) -> None:
         """Keep up to `s.stock()` queries of material ready (P1: as the dealer's bundles
-        arrive; its credit to the dealer holds the dealer to that stock)."""
+        arrive; its credit to the dealer holds the dealer to that stock; P0 likewise for a
+        plan with FSS keys, whose bundles the dealer sends with P1's)."""
         try:
+            from_dealer = s.ex.needs_dealer  # P1; P0 too for a plan with FSS keys
             while s.alive:
-                s.wait_to_prepare(full=self.party == 0)
+                s.wait_to_prepare(full=not from_dealer)
                 if not s.alive:
                     return
-                if self.party == 0:
+                if not from_dealer:
                     q = s.prepared_upto + 1
                     t0 = time.perf_counter()
                     nbytes = s.ex.prepare(q, None, s.yield_to_online)
