@@ -101,8 +101,8 @@ class ClientLinks:
                 elif msg.kind == messages.Request.KIND:
                     self._on_request(ch, msg)
                 else:
-                    reply = messages.ErrorReply(f"unknown request kind {msg.kind!r}")
-                    outbox.post(reply.KIND, reply.to_meta())
+                    err = messages.ErrorReply(f"unknown request kind {msg.kind!r}")
+                    outbox.post(err.KIND, err.to_meta())
         except PartyError:
             pass  # the client left, or sent a bad frame (logged by the link)
         finally:
@@ -165,8 +165,7 @@ class ClientLinks:
                 )
             else:
                 self.metrics.failed("malformed request")
-                reply = messages.ErrorReply(f"{self.label} rejected a request: {e}")
-                self._post(ch, reply.KIND, reply.to_meta())
+                self._post(ch, messages.ErrorReply(f"{self.label} rejected a request: {e}"))
             return
         rid = req.rid
         who = self._identity(_identity_of(ch))
@@ -257,20 +256,21 @@ class ClientLinks:
             )
         return req
 
-    def _post(self, ch: TlsChannel, kind: str, meta: dict[str, Any], arrays=None) -> bool:
+    def _post(
+        self, ch: TlsChannel, msg: messages.ControlMessage, arrays: list[np.ndarray] | None = None
+    ) -> bool:
         """Queue a message for a client (False if its link is gone); never blocks."""
         with self._req:
             outbox = self._outboxes.get(ch)
         if outbox is None:
             return False
-        outbox.post(kind, meta, arrays)
+        outbox.post(msg.KIND, msg.to_meta(), arrays)
         return True
 
     def _send_failed(self, ch: TlsChannel, rid: str, why: str, code: str | None = None) -> None:
         self.metrics.failed(why, code)
         # `code`: what the client can act on ("stale_plan": read the plan again)
-        reply = messages.Failed(rid, why, code)
-        self._post(ch, reply.KIND, reply.to_meta())
+        self._post(ch, messages.Failed(rid, why, code))
 
     def _fail(self, reqs: list[Request], why: str) -> None:
         for r in reqs:
@@ -279,8 +279,7 @@ class ClientLinks:
     def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any], plan: str) -> int:
         """Hand a result to its client's outbox: 1 if it was, 0 if the client left. `plan`:
         the hash of the plan that computed it, which the client checks before decoding."""
-        reply = messages.Result(r.rid, plan, stats)
-        if not self._post(r.ch, reply.KIND, reply.to_meta(), [y]):
+        if not self._post(r.ch, messages.Result(r.rid, plan, stats), [y]):
             self.log.info("could not answer request %s: its client left", r.rid[:8])
             return 0
         self.answered += 1
