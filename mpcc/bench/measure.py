@@ -138,8 +138,9 @@ def measure_processes(
 ) -> Measurement:
     """The plan served by three local party processes over TLS, queried one batch at a time
     by a client: setup, the schedule's queries, then a TLS handshake."""
+    from mpcc.serving.links import dial
     from mpcc.serving.local import serve_locally
-    from mpcc.serving.tls import client_context, dial
+    from mpcc.serving.tlscontext import client_context
 
     shape, depth = plan_input(prog)
     sched.phase("starting three party processes (TLS), deploying, starting the session")
