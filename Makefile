@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export KERAS_BACKEND := torch
 
-.PHONY: setup demo test test-slow lint format bench clean
+.PHONY: setup demo test test-slow lint format bench bench-transformers clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,9 @@ test-slow: setup
 
 bench: setup
 	$(PY) benchmarks/run.py
+
+bench-transformers: setup
+	$(PY) benchmarks/transformers.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache .ruff_cache

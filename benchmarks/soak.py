@@ -45,8 +45,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mpcc.errors import MpccError  # noqa: E402
 from mpcc.serving.certs import add_client, client_files  # noqa: E402
 from mpcc.serving.client import Client  # noqa: E402
+from mpcc.serving.links import PROTOCOL_VERSION  # noqa: E402
 from mpcc.serving.local import ProcessCluster  # noqa: E402
-from mpcc.serving.tls import PROTOCOL_VERSION, client_context  # noqa: E402
+from mpcc.serving.tlscontext import client_context  # noqa: E402
 from mpcc.serving.wire import FRAME_HEAD, MAGIC, META_HEAD, encode  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -28,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpcc.runtime.transport import Channel, QueueChannel  # noqa: E402
 from mpcc.serving.local import init_local  # noqa: E402
-from mpcc.serving.tls import TlsChannel, client_context, server_context  # noqa: E402
+from mpcc.serving.tls import TlsChannel  # noqa: E402
+from mpcc.serving.tlscontext import client_context, server_context  # noqa: E402
 
 SIZES = (8, 1024, 16 << 10, 256 << 10, 2 << 20)
 

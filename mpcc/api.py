@@ -113,6 +113,8 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
     keep_softmax: bool = False,
     calibrate: np.ndarray | Mapping[str, np.ndarray] | None = None,
     fix_inputs: dict[str, float] | None = None,
+    network: str | None = None,
+    material_budget_mb: float | None = None,
 ) -> Plan:
     """Compile a PyTorch, Keras or ONNX model to a secure Plan: the Program and its
     (owner-side) weights (``prog, weights = plan`` unpacks it).
@@ -140,6 +142,8 @@ def compile(  # shadows the builtin on purpose: mpcc.compile
         keep_softmax=keep_softmax,
         calibrate=calibrate,
         fix_inputs=fix_inputs,
+        network=network,
+        material_budget_mb=material_budget_mb,
     )
     plan = _compile(model, kind, example_input, input_shape, weights, dynamo, opts)
     if calibrate is not None:

@@ -37,6 +37,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
             keep_softmax=args.keep_softmax,
             calibrate=calibration,
             fix_inputs=fixed,
+            network=args.network,
+            material_budget_mb=args.material_budget,
         )
     for w in caught:
         if issubclass(w.category, CalibrationWarning):
@@ -195,6 +197,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--keep-softmax",
         action="store_true",
         help="compute a final Softmax/LogSoftmax securely instead of returning logits",
+    )
+    c.add_argument(
+        "--network",
+        metavar="RTT_ms,Gbps",
+        help="choose each comparison's protocol for this link between P0 and P1, e.g. 10,1: "
+        "function secret sharing (fewer rounds, more dealer material) where it is faster "
+        "(default: the LAN's bit tree everywhere)",
+    )
+    c.add_argument(
+        "--material-budget",
+        metavar="MB",
+        type=float,
+        help="with --network: at most this much dealer material per query (MB, both parties)",
     )
     c.add_argument("--json", action="store_true", help="print the report as JSON")
     c.set_defaults(fn=cmd_compile)

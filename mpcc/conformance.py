@@ -2,7 +2,7 @@
 
 `onnx.backend.test.case.node.collect_testcases()` regenerates ONNX's node test cases (the
 wheel ships no data); they are cached under ``.cache/`` per onnx version. Every case whose ops
-are all in :data:`mpcc.compiler.graph.SUPPORTED_OPS` is compiled and run, in cleartext or
+are all in :data:`mpcc.compiler.supported.SUPPORTED_OPS` is compiled and run, in cleartext or
 securely (`LocalCluster`), against the expected outputs, in two variants:
 
 - ``given``: the model as ONNX ships it (weights, shapes, axes, pads often graph inputs);
@@ -37,8 +37,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from mpcc.compiler.graph import CONST_INPUTS, SUPPORTED_OPS
 from mpcc.compiler.pipeline import compile_onnx
+from mpcc.compiler.supported import CONST_INPUTS, SUPPORTED_OPS
 from mpcc.errors import InputError, ModelError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -438,3 +438,25 @@ def test_clocks_observe_and_detach(tiny) -> None:
     for key in ("wall_s", "cpu_s", "in_receive_s"):
         assert len(lay["run"][key]) == 2
     assert 0 < lay["loop_s"] <= lay["run"]["wall_s"][0]
+
+
+def test_token_id_inputs_are_benched_with_ids(tmp_path, capsys) -> None:
+    """A model whose input is token ids (one-hot encoded by the client) is benched with
+    integer ids, and the plaintext floor gets them as int64."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    table = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    g = helper.make_graph(
+        [helper.make_node("Gather", ["word", "ids"], ["y"], "word_emb")],
+        "embedding",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [1, 6])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 6, 8])],
+        [numpy_helper.from_array(table, "word")],
+    )
+    model = tmp_path / "emb.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), str(model))
+    rep, _ = _report(capsys, str(model), "--repeat", "1")
+    (r,) = rep["results"]
+    assert r["matches_cost_model"] and r["plaintext_s"]["median"] > 0
+    ids = bench.sample_inputs((2, 3), 1, depth=40)
+    assert ids.dtype == np.int64 and 0 <= ids.min() and ids.max() < 40

@@ -127,7 +127,7 @@ def test_untrained_model_with_tiny_logits_warns(digits_test) -> None:
     pytest.importorskip("torch")
     import torch
 
-    from mpcc.zoo.models import MobileNetV2Untrained
+    from mpcc.zoo.architectures import MobileNetV2Untrained
 
     torch.manual_seed(0)
     x = digits_test[0][:16].copy()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mpcc import optable
-from mpcc.compiler.graph import SUPPORTED_OPS
+from mpcc.compiler.supported import SUPPORTED_OPS
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpcc.compiler.graph import SUPPORTED_OPS, Graph
+from mpcc.compiler.graph import Graph
+from mpcc.compiler.supported import SUPPORTED_OPS
 from mpcc.errors import ModelError
 from tests.onnx_builders import check_graph, feeds_for, graph_of, model, node, ops, rand, run
 

@@ -73,12 +73,18 @@ def test_every_call_type_has_a_protocol_priced_as_it_deals() -> None:
         calls.Relu: calls.Relu(130, 16),
         calls.Square: calls.Square(70),
         calls.Sign: calls.Sign(130),
+        calls.Powers: calls.Powers(70, 3, 20, (1, 2, 3, 5, 7)),
+        calls.SignFss: calls.SignFss(130),
+        calls.ReluFss: calls.ReluFss(130, 16),
     }
     assert set(calls.CALL_TYPES) == set(BY_CALL) == set(samples)
     for kind, call in samples.items():
         proto = BY_CALL[kind]
         assert proto.call is kind
         assert 8 * proto.correction_words(call) == proto.cost(call).dealer, kind
+        # the leading words the dealer sends P0 too (FSS keys' common words) are priced
+        assert 8 * proto.shared_words(call) == call.dealer_p0(), kind
+        assert proto.shared_words(call) <= proto.correction_words(call), kind
 
 
 def test_the_ir_op_table_in_the_docs_is_current() -> None:
@@ -112,7 +118,15 @@ def _compares_op_to_a_string(node: ast.AST) -> bool:
 
 
 # Modules that work on the ONNX graph, whose nodes' ops are ONNX op names (strings).
-ONNX_LEVEL = {"frontends", "graph.py", "legalize.py", "rewriter.py", "rewrites.py", "optable.py"}
+ONNX_LEVEL = {
+    "frontends",
+    "graph.py",
+    "legalize.py",
+    "rewriter.py",
+    "rewrites.py",
+    "rewrites_affine.py",
+    "optable.py",
+}
 
 
 def test_no_dispatch_on_op_names_outside_the_declarations() -> None:

@@ -8,6 +8,7 @@ import onnx
 import pytest
 
 from mpcc.compiler import rewrites as R
+from mpcc.compiler import rewrites_affine as A
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.legalize import legalize
 from mpcc.compiler.passes import run_all
@@ -384,7 +385,7 @@ def test_fold_batchnorm_into_conv():
         node("BatchNormalization", ["c", *BN_IN], ["y"], name="bn1", epsilon=1e-3),
     ]
     m = model(nodes, {"x": (1, 2, 5, 5)}, ["y"], {"w": conv_w()} | bn_inits(3))
-    g = check_passes(m, legalize, R.fold_batchnorm)
+    g = check_passes(m, legalize, A.fold_batchnorm)
     assert ops(g) == ["Conv"] and g.node("conv1")["outputs"] == ["y"]
     assert g.notes[-1] == "folded BatchNormalization 'bn1' into Conv 'conv1'"
 
@@ -395,7 +396,7 @@ def test_batchnorm_after_a_3d_matmul_is_not_folded():
         node("BatchNormalization", ["f", *BN_IN], ["y"], name="bn"),  # over axis 1: 3 rows
     ]
     inits = {"w": rand(4, 5)} | bn_inits(3)
-    g = check_passes(model(nodes, {"x": (2, 3, 4)}, ["y"], inits), legalize, R.fold_batchnorm)
+    g = check_passes(model(nodes, {"x": (2, 3, 4)}, ["y"], inits), legalize, A.fold_batchnorm)
     assert ops(g) == ["MatMul", "Mul", "Add"]
     assert g.notes == [
         "kept BatchNormalization 'bn' apart from MatMul 'fc': it normalizes axis 1 of a 3-D "
@@ -410,7 +411,7 @@ def test_fold_batchnorm_into_gemm():
         node("BatchNormalization", ["f", *BN_IN], ["y"], name="bn"),
     ]
     inits = {"w": rand(4, 3), "b": rand(4)} | bn_inits(4)
-    g = check_passes(model(nodes, {"x": (2, 3)}, ["y"], inits), legalize, R.fold_batchnorm)
+    g = check_passes(model(nodes, {"x": (2, 3)}, ["y"], inits), legalize, A.fold_batchnorm)
     assert ops(g) == ["MatMul"]
 
 
@@ -423,14 +424,14 @@ def test_batchnorm_without_affine_producer_becomes_mul_add():
     ]
     inits = {"w": conv_w(2, 2)} | bn_inits(2)
     m = model(nodes, {"x": (1, 2, 5, 5)}, ["y"], inits)
-    g = check_passes(m, legalize, R.fold_batchnorm)
+    g = check_passes(m, legalize, A.fold_batchnorm)
     assert ops(g) == ["Mul", "Add", "Conv", "Mul", "Add", "Add"]
     assert g.notes[-2:] == [
         "turned BatchNormalization 'bn0' into Mul 'bn0' and Add 'bn0_1'",
         "turned BatchNormalization 'bn1' into Mul 'bn1' and Add 'bn1_1'",
     ]
     # then the input normalization folds into the Conv (no padding)
-    R.fold_affine_constants(g)
+    A.fold_affine_constants(g)
     check_graph(g, feeds_for(g), run(m, feeds_for(g)))
     assert ops(g) == ["Conv", "Mul", "Add", "Add"]
 
@@ -447,7 +448,7 @@ def test_fold_constants_after_conv():
     ]
     inits = {"w": conv_w(), "s": rand(1, 3, 1, 1), "b": rand(3, 1, 1), "two": np.float32(2)}
     m = model(nodes, {"x": (1, 2, 5, 5)}, ["y"], inits)
-    g = check_passes(m, legalize, R.fold_affine_constants)
+    g = check_passes(m, legalize, A.fold_affine_constants)
     assert ops(g) == ["Conv"] and g.node("conv")["outputs"] == ["y"]
     assert g.notes[-3:] == [
         "folded Mul 'scale' into the weights of the Conv 'conv' before it",
@@ -464,7 +465,7 @@ def test_fold_constants_before_conv():
     ]
     inits = {"w": conv_w(4, 1), "cb": rand(4), "s": rand(2, 1, 1), "b": rand(1, 2, 1, 1)}
     g = check_passes(model(nodes, {"x": (1, 2, 5, 5)}, ["y"], inits), legalize,
-                     R.fold_affine_constants)  # fmt: skip
+                     A.fold_affine_constants)  # fmt: skip
     assert ops(g) == ["Conv"] and g.node("conv")["inputs"][0] == "x"
     assert g.notes[-2:] == [
         "folded Add 'shift' into the bias of the Conv 'conv' after it",
@@ -480,7 +481,7 @@ def test_add_before_padded_conv_is_not_folded():
     ]
     inits = {"w": conv_w(), "s": np.float32(3), "b": np.float32(0.5)}
     g = check_passes(model(nodes, {"x": (1, 2, 5, 5)}, ["y"], inits), legalize,
-                     R.fold_affine_constants)  # fmt: skip
+                     A.fold_affine_constants)  # fmt: skip
     assert ops(g) == ["Mul", "Add", "Conv"]
     assert g.notes == [
         "kept Add 'c' before Conv 'y': the Conv pads with zeros, and those borders would miss "
@@ -497,7 +498,7 @@ def test_fold_input_normalization_into_matmul_and_bias_after():
     ]
     inits = {"mean": rand(3), "std": [1.0, 2.0, 4.0], "w": rand(3, 4), "bias": rand(1, 4)}
     g = check_passes(model(nodes, {"x": (2, 5, 3)}, ["y"], inits), legalize,
-                     R.fold_affine_constants)  # fmt: skip
+                     A.fold_affine_constants)  # fmt: skip
     assert ops(g) == ["MatMul"] and len(g.node("mm")["inputs"]) == 3
     check_contract(g)
 
@@ -513,7 +514,7 @@ def test_constants_that_are_not_per_channel_stay():
     ]
     inits = {"w": rand(3, 4), "full": rand(2, 4), "s": rand(4), "cw": conv_w(1, 1)}
     m = model(nodes, {"x": (2, 3), "x4": (1, 1, 4, 4)}, ["f", "y"], inits)
-    g = check_passes(m, legalize, R.fold_affine_constants)
+    g = check_passes(m, legalize, A.fold_affine_constants)
     assert ops(g) == ["MatMul", "Add", "Relu", "Mul", "Conv", "Add"]
     # only the Add after the MatMul is a near miss
     assert g.notes == [
@@ -654,7 +655,7 @@ def avgpool_model(k=3, pads=(0, 0, 0, 0), include=0, ceil=0, branch=False):
 
 
 def test_fold_avgpool_into_next_matmul():
-    g = check_passes(avgpool_model(), legalize, R.fold_avgpool)
+    g = check_passes(avgpool_model(), legalize, A.fold_avgpool)
     assert ops(g) == ["SumPool", "Relu", "Reshape", "MatMul"]
     assert g.notes[-1] == (
         "folded the 1/9 of AveragePool 'avg' into the weights of MatMul 'fc' (it is now a SumPool)"
@@ -677,7 +678,7 @@ KEPT_AVG = "kept the 1/9 of AveragePool 'avg' out of MatMul 'fc': "
     ],
 )  # fmt: skip
 def test_avgpool_left_alone(kwargs, notes):
-    g = check_passes(avgpool_model(**kwargs), legalize, R.fold_avgpool)
+    g = check_passes(avgpool_model(**kwargs), legalize, A.fold_avgpool)
     assert "SumPool" not in ops(g)
     assert g.notes == notes
 
@@ -691,7 +692,7 @@ def test_fold_avgpool_with_counted_padding_into_conv():
         node("Conv", ["q", "w"], ["y"]),
     ]  # fmt: skip
     inits = {"w": conv_w(), "pads": np.array([0, 0, 1, 1, 0, 0, 1, 1])}
-    g = check_passes(model(nodes, {"x": (1, 2, 6, 6)}, ["y"], inits), legalize, R.fold_avgpool)
+    g = check_passes(model(nodes, {"x": (1, 2, 6, 6)}, ["y"], inits), legalize, A.fold_avgpool)
     assert ops(g) == ["SumPool", "MaxPool", "Pad", "Conv"]
 
 

@@ -22,7 +22,9 @@ from mpcc.errors import InputError, MpccError, PartyError
 from mpcc.serving.client import Client
 from mpcc.serving.local import ProcessCluster
 from mpcc.serving.owner import deploy_program
-from mpcc.serving.tls import LinkRefused, TlsChannel, client_context
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlscontext import client_context
+from mpcc.serving.tlsstream import LinkRefused
 from mpcc.serving.wire import FRAME_HEAD, MAGIC
 from tests.concurrent_clients import each_client
 
@@ -174,7 +176,7 @@ def test_wrong_shape_input_is_rejected(cluster, reference):
 
 
 def _raw_link(cluster, role: str) -> TlsChannel:
-    from mpcc.serving.tls import dial
+    from mpcc.serving.links import dial
 
     ch, _ = dial(cluster.cfg, client_context(cluster.cfg, "client"), role, me="t", link="client")
     return ch

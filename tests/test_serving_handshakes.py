@@ -16,9 +16,11 @@ import time
 import pytest
 
 from mpcc.errors import PartyError
+from mpcc.serving.links import dial
+from mpcc.serving.listener import Listener
 from mpcc.serving.local import init_local
-from mpcc.serving.server import Listener
-from mpcc.serving.tls import TlsChannel, client_context, dial
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlscontext import client_context
 from tests.test_serving_limits import _closed_by_server, _wait_closed
 
 DEADLINE_S = 1.0  # handshake deadline: a full pool drops its oldest after half of it

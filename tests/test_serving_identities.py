@@ -19,9 +19,11 @@ from mpcc.serving.admission import TokenBucket, fair_order, mark_served
 from mpcc.serving.certs import add_client, client_files, revoke
 from mpcc.serving.client import Client, cluster_status
 from mpcc.serving.config import ConfigError
+from mpcc.serving.links import dial
 from mpcc.serving.local import init_local
 from mpcc.serving.party import ComputeParty, Request
-from mpcc.serving.tls import LinkRefused, client_context, dial
+from mpcc.serving.tlscontext import client_context
+from mpcc.serving.tlsstream import LinkRefused
 from tests.test_serving_party import Servers, check
 
 
@@ -192,7 +194,8 @@ def limited(tmp_path):
     started = []
 
     def start(**serving) -> Servers:
-        cfg = init_local(tmp_path, timeout_s=5.0, stock=1, client_timeout_s=60, **serving)
+        serving = {"client_timeout_s": 60, **serving}
+        cfg = init_local(tmp_path, timeout_s=5.0, stock=1, **serving)
         for name in ("alice", "bob"):
             add_client(cfg, name)
         s = Servers(cfg)
@@ -247,3 +250,28 @@ def test_bytes_waiting_are_limited_per_identity(limited, mlp):
         assert len(failed) == 1 and "client alice has more than 0.015 MB waiting" in failed[0]
         failed = _flood_p1(a, 3)
         assert len(failed) == 1 and "MB waiting" in failed[0]
+
+
+def test_p1_expires_requests_p0_never_announces(limited, mlp):
+    """A request sent to P1 alone is never announced by P0; P1 fails it after the request
+    timeout (client_timeout_s) with a clear error, which frees its place in the identity's
+    limit. Without the expiry such requests wait at P1 for ever and, once client_queue is
+    full, every further request of the identity is refused."""
+    s = limited(client_queue=2, client_timeout_s=1.0)
+    s.deploy(*mlp)
+    share = np.zeros((1, 1, 28, 28), np.uint64)
+    with Client(s.cfg, identity="alice") as a:
+        p1, plan = a._connect()["p1"], a._interface()["plan_hash"]
+        for _ in range(2):  # the second round fits only if the first freed its places
+            t0 = time.monotonic()
+            for _ in range(2):
+                meta = {"rid": secrets.token_hex(16), "rows": 1, "plan": plan}
+                p1.send_msg("request", meta, [share])
+            failed = []
+            while len(failed) < 2:
+                _, msg = a._next(10)
+                failed.append((msg.kind, msg.meta.get("msg"), time.monotonic() - t0))
+            for kind, why, after in failed:
+                assert (kind, why) == ("failed", "P1: P0 did not schedule this request in time")
+                assert after >= 1.0  # not before the request timeout
+            assert not s.parties["p1"]._pending

@@ -21,17 +21,20 @@ from mpcc.errors import PartyError
 from mpcc.serving.client import Client
 from mpcc.serving.config import ConfigError
 from mpcc.serving.config import load as load_config
+from mpcc.serving.frameparser import FrameParser
+from mpcc.serving.links import dial, greet
+from mpcc.serving.listener import Listener
 from mpcc.serving.local import init_local
 from mpcc.serving.owner import deploy_program
 from mpcc.serving.party import Outbox
-from mpcc.serving.server import Listener
-from mpcc.serving.tls import LinkRefused, TlsChannel, client_context, dial, greet, server_context
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlscontext import client_context, server_context
+from mpcc.serving.tlsstream import LinkRefused
 from mpcc.serving.wire import (
     FRAME_HEAD,
     MAGIC,
     META_HEAD,
     FrameError,
-    FrameParser,
     encode,
     encode_message,
 )
@@ -451,7 +454,7 @@ def test_unread_messages_are_held_back_by_tcp_not_queued(tls_pair):
     """A peer that sends far faster than its messages are taken (an `info` flood) fills the
     receiver's inbox only to INBOX_MAX (plus one read's worth): then TCP holds it back.
     Nothing is lost: a consumer that reads on gets every message, in order."""
-    from mpcc.serving.tls import CHUNK
+    from mpcc.serving.tlsstream import CHUNK
 
     a, b = tls_pair
     n, pad = 30_000, "x" * 1000  # 30 MB: more than the socket buffers hold
@@ -496,9 +499,9 @@ def test_tls_link_reassembles_frames_cut_across_records(tls_pair):
     raw, want, frames = _stream()
     b.limit_frames(1 << 16, 1 << 20)
     s0, r0, f0 = a.wire.sent, b.wire.received, b.wire.frames_received
-    with a._send_lock:
+    with a._tls.send_lock:
         for i, j in _cuts(len(raw), 3):
-            a._write(raw[i:j])  # one or more TLS records each
+            a._tls.write(raw[i:j])  # one or more TLS records each
     got = [b.recv_msg(3.0) for _ in want]
     for m, (kind, meta, arrays) in zip(got, want, strict=True):
         assert m.kind == kind and m.meta == meta

@@ -19,13 +19,14 @@ import pytest
 from mpcc.errors import MpccError, PartyError
 from mpcc.serving.client import Client
 from mpcc.serving.dealer import DealerParty
+from mpcc.serving.links import dial
 from mpcc.serving.local import init_local
 from mpcc.serving.owner import deploy_program
 from mpcc.serving.party import ComputeParty
 from mpcc.serving.state import FILE as STATE_FILE
 from mpcc.serving.state import load as load_state
 from mpcc.serving.state import share_commitment
-from mpcc.serving.tls import client_context, dial
+from mpcc.serving.tlscontext import client_context
 from tests.concurrent_clients import each_client
 
 # Served logits against onnxruntime's float32 ones: with 16 fractional bits the secure plan
@@ -285,6 +286,24 @@ def test_requests_without_a_model_are_refused(servers):
             c.predict(np.zeros((1, 1, 28, 28)))
 
 
+def test_malformed_requests_are_answered_by_field(servers, mlp, ort_logits):
+    """A request whose fields are of the wrong type is refused with an error that names the
+    field (by its id if that is well formed), and the party keeps serving the link."""
+    servers.deploy(*mlp)
+    X, ref = ort_logits
+    share = np.zeros((1, 1, 28, 28), np.uint64)
+    with Client(servers.cfg, timeout=10) as c:
+        plan = c._interface()["plan_hash"]
+        for role in ("p0", "p1"):
+            meta = {"rid": secrets.token_hex(16), "rows": "1", "plan": plan}
+            reply = c.send_raw(role, "request", meta, [share])
+            assert reply.kind == "failed" and reply.meta["rid"] == meta["rid"]
+            assert "the 'rows' field of a 'request' message must be an integer" in reply.meta["msg"]
+            with pytest.raises(PartyError, match="the 'rid' field of a 'request' message must be"):
+                c.send_raw(role, "request", {"rid": 7, "rows": 1, "plan": plan}, [share])
+        check(c.predict(X[:2]), ref[:2])
+
+
 def test_client_frames_follow_the_deployed_input_size(servers, zoo_model, ort_logits):
     """Before a model is deployed a client may send small messages only; a link opened
     then takes the model's requests once it is deployed."""
@@ -521,7 +540,7 @@ def test_a_request_id_being_run_is_taken_at_both_parties(servers, mlp, ort_logit
 
 def test_idle_client_links_are_closed_and_free_their_slot(tmp_path):
     # issue 14: idle links never timed out, so max_connections idle clients shut out the rest
-    from mpcc.serving.tls import LinkRefused
+    from mpcc.serving.tlsstream import LinkRefused
 
     cfg = init_local(tmp_path, timeout_s=3.0, client_idle_s=0.5, max_connections=1)
     s = Servers(cfg)

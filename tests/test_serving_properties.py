@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from mpcc.compiler import planfile
 from mpcc.errors import PlanError
+from mpcc.serving.frameparser import FrameParser
 from mpcc.serving.wire import (
     FRAME_HEAD,
     MAGIC,
@@ -24,7 +25,6 @@ from mpcc.serving.wire import (
     MIN_PART,
     PART_HEADROOM,
     FrameError,
-    FrameParser,
     decode_body,
     encode_message,
 )

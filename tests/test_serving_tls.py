@@ -22,15 +22,12 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.transport import local_link
 from mpcc.serving import config as cfgmod
 from mpcc.serving.certs import ROLES, check_expiry, init_ca, issue, write_role
-from mpcc.serving.tls import (
-    LinkRefused,
-    TlsChannel,
-    client_context,
-    dial,
-    greet,
-    server_context,
-)
-from mpcc.serving.wire import FRAME_HEAD, MAGIC, FrameError, FrameParser, decode_body, encode
+from mpcc.serving.frameparser import FrameParser
+from mpcc.serving.links import dial, greet
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlscontext import client_context, server_context
+from mpcc.serving.tlsstream import LinkRefused
+from mpcc.serving.wire import FRAME_HEAD, MAGIC, FrameError, decode_body, encode
 
 
 def free_port() -> int:

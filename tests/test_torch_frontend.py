@@ -90,7 +90,7 @@ def test_state_dict_weights(tmp_path, zoo_module, digits_test) -> None:
     trained = zoo_module("mlp")
     path = tmp_path / "mlp.pt"
     torch.save(trained.state_dict(), path)
-    from mpcc.zoo.models import MLP
+    from mpcc.zoo.architectures import MLP
 
     x = digits_test[0][:4]
     prog, weights = api.compile(MLP(), torch.zeros(4, 1, 28, 28), weights=path, dynamo=False)

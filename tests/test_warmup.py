@@ -81,5 +81,7 @@ def test_warm_up_runs_once_per_process():
     t = time.perf_counter()
     assert warm_up() is first
     assert time.perf_counter() - t < 0.01
-    assert isinstance(first, WarmupReport) and first.plans == 4  # 2 models x 2 batches
+    assert (
+        isinstance(first, WarmupReport) and first.plans == 6
+    )  # 2 models x 2 batches, and at batch 1 for a WAN
     assert str(first).endswith(f"({first.loaded} loaded from cache, {first.compiled} compiled)")

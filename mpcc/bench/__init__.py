@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from mpcc.bench.inputs import onnx_input_shape, sample_inputs, sources
+from mpcc.bench.inputs import onnx_input_shape, plan_input, sample_inputs, sources
 from mpcc.bench.network import PROJECTION_NOTE, Link
 from mpcc.bench.plaintext import Plaintext
 from mpcc.bench.progress import Progress
@@ -135,10 +135,10 @@ def bench(
             res = result(prog, reps, warmup, m, link)
             res["compile_s"] = compile_s
             if floor is not None:
-                shape = prog.value(prog.inputs[0][1]).shape
+                shape, depth = plan_input(prog)
                 if floor.accepts(shape):
                     prog_.phase(f"{where}: plaintext floor (onnxruntime)")
-                    res["plaintext_s"] = floor.time(sample_inputs(shape, 0), reps)
+                    res["plaintext_s"] = floor.time(sample_inputs(shape, 0, depth), reps)
                     res["ratio"] = res["online_s"]["median"] / res["plaintext_s"]["median"]
                 else:
                     notes.append(

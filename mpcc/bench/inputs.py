@@ -9,7 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
+from mpcc.compiler import ops
+from mpcc.compiler.ir import Program
 from mpcc.errors import MpccError
+from mpcc.inputs import ONEHOT, input_shape
 
 
 @functools.lru_cache(maxsize=1)
@@ -22,10 +25,24 @@ def _digit_pixels() -> np.ndarray:
         raise MpccError(f"benchmark inputs are the digits data set: {e}") from None
 
 
-def sample_inputs(shape: Sequence[int], index: int) -> np.ndarray:
-    """Query `index`'s input: test digits if the shape is [n, 1, 28, 28], else their pixels."""
-    digits = _digit_pixels()
+def plan_input(prog: Program) -> tuple[tuple[int, ...], int | None]:
+    """The shape of what a client passes for the plan's (first) input, and for token ids
+    (a one-hot encoded input) the vocabulary size; None for a real-valued input."""
+    name, vid = prog.inputs[0]
+    ins = next(i for i in prog.instrs if i.op is ops.input and i.attrs["name"] == name)
+    encoding = ins.attrs.get("encoding")
+    shape = input_shape(prog.value(vid).shape, encoding)
+    return shape, (int(ins.attrs["depth"]) if encoding == ONEHOT else None)
+
+
+def sample_inputs(shape: Sequence[int], index: int, depth: int | None = None) -> np.ndarray:
+    """Query `index`'s input: test digits if the shape is [n, 1, 28, 28], else their pixels;
+    with a `depth`, token ids spread over [0, depth) (a stride prime to any vocabulary)."""
     shape = tuple(shape)
+    if depth is not None:
+        n = math.prod(shape)
+        return ((np.arange(n) * 7919 + index * n) % depth).reshape(shape).astype(np.int64)
+    digits = _digit_pixels()
     if shape[1:] == digits.shape[1:]:
         rows = (np.arange(shape[0]) + index * shape[0]) % len(digits)
         return digits[rows]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mpcc.bench.clock import PartyClock, attach_clocks
-from mpcc.bench.inputs import sample_inputs
+from mpcc.bench.inputs import plan_input, sample_inputs
 from mpcc.bench.report import summarize
 from mpcc.errors import MpccError
 from mpcc.runtime.warmup import numba_counts
@@ -82,7 +82,7 @@ def measure_threads(prog: Program, weights: dict[str, np.ndarray], sched: Schedu
     channel)."""
     from mpcc.runtime.cluster import LocalCluster
 
-    shape = prog.value(prog.inputs[0][1]).shape
+    shape, depth = plan_input(prog)
     sched.phase("starting the session (sharing the weights, opening F = W - B)")
     t0 = time.perf_counter()
     with LocalCluster(prog, weights) as cluster:
@@ -90,7 +90,7 @@ def measure_threads(prog: Program, weights: dict[str, np.ndarray], sched: Schedu
 
         def query(index: int) -> tuple[float, float, QueryStats]:
             """(offline, end to end, stats): the material made just before the query."""
-            x = sample_inputs(shape, index)
+            x = sample_inputs(shape, index, depth)
             offline = cluster.preprocess(1)
             t = time.perf_counter()
             cluster.run_batch(x)
@@ -157,10 +157,11 @@ def measure_processes(
     """The plan served by three local party processes over TLS, queried one batch at a time
     by a client, each query once the parties hold their stock of material (`wait_for_stock`):
     setup, the schedule's queries, then a TLS handshake."""
+    from mpcc.serving.links import dial
     from mpcc.serving.local import serve_locally
-    from mpcc.serving.tls import client_context, dial
+    from mpcc.serving.tlscontext import client_context
 
-    shape = prog.value(prog.inputs[0][1]).shape
+    shape, depth = plan_input(prog)
     sched.phase("starting three party processes (TLS), deploying, starting the session")
     t0 = time.perf_counter()
     with serve_locally(prog, weights) as client:
@@ -169,7 +170,7 @@ def measure_processes(
         def query(index: int) -> Any:
             if index:  # as in process, each query finds its material made, the cores idle
                 wait_for_stock(client)
-            client.predict(sample_inputs(shape, index))
+            client.predict(sample_inputs(shape, index, depth))
             (req,) = client.stats.requests
             return req
 

@@ -31,7 +31,8 @@ class Plaintext:
 
     def time(self, x: np.ndarray, runs: int, min_seconds: float = 0.2) -> dict[str, Any]:
         """Warm once, then at least `runs` runs and `min_seconds` (at most 2000 runs)."""
-        feed = {self.input.name: np.ascontiguousarray(x, dtype=np.float32)}
+        dtype = np.int64 if self.input.type == "tensor(int64)" else np.float32
+        feed = {self.input.name: np.ascontiguousarray(x, dtype=dtype)}
         self.sess.run(None, feed)
         times: list[float] = []
         start = time.perf_counter()

@@ -1,9 +1,9 @@
 """Everything that stops a model from compiling, gathered into one report.
 
-Each check (`frontends.onnx.static_problems`, `graph.node_blockers`, `legalize`) records a
-`Blocker` instead of stopping at the first; `raise_if_any` raises one ModelError grouping them
-by kind and op, with counts, node names and one line per kind on what to do. A single blocker
-is reported as its own message.
+Each check (`frontends.onnx_shapes.static_problems`, `supported.node_blockers`, `legalize`)
+records a `Blocker` instead of stopping at the first; `raise_if_any` raises one ModelError
+grouping them by kind and op, with counts, node names and one line per kind on what to do. A
+single blocker is reported as its own message.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def report(blockers: list[Blocker]) -> str:
                 lines += [f"    {b.detail}" for b in found]
         advice = ADVICE.get(kind, "see the messages above")
         if kind == UNSUPPORTED_OP:
-            from mpcc.compiler.graph import SUPPORTED_OPS  # graph imports this module
+            from mpcc.compiler.supported import SUPPORTED_OPS  # supported imports this module
 
             advice += f". Supported ops: {', '.join(sorted(SUPPORTED_OPS))}"
         lines.append(f"  what to do: {advice}")

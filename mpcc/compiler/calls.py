@@ -27,6 +27,11 @@ class Call:
     def cost(self) -> Cost:
         raise NotImplementedError
 
+    def dealer_p0(self) -> int:
+        """Bytes the dealer sends P0 for one query on top of `cost().dealer` (to P1): 0 for
+        protocols whose P0 material all comes from its seed; FSS keys' common words."""
+        return 0
+
 
 @dataclass(frozen=True)
 class Linear(Call):
@@ -122,4 +127,89 @@ class Sign(Call):
         return costs.sign(self.n)
 
 
-CALL_TYPES: tuple[type[Call], ...] = (Linear, Multiply, MatMulSS, Truncate, Relu, Square, Sign)
+def power_levels(exponents: tuple[int, ...]) -> list[list[tuple[int, int, int]]]:
+    """The products that raise t to every exponent in `exponents`, level by level: each
+    level's products (e, hi, lo), e = hi + lo, use only exponents of earlier levels, so a
+    level is one round. hi is the largest power of two below e (e.g. 7 = 4 + 3, 16 = 8 + 8),
+    so t^e is ready at level ceil(log2 e): the doubling addition chain."""
+    need: set[int] = set()
+
+    def add(e: int) -> None:
+        if e > 1 and e not in need:
+            need.add(e)
+            hi = 1 << ((e - 1).bit_length() - 1)
+            add(hi)
+            add(e - hi)
+
+    for e in exponents:
+        add(int(e))
+    levels: list[list[tuple[int, int, int]]] = []
+    for e in sorted(need):
+        lv = (e - 1).bit_length()
+        while len(levels) < lv:
+            levels.append([])
+        hi = 1 << ((e - 1).bit_length() - 1)
+        levels[lv - 1].append((e, hi, e - hi))
+    return [lv for lv in levels if lv]
+
+
+@dataclass(frozen=True)
+class Powers(Call):
+    """t^e for each e in `exponents` of n elements, t = x truncated by `shift` bits, every
+    power truncated back to t's scale: each wire opened once, masked (`power_levels`)."""
+
+    n: int
+    shift: int
+    scale: int
+    exponents: tuple[int, ...]
+
+    def levels(self) -> list[list[tuple[int, int, int]]]:
+        return power_levels(self.exponents)
+
+    def cost(self) -> Cost:
+        prods = [p for lv in self.levels() for p in lv]
+        squares = sum(1 for _, hi, lo in prods if hi == lo)
+        return costs.powers(self.n, len(self.levels()), len(prods), squares)
+
+
+@dataclass(frozen=True)
+class SignFss(Call):
+    """[x >= 0] of n elements as arithmetic 0/1 shares in one round: a masked opening and a
+    dealer-made distributed comparison function (FSS keys, to both parties)."""
+
+    n: int
+
+    def cost(self) -> Cost:
+        return costs.sign_fss(self.n)
+
+    def dealer_p0(self) -> int:
+        return costs.dcf_key(self.n, ring=True)
+
+
+@dataclass(frozen=True)
+class ReluFss(Call):
+    """ReLU of n elements (`shift` bits truncated in the same protocol) in two rounds: a
+    one-bit DCF for the sign, then a daBit select (FSS keys, to both parties)."""
+
+    n: int
+    shift: int
+
+    def cost(self) -> Cost:
+        return costs.relu_fss(self.n, self.shift)
+
+    def dealer_p0(self) -> int:
+        return costs.dcf_key(self.n, ring=False, bits=costs.relu_fss_bits(self.shift))
+
+
+CALL_TYPES: tuple[type[Call], ...] = (
+    Linear,
+    Multiply,
+    MatMulSS,
+    Truncate,
+    Relu,
+    Square,
+    Sign,
+    Powers,
+    SignFss,
+    ReluFss,
+)

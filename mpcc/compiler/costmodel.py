@@ -70,6 +70,12 @@ class CostReport:
         }
 
 
+def dealer_to_p0(prog: Program) -> int:
+    """Bytes the dealer sends P0 per query: the common words of FSS keys (0 for a plan with
+    none: then all of P0's material comes from its seed)."""
+    return sum(c.dealer_p0() for ins in prog.instrs for c in calls(prog, ins))
+
+
 def estimate(prog: Program) -> CostReport:
     """The cost of one query of `prog` (one batch), instruction by instruction."""
     per = [instr_cost(prog, ins) for ins in prog.instrs]

@@ -5,7 +5,8 @@ bytes and rounds the transport counts are exactly these. Conventions:
 
 - `rounds`: online communication rounds (each compute party sends one message, then waits).
 - `sent`: bytes each compute party sends to the other online (the protocols are symmetric).
-- `dealer`: bytes the dealer sends to P1 for one query (P0's material all comes from its seed).
+- `dealer`: bytes the dealer sends to P1 for one query (P0's material all comes from its seed,
+  but for FSS keys, whose common words go to P0 too: `calls.Call.dealer_p0`).
 - `macs`: ring multiply-adds each compute party does online (linear layers only).
 - `setup`: bytes each compute party sends once per session (opening the masked weights).
 
@@ -93,6 +94,23 @@ def truncate(n: int) -> Cost:
     return Cost(rounds=1, sent=WORD * n, dealer=2 * WORD * n)
 
 
+def powers(n: int, levels: int, products: int, squares: int) -> Cost:
+    """Powers of one secret with every wire opened once (`runtime/protocols/powers.py`).
+
+    Round 1 truncates the input (opening c = x + 2^62 + r); each later round computes one
+    level's products locally from the opened wires and the dealer's mask products, and
+    truncates them (one opening each). Dealer: each wire's truncation corrections [r_hi],
+    [r_63]; per product the mask cross terms (4 words, 2 for a square)."""
+    wires = 1 + products
+    cross = 4 * (products - squares) + 2 * squares
+    return Cost(
+        rounds=1 + levels,
+        sent=WORD * n * wires,
+        dealer=WORD * n * (2 * wires + cross),
+        macs=n * products,
+    )
+
+
 def relu(n: int, shift: int = 0) -> Cost:
     """ReLU of x (optionally of x truncated by `shift` bits) by masked opening + bit tree.
 
@@ -116,3 +134,42 @@ def sign(n: int) -> Cost:
     sent = WORD * n + 2 * WORD * COMPARE_ANDS * w + WORD * w
     dealer = WORD * (MASK_BITS * w + COMPARE_ANDS * w) + WORD * n
     return Cost(rounds=2 + len(COMPARE_AND_LEVELS), sent=sent, dealer=dealer)
+
+
+# Function secret sharing (BCG+21 DCF, `mpcc.runtime.dcf`): the comparison's 62 low bits.
+DCF_BITS = COMPARE_BITS
+
+
+def dcf_key(n: int, ring: bool = True, bits: int = DCF_BITS) -> int:
+    """Bytes of the correction words common to both keys of n DCFs on `bits`-bit inputs: per
+    level a 128-bit seed word, two control bits and a value (64 bits, or 1 bit with `ring`
+    False), and a final value. Both parties receive them (P0 as well as P1)."""
+    w = words(n)
+    if ring:
+        return WORD * (bits * (3 * n + 2 * w) + n)
+    return WORD * (bits * (2 * n + 3 * w) + w)
+
+
+def relu_fss_bits(shift: int) -> int:
+    """Input bits of the FSS ReLU's DCF: the sign needs only bits shift..61 of the opened
+    value when `shift` bits are truncated (`runtime.protocols.relu_fss`)."""
+    return DCF_BITS - min(shift, DCF_BITS - 1)
+
+
+def sign_fss(n: int) -> Cost:
+    """[x >= 0] by FSS in one round: open c = x + 2^62 + r, then evaluate a 64-bit-output DCF
+    locally. Dealer: the DCF's common words (~1.5 KB per element), to P1 here and the same
+    words again to P0 (`calls.SignFss.dealer_p0`); the roots and r come from the seeds."""
+    return Cost(rounds=1, sent=WORD * n, dealer=dcf_key(n, ring=True))
+
+
+def relu_fss(n: int, shift: int = 0) -> Cost:
+    """ReLU (optionally of x truncated by `shift` bits) by FSS in two rounds: round 1 opens
+    c = x + 2^62 + r (and d = x - sigma when shift is 0), round 2 opens the one-bit
+    e = [x >= 0] ^ rho (and d = y - sigma with a shift). Dealer to P1: a one-bit-output DCF
+    on `relu_fss_bits(shift)` bits (~1 KB per element at shift 0, ~0.75 KB at 16; the same
+    words again to P0), [rho], [rho sigma], and with a shift [r_hi], [r_63]."""
+    dealer = dcf_key(n, ring=False, bits=relu_fss_bits(shift)) + 2 * WORD * n
+    if shift:
+        dealer += 2 * WORD * n
+    return Cost(rounds=2, sent=2 * WORD * n + WORD * words(n), dealer=dealer)

@@ -18,20 +18,11 @@ After these rules:
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 from mpcc.compiler.graph import Graph
+from mpcc.compiler.legalize_common import ints, where
 from mpcc.errors import ModelError
-
-
-def _where(g: Graph, n: str) -> str:
-    return f"node {n!r} (op {g.op(n)})"
-
-
-def _ints(v: Any) -> tuple[int, ...]:
-    return tuple(int(x) for x in np.asarray(v).reshape(-1))
 
 
 def reduce_axes(g: Graph, n: str) -> tuple[tuple[int, ...], int, bool]:
@@ -39,9 +30,9 @@ def reduce_axes(g: Graph, n: str) -> tuple[tuple[int, ...], int, bool]:
     d, a = g.node(n), g.node(n)["attrs"]
     rank = len(g.shape(d["inputs"][0]))
     if len(d["inputs"]) > 1 and d["inputs"][1]:
-        axes = _ints(g.const(d["inputs"][1]))
+        axes = ints(g.const(d["inputs"][1]))
     else:
-        axes = _ints(a.get("axes", []))
+        axes = ints(a.get("axes", []))
     noop = not axes and bool(a.get("noop_with_empty_axes", 0))
     axes = tuple(sorted({ax % rank for ax in axes})) or tuple(range(rank))
     return axes, int(a.get("keepdims", 1)), noop
@@ -75,13 +66,13 @@ def layernorm(g: Graph, n: str) -> None:
     axis = int(a.get("axis", -1)) % rank
     outs = d["outputs"]
     if any(t and (g.consumers(t) or t in g.outputs) for t in outs[1:]):
-        raise ModelError(f"{_where(g, n)}: the Mean and InvStdDev outputs are not supported")
+        raise ModelError(f"{where(g, n)}: the Mean and InvStdDev outputs are not supported")
     for t in outs[1:]:
         g.shapes.pop(t, None)
     g.set_outputs(n, outs[:1])
     for i in (1, 2):
         if i < len(ins) and ins[i] and not g.is_const(ins[i]):
-            raise ModelError(f"{_where(g, n)}: the scale and bias must be constants")
+            raise ModelError(f"{where(g, n)}: the scale and bias must be constants")
     d["attrs"] = {"axes": tuple(range(axis, rank)), "epsilon": float(a.get("epsilon", 1e-5))}
     g.set_inputs(n, [t for t in ins if t])
 
@@ -93,11 +84,11 @@ def pow_(g: Graph, n: str) -> None:
     d = g.node(n)
     x, e = d["inputs"]
     if not g.is_const(e) or g.is_const(x):
-        raise ModelError(f"{_where(g, n)}: only a computed base and a constant exponent")
+        raise ModelError(f"{where(g, n)}: only a computed base and a constant exponent")
     ev = np.unique(np.asarray(g.const(e), dtype=np.float64))
     if ev.size != 1 or (float(ev[0]) != 2.0 and float(ev[0]) not in _POW):
         raise ModelError(
-            f"{_where(g, n)}: exponent {ev.tolist()} is not supported (supported: 2, 1, 0.5, "
+            f"{where(g, n)}: exponent {ev.tolist()} is not supported (supported: 2, 1, 0.5, "
             "-0.5, -1)"
         )
     if float(ev[0]) == 2.0:
@@ -112,7 +103,7 @@ def gelu(g: Graph, n: str) -> None:
     a = g.node(n)["attrs"]
     approx = a.get("approximate", "none")
     if approx not in ("none", "tanh"):
-        raise ModelError(f"{_where(g, n)}: approximate={approx!r} (supported: none, tanh)")
+        raise ModelError(f"{where(g, n)}: approximate={approx!r} (supported: none, tanh)")
     g.node(n)["attrs"] = {"approximate": approx}
 
 
@@ -124,7 +115,7 @@ def hard_sigmoid(g: Graph, n: str) -> None:
 def lp_normalization(g: Graph, n: str) -> None:
     d, a = g.node(n), g.node(n)["attrs"]
     if int(a.get("p", 2)) != 2:
-        raise ModelError(f"{_where(g, n)}: only p = 2 is supported")
+        raise ModelError(f"{where(g, n)}: only p = 2 is supported")
     rank = len(g.shape(d["inputs"][0]))
     d["attrs"] = {"axes": (int(a.get("axis", -1)) % rank,)}
 

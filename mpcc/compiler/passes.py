@@ -15,14 +15,12 @@ from mpcc.compiler.graph import Graph
 from mpcc.compiler.legalize import legalize
 from mpcc.compiler.rewrites import (
     drop_final_softmax,
-    fold_affine_constants,
-    fold_avgpool,
-    fold_batchnorm,
     merge_reshapes,
     merge_transposes,
     remove_identity,
     swap_relu_maxpool,
 )
+from mpcc.compiler.rewrites_affine import fold_affine_constants, fold_avgpool, fold_batchnorm
 
 PASSES: tuple[Callable[[Graph], None], ...] = (
     fuse_all,

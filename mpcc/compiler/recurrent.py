@@ -36,15 +36,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpcc.compiler.graph import Graph
+from mpcc.compiler.legalize_common import where
+from mpcc.compiler.recurrent_builder import ACTIVATIONS, Builder, Value
 from mpcc.errors import ModelError
 
-Value = str | np.ndarray  # a computed tensor's name, or a constant folded while unrolling
-
-_ACTIVATIONS = {
-    "Sigmoid": lambda x: 1.0 / (1.0 + np.exp(-x)),
-    "Tanh": np.tanh,
-    "Relu": lambda x: np.maximum(x, 0.0),
-}
 # Per op: gate count, default activations (per direction), input names by index.
 _SPEC = {
     "LSTM": (4, ("Sigmoid", "Tanh", "Tanh")),
@@ -59,153 +54,26 @@ def expand_recurrent(g: Graph) -> None:
         _expand(g, n)
 
 
-def _where(g: Graph, n: str) -> str:
-    return f"node {n!r} (op {g.op(n)})"
-
-
-class _Builder:
-    """Emits ONNX nodes for one recurrent node, folding the parts that are constant."""
-
-    def __init__(self, g: Graph, node: str, dtype: np.dtype) -> None:
-        self.g, self.node, self.dtype = g, node, dtype
-
-    def shape(self, v: Value) -> tuple[int, ...]:
-        return tuple(v.shape) if isinstance(v, np.ndarray) else self.g.shape(v)
-
-    def emit(self, op: str, inputs: list[Value], shape: tuple[int, ...], hint: str, **attrs):
-        names = [self.const(v) if isinstance(v, np.ndarray) else v for v in inputs]
-        out = self.g.new_tensor(f"{self.node}_{hint}", shape)
-        self.g.add_node(op, names, [out], attrs, name=f"{self.node}_{hint}")
-        return out
-
-    def const(self, v: np.ndarray) -> str:
-        v = v if v.dtype.kind == "i" else v.astype(self.dtype)
-        return self.g.add_const(v, f"{self.node}_c")
-
-    def full(self, c: np.ndarray, like: Value) -> np.ndarray:
-        """A constant operand of a computed one, which it broadcasts to: with a single row
-        when its rows are all equal, so that the plan keeps the batch's rows apart."""
-        c = np.asarray(c, self.dtype)
-        if c.ndim == len(self.shape(like)) and c.shape[0] > 1 and (c == c[:1]).all():
-            c = c[:1]
-        return np.ascontiguousarray(c)
-
-    def matmul(self, x: Value, w: np.ndarray, hint: str) -> Value:
-        if isinstance(x, np.ndarray):
-            return (x @ w).astype(self.dtype)
-        return self.emit("MatMul", [x, w], (*self.shape(x)[:-1], w.shape[1]), hint)
-
-    def add(self, a: Value, b: Value, hint: str) -> Value:
-        if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-            return (a + b).astype(self.dtype)
-        if isinstance(a, np.ndarray):
-            a, b = b, a
-        if isinstance(b, np.ndarray):
-            if not b.any():
-                return a
-            b = self.full(b, a)
-        return self.emit("Add", [a, b], self.shape(a), hint)
-
-    def sub(self, a: Value, b: Value, hint: str) -> Value:
-        if isinstance(b, np.ndarray):
-            return self.add(a, -b, hint)
-        if isinstance(a, np.ndarray):
-            if not a.any():
-                return self.emit("Neg", [b], self.shape(b), hint)
-            a = self.full(a, b)
-        return self.emit("Sub", [a, b], self.shape(b), hint)
-
-    def mul(self, a: Value, b: Value, hint: str) -> Value:
-        if isinstance(a, np.ndarray) and isinstance(b, np.ndarray):
-            return (a * b).astype(self.dtype)
-        if isinstance(a, np.ndarray):
-            a, b = b, a
-        if isinstance(b, np.ndarray):
-            if not b.any():
-                return np.zeros(self.shape(a), self.dtype)
-            if (b == 1).all():
-                return a
-            b = self.full(b, a)
-        return self.emit("Mul", [a, b], self.shape(a), hint)
-
-    def act(self, kind: str, x: Value, hint: str) -> Value:
-        if isinstance(x, np.ndarray):
-            return _ACTIVATIONS[kind](x).astype(self.dtype)
-        return self.emit(kind, [x], self.shape(x), hint)
-
-    def slice(self, x: Value, axis: int, start: int, end: int, hint: str) -> Value:
-        if isinstance(x, np.ndarray):
-            return np.take(x, range(start, end), axis=axis)
-        shape = list(self.shape(x))
-        if (start, end) == (0, shape[axis]):
-            return x
-        shape[axis] = end - start
-        ints = [np.array([v], np.int64) for v in (start, end, axis)]
-        return self.emit("Slice", [x, *ints], tuple(shape), hint)
-
-    def reverse(self, x: Value, axis: int, hint: str) -> Value:
-        """x in reverse order along `axis`."""
-        if isinstance(x, np.ndarray):
-            return np.flip(x, axis).copy()
-        dim = self.shape(x)[axis]
-        ints = [np.array([v], np.int64) for v in (dim - 1, -dim - 1, axis, -1)]
-        return self.emit("Slice", [x, *ints], self.shape(x), hint)
-
-    def reshape(self, x: Value, shape: tuple[int, ...], hint: str) -> Value:
-        if isinstance(x, np.ndarray):
-            return x.reshape(shape)
-        if self.shape(x) == shape:
-            return x
-        return self.emit("Reshape", [x, np.array(shape, np.int64)], shape, hint)
-
-    def concat(self, xs: list[Value], axis: int, hint: str) -> Value:
-        if len(xs) == 1:
-            return xs[0]
-        if all(isinstance(x, np.ndarray) for x in xs):
-            return np.concatenate(xs, axis=axis)
-        shape = list(self.shape(xs[0]))
-        shape[axis] = sum(self.shape(x)[axis] for x in xs)
-        return self.emit("Concat", xs, tuple(shape), hint, axis=axis)
-
-    def transpose(self, x: Value, perm: tuple[int, ...], hint: str) -> Value:
-        if isinstance(x, np.ndarray):
-            return x.transpose(perm)
-        shape = tuple(self.shape(x)[p] for p in perm)
-        moved = [p for p in perm if self.shape(x)[p] != 1]
-        if moved == sorted(moved):  # only size-1 axes move: the same order, a Reshape
-            return self.reshape(x, shape, hint)
-        return self.emit("Transpose", [x], shape, hint, perm=perm)
-
-    def bind(self, v: Value, out: str) -> None:
-        """Make `v` the value of the node's output tensor `out` (an Identity the rewrites
-        remove)."""
-        if isinstance(v, np.ndarray):
-            raise ModelError(
-                f"{_where(self.g, self.node)}: output {out!r} does not depend on the input"
-            )
-        self.g.add_node("Identity", [v], [out], {}, name=f"{self.node}_{out}")
-
-
 def _attrs(g: Graph, n: str, op: str, dirs: int) -> tuple[list[str], int]:
     """Check the attributes mpcc does not support; return (activations, layout)."""
     a = g.node(n)["attrs"]
     if "clip" in a:
-        raise ModelError(f"{_where(g, n)}: the cell clip attribute is not supported")
+        raise ModelError(f"{where(g, n)}: the cell clip attribute is not supported")
     if int(a.get("input_forget", 0)):
-        raise ModelError(f"{_where(g, n)}: input_forget (coupled gates) is not supported")
+        raise ModelError(f"{where(g, n)}: input_forget (coupled gates) is not supported")
     acts = list(a.get("activations", _SPEC[op][1] * dirs))
     if len(acts) != len(_SPEC[op][1]) * dirs:
-        raise ModelError(f"{_where(g, n)}: expected {len(_SPEC[op][1]) * dirs} activations")
-    canon = {k.lower(): k for k in _ACTIVATIONS}
+        raise ModelError(f"{where(g, n)}: expected {len(_SPEC[op][1]) * dirs} activations")
+    canon = {k.lower(): k for k in ACTIVATIONS}
     bad = [x for x in acts if x.lower() not in canon]
     if bad:
         raise ModelError(
-            f"{_where(g, n)}: activation {bad[0]!r} is not supported; supported: "
-            f"{', '.join(_ACTIVATIONS)}"
+            f"{where(g, n)}: activation {bad[0]!r} is not supported; supported: "
+            f"{', '.join(ACTIVATIONS)}"
         )
     layout = int(a.get("layout", 0))
     if layout not in (0, 1):
-        raise ModelError(f"{_where(g, n)}: layout {layout} is not 0 or 1")
+        raise ModelError(f"{where(g, n)}: layout {layout} is not 0 or 1")
     return [canon[x.lower()] for x in acts], layout
 
 
@@ -237,16 +105,16 @@ def _expand(g: Graph, n: str) -> None:
     ins: dict[str, str] = {k: t for k, t in zip(_INPUTS, d["inputs"], strict=False) if t}
     direction = d["attrs"].get("direction", "forward")
     if direction not in ("forward", "reverse", "bidirectional"):
-        raise ModelError(f"{_where(g, n)}: unknown direction {direction!r}")
+        raise ModelError(f"{where(g, n)}: unknown direction {direction!r}")
     dirs = 2 if direction == "bidirectional" else 1
     acts, layout = _attrs(g, n, op, dirs)
     lbr = bool(int(d["attrs"].get("linear_before_reset", 0)))
     for k in ("W", "R", "B", "P"):
         if k in ins and not g.is_const(ins[k]):
-            raise ModelError(f"{_where(g, n)}: input {k} ({ins[k]!r}) must be a constant")
+            raise ModelError(f"{where(g, n)}: input {k} ({ins[k]!r}) must be a constant")
     x = ins["X"]
     if g.is_const(x):
-        raise ModelError(f"{_where(g, n)}: the input sequence X is a constant")
+        raise ModelError(f"{where(g, n)}: the input sequence X is a constant")
     seq, batch = g.shape(x)[layout], g.shape(x)[1 - layout]
     w, r = g.const(ins["W"]), g.const(ins["R"])
     hidden = r.shape[-1]
@@ -255,7 +123,7 @@ def _expand(g: Graph, n: str) -> None:
         lens = ins["sequence_lens"]
         if not g.is_const(lens) or not (g.const(lens) == seq).all():
             raise ModelError(
-                f"{_where(g, n)}: sequence_lens must be absent or a constant equal to the "
+                f"{where(g, n)}: sequence_lens must be absent or a constant equal to the "
                 f"sequence length {seq} for every sample (variable lengths are not supported)"
             )
     b = g.const(ins["B"]) if "B" in ins else np.zeros((dirs, 2 * gates * hidden), dtype)
@@ -268,7 +136,7 @@ def _expand(g: Graph, n: str) -> None:
         if t and not u:
             g.shapes.pop(t, None)
 
-    bld = _Builder(g, n, dtype)
+    bld = Builder(g, n, dtype)
     gh = gates * hidden
     per_dir = [tuple(acts[k * acts_per_dir : (k + 1) * acts_per_dir]) for k in range(dirs)]
     inits: list[dict[str, Value]] = []
@@ -385,20 +253,20 @@ def _both_directions(bld, cell, fwd: _Direction, bwd: _Direction, inits, seq: in
     return runs
 
 
-def _step_input(bld: _Builder, dr: _Direction, xw: Value, t: int) -> Value:
+def _step_input(bld: Builder, dr: _Direction, xw: Value, t: int) -> Value:
     """Step t's input projections, [batch, gates * hidden]."""
     width = bld.shape(xw)[-1]
     s = bld.slice(xw, dr.axis, t, t + 1, f"x{t}{dr.tag}")
     return bld.reshape(s, (dr.batch, width), f"x{t}{dr.tag}_2d")
 
 
-def _cols(bld: _Builder, v: Value, j: int, k: int, hid: int, hint: str) -> Value:
+def _cols(bld: Builder, v: Value, j: int, k: int, hid: int, hint: str) -> Value:
     """Columns [j * hid, k * hid) of a [batch, gates * hid] value."""
     return bld.slice(v, 1, j * hid, k * hid, hint)
 
 
 def _lstm_direction(
-    bld: _Builder, dr: _Direction, init: dict[str, Value]
+    bld: Builder, dr: _Direction, init: dict[str, Value]
 ) -> tuple[dict[int, Value], Value, Value]:
     """One direction of an LSTM (ONNX gate order i, o, f, c); returns (h by step, last h,
     last c)."""
@@ -440,7 +308,7 @@ def _lstm_direction(
 
 
 def _gru_direction(
-    bld: _Builder, dr: _Direction, init: dict[str, Value]
+    bld: Builder, dr: _Direction, init: dict[str, Value]
 ) -> tuple[dict[int, Value], Value, None]:
     """One direction of a GRU (ONNX gate order z, r, h); returns (h by step, last h, None)."""
     hid = dr.hidden

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from mpcc.compiler.batching import row_mixing
-from mpcc.compiler.costmodel import CostReport, estimate
+from mpcc.compiler.costmodel import CostReport, dealer_to_p0, estimate
 from mpcc.compiler.ir import Program
 from mpcc.compiler.planfile import plan_hash, to_public
 from mpcc.compiler.precision import format_assumptions, format_calibration, precision_json
@@ -25,6 +25,16 @@ def _batching(prog: Program) -> str:
     if why is None:
         return f"rows independent: up to {prog.batch} samples of several clients share a query"
     return f"one client per query, {prog.batch} samples a request (rows mix at {why})"
+
+
+def _dealer_lines(prog: Program, to_p1: int) -> list[str]:
+    p0 = dealer_to_p0(prog)
+    if not p0:
+        return [f"  dealer to P1           {_bytes(to_p1)}  ({to_p1} B; P0 expands a seed)"]
+    return [
+        f"  dealer to P1           {_bytes(to_p1)}  ({to_p1} B)",
+        f"  dealer to P0           {_bytes(p0)}  ({p0} B: FSS keys' common words)",
+    ]
 
 
 def format_report(prog: Program, report: CostReport | None = None, calibration: Any = None) -> str:
@@ -47,7 +57,7 @@ def format_report(prog: Program, report: CostReport | None = None, calibration: 
         "totals per query:",
         f"  online rounds          {t.rounds}",
         f"  sent by each party     {_bytes(t.sent)}  ({t.sent} B)",
-        f"  dealer to P1           {_bytes(t.dealer)}  ({t.dealer} B; P0 expands a seed)",
+        *_dealer_lines(prog, t.dealer),
         f"  multiply-adds / party  {t.macs:,}",
         f"  client -> each party   {_bytes(report.client_sent)}",
         f"  each party -> client   {_bytes(report.client_received)}",
@@ -78,4 +88,5 @@ def report_json(
         "values": to_public(prog)["values"],
         "precision": precision_json(prog, calibration),
         **report.asdict(),
+        "dealer_to_p0": dealer_to_p0(prog),
     }

@@ -1,9 +1,10 @@
 """Load an ONNX model as a fixed-shape, constant-folded ModelProto.
 
 `load` checks the file, fixes every graph input's shape (from `--input-shape`, or a symbolic
-leading batch dim defaulting to 1), infers shapes and folds every computation on constants,
-including the Shape/Gather/Unsqueeze/Concat chains exporters emit in front of Reshape. What
-remains computes on the model's inputs only, with a static shape for every tensor.
+leading batch dim defaulting to 1), infers shapes (`onnx_shapes`) and folds every computation
+on constants (`onnx_fold`), including the Shape/Gather/Unsqueeze/Concat chains exporters emit
+in front of Reshape. What remains computes on the model's inputs only, with a static shape for
+every tensor.
 """
 
 from __future__ import annotations
@@ -14,21 +15,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnx.inliner
-from onnx import helper, numpy_helper, shape_inference, version_converter
-from onnx.reference import ReferenceEvaluator
+from onnx import helper, numpy_helper, version_converter
 
 from mpcc.errors import ModelError
+from mpcc.frontends.onnx_fold import fold_constants
+from mpcc.frontends.onnx_shapes import infer, light, require_static, unfixed
 
 MIN_OPSET = 13
 NOTES_KEY = "mpcc.notes"  # metadata_props key holding load's notes, one per line
-_NONDETERMINISTIC = {
-    "RandomNormal",
-    "RandomUniform",
-    "RandomNormalLike",
-    "RandomUniformLike",
-    "Multinomial",
-    "Bernoulli",
-}
 _DIMS = re.compile(r"^\d+(x\d+)*$")
 
 Shapes = dict[str | None, tuple[int, ...]]
@@ -83,10 +77,10 @@ def load(
     _check_domains(m.graph)
     found = _fix_input_shapes(m.graph, input_shapes, strict=check_static)
     found += _fix_inputs(m.graph, fix_inputs or {})
-    _fold_constants(m)
-    m = _infer(m)
+    fold_constants(m)
+    m = infer(m)
     if check_static:
-        _check_static(m.graph)
+        require_static(m.graph)
     for p in [p for p in m.metadata_props if p.key == NOTES_KEY]:
         m.metadata_props.remove(p)
     if found:
@@ -121,44 +115,10 @@ def _read(model: str | Path | onnx.ModelProto) -> tuple[onnx.ModelProto, str]:
 
 def _check(m: onnx.ModelProto, label: str) -> None:
     try:
-        onnx.checker.check_model(_light(m))
+        onnx.checker.check_model(light(m))
     except Exception as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{label}: not a valid ONNX model: {first}") from e
-
-
-# Initializers with more elements than this reach shape inference and the checker by type
-# alone: they need shapes, not weights, and copying hundreds of MB of weights through
-# protobuf serialization dominated loading big models (VGG-11: several seconds per pass).
-# Their data is checked where it is read (`read_initializer`).
-LIGHT_ELEMENTS = 4096
-
-
-def _numel(t: onnx.TensorProto) -> int:
-    return int(np.prod(t.dims, dtype=np.int64))
-
-
-def _light(m: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of `m` without the data of its large initializers, each a typed graph input."""
-    g = m.graph
-    light = onnx.ModelProto()
-    light.ir_version = m.ir_version
-    light.opset_import.extend(m.opset_import)
-    light.functions.extend(m.functions)
-    lg = light.graph
-    lg.name = g.name
-    lg.node.extend(g.node)
-    lg.input.extend(g.input)
-    lg.output.extend(g.output)
-    lg.value_info.extend(g.value_info)
-    lg.sparse_initializer.extend(g.sparse_initializer)
-    listed = {i.name for i in g.input}
-    for t in g.initializer:
-        if _numel(t) <= LIGHT_ELEMENTS:
-            lg.initializer.append(t)
-        elif t.name not in listed:
-            lg.input.append(helper.make_tensor_value_info(t.name, t.data_type, t.dims))
-    return light
 
 
 def _opset(m: onnx.ModelProto) -> int:
@@ -265,7 +225,7 @@ def _fix_input_shapes(
                         "(use --input-shape to change it)"
                     )
                 elif strict:
-                    raise ModelError(_unfixed(inp.name, dims, k))
+                    raise ModelError(unfixed(inp.name, dims, k))
                 else:
                     shape = None
                     break
@@ -281,19 +241,6 @@ def _fix_input_shapes(
         for s in shape:
             tt.shape.dim.add().dim_value = s
     return notes
-
-
-def _unfixed(name: str, dims: list, k: int) -> str:
-    """Why input `name` has no fixed shape (its dim `k` is symbolic), and what to give."""
-    sym = f" ({dims[k].dim_param!r})" if dims[k].dim_param else ""
-    example = "x".join(
-        str(x.dim_value) if x.HasField("dim_value") else "1" if j == 0 else "<?>"
-        for j, x in enumerate(dims)
-    )
-    return (
-        f"input {name!r}: dim {k}{sym} is not fixed; give the whole shape "
-        f"with --input-shape {name}={example}"
-    )
 
 
 def parse_fixed_inputs(specs: list[str]) -> dict[str, float]:
@@ -334,229 +281,3 @@ def _fix_inputs(g: onnx.GraphProto, fixed: dict[str, float]) -> list[str]:
             "does not send it"
         )
     return notes
-
-
-def _infer(m: onnx.ModelProto) -> onnx.ModelProto:
-    """Re-run strict shape inference from the inputs' shapes alone, on the model without its
-    large weights (`_light`); the shapes found are written into `m`, which is returned."""
-    del m.graph.value_info[:]
-    for out in m.graph.output:
-        out.type.tensor_type.ClearField("shape")
-    try:
-        inferred = shape_inference.infer_shapes(
-            _light(m), check_type=True, strict_mode=True, data_prop=True
-        )
-    except Exception as e:
-        raise ModelError(f"shape inference failed: {str(e).strip()}") from e
-    m.graph.value_info.extend(inferred.graph.value_info)
-    for out, found in zip(m.graph.output, inferred.graph.output, strict=True):
-        out.type.CopyFrom(found.type)
-    return m
-
-
-def _static_shape(vi: onnx.ValueInfoProto) -> tuple[int, ...] | None:
-    tt = vi.type.tensor_type
-    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
-        return None
-    if not all(d.HasField("dim_value") for d in tt.shape.dim):
-        return None
-    return tuple(d.dim_value for d in tt.shape.dim)
-
-
-def _fold_constants(m: onnx.ModelProto) -> None:
-    """Evaluate every node whose inputs are all constant, until nothing changes."""
-    opsets = {o.domain or "": o.version for o in m.opset_import}
-    for _ in range(100):
-        inferred = _infer(m)
-        shapes = {
-            vi.name: _static_shape(vi)
-            for vi in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]
-        }
-        g = m.graph
-        values = _Constants(g.initializer)
-        folded = []
-        for n in g.node:
-            out = _evaluate(n, values, shapes, opsets)
-            if out is not None:
-                values.update(zip(n.output, out, strict=False))
-                folded.append(n)
-        if not folded:
-            return
-        graph_outputs = {o.name for o in g.output}
-        for n in folded:
-            if graph_outputs & set(n.output):
-                raise ModelError(
-                    f"output {sorted(graph_outputs & set(n.output))[0]!r} is a constant: "
-                    "it does not depend on the model's inputs"
-                )
-            g.node.remove(n)
-        used = {t for n in g.node for t in n.input} | graph_outputs
-        have = {t.name for t in g.initializer}
-        for n in folded:
-            for t in n.output:
-                if t and t in used and t not in have:
-                    g.initializer.append(numpy_helper.from_array(np.asarray(values[t]), t))
-        _prune(g)
-    raise ModelError("constant folding did not converge")
-
-
-class _Constants(dict):
-    """Constant values by name: initializers become arrays only when a node reads them."""
-
-    def __init__(self, initializers: list[onnx.TensorProto]) -> None:
-        super().__init__()
-        self._inits = {t.name: t for t in initializers}
-
-    def __contains__(self, name: object) -> bool:
-        return dict.__contains__(self, name) or name in self._inits
-
-    def __missing__(self, name: str) -> np.ndarray:
-        value = self[name] = read_initializer(self._inits[name])
-        return value
-
-
-def read_initializer(t: onnx.TensorProto) -> np.ndarray:
-    """An initializer's value; ModelError naming it if its data does not fit its shape."""
-    try:
-        return numpy_helper.to_array(t)
-    except Exception as e:
-        raise ModelError(f"initializer {t.name!r} cannot be read: {e}") from None
-
-
-def _evaluate(
-    n: onnx.NodeProto,
-    values: dict[str, np.ndarray],
-    shapes: dict[str, tuple[int, ...] | None],
-    opsets: dict[str, int],
-) -> list[np.ndarray] | None:
-    """The outputs of `n` if they are constant, else None."""
-    if n.op_type in ("Shape", "Size") and n.domain in ("", "ai.onnx"):
-        shape = shapes.get(n.input[0])
-        if shape is None:
-            return None
-        if n.op_type == "Size":
-            return [np.array(int(np.prod(shape)), dtype=np.int64)]
-        attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
-        start, end = attrs.get("start", 0), attrs.get("end", len(shape))
-        return [np.array(shape[start:end], dtype=np.int64)]
-    inputs = [t for t in n.input if t]
-    if n.op_type in _NONDETERMINISTIC or any(a.type in (5, 10) for a in n.attribute):
-        return None  # random, or has a subgraph (If, Loop, Scan)
-    if not inputs and n.op_type != "Constant":
-        return None
-    if not all(t in values for t in inputs):
-        return None
-    feeds = {t: values[t] for t in inputs}
-    try:
-        return ReferenceEvaluator(n, opsets=opsets).run(None, feeds)
-    except Exception as e:
-        reference_error = e
-    try:  # onnx's reference evaluator has gaps (GatherElements in onnx 1.23): ask onnxruntime
-        return _evaluate_ort(n, feeds, opsets)
-    except Exception as e:
-        raise ModelError(
-            f"node {n.name!r} (op {n.op_type}): cannot evaluate it on its constant inputs: "
-            f"onnx's reference evaluator says {reference_error}; onnxruntime says {e}"
-        ) from e
-
-
-def _evaluate_ort(
-    n: onnx.NodeProto, feeds: dict[str, np.ndarray], opsets: dict[str, int]
-) -> list[np.ndarray]:
-    """Evaluate one node on constant inputs with onnxruntime (graph optimizations off)."""
-    import onnxruntime as ort
-
-    ins = [
-        helper.make_tensor_value_info(t, helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-        for t, v in feeds.items()
-    ]
-    outs = [helper.make_empty_tensor_value_info(t) for t in n.output if t]
-    graph = helper.make_graph([n], "fold", ins, outs)
-    m = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()]
-    )
-    m.ir_version = min(m.ir_version, 10)
-    typed = shape_inference.infer_shapes(m)
-    found = {vi.name: vi for vi in typed.graph.value_info}
-    for o in m.graph.output:
-        if o.name in found:
-            o.CopyFrom(found[o.name])
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    got = dict(zip([o.name for o in m.graph.output], sess.run(None, feeds), strict=True))
-    return [got.get(t, np.zeros(0)) for t in n.output]
-
-
-def _prune(g: onnx.GraphProto) -> None:
-    """Remove nodes whose outputs nobody uses, and unused initializers."""
-    while True:
-        used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
-        dead = [n for n in g.node if not any(t in used for t in n.output)]
-        if not dead:
-            break
-        for n in dead:
-            g.node.remove(n)
-    for t in [t for t in g.initializer if t.name not in used]:
-        g.initializer.remove(t)
-
-
-def _check_static(g: onnx.GraphProto) -> None:
-    problems = static_problems(g)
-    if problems:
-        raise ModelError("; ".join(p for _, p in problems))
-
-
-def static_problems(g: onnx.GraphProto) -> list[tuple[onnx.NodeProto | None, str]]:
-    """The inputs with a dim left unfixed (node None), and the nodes whose outputs have no
-    static shape while their inputs' shapes are known (the first cause of every other
-    unknown shape), each with why: most often an input that mpcc needs constant (a shape,
-    axes, starts, pads) but is computed from the model's inputs."""
-    known = {vi.name: vi for vi in [*g.input, *g.value_info, *g.output]}
-    consts = {t.name for t in g.initializer}
-    problems: list[tuple[onnx.NodeProto | None, str]] = []
-    for inp in g.input:
-        if inp.name not in consts and _static_shape(inp) is None:
-            dims = list(inp.type.tensor_type.shape.dim)
-            k = next(k for k, d in enumerate(dims) if not d.HasField("dim_value"))
-            problems.append((None, _unfixed(inp.name, dims, k)))
-
-    def static(t: str) -> bool:
-        return not t or t in consts or (t in known and _static_shape(known[t]) is not None)
-
-    for n in g.node:
-        bad = [t for t in n.output if t and not static(t)]
-        if not bad or not all(static(t) for t in n.input):
-            continue
-        computed = [(i, t) for i, t in enumerate(n.input) if i > 0 and t and t not in consts]
-        where = f"node {n.name!r} (op {n.op_type})"
-        if computed:
-            names = ", ".join(f"{_input_name(n, i)} {t!r}" for i, t in computed)
-            one = len(computed) == 1
-            must = "must be a constant, but is" if one else "must be constants, but are"
-            problems.append(
-                (
-                    n,
-                    f"{where}: its {names} {must} computed from the model's inputs (the shape "
-                    f"of {bad[0]!r} depends on {'it' if one else 'them'})",
-                )
-            )
-        else:
-            problems.append(
-                (
-                    n,
-                    f"tensor {bad[0]!r} (output of node {n.name!r}, op {n.op_type}) has no "
-                    "static shape after fixing the input shapes and folding constants",
-                )
-            )
-    return problems
-
-
-def _input_name(n: onnx.NodeProto, i: int) -> str:
-    """The ONNX schema's name of input `i` of `n` ("shape", "axes", ...), or "input i"."""
-    try:
-        formal = onnx.defs.get_schema(n.op_type, domain=n.domain or "").inputs
-        name = formal[min(i, len(formal) - 1)].name
-    except Exception:  # an unknown op: no schema
-        return f"input {i}"
-    return f"input {i} ({name})"

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 import numpy as np
 
 from mpcc.compiler.batching import row_mixing, rows_independent
+from mpcc.compiler.calls import power_levels
 from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError
 from mpcc.inputs import ONEHOT, as_samples, input_shape, one_hot, pad_rows
@@ -69,6 +70,13 @@ class Cleartext(Backend):
 
     def ge_zero(self, x: np.ndarray) -> np.ndarray:
         return (x.view(np.int64) >= 0).astype(np.uint64)
+
+    def powers(self, x: np.ndarray, shift: int, scale: int, exponents: list[int]) -> np.ndarray:
+        pw = {1: arith_shift(x, shift)}
+        for level in power_levels(tuple(exponents)):
+            for e, hi, lo in level:
+                pw[e] = arith_shift(pw[hi] * pw[lo], scale)
+        return np.stack([pw[e] for e in exponents], axis=-1)
 
 
 def run_encoded(

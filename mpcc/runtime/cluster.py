@@ -44,6 +44,7 @@ class QueryStats:
     material_bytes: int  # preprocessing material P0 and P1 held for the query (both)
     client_bytes: int  # input shares the client sent to each compute party
     dealer_s: float  # of offline_s, the dealer alone (`Dealer.deal`)
+    dealer_p0_bytes: int = 0  # FSS keys' common words the dealer also sent to P0
 
     def summary(self) -> str:
         return (
@@ -107,6 +108,9 @@ class LocalCluster:
         self._dealer_out, self._p1_from_dealer = local_link(
             "dealer", "P1", self.timeout, copy=False
         )
+        self._dealer_out0, self._p0_from_dealer = local_link(
+            "dealer", "P0", self.timeout, copy=False
+        )
         # The shares are made for this session alone: opening turns them into F in place.
         self.parties = tuple(
             PartyExecutor(p, self.prog, self.session, seeds[p], shares[p], ch, consume_shares=True)
@@ -166,16 +170,21 @@ class LocalCluster:
             bundle = self.dealer.deal(q)
             dealer_s = time.perf_counter() - t0
             dealer_bytes = bundle.nbytes
+            p0_part = self.dealer.for_p0(bundle) if self.dealer.sends_p0 else None
+            if p0_part is not None:
+                self._dealer_out0.send(p0_part.to_arrays())
             self._dealer_out.send(bundle.to_arrays())
             del bundle  # P1 has it now
 
             def prep(p: PartyExecutor, q=q) -> int:
-                b = Bundle.from_arrays(self._p1_from_dealer.recv()) if p.party == 1 else None
+                link = self._p1_from_dealer if p.party == 1 else self._p0_from_dealer
+                b = Bundle.from_arrays(link.recv()) if p.needs_dealer else None
                 return p.prepare(q, b)
 
             held = sum(self._both(prep))
             self._prepared.append(q)
-            self._offline[q] = (time.perf_counter() - t0, dealer_s, dealer_bytes, held)
+            p0_bytes = 0 if p0_part is None else p0_part.nbytes
+            self._offline[q] = (time.perf_counter() - t0, dealer_s, dealer_bytes, held, p0_bytes)
         return time.perf_counter() - start
 
     # -- online ------------------------------------------------------------------------------
@@ -191,7 +200,7 @@ class LocalCluster:
         if not self._prepared:  # a bad input costs no material
             self.preprocess(1)
         q = self._prepared.pop(0)
-        offline, dealer_s, dealer_bytes, material_bytes = self._offline.pop(q)
+        offline, dealer_s, dealer_bytes, material_bytes, p0_bytes = self._offline.pop(q)
         self._next_query = q + 1
         before = [p.ch.traffic.snapshot() for p in self.parties]
         t0 = time.perf_counter()
@@ -215,6 +224,7 @@ class LocalCluster:
             material_bytes=material_bytes,
             client_bytes=sum(sh[0].nbytes for sh in shares.values()),
             dealer_s=dealer_s,
+            dealer_p0_bytes=p0_bytes,
         )
         return y
 

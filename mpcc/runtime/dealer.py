@@ -52,6 +52,22 @@ class Dealer:
         fn = self._maps.get(i)
         return () if fn is None else (fn, self._operands[layout(self.prog, ins)])
 
+    @property
+    def sends_p0(self) -> bool:
+        """Whether P0 gets material too (the common words of FSS keys)."""
+        return any(protocol_for(c).shared_words(c) for cs in self._calls for c in cs)
+
+    def for_p0(self, bundle: Bundle) -> Bundle:
+        """P0's part of a query's material: the leading `shared_words` of each call's
+        correction that has any (FSS keys), in call order. Call before P1's bundle is taken."""
+        calls_ = [c for cs in self._calls for c in cs]
+        parts = [
+            corr[: protocol_for(c).shared_words(c)]
+            for c, corr in zip(calls_, bundle.corrections, strict=True)
+            if protocol_for(c).shared_words(c)
+        ]
+        return Bundle(bundle.session, bundle.query, parts)
+
     def deal(self, query: int) -> Bundle:
         """All of P1's corrections for one query, in the plan's call order."""
         s = self.session

@@ -17,7 +17,19 @@ from typing import Any
 
 import numpy as np
 
-from mpcc.compiler.calls import Call, Linear, MatMulSS, Multiply, Relu, Sign, Square, Truncate
+from mpcc.compiler.calls import (
+    Call,
+    Linear,
+    MatMulSS,
+    Multiply,
+    Powers,
+    Relu,
+    ReluFss,
+    Sign,
+    SignFss,
+    Square,
+    Truncate,
+)
 from mpcc.compiler.costmodel import calls, masked_weights
 from mpcc.compiler.ir import Instr, Program
 from mpcc.errors import InputError, MaterialError
@@ -26,9 +38,12 @@ from mpcc.runtime.protocols import (
     linear,
     matmul_ss,
     multiply,
+    powers,
     protocol_for,
     relu,
+    relu_fss,
     sign,
+    sign_fss,
     square,
     truncation,
 )
@@ -141,17 +156,26 @@ class PartyExecutor(Backend):
         return () if fn is None else (fn, self._operands[layout(self.prog, ins)][1])
 
     # -- offline, per query -----------------------------------------------------------------
+    @property
+    def needs_dealer(self) -> bool:
+        """Whether this party takes a bundle from the dealer: P1 always, P0 for a plan with
+        FSS keys (their common words go to both)."""
+        return self.party == 1 or any(
+            protocol_for(c).shared_words(c) for cs in self._calls for c in cs
+        )
+
     def prepare(
         self, query: int, bundle: Bundle | None, pause: Callable[[], None] | None = None
     ) -> int:
-        """Expand this party's material for a query (P1 also takes the dealer's bundle);
+        """Expand this party's material for a query (P1, and P0 for FSS keys, also take the
+        dealer's bundle);
         returns the bytes of material now held for it. `pause`, if given, is called before
         each call's material: a server blocks there while a query's online phase runs, so
         making material ahead does not take the cores and the GIL from that phase."""
         s = self.session
-        if self.party == 1:
+        if self.needs_dealer:
             if bundle is None:
-                raise MaterialError(f"P1 has no dealer material for query {query}")
+                raise MaterialError(f"P{self.party} has no dealer material for query {query}")
             if bundle.session != s.id or bundle.query != query:
                 raise MaterialError(
                     f"dealer material for session {bundle.session[:8]}…/query {bundle.query} "
@@ -164,13 +188,15 @@ class PartyExecutor(Backend):
                 prg = s.call_prg(self._seed, query, i, j)
                 if pause is not None:
                     pause()
-                corr = next(corrections, None) if self.party == 1 else None
-                if self.party == 1 and corr is None:
-                    raise MaterialError(f"dealer bundle for query {query} is short")
                 proto = protocol_for(call)
+                corr = None
+                if self.party == 1 or proto.shared_words(call):
+                    corr = next(corrections, None)
+                    if corr is None:
+                        raise MaterialError(f"dealer bundle for query {query} is short")
                 mat = proto.expand(self.party, call, prg, corr, *self._aux(i, ins))
                 items.append(((s.id, query, i, j), mat))
-        if self.party == 1 and next(corrections, None) is not None:
+        if self.needs_dealer and next(corrections, None) is not None:
             raise MaterialError(f"dealer bundle for query {query} is too long")
         return self.store.add_query(query, items)
 
@@ -266,10 +292,26 @@ class PartyExecutor(Backend):
         mat = self._material(Truncate, n=x.size, shift=shift)
         return truncation.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
 
+    def _next_call(self) -> type[Call] | None:
+        """The kind of this instruction's next declared call (the op's protocol choice)."""
+        declared = self._calls[self._at]
+        return type(declared[self._call]) if self._call < len(declared) else None
+
     def relu(self, x: np.ndarray, shift: int) -> np.ndarray:
+        if self._next_call() is ReluFss:
+            mat = self._material(ReluFss, n=x.size, shift=shift)
+            return relu_fss.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
         mat = self._material(Relu, n=x.size, shift=shift)
         return relu.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
 
     def ge_zero(self, x: np.ndarray) -> np.ndarray:
+        if self._next_call() is SignFss:
+            mat = self._material(SignFss, n=x.size)
+            return sign_fss.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
         mat = self._material(Sign, n=x.size)
         return sign.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
+
+    def powers(self, x: np.ndarray, shift: int, scale: int, exponents: list[int]) -> np.ndarray:
+        mat = self._material(Powers, n=x.size, shift=shift, scale=scale)
+        out = powers.run(self.ch, self.party, mat, x.reshape(-1))
+        return out.reshape(*x.shape, len(exponents))

@@ -9,7 +9,8 @@ every kernel gets the argument types, dtypes and layouts the runtime gives it an
 query compiles anything. The plans cover Conv (plain, grouped, depthwise, single input
 channel, strided), MaxPool, AveragePool (2^j and other windows), ReLU, LeakyReLU, Clip,
 Mul of two secrets, Gemm and MatMul, and an attention block (MatMul of two secrets, Softmax,
-LayerNormalization, GELU).
+LayerNormalization, GELU); at batch 1 each also as compiled for a WAN (`--network`), whose
+comparisons are by function secret sharing (the DCF kernels).
 
     report = warm_up()   # once per process; later calls return the same report at once
     log.info("kernels ready in %s", report)
@@ -28,6 +29,7 @@ import numpy as np
 __all__ = ["WarmupReport", "kernel_signatures", "numba_counts", "warm_up"]
 
 _WIDTH = 8  # input image side of the warm-up plans
+WAN = "40,1"  # a network on which the warm-up plans take FSS for every comparison
 _lock = threading.Lock()
 _report: WarmupReport | None = None
 
@@ -47,7 +49,8 @@ class WarmupReport:
 
 
 def _dispatchers() -> dict[str, Any]:
-    """Every numba dispatcher defined at module level in an imported mpcc module, by name."""
+    """Every numba dispatcher defined at module level in an imported mpcc module, by name
+    (but those inlined into their callers: `inline="always"` never compiles on its own)."""
     from numba.core.dispatcher import Dispatcher
 
     found = {}
@@ -55,7 +58,7 @@ def _dispatchers() -> dict[str, Any]:
         if not name.startswith("mpcc.") or mod is None:
             continue
         for attr, obj in list(vars(mod).items()):
-            if isinstance(obj, Dispatcher):
+            if isinstance(obj, Dispatcher) and obj.targetoptions.get("inline") != "always":
                 found[f"{name}.{attr}"] = obj
     return found
 
@@ -186,13 +189,17 @@ def _run_plans() -> int:
             (_model(batch), (batch, 2, _WIDTH, _WIDTH)),
             (_attention_model(batch), (batch, 4, 8)),
         ):
-            prog, weights = compile_onnx(model, name="warmup")
             x = np.linspace(-1.0, 1.0, int(np.prod(shape)), dtype=np.float32).reshape(shape)
-            cleartext.predict(prog, weights, x)
-            # A cold compile takes seconds inside the session: no link timeout may cut it short.
-            with LocalCluster(prog, weights, timeout=600.0) as cluster:
-                cluster.run_batch(x)
-            runs += 1
+            # at batch 1 also as compiled for a WAN: every comparison by FSS (the DCF kernels)
+            for network in (None, WAN) if batch == 1 else (None,):
+                prog, weights = compile_onnx(model, name="warmup", network=network)
+                if network is None:
+                    cleartext.predict(prog, weights, x)
+                # A cold compile takes seconds inside the session: no link timeout may cut
+                # it short.
+                with LocalCluster(prog, weights, timeout=600.0) as cluster:
+                    cluster.run_batch(x)
+                runs += 1
     return runs
 
 

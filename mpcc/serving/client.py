@@ -28,7 +28,17 @@ from mpcc.runtime.prg import reconstruct, share
 from mpcc.serving.certs import client_files
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.config import load as load_config
-from mpcc.serving.tls import LinkClosed, TlsChannel, client_context, dial
+from mpcc.serving.links import dial
+from mpcc.serving.messages import (
+    ErrorReply,
+    Failed,
+    MalformedMessage,
+    PlanInterface,
+    Request,
+    Result,
+)
+from mpcc.serving.tls import LinkClosed, TlsChannel
+from mpcc.serving.tlscontext import client_context
 from mpcc.serving.wire import Message
 
 PARTIES = ("p0", "p1")
@@ -144,7 +154,7 @@ class Client:
         if isinstance(item, LinkClosed):
             raise PartyError(f"lost the connection to {role.upper()}: {item.reason}")
         if item.kind == "error":
-            raise PartyError(f"{role.upper()}: {item.meta.get('msg', 'error')}")
+            raise PartyError(f"{role.upper()}: {ErrorReply.lenient(item.meta).msg}")
         return role, item
 
     def info(self) -> dict[str, dict[str, Any]]:
@@ -183,6 +193,8 @@ class Client:
         raise PartyError(f"the cluster is not ready after {timeout:g} s ({last})")
 
     def _interface(self) -> dict[str, Any]:
+        """P0's `info`, once P0 and P1 are seen to serve one plan (read again after a
+        redeploy: see `predict`)."""
         if self._plan is None:
             got = self.info()
             p0, p1 = got["p0"], got["p1"]
@@ -194,14 +206,21 @@ class Client:
         return self._plan
 
     # -- predictions --------------------------------------------------------------------------
+    def _plan_interface(self) -> PlanInterface:
+        try:
+            return PlanInterface.parse(self._interface())
+        except MalformedMessage as e:
+            self._plan = None
+            raise PartyError(f"P0 described its plan badly: {e}") from None
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """Logits (the plan's first output) for any number of samples."""
-        plan = self._interface()
-        enc, batch = plan.get("input_encoding"), int(plan["batch"])
-        shape = input_shape(plan["input_shape"], enc)
+        plan = self._plan_interface()
+        enc, batch = plan.input_encoding, plan.batch
+        shape = input_shape(plan.input_shape, enc)
         x = as_samples(x, shape, allow_empty=False, ids=enc == ONEHOT)
-        if not plan.get("rows_independent", False):
-            whole = len(x) == batch or (len(x) % batch == 0 and plan["output_shape"][:1] == [batch])
+        if not plan.rows_independent:
+            whole = len(x) == batch or (len(x) % batch == 0 and plan.output_shape[:1] == [batch])
             if not whole:
                 raise InputError(
                     f"this plan mixes samples across its batch axis: give exactly {batch} "
@@ -220,9 +239,9 @@ class Client:
             raise
         return np.concatenate(outs)
 
-    def _predict_again(self, x: np.ndarray, old: dict[str, Any]) -> np.ndarray:
-        plan = self._interface()
-        if plan["plan_hash"] == old["plan_hash"]:
+    def _predict_again(self, x: np.ndarray, old: PlanInterface) -> np.ndarray:
+        plan = self._plan_interface()
+        if plan.plan_hash == old.plan_hash:
             raise PartyError("the parties refused the plan they announce; redeploy the model")
         try:
             return self.predict(x)
@@ -232,51 +251,57 @@ class Client:
                 f"the model was redeployed twice during one prediction ({e})"
             ) from None
 
-    def _run(self, chunks: list[np.ndarray], plan: dict[str, Any]) -> list[np.ndarray]:
+    def _run(self, chunks: list[np.ndarray], plan: PlanInterface) -> list[np.ndarray]:
         links = self._connect()
-        frac, scale = int(plan["frac_bits"]), int(plan["output_scale"])
-        out_shape, out_tail = tuple(plan["output_shape"]), tuple(plan["output_shape"][1:])
-        rowwise = bool(plan.get("rows_independent", False))
+        frac, scale = plan.frac_bits, plan.output_scale
+        out_shape, out_tail = tuple(plan.output_shape), tuple(plan.output_shape[1:])
+        rowwise = plan.rows_independent
         outs: list[np.ndarray | None] = [None] * len(chunks)
         stats: list[RequestStats | None] = [None] * len(chunks)
-        pending: dict[str, tuple[int, float, int, dict[str, Message]]] = {}
+        # by request id: its chunk, when it was sent, its share's size, the answers so far
+        pending: dict[str, tuple[int, float, int, dict[str, tuple[Result, np.ndarray]]]] = {}
         t_start, nxt = time.perf_counter(), 0
         while nxt < len(chunks) or pending:
             while nxt < len(chunks) and len(pending) < self.window:
                 rid = secrets.token_hex(16)
-                if plan.get("input_encoding") == ONEHOT:  # token ids, one-hot encoded here
-                    s0, s1 = share(one_hot(chunks[nxt], int(plan["input_depth"])))
+                if plan.input_encoding == ONEHOT:  # token ids, one-hot encoded here
+                    if plan.input_depth is None:
+                        raise PartyError("P0 did not say the depth of its one-hot input")
+                    s0, s1 = share(one_hot(chunks[nxt], plan.input_depth))
                 else:
                     s0, s1 = share(encode(chunks[nxt], frac))
                 pending[rid] = (nxt, time.perf_counter(), s0.nbytes, {})
-                meta = {"rid": rid, "rows": len(chunks[nxt]), "plan": plan["plan_hash"]}
-                links["p0"].send_msg("request", meta, [s0])
-                links["p1"].send_msg("request", meta, [s1])
+                req = Request(rid, len(chunks[nxt]), plan.plan_hash)
+                req.send(links["p0"], [s0])
+                req.send(links["p1"], [s1])
                 nxt += 1
             try:
                 role, msg = self._next(self.timeout)
             except PartyError as e:
                 raise PartyError(_silent_parties(pending, self.timeout) or str(e)) from None
-            rid = msg.meta.get("rid")
-            if rid not in pending:
+            kind = {Failed.KIND: Failed, Result.KIND: Result}.get(msg.kind)
+            if kind is None:
                 continue  # e.g. a late answer to an info request
-            if msg.kind == "failed":
-                why = f"{msg.meta.get('msg', 'request failed')}"
-                raise (
-                    StalePlanError(why) if msg.meta.get("code") == "stale_plan" else PartyError(why)
-                )
-            if msg.kind != "result":
-                raise PartyError(f"{role.upper()} answered with {msg.kind!r}")
-            if msg.meta.get("plan") != plan["plan_hash"]:  # never decode at another plan's scale
+            try:
+                answer = kind.parse(msg.meta)
+            except MalformedMessage as e:
+                raise PartyError(f"{role.upper()}: {e}") from None
+            rid = answer.rid
+            if rid not in pending:
+                continue  # e.g. an answer to a request of a prediction that failed
+            if isinstance(answer, Failed):
+                stale = answer.code == "stale_plan"
+                raise StalePlanError(answer.msg) if stale else PartyError(answer.msg)
+            if answer.plan != plan.plan_hash:  # never decode at another plan's scale
                 raise StalePlanError(f"{role.upper()} answered from another plan than was read")
             i, t0, nbytes, got = pending[rid]
             want = (len(chunks[i]), *out_tail) if rowwise else out_shape
             if len(msg.arrays) != 1 or msg.arrays[0].shape != want:
                 raise PartyError(f"{role.upper()} answered with a malformed result")
-            got[role] = msg
+            got[role] = (answer, msg.arrays[0])
             if len(got) == 2:
                 del pending[rid]
-                a0, a1 = got["p0"].arrays[0], got["p1"].arrays[0]
+                a0, a1 = got["p0"][1], got["p1"][1]
                 outs[i] = decode(reconstruct(a0, a1), scale)
                 stats[i] = _stats(got, len(chunks[i]), time.perf_counter() - t0, nbytes)
         self.stats = PredictStats([s for s in stats if s], time.perf_counter() - t_start)
@@ -312,8 +337,10 @@ def _silent_parties(pending: dict[str, tuple[Any, ...]], timeout: float) -> str 
     return None
 
 
-def _stats(got: dict[str, Message], rows: int, latency: float, share_bytes: int) -> RequestStats:
-    s0, s1 = got["p0"].meta.get("stats", {}), got["p1"].meta.get("stats", {})
+def _stats(
+    got: dict[str, tuple[Result, np.ndarray]], rows: int, latency: float, share_bytes: int
+) -> RequestStats:
+    s0, s1 = got["p0"][0].stats or {}, got["p1"][0].stats or {}
     return RequestStats(
         rows=rows,
         latency_s=latency,

@@ -9,7 +9,6 @@ lock and condition over all of it), `_queue` (P0), `_pending`, `_rejected` and `
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -19,13 +18,15 @@ import numpy as np
 
 from mpcc.compiler.batching import rows_independent
 from mpcc.errors import InputError, PartyError
+from mpcc.serving import heap, messages
 from mpcc.serving.admission import Identity
+from mpcc.serving.messages import Hello, Welcome
 from mpcc.serving.outbox import Outbox
 from mpcc.serving.state import Deployment
 from mpcc.serving.tls import TlsChannel
 from mpcc.serving.wire import Message
 
-RID = re.compile(r"^[0-9a-f]{16,64}$")
+TRIM_EVERY_S = 60.0  # the janitor gives freed heap memory back this often
 MAX_QUEUE = 1024
 # Requests one client link may have waiting at a party (a client keeps `window` in flight).
 MAX_PER_LINK = 32
@@ -64,13 +65,13 @@ def _who(r: Request) -> str:
 class ClientLinks:
     """Client links and request admission (a mixin of `ComputeParty`)."""
 
-    def on_client(self, ch: TlsChannel, hello: Message) -> None:
+    def on_client(self, ch: TlsChannel, hello: Hello) -> None:
         # A client that stops reading must not hold up the query loop that answers it: a
         # send to it that makes no progress for this long fails, and its link is closed.
         ch.timeout = min(self.cfg.serving.timeout_s, CLIENT_SEND_STALL_S)
         dep = self.deployment
         ch.limit_frames(self._client_frame_limit(dep))
-        ch.send_msg("welcome", {"role": self.role})
+        Welcome(self.role).send(ch)
         who = self._identity(_identity_of(ch))
         outbox = Outbox(ch, self.log, account=who)
         with self._req:
@@ -98,10 +99,11 @@ class ClientLinks:
                 self._pace(ch, who)
                 if msg.kind == "info":
                     outbox.post("info", self.info())
-                elif msg.kind == "request":
+                elif msg.kind == messages.Request.KIND:
                     self._on_request(ch, msg)
                 else:
-                    outbox.post("error", {"msg": f"unknown request kind {msg.kind!r}"})
+                    err = messages.ErrorReply(f"unknown request kind {msg.kind!r}")
+                    outbox.post(err.KIND, err.to_meta())
         except PartyError:
             pass  # the client left, or sent a bad frame (logged by the link)
         finally:
@@ -153,22 +155,22 @@ class ClientLinks:
 
     def _on_request(self, ch: TlsChannel, msg: Message) -> None:
         self.metrics.requests.inc()
-        rid = msg.meta.get("rid")
+        rid = messages.Request.rid_of(msg.meta)
         try:
-            rid = self._check_request(msg)
-        except InputError as e:
-            shown = rid[:8] if isinstance(rid, str) and RID.match(rid) else "?"
-            self.log.warning("rejected request %s from %s: %s", shown, ch.peer, e)
-            if isinstance(rid, str) and RID.match(rid):
+            req = self._check_request(msg)
+        except (InputError, messages.MalformedMessage) as e:
+            self.log.warning("rejected request %s from %s: %s", (rid or "?")[:8], ch.peer, e)
+            if rid is not None:
                 self._reject(
                     ch, rid, str(e), code="stale_plan" if isinstance(e, StalePlan) else None
                 )
             else:
                 self.metrics.failed("malformed request")
-                self._post(ch, "error", {"msg": f"{self.label} rejected a request: {e}"})
+                self._post(ch, messages.ErrorReply(f"{self.label} rejected a request: {e}"))
             return
+        rid = req.rid
         who = self._identity(_identity_of(ch))
-        r = Request(rid, int(msg.meta["rows"]), msg.arrays[0], ch, time.monotonic(), who=who.name)
+        r = Request(rid, req.rows, msg.arrays[0], ch, time.monotonic(), who=who.name)
         serving = self.cfg.serving
         why = None
         with self._req:
@@ -222,14 +224,14 @@ class ClientLinks:
                 self._rejected.popitem(last=False)
         self._send_failed(ch, rid, f"{self.label} rejected the request: {why}", code)
 
-    def _check_request(self, msg: Message) -> str:
+    def _check_request(self, msg: Message) -> messages.Request:
+        """The request, checked against the deployed plan; InputError (StalePlan if it was
+        encoded for another plan) or MalformedMessage if it cannot be run."""
         dep = self.deployment
         if dep is None:
             raise InputError(f"no model is deployed at {self.label}")
-        rid, rows = msg.meta.get("rid"), msg.meta.get("rows")
-        if not isinstance(rid, str) or not RID.match(rid):
-            raise InputError("malformed request id")
-        plan = msg.meta.get("plan")
+        req = messages.Request.parse(msg.meta)
+        rows, plan = req.rows, req.plan
         if plan != dep.plan_hash:
             raise StalePlan(
                 f"the request was encoded for plan {str(plan)[:12]}, but {self.label} serves "
@@ -238,7 +240,7 @@ class ClientLinks:
             )
         prog = dep.prog
         shape = prog.value(prog.inputs[0][1]).shape
-        if not isinstance(rows, int) or not 1 <= rows <= prog.batch:
+        if rows > prog.batch:
             raise InputError(f"a request carries 1 to {prog.batch} samples, not {rows!r}")
         if rows != prog.batch and not rows_independent(prog):
             raise InputError(
@@ -253,23 +255,23 @@ class ClientLinks:
             raise InputError(
                 f"input share is {a.dtype}{list(a.shape)}, expected uint64{list(want)}"
             )
-        return rid
+        return req
 
-    def _post(self, ch: TlsChannel, kind: str, meta: dict[str, Any], arrays=None) -> bool:
+    def _post(
+        self, ch: TlsChannel, msg: messages.ControlMessage, arrays: list[np.ndarray] | None = None
+    ) -> bool:
         """Queue a message for a client (False if its link is gone); never blocks."""
         with self._req:
             outbox = self._outboxes.get(ch)
         if outbox is None:
             return False
-        outbox.post(kind, meta, arrays)
+        outbox.post(msg.KIND, msg.to_meta(), arrays)
         return True
 
     def _send_failed(self, ch: TlsChannel, rid: str, why: str, code: str | None = None) -> None:
         self.metrics.failed(why, code)
-        meta = {"rid": rid, "msg": why}
-        if code is not None:  # what the client can act on ("stale_plan": read the plan again)
-            meta["code"] = code
-        self._post(ch, "failed", meta)
+        # `code`: what the client can act on ("stale_plan": read the plan again)
+        self._post(ch, messages.Failed(rid, why, code))
 
     def _fail(self, reqs: list[Request], why: str) -> None:
         for r in reqs:
@@ -278,8 +280,7 @@ class ClientLinks:
     def _answer(self, r: Request, y: np.ndarray, stats: dict[str, Any], plan: str) -> int:
         """Hand a result to its client's outbox: 1 if it was, 0 if the client left. `plan`:
         the hash of the plan that computed it, which the client checks before decoding."""
-        meta = {"rid": r.rid, "plan": plan, "stats": stats}
-        if not self._post(r.ch, "result", meta, [y]):
+        if not self._post(r.ch, messages.Result(r.rid, plan, stats), [y]):
             self.log.info("could not answer request %s: its client left", r.rid[:8])
             return 0
         self.answered += 1
@@ -302,8 +303,12 @@ class ClientLinks:
     def _janitor_loop(self) -> None:
         """Fail requests that can no longer be served in time."""
         t = self.cfg.serving
+        trimmed = time.monotonic()
         while not self.stop_event.wait(0.25):
             now = time.monotonic()
+            if now - trimmed > TRIM_EVERY_S:
+                heap.trim()  # client links come and go: give their freed memory back
+                trimmed = now
             expired: list[tuple[Request, str]] = []
             s = self._session
             with self._req:

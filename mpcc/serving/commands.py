@@ -166,8 +166,10 @@ def _setup_logging(role: str, level: str) -> None:
 
 
 def cmd_party(args: argparse.Namespace) -> int:
+    from mpcc.serving import heap
     from mpcc.serving.certs import check_expiry
 
+    heap.limit_arenas()  # before any thread: a long-running party's RSS stays flat
     cfg = cfgmod.load(args.config)
     if args.timeout is not None:
         cfg = cfg.with_serving(timeout_s=args.timeout)

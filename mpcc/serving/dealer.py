@@ -21,10 +21,21 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.dealer import Dealer
 from mpcc.runtime.session import Session, new_seeds
 from mpcc.serving.config import ClusterConfig
+from mpcc.serving.links import dial
+from mpcc.serving.messages import (
+    Accept,
+    Answered,
+    Credit,
+    Dealt,
+    ErrorReply,
+    Offer,
+    Ready,
+    Start,
+)
 from mpcc.serving.server import PartyServer
 from mpcc.serving.startup import contribution, mismatch, prg_kat, session_id
 from mpcc.serving.state import Deployment
-from mpcc.serving.tls import TlsChannel, dial
+from mpcc.serving.tls import TlsChannel
 from mpcc.serving.wire import Message
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 1.0
@@ -97,26 +108,26 @@ class DealerParty(PartyServer):
             self._links[role], _ = dial(self.cfg, self.client_ctx, role, me="dealer", link="dealer")
         links = self._links
         mine, kat = contribution(), prg_kat()
-        offer = {"plan_hash": dep.plan_hash, "deploy_id": dep.deploy_id, "contribution": mine}
+        offer = Offer(dep.plan_hash, dep.deploy_id, mine)
         for ch in links.values():
-            ch.send_msg("offer", offer)
-        accepts = {r: m.meta for r, m in _await_all(links, "accept", t).items()}
+            offer.send(ch)
+        accepts = {r: Accept.of(m) for r, m in _await_all(links, Accept.KIND, t).items()}
         for r, a in accepts.items():
-            mismatch("plan hash", dep.plan_hash, a.get("plan_hash"), "dealer", r.upper())
-            mismatch("deployment", dep.deploy_id, a.get("deploy_id"), "dealer", r.upper())
-            mismatch("PRG known answer", kat, a.get("kat"), "dealer", r.upper())
+            mismatch("plan hash", dep.plan_hash, a.plan_hash, "dealer", r.upper())
+            mismatch("deployment", dep.deploy_id, a.deploy_id, "dealer", r.upper())
+            mismatch("PRG known answer", kat, a.kat, "dealer", r.upper())
         contribs = {
             "dealer": mine,
-            "p0": accepts["p0"].get("contribution"),
-            "p1": accepts["p1"].get("contribution"),
+            "p0": accepts["p0"].contribution,
+            "p1": accepts["p1"].contribution,
         }
         sid = session_id(dep.plan_hash, dep.deploy_id, contribs)
         seeds = new_seeds()
         for seed, role in zip(seeds, ("p0", "p1"), strict=True):  # P0's seed to P0 only, ...
             seed_arr = np.frombuffer(seed, dtype=np.uint8)
-            links[role].send_msg("start", {"sid": sid, "contributions": contribs}, [seed_arr])
-        for role, ready in _await_all(links, "ready", t).items():
-            mismatch("session id", sid, ready.meta.get("sid"), "dealer", role.upper())
+            Start(sid, contribs).send(links[role], [seed_arr])
+        for role, ready in _await_all(links, Ready.KIND, t).items():
+            mismatch("session id", sid, Ready.of(ready).sid, "dealer", role.upper())
         dealer = Dealer(dep.prog, Session(sid, dep.plan_hash), seeds)
         del seeds
         self.session, self.last_error = sid, None
@@ -136,25 +147,30 @@ class DealerParty(PartyServer):
                 if self.deploy_generation != generation:
                     raise PartyError("a new model was deployed")
                 msg0 = p0.poll(0)
-                if msg0 is not None and self._counted("P0", msg0, "answered", base):
+                if msg0 is not None and self._counted("P0", msg0, Answered, base):
                     return
                 msg = p1.poll(0 if q <= upto else 0.2)
                 if msg is not None:
-                    if self._counted("P1", msg, "credit", base):
+                    if self._counted("P1", msg, Credit, base):
                         return
-                    upto = max(upto, int(msg.meta.get("upto", -1)))
+                    upto = max(upto, Credit.of(msg).upto)
                 if q <= upto:
                     t0 = time.perf_counter()
                     bundle = dealer.deal(q)
                     deal_s = time.perf_counter() - t0
-                    p1.send_msg("bundle", {"deal_s": deal_s}, bundle.to_arrays())
+                    if dealer.sends_p0:  # FSS keys' common words, sent with P1's bundle
+                        mine = dealer.for_p0(bundle)
+                        Dealt(deal_s).send(p0, mine.to_arrays())
+                        p0.traffic.bytes_sent += mine.nbytes
+                        p0.traffic.messages_sent += 1
+                    Dealt(deal_s).send(p1, bundle.to_arrays())
                     p1.traffic.bytes_sent += bundle.nbytes
                     p1.traffic.messages_sent += 1
                     q += 1
         except PartyError:
             # A party that reached its request limit ends the session at once: its last
             # count may still wait, unread, on a link that is now closing.
-            for who, ch, kind in (("P0", p0, "answered"), ("P1", p1, "credit")):
+            for who, ch, kind in (("P0", p0, Answered), ("P1", p1, Credit)):
                 try:
                     while (last := ch.poll(0)) is not None:
                         if self._counted(who, last, kind, base):
@@ -163,12 +179,14 @@ class DealerParty(PartyServer):
                     pass
             raise
 
-    def _counted(self, who: str, msg: Message, kind: str, base: int) -> bool:
+    def _counted(
+        self, who: str, msg: Message, kind: type[Answered] | type[Credit], base: int
+    ) -> bool:
         """Take a party's count of requests answered in this session (P0: `answered`, P1:
         with its `credit`); True once `--num-requests` is reached (the dealer stops)."""
-        if msg.kind != kind:
+        if msg.kind != kind.KIND:
             raise PartyError(f"{who} sent {msg.kind!r} on the dealer link")
-        self.answered = max(self.answered, base + int(msg.meta.get("answered", 0)))
+        self.answered = max(self.answered, base + kind.of(msg).answered)
         if self.num_requests is not None and self.answered >= self.num_requests:
             self.stop(f"{who} answered {self.answered} requests")
             return True
@@ -186,8 +204,8 @@ def _await_all(links: dict[str, TlsChannel], kind: str, timeout: float) -> dict[
             msg = ch.poll(0.02)
             if msg is None:
                 continue
-            if msg.kind == "error":
-                raise PartyError(f"{role.upper()}: {msg.meta.get('msg', 'error')}")
+            if msg.kind == ErrorReply.KIND:
+                raise PartyError(f"{role.upper()}: {ErrorReply.lenient(msg.meta).msg}")
             if msg.kind != kind:
                 raise PartyError(f"{role.upper()} sent {msg.kind!r} where {kind!r} was expected")
             got[role] = msg

@@ -19,6 +19,7 @@ told to abort and discard what they staged.
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,19 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.owner import share_weights
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.config import load as load_config
+from mpcc.serving.links import dial
+from mpcc.serving.messages import (
+    Activate,
+    Commit,
+    Deployed,
+    DeployHead,
+    ErrorReply,
+    Share,
+    Staged,
+)
 from mpcc.serving.state import SALT_BYTES, share_commitment
-from mpcc.serving.tls import TlsChannel, client_context, dial
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlscontext import client_context
 
 ROLES = ("p0", "p1", "dealer")
 
@@ -94,16 +106,16 @@ def deploy_program(
             mine = shares.get(role)
             names = sorted(mine) if mine is not None else []
             links[role], _ = dial(cfg, ctx, role, me="owner", link="deploy")
-            head = {"plan": public, "plan_hash": digest, "deploy_id": deploy_id}
+            head = DeployHead(public, digest, deploy_id, names)
             if mine is not None:  # both commitments, but only this party's salt
-                head.update(commitments=commitments, salt=salts[role].hex())
-            links[role].send_msg("deploy", {**head, "weights": names})
+                head = replace(head, commitments=commitments, salt=salts[role].hex())
+            head.send(links[role])
             for n in names:
-                links[role].send_msg("share", {"name": n}, [mine[n]])
-            links[role].send_msg("commit")
+                Share(n).send(links[role], [mine[n]])
+            Commit().send(links[role])
         del shares, salts
         for role in links:  # (`role` names the party that failed, below)
-            links[role].recv_msg(t, expect="staged")
+            Staged.recv(links[role], t)
     except PartyError as e:
         for ch in links.values():  # each discards what it staged
             ch.abort(f"the deployment failed at {role}")
@@ -117,13 +129,13 @@ def deploy_program(
     done, errors = [], []
     for role, ch in links.items():
         try:
-            ch.send_msg("activate")
+            Activate().send(ch)
         except PartyError as e:
             errors.append(f"{role}: {e}")
     for role, ch in links.items():
         try:
             if not any(err.startswith(f"{role}:") for err in errors):
-                ch.recv_msg(t, expect="deployed")
+                Deployed.recv(ch, t)
                 done.append(role)
         except PartyError as e:
             errors.append(f"{role}: {e}")
@@ -145,4 +157,6 @@ def _reason(ch: TlsChannel | None, e: PartyError) -> str:
         msg = ch.poll(0) if ch is not None else None
     except PartyError:
         msg = None
-    return str(msg.meta.get("msg", e)) if msg is not None and msg.kind == "error" else str(e)
+    if msg is None or msg.kind != ErrorReply.KIND:
+        return str(e)
+    return ErrorReply.lenient(msg.meta).msg

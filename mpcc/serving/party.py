@@ -35,13 +35,13 @@ from mpcc.errors import MpccError
 from mpcc.serving.admission import Identity
 from mpcc.serving.clients import MAX_PER_LINK, ClientLinks, Request
 from mpcc.serving.config import ClusterConfig
+from mpcc.serving.messages import Hello, Welcome
 from mpcc.serving.metrics import PartyMetrics
 from mpcc.serving.outbox import Outbox
 from mpcc.serving.partysession import PartySession, SessionSetup
 from mpcc.serving.scheduler import QueryLoop
 from mpcc.serving.server import PartyServer
 from mpcc.serving.tls import TlsChannel
-from mpcc.serving.wire import Message
 
 __all__ = ["MAX_PER_LINK", "ComputeParty", "Outbox", "PartySession", "Request"]
 
@@ -169,11 +169,11 @@ class ComputeParty(ClientLinks, SessionSetup, QueryLoop, PartyServer):
                 out[kind, "received"] = out.get((kind, "received"), 0) + w.received
         return out
 
-    def on_peer(self, ch: TlsChannel, hello: Message) -> None:
+    def on_peer(self, ch: TlsChannel, hello: Hello) -> None:
         """P1's link: kept for the session start-up waiting for it."""
         ch.peer = "P1"
-        ch.send_msg("welcome", {"role": self.role})
-        self._peer_links.put((hello.meta.get("sid"), ch))
+        Welcome(self.role).send(ch)
+        self._peer_links.put((hello.sid, ch))
 
     def info(self) -> dict[str, Any]:
         """Public facts for clients: the plan's interface, the session, counters."""

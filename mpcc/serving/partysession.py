@@ -20,6 +20,20 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.executor import PartyExecutor
 from mpcc.runtime.material import Bundle
 from mpcc.runtime.session import Session
+from mpcc.serving import heap
+from mpcc.serving.links import dial
+from mpcc.serving.messages import (
+    Accept,
+    Credit,
+    Dealt,
+    ErrorReply,
+    Hello,
+    Offer,
+    Ready,
+    SessionCheck,
+    Start,
+    Welcome,
+)
 from mpcc.serving.startup import (
     contribution,
     mismatch,
@@ -27,8 +41,8 @@ from mpcc.serving.startup import (
     session_id,
 )
 from mpcc.serving.state import Deployment, load_shares
-from mpcc.serving.tls import LinkRefused, TlsChannel, dial
-from mpcc.serving.wire import Message
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlsstream import LinkRefused
 
 if TYPE_CHECKING:
     from mpcc.serving.party import ComputeParty
@@ -187,11 +201,11 @@ class SessionSetup:
             for kind, ch in (("peer", s.peer), ("dealer", s.dealer)):
                 self.metrics.link_closed(kind, ch.wire.sent, ch.wire.received)
 
-    def on_dealer(self, ch: TlsChannel, hello: Message) -> None:
+    def on_dealer(self, ch: TlsChannel, hello: Hello) -> None:
         """The dealer starts a session; this thread then runs it until it ends."""
         ch.peer = "dealer"
         self._end_session("the dealer started a new session")
-        ch.send_msg("welcome", {"role": self.role})
+        Welcome(self.role).send(ch)
         generation = self.deploy_generation
         try:
             s = self._setup(ch)
@@ -205,7 +219,7 @@ class SessionSetup:
             else:
                 self.log.error("session start-up failed: %s", e)
             try:
-                ch.send_msg("error", {"msg": str(e)})
+                ErrorReply(str(e)).send(ch)
             except PartyError:
                 pass
             ch.close("start-up failed")
@@ -234,10 +248,12 @@ class SessionSetup:
                 if self.stop_event.is_set()
                 else "session loop ended"
             )
+            del s
+            heap.trim()  # the session's material and buffers are garbage now
 
     def _setup(self, dealer: TlsChannel) -> PartySession:
         t = self.cfg.serving.setup_timeout_s
-        offer = dealer.recv_msg(t, expect="offer")
+        offer = Offer.recv(dealer, t)
         self.await_kernels(t)  # no session before the kernels are loaded: none compiles online
         dep = self.deployment
         if dep is None:
@@ -246,55 +262,35 @@ class SessionSetup:
         if dep.role != self.role:  # e.g. the other party's deployment.npz copied here
             held = str(dep.role).upper()
             raise PartyError(f"{self.label} holds {held}'s weight shares; deploy the model again")
-        mismatch("plan hash", dep.plan_hash, offer.meta.get("plan_hash"), self.label, "dealer")
-        mismatch("deployment", dep.deploy_id, offer.meta.get("deploy_id"), self.label, "dealer")
+        mismatch("plan hash", dep.plan_hash, offer.plan_hash, self.label, "dealer")
+        mismatch("deployment", dep.deploy_id, offer.deploy_id, self.label, "dealer")
         mine, kat = contribution(), prg_kat()
-        dealer.send_msg(
-            "accept",
-            {
-                "plan_hash": dep.plan_hash,
-                "deploy_id": dep.deploy_id,
-                "contribution": mine,
-                "kat": kat,
-            },
-        )
-        start = dealer.recv_msg(t, expect="start")
-        contribs = start.meta.get("contributions")
-        if not isinstance(contribs, dict):
-            raise PartyError("malformed session start")
+        Accept(dep.plan_hash, dep.deploy_id, mine, kat).send(dealer)
+        msg = dealer.recv_msg(t, expect=Start.KIND)
+        start = Start.of(msg)
+        contribs = start.contributions
         mismatch(
             "contribution of " + self.label, mine, contribs.get(self.role), self.label, "dealer"
         )
         sid = session_id(dep.plan_hash, dep.deploy_id, contribs)
-        mismatch("session id", sid, start.meta.get("sid"), self.label, "dealer")
-        if (
-            len(start.arrays) != 1
-            or start.arrays[0].dtype != np.uint8
-            or start.arrays[0].size != 16
-        ):
+        mismatch("session id", sid, start.sid, self.label, "dealer")
+        if len(msg.arrays) != 1 or msg.arrays[0].dtype != np.uint8 or msg.arrays[0].size != 16:
             raise PartyError("the dealer sent a malformed seed")
-        seed = start.arrays[0].tobytes()
+        seed = msg.arrays[0].tobytes()
         peer = self._peer_link(sid, t, dealer)
         try:
-            check = {
-                "plan_hash": dep.plan_hash,
-                "deploy_id": dep.deploy_id,
-                "sid": sid,
-                "kat": kat,
-                "contributions": contribs,
-                # both commitments, so a corrupted or foreign share at either party (checked
-                # against its own commitment on load) or a mixed deployment is caught here
-                "weight_share_commitments": dep.commitments,
-            }
-            peer.send_msg("check", check)
-            theirs = peer.recv_msg(t, expect="check").meta
-            for k, v in check.items():
-                mismatch(k.replace("_", " "), v, theirs.get(k), self.label, self.peer_label)
+            # both commitments, so a corrupted or foreign share at either party (checked
+            # against its own commitment on load) or a mixed deployment is caught here
+            check = SessionCheck(dep.plan_hash, dep.deploy_id, sid, kat, contribs, dep.commitments)
+            check.send(peer)
+            theirs = SessionCheck.recv(peer, t).to_meta()
+            for k, v in check.to_meta().items():
+                mismatch(k.replace("_", " "), v, theirs[k], self.label, self.peer_label)
             s = PartySession(self, dep, sid, seed, dealer, peer, load_shares(self.state_dir, dep))
             s.ex.open_weights()
-            dealer.send_msg("ready", {"sid": sid})
+            Ready(sid).send(dealer)
             if self.party == 1:
-                dealer.send_msg("credit", {"upto": s.stock() - 1, "answered": 0})
+                Credit(upto=s.stock() - 1, answered=0).send(dealer)
         except BaseException:
             peer.close("start-up failed")
             raise
@@ -311,9 +307,7 @@ class SessionSetup:
                 raise PartyError("stopping")
             if self.party == 1:
                 try:
-                    ch, _ = dial(
-                        self.cfg, self.client_ctx, "p0", me="p1", link="peer", meta={"sid": sid}
-                    )
+                    ch, _ = dial(self.cfg, self.client_ctx, "p0", me="p1", link="peer", sid=sid)
                     return ch
                 except LinkRefused:
                     raise
@@ -335,13 +329,15 @@ class SessionSetup:
     # -- preprocessing ----------------------------------------------------------------------
     def _prepare_loop(self, s: PartySession) -> None:
         """Keep up to `s.stock()` queries of material ready (P1: as the dealer's bundles
-        arrive; its credit to the dealer holds the dealer to that stock)."""
+        arrive; its credit to the dealer holds the dealer to that stock; P0 likewise for a
+        plan with FSS keys, whose bundles the dealer sends with P1's)."""
         try:
+            from_dealer = s.ex.needs_dealer  # P1; P0 too for a plan with FSS keys
             while s.alive:
-                s.wait_to_prepare(full=self.party == 0)
+                s.wait_to_prepare(full=not from_dealer)
                 if not s.alive:
                     return
-                if self.party == 0:
+                if not from_dealer:
                     q = s.prepared_upto + 1
                     t0 = time.perf_counter()
                     nbytes = s.ex.prepare(q, None, s.yield_to_online)
@@ -351,7 +347,7 @@ class SessionSetup:
                     msg = s.dealer.poll(0.5)
                     if msg is None:
                         continue
-                    if msg.kind != "bundle":
+                    if msg.kind != Dealt.KIND:
                         raise PartyError(f"the dealer sent {msg.kind!r} where material was due")
                     s.wait_to_prepare(full=False)  # a query may have started meanwhile
                     if not s.alive:
@@ -361,7 +357,7 @@ class SessionSetup:
                     if bundle.query != s.prepared_upto + 1:
                         raise PartyError(f"the dealer sent material for query {bundle.query}")
                     nbytes = s.ex.prepare(bundle.query, bundle, s.yield_to_online)
-                    deal_s = float(msg.meta.get("deal_s", 0.0))
+                    deal_s = Dealt.of(msg).deal_s
                     p = Prepared(
                         time.perf_counter() - t0 + deal_s,
                         time.monotonic(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any
 
 import numpy as np
 
@@ -18,6 +17,7 @@ from mpcc.compiler.batching import rows_independent
 from mpcc.errors import MpccError, PartyError
 from mpcc.serving.admission import fair_order, mark_served
 from mpcc.serving.clients import MAX_ARRIVED, MAX_QUEUE, Request, _who
+from mpcc.serving.messages import Announce, Answered, Credit, Go, Skip
 from mpcc.serving.partysession import PartySession
 
 # P0 offers a request P1 did not have again after RETRY_S * 4^k (k-th time), at most
@@ -26,13 +26,6 @@ from mpcc.serving.partysession import PartySession
 # P0 alone slows nobody else down.
 RETRY_S = 0.002
 RETRY_MAX_S = 0.5
-
-
-def _rids(value: Any) -> list[str]:
-    """A list of request ids from a peer's message (anything else: PartyError)."""
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise PartyError("P1 sent a malformed answer to an announcement")
-    return value
 
 
 class QueryLoop:
@@ -132,14 +125,14 @@ class QueryLoop:
                 return
             try:
                 q = s.next_q
-                s.peer.send_msg("announce", {"q": q, "reqs": [[r.rid, r.rows] for r in batch]})
-                reply = s.peer.recv_msg(2 * t + 1)
-                if reply.kind not in ("go", "skip"):
-                    raise PartyError(f"P1 answered the announcement with {reply.kind!r}")
-                have = set(_rids(reply.meta.get("have")))
-                rejected = set(_rids(reply.meta.get("rejected")))
-                arrived = set(_rids(reply.meta.get("arrived", []))[:MAX_ARRIVED])
-                gone = set(_rids(reply.meta.get("absent", []))) - arrived
+                Announce(q, [[r.rid, r.rows] for r in batch]).send(s.peer)
+                msg = s.peer.recv_msg(2 * t + 1)
+                if msg.kind not in (Go.KIND, Skip.KIND):
+                    raise PartyError(f"P1 answered the announcement with {msg.kind!r}")
+                reply = (Go if msg.kind == Go.KIND else Skip).parse(msg.meta)
+                have, rejected = set(reply.have), set(reply.rejected)
+                arrived = set(reply.arrived[:MAX_ARRIVED])
+                gone = set(reply.absent) - arrived
                 with self._req:
                     self._p1_has.update(arrived)
                     self._p1_has.difference_update(have | rejected | gone)
@@ -151,7 +144,7 @@ class QueryLoop:
                 )
                 self._defer_or_fail([r for r in batch if r.rid not in have | rejected])
                 batch = [r for r in batch if r.rid in have]
-                if reply.kind == "skip" or not batch:
+                if isinstance(reply, Skip) or not batch:
                     batch = []
                     continue
                 self._execute(s, q, batch)
@@ -176,30 +169,24 @@ class QueryLoop:
                 if msg is None:
                     continue
                 self._idle.clear()
-                if msg.kind != "announce":
+                if msg.kind != Announce.KIND:
                     raise PartyError(f"P0 sent {msg.kind!r} between queries")
-                q, reqs = msg.meta.get("q"), msg.meta.get("reqs")
-                if q != s.next_q:
-                    raise PartyError(f"P0 announced query {q}, expected {s.next_q}")
-                batch, rejected, absent = self._gather(reqs, s.dep.prog.batch)
+                announced = Announce.parse(msg.meta)
+                if announced.q != s.next_q:
+                    raise PartyError(f"P0 announced query {announced.q}, expected {s.next_q}")
+                q = announced.q
+                batch, rejected, absent = self._gather(announced.reqs, s.dep.prog.batch)
                 with self._req:
                     arrived, self._arrived = self._arrived, []
                     # as at P0: a request id being run is taken until its answer is sent
                     self._inflight = {r.rid: r for r in batch}
-                reply = {
-                    "have": [r.rid for r in batch],
-                    "rejected": rejected,
-                    "absent": absent,
-                    "arrived": arrived,
-                }
+                reply = (Go if batch else Skip)([r.rid for r in batch], rejected, absent, arrived)
+                reply.send(s.peer)
                 if not batch:
-                    s.peer.send_msg("skip", reply)
                     continue
-                s.peer.send_msg("go", reply)
                 self._execute(s, q, batch)
                 batch = []  # answered
-                credit = {"upto": s.next_q - 1 + s.stock(), "answered": s.answered}
-                s.dealer.send_msg("credit", credit)
+                Credit(s.next_q - 1 + s.stock(), s.answered).send(s.dealer)
             except MpccError as e:
                 self._query_failed(s, batch, e)
                 return
@@ -212,22 +199,12 @@ class QueryLoop:
                     self._inflight = {}
                 self._idle.set()
 
-    def _gather(self, reqs: Any, cap: int) -> tuple[list[Request], list[str], list[str]]:
-        """P1: of the announced requests, those it holds (in P0's order), the ids it
-        rejected and the ids it has not received (it does not wait for them)."""
-        if (
-            not isinstance(reqs, list)
-            or not reqs
-            or not all(
-                isinstance(x, list)
-                and len(x) == 2
-                and isinstance(x[0], str)
-                and isinstance(x[1], int)
-                for x in reqs
-            )
-            or sum(x[1] for x in reqs) > cap
-        ):
-            raise PartyError("P0 sent a malformed announcement")
+    def _gather(self, reqs: list[list], cap: int) -> tuple[list[Request], list[str], list[str]]:
+        """P1: of the announced requests ([id, rows] pairs, as `Announce` checked them),
+        those it holds (in P0's order), the ids it rejected and the ids it has not received
+        (it does not wait for them)."""
+        if sum(rows for _, rows in reqs) > cap:
+            raise PartyError(f"P0 announced more than a batch ({cap} rows) for one query")
         if len({rid for rid, _ in reqs}) != len(reqs):
             raise PartyError("P0 announced a request twice")
         with self._req:
@@ -299,7 +276,7 @@ class QueryLoop:
         s.answered += n
         if self.party == 0:
             try:
-                s.dealer.send_msg("answered", {"answered": s.answered})
+                Answered(s.answered).send(s.dealer)
             except PartyError:
                 pass  # the session is ending: its error is reported where it is noticed
 

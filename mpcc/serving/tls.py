@@ -1,14 +1,10 @@
 """TLS 1.3 links with mutual authentication and role pinning, as a `Channel`.
 
-Both ends load the cluster CA and their role's key and certificate, require the peer's
-certificate (`CERT_REQUIRED` on both sides) and check the role it names against the role
-expected for the link. Host names are not checked: the role is the identity.
-
-TLS runs over memory BIOs (`ssl.SSLObject`) on a non-blocking socket, which lets one thread
-decrypt while another encrypts and sends, bounds every wait by an explicit deadline, and
-lets the channel count the exact bytes on the wire. Payload bytes (the arrays) are counted
-by `Channel` as in the in-process transport; `WireTraffic` adds the framing and TLS overhead
-on top.
+The contexts are `tlscontext`'s (the peer's certificate required both ways, its role the
+identity); the TLS records are `tlsstream.TlsStream`'s, over memory BIOs on a non-blocking
+socket; links are opened by `links.dial` and `links.greet`. Payload bytes (the arrays) are
+counted by `Channel` as in the in-process transport; `tlsstream.WireTraffic` adds the
+framing and TLS overhead on top.
 
 Reading: whoever wants a message reads the socket itself (one reader at a time). A thread
 waiting in `poll`/`recv_msg` takes the reader role, waits for the socket, decrypts and
@@ -27,9 +23,7 @@ and reassembled by the receiver, which bounds their total separately (`max_messa
 from __future__ import annotations
 
 import logging
-import math
 import queue
-import select
 import socket
 import ssl
 import threading
@@ -41,16 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from mpcc.errors import MpccError, PartyError
+from mpcc.errors import PartyError
 from mpcc.runtime.transport import Channel
 from mpcc.serving.certs import identity_from_peercert, role_from_peercert, serial_from_peercert
-from mpcc.serving.config import ClusterConfig, format_address
-from mpcc.serving.wire import FrameError, FrameParser, Message, encode_message
+from mpcc.serving.frameparser import FrameParser
+from mpcc.serving.messages import Abort, ErrorReply
+from mpcc.serving.tlscontext import ssl_reason
+from mpcc.serving.tlsstream import CHUNK, POLL_IN, POLL_OUT, TlsStream, wait_for
+from mpcc.serving.wire import FrameError, Message, encode_message
 
 log = logging.getLogger("mpcc.serving.tls")
 
-PROTOCOL_VERSION = 1
-CHUNK = 1 << 18  # plaintext bytes encrypted (and sent) per step; bytes read per recv
 READ_LEASE_S = 0.1  # the background reader stays parked this long after a consumer read
 BG_WAIT_S = 1.0  # the background reader's longest single wait for the socket
 # Messages the background reader lets wait unread before it stops reading: a peer that sends
@@ -58,97 +53,9 @@ BG_WAIT_S = 1.0  # the background reader's longest single wait for the socket
 # queued for in memory (the soak benchmark's `info` flood grew P0's RSS 55% in 60 s).
 INBOX_MAX = 256
 
-_IN = select.POLLIN | select.POLLPRI
-_OUT = select.POLLOUT
-
-
-class LinkRefused(PartyError):
-    """The peer's certificate or its hello does not fit the link."""
-
-
-class HandshakeEOF(PartyError):
-    """The peer hung up before the TLS handshake ended (e.g. a port probe)."""
-
-
-class HandshakeTimeout(PartyError):
-    """The TLS handshake (or the hello after it) did not finish by its deadline."""
-
 
 class _ReadFailed(Exception):
     """Reading ended the link; `args[0]` says why."""
-
-
-@dataclass
-class WireTraffic:
-    """Bytes on the socket (TLS records included) and frames, each way."""
-
-    sent: int = 0
-    received: int = 0
-    frames_sent: int = 0
-    frames_received: int = 0
-    handshake: int = 0  # both directions, during the TLS handshake
-
-    def snapshot(self) -> WireTraffic:
-        return WireTraffic(
-            self.sent, self.received, self.frames_sent, self.frames_received, self.handshake
-        )
-
-
-def _context(cfg: ClusterConfig, server: bool, cert=None, key=None) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER if server else ssl.PROTOCOL_TLS_CLIENT)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.check_hostname = False  # the peer's role, not its host name, is checked
-    ctx.verify_mode = ssl.CERT_REQUIRED
-    if server:
-        ctx.num_tickets = 0  # no session resumption: every link authenticates afresh
-    try:
-        ctx.load_verify_locations(cafile=str(cfg.ca))
-        if cert is not None:
-            ctx.load_cert_chain(str(cert), str(key))
-    except (OSError, ssl.SSLError) as e:
-        raise MpccError(f"cannot load TLS credentials ({e})") from None
-    return ctx
-
-
-def server_context(cfg: ClusterConfig, role: str) -> ssl.SSLContext:
-    """Context for a party's listening socket: TLS 1.3 only, client certificate required."""
-    return _context(cfg, True, *cfg.credential(role))
-
-
-def client_context(
-    cfg: ClusterConfig, role: str | None, cert: str | None = None, key: str | None = None
-) -> ssl.SSLContext:
-    """Context for dialing a party as `role` (or with explicit cert/key; None: no certificate)."""
-    if cert is None and role is not None:
-        cert, key = cfg.credential(role)
-    return _context(cfg, False, cert, key)
-
-
-def _tune(sock: socket.socket, timeout: float) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    for opt, val in (
-        ("TCP_KEEPIDLE", max(1, int(timeout))),
-        ("TCP_KEEPINTVL", 1),
-        ("TCP_KEEPCNT", 3),
-    ):
-        if hasattr(socket, opt):
-            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, opt), val)
-    sock.setblocking(False)  # every wait below has its own deadline
-
-
-def _wait(sock: socket.socket, events: int, timeout: float | None) -> int:
-    """Wait until the socket is ready for `events`, for at most `timeout` s (None: no limit).
-
-    Returns the events that happened (0 if none did in time)."""
-    fd = sock.fileno()
-    if fd < 0:
-        return select.POLLNVAL
-    p = select.poll()
-    p.register(fd, events)
-    forever = timeout is None or timeout == math.inf
-    got = p.poll(-1 if forever else max(0, math.ceil(timeout * 1000)))
-    return got[0][1] if got else 0
 
 
 @dataclass(frozen=True)
@@ -185,11 +92,6 @@ class TlsChannel(Channel):
         deadline: float | None = None,
     ) -> None:
         super().__init__(name, label or "peer", timeout)
-        self._sock = sock
-        self._in, self._out = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._ssl = ctx.wrap_bio(self._in, self._out, server_side=server)
-        self._ssl_lock = threading.Lock()  # the SSLObject and its BIOs
-        self._send_lock = threading.Lock()  # keeps frames whole and ciphertext in order
         # The inbox, the reader role and the consumers' lease, under one lock:
         self._lock = threading.Lock()
         self._msg_cv = threading.Condition(self._lock)  # consumers waiting for a message
@@ -207,21 +109,19 @@ class TlsChannel(Channel):
         self._close_lock = threading.Lock()
         self._on_close: list[Callable[[str], None]] = []
         self._last_wire = 0
-        self.wire = WireTraffic()
-        self.peer_role: str | None = None
-        self.peer_identity: str | None = None  # the certificate's subject (see certs)
-        self.peer_serial: int | None = None
-        try:
-            self.peer_addr = format_address(sock.getpeername()[:2])
-        except OSError:
-            self.peer_addr = "?"
-        try:
-            _tune(sock, timeout)
-        except OSError as e:
-            sock.close()
-            raise PartyError(f"connection from {self.peer_addr} failed: {e}") from None
-        self._handshake(time.monotonic() + timeout if deadline is None else deadline)
-        cert = self._ssl.getpeercert()
+        self._tls = TlsStream(
+            sock,
+            ctx,
+            server=server,
+            timeout=timeout,
+            deadline=time.monotonic() + timeout if deadline is None else deadline,
+            stall_s=lambda: self.timeout,
+            wait_to_send=self._wait_to_send,
+        )
+        self._sock = sock
+        self.wire = self._tls.wire
+        self.peer_addr = self._tls.peer_addr
+        cert = self._tls.peercert()
         self.peer_role = role_from_peercert(cert)
         self.peer_identity = identity_from_peercert(cert)
         self.peer_serial = serial_from_peercert(cert)
@@ -243,91 +143,17 @@ class TlsChannel(Channel):
         self._reader.start()
 
     # -- TLS plumbing ---------------------------------------------------------------------
-    def _handshake(self, deadline: float) -> None:
-        budget = deadline - time.monotonic()
+    def _wait_to_send(self, left: float) -> None:
+        """A send waits up to `left` s for the socket to take more: it reads meanwhile if
+        no other thread does, so two ends that send large messages at once never block."""
+        reader = self._take_role()
         try:
-            while True:
-                try:
-                    self._ssl.do_handshake()
-                    break
-                except ssl.SSLWantReadError:
-                    pass
-                self._flush_handshake(deadline)
-                while True:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise HandshakeTimeout(
-                            f"the TLS handshake with {self.peer_addr} did not finish within "
-                            f"{max(budget, 0):.2g} s"
-                        )
-                    if not _wait(self._sock, _IN, left):
-                        continue
-                    try:
-                        data = self._sock.recv(CHUNK)
-                    except (BlockingIOError, InterruptedError):
-                        continue
-                    break
-                if not data:
-                    raise HandshakeEOF("the peer closed the connection in the TLS handshake")
-                self.wire.received += len(data)
-                self._in.write(data)
-            self._flush_handshake(deadline)
-        except ssl.SSLError as e:
-            try:
-                self._flush_handshake(min(deadline, time.monotonic() + 0.1))  # the alert
-            except (TimeoutError, OSError):
-                pass
-            self._sock.close()
-            raise LinkRefused(f"TLS handshake with {self.peer_addr} failed: {_reason(e)}") from None
-        except (HandshakeEOF, HandshakeTimeout):
-            self._sock.close()
-            raise
-        except TimeoutError:
-            self._sock.close()
-            raise HandshakeTimeout(
-                f"the TLS handshake with {self.peer_addr} did not finish within "
-                f"{max(budget, 0):.2g} s"
-            ) from None
-        except OSError as e:
-            self._sock.close()
-            raise PartyError(f"TLS handshake with {self.peer_addr} failed: {e}") from None
-        self.wire.handshake = self.wire.sent + self.wire.received
-
-    def _flush_handshake(self, deadline: float) -> None:
-        data = self._out.read()
-        if data:
-            self._sock_send(data, deadline=deadline, read=False)
-
-    def _sock_send(self, data: bytes, deadline: float | None = None, read: bool = True) -> None:
-        """Send all of `data` on the socket.
-
-        Fails with TimeoutError at `deadline`, or (None) once no byte went out for `timeout`
-        s. While the socket is full, this thread reads if no other thread does (`read`), so
-        two ends that send at once cannot block each other."""
-        view = memoryview(data)
-        limit = time.monotonic() + self.timeout if deadline is None else deadline
-        while len(view):
-            try:
-                n = self._sock.send(view)
-            except (BlockingIOError, InterruptedError):
-                n = 0
-            if n:
-                self.wire.sent += n
-                view = view[n:]
-                if deadline is None:
-                    limit = time.monotonic() + self.timeout
-                continue
-            left = limit - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("send stalled")
-            reader = read and self._take_role()
-            try:
-                ready = _wait(self._sock, _OUT | (_IN if reader else 0), left)
-                if reader and ready & _IN and not ready & _OUT:
-                    self._read_step(0)
-            finally:
-                if reader:
-                    self._drop_role()
+            ready = wait_for(self._sock, POLL_OUT | (POLL_IN if reader else 0), left)
+            if reader and ready & POLL_IN and not ready & POLL_OUT:
+                self._read_step(0)
+        finally:
+            if reader:
+                self._drop_role()
 
     def _read_step(self, wait: float | None) -> bool:
         """With the reader role: read what has arrived, waiting up to `wait` s (None: no
@@ -338,7 +164,7 @@ class TlsChannel(Channel):
                 n = self._sock.recv_into(self._rbuf)
                 break
             except (BlockingIOError, InterruptedError):
-                if wait == 0 or not _wait(self._sock, _IN, wait):
+                if wait == 0 or not wait_for(self._sock, POLL_IN, wait):
                     return False
                 wait = 0
             except OSError as e:
@@ -352,7 +178,7 @@ class TlsChannel(Channel):
     def _process(self, data: bytes | memoryview) -> None:
         """Decrypt received bytes and deliver the messages they complete."""
         try:
-            msgs, ended = self._decrypt(data)
+            msgs, ended = self._tls.decrypt(data, self._parser)
             self.wire.frames_received = self._parser.frames
             if msgs:
                 for msg in msgs:
@@ -360,7 +186,7 @@ class TlsChannel(Channel):
                     self._last_wire = self.wire.received
                 self._deliver(msgs)
         except ssl.SSLError as e:
-            raise _ReadFailed(f"TLS error: {_reason(e)}") from None
+            raise _ReadFailed(f"TLS error: {ssl_reason(e)}") from None
         except FrameError as e:
             log.warning("%s: %s; closing the link", self.peer, e)
             raise _ReadFailed(f"rejected a frame: {e}") from None
@@ -369,67 +195,9 @@ class TlsChannel(Channel):
         if ended:
             raise _ReadFailed("the connection was closed")
 
-    def _decrypt(self, data: bytes | memoryview) -> tuple[list[Message], bool]:
-        """Decrypt received bytes into the frame parser: the messages they complete, and
-        whether the peer closed TLS (close_notify). The plaintext goes where the parser
-        wants it, e.g. straight into the arrays of the message being received."""
-        msgs: list[Message] = []
-        ended = False
-        parser = self._parser
-        with self._ssl_lock:
-            if len(data):
-                self._in.write(data)
-            while True:
-                buf = parser.buffer()
-                try:
-                    n = self._ssl.read(CHUNK, buf)  # (fewer if buf is shorter)
-                except ssl.SSLWantReadError:
-                    break
-                except ssl.SSLZeroReturnError:
-                    ended = True
-                    break
-                if not n:
-                    ended = True
-                    break
-                done = parser.advance(n)
-                if done:
-                    msgs += done
-                if not self._in.pending and not self._ssl.pending():
-                    break  # all decrypted (saves a failing read)
-            pending = self._out.pending
-        if pending and not ended and self._send_lock.acquire(blocking=False):
-            try:  # TLS has something to say (e.g. a key update); else the sender flushes it
-                self._write(b"")
-            finally:
-                self._send_lock.release()
-        return msgs, ended
-
     def _send_raw(self, *bufs: bytes | memoryview) -> None:
-        """Encrypt and send buffers as one unit. Small buffers are coalesced into one TLS
-        record and one system call; `_send_lock` keeps frames whole and ciphertext in order."""
-        with self._send_lock:
-            small = bytearray()
-            for b in bufs:
-                view = memoryview(b).cast("B")
-                if len(small) + len(view) <= CHUNK:
-                    small += view
-                    continue
-                if small:
-                    self._write(small)
-                    small = bytearray()
-                for start in range(0, len(view), CHUNK):
-                    self._write(view[start : start + CHUNK])
-            self._write(small)  # also flushes what TLS itself has to send
-            if self._out.pending:  # written by a reader meanwhile
-                self._write(b"")
-
-    def _write(self, plain: bytes | memoryview) -> None:
-        with self._ssl_lock:
-            if len(plain):
-                self._ssl.write(plain)
-            data = self._out.read()
-        if data:
-            self._sock_send(data)
+        """Encrypt and send bytes as they are (whole frames, one unit)."""
+        self._tls.send(*bufs)
 
     # -- reading: one reader at a time ----------------------------------------------------
     def _take_role(self) -> bool:
@@ -492,7 +260,7 @@ class TlsChannel(Channel):
             self.close(why, _from_reader=True)
             raise PartyError(f"{self.peer}: {why}") from None
         except ssl.SSLError as e:
-            why = self._closed or f"TLS error: {_reason(e)}"  # a reader may know better
+            why = self._closed or f"TLS error: {ssl_reason(e)}"  # a reader may know better
             self.close(why)
             raise PartyError(f"{self.peer}: {why}") from None
         except (TimeoutError, OSError) as e:
@@ -533,8 +301,8 @@ class TlsChannel(Channel):
             if item is not None:
                 if isinstance(item, _Closed):
                     raise PartyError(f"{self.peer}: {item.reason}")
-                if item.kind == "abort":
-                    raise PartyError(f"{self.peer} failed: {item.meta.get('reason', '?')}")
+                if item.kind == Abort.KIND:
+                    raise PartyError(f"{self.peer} failed: {Abort.lenient(item.meta).reason}")
                 return item
             failed = None
             try:
@@ -553,8 +321,8 @@ class TlsChannel(Channel):
         msg = self.poll(t)
         if msg is None:
             raise PartyError(f"{self.peer} sent nothing for {t:g} s")
-        if msg.kind == "error":
-            raise PartyError(f"{self.peer}: {msg.meta.get('msg', 'error')}")
+        if msg.kind == ErrorReply.KIND:
+            raise PartyError(f"{self.peer}: {ErrorReply.lenient(msg.meta).msg}")
         if expect is not None and msg.kind != expect:
             raise PartyError(f"{self.peer} sent {msg.kind!r} where {expect!r} was expected")
         return msg
@@ -589,7 +357,7 @@ class TlsChannel(Channel):
 
     def abort(self, reason: str) -> None:
         try:
-            self.send_msg("abort", {"reason": reason})
+            Abort(reason).send(self)
         except PartyError:
             pass
 
@@ -633,145 +401,9 @@ class TlsChannel(Channel):
         with self._lock:
             self._bg_cv.notify_all()
             self._msg_cv.notify_all()
-        if not _from_reader:
-            try:
-                with self._ssl_lock:
-                    self._ssl.unwrap()
-            except (ssl.SSLError, ValueError):
-                pass
-            data = self._out.read()
-            if data and self._send_lock.acquire(timeout=0.1):
-                try:
-                    self._sock.settimeout(0.1)
-                    self._sock.sendall(data)
-                except OSError:
-                    pass
-                finally:
-                    self._send_lock.release()
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
+        self._tls.close(notify=not _from_reader)
         for fn in callbacks:
             try:
                 fn(reason)
             except Exception:  # noqa: BLE001 - a callback must not break closing
                 log.exception("close callback failed")
-
-
-# TLS alerts about certificates: what the peer found wrong with this side's certificate chain
-_ALERTS = {
-    "CERTIFICATE_EXPIRED": "the peer says this side's certificate or its CA has expired",
-    "UNKNOWN_CA": "the peer does not trust this side's CA (is it another cluster's?)",
-    "BAD_CERTIFICATE": "the peer rejected this side's certificate",
-    "CERTIFICATE_UNKNOWN": "the peer could not verify this side's certificate",
-    "UNSUPPORTED_CERTIFICATE": "the peer cannot use this side's certificate",
-    "CERTIFICATE_REQUIRED": "the peer requires a certificate and this side sent none",
-}
-_EXPIRED_HINT = "run `mpcc cluster init` again and distribute the new files"
-_X509_EXPIRED, _X509_NOT_YET_VALID = 10, 9  # OpenSSL's X509_V_ERR_CERT_HAS_EXPIRED and _NOT_YET
-
-
-def _reason(e: ssl.SSLError) -> str:
-    """An SSL error in words: OpenSSL's reason, what it means, and for expiry what to do."""
-    reason = getattr(e, "reason", None) or str(e)
-    detail = getattr(e, "verify_message", None)  # SSLCertVerificationError: why verify failed
-    code = getattr(e, "verify_code", None)
-    if detail:
-        text = f"{reason}: {detail}"
-        if code == _X509_EXPIRED or "expired" in detail:
-            return f"{text}; {_EXPIRED_HINT}"
-        if code == _X509_NOT_YET_VALID:
-            return f"{text}; check the clocks of both machines"
-        return text
-    _, alert, name = reason.partition("_ALERT_")
-    if alert and name in _ALERTS:
-        text = f"{_ALERTS[name]} ({reason})"
-        return f"{text}; {_EXPIRED_HINT}" if name == "CERTIFICATE_EXPIRED" else text
-    return reason
-
-
-# -- link establishment ---------------------------------------------------------------------
-def dial(
-    cfg: ClusterConfig,
-    ctx: ssl.SSLContext,
-    target: str,
-    *,
-    me: str,
-    link: str,
-    meta: dict[str, Any] | None = None,
-    timeout: float | None = None,
-) -> tuple[TlsChannel, dict[str, Any]]:
-    """Connect to party `target`, check its certificate's role, open a `link`.
-
-    Connecting and the TLS handshake must end within the timeout (the serving `timeout_s`
-    by default); so must the answer to the hello. Returns the channel and the meta of the
-    peer's welcome; raises PartyError or LinkRefused.
-    """
-    addr = cfg.address(target)
-    t = cfg.serving.timeout_s if timeout is None else timeout
-    deadline = time.monotonic() + t
-    where = f"{target} at {format_address(addr)}"
-    try:
-        sock = socket.create_connection(addr, timeout=t)
-    except OSError as e:
-        raise PartyError(f"cannot reach {where}: {e.strerror or e}") from None
-    ch = TlsChannel(
-        sock,
-        ctx,
-        server=False,
-        name=me,
-        timeout=t,
-        max_frame_bytes=cfg.serving.max_frame_bytes,
-        max_message_bytes=cfg.serving.max_message_bytes,  # the peer is a party (checked below)
-        label=target.upper() if target != "dealer" else "dealer",
-        deadline=deadline,
-    )
-    if ch.peer_role != target:
-        ch.close("wrong peer role")
-        raise LinkRefused(f"expected {where}, but its certificate is for {ch.peer_role!r}")
-    try:
-        ch.send_msg("hello", {"link": link, "version": PROTOCOL_VERSION, **(meta or {})})
-        msg = ch.recv_msg(t)
-    except PartyError as e:
-        ch.close(str(e))
-        raise PartyError(f"{target} did not accept the {link} link: {_strip(e, ch)}") from None
-    if msg.kind == "refused":
-        ch.close("refused")
-        raise LinkRefused(f"{target} refused the {link} link: {msg.meta.get('msg', '')}")
-    if msg.kind != "welcome":
-        ch.close("bad welcome")
-        raise PartyError(f"{target} answered the hello with {msg.kind!r}")
-    return ch, msg.meta
-
-
-def _strip(e: Exception, ch: TlsChannel) -> str:
-    s = str(e)
-    return s[len(ch.peer) + 2 :] if s.startswith(ch.peer + ": ") else s
-
-
-def greet(ch: TlsChannel, allowed: dict[str, set[str]], timeout: float) -> Message:
-    """Server side: read the hello and check the link kind against the peer's pinned role.
-
-    `allowed` maps link kinds to the certificate roles that may open them. On success the
-    hello is returned (the caller sends the welcome); otherwise the peer is told why, the
-    channel closed and LinkRefused raised.
-    """
-    msg = ch.recv_msg(timeout, expect="hello")
-    link, version = msg.meta.get("link"), msg.meta.get("version")
-    why = None
-    if version != PROTOCOL_VERSION:
-        why = f"protocol version {version!r} is not {PROTOCOL_VERSION}"
-    elif link not in allowed:
-        why = f"no {link!r} links here"
-    elif ch.peer_role not in allowed[link]:
-        why = f"a certificate of role {ch.peer_role!r} may not open a {link} link"
-    if why:
-        try:
-            ch.send_msg("refused", {"msg": why})
-        except PartyError:
-            pass
-        ch.close(why)
-        raise LinkRefused(f"refused {ch.peer}: {why}")
-    return msg

@@ -27,11 +27,12 @@ Bound (f = 16, tested over 10^6 points on [-16, 16], clamped outside): absolute 
 <= 2^-10 for each (the interpolation error plus a few LSBs of the fixed-point evaluation).
 HardSigmoid and HardSwish are exact up to rounding (a clip, and one multiply for HardSwish).
 
-Cost per element and party (f = 16): sigmoid 399 B / 36 rounds, tanh 604 / 37, erf 431 / 36,
-GELU (either form) 218 / 24, SiLU 580 / 35, HardSigmoid 90 / 8, HardSwish 114 / 10. The odd
+Cost per element and party (f = 16): sigmoid 303 B / 34 rounds, tanh 437 / 35, erf 319 / 34,
+GELU (either form) 162 / 22, SiLU 413 / 33, HardSigmoid 90 / 8, HardSwish 114 / 10. The odd
 functions pay a comparison bit and a product for the sign and |x| (53 B), the ReLU-plus-even
-ones a ReLU (45 B); each a ReLU for the cap T, and the pieces' selection a comparison bit per
-breakpoint and one product.
+ones a ReLU (45 B); each a ReLU for the cap T, the pieces' selection a comparison bit per
+breakpoint and one product, and the powers of the pieces' variables one `powers` call (8 B per
+power and piece: every wire opened once, `runtime/protocols/powers.py`).
 """
 
 from __future__ import annotations

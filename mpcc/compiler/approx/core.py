@@ -203,30 +203,25 @@ def cheb_fit(
     return tuple(float(c) for c in np.polynomial.chebyshev.cheb2poly(g.coef))
 
 
-def powers(em: Emitter, t: Value, deg: int) -> Value:
-    """[t, t^2, ..., t^deg] stacked on a new last axis, at t's scale, by doubling: a level
-    multiplies t^m by the stack of t^1..t^k (k <= m) in one Beaver call and one truncation
-    (2 rounds a level, ceil(log2 deg) levels; deg - 1 products in all)."""
-    s = t.scale
-    pw = stack(em, [t])
-    m = 1
-    while m < deg:
-        k = min(m, deg - m)
-        if m == 1:
-            prod = square(em, pw, s)
-        else:
-            top = take(em, pw, m - 1, m)
-            prod = to_scale(em, em.emit(ops.mul, (top.id, take(em, pw, 0, k).id)), s)
-        pw = em.emit(ops.concat, (pw.id, prod.id), axis=len(t.shape))
-        m += k
-    return pw
+def powers(em: Emitter, x: Value, exponents: Sequence[int], scale: int) -> Value:
+    """[t^e for e in exponents] stacked on a new last axis at `scale` bits, t = x read at
+    `scale` bits (x may carry more: the op truncates it as it opens it). One `powers` op:
+    every wire opened once, one round per doubling level (`runtime/protocols/powers.py`)."""
+    if x.scale <= scale:  # the op truncates its input: give it one bit to drop (exact)
+        x = em.emit(ops.rescale, (x.id,), bits=scale - x.scale + 1)
+    return em.emit(ops.powers, (x.id,), shift=x.scale - scale, exponents=list(exponents))
 
 
-def poly(em: Emitter, t: Value, coeffs: Sequence[float], scale: int) -> Value:
-    """p(t) = sum_k coeffs[k] t^k for t in [-1, 1] at the internal scale; output at `scale`
-    bits (one truncation after the local combination)."""
-    pw = powers(em, t, len(coeffs) - 1)
-    return to_scale(em, dot(em, pw, coeffs[1:], coeffs[0], t.scale), scale)
+def poly_unscaled(em: Emitter, x: Value, coeffs: Sequence[float], scale: int) -> Value:
+    """p(t) = sum_k coeffs[k] t^k for t in [-1, 1], t = x read at `scale` bits; the output
+    at 2 `scale` bits, not yet truncated (a following `powers` truncates it as it opens it)."""
+    pw = powers(em, x, range(1, len(coeffs)), scale)
+    return dot(em, pw, coeffs[1:], coeffs[0], scale)
+
+
+def poly(em: Emitter, x: Value, coeffs: Sequence[float], scale: int) -> Value:
+    """p(t) as `poly_unscaled`, output at `scale` bits (one truncation)."""
+    return to_scale(em, poly_unscaled(em, x, coeffs, scale), scale)
 
 
 def piecewise(
@@ -252,13 +247,11 @@ def piecewise(
         half = (hi - lo) / 2
         e = math.log2(half)
         assert e.is_integer(), f"piece width {hi - lo} is not a power of two"
-        t = relabel(em, add_c(em, a, -(lo + half)), int(e))
-        ts.append(to_scale(em, t, s))
+        ts.append(relabel(em, add_c(em, at_most(em, a, s), -(lo + half)), int(e)))
     coeffs = [cheb_fit(fn, lo, hi, deg) for lo, hi in zip(breaks[:-1], breaks[1:], strict=True)]
     if k == 1:
         return poly(em, ts[0], coeffs[0], s)
-    t = stack(em, ts)  # [*shape, k]
-    pw = powers(em, t, deg)  # [*shape, k, deg]
+    pw = powers(em, stack(em, ts), range(1, deg + 1), s)  # [*shape, k, deg]
     ax = len(a.shape)
     ps = []
     for j in range(k):

@@ -12,9 +12,10 @@ within the bound; inputs above 0 give 1). exp(-16) is below one LSB at f = 16, s
 bound can hold near the bottom of the range; the absolute term covers it.
 
 Cost per element and party (f = 16): the clamp 1-2 ReLUs (45 B each; a softmax's x - max
-needs only the lower one), powers t^2..t^4 (a square and a product, 2 levels), 3 truncations,
-4 squarings with a Beaver pair (square + truncation: 16 B each): 226 B, 22 rounds, 277 B of
-dealer material (181 B and 14 rounds inside a softmax).
+needs only the lower one), t..t^4 in one `powers` call (4 wires, 3 rounds), the polynomial's
+sum (local), and y^16 in a second one that truncates y as it opens it (5 wires, 5 rounds;
+`runtime/protocols/powers.py`), a final truncation: 170 B, 17 rounds, 365 B of dealer
+material (125 B inside a softmax). With Beaver squares and products it was 226 B, 22 rounds.
 """
 
 from __future__ import annotations
@@ -27,9 +28,9 @@ from mpcc.compiler.approx.core import (
     add_c,
     cheb_fit,
     inner,
-    poly,
+    poly_unscaled,
+    powers,
     relabel,
-    square,
     to_scale,
 )
 from mpcc.compiler.ir import Value
@@ -49,11 +50,14 @@ def exp(em: Emitter, x: Value, nonpositive: bool = False) -> Value:
     # bits; the relabel reads the same element as x / 8.
     shift = max(x.scale - (s - (SQUARINGS - 1)), 0)
     xc = em.emit(ops.clip, (x.id,), lo=EXP_LO, hi=None if nonpositive else 0.0, shift=shift)
-    t = add_c(em, to_scale(em, relabel(em, xc, SQUARINGS - 1), s), 1.0)
-    y = poly(em, t, cheb_fit(np.exp, -1.0, 0.0, EXP_DEG), s)
-    for _ in range(SQUARINGS):
-        y = square(em, y, s)
-    return y
+    t = add_c(em, relabel(em, xc, SQUARINGS - 1), 1.0)
+    return _raised(em, poly_unscaled(em, t, cheb_fit(np.exp, -1.0, 0.0, EXP_DEG), s), s)
+
+
+def _raised(em: Emitter, y: Value, s: int) -> Value:
+    """y^(2^SQUARINGS) at s bits (y may carry more: truncated as it is opened)."""
+    out = powers(em, y, [2**SQUARINGS], s)
+    return em.emit(ops.reshape, (out.id,), shape=list(y.shape))
 
 
 EXP_HI = 8.0  # exp_signed's upper bound: e^8 ~ 2981 keeps the last square within the budget
@@ -73,8 +77,6 @@ def exp_signed(em: Emitter, x: Value) -> Value:
     neg = exp(em, em.emit(ops.sub, (x.id, r.id)), nonpositive=True)
     rc = em.emit(ops.clip, (r.id,), lo=None, hi=EXP_HI, shift=0)
     # t = 4 (r / 16) - 1 = r / 4 - 1 in [-1, 1]: a relabel by 2 bits and a constant
-    t = add_c(em, to_scale(em, relabel(em, rc, SQUARINGS - 2), s), -1.0)
-    y = poly(em, t, cheb_fit(_exp_pos_core, -1.0, 1.0, EXP_DEG), s)
-    for _ in range(SQUARINGS):
-        y = square(em, y, s)
+    t = add_c(em, relabel(em, rc, SQUARINGS - 2), -1.0)
+    y = _raised(em, poly_unscaled(em, t, cheb_fit(_exp_pos_core, -1.0, 1.0, EXP_DEG), s), s)
     return to_scale(em, em.emit(ops.mul, (neg.id, y.id)), s)

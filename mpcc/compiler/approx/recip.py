@@ -23,8 +23,8 @@ Bounds (f = 16, tested over 10^6 log-uniform points), at the output's scale R:
 
 Cost per element and party (f = 16): the clamp 2 ReLUs, K comparison bits (`ge_zero`, ~37 B
 each; K = 20 for the reciprocal and log, 24 for 1/sqrt), two products, powers of degree 5-6
-and 3-4 truncations: reciprocal 993 B / 28 rounds, 1/sqrt 1125 B / 28, sqrt 1240 B / 38, log
-953 B / 26. These only ever apply to reduced values (a softmax denominator or a variance per
+and 3-4 truncations: reciprocal 937 B / 25 rounds, 1/sqrt 1077 B / 25, sqrt 1200 B / 36, log
+913 B / 24. These only ever apply to reduced values (a softmax denominator or a variance per
 row), so the per-row cost is small beside the row's elementwise work.
 """
 

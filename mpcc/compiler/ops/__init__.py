@@ -15,6 +15,7 @@ from mpcc.compiler.ops.arith import (
     mul,
     mul_const,
     mul_public,
+    powers,
     relabel,
     rescale,
     square,
@@ -65,6 +66,7 @@ ALL: tuple[Op, ...] = (
     reduce_sum,
     square,
     ge_zero,
+    powers,
 )
 assert set(ALL) == set(REGISTRY.values()), "every declared op is listed in ALL"
 

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import math
 
-from mpcc.compiler.calls import Call, MatMulSS, Multiply, Square, Truncate
+from mpcc.compiler.calls import Call, MatMulSS, Multiply, Powers, Square, Truncate
+from mpcc.compiler.ir import max_scale
 from mpcc.compiler.ops.base import (
     Float,
     Floats,
     Int,
+    Ints,
     Op,
     Site,
     Type,
@@ -21,7 +23,7 @@ from mpcc.compiler.ops.base import (
     weight_broadcasts_to_input,
     weight_scale,
 )
-from mpcc.compiler.ops.rows import same_rows, weights_vary_by_row
+from mpcc.compiler.ops.rows import batch_axis_kept, same_rows, weights_vary_by_row
 
 
 def _add_w(site: Site) -> Type:
@@ -234,5 +236,37 @@ square = declare(
         _square,
         calls=lambda s: [Square(math.prod(s.x.shape))],
         rows=same_rows,
+    )
+)
+
+
+def _powers(site: Site) -> Type:
+    x, shift, exps = site.x, site.attrs["shift"], list(site.attrs["exponents"])
+    require(shift <= x.scale, f"shift {shift} is more than the input's {x.scale} bits")
+    require(exps == sorted(set(exps)), f"exponents {exps} must be distinct and in increasing order")
+    scale = x.scale - shift
+    limit = max_scale(site.prog.frac_bits)
+    require(
+        2 * scale <= limit,
+        f"a product of two powers at {scale} bits has {2 * scale}, over the ring's {limit}",
+        "ring budget",
+    )
+    return Type((*x.shape, len(exps)), scale)
+
+
+def _powers_calls(site: Site) -> list[Call]:
+    x, a = site.x, site.attrs
+    return [Powers(math.prod(x.shape), a["shift"], x.scale - a["shift"], tuple(a["exponents"]))]
+
+
+powers = declare(
+    Op(
+        "powers",
+        "[t^e for e in exponents] stacked on a new last axis, t = x truncated by shift bits, "
+        "each power at t's scale: every wire opened once, one round per doubling level",
+        _powers,
+        attrs={"shift": Int(lo=1, hi=62), "exponents": Ints(lo=1)},
+        calls=_powers_calls,
+        rows=batch_axis_kept,
     )
 )

@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import math
 
-from mpcc.compiler.calls import Call, Relu, Sign
-from mpcc.compiler.ops.base import Float, Int, Op, Site, Type, declare, require
+from mpcc.compiler.calls import Call, Relu, ReluFss, Sign, SignFss
+from mpcc.compiler.ops.base import Float, Int, Op, Site, Str, Type, declare, require
 from mpcc.compiler.ops.rows import same_rows
 
 _SHIFT = Int(lo=0, hi=62)
+COMPARISONS = ("tree", "fss")
+CMP = {"cmp": Str(*COMPARISONS, optional=True)}
+
+
+def relu_call(site: Site, n: int, shift: int) -> Call:
+    """The ReLU protocol call the instruction's `cmp` attribute chooses (default: the tree)."""
+    return ReluFss(n, shift) if site.attrs.get("cmp") == "fss" else Relu(n, shift)
 
 
 def _shifted(site: Site) -> Type:
@@ -34,17 +41,17 @@ def _clip(site: Site) -> Type:
 
 
 def _relu_calls(site: Site) -> list[Call]:
-    return [Relu(math.prod(site.x.shape), site.attrs["shift"])]
+    return [relu_call(site, math.prod(site.x.shape), site.attrs["shift"])]
 
 
 def _leaky_calls(site: Site) -> list[Call]:
-    return [Relu(math.prod(site.x.shape), 0)]
+    return [relu_call(site, math.prod(site.x.shape), 0)]
 
 
 def _clip_calls(site: Site) -> list[Call]:
     a = site.attrs
     both = a.get("lo") is not None and a.get("hi") is not None
-    return [Relu(math.prod(site.x.shape) * (2 if both else 1), a["shift"])]
+    return [relu_call(site, math.prod(site.x.shape) * (2 if both else 1), a["shift"])]
 
 
 relu = declare(
@@ -52,7 +59,7 @@ relu = declare(
         "relu",
         "max(x, 0), with `shift` fractional bits truncated in the same protocol",
         _shifted,
-        attrs={"shift": _SHIFT},
+        attrs={"shift": _SHIFT, **CMP},
         calls=_relu_calls,
         rows=same_rows,
     )
@@ -62,7 +69,7 @@ leaky_relu = declare(
         "leaky_relu",
         "x if x > 0 else alpha * x (alpha at f bits: the output has f more)",
         _leaky,
-        attrs={"alpha": Float()},
+        attrs={"alpha": Float(), **CMP},
         calls=_leaky_calls,
         rows=same_rows,
     )
@@ -72,11 +79,21 @@ clip = declare(
         "clip",
         "min(max(x, lo), hi), with `shift` bits truncated in the same protocol",
         _clip,
-        attrs={"lo": Float(optional=True), "hi": Float(optional=True), "shift": _SHIFT},
+        attrs={
+            "lo": Float(optional=True),
+            "hi": Float(optional=True),
+            "shift": _SHIFT,
+            **CMP,
+        },
         calls=_clip_calls,
         rows=same_rows,
     )
 )
+
+
+def _sign_calls(site: Site) -> list[Call]:
+    n = math.prod(site.x.shape)
+    return [SignFss(n) if site.attrs.get("cmp") == "fss" else Sign(n)]
 
 
 def _ge_zero(site: Site) -> Type:
@@ -88,7 +105,8 @@ ge_zero = declare(
         "ge_zero",
         "[x >= 0] as an arithmetic 0/1 at scale 0 (the ReLU's comparison, no select)",
         _ge_zero,
-        calls=lambda s: [Sign(math.prod(s.x.shape))],
+        attrs=CMP,
+        calls=_sign_calls,
         rows=same_rows,
     )
 )

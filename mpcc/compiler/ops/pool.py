@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from mpcc.compiler.calls import Call, Relu
+from mpcc.compiler.calls import Call
 from mpcc.compiler.ops.base import (
     EVERY_0,
     EVERY_1,
@@ -26,6 +26,7 @@ from mpcc.compiler.ops.base import (
     require,
     window_lengths,
 )
+from mpcc.compiler.ops.compare import CMP, relu_call
 from mpcc.compiler.ops.rows import same_rows
 from mpcc.compiler.poolshapes import avgpool_counts, pool_output_shape
 
@@ -94,7 +95,8 @@ def _avgpool(site: Site) -> Type:
 
 def _maxpool_calls(site: Site) -> list[Call]:
     n = math.prod(site.out.shape)
-    return [Relu(n * pairs, 0) for pairs in maxpool_levels(math.prod(site.attrs["kernel"]))]
+    levels = maxpool_levels(math.prod(site.attrs["kernel"]))
+    return [relu_call(site, n * pairs, 0) for pairs in levels]
 
 
 def _pool_rows(site: Site) -> str | None:
@@ -108,7 +110,7 @@ maxpool = declare(
         "maxpool",
         "max over each window: a tournament of comparisons",
         _maxpool,
-        attrs={**_WINDOW, **_CEIL},
+        attrs={**_WINDOW, **_CEIL, **CMP},
         calls=_maxpool_calls,
         rows=_pool_rows,
     )

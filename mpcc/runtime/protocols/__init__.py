@@ -1,12 +1,34 @@
 """The secure protocols, one module each, and the call type each implements (`BY_CALL`)."""
 
 from mpcc.compiler.calls import Call
-from mpcc.runtime.protocols import linear, matmul_ss, multiply, relu, sign, square, truncation
+from mpcc.runtime.protocols import (
+    linear,
+    matmul_ss,
+    multiply,
+    powers,
+    relu,
+    relu_fss,
+    sign,
+    sign_fss,
+    square,
+    truncation,
+)
 from mpcc.runtime.protocols.base import Protocol
 
 BY_CALL: dict[type[Call], Protocol] = {
     m.PROTOCOL.call: m.PROTOCOL
-    for m in (linear, multiply, matmul_ss, truncation, relu, square, sign)
+    for m in (
+        linear,
+        multiply,
+        matmul_ss,
+        truncation,
+        relu,
+        square,
+        sign,
+        powers,
+        sign_fss,
+        relu_fss,
+    )
 }
 
 

@@ -18,6 +18,15 @@ register(ops.rescale, lambda b, ins, args: args[0] << u64(ins.attrs["bits"]))
 register(ops.trunc, lambda b, ins, args: b.truncate(args[0], ins.attrs["shift"]))
 
 
+def _powers(b, ins, args):  # noqa: ANN001, ANN202
+    a = ins.attrs
+    scale = b.prog.value(ins.args[0]).scale - a["shift"]
+    return b.powers(args[0], a["shift"], scale, list(a["exponents"]))
+
+
+register(ops.powers, _powers)
+
+
 def _add_const(b, ins, args):  # noqa: ANN001, ANN202
     scale = b.prog.value(ins.args[0]).scale
     return add_public(args[0], int(round(ins.attrs["value"] * 2.0**scale)), b.party)

@@ -68,6 +68,11 @@ class Backend:
         """[x >= 0] as ring elements 0/1, same shape as x."""
         raise NotImplementedError
 
+    def powers(self, x: np.ndarray, shift: int, scale: int, exponents: list[int]) -> np.ndarray:
+        """[t^e for e in exponents] on a new last axis, t = floor(x / 2^shift), each product
+        floor-divided by 2^scale (the secure protocol may add 1 LSB per wire)."""
+        raise NotImplementedError
+
 
 Eval = Callable[[Backend, Instr, list[np.ndarray]], np.ndarray]
 
