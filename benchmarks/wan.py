@@ -117,7 +117,13 @@ def checked(predict: Callable[[np.ndarray], np.ndarray], x: np.ndarray, ref: np.
 
 
 def run_model(
-    bed: WanBed, name: str, rtts: list[float], gbps: float, n: int, min_s: float = 0.0
+    bed: WanBed,
+    name: str,
+    rtts: list[float],
+    gbps: float,
+    n: int,
+    min_s: float = 0.0,
+    network: str | None = None,
 ) -> list[dict]:
     """The model at each RTT through the bed, beside `mpcc bench --network`'s projections.
 
@@ -128,13 +134,20 @@ def run_model(
     (what `mpcc bench --processes` measures), and *bed 0*, this bed at 0 ms (the same
     processes and relays: it isolates the network model from the no-delay estimate). Run
     just before the point: *bench*, `mpcc bench --processes` itself, and *in process*,
-    `mpcc bench` (threads and queues)."""
+    `mpcc bench` (threads and queues). `network` ("RTT_ms,Gbps"): the model compiled for
+    that link (`mpcc compile --network`), not for the LAN."""
+    from mpcc.compiler import planfile
     from mpcc.serving.local import serve_locally
     from mpcc.zoo.reference import run_logits
 
     path, X = MODELS[name](n)
     ref = run_logits(path, X)
-    prog, weights = compile_onnx(path, (1, *X.shape[1:]))
+    prog, weights = compile_onnx(path, (1, *X.shape[1:]), network=network)
+    if network is not None:  # mpcc bench measures this very plan (a plan file)
+        plan = CACHE / f"{name}-{network.replace(',', '_')}.mpcc"
+        plan.parent.mkdir(parents=True, exist_ok=True)
+        planfile.save(plan, prog, weights)
+        path = plan
     rows = []
     with serve_locally(prog, weights) as local:
         with bed.inside("client"):  # the client's links are made in its namespace
@@ -165,6 +178,7 @@ def run_model(
                             lat[key].append(t)
                     i += 1
                 rows.append(point(name, prog, Link(rtt / 1e3, gbps), r, lat, before))
+                rows[-1]["compiled_for"] = network
                 print(line(rows[-1]), flush=True)
     return rows
 
@@ -197,6 +211,12 @@ def point(name: str, prog: Any, link: Link, r: Any, lat: dict, before: dict) -> 
         row[key + "_s"] = proj[k]
         row[key + "_error"] = proj[k] / med - 1
     return row
+
+
+def label(r: dict) -> str:
+    """The model's name, and the link its plan was compiled for (if not the LAN)."""
+    net = r.get("compiled_for")
+    return NAMES[r["model"]] + (f", compiled for {net.replace(',', ' ms, ')} Gbit/s" if net else "")
 
 
 def line(r: dict) -> str:
@@ -247,7 +267,7 @@ def markdown(report: dict) -> str:
     for r in report["rows"]:
         lat = r["latency_s"]
         out.append(
-            f"| {NAMES[r['model']]} | {r['rtt_ms']:g} | {lat['n']} | {lat['median'] * 1e3:.1f} "
+            f"| {label(r)} | {r['rtt_ms']:g} | {lat['n']} | {lat['median'] * 1e3:.1f} "
             f"| {lat['p90'] * 1e3:.1f} | {r['rounds']} | {max(r['sent_bytes']) / 1e6:.2f} MB "
             f"| {r['floor_s'] * 1e3:.1f} | {r['projection_s'] * 1e3:.1f} "
             f"| {r['projection_error']:+.0%} | {r['projection_bench_error']:+.0%} "
@@ -257,7 +277,7 @@ def markdown(report: dict) -> str:
     for r in report["rows"]:
         b = r["no_delay_s"]
         out.append(
-            f"- {NAMES[r['model']]} at {r['rtt_ms']:g} ms: TLS {b['tls']['median'] * 1e3:.1f}, "
+            f"- {label(r)} at {r['rtt_ms']:g} ms: TLS {b['tls']['median'] * 1e3:.1f}, "
             f"bed 0 {b['bed0']['median'] * 1e3:.1f}, bench {b['bench']['median'] * 1e3:.1f}, "
             f"in process {b['inprocess']['median'] * 1e3:.1f}; P0's bytes on the socket "
             f"{r['wire_bytes'][0]:,} measured, {r['wire_bytes_projected']:,.0f} "
@@ -308,7 +328,7 @@ def chart(report: dict, path: Path) -> bool:
         )
         ax.plot(rtt, [r["projection_bed0_s"] * 1e3 for r in rows], "x", label="projection (bed 0)")
         ax.plot(rtt, [r["floor_s"] * 1e3 for r in rows], ":", color="gray", label="delays alone")
-        ax.set_title(f"{NAMES[name]}, {rows[0]['rounds']} rounds")
+        ax.set_title(f"{label(rows[0])}, {rows[0]['rounds']} rounds")
         ax.set_xlabel("RTT (ms)")
         ax.set_ylabel("latency per query at the client (ms)")
         ax.grid(alpha=0.3)
@@ -328,6 +348,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=20, help="timed queries per point")
     ap.add_argument(
         "--min-seconds", type=float, default=20.0, help="a point's least time (at most 5x queries)"
+    )
+    ap.add_argument(
+        "--compile-network",
+        metavar="RTT_ms,Gbps",
+        help="compile the models for this link (mpcc compile --network), not for the LAN",
     )
     ap.add_argument("--out", default=str(RESULTS / "wan"), help="output path without suffix")
     args = ap.parse_args(argv)
@@ -355,7 +380,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         bed.start_parties()
         for name in args.models:
-            report["rows"] += run_model(bed, name, rtts, args.gbps, args.queries, args.min_seconds)
+            report["rows"] += run_model(
+                bed, name, rtts, args.gbps, args.queries, args.min_seconds, args.compile_network
+            )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
