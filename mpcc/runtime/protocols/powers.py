@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpcc.compiler import calls
+from mpcc.runtime import powers_kernels as kernels
 from mpcc.runtime.prg import Prg
 from mpcc.runtime.protocols.base import Protocol
 from mpcc.runtime.protocols.common import checked_correction, consume
@@ -129,19 +130,6 @@ def expand(
     return PowersMaterial(call, drawn[0], hi, r63, cross)
 
 
-def _open_wires(
-    c: np.ndarray, hi: np.ndarray, r63: np.ndarray, shift: np.uint64
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """From opened c = z + 2^62 + r: the public P(c), this party's [M] and sigma K (per
-    element), for wires truncated by `shift` (rows of c)."""
-    c63 = c >> SIXTY_THREE
-    k = np.uint64(1) << (np.uint64(63) - shift)
-    pub = ((c & LOW63) >> shift) + (c63 << (np.uint64(63) - shift))
-    pub -= np.uint64(1) << (np.uint64(62) - shift)
-    sigma_k = (ONE - (c63 << ONE)) * k
-    return pub, hi - sigma_k * r63, sigma_k
-
-
 def run(ch: Channel, party: int, mat: PowersMaterial, x_share: np.ndarray) -> np.ndarray:
     """Online: open the truncation of t (round 1), then one truncation round per level;
     returns [t^e] for the call's exponents, shape [n, len(exponents)]."""
@@ -151,15 +139,16 @@ def run(ch: Channel, party: int, mat: PowersMaterial, x_share: np.ndarray) -> np
     if x_share.size != call.n:
         raise ValueError(f"powers: input of {x_share.size} elements, material for {call.n}")
     index, _ = _wires(call)
-    s0, s = np.uint64(call.shift), np.uint64(call.scale)
     n_w = mat.r.shape[0]
-    pub = np.empty((n_w, call.n), np.uint64)
-    m = np.empty((n_w, call.n), np.uint64)
-    sk = np.empty((n_w, call.n), np.uint64)
-    r63 = mat.r63
+    pub = np.empty((n_w, call.n), np.uint64)  # the public P(c) of every wire
+    m = np.empty((n_w, call.n), np.uint64)  # this party's share of its mask M
+    sk = np.empty((n_w, call.n), np.uint64)  # its sigma K
+    r63, lead = mat.r63, party == 0
 
-    c = open_biased(ch, party, x_share, mat.r[0])
-    pub[0], m[0], sk[0] = _open_wires(c, mat.hi[0], r63[0], s0)
+    def opened(w: int, c: np.ndarray, shift: int) -> None:
+        kernels.open_wire(c, mat.hi[w], r63[w], np.uint64(shift), pub[w], m[w], sk[w])
+
+    opened(0, open_biased(ch, party, x_share, mat.r[0]), call.shift)
     row = 0  # next cross-term row
     for level in call.levels():
         z = np.empty((len(level), call.n), np.uint64)
@@ -167,19 +156,18 @@ def run(ch: Channel, party: int, mat: PowersMaterial, x_share: np.ndarray) -> np
             a, b = index[a_exp], index[b_exp]
             if a == b:
                 hh, hr = mat.cross[row], mat.cross[row + 1]
+                kernels.square(pub[a], m[a], sk[a], r63[a], hh, hr, lead, z[j])
                 row += 2
-                mm = hh - (sk[a] << ONE) * hr + sk[a] * sk[a] * r63[a]
             else:
                 hh, hr, rh, rr = mat.cross[row : row + 4]
+                kernels.product(
+                    pub[a], m[a], sk[a], pub[b], m[b], sk[b], hh, hr, rh, rr, lead, z[j]
+                )
                 row += 4
-                mm = hh - sk[b] * hr - sk[a] * rh + sk[a] * sk[b] * rr
-            z[j] = mm - pub[a] * m[b] - pub[b] * m[a]
-            if party == 0:
-                z[j] += pub[a] * pub[b]
         first = index[level[0][0]]
-        rows = slice(first, first + len(level))
-        c = open_biased(ch, party, z, mat.r[rows])
-        pub[rows], m[rows], sk[rows] = _open_wires(c, mat.hi[rows], r63[rows], s)
+        c = open_biased(ch, party, z, mat.r[first : first + len(level)])
+        for j in range(len(level)):
+            opened(first + j, c[j], call.scale)
     y = -m if party == 1 else pub - m
     return np.ascontiguousarray(y[[index[e] for e in call.exponents]].T)
 
