@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from mpcc.errors import MpccError
+from mpcc.compiler.network import Network
 
 PROJECTION_NOTE = (
     "projection, not a measurement: measured time + (rounds + 4) x RTT/2 (the rounds, the "
@@ -78,16 +78,10 @@ class Link:
 
     @classmethod
     def parse(cls, text: str) -> Link:
-        """`RTT_ms,Gbps`, e.g. `1,1` (LAN) or `40,0.1` (WAN)."""
-        try:
-            rtt_ms, gbps = (float(p) for p in text.split(","))
-        except ValueError:
-            raise MpccError(
-                f"--network wants RTT_ms,Gbps (e.g. 1,1 or 40,0.1), not {text!r}"
-            ) from None
-        if not (rtt_ms >= 0 and gbps > 0 and math.isfinite(rtt_ms) and math.isfinite(gbps)):
-            raise MpccError(f"--network {text!r}: RTT must be >= 0 ms and bandwidth > 0 Gbit/s")
-        return cls(rtt_ms / 1e3, gbps)
+        """`RTT_ms,Gbps`, e.g. `1,1` (LAN) or `40,0.1` (WAN): the same syntax and checks as
+        `mpcc compile --network` (`mpcc.compiler.network.Network.parse`)."""
+        net = Network.parse(text)
+        return cls(net.rtt_s, net.gbps)
 
     def transfer_s(self, nbytes: float) -> float:
         """Seconds to push `nbytes` through the link at full bandwidth."""

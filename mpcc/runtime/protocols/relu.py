@@ -245,12 +245,25 @@ def run(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray) -> np.ndarray
     e_share = t ^ mat.rho_bits
     (e_peer,) = ch.exchange([e_share])
     e = bitslice.unpack(e_share ^ e_peer, mat.n)
+    return select(party, e, d, mat.rho, mat.sigma, mat.rho_sigma).reshape(shape)
+
+
+def select(
+    party: int,
+    e: np.ndarray,
+    d: np.ndarray,
+    rho: np.ndarray,
+    sigma: np.ndarray,
+    rho_sigma: np.ndarray,
+) -> np.ndarray:
+    """[t y] from the opened e = t xor rho and d = y - sigma, and the shares of the daBit
+    [rho], of [sigma] and of [rho sigma] (local): t^A = e + (1 - 2e)[rho] and
+    t y = d t^A + e [sigma] + (1 - 2e) [rho sigma]."""
     flip = _ONE - (e << _ONE)  # 1 - 2e
-    t_a = flip * mat.rho
+    t_a = flip * rho
     if party == 0:
         t_a += e
-    out = d * t_a + e * mat.sigma + flip * mat.rho_sigma
-    return out.reshape(shape)
+    return d * t_a + e * sigma + flip * rho_sigma
 
 
 PROTOCOL = Protocol(

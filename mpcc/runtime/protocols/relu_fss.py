@@ -55,7 +55,7 @@ import numpy as np
 from mpcc.compiler import calls
 from mpcc.runtime import bitslice, dcf
 from mpcc.runtime.prg import Prg
-from mpcc.runtime.protocols import common, truncation
+from mpcc.runtime.protocols import common, relu, truncation
 from mpcc.runtime.protocols.base import Protocol
 from mpcc.runtime.protocols.sign_fss import BITS, LOW62, checked_key
 from mpcc.runtime.transport import Channel
@@ -204,12 +204,7 @@ def run(ch: Channel, party: int, mat: ReluFssMaterial, x: np.ndarray) -> np.ndar
     else:
         (e_peer,) = ch.exchange([e_share])
     e = bitslice.unpack(e_share ^ e_peer, mat.n)
-    flip = _ONE - (e << _ONE)  # 1 - 2e
-    t_a = flip * mat.rho
-    if party == 0:
-        t_a += e
-    out = d * t_a + e * mat.sigma + flip * mat.rho_sigma
-    return out.reshape(shape)
+    return relu.select(party, e, d, mat.rho, mat.sigma, mat.rho_sigma).reshape(shape)
 
 
 PROTOCOL = Protocol(
