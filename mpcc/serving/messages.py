@@ -177,6 +177,7 @@ class Hello(ControlMessage):
     link: str = field(STR)
     version: int = field(INT)
     sid: str | None = field(optional(STR), None)
+    lane: int = field(COUNT, 0)  # a peer link: which of the session's lanes it carries
 
 
 @dataclass(frozen=True)
@@ -360,6 +361,7 @@ class SessionCheck(ControlMessage):
     kat: str = field(STR)
     contributions: dict = field(STR_MAP)
     weight_share_commitments: dict | None = field(optional(STR_MAP))
+    lanes: int = field(COUNT, 1)  # P0-P1 links, one query in flight on each
 
 
 # -- queries --------------------------------------------------------------------------------------

@@ -161,7 +161,7 @@ class ComputeParty(ClientLinks, SessionSetup, QueryLoop, PartyServer):
             chans = [("client", ch) for ch in self._outboxes]
         s = self._session
         if s is not None:
-            chans += [("peer", s.peer), ("dealer", s.dealer)]
+            chans += [*(("peer", lane.peer) for lane in s.lanes), ("dealer", s.dealer)]
         for kind, ch in chans:
             w = getattr(ch, "wire", None)
             if w is not None:
@@ -171,9 +171,9 @@ class ComputeParty(ClientLinks, SessionSetup, QueryLoop, PartyServer):
 
     def on_peer(self, ch: TlsChannel, hello: Hello) -> None:
         """P1's link: kept for the session start-up waiting for it."""
-        ch.peer = "P1"
+        ch.peer = "P1" if hello.lane == 0 else f"P1 lane {hello.lane}"
         Welcome(self.role).send(ch)
-        self._peer_links.put((hello.sid, ch))
+        self._peer_links.put(((hello.sid, hello.lane), ch))
 
     def info(self) -> dict[str, Any]:
         """Public facts for clients: the plan's interface, the session, counters."""
@@ -190,6 +190,7 @@ class ComputeParty(ClientLinks, SessionSetup, QueryLoop, PartyServer):
         if s is not None and s.alive:  # how far ahead preprocessing runs, and its memory
             d.update(
                 stock=s.stock(),
+                lanes=len(s.lanes),
                 query_material_bytes=s.query_bytes,
                 material_held_bytes=len(s.prepared) * s.query_bytes,
             )
