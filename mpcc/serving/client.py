@@ -61,6 +61,7 @@ class RequestStats:
     client_bytes: int  # share bytes sent to each party
     batch_requests: int  # requests that shared the query
     session: str
+    lane: int = 0  # which of the session's P0-P1 links ran the query
 
 
 @dataclass
@@ -355,6 +356,7 @@ def _stats(
         client_bytes=share_bytes,
         batch_requests=int(s0.get("batch_requests", 1)),
         session=str(s0.get("session", "")),
+        lane=int(s0.get("lane", 0)),
     )
 
 
