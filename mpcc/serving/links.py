@@ -60,7 +60,7 @@ def dial(
         ch.close("wrong peer role")
         raise LinkRefused(f"expected {where}, but its certificate is for {ch.peer_role!r}")
     try:
-        Hello(link, PROTOCOL_VERSION, sid, lane).send(ch)
+        Hello(link, PROTOCOL_VERSION, sid, lane or None).send(ch)
         msg = ch.recv_msg(t)
     except PartyError as e:
         ch.close(str(e))
