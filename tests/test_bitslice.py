@@ -67,8 +67,7 @@ def _shared_tree(c: np.ndarray, r: np.ndarray, rng: np.random.Generator) -> np.n
         mono = [k0, full ^ k0]
         mine = [bitslice.group_open(p, *state[p], mu[p]) for p in (0, 1)]
         state = [
-            bitslice.group_close(p, state[p][0], mine[0] ^ mine[1], mu[p], mono[p])
-            for p in (0, 1)
+            bitslice.group_close(p, state[p][0], mine[0] ^ mine[1], mu[p], mono[p]) for p in (0, 1)
         ]
     assert state[0][0].shape == (1, nw)
     return state[0][0][0] ^ state[1][0][0]
@@ -101,16 +100,15 @@ def test_group_level_joins_any_node_count(m: int) -> None:
     k0 = rng.integers(0, 2**64, full.shape, dtype=np.uint64)
     mono = [k0, full ^ k0]
     mine = [bitslice.group_open(p, shares[0][p], shares[1][p], mu[p]) for p in (0, 1)]
-    out = [
-        bitslice.group_close(p, shares[0][p], mine[0] ^ mine[1], mu[p], mono[p]) for p in (0, 1)
-    ]
+    out = [bitslice.group_close(p, shares[0][p], mine[0] ^ mine[1], mu[p], mono[p]) for p in (0, 1)]
     lt2, eq2 = out[0][0] ^ out[1][0], out[0][1] ^ out[1][1]
     ones = ~np.uint64(0)
     pad_lt = np.concatenate([lt, np.zeros((4 * g - m, nw), np.uint64)])
     pad_eq = np.concatenate([eq, np.full((4 * g - m, nw), ones, np.uint64)])
     for j in range(g):
         l_, e_ = pad_lt[4 * j : 4 * j + 4], pad_eq[4 * j : 4 * j + 4]
-        want_lt = l_[3] ^ (e_[3] & l_[2]) ^ (e_[3] & e_[2] & l_[1]) ^ (e_[3] & e_[2] & e_[1] & l_[0])
+        want_lt = l_[3] ^ (e_[3] & l_[2]) ^ (e_[3] & e_[2] & l_[1])
+        want_lt ^= e_[3] & e_[2] & e_[1] & l_[0]
         np.testing.assert_array_equal(lt2[j], want_lt)
         want_eq = e_[0] & e_[1] & e_[2] & e_[3] if j else np.zeros(nw, np.uint64)
         np.testing.assert_array_equal(eq2[j], want_eq)
