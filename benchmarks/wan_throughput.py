@@ -153,7 +153,7 @@ def run_setting(
         with bed.inside("client"):
             deploy_program(prog, weights, bed.view("client"))
             with Client(bed.view("client")) as c:
-                c.wait_ready(600)
+                c.wait_ready(120)
             marks: list[dict[str, float]] = []
             lat, shared, used = clients_run(
                 bed.view("client"), clients, seconds, X, ref, lambda: marks.append(cpu_of(bed))

@@ -106,3 +106,19 @@ def test_parties_with_different_lane_counts_refuse_the_session(tmp_path, mlp1):
         assert "disagree on the lanes (P1: 3, P0: 2)" in str(p1.last_error)
     finally:
         servers.close()
+
+
+def test_many_lanes_fit_in_the_party_link_pool(tmp_path, mlp1, reference):
+    # 20 lanes are 20 links from P1 to P0, more than the party pool's fixed 16 slots
+    prog, weights = mlp1
+    X, ref = reference
+    servers = _servers(tmp_path, lanes=20)
+    try:
+        for role in ("p0", "p1", "dealer"):
+            servers.start(role)
+        servers.deploy(prog, weights)
+        with Client(servers.cfg) as c:
+            check(c.predict(X[:1]), ref[:1])
+            assert c.info()["p0"]["lanes"] == 20
+    finally:
+        servers.close()
