@@ -294,10 +294,12 @@ class QueryLoop:
     def _answered(self, s: PartySession, n: int) -> None:
         """Count a query's answered requests; P0 tells the dealer at once (before a request
         limit can end the session), so `--num-requests` stops the dealer too."""
-        s.answered += n
+        with s.cond:  # lanes answer from their own threads
+            s.answered += n
+            total = s.answered
         if self.party == 0:
             try:
-                Answered(s.answered).send(s.dealer)
+                Answered(total).send(s.dealer)
             except PartyError:
                 pass  # the session is ending: its error is reported where it is noticed
 
