@@ -41,18 +41,15 @@ s_CW [m, n, 2] | V_CW [m, n] (ring) or [m, w] (bits) | t_CW [m, 2, w] | CW_{m+1}
 
 from __future__ import annotations
 
-import hashlib
 import math
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from mpcc.runtime import bitslice
-from mpcc.runtime.dcf_kernels import eval_level, gen_level
+from mpcc.runtime import aesni, bitslice
+from mpcc.runtime.dcf_kernels import FIXED_KEY, eval_fused, eval_level, gen_fused, gen_level
 from mpcc.runtime.prg import Prg
 
-# The public fixed key of the MMO PRG.
-FIXED_KEY = hashlib.sha256(b"mpcc/dcf/G: fixed-key AES-128, Matyas-Meyer-Oseas").digest()[:16]
 SEED_WORDS = 2  # 128-bit seeds
 # Elements per pass through the levels (a multiple of 64): big enough that a level's AES
 # call amortises its overhead, small enough to bound the pass's buffers (Gen: 200 B per
@@ -60,6 +57,9 @@ SEED_WORDS = 2  # 128-bit seeds
 CHUNK = 1 << 14
 _CLEAR = ~np.uint64(3)
 _ONE = np.uint64(1)
+# Gen and Eval in one numba call each, AES inside (`aesni`), where the CPU has AES-NI; else
+# a level at a time with OpenSSL's AES between the level kernels. Same keys and outputs.
+FUSED = aesni.AVAILABLE
 
 
 def key_words(n: int, bits: int, ring: bool = True) -> int:
@@ -147,7 +147,12 @@ def gen(
     k = split(out, n, bits, ring)
     k["vcw"][...] = 0
     k["tcw"][...] = 0
-    r0, r1 = (np.asarray(r, np.uint64).reshape(n, 2) for r in roots)
+    r0, r1 = (np.ascontiguousarray(r, np.uint64).reshape(n, 2) for r in roots)
+    if FUSED:
+        k["last"][...] = 0
+        flat = [k[name].reshape(-1) for name in ("scw", "vcw", "tcw", "last")]
+        gen_fused(alpha, beta, gamma, r0, r1, bits, ring, *flat)
+        return out
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
         _gen_chunk(alpha[lo:hi], beta[lo:hi], gamma[lo:hi], r0[lo:hi], r1[lo:hi], bits, ring, k, lo)
@@ -209,8 +214,12 @@ def evaluate(
     if bits < 64 and np.any(x >> np.uint64(bits)):
         raise ValueError(f"DCF: a point does not fit in {bits} bits")
     k = split(key, n, bits, ring)
-    root = np.asarray(root, np.uint64).reshape(n, 2)
+    root = np.ascontiguousarray(root, np.uint64).reshape(n, 2)
     v = np.empty(n, dtype=np.uint64)
+    if FUSED:
+        flat = [k[name].reshape(-1) for name in ("scw", "vcw", "tcw", "last")]
+        eval_fused(party, root, x, bits, ring, *flat, v)
+        return v
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
         v[lo:hi] = _eval_chunk(party, root[lo:hi], k, x[lo:hi], bits, ring, lo)
