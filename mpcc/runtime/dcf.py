@@ -41,14 +41,17 @@ s_CW [m, n, 2] | V_CW [m, n] (ring) or [m, w] (bits) | t_CW [m, 2, w] | CW_{m+1}
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from mpcc.runtime import aesni, bitslice
-from mpcc.runtime.dcf_kernels import FIXED_KEY, eval_fused, eval_level, gen_fused, gen_level
 from mpcc.runtime.prg import Prg
+
+# The public fixed key of the MMO PRG.
+FIXED_KEY = hashlib.sha256(b"mpcc/dcf/G: fixed-key AES-128, Matyas-Meyer-Oseas").digest()[:16]
 
 SEED_WORDS = 2  # 128-bit seeds
 # Elements per pass through the levels (a multiple of 64): big enough that a level's AES
@@ -57,8 +60,10 @@ SEED_WORDS = 2  # 128-bit seeds
 CHUNK = 1 << 14
 _CLEAR = ~np.uint64(3)
 _ONE = np.uint64(1)
-# Gen and Eval in one numba call each, AES inside (`aesni`), where the CPU has AES-NI; else
-# a level at a time with OpenSSL's AES between the level kernels. Same keys and outputs.
+# Gen and Eval in one numba call each, AES inside (`dcf_fused`), where the CPU has AES-NI;
+# else a level at a time with OpenSSL's AES between the level kernels (`dcf_kernels`). Same
+# keys and outputs. Each kernel module is imported only when used, so a process holds (and
+# `runtime.warmup` compiles) only the kernels of its path.
 FUSED = aesni.AVAILABLE
 
 
@@ -149,6 +154,8 @@ def gen(
     k["tcw"][...] = 0
     r0, r1 = (np.ascontiguousarray(r, np.uint64).reshape(n, 2) for r in roots)
     if FUSED:
+        from mpcc.runtime.dcf_fused import gen_fused
+
         k["last"][...] = 0
         flat = [k[name].reshape(-1) for name in ("scw", "vcw", "tcw", "last")]
         gen_fused(alpha, beta, gamma, r0, r1, bits, ring, *flat)
@@ -162,6 +169,8 @@ def gen(
 def _gen_chunk(alpha, beta, gamma, r0, r1, bits, ring, k, lo) -> None:
     """Gen for the elements lo.. lo + len(alpha) (lo a multiple of 64): every level's AES
     over the chunk in one call, so the chunk's state stays in cache across the levels."""
+    from mpcc.runtime.dcf_kernels import gen_level
+
     n, wlo = alpha.size, lo // 64
     wsl = slice(wlo, wlo + bitslice.words(n))
     s = np.stack([r0, r1])
@@ -217,6 +226,8 @@ def evaluate(
     root = np.ascontiguousarray(root, np.uint64).reshape(n, 2)
     v = np.empty(n, dtype=np.uint64)
     if FUSED:
+        from mpcc.runtime.dcf_fused import eval_fused
+
         flat = [k[name].reshape(-1) for name in ("scw", "vcw", "tcw", "last")]
         eval_fused(party, root, x, bits, ring, *flat, v)
         return v
@@ -228,6 +239,8 @@ def evaluate(
 
 def _eval_chunk(party, root, k, x, bits, ring, lo) -> np.ndarray:
     """Eval for the elements lo.. lo + len(x) (lo a multiple of 64), a level's AES at once."""
+    from mpcc.runtime.dcf_kernels import eval_level
+
     n, wlo = x.size, lo // 64
     wsl = slice(wlo, wlo + bitslice.words(n))
     s = np.array(root)
