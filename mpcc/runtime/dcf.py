@@ -26,14 +26,21 @@ PRG. G(s) for a seed s is fixed-key AES in Matyas-Meyer-Oseas mode, h_j = AES_K(
 PRG of Google's distributed_point_functions). h_0, h_1 give the left and right child (bit 0
 is t, the 2 low bits are cleared in seeds), h_2 the two 64-bit values (one-bit outputs take
 bit 1 of h_0, h_1 instead). Gen needs 3 blocks per node and party (2 with one-bit
-outputs); Eval only the blocks of its own path: 2 per level (1 with one-bit outputs). Every
-level is one ECB call over all elements (of a chunk of `CHUNK`; OpenSSL through
-`cryptography`, AES-NI), and the per-element work of a level is one numba kernel
-(`mpcc.runtime.dcf_kernels`): no Python loop over elements.
+outputs); Eval only the blocks of its own path: 2 per level (1 with one-bit outputs).
 
-Time (`benchmarks/fss.py`, m = 62, n = 10^5, the 2-core dev box shared with other jobs at
-load average ~5; wall / CPU seconds): Gen 0.76 / 0.29 with 64-bit outputs (AES 0.08 of it),
-0.43 / 0.19 with one-bit outputs; Eval per party 0.16 / 0.07 (AES 0.02), 0.09 / 0.05.
+Two implementations give the same keys and outputs bit for bit, neither with a Python loop
+over elements. Where the CPU has AES-NI (`aesni.AVAILABLE`), Gen and Eval are one numba
+call each (`mpcc.runtime.dcf_fused`): AES is emitted into the kernel (16 blocks in flight,
+two per VAES instruction) and elements go through all levels in blocks whose state stays
+in L1. Elsewhere every level is one ECB call over all elements (of a chunk of `CHUNK`;
+OpenSSL through `cryptography`) between numba level kernels (`mpcc.runtime.dcf_kernels`).
+
+Time (`benchmarks/fss.py`, m = 62, n = 10^5, the 2-core dev box (AMD EPYC, Zen 3) at load
+~1.5; CPU seconds, in brackets ns per element and level): with AES-NI, Gen 0.105 (17) with
+64-bit outputs, 0.076 (12) with one-bit outputs; Eval per party 0.032 (5.1), 0.021 (3.4).
+Level by level with OpenSSL: Gen 0.25 (40), 0.18 (29); Eval 0.068 (11), 0.045 (7.3), of
+which OpenSSL's AES is 0.022 and 0.010, and ~0.3 ms more per call (62 Python-level calls)
+that the fused kernels do not pay: at 500 elements Eval takes 3.5 against 17 ns.
 
 Common key words, flat uint64, for n elements (w = ceil(n / 64) packed words):
 s_CW [m, n, 2] | V_CW [m, n] (ring) or [m, w] (bits) | t_CW [m, 2, w] | CW_{m+1} [n] or [w].
