@@ -180,19 +180,21 @@ def eval_fused(party, root, x, bits, ring, scw, vcw, tcw, last, v):  # pragma: n
         xb = x[lo : lo + m]
         for i in range(m):
             s0[i] = root[lo + i, 0]
+            c0[i] = root[lo + i, 0] ^ ((xb[i] >> np.uint64(bits - 1)) & _ONE)
             s1[i] = root[lo + i, 1]
             t[i] = party
             acc[i] = 0
         for level in range(bits):
             bitpos = np.uint64(bits - 1 - level)
-            # The level's AES alone: a short loop whose iterations the core overlaps.
-            for i in range(m):
-                c0[i] = s0[i] ^ ((xb[i] >> bitpos) & _ONE)
+            # The level's AES in one pass (GROUP blocks in flight).
             _mmo_all(c0, s1, h0, h1, m, np.uint64(0))
             if ring:
                 _mmo_all(s0, s1, g0, g1, m, _TWO)
             # Then the correction words, 64 elements (a word of packed bits) at a time, in
-            # branch-free word arithmetic the compiler vectorises.
+            # branch-free word arithmetic the compiler vectorises; they also make the next
+            # level's child block c0 = s0 ^ (its bit of x) (no bit after the last level).
+            more = np.uint64(1 if level + 1 < bits else 0)
+            nshift = bitpos - more
             sc = scw[_u(2 * (level * n + lo)) : _u(2 * (level * n + lo + m))]
             vr = vcw[_u(level * n + lo) : _u(level * n + lo + m)]
             for wi in range((m + 63) >> 6):
@@ -213,7 +215,10 @@ def eval_fused(party, root, x, bits, ring, scw, vcw, tcw, last, v):  # pragma: n
                         acc[i] += ((vh + (vr[i] & mask)) ^ neg) - neg
                     else:
                         acc[i] ^= (a0 >> _ONE) ^ (te & (vb >> lane))
-                    s0[i] = (a0 & _CLEAR) ^ (sc[2 * i] & mask)
+                    n0 = (a0 & _CLEAR) ^ (sc[2 * i] & mask)
+                    if ring:
+                        s0[i] = n0
+                    c0[i] = n0 ^ ((xb[i] >> nshift) & more)
                     s1[i] = h1[i] ^ (sc[2 * i + 1] & mask)
                     t[i] = (a0 & _ONE) ^ (te & ((tl ^ (tx & dm)) >> lane))
         for i in range(m):
