@@ -116,3 +116,13 @@ def test_fused_kernels_are_the_level_path(bits: int, n: int, ring: bool, monkeyp
     y = fused[1] + fused[2] if ring else (fused[1] ^ fused[2]) & np.uint64(1)
     want = gamma + beta * (x < alpha).astype(np.uint64)
     np.testing.assert_array_equal(y, want if ring else want & np.uint64(1))
+
+
+@needs_aesni
+def test_group_mmo_refuses_strided_arrays() -> None:
+    """The group kernel reads whole vectors from the data pointer: a strided view is refused
+    at compile time, not read wrong."""
+    b = np.zeros(4 * aesni.GROUP, np.uint64)
+    out = np.empty(aesni.GROUP, np.uint64)
+    with pytest.raises(numba.core.errors.TypingError, match="contiguous 1-d uint64"):
+        _groups_narrow(b[::2], b[1::2], out, out.copy(), np.uint64(0))

@@ -29,6 +29,7 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.core import config as numba_config
+from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 
@@ -86,7 +87,10 @@ def _target_has(feature: str) -> bool:
 AVAILABLE = os.environ.get("MPCC_DCF_AES", "").lower() != "openssl" and _target_has("aes")
 # VAES (AVX2 width: two blocks per instruction), where the target has it.
 WIDE = AVAILABLE and _target_has("vaes") and _target_has("avx2")
-GROUP = 16  # blocks per `mmo_group` call: enough independent chains to fill the AES units
+# Blocks per `mmo_group` call: enough independent chains to fill the AES units (16 and 32
+# measured alike). The kernels compile it in: numba's cache of `dcf_fused` does not see a
+# change here (touch dcf_fused.py).
+GROUP = 16
 
 
 _I64 = ir.IntType(64)
@@ -133,8 +137,9 @@ def mmo_group_intrinsic(key: bytes, wide: bool):
     blocks b = (lo[j] ^ tweak, hi[j]), j = start .. start + GROUP - 1, of word arrays
     (uint64, one word of each block per array), out_lo[j], out_hi[j] = AES_key(b) ^ b.
     Round by round over all the group (independent chains in program order, as OpenSSL's
-    ECB interleaves them); wide: 2 blocks per VAES instruction. Call only where
-    `AVAILABLE` (and `WIDE` for wide)."""
+    ECB interleaves them); wide: 2 blocks per VAES instruction. Unchecked: the caller
+    keeps start + GROUP within all four arrays. Call only where `AVAILABLE` (and `WIDE`
+    for wide)."""
     lanes = 4 if wide else 2
     vec = ir.VectorType(_I64, lanes)
     suffix = ".256" if wide else ""
@@ -145,6 +150,12 @@ def mmo_group_intrinsic(key: bytes, wide: bool):
 
     @intrinsic
     def mmo_group(typingctx, lo, hi, out_lo, out_hi, start, tweak):  # pragma: no cover
+        want = types.Array(types.uint64, 1, "C")
+        if not all(
+            isinstance(a, types.Array) and a.copy(readonly=False) == want
+            for a in (lo, hi, out_lo, out_hi)
+        ):
+            raise TypingError("mmo_group wants four contiguous 1-d uint64 arrays")
         sig = types.void(lo, hi, out_lo, out_hi, start, tweak)
 
         def codegen(context, builder, signature, args):
