@@ -37,8 +37,8 @@ OpenSSL through `cryptography`) between numba level kernels (`mpcc.runtime.dcf_k
 
 Time (`benchmarks/fss.py`, m = 62, n = 10^5, the 2-core dev box (AMD EPYC, Zen 3) at load
 ~1.5; CPU seconds, in brackets ns per element and level): with AES-NI, Gen 0.105 (17) with
-64-bit outputs, 0.076 (12) with one-bit outputs; Eval per party 0.032 (5.1), 0.019-0.021 (3.1-3.4).
-Level by level with OpenSSL: Gen 0.25 (40), 0.18 (29); Eval 0.068 (11), 0.045 (7.3), of
+64-bit outputs, 0.076 (12) with one-bit outputs; Eval per party 0.032 (5.1), 0.019-0.021
+(3.1-3.4). Level by level with OpenSSL: Gen 0.25 (40), 0.18 (29); Eval 0.068 (11), 0.045 (7.3), of
 which OpenSSL's AES is 0.022 and 0.010, and ~0.3 ms more per call (62 Python-level calls)
 that the fused kernels do not pay: at 500 elements Eval takes 3.5 against 17 ns.
 
