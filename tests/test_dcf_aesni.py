@@ -1,4 +1,4 @@
-"""The DCF's AES-NI path (`mpcc.runtime.aesni`, `dcf_kernels.gen_fused` / `eval_fused`):
+"""The DCF's AES-NI path (`mpcc.runtime.aesni`, `mpcc.runtime.dcf_fused`):
 AES against OpenSSL and FIPS 197, and the fused kernels bit for bit against the level by
 level path through OpenSSL (the same keys, the same shares), at sizes around the kernels'
 block and group boundaries."""

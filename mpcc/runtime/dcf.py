@@ -233,10 +233,11 @@ def evaluate(
     root = np.ascontiguousarray(root, np.uint64).reshape(n, 2)
     v = np.empty(n, dtype=np.uint64)
     if FUSED:
-        from mpcc.runtime.dcf_fused import eval_fused
+        from mpcc.runtime import dcf_fused
 
         flat = [k[name].reshape(-1) for name in ("scw", "vcw", "tcw", "last")]
-        eval_fused(party, root, x, bits, ring, *flat, v)
+        kernel = dcf_fused.eval_fused_ring if ring else dcf_fused.eval_fused_bits
+        kernel(party, root, x, bits, *flat, v)
         return v
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
