@@ -36,11 +36,12 @@ in L1. Elsewhere every level is one ECB call over all elements (of a chunk of `C
 OpenSSL through `cryptography`) between numba level kernels (`mpcc.runtime.dcf_kernels`).
 
 Time (`benchmarks/fss.py`, m = 62, n = 10^5, the 2-core dev box (AMD EPYC, Zen 3) at load
-~1.5; CPU seconds, in brackets ns per element and level): with AES-NI, Gen 0.105 (17) with
-64-bit outputs, 0.076 (12) with one-bit outputs; Eval per party 0.032 (5.1), 0.019-0.021
-(3.1-3.4). Level by level with OpenSSL: Gen 0.25 (40), 0.18 (29); Eval 0.068 (11), 0.045 (7.3), of
-which OpenSSL's AES is 0.022 and 0.010, and ~0.3 ms more per call (62 Python-level calls)
-that the fused kernels do not pay: at 500 elements Eval takes 3.5 against 17 ns.
+~2.5; CPU seconds, in brackets ns per element and level): with AES-NI, Gen 0.103 (17) with
+64-bit outputs, 0.075 (12) with one-bit outputs; Eval per party 0.031 (4.9), 0.016 (2.6).
+Level by level with OpenSSL: Gen 0.235 (38), 0.173 (28); Eval 0.07-0.09 (11-15), 0.044
+(7.1), of which OpenSSL's AES is 0.023 and 0.010, and ~0.3 ms more per call (62
+Python-level calls) that the fused kernels do not pay: at 512 elements one-bit Eval takes
+2.7 ns per element and level against 17.
 
 Common key words, flat uint64, for n elements (w = ceil(n / 64) packed words):
 s_CW [m, n, 2] | V_CW [m, n] (ring) or [m, w] (bits) | t_CW [m, 2, w] | CW_{m+1} [n] or [w].

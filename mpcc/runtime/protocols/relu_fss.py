@@ -41,11 +41,11 @@ everything the parties draw. P1's correction, flat: the DCF's common words (sent
 (then [r_hi]_1 [n], [r_63]_1 [n]). Online 16 B + 1 bit per element and party.
 
 Time (`benchmarks/fss.py`, n = 10^5, the 2-core dev box (Zen 3, AES-NI and VAES) at load
-~3): shift 16 (a 46-bit DCF): deal 0.056 s at the dealer, the whole online phase 0.036 s
-wall for both parties in two threads (most of it the DCF's evaluation), against 0.012 for
-`relu.py`; a 62-bit one-bit-output DCF (shift 0) generates in 0.079 s CPU and evaluates in
-0.019 s CPU per party (3.1 ns per element and level; 0.051 through OpenSSL level by level,
-on CPUs without AES-NI).
+~2.5): shift 16 (a 46-bit DCF): deal 0.059 s at the dealer, the whole online phase 0.030 s
+wall for both parties in two threads, against 0.011 for `relu.py`; a 62-bit
+one-bit-output DCF (shift 0) generates in 0.075 s CPU and evaluates in 0.016 s CPU per
+party (2.6 ns per element and level; 0.044 through OpenSSL level by level, on CPUs without
+AES-NI).
 """
 
 from __future__ import annotations
