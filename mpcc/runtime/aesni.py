@@ -23,6 +23,7 @@ OpenSSL and FIPS 197, and the fused DCF kernels against the level-by-level path)
 from __future__ import annotations
 
 import os
+import platform
 
 from llvmlite import binding as llvm_binding
 from llvmlite import ir
@@ -73,7 +74,10 @@ def round_keys(key: bytes) -> list[tuple[int, int]]:
 
 
 def _target_has(feature: str) -> bool:
-    """Whether numba's code generator targets a CPU with `feature` (LLVM's name)."""
+    """Whether numba's code generator targets an x86-64 CPU with `feature` (LLVM's name;
+    other architectures have an "aes" feature too, not these intrinsics)."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return False
     name, features = numba_config.CPU_NAME, numba_config.CPU_FEATURES
     if name not in (None, "host"):
         return features is not None and f"+{feature}" in features.split(",")
