@@ -4,9 +4,9 @@ On a LAN a round costs tens of microseconds, and the bit-tree comparison (5 roun
 per element, ~80 B of dealer material) is the cheapest. On a WAN a round costs RTT/2, and
 function secret sharing (a ReLU in 2 rounds, a sign in 1, ~16 B per element online but
 ~1-1.5 KB of dealer keys per element, to each party, and ~3-9x the CPU: `calls.ReluFss`)
-wins for all but the largest layers (at 0.2 ms, for the small ones only). Each comparison instruction (ReLU, Clip, LeakyReLU,
-MaxPool, [x >= 0]: the ops with a `cmp` attribute) gets the protocol that minimises its
-projected time on the network,
+wins for all but the largest layers (at 0.2 ms, for the small ones only). Each comparison
+instruction (ReLU, Clip, LeakyReLU, MaxPool, [x >= 0]: the ops with a `cmp` attribute) gets
+the protocol that minimises its projected time on the network,
 
     time = rounds * RTT / 2 + bytes sent / bandwidth + elements * online CPU per element,
 
