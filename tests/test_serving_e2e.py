@@ -203,8 +203,8 @@ def test_oversized_and_malformed_frames_are_rejected(cluster, reference):
 
 
 def _metrics(cluster) -> dict:
-    from mpcc.serving.client import cluster_status
     from mpcc.serving.metrics import SUMMARY_EVERY_S
+    from mpcc.serving.status import cluster_status
 
     time.sleep(SUMMARY_EVERY_S + 0.05)  # the summary a party gives is at most this old
     got = cluster_status(cluster.cfg)
@@ -213,7 +213,7 @@ def _metrics(cluster) -> dict:
 
 def test_counters_move_with_answers_and_failures(cluster, reference):
     """After 3 answered requests and a refused one, each party's counters say so."""
-    from mpcc.serving.client import cluster_status, format_status
+    from mpcc.serving.status import cluster_status, format_status
 
     X, ref = reference
     before = _metrics(cluster)

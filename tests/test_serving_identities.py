@@ -17,11 +17,12 @@ from mpcc.cli import main
 from mpcc.errors import MpccError
 from mpcc.serving.admission import TokenBucket, fair_order, mark_served
 from mpcc.serving.certs import add_client, client_files, revoke
-from mpcc.serving.client import Client, cluster_status
+from mpcc.serving.client import Client
 from mpcc.serving.config import ConfigError
 from mpcc.serving.links import dial
 from mpcc.serving.local import init_local
 from mpcc.serving.party import ComputeParty, Request
+from mpcc.serving.status import cluster_status
 from mpcc.serving.tlscontext import client_context
 from mpcc.serving.tlsstream import LinkRefused
 from tests.test_serving_party import Servers, check

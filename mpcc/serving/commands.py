@@ -146,7 +146,7 @@ def cmd_cluster_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_cluster_status(args: argparse.Namespace) -> int:
-    from mpcc.serving.client import cluster_status, format_status
+    from mpcc.serving.status import cluster_status, format_status
 
     deadline = time.monotonic() + max(0.0, args.wait)
     while True:

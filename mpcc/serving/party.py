@@ -38,9 +38,10 @@ from mpcc.serving.config import ClusterConfig
 from mpcc.serving.messages import Hello, PartyInfo, PlanInterface, Welcome
 from mpcc.serving.metrics import PartyMetrics
 from mpcc.serving.outbox import Outbox
-from mpcc.serving.partysession import PartySession, SessionSetup
+from mpcc.serving.partysession import SessionSetup
 from mpcc.serving.scheduler import QueryLoop
 from mpcc.serving.server import PartyServer
+from mpcc.serving.sessionstate import PartySession
 from mpcc.serving.tls import TlsChannel
 
 __all__ = ["MAX_PER_LINK", "ComputeParty", "Outbox", "PartySession", "Request"]

@@ -18,7 +18,7 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.serving.admission import fair_order, mark_served
 from mpcc.serving.clients import MAX_ARRIVED, MAX_QUEUE, Request, _who
 from mpcc.serving.messages import Announce, Answered, Credit, Go, Skip
-from mpcc.serving.partysession import Lane, PartySession
+from mpcc.serving.sessionstate import Lane, PartySession
 
 # P0 offers a request P1 did not have again after RETRY_S * 4^k (k-th time), at most
 # RETRY_MAX_S apart, until timeout_s after it arrived. P1 never waits for a request, and
