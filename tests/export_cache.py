@@ -27,6 +27,7 @@ import importlib.metadata
 import itertools
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,39 @@ def _tensors(module: Any) -> list[np.ndarray]:
 def _key(nodeid: str, test_source: bytes, index: int, module: Any, x: Any, kwargs: dict) -> str:
     import mpcc.frontends.torch as torch_frontend
 
+    xa = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
+    return torch_key(
+        Path(torch_frontend.__file__).read_bytes(),
+        nodeid,
+        test_source,
+        str(index),
+        f"{type(module).__module__}.{type(module).__qualname__}",
+        repr(module),
+        module.to_json() if hasattr(module, "to_json") else "",  # a Keras model's layers
+        f"{xa.dtype}{xa.shape}",
+        np.ascontiguousarray(xa).tobytes(),
+        repr(sorted(kwargs.items())),
+        module=module,
+    )
+
+
+def cached_onnx(digest: str, make: Callable[[], onnx.ModelProto]) -> onnx.ModelProto:
+    """The graph stored under ``digest`` (a content key), else ``make()``'s, stored."""
+    file = _cache_dir() / f"{digest[:32]}.onnx"
+    if file.exists():
+        return onnx.load(str(file))
+    proto = make()
+    file.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        f.write(proto.SerializeToString())
+    os.replace(tmp, file)  # atomic: concurrent runs see a whole file or none
+    return proto
+
+
+def torch_key(*parts: str | bytes, module: Any = None) -> str:
+    """A SHA-256 of the torch/onnx/onnxscript/keras versions, ``parts`` and ``module``'s
+    weights (every parameter and buffer, and a Keras model's variables)."""
     h = hashlib.sha256()
 
     def put(part: bytes | str) -> None:
@@ -71,21 +105,12 @@ def _key(nodeid: str, test_source: bytes, index: int, module: Any, x: Any, kwarg
 
     for dist in ("torch", "onnx", "onnxscript", "keras"):
         put(f"{dist}={_version(dist)}")
-    put(Path(torch_frontend.__file__).read_bytes())
-    put(nodeid)
-    put(test_source)
-    put(str(index))
-    put(f"{type(module).__module__}.{type(module).__qualname__}")
-    put(repr(module))
-    if hasattr(module, "to_json"):  # a Keras model: its layers' configs
-        put(module.to_json())
-    for a in _tensors(module):
-        put(f"{a.dtype}{a.shape}")
-        put(np.ascontiguousarray(a).tobytes())
-    xa = np.asarray(x.detach().cpu().numpy() if hasattr(x, "detach") else x)
-    put(f"{xa.dtype}{xa.shape}")
-    put(np.ascontiguousarray(xa).tobytes())
-    put(repr(sorted(kwargs.items())))
+    for part in parts:
+        put(part)
+    if module is not None:
+        for a in _tensors(module):
+            put(f"{a.dtype}{a.shape}")
+            put(np.ascontiguousarray(a).tobytes())
     return h.hexdigest()
 
 
@@ -100,17 +125,8 @@ def cache_exports(monkeypatch: Any, request: Any) -> None:
     def export(module, example_input, path=None, **kwargs) -> onnx.ModelProto:
         index = next(calls)
         digest = _key(request.node.nodeid, test_source, index, module, example_input, kwargs)
-        file = _cache_dir() / f"{digest[:32]}.onnx"
-        if file.exists():
-            module.eval()
-            proto = onnx.load(str(file))
-        else:
-            proto = real(module, example_input, **kwargs)
-            file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=file.parent, suffix=".tmp")
-            with os.fdopen(fd, "wb") as f:
-                f.write(proto.SerializeToString())
-            os.replace(tmp, file)  # atomic: concurrent runs see a whole file or none
+        module.eval()  # as export does, hit or miss
+        proto = cached_onnx(digest, lambda: real(module, example_input, **kwargs))
         if path is not None:
             Path(path).parent.mkdir(parents=True, exist_ok=True)
             onnx.save_model(proto, str(path))
