@@ -3,15 +3,13 @@ query of a plan that mixes them (one client's input would reach the other's answ
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 import pytest
 
 from mpcc.compiler.batching import row_mixing, rows_independent
 from mpcc.compiler.pipeline import compile_onnx
 from mpcc.errors import InputError, PartyError
-from tests.concurrent_clients import each_client
+from tests.concurrent_clients import close_all, each_client
 from tests.onnx_builders import model, node, rand, run
 
 B = 2
@@ -100,10 +98,8 @@ def servers(tmp_path):
         p.start()
     try:
         yield cfg
-    finally:  # all three at once: each close waits a few tenths of a second for its threads
-        with ThreadPoolExecutor(len(parties)) as pool:
-            for f in [pool.submit(p.close) for p in parties]:
-                f.result()
+    finally:
+        close_all(parties)
 
 
 def _serve_concurrently(cfg, xs):
@@ -230,7 +226,5 @@ def test_one_request_limit_stops_all_three_on_a_plan_that_mixes_rows(tmp_path):
         ref = np.concatenate([run(onnx_model, {"x": x[i : i + B]})[0] for i in (0, B)])
         assert np.abs(y - ref).max() < 1e-3
         assert all(p.stop_event.wait(10) for p in parties)
-    finally:  # all three at once: each close waits a few tenths of a second for its threads
-        with ThreadPoolExecutor(len(parties)) as pool:
-            for f in [pool.submit(p.close) for p in parties]:
-                f.result()
+    finally:
+        close_all(parties)

@@ -12,7 +12,6 @@ import re
 import secrets
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ from mpcc.serving.state import FILE as STATE_FILE
 from mpcc.serving.state import load as load_state
 from mpcc.serving.state import share_commitment
 from mpcc.serving.tlscontext import client_context
-from tests.concurrent_clients import each_client
+from tests.concurrent_clients import close_all, each_client
 
 # Served logits against onnxruntime's float32 ones: with 16 fractional bits the secure plan
 # is off by a few hundred LSBs at most (about 3e-4 on logits of magnitude ~20 for this MLP).
@@ -78,11 +77,7 @@ class Servers:
         self.parties.pop(role).close()
 
     def close(self):
-        """Close the parties at once, as separate hosts would: each close waits a few tenths
-        of a second for its threads, so one after the other cost a second per test."""
-        with ThreadPoolExecutor(len(self.parties) or 1) as pool:
-            for f in [pool.submit(self.stop, role) for role in list(self.parties)]:
-                f.result()
+        close_all(self.parties.pop(role) for role in list(self.parties))
 
 
 @pytest.fixture
