@@ -2,9 +2,11 @@
 whole one-round sign / two-round ReLU beside the 8-round bit-tree protocols, in-process.
 
 Prints, for n elements (default 10^5): the dealer's Gen and one party's Eval for a DCF on 62
-bits with 64-bit and with one-bit outputs (wall and CPU seconds, best of --reps), the share
-of fixed-key AES in them, and deal / expand / online wall time of `sign_fss`, `relu_fss`,
-`sign`, `relu` (both parties in two threads, no network: the online time is compute only).
+bits with 64-bit and with one-bit outputs (wall and CPU seconds, best of --reps, and CPU ns
+per element and tree level), by both paths (AES-NI inside the fused kernels, where the CPU
+has it; OpenSSL's ECB between level kernels), what OpenSSL's AES alone takes, and deal /
+expand / online wall time of `sign_fss`, `relu_fss`, `sign`, `relu` (both parties in two
+threads, no network: the online time is compute only).
 Run: `.venv/bin/python benchmarks/fss.py [--n 100000] [--reps 3]`.
 """
 
@@ -23,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mpcc.compiler import calls  # noqa: E402
-from mpcc.runtime import dcf  # noqa: E402
+from mpcc.runtime import aesni, dcf  # noqa: E402
 from mpcc.runtime.prg import Prg, share  # noqa: E402
 from mpcc.runtime.protocols import BY_CALL  # noqa: E402
 from tests.twoparty import run_parties  # noqa: E402
@@ -52,21 +54,34 @@ def dcf_times(n: int, reps: int) -> None:
     alpha = rng.integers(0, 2**62, n, dtype=np.uint64)
     x = rng.integers(0, 2**62, n, dtype=np.uint64)
     roots = (dcf.root_seeds(Prg.fresh(), n), dcf.root_seeds(Prg.fresh(), n))
-    print(f"DCF on 62 bits, n = {n}: seconds (wall / CPU), best of {reps}")
-    for ring, label in ((True, "64-bit out"), (False, "1-bit out ")):
-        gen = partial(dcf.gen, alpha, 1, 0, roots, 62, ring)
-        key = gen()  # warm (numba cache, pages)
-        evaluate = partial(dcf.evaluate, 0, roots[0], key, x, 62, ring)
-        evaluate()
-        g, e = _best(gen, reps), _best(evaluate, reps)
-        gen_blocks, eval_blocks = (6, 2) if ring else (4, 1)
-        ag = 62 * _aes_seconds(gen_blocks * n, reps)
-        ae = 62 * _aes_seconds(eval_blocks * n, reps)
-        print(
-            f"  {label}  gen {g[0]:.3f} / {g[1]:.3f} (AES {ag:.3f})   "
-            f"eval/party {e[0]:.3f} / {e[1]:.3f} (AES {ae:.3f})   "
-            f"key {key.nbytes / n:.0f} B/elem"
-        )
+    paths = [(True, "fused")] if aesni.AVAILABLE else []
+    paths.append((False, "levels"))
+    print(
+        f"DCF on 62 bits, n = {n}: seconds (wall / CPU) and CPU ns per element and level, "
+        f"best of {reps}; fused = AES-NI in the kernel (VAES: {aesni.WIDE}), levels = "
+        "OpenSSL's ECB per level"
+    )
+    fused = dcf.FUSED
+    try:
+        for ring, label in ((True, "64-bit out"), (False, "1-bit out ")):
+            for dcf.FUSED, path in paths:
+                gen = partial(dcf.gen, alpha, 1, 0, roots, 62, ring)
+                key = gen()  # warm (numba cache, pages)
+                evaluate = partial(dcf.evaluate, 0, roots[0], key, x, 62, ring)
+                evaluate()
+                g, e = _best(gen, reps), _best(evaluate, reps)
+                per = 1e9 / (62 * n)
+                print(
+                    f"  {label} {path:6}  gen {g[0]:.3f} / {g[1]:.3f} ({g[1] * per:.1f} ns)   "
+                    f"eval/party {e[0]:.3f} / {e[1]:.3f} ({e[1] * per:.1f} ns)   "
+                    f"key {key.nbytes / n:.0f} B/elem"
+                )
+            gen_blocks, eval_blocks = (6, 2) if ring else (4, 1)
+            ag = 62 * _aes_seconds(gen_blocks * n, reps)
+            ae = 62 * _aes_seconds(eval_blocks * n, reps)
+            print(f"  {label} (OpenSSL ECB alone would take: gen {ag:.3f}, eval {ae:.3f})")
+    finally:
+        dcf.FUSED = fused
 
 
 def _deal(proto, call, seeds):

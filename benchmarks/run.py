@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from mpcc.bench import Link, fmt_bytes, fmt_s, machine_info  # noqa: E402
+from mpcc.bench.network import QueryTraffic  # noqa: E402
 
 MODELS = {"mlp": "MLP 784-500-10", "cnn": "CNN", "lenet": "LeNet", "resnet": "ResNet"}
 BATCHES = (1, 64)
@@ -326,16 +327,24 @@ def markdown(suite: dict) -> str:
                 )
     lines += ["", "## Projected latency on a network", ""]
     lines += [
-        "**A projection, not a measurement**: measured in-process online time + rounds x RTT/2 "
-        "(a round is one one-way delay) + "
-        "bytes sent per party / bandwidth (full duplex, no TCP/TLS overhead, no congestion).",
+        "**A projection, not a measurement** (`Link.project_query`, the formula "
+        "`benchmarks/wan.py` checks against a WAN emulated on this machine): the measured "
+        "latency with no delay + (rounds + 4) x RTT/2 (the rounds, the client's two legs, "
+        "P0's announcement and P1's go) + bytes on the wire (frames, TLS records, TCP/IP "
+        "headers) / bandwidth (full duplex, no congestion).",
         "",
         "| model | batch | " + " | ".join(LINKS) + " |",
         "|---|--:|" + "--:|" * len(LINKS),
     ]
     for _, label, batch, r in suite_rows(suite):
+        q = QueryTraffic(
+            r["rounds"],
+            max(r["sent_bytes"]),
+            r.get("client_bytes") or 0,
+            r["predicted"].get("client_received_per_party", 0),
+        )
         cells = [
-            fmt_s(link.project(r["online_s"]["median"], r["rounds"], max(r["sent_bytes"])))
+            fmt_s(link.project_query(r["e2e_s"]["median"], q)["latency_s"])
             for link in LINKS.values()
         ]
         lines.append(f"| {label} | {batch} | " + " | ".join(cells) + " |")

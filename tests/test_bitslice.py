@@ -1,4 +1,4 @@
-"""Bit-slicing kernels: packing, unpacking, and the comparison tree's word-level ANDs."""
+"""Bit-slicing kernels: packing, unpacking, and the comparison tree's masked-wire levels."""
 
 from __future__ import annotations
 
@@ -46,26 +46,72 @@ def test_pack_fewer_planes_any_shape() -> None:
 
 
 def test_levels_match_cost_model() -> None:
-    assert relu.AND_LEVELS == costs.COMPARE_AND_LEVELS
-    assert relu.ANDS == costs.COMPARE_ANDS and relu.MASK_BITS == costs.MASK_BITS
+    assert relu.TREE_GROUPS == costs.COMPARE_GROUPS == bitslice.tree_groups(62) == (16, 4, 1)
+    assert relu.WIRES == costs.COMPARE_WIRES and relu.MONOMIALS == costs.COMPARE_MONOMIALS
+    assert relu.MASK_BITS == costs.MASK_BITS
+    assert bitslice.tree_groups(1) == () and bitslice.tree_groups(5) == (2, 1)
 
 
 def _shared_tree(c: np.ndarray, r: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Run the comparison tree on XOR shares of r's bits with locally made triples; return
-    the reconstructed packed beta = [c mod 2^62 < r mod 2^62]."""
+    """Run the comparison tree on XOR shares of r's bits with locally made masks and
+    monomials; return the reconstructed packed beta = [c mod 2^62 < r mod 2^62]."""
     nb = relu.COMPARE_BITS
     c_bits, r_bits = bitslice.pack(c, nb), bitslice.pack(r, nb)
     nw = c_bits.shape[1]
     r0 = rng.integers(0, 2**64, r_bits.shape, dtype=np.uint64)
     state = [bitslice.leaves(p, c_bits, s) for p, s in ((0, r0), (1, r_bits ^ r0))]
-    for k in relu.AND_LEVELS:
-        tri = [rng.integers(0, 2**64, (3, k, nw), dtype=np.uint64) for _ in range(2)]
-        w = (tri[0][0] ^ tri[1][0]) & (tri[0][1] ^ tri[1][1])
-        tri[1][2] = w ^ tri[0][2]
-        de = [bitslice.level_open(*state[p], tri[p][0], tri[p][1]) for p in (0, 1)]
-        state = [bitslice.level_close(p, *state[p], de[p], de[1 - p], *tri[p]) for p in (0, 1)]
+    for g in relu.TREE_GROUPS:
+        mu = [rng.integers(0, 2**64, (g, nw, 7), dtype=np.uint64) for _ in range(2)]
+        full = bitslice.monomials(mu[0] ^ mu[1])
+        k0 = rng.integers(0, 2**64, full.shape, dtype=np.uint64)
+        mono = [k0, full ^ k0]
+        mine = [bitslice.group_open(p, *state[p], mu[p]) for p in (0, 1)]
+        state = [
+            bitslice.group_close(p, state[p][0], mine[0] ^ mine[1], mu[p], mono[p]) for p in (0, 1)
+        ]
     assert state[0][0].shape == (1, nw)
     return state[0][0][0] ^ state[1][0][0]
+
+
+def test_monomials_are_the_products_of_their_masks() -> None:
+    mu = np.random.default_rng(3).integers(0, 2**64, (2, 3, 7), dtype=np.uint64)
+    full = bitslice.monomials(mu)
+    assert full.shape == (2, 3, bitslice.GROUP_MONOMIALS)
+    for j, wires in enumerate(bitslice._MONOMIALS):
+        want = np.bitwise_and.reduce(mu[..., list(wires)], axis=-1)
+        np.testing.assert_array_equal(full[..., j], want)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 16, 17, 62])
+def test_group_level_joins_any_node_count(m: int) -> None:
+    """One level over m nodes (padding nodes at the top of the last group): the parents'
+    lt and eq against their definition, on XOR shares."""
+    rng = np.random.default_rng(m)
+    nw = 3
+    lt = rng.integers(0, 2**64, (m, nw), dtype=np.uint64)
+    eq = rng.integers(0, 2**64, (m, nw), dtype=np.uint64) & ~lt  # lt and eq exclusive
+    g = -(-m // 4)
+    shares = []
+    for a in (lt, eq):
+        a0 = rng.integers(0, 2**64, a.shape, dtype=np.uint64)
+        shares.append((a0, a ^ a0))
+    mu = [rng.integers(0, 2**64, (g, nw, 7), dtype=np.uint64) for _ in range(2)]
+    full = bitslice.monomials(mu[0] ^ mu[1])
+    k0 = rng.integers(0, 2**64, full.shape, dtype=np.uint64)
+    mono = [k0, full ^ k0]
+    mine = [bitslice.group_open(p, shares[0][p], shares[1][p], mu[p]) for p in (0, 1)]
+    out = [bitslice.group_close(p, shares[0][p], mine[0] ^ mine[1], mu[p], mono[p]) for p in (0, 1)]
+    lt2, eq2 = out[0][0] ^ out[1][0], out[0][1] ^ out[1][1]
+    ones = ~np.uint64(0)
+    pad_lt = np.concatenate([lt, np.zeros((4 * g - m, nw), np.uint64)])
+    pad_eq = np.concatenate([eq, np.full((4 * g - m, nw), ones, np.uint64)])
+    for j in range(g):
+        l_, e_ = pad_lt[4 * j : 4 * j + 4], pad_eq[4 * j : 4 * j + 4]
+        want_lt = l_[3] ^ (e_[3] & l_[2]) ^ (e_[3] & e_[2] & l_[1])
+        want_lt ^= e_[3] & e_[2] & e_[1] & l_[0]
+        np.testing.assert_array_equal(lt2[j], want_lt)
+        want_eq = e_[0] & e_[1] & e_[2] & e_[3] if j else np.zeros(nw, np.uint64)
+        np.testing.assert_array_equal(eq2[j], want_eq)
 
 
 def test_comparison_tree() -> None:

@@ -45,11 +45,14 @@ def test_on_a_wan_lenet_takes_fss_and_at_most_20_rounds(lenet_path, digits_test)
             assert y.argmax() == ref[i].argmax()
 
 
-def test_on_a_lan_and_by_default_the_tree_stays(lenet_path) -> None:
-    for net in (None, "0.2,10"):
-        prog, _ = compile_onnx(lenet_path, (1, 1, 28, 28), network=net)
-        assert set(_cmps(prog)) == {None}, net
-        assert dealer_to_p0(prog) == 0
+def test_by_default_the_tree_stays_and_on_a_lan_the_big_layers_keep_it(lenet_path) -> None:
+    prog, _ = compile_onnx(lenet_path, (1, 1, 28, 28))
+    assert set(_cmps(prog)) == {None} and dealer_to_p0(prog) == 0
+    # At 0.2 ms a round is 0.1 ms: FSS's extra CPU (~0.2 us an element) only pays on the
+    # small layers; the first block's 11k compared elements stay on the tree.
+    prog, _ = compile_onnx(lenet_path, (1, 1, 28, 28), network="0.2,10")
+    first = [i.attrs.get("cmp") for i in prog.instrs if "cmp" in i.op.attrs][:2]
+    assert first == [None, None], first  # None: the tree
 
 
 def test_a_material_budget_keeps_the_tree_where_fss_buys_least(lenet_path) -> None:

@@ -138,7 +138,13 @@ def test_dealer_material_is_consistent(shift: int) -> None:
     m1 = relu.expand(1, n, shift, Prg.derive(s1), corr)
     r = m0.r + m1.r
     np.testing.assert_array_equal(m0.r_bits ^ m1.r_bits, bitslice.pack(r, 63))
-    np.testing.assert_array_equal(m0.w ^ m1.w, (m0.u ^ m1.u) & (m0.v ^ m1.v))
+    nw = bitslice.words(n)
+    for g, at_mu, at_mono in relu._levels(nw):  # every monomial is its masks' product
+        mu = (m0.mu[at_mu] ^ m1.mu[at_mu]).reshape(g, nw, bitslice.GROUP_WIRES)
+        mono = (m0.mono[at_mono] ^ m1.mono[at_mono]).reshape(g, nw, bitslice.GROUP_MONOMIALS)
+        for j, wires in enumerate(bitslice._MONOMIALS):
+            want = np.bitwise_and.reduce(mu[..., list(wires)], axis=-1)
+            np.testing.assert_array_equal(mono[..., j], want)
     rho = bitslice.unpack(m0.rho_bits ^ m1.rho_bits, n)
     np.testing.assert_array_equal(m0.rho + m1.rho, rho)
     np.testing.assert_array_equal(m0.rho_sigma + m1.rho_sigma, rho * (m0.sigma + m1.sigma))
@@ -178,7 +184,7 @@ VIEW_RUNS = 40
 
 def _opened(rounds: list[tuple[list[np.ndarray], list[np.ndarray]]]) -> list[list[np.ndarray]]:
     """The values a party learns each round: its own share combined with the peer's."""
-    assert [len(sent) for sent, _ in rounds] == [1, 2, 1, 1, 1, 1, 1, 1]
+    assert [len(sent) for sent, _ in rounds] == [1, 2, 1, 1, 1]
     out = []
     for i, (sent, got) in enumerate(rounds):
         arith = [i == 0] if i != 1 else [False, True]  # c and d_sel are additive
@@ -199,17 +205,14 @@ def _views(x: np.ndarray, shift: int, tag: str) -> dict[str, np.ndarray]:
                 np.testing.assert_array_equal(u, v)
         kinds["c"].append(opened[0][0])
         kinds["d_sel"].append(opened[1][1])
-        kinds["and"] += [m[0].reshape(-1) for m in opened[1:7]]
-        kinds["e"].append(opened[7][0])
+        kinds["wire"] += [m[0].reshape(-1) for m in opened[1:4]]
+        kinds["e"].append(opened[4][0])
         for p, mat in enumerate(mats):
             kinds[f"c|P{p}"].append(opened[0][0] - mat.r)
             kinds[f"d_sel|P{p}"].append(opened[1][1] + mat.sigma)
-            at = 0
-            for level, k in enumerate(relu.AND_LEVELS):
-                uv = np.stack([mat.u[at : at + k], mat.v[at : at + k]])
-                kinds[f"and|P{p}"].append((opened[1 + level][0] ^ uv).reshape(-1))
-                at += k
-            kinds[f"e|P{p}"].append(opened[7][0] ^ mat.rho_bits)
+            mu = np.concatenate([m[0].reshape(-1) for m in opened[1:4]])
+            kinds[f"wire|P{p}"].append(mu ^ mat.mu)  # the opened wires less P_p's mask share
+            kinds[f"e|P{p}"].append(opened[4][0] ^ mat.rho_bits)
     return {k: np.concatenate(v) for k, v in kinds.items()}
 
 
@@ -259,15 +262,16 @@ def test_no_message_is_a_plaintext() -> None:
     opened = _opened(views[0])
     c = opened[0][0]
     r = c - x.astype(np.uint64) - np.uint64(BIAS)
-    # The tree's AND inputs in the clear, through the same kernels with zero triples.
+    # The tree's wires in the clear, through the same kernels with zero masks.
     c_bits, r_bits = bitslice.pack(c, 63), bitslice.pack(r, 63)
     lt, eq = bitslice.leaves(0, c_bits[:62], r_bits[:62])
     plain_and = []
-    for k in relu.AND_LEVELS:
-        zero = np.zeros((k, lt.shape[1]), np.uint64)
-        ab = bitslice.level_open(lt, eq, zero, zero)
-        plain_and.append(ab)
-        lt, eq = bitslice.level_close(0, lt, eq, ab, np.zeros_like(ab), zero, zero, zero)
+    for g in relu.TREE_GROUPS:
+        zero = np.zeros((g, lt.shape[1], bitslice.GROUP_WIRES), np.uint64)
+        wires = bitslice.group_open(0, lt, eq, zero)
+        plain_and.append(wires)
+        mono = np.zeros((*zero.shape[:2], bitslice.GROUP_MONOMIALS), np.uint64)
+        lt, eq = bitslice.group_close(0, lt, wires, zero, mono)
     low = np.uint64(2**62 - 1)
     beta = bitslice.unpack(lt[0], VIEW_N)
     np.testing.assert_array_equal(beta, ((c & low) < (r & low)).astype(np.uint64))
@@ -281,7 +285,7 @@ def test_no_message_is_a_plaintext() -> None:
             assert not np.any(msgs[1][1] == plain)
         for level, plain in enumerate(plain_and):
             assert not np.any(msgs[1 + level][0] == plain)
-        assert not np.any(msgs[7][0] == sign)
+        assert not np.any(msgs[4][0] == sign)
 
 
 @pytest.mark.slow

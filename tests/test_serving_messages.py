@@ -23,6 +23,7 @@ RID = "ab" * 16
 EXAMPLES = [
     m.Hello("client", 1),
     m.Hello("peer", 1, sid="s" * 64),
+    m.Hello("peer", 1, sid="s" * 64, lane=3),
     m.Welcome("p0"),
     m.Refused("no 'x' links here"),
     m.ErrorReply("p0 rejected the deployment: bad plan"),
@@ -51,12 +52,16 @@ EXAMPLES = [
     m.Answered(41),
     m.PlanInterface("f" * 64, 4, [4, 1, 28, 28], [4, 10], 16, 16, True),
     m.PlanInterface("f" * 64, 1, [1, 32], [1, 2], 16, 16, False, "onehot", 30522),
+    m.PartyInfo("p0", False),
+    m.PartyInfo("p1", True, 12, True, {"requests": 3}, "s" * 64, None, 4, 2, 1024, 4096, "lenet"),
 ]
 
 
 def test_every_kind_has_an_example_and_checked_fields():
     assert {type(e) for e in EXAMPLES} == set(KINDS)
-    assert len({c.KIND for c in KINDS}) == len(KINDS)
+    own = [c for c in KINDS if c is not m.PlanInterface]  # which reads part of `info`
+    assert len({c.KIND for c in own}) == len(own)
+    assert m.PlanInterface.KIND == m.PartyInfo.KIND
     for c in KINDS:
         for f in dataclasses.fields(c):
             assert isinstance(f.metadata.get("check"), m.Check), (c.__name__, f.name)
@@ -103,6 +108,8 @@ def test_the_meta_sent_is_the_one_parties_always_sent():
             | {"frac_bits": 99, "output_scale": 16},
             ["'frac_bits'", "'info'", "from 0 to 62"],
         ),
+        (m.PartyInfo, {"role": "p0", "deployed": True, "lanes": -1}, ["'lanes'", "'info'"]),
+        (m.PartyInfo, {"role": "p0", "deployed": "yes"}, ["'deployed'", "true or false"]),
         (m.DeployHead, {"plan": [], "plan_hash": "h", "deploy_id": "d"}, ["'plan'", "object"]),
         (
             m.DeployHead,
@@ -117,6 +124,15 @@ def test_malformed_fields_are_named(cls, meta, words):
     assert isinstance(err.value, PartyError)  # handled wherever a peer's failure is
     for w in words:
         assert w in str(err.value), (w, str(err.value))
+
+
+def test_party_info_carries_the_plan_interface_flat():
+    plan = m.PlanInterface("f" * 64, 4, [4, 1, 28, 28], [4, 10], 16, 16, True)
+    meta = m.PartyInfo("p0", True, lanes=2).meta(plan)
+    assert meta["session"] is None  # always there: null without a session
+    assert m.PartyInfo.parse(meta).lanes == 2
+    assert m.PlanInterface.parse(meta) == plan  # what a client decodes with
+    assert "plan_hash" not in m.PartyInfo("p0", False).meta(None)
 
 
 def test_a_message_of_another_kind_is_refused_and_unknown_fields_ignored():

@@ -512,7 +512,7 @@ def test_a_request_id_being_run_is_taken_at_both_parties(servers, mlp, ort_logit
     refused: list[str] = []
     run = party._execute
 
-    def execute(s, q, batch):  # while the batch runs, offer one of its ids again
+    def execute(s, lane, q, batch):  # while the batch runs, offer one of its ids again
         seen.append(set(party._inflight))
         failed = party._send_failed
         party._send_failed = lambda ch, rid, why: refused.append(why)
@@ -526,7 +526,7 @@ def test_a_request_id_being_run_is_taken_at_both_parties(servers, mlp, ort_logit
             )
         finally:
             party._send_failed = failed
-        return run(s, q, batch)
+        return run(s, lane, q, batch)
 
     party._execute = execute
     with Client(servers.cfg) as c:

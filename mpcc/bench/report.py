@@ -96,7 +96,11 @@ def result(
         "rounds": rounds,
         "dealer_bytes": dealer_bytes,
         "client_bytes": client_bytes,
-        "predicted": {**pt.asdict(), "client_sent_per_party": predicted.client_sent},
+        "predicted": {
+            **pt.asdict(),
+            "client_sent_per_party": predicted.client_sent,
+            "client_received_per_party": predicted.client_received,
+        },
         "matches_cost_model": (
             sent == (pt.sent, pt.sent) and rounds == pt.rounds and dealer_bytes == pt.dealer
         ),

@@ -20,12 +20,14 @@ from dataclasses import asdict, dataclass
 
 WORD = 8  # bytes per ring element / packed word
 
-# Comparison tree over the low 62 bits of the opened value: AND gates per level of the
-# pairwise tree that combines (lt, eq) from bit 0 upwards, skipping eq for every node that
-# holds bit 0 (its eq is never needed). 31+30, 15+14, 8+7, 4+3, 2+1, 1+0.
+# Comparison tree over the low 62 bits of the opened value: four nodes to a parent, so
+# 62 -> 16 -> 4 -> 1 in three levels (`mpcc.runtime.bitslice`). Per group and packed word a
+# level opens 7 masked wires (eq of the four children, lt of the lower three) and takes the
+# dealer's 22 monomials of their masks.
 COMPARE_BITS = 62
-COMPARE_AND_LEVELS = (61, 29, 15, 7, 3, 1)
-COMPARE_ANDS = sum(COMPARE_AND_LEVELS)  # 116
+COMPARE_GROUPS = (16, 4, 1)
+COMPARE_WIRES = 7 * sum(COMPARE_GROUPS)  # 147 words opened per packed word
+COMPARE_MONOMIALS = 22 * sum(COMPARE_GROUPS)  # 462 dealer words per packed word
 MASK_BITS = COMPARE_BITS + 1  # bits 0..62 of the mask r are shared as bits
 
 
@@ -114,26 +116,27 @@ def powers(n: int, levels: int, products: int, squares: int) -> Cost:
 def relu(n: int, shift: int = 0) -> Cost:
     """ReLU of x (optionally of x truncated by `shift` bits) by masked opening + bit tree.
 
-    Round 1 opens c = x + 2^62 + r. Rounds 2..7 evaluate the comparison tree; round 2 also
-    opens d = y - sigma for the select. Round 8 opens e = t xor rho (one bit per element).
-    Dealer: bits 0..62 of r, the AND triples' third words, [rho], [rho*sigma], and with a
-    shift the truncation corrections [r_hi], [r_63].
+    Round 1 opens c = x + 2^62 + r. Rounds 2..4 evaluate the comparison tree, one level of
+    masked wires each; round 2 also opens d = y - sigma for the select. Round 5 opens
+    e = t xor rho (one bit per element). Dealer: bits 0..62 of r, the tree's mask
+    monomials, [rho], [rho*sigma], and with a shift the truncation corrections [r_hi],
+    [r_63].
     """
     w = words(n)
-    sent = WORD * n + WORD * n + 2 * WORD * COMPARE_ANDS * w + WORD * w
-    dealer = WORD * (MASK_BITS * w + COMPARE_ANDS * w) + 2 * WORD * n
+    sent = WORD * n + WORD * n + WORD * COMPARE_WIRES * w + WORD * w
+    dealer = WORD * (MASK_BITS + COMPARE_MONOMIALS) * w + 2 * WORD * n
     if shift:
         dealer += 2 * WORD * n
-    return Cost(rounds=2 + len(COMPARE_AND_LEVELS), sent=sent, dealer=dealer)
+    return Cost(rounds=2 + len(COMPARE_GROUPS), sent=sent, dealer=dealer)
 
 
 def sign(n: int) -> Cost:
     """[x >= 0] as an arithmetic bit: a ReLU without its select (no d opening, no
-    [rho sigma]): round 1 opens c, rounds 2..7 the tree, round 8 opens e."""
+    [rho sigma]): round 1 opens c, rounds 2..4 the tree, round 5 opens e."""
     w = words(n)
-    sent = WORD * n + 2 * WORD * COMPARE_ANDS * w + WORD * w
-    dealer = WORD * (MASK_BITS * w + COMPARE_ANDS * w) + WORD * n
-    return Cost(rounds=2 + len(COMPARE_AND_LEVELS), sent=sent, dealer=dealer)
+    sent = WORD * n + WORD * COMPARE_WIRES * w + WORD * w
+    dealer = WORD * (MASK_BITS + COMPARE_MONOMIALS) * w + WORD * n
+    return Cost(rounds=2 + len(COMPARE_GROUPS), sent=sent, dealer=dealer)
 
 
 # Function secret sharing (BCG+21 DCF, `mpcc.runtime.dcf`): the comparison's 62 low bits.

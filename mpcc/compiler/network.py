@@ -1,12 +1,12 @@
 """Choosing each comparison's protocol for a network: `mpcc compile --network RTT_ms,Gbps`.
 
-On a LAN a round costs tens of microseconds, and the bit-tree comparison (8 rounds, ~45 B
-per element, ~0.7 KB of dealer material) is the cheapest. On a WAN a round costs RTT/2, and
+On a LAN a round costs tens of microseconds, and the bit-tree comparison (5 rounds, ~35 B
+per element, ~80 B of dealer material) is the cheapest. On a WAN a round costs RTT/2, and
 function secret sharing (a ReLU in 2 rounds, a sign in 1, ~16 B per element online but
-~1-1.5 KB of dealer keys per element, to each party, and ~10x the CPU: `calls.ReluFss`)
-wins for all but the largest layers. Each comparison instruction (ReLU, Clip, LeakyReLU,
-MaxPool, [x >= 0]: the ops with a `cmp` attribute) gets the protocol that minimises its
-projected time on the network,
+~1-1.5 KB of dealer keys per element, to each party, and ~3-9x the CPU: `calls.ReluFss`)
+wins for all but the largest layers (at 0.2 ms, for the small ones only). Each comparison
+instruction (ReLU, Clip, LeakyReLU, MaxPool, [x >= 0]: the ops with a `cmp` attribute) gets
+the protocol that minimises its projected time on the network,
 
     time = rounds * RTT / 2 + bytes sent / bandwidth + elements * online CPU per element,
 
@@ -32,7 +32,7 @@ from mpcc.errors import MpccError
 
 # Online CPU per compared element (the whole online phase, both parties, wall), on the
 # reference machine at n = 10^5 (`benchmarks/fss.py`).
-CPU_S_PER_ELEMENT = {Relu: 0.09e-6, Sign: 0.06e-6, ReluFss: 1.6e-6, SignFss: 3.0e-6}
+CPU_S_PER_ELEMENT = {Relu: 0.11e-6, Sign: 0.08e-6, ReluFss: 0.31e-6, SignFss: 0.71e-6}
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ WEIGHTS_DIR = "weights/"
 PROTOCOLS = {
     "linear": "beaver triple, weights masked once per session (F = W - B)",
     "truncation": "known-MSB with a 2^62 bias, 1 round, |x| < 2^62, error in {0, +1} LSB",
-    "relu": "masked opening + 62-bit comparison tree (116 ANDs, 6 rounds) + daBit select",
+    "relu": "masked opening + 62-bit comparison tree (4-to-1, masked wires, 3 rounds) + daBit",
     "randomness": "AES-128-CTR keyed by HKDF-SHA256 from secrets; seed-compressed dealer",
 }
 _FIXED_DATE = (2020, 1, 1, 0, 0, 0)  # zip entries carry no real timestamp: builds reproduce

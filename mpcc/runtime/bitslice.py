@@ -16,6 +16,8 @@ C-contiguous uint64 so each kernel compiles for one signature and is cached on d
 
 from __future__ import annotations
 
+from itertools import combinations
+
 import numba
 import numpy as np
 
@@ -110,7 +112,7 @@ def unpack(v: np.ndarray, n: int) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------
-# Comparison tree: c (public) < r (XOR-shared), by a pairwise (lt, eq) tree from bit 0 upwards
+# Comparison tree: c (public) < r (XOR-shared), four nodes to a parent, by masked wires
 # ---------------------------------------------------------------------------------------------
 
 
@@ -135,85 +137,135 @@ def leaves(party: int, c_bits: np.ndarray, r_bits: np.ndarray) -> tuple[np.ndarr
     return _leaves(int(party), _u64(c_bits), _u64(r_bits))
 
 
-def level_ands(m: int) -> int:
-    """AND gates to combine m nodes pairwise, skipping eq for the node holding bit 0."""
-    p = m // 2
-    return 2 * p - 1 if p else 0
+FAN_IN = 4
+# A group of four nodes (child 0 the lowest) joins into its parent by
+#     lt = l3 ^ e3 l2 ^ e3 e2 l1 ^ e3 e2 e1 l0,    eq = e0 e1 e2 e3
+# (l_k, e_k: child k's lt and eq). Its wires opened masked: e0..e3 (0..3), l0..l2 (4..6); l3
+# is only XORed in. Each product is (output, wires).
+GROUP_WIRES = 7
+_PRODUCTS = ((0, (3, 6)), (0, (2, 3, 5)), (0, (1, 2, 3, 4)), (1, (0, 1, 2, 3)))
+# The mask products the dealer shares: every subset of two or more wires of a product.
+_MONOMIALS = sorted(
+    {t for _, ws in _PRODUCTS for k in range(2, len(ws) + 1) for t in combinations(ws, k)},
+    key=lambda t: (len(t), t),
+)
+GROUP_MONOMIALS = len(_MONOMIALS)  # 22
+
+
+_MONO_WIRES = np.array([sum(1 << w for w in t) for t in _MONOMIALS], np.int64)
+
+
+def tree_groups(m: int) -> tuple[int, ...]:
+    """Groups per level of the four-to-one tree over m leaves: (16, 4, 1) for 62."""
+    levels = []
+    while m > 1:
+        m = -(-m // FAN_IN)
+        levels.append(m)
+    return tuple(levels)
 
 
 @_jit
-def _level_open(lt, eq, u, v):
-    m, nw = lt.shape
-    p = m // 2
-    k = 2 * p - 1
-    de = np.empty((2, k, nw), dtype=np.uint64)
-    for i in range(p):
-        for q in range(nw):
-            de[0, i, q] = eq[2 * i + 1, q] ^ u[i, q]
-            de[1, i, q] = lt[2 * i, q] ^ v[i, q]
-    for i in range(1, p):
-        g = p + i - 1
-        for q in range(nw):
-            de[0, g, q] = eq[2 * i + 1, q] ^ u[g, q]
-            de[1, g, q] = eq[2 * i, q] ^ v[g, q]
-    return de
+def _group_open(party, lt, eq, mu):
+    g_n, nw, _ = mu.shape
+    m = lt.shape[0]
+    ones = ~np.uint64(0) if party == 0 else np.uint64(0)
+    out = np.empty_like(mu)
+    for g in range(g_n):
+        for k in range(4):
+            node = 4 * g + k
+            for q in range(nw):
+                out[g, q, k] = (eq[node, q] if node < m else ones) ^ mu[g, q, k]
+        for k in range(3):
+            node = 4 * g + k
+            for q in range(nw):
+                out[g, q, 4 + k] = (lt[node, q] if node < m else np.uint64(0)) ^ mu[g, q, 4 + k]
+    return out
 
 
 @_jit
-def _level_close(party, lt, eq, de_mine, de_peer, u, v, w):
-    m, nw = lt.shape
-    p = m // 2
-    odd = m - 2 * p
-    mp = p + odd
-    lt2 = np.empty((mp, nw), dtype=np.uint64)
-    eq2 = np.empty((mp, nw), dtype=np.uint64)
-    mine = party == 0
-    for g in range(2 * p - 1):
+def _group_close(party, lt, opened, mu, mono):
+    """A product of masked wires, with m_i the masks and o_i = w_i ^ m_i opened, is
+    prod_S w_i = XOR over T <= S of (prod_{S - T} o_i) & (prod_T m_i): one term per subset T,
+    its secret factor nothing (T empty: P0 adds the public product), a mask share m_i or a
+    monomial share k_j (`_MONOMIALS[j]`). Written out for `_PRODUCTS` (44 terms), so the
+    compiler keeps a group's 36 words in registers."""
+    g_n, nw, _ = opened.shape
+    m = lt.shape[0]
+    pm = ~np.uint64(0) if party == 0 else np.uint64(0)
+    lt2 = np.empty((g_n, nw), dtype=np.uint64)
+    eq2 = np.empty((g_n, nw), dtype=np.uint64)
+    for g in range(g_n):
+        top = 4 * g + 3
         for q in range(nw):
-            d = de_mine[0, g, q] ^ de_peer[0, g, q]
-            e = de_mine[1, g, q] ^ de_peer[1, g, q]
-            z = w[g, q] ^ (d & v[g, q]) ^ (e & u[g, q])
-            if mine:
-                z ^= d & e
-            if g < p:
-                lt2[g, q] = lt[2 * g + 1, q] ^ z
-            else:
-                eq2[g - p + 1, q] = z
-    for q in range(nw):
-        eq2[0, q] = 0  # the node holding bit 0 never needs eq
-    if odd:
-        for q in range(nw):
-            lt2[p, q] = lt[m - 1, q]
-            eq2[p, q] = eq[m - 1, q]
+            o0, o1, o2, o3 = opened[g, q, 0], opened[g, q, 1], opened[g, q, 2], opened[g, q, 3]
+            o4, o5, o6 = opened[g, q, 4], opened[g, q, 5], opened[g, q, 6]
+            m0, m1, m2, m3 = mu[g, q, 0], mu[g, q, 1], mu[g, q, 2], mu[g, q, 3]
+            m4, m5, m6 = mu[g, q, 4], mu[g, q, 5], mu[g, q, 6]
+            k = mono[g, q]
+            p01, p02, p03, p12 = o0 & o1, o0 & o2, o0 & o3, o1 & o2
+            p13, p14, p23, p24 = o1 & o3, o1 & o4, o2 & o3, o2 & o4
+            p25, p34, p35, p36 = o2 & o5, o3 & o4, o3 & o5, o3 & o6
+            p012, p013, p023, p123 = p01 & o2, p01 & o3, p02 & o3, p12 & o3
+            p124, p134, p234, p235 = p12 & o4, p13 & o4, p23 & o4, p23 & o5
+            p0123, p1234 = p012 & o3, p123 & o4
+            acc = lt[top, q] if top < m else np.uint64(0)
+            # lt: e3 l2
+            acc ^= (p36 & pm) ^ (o6 & m3) ^ (o3 & m6) ^ k[11]
+            # e2 e3 l1
+            acc ^= (p235 & pm) ^ (p35 & m2) ^ (p25 & m3) ^ (p23 & m5)
+            acc ^= (o5 & k[6]) ^ (o3 & k[8]) ^ (o2 & k[10]) ^ k[19]
+            # e1 e2 e3 l0
+            acc ^= (p1234 & pm) ^ (p234 & m1) ^ (p134 & m2) ^ (p124 & m3) ^ (p123 & m4)
+            acc ^= (p34 & k[3]) ^ (p24 & k[4]) ^ (p23 & k[5]) ^ (p14 & k[6]) ^ (p13 & k[7])
+            acc ^= (p12 & k[9]) ^ (o4 & k[15]) ^ (o3 & k[16]) ^ (o2 & k[17]) ^ (o1 & k[18])
+            lt2[g, q] = acc ^ k[21]
+            if g == 0:  # the group holding bit 0: its eq is never used
+                eq2[g, q] = 0
+                continue
+            # eq: e0 e1 e2 e3
+            e = (p0123 & pm) ^ (p123 & m0) ^ (p023 & m1) ^ (p013 & m2) ^ (p012 & m3)
+            e ^= (p23 & k[0]) ^ (p13 & k[1]) ^ (p12 & k[2]) ^ (p03 & k[3]) ^ (p02 & k[4])
+            e ^= (p01 & k[6]) ^ (o3 & k[12]) ^ (o2 & k[13]) ^ (o1 & k[14]) ^ (o0 & k[15])
+            eq2[g, q] = e ^ k[20]
     return lt2, eq2
 
 
-def level_open(lt: np.ndarray, eq: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """This party's Beaver openings [d; e] (shape [2, k, words]) for one tree level.
+@_jit
+def _monomials(mu, mono_wires):
+    g_n, nw, _ = mu.shape
+    out = np.empty((g_n, nw, mono_wires.shape[0]), dtype=np.uint64)
+    for g in range(g_n):
+        for q in range(nw):
+            for j in range(mono_wires.shape[0]):
+                v = ~np.uint64(0)
+                for i in range(GROUP_WIRES):
+                    if (mono_wires[j] >> i) & 1:
+                        v &= mu[g, q, i]
+                out[g, q, j] = v
+    return out
 
-    Pair i joins nodes 2i (lo) and 2i+1 (hi). Gates 0..p-1 are eq_hi & lt_lo, gates p..2p-2
-    are eq_hi & eq_lo for pairs 1..p-1; u, v are the level's triple rows, [k, words].
-    """
-    k = level_ands(lt.shape[0])
-    if u.shape[0] != k or v.shape[0] != k:
-        raise ValueError(f"level of {lt.shape[0]} nodes needs {k} triples, got {u.shape[0]}")
-    return _level_open(_u64(lt), _u64(eq), _u64(u), _u64(v))
+
+def group_open(party: int, lt: np.ndarray, eq: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """This party's share of one level's wires masked, [groups, words, 7]: nodes 4g..4g+3
+    form group g; nodes beyond the level's (padding at the top) are lt = 0, eq = 1. `mu`:
+    this party's XOR share of the wires' masks, same shape."""
+    if mu.shape != (-(-lt.shape[0] // FAN_IN), lt.shape[1], GROUP_WIRES):
+        raise ValueError(f"masks {mu.shape} do not fit a level of {lt.shape} nodes")
+    return _group_open(int(party), _u64(lt), _u64(eq), _u64(mu))
 
 
-def level_close(
-    party: int,
-    lt: np.ndarray,
-    eq: np.ndarray,
-    de_mine: np.ndarray,
-    de_peer: np.ndarray,
-    u: np.ndarray,
-    v: np.ndarray,
-    w: np.ndarray,
+def group_close(
+    party: int, lt: np.ndarray, opened: np.ndarray, mu: np.ndarray, mono: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Finish the level's ANDs: the next level's (lt, eq) shares; an odd top node is carried.
+    """The parents' (lt, eq) shares [groups, words] from the level's opened wires (both
+    shares XORed), the wires' mask shares and the monomials' shares [groups, words, 22].
+    eq of group 0 (holding bit 0) is left 0: it is never used."""
+    if mono.shape != (*mu.shape[:2], GROUP_MONOMIALS) or opened.shape != mu.shape:
+        raise ValueError(f"a level of {mu.shape} wires got {opened.shape}, {mono.shape}")
+    return _group_close(int(party), _u64(lt), _u64(opened), _u64(mu), _u64(mono))
 
-    lt = lt_hi ^ (eq_hi & lt_lo), eq = eq_hi & eq_lo; eq of node 0 is left 0 (never used).
-    """
-    return _level_close(
-        int(party), _u64(lt), _u64(eq), _u64(de_mine), _u64(de_peer), _u64(u), _u64(v), _u64(w)
-    )
+
+def monomials(mu: np.ndarray) -> np.ndarray:
+    """Dealer: every monomial of a level's masks, [groups, words, 22], from the masks
+    themselves (both shares XORed), [groups, words, 7]."""
+    return _monomials(_u64(mu), _MONO_WIRES)

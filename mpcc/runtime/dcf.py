@@ -26,14 +26,22 @@ PRG. G(s) for a seed s is fixed-key AES in Matyas-Meyer-Oseas mode, h_j = AES_K(
 PRG of Google's distributed_point_functions). h_0, h_1 give the left and right child (bit 0
 is t, the 2 low bits are cleared in seeds), h_2 the two 64-bit values (one-bit outputs take
 bit 1 of h_0, h_1 instead). Gen needs 3 blocks per node and party (2 with one-bit
-outputs); Eval only the blocks of its own path: 2 per level (1 with one-bit outputs). Every
-level is one ECB call over all elements (of a chunk of `CHUNK`; OpenSSL through
-`cryptography`, AES-NI), and the per-element work of a level is one numba kernel
-(`mpcc.runtime.dcf_kernels`): no Python loop over elements.
+outputs); Eval only the blocks of its own path: 2 per level (1 with one-bit outputs).
 
-Time (`benchmarks/fss.py`, m = 62, n = 10^5, the 2-core dev box shared with other jobs at
-load average ~5; wall / CPU seconds): Gen 0.76 / 0.29 with 64-bit outputs (AES 0.08 of it),
-0.43 / 0.19 with one-bit outputs; Eval per party 0.16 / 0.07 (AES 0.02), 0.09 / 0.05.
+Two implementations give the same keys and outputs bit for bit, neither with a Python loop
+over elements. Where the CPU has AES-NI (`aesni.AVAILABLE`), Gen and Eval are one numba
+call each (`mpcc.runtime.dcf_fused`): AES is emitted into the kernel (16 blocks in flight,
+two per VAES instruction) and elements go through all levels in blocks whose state stays
+in L1. Elsewhere every level is one ECB call over all elements (of a chunk of `CHUNK`;
+OpenSSL through `cryptography`) between numba level kernels (`mpcc.runtime.dcf_kernels`).
+
+Time (`benchmarks/fss.py`, m = 62, n = 10^5, the 2-core dev box (AMD EPYC, Zen 3) at load
+~2.5; CPU seconds, in brackets ns per element and level): with AES-NI, Gen 0.103 (17) with
+64-bit outputs, 0.075 (12) with one-bit outputs; Eval per party 0.031 (4.9), 0.016 (2.6).
+Level by level with OpenSSL: Gen 0.235 (38), 0.173 (28); Eval 0.07-0.09 (11-15), 0.044
+(7.1), of which OpenSSL's AES is 0.023 and 0.010, and ~0.3 ms more per call (62
+Python-level calls) that the fused kernels do not pay: at 512 elements one-bit Eval takes
+2.7 ns per element and level against 17.
 
 Common key words, flat uint64, for n elements (w = ceil(n / 64) packed words):
 s_CW [m, n, 2] | V_CW [m, n] (ring) or [m, w] (bits) | t_CW [m, 2, w] | CW_{m+1} [n] or [w].
@@ -47,12 +55,12 @@ import math
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from mpcc.runtime import bitslice
-from mpcc.runtime.dcf_kernels import eval_level, gen_level
+from mpcc.runtime import aesni, bitslice
 from mpcc.runtime.prg import Prg
 
 # The public fixed key of the MMO PRG.
 FIXED_KEY = hashlib.sha256(b"mpcc/dcf/G: fixed-key AES-128, Matyas-Meyer-Oseas").digest()[:16]
+
 SEED_WORDS = 2  # 128-bit seeds
 # Elements per pass through the levels (a multiple of 64): big enough that a level's AES
 # call amortises its overhead, small enough to bound the pass's buffers (Gen: 200 B per
@@ -60,6 +68,11 @@ SEED_WORDS = 2  # 128-bit seeds
 CHUNK = 1 << 14
 _CLEAR = ~np.uint64(3)
 _ONE = np.uint64(1)
+# Gen and Eval in one numba call each, AES inside (`dcf_fused`), where the CPU has AES-NI;
+# else a level at a time with OpenSSL's AES between the level kernels (`dcf_kernels`). Same
+# keys and outputs. Each kernel module is imported only when used, so a process holds (and
+# `runtime.warmup` compiles) only the kernels of its path.
+FUSED = aesni.AVAILABLE
 
 
 def key_words(n: int, bits: int, ring: bool = True) -> int:
@@ -147,7 +160,14 @@ def gen(
     k = split(out, n, bits, ring)
     k["vcw"][...] = 0
     k["tcw"][...] = 0
-    r0, r1 = (np.asarray(r, np.uint64).reshape(n, 2) for r in roots)
+    r0, r1 = (np.ascontiguousarray(r, np.uint64).reshape(n, 2) for r in roots)
+    if FUSED:
+        from mpcc.runtime.dcf_fused import gen_fused
+
+        k["last"][...] = 0
+        flat = [k[name].reshape(-1) for name in ("scw", "vcw", "tcw", "last")]
+        gen_fused(alpha, beta, gamma, r0, r1, bits, ring, *flat)
+        return out
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
         _gen_chunk(alpha[lo:hi], beta[lo:hi], gamma[lo:hi], r0[lo:hi], r1[lo:hi], bits, ring, k, lo)
@@ -157,6 +177,8 @@ def gen(
 def _gen_chunk(alpha, beta, gamma, r0, r1, bits, ring, k, lo) -> None:
     """Gen for the elements lo.. lo + len(alpha) (lo a multiple of 64): every level's AES
     over the chunk in one call, so the chunk's state stays in cache across the levels."""
+    from mpcc.runtime.dcf_kernels import gen_level
+
     n, wlo = alpha.size, lo // 64
     wsl = slice(wlo, wlo + bitslice.words(n))
     s = np.stack([r0, r1])
@@ -209,8 +231,15 @@ def evaluate(
     if bits < 64 and np.any(x >> np.uint64(bits)):
         raise ValueError(f"DCF: a point does not fit in {bits} bits")
     k = split(key, n, bits, ring)
-    root = np.asarray(root, np.uint64).reshape(n, 2)
+    root = np.ascontiguousarray(root, np.uint64).reshape(n, 2)
     v = np.empty(n, dtype=np.uint64)
+    if FUSED:
+        from mpcc.runtime import dcf_fused
+
+        flat = [k[name].reshape(-1) for name in ("scw", "vcw", "tcw", "last")]
+        kernel = dcf_fused.eval_fused_ring if ring else dcf_fused.eval_fused_bits
+        kernel(party, root, x, bits, *flat, v)
+        return v
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
         v[lo:hi] = _eval_chunk(party, root[lo:hi], k, x[lo:hi], bits, ring, lo)
@@ -219,6 +248,8 @@ def evaluate(
 
 def _eval_chunk(party, root, k, x, bits, ring, lo) -> np.ndarray:
     """Eval for the elements lo.. lo + len(x) (lo a multiple of 64), a level's AES at once."""
+    from mpcc.runtime.dcf_kernels import eval_level
+
     n, wlo = x.size, lo // 64
     wsl = slice(wlo, wlo + bitslice.words(n))
     s = np.array(root)

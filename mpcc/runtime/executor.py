@@ -12,6 +12,7 @@ and the tests measure through them, the executor is never patched.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -154,6 +155,19 @@ class PartyExecutor(Backend):
         """What call i needs beyond its sizes: a linear instruction's map and F."""
         fn = self._maps.get(i)
         return () if fn is None else (fn, self._operands[layout(self.prog, ins)][1])
+
+    def on_channel(self, channel: Channel) -> PartyExecutor:
+        """An executor for another lane of this session: it runs queries over `channel`
+        (another link to the same peer), sharing this one's opened weights and material
+        store, so lanes run different queries at once, each query's material taken once.
+        Call after `open_weights`."""
+        if self._to_open:
+            raise MaterialError("open the weights before making lanes")
+        lane = copy.copy(self)
+        lane.ch = channel
+        lane.observers = []
+        lane._query, lane._at, lane._call, lane._inputs = -1, 0, 0, {}
+        return lane
 
     # -- offline, per query -----------------------------------------------------------------
     @property

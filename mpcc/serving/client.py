@@ -33,6 +33,7 @@ from mpcc.serving.messages import (
     ErrorReply,
     Failed,
     MalformedMessage,
+    PartyInfo,
     PlanInterface,
     Request,
     Result,
@@ -61,6 +62,7 @@ class RequestStats:
     client_bytes: int  # share bytes sent to each party
     batch_requests: int  # requests that shared the query
     session: str
+    lane: int = 0  # which of the session's P0-P1 links ran the query
 
 
 @dataclass
@@ -166,8 +168,8 @@ class Client:
             got: dict[str, dict[str, Any]] = {}
             while len(got) < len(links):
                 role, msg = self._next(self.cfg.serving.timeout_s)
-                if msg.kind == "info":
-                    got[role] = msg.meta
+                if msg.kind == PartyInfo.KIND:
+                    got[role] = _party_info(role, msg.meta)
             return got
         except MpccError:
             self.close()
@@ -355,6 +357,7 @@ def _stats(
         client_bytes=share_bytes,
         batch_requests=int(s0.get("batch_requests", 1)),
         session=str(s0.get("session", "")),
+        lane=int(s0.get("lane", 0)),
     )
 
 
@@ -375,13 +378,23 @@ def cluster_status(
         try:
             ch, _ = dial(cfg, ctx, role, me="client", link="client")
             try:
-                ch.send_msg("info")
-                got[role] = ch.recv_msg(cfg.serving.timeout_s, expect="info").meta
+                ch.send_msg(PartyInfo.KIND)
+                msg = ch.recv_msg(cfg.serving.timeout_s, expect=PartyInfo.KIND)
+                got[role] = _party_info(role, msg.meta)
             finally:
                 ch.close("status read")
         except MpccError as e:
             got[role] = str(e)
     return got
+
+
+def _party_info(role: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """A party's `info` meta, once `PartyInfo` has checked it (PartyError if malformed)."""
+    try:
+        PartyInfo.parse(meta)
+    except MalformedMessage as e:
+        raise PartyError(f"{role.upper()} described itself badly: {e}") from None
+    return meta
 
 
 def _ms(v: float | None) -> str:

@@ -283,7 +283,8 @@ class ClientLinks:
         if not self._post(r.ch, messages.Result(r.rid, plan, stats), [y]):
             self.log.info("could not answer request %s: its client left", r.rid[:8])
             return 0
-        self.answered += 1
+        with self._req:  # lanes answer from their own threads
+            self.answered += 1
         self.metrics.answers.inc()
         self.metrics.latency.observe(time.monotonic() - r.arrived)
         if self.num_requests is not None and self.answered >= self.num_requests:

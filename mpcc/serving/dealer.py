@@ -39,6 +39,7 @@ from mpcc.serving.tls import TlsChannel
 from mpcc.serving.wire import Message
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 1.0
+P1_GRACE_S = 1.0  # see `DealerParty._limit_reached`
 
 
 class DealerParty(PartyServer):
@@ -54,7 +55,9 @@ class DealerParty(PartyServer):
         super().__init__(cfg, "dealer", state_dir, num_requests)
         self._thread = threading.Thread(target=self._loop, name="mpcc-dealer", daemon=True)
         self._links: dict[str, TlsChannel] = {}
-        self.answered = 0  # requests P1 has answered, over all sessions (--num-requests)
+        self.answered = 0  # requests answered, over all sessions (--num-requests)
+        self._counts: dict[str, int] = {"P0": 0, "P1": 0}  # ... by party, this session's
+        self._p1_done_at: float | None = None
         self.session: str | None = None
 
     def start(self) -> None:
@@ -142,10 +145,14 @@ class DealerParty(PartyServer):
         """Deal each query's material as soon as P1 has room for it (its credit)."""
         p0, p1 = self._links["p0"], self._links["p1"]
         upto, q, base = -1, 0, self.answered
+        self._counts = {"P0": base, "P1": base}
+        self._p1_done_at = None
         try:
             while not self.stop_event.is_set():
                 if self.deploy_generation != generation:
                     raise PartyError("a new model was deployed")
+                if self._limit_reached():
+                    return
                 msg0 = p0.poll(0)
                 if msg0 is not None and self._counted("P0", msg0, Answered, base):
                     return
@@ -177,6 +184,9 @@ class DealerParty(PartyServer):
                             return
                 except PartyError:
                     pass
+            if self.num_requests is not None and self.answered >= self.num_requests:
+                self.stop(f"the parties answered {self.answered} requests")  # no grace left
+                return
             raise
 
     def _counted(
@@ -186,8 +196,23 @@ class DealerParty(PartyServer):
         with its `credit`); True once `--num-requests` is reached (the dealer stops)."""
         if msg.kind != kind.KIND:
             raise PartyError(f"{who} sent {msg.kind!r} on the dealer link")
-        self.answered = max(self.answered, base + kind.of(msg).answered)
-        if self.num_requests is not None and self.answered >= self.num_requests:
+        self._counts[who] = max(self._counts[who], base + kind.of(msg).answered)
+        self.answered = max(self._counts.values())
+        return self._limit_reached()
+
+    def _limit_reached(self) -> bool:
+        """Whether `--num-requests` is reached: P0's count, or P1's for a second. P1 may
+        report the last answers while P0 still finishes the same query (the two end their
+        online phase together), and stopping closes P0's dealer link, which would fail them."""
+        n = self.num_requests
+        if n is None:
+            return False
+        if self._counts["P1"] >= n and self._p1_done_at is None:
+            self._p1_done_at = time.monotonic()
+        if self._counts["P0"] >= n or (
+            self._p1_done_at is not None and time.monotonic() - self._p1_done_at > P1_GRACE_S
+        ):
+            who = "P0" if self._counts["P0"] >= n else "P1"
             self.stop(f"{who} answered {self.answered} requests")
             return True
         return False

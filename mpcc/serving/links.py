@@ -27,10 +27,11 @@ def dial(
     me: str,
     link: str,
     sid: str | None = None,
+    lane: int = 0,
     timeout: float | None = None,
 ) -> tuple[TlsChannel, dict[str, Any]]:
     """Connect to party `target`, check its certificate's role, open a `link` (a peer link
-    names its session, `sid`).
+    names its session, `sid`, and which of its lanes it carries).
 
     Connecting and the TLS handshake must end within the timeout (the serving `timeout_s`
     by default); so must the answer to the hello. Returns the channel and the meta of the
@@ -59,7 +60,7 @@ def dial(
         ch.close("wrong peer role")
         raise LinkRefused(f"expected {where}, but its certificate is for {ch.peer_role!r}")
     try:
-        Hello(link, PROTOCOL_VERSION, sid).send(ch)
+        Hello(link, PROTOCOL_VERSION, sid, lane or None).send(ch)
         msg = ch.recv_msg(t)
     except PartyError as e:
         ch.close(str(e))

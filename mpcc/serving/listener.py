@@ -27,7 +27,9 @@ from mpcc.serving.wire import CLIENT_HEADER_MAX, PARTY_HEADER_MAX
 Handler = Callable[[TlsChannel, Hello], None]
 HELLO_MAX_FRAME = 1 << 16  # before a peer has said what its link is for
 PARTY_ROLES = frozenset({"p0", "p1", "dealer", "owner"})
-PARTY_LINKS = 16  # links from the other parties and the owner held at once (their own pool)
+# links from the other parties and the owner held at once (their own pool), and two for each
+# of a session's lanes (P1's links to P0: a new session's, while the old one's close)
+PARTY_LINKS = 16
 EVICT_AFTER_MAX_S = 1.0  # a full handshake pool drops its oldest connection after this
 
 
@@ -51,8 +53,9 @@ class Listener:
       its identity's `client_connections` (the certificate's subject: see `admission`), or
       is refused. A certificate on the revocation list (`certs.Revocations`, re-read when
       its file changes) is refused whatever its role.
-    - **Parties** (`PARTY_LINKS`): links from P0, P1, the dealer and the owner, greeted with
-      a certificate of their role, have slots of their own that clients never take.
+    - **Parties** (`PARTY_LINKS`, and two per lane): links from P0, P1, the dealer and the
+      owner, greeted with a certificate of their role, have slots of their own that clients
+      never take.
 
     A client or party slot is released when its link closes: a handler may keep its link
     after it returns (P0 keeps P1's link for the session).
@@ -79,7 +82,7 @@ class Listener:
             log,
         )
         self._clients = threading.BoundedSemaphore(max(1, s.max_connections))
-        self._parties = threading.BoundedSemaphore(PARTY_LINKS)
+        self._parties = threading.BoundedSemaphore(PARTY_LINKS + 2 * s.lanes)
         self._per_identity: dict[str, int] = {}  # client links open, by certificate subject
         self._ident_lock = threading.Lock()
         self.revocations = Revocations(cfg, log)

@@ -177,6 +177,7 @@ class Hello(ControlMessage):
     link: str = field(STR)
     version: int = field(INT)
     sid: str | None = field(optional(STR), None)
+    lane: int | None = field(optional(COUNT), None)  # a peer link's lane (None: lane 0)
 
 
 @dataclass(frozen=True)
@@ -263,6 +264,33 @@ class PlanInterface(ControlMessage):
     rows_independent: bool = field(BOOL, False)
     input_encoding: str | None = field(optional(STR), None)
     input_depth: int | None = field(optional(ROWS), None)
+
+
+@dataclass(frozen=True)
+class PartyInfo(ControlMessage):
+    """A compute party's public facts, its answer to `info`: its state and counters, and how
+    far ahead its preprocessing runs. While a model is deployed the same meta also carries
+    the plan's name, output name and `PlanInterface` (`meta`); none of it is secret."""
+
+    KIND = "info"
+    role: str = field(STR)
+    deployed: bool = field(BOOL)
+    answered: int = field(COUNT, 0)
+    kernels_ready: bool = field(BOOL, False)
+    metrics: dict | None = field(optional(OBJECT), None)
+    session: str | None = field(optional(STR), None)
+    last_error: str | None = field(optional(STR), None)
+    stock: int | None = field(optional(COUNT), None)  # while a session is live:
+    lanes: int | None = field(optional(COUNT), None)
+    query_material_bytes: int | None = field(optional(COUNT), None)
+    material_held_bytes: int | None = field(optional(COUNT), None)
+    name: str | None = field(optional(STR), None)  # while a model is deployed
+    output_name: str | None = field(optional(STR), None)
+
+    def meta(self, plan: PlanInterface | None) -> dict[str, Any]:
+        """What goes on the wire: these fields (`session` always, null without one) and,
+        with a deployed model, its interface's."""
+        return {"session": None, **self.to_meta(), **(plan.to_meta() if plan else {})}
 
 
 # -- deploys: owner and parties -----------------------------------------------------------------
@@ -360,6 +388,7 @@ class SessionCheck(ControlMessage):
     kat: str = field(STR)
     contributions: dict = field(STR_MAP)
     weight_share_commitments: dict | None = field(optional(STR_MAP))
+    lanes: int = field(COUNT, 1)  # P0-P1 links, one query in flight on each
 
 
 # -- queries --------------------------------------------------------------------------------------

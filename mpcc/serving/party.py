@@ -35,7 +35,7 @@ from mpcc.errors import MpccError
 from mpcc.serving.admission import Identity
 from mpcc.serving.clients import MAX_PER_LINK, ClientLinks, Request
 from mpcc.serving.config import ClusterConfig
-from mpcc.serving.messages import Hello, Welcome
+from mpcc.serving.messages import Hello, PartyInfo, PlanInterface, Welcome
 from mpcc.serving.metrics import PartyMetrics
 from mpcc.serving.outbox import Outbox
 from mpcc.serving.partysession import PartySession, SessionSetup
@@ -161,7 +161,7 @@ class ComputeParty(ClientLinks, SessionSetup, QueryLoop, PartyServer):
             chans = [("client", ch) for ch in self._outboxes]
         s = self._session
         if s is not None:
-            chans += [("peer", s.peer), ("dealer", s.dealer)]
+            chans += [*(("peer", lane.peer) for lane in s.lanes), ("dealer", s.dealer)]
         for kind, ch in chans:
             w = getattr(ch, "wire", None)
             if w is not None:
@@ -171,46 +171,49 @@ class ComputeParty(ClientLinks, SessionSetup, QueryLoop, PartyServer):
 
     def on_peer(self, ch: TlsChannel, hello: Hello) -> None:
         """P1's link: kept for the session start-up waiting for it."""
-        ch.peer = "P1"
+        lane = hello.lane or 0
+        ch.peer = "P1" if lane == 0 else f"P1 lane {lane}"
         Welcome(self.role).send(ch)
-        self._peer_links.put((hello.sid, ch))
+        self._peer_links.put(((hello.sid, lane), ch))
 
     def info(self) -> dict[str, Any]:
-        """Public facts for clients: the plan's interface, the session, counters."""
+        """Public facts for clients (`PartyInfo`): the plan's interface, the session,
+        counters."""
         dep, s = self.deployment, self._session
-        d: dict[str, Any] = {
-            "role": self.role,
-            "deployed": dep is not None,
-            "session": s.sid if s is not None and s.alive else None,
-            "answered": self.answered,
-            "last_error": self.last_error,
-            "kernels_ready": self.kernels_ready.is_set(),
-            "metrics": self.metrics.summary(),
-        }
-        if s is not None and s.alive:  # how far ahead preprocessing runs, and its memory
-            d.update(
-                stock=s.stock(),
-                query_material_bytes=s.query_bytes,
-                material_held_bytes=len(s.prepared) * s.query_bytes,
-            )
+        live = s is not None and s.alive
+        plan = None
         if dep is not None:
             prog = dep.prog
-            (_, in_vid), (out_name, out_vid) = prog.inputs[0], prog.outputs[0]
+            (_, in_vid), (_, out_vid) = prog.inputs[0], prog.outputs[0]
             first = next(ins for ins in prog.instrs if ins.out == in_vid)
-            d.update(
-                input_encoding=first.attrs.get("encoding"),
-                input_depth=first.attrs.get("depth"),
+            plan = PlanInterface(
                 plan_hash=dep.plan_hash,
-                name=prog.name,
-                input_shape=list(prog.value(in_vid).shape),
                 batch=prog.batch,
-                frac_bits=prog.frac_bits,
-                output_name=out_name,
+                input_shape=list(prog.value(in_vid).shape),
                 output_shape=list(prog.value(out_vid).shape),
+                frac_bits=prog.frac_bits,
                 output_scale=prog.value(out_vid).scale,
                 rows_independent=rows_independent(prog),
+                input_encoding=first.attrs.get("encoding"),
+                input_depth=first.attrs.get("depth"),
             )
-        return d
+        info = PartyInfo(
+            role=self.role,
+            deployed=dep is not None,
+            answered=self.answered,
+            kernels_ready=self.kernels_ready.is_set(),
+            metrics=self.metrics.summary(),
+            session=s.sid if live else None,
+            last_error=self.last_error,
+            # how far ahead preprocessing runs, and its memory
+            stock=s.stock() if live else None,
+            lanes=len(s.lanes) if live else None,
+            query_material_bytes=s.query_bytes if live else None,
+            material_held_bytes=len(s.prepared) * s.query_bytes if live else None,
+            name=dep.prog.name if dep is not None else None,
+            output_name=dep.prog.outputs[0][0] if dep is not None else None,
+        )
+        return info.meta(plan)
 
     # -- stopping ---------------------------------------------------------------------------
     def shutdown(self) -> None:

@@ -56,8 +56,21 @@ class Prepared:
     dealer_wire: int = 0
 
 
+@dataclass
+class Lane:
+    """One of a session's P0-P1 links and the executor that runs queries over it: a session
+    runs one query at a time on each lane, so on a WAN, where a query mostly waits for round
+    trips, its lanes keep the parties busy. Every lane takes its queries' material from the
+    session's one store (each query's material used once, whichever lane runs it)."""
+
+    index: int
+    peer: TlsChannel
+    ex: PartyExecutor
+    q: int | None = None  # P0: the query number this lane holds until it runs
+
+
 class PartySession:
-    """One session at a compute party: its links, executor and stock of material."""
+    """One session at a compute party: its links, executors and stock of material."""
 
     def __init__(
         self,
@@ -82,12 +95,16 @@ class PartySession:
             peer,
             consume_shares=True,
         )
+        self.lanes = [Lane(0, peer, self.ex)]
         self.cond = threading.Condition()
         self.prepared: dict[int, Prepared] = {}
         self.prepared_upto = -1
-        self.next_q = 0
+        self.next_q = 0  # P0: queries numbered so far; P1: 1 + the highest announced
+        self._ran_below = 0  # every query below this one has run
+        self._ran: set[int] = set()  # ... and these above it
         self.last_offline_s: float | None = None
-        self.online = False  # a query's online phase is running
+        self.running = 0  # queries in their online phase (one per lane at most)
+        self.waiting = 0  # lanes waiting for a query's material
         self.answered = 0  # requests answered in this session
         # bytes of one query's material here: the cost model's dealer bytes until measured
         self.query_bytes = max(1, estimate(dep.prog).total.dealer)
@@ -97,9 +114,30 @@ class PartySession:
     def alive(self) -> bool:
         return self.ended is None
 
+    def add_lanes(self, peers: list[TlsChannel]) -> None:
+        """More lanes over these links (after the weights are opened over lane 0's)."""
+        for ch in peers:
+            self.lanes.append(Lane(len(self.lanes), ch, self.ex.on_channel(ch)))
+
     def watch_links(self) -> None:
         self.dealer.on_close(lambda why: self.end(f"the dealer link closed ({why})"))
-        self.peer.on_close(lambda why: self.end(f"the link to the peer closed ({why})"))
+        for lane in self.lanes:
+            lane.peer.on_close(lambda why: self.end(f"the link to the peer closed ({why})"))
+
+    def number(self) -> int:
+        """P0: the next query's number (a lane keeps it until the query runs)."""
+        with self.cond:
+            q, self.next_q = self.next_q, self.next_q + 1
+            self.cond.notify_all()
+            return q
+
+    def announced(self, q: int) -> None:
+        """P1: P0 announced query q; it must not have run (its material is gone)."""
+        with self.cond:
+            if q < self._ran_below or q in self._ran:
+                raise PartyError(f"P0 announced query {q}, which has run already")
+            self.next_q = max(self.next_q, q + 1)
+            self.cond.notify_all()
 
     def end(self, reason: str) -> None:
         with self.cond:
@@ -111,7 +149,8 @@ class PartySession:
         self.server.log.info("session %s… ended: %s", self.sid[:8], reason)
         self.server.last_error = f"session ended: {reason}"
         self.dealer.close(reason)
-        self.peer.close(reason)
+        for lane in self.lanes:
+            lane.peer.close(reason)
         self.server.drop_requests(f"the session ended ({reason})")
 
     def mark_prepared(self, q: int, p: Prepared, nbytes: int) -> None:
@@ -123,11 +162,11 @@ class PartySession:
             self.cond.notify_all()
 
     def stock(self) -> int:
-        """Queries of material to keep ready: `stock`, lowered so they fit in `stock_mb`
-        (never below one, or no query could run)."""
+        """Queries of material to keep ready: `stock` (at least one per lane), lowered so
+        they fit in `stock_mb` (never below one, or no query could run)."""
         serving = self.server.cfg.serving
         fits = int(serving.stock_mb * 2**20) // self.query_bytes
-        return max(1, min(serving.stock, fits))
+        return max(1, min(max(serving.stock, len(self.lanes)), fits))
 
     def prep_timeout(self) -> float:
         """How long a query may wait for its material. The first one of a session waits as
@@ -143,40 +182,51 @@ class PartySession:
         timeout = self.prep_timeout()
         deadline = time.monotonic() + timeout
         with self.cond:
-            while q not in self.prepared:
-                left = deadline - time.monotonic()
-                if self.ended is not None:
-                    raise PartyError(f"session ended: {self.ended}")
-                if left <= 0:
-                    raise PartyError(f"no preprocessing for query {q} after {timeout:.1f} s")
-                self.cond.wait(left)
-            self.online = True
+            self.waiting += 1
+            self.cond.notify_all()
+            try:
+                while q not in self.prepared:
+                    left = deadline - time.monotonic()
+                    if self.ended is not None:
+                        raise PartyError(f"session ended: {self.ended}")
+                    if left <= 0:
+                        raise PartyError(f"no preprocessing for query {q} after {timeout:.1f} s")
+                    self.cond.wait(left)
+            finally:
+                self.waiting -= 1
+            self.running += 1
             return self.prepared.pop(q)
 
     def consumed(self, q: int) -> None:
         with self.cond:
-            self.next_q = q + 1
+            self._ran.add(q)
+            while self._ran_below in self._ran:
+                self._ran.discard(self._ran_below)
+                self._ran_below += 1
             self.cond.notify_all()
 
     def online_over(self) -> None:
         with self.cond:
-            self.online = False
+            self.running -= 1
             self.cond.notify_all()
 
     def stock_full(self) -> bool:
         return self.prepared_upto - self.next_q + 1 >= self.stock()
 
     def defer_preparing(self) -> bool:
-        """Whether to hold off making material: while a query's online phase runs and the
-        next query's material is already made, preparing would only slow that phase down
-        (same cores, and the GIL), so it waits for the phase to end."""
-        return self.online and bool(self.prepared)
+        """Whether to hold off making material (with `cond` held). With one lane, while its
+        query's online phase runs: preparing would only slow that phase down (same cores,
+        and the GIL), and the query took its material before the phase began. With several
+        lanes, a query mostly waits for round trips, and the next ones' material is made
+        meanwhile, until there is one query's worth for every lane."""
+        if self.running == 0:
+            return False
+        return len(self.lanes) == 1 or len(self.prepared) >= len(self.lanes)
 
     def yield_to_online(self) -> None:
-        """Block while a query's online phase runs (the material being made is for a later
-        query: the running one took its material before its phase began)."""
+        """Block while preparing should wait for an online phase (see `defer_preparing`)."""
         with self.cond:
-            while self.alive and self.online:
+            while self.alive and self.defer_preparing():
                 self.cond.wait(0.5)
 
     def wait_to_prepare(self, full: bool) -> None:
@@ -198,7 +248,7 @@ class SessionSetup:
             s, self._session = self._session, None
         if s is not None:
             s.end(reason)
-            for kind, ch in (("peer", s.peer), ("dealer", s.dealer)):
+            for kind, ch in [*(("peer", lane.peer) for lane in s.lanes), ("dealer", s.dealer)]:
                 self.metrics.link_closed(kind, ch.wire.sent, ch.wire.received)
 
     def on_dealer(self, ch: TlsChannel, hello: Hello) -> None:
@@ -240,14 +290,26 @@ class SessionSetup:
         threading.Thread(
             target=self._prepare_loop, args=(s,), name="mpcc-prep", daemon=True
         ).start()
+        loop = self._lead if self.party == 0 else self._follow
+        others = [
+            threading.Thread(
+                target=loop, args=(s, lane), name=f"mpcc-lane{lane.index}", daemon=True
+            )
+            for lane in s.lanes[1:]
+        ]
         try:
-            (self._lead if self.party == 0 else self._follow)(s)
+            for th in others:
+                th.start()
+            loop(s, s.lanes[0])
         finally:
             s.end(
                 f"{self.label} is shutting down"
                 if self.stop_event.is_set()
                 else "session loop ended"
             )
+            for th in others:
+                if th.ident is not None:
+                    th.join(self.cfg.serving.timeout_s)
             del s
             heap.trim()  # the session's material and buffers are garbage now
 
@@ -278,26 +340,63 @@ class SessionSetup:
             raise PartyError("the dealer sent a malformed seed")
         seed = msg.arrays[0].tobytes()
         peer = self._peer_link(sid, t, dealer)
+        lanes = [peer]
         try:
             # both commitments, so a corrupted or foreign share at either party (checked
             # against its own commitment on load) or a mixed deployment is caught here
-            check = SessionCheck(dep.plan_hash, dep.deploy_id, sid, kat, contribs, dep.commitments)
+            n = self.cfg.serving.lanes
+            check = SessionCheck(
+                dep.plan_hash, dep.deploy_id, sid, kat, contribs, dep.commitments, n
+            )
             check.send(peer)
             theirs = SessionCheck.recv(peer, t).to_meta()
             for k, v in check.to_meta().items():
                 mismatch(k.replace("_", " "), v, theirs[k], self.label, self.peer_label)
+            lanes += self._more_lanes(sid, t, dealer, n)
             s = PartySession(self, dep, sid, seed, dealer, peer, load_shares(self.state_dir, dep))
             s.ex.open_weights()
+            s.add_lanes(lanes[1:])
             Ready(sid).send(dealer)
             if self.party == 1:
                 Credit(upto=s.stock() - 1, answered=0).send(dealer)
         except BaseException:
-            peer.close("start-up failed")
+            for ch in lanes:
+                ch.close("start-up failed")
             raise
         return s
 
-    def _peer_link(self, sid: str, timeout: float, dealer: TlsChannel) -> TlsChannel:
-        """P1 dials P0 (retrying briefly: P0 may be starting); P0 waits for P1's link."""
+    def _more_lanes(self, sid: str, timeout: float, dealer: TlsChannel, n: int) -> list[TlsChannel]:
+        """Lanes 1..n-1, once lane 0 has shown both parties want n: P1 dials them; P0 takes
+        them in whatever order their hellos arrive."""
+        if self.party == 1:
+            return [self._peer_link(sid, timeout, dealer, lane) for lane in range(1, n)]
+        got: dict[int, TlsChannel] = {}
+        deadline = time.monotonic() + timeout
+        try:
+            while len(got) < n - 1:
+                if dealer.closed is not None:
+                    raise PartyError(f"the dealer abandoned the start-up ({dealer.closed})")
+                try:
+                    (their_sid, lane), ch = self._peer_links.get(timeout=0.2)
+                except queue.Empty:
+                    if time.monotonic() > deadline:
+                        raise PartyError(
+                            f"P1 opened {len(got) + 1} of {n} lanes within {timeout:g} s"
+                        ) from None
+                    continue
+                if their_sid != sid or not 1 <= lane < n or lane in got or ch.closed:
+                    ch.close("stale session" if their_sid != sid else f"unexpected lane {lane}")
+                    continue
+                got[lane] = ch
+        except BaseException:
+            for ch in got.values():
+                ch.close("start-up failed")
+            raise
+        return [got[lane] for lane in range(1, n)]
+
+    def _peer_link(self, sid: str, timeout: float, dealer: TlsChannel, lane: int = 0) -> TlsChannel:
+        """P1 dials P0 (retrying briefly: P0 may be starting); P0 waits for P1's link of
+        lane 0, over which the parties compare their sessions (and their lane count)."""
         deadline = time.monotonic() + timeout
         dial_until = time.monotonic() + min(timeout, self.cfg.serving.timeout_s)
         while True:
@@ -307,7 +406,9 @@ class SessionSetup:
                 raise PartyError("stopping")
             if self.party == 1:
                 try:
-                    ch, _ = dial(self.cfg, self.client_ctx, "p0", me="p1", link="peer", sid=sid)
+                    ch, _ = dial(
+                        self.cfg, self.client_ctx, "p0", me="p1", link="peer", sid=sid, lane=lane
+                    )
                     return ch
                 except LinkRefused:
                     raise
@@ -320,11 +421,12 @@ class SessionSetup:
                 got, ch = self._peer_links.get(timeout=0.2)
             except queue.Empty:
                 if time.monotonic() > deadline:
-                    raise PartyError(f"P1 did not connect within {timeout:g} s") from None
+                    which = "" if lane == 0 else f" lane {lane}"
+                    raise PartyError(f"P1 did not connect{which} within {timeout:g} s") from None
                 continue
-            if got == sid and ch.closed is None:
+            if got == (sid, 0) and ch.closed is None:
                 return ch
-            ch.close("stale session")
+            ch.close("stale session" if got[0] != sid else f"lane {got[1]} before lane 0")
 
     # -- preprocessing ----------------------------------------------------------------------
     def _prepare_loop(self, s: PartySession) -> None:

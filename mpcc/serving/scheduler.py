@@ -18,7 +18,7 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.serving.admission import fair_order, mark_served
 from mpcc.serving.clients import MAX_ARRIVED, MAX_QUEUE, Request, _who
 from mpcc.serving.messages import Announce, Answered, Credit, Go, Skip
-from mpcc.serving.partysession import PartySession
+from mpcc.serving.partysession import Lane, PartySession
 
 # P0 offers a request P1 did not have again after RETRY_S * 4^k (k-th time), at most
 # RETRY_MAX_S apart, until timeout_s after it arrived. P1 never waits for a request, and
@@ -80,14 +80,29 @@ class QueryLoop:
         `_idle` says so before the lock is let go, so shutdown waits for them."""
         taken = {id(r) for r in reqs}
         self._queue = deque(r for r in self._queue if id(r) not in taken)
-        self._inflight = {r.rid: r for r in reqs}
+        self._inflight.update((r.rid, r) for r in reqs)
         if reqs:
             self._idle.clear()
             mark_served({r.who for r in reqs}, self._last_served)
         return reqs
 
-    def _requeue(self, reqs: list[Request], front: bool = True) -> None:
+    def _landed(self, reqs: list[Request]) -> None:
+        """These requests of a lane's are no longer in flight (answered or failed); `_idle`
+        is set once no lane has any."""
         with self._req:
+            self._not_inflight(reqs)
+
+    def _not_inflight(self, reqs: list[Request]) -> None:
+        for r in reqs:
+            if self._inflight.get(r.rid) is r:
+                del self._inflight[r.rid]
+        if not self._inflight:
+            self._idle.set()
+
+    def _requeue(self, reqs: list[Request], front: bool = True) -> None:
+        """Back to the queue (no longer in flight: another lane may take them at once)."""
+        with self._req:
+            self._not_inflight(reqs)
             reqs = [r for r in reqs if r.ch in self._outboxes]  # not those of departed clients
             if front:
                 self._queue.extendleft(reversed(reqs))
@@ -101,14 +116,17 @@ class QueryLoop:
         now, limit = time.monotonic(), self.cfg.serving.timeout_s
         late = [r for r in reqs if now - r.arrived >= limit]
         self._fail(late, f"{self.peer_label} never received this request (sent to P0 only?)")
+        self._landed(late)
         keep = [r for r in reqs if now - r.arrived < limit]
         for r in keep:
             r.retries += 1
             r.not_before = now + min(RETRY_MAX_S, RETRY_S * 4 ** min(r.retries, 8))
         self._requeue(keep, front=False)
 
-    def _lead(self, s: PartySession) -> None:
-        """P0's loop: schedule queued requests, announce them to P1, run them."""
+    def _lead(self, s: PartySession, lane: Lane) -> None:
+        """P0's loop on one lane: schedule queued requests, announce them to P1 over the
+        lane's link, run them. Each lane keeps the query number it took until that query
+        runs (P1 may skip an announcement)."""
         t = self.cfg.serving.timeout_s
         while s.alive and not self.stop_event.is_set():
             batch = self._take_batch(s)
@@ -117,16 +135,16 @@ class QueryLoop:
             if self.stop_event.is_set() or not s.alive:
                 if self.stop_event.is_set():
                     self._fail(batch, f"{self.label} is shutting down")
+                    self._landed(batch)
                 else:
                     self._requeue(batch)
-                with self._req:
-                    self._inflight = {}
-                self._idle.set()
                 return
             try:
-                q = s.next_q
-                Announce(q, [[r.rid, r.rows] for r in batch]).send(s.peer)
-                msg = s.peer.recv_msg(2 * t + 1)
+                if lane.q is None:
+                    lane.q = s.number()
+                q = lane.q
+                Announce(q, [[r.rid, r.rows] for r in batch]).send(lane.peer)
+                msg = lane.peer.recv_msg(2 * t + 1)
                 if msg.kind not in (Go.KIND, Skip.KIND):
                     raise PartyError(f"P1 answered the announcement with {msg.kind!r}")
                 reply = (Go if msg.kind == Go.KIND else Skip).parse(msg.meta)
@@ -138,66 +156,67 @@ class QueryLoop:
                     self._p1_has.difference_update(have | rejected | gone)
                     if len(self._p1_has) > 4 * MAX_QUEUE:  # ids P0 never got: forget them
                         self._p1_has &= {r.rid for r in self._queue}
-                self._fail(
-                    [r for r in batch if r.rid in rejected],
-                    f"{self.peer_label} rejected this request",
-                )
+                refused = [r for r in batch if r.rid in rejected]
+                self._fail(refused, f"{self.peer_label} rejected this request")
+                self._landed(refused)
                 self._defer_or_fail([r for r in batch if r.rid not in have | rejected])
-                batch = [r for r in batch if r.rid in have]
+                batch = [r for r in batch if r.rid in have]  # what this lane holds now
                 if isinstance(reply, Skip) or not batch:
                     batch = []
                     continue
-                self._execute(s, q, batch)
+                self._execute(s, lane, q, batch)
+                lane.q = None
             except MpccError as e:
-                self._query_failed(s, batch, e)
+                self._query_failed(s, lane, batch, e)
                 return
             except Exception as e:  # noqa: BLE001 - a bug: fail the query, keep the party
                 self.log.exception("query failed")
-                self._query_failed(s, batch, PartyError(f"internal error ({type(e).__name__})"))
+                why = PartyError(f"internal error ({type(e).__name__})")
+                self._query_failed(s, lane, batch, why)
                 return
             finally:
-                with self._req:
-                    self._inflight = {}
-                self._idle.set()
+                self._landed(batch)
 
-    def _follow(self, s: PartySession) -> None:
-        """P1's loop: wait for P0's announcements, then run the announced requests."""
+    def _follow(self, s: PartySession, lane: Lane) -> None:
+        """P1's loop on one lane: wait for P0's announcements over the lane's link, then
+        run the announced requests."""
         while s.alive:
-            batch: list[Request] = []
+            batch: list[Request] = []  # to fail if the query fails
+            held: list[Request] = []  # in flight on this lane
             try:
-                msg = s.peer.poll(0.5)
+                msg = lane.peer.poll(0.5)
                 if msg is None:
                     continue
-                self._idle.clear()
                 if msg.kind != Announce.KIND:
                     raise PartyError(f"P0 sent {msg.kind!r} between queries")
                 announced = Announce.parse(msg.meta)
-                if announced.q != s.next_q:
-                    raise PartyError(f"P0 announced query {announced.q}, expected {s.next_q}")
                 q = announced.q
+                s.announced(q)
                 batch, rejected, absent = self._gather(announced.reqs, s.dep.prog.batch)
                 with self._req:
                     arrived, self._arrived = self._arrived, []
                     # as at P0: a request id being run is taken until its answer is sent
-                    self._inflight = {r.rid: r for r in batch}
+                    self._inflight.update((r.rid, r) for r in batch)
+                    if batch:
+                        self._idle.clear()
+                held = batch
                 reply = (Go if batch else Skip)([r.rid for r in batch], rejected, absent, arrived)
-                reply.send(s.peer)
+                reply.send(lane.peer)
                 if not batch:
                     continue
-                self._execute(s, q, batch)
+                self._execute(s, lane, q, batch)
                 batch = []  # answered
                 Credit(s.next_q - 1 + s.stock(), s.answered).send(s.dealer)
             except MpccError as e:
-                self._query_failed(s, batch, e)
+                self._query_failed(s, lane, batch, e)
                 return
             except Exception as e:  # noqa: BLE001 - a bug: fail the query, keep the party
                 self.log.exception("query failed")
-                self._query_failed(s, batch, PartyError(f"internal error ({type(e).__name__})"))
+                why = PartyError(f"internal error ({type(e).__name__})")
+                self._query_failed(s, lane, batch, why)
                 return
             finally:
-                with self._req:
-                    self._inflight = {}
-                self._idle.set()
+                self._landed(held)
 
     def _gather(self, reqs: list[list], cap: int) -> tuple[list[Request], list[str], list[str]]:
         """P1: of the announced requests ([id, rows] pairs, as `Announce` checked them),
@@ -223,37 +242,39 @@ class QueryLoop:
             have = [rid for rid, _ in reqs if rid not in rejected and rid not in absent]
             return [self._pending.pop(rid) for rid in have], rejected, absent
 
-    def _execute(self, s: PartySession, q: int, batch: list[Request]) -> None:
-        """Run query q on the batch's shares (zero rows pad it) and answer each client."""
+    def _execute(self, s: PartySession, lane: Lane, q: int, batch: list[Request]) -> None:
+        """Run query q on the batch's shares (zero rows pad it) over the lane, and answer
+        each client."""
         prog = s.dep.prog
         prep = s.wait_prepared(q)
         x = np.concatenate([r.share for r in batch]) if len(batch) > 1 else batch[0].share
         if len(x) < prog.batch:
             x = np.concatenate([x, np.zeros((prog.batch - len(x), *x.shape[1:]), np.uint64)])
         (in_name, _), (out_name, _) = prog.inputs[0], prog.outputs[0]
-        t_before, w_before = s.peer.traffic.snapshot(), s.peer.wire.snapshot()
+        t_before, w_before = lane.peer.traffic.snapshot(), lane.peer.wire.snapshot()
         start = time.monotonic()
         t0 = time.perf_counter()
         try:
-            y = s.ex.run(q, {in_name: x})[out_name]
+            y = lane.ex.run(q, {in_name: x})[out_name]
         finally:
             s.online_over()
         online = time.perf_counter() - t0
         self.metrics.queries.inc()
         self.metrics.online.observe(online)
         s.consumed(q)
-        used = s.peer.traffic.since(t_before)
+        used = lane.peer.traffic.since(t_before)
         stats = {
             "party": self.role,
             "session": s.sid[:8],
             "query": q,
+            "lane": lane.index,
             "batch_requests": len(batch),
             "online_s": online,
             "offline_s": prep.offline_s,
             "ahead_s": max(0.0, start - prep.ready_at),
             "rounds": used.rounds,
             "sent": used.bytes_sent,
-            "wire_sent": s.peer.wire.sent - w_before.sent,
+            "wire_sent": lane.peer.wire.sent - w_before.sent,
             "dealer_bytes": prep.dealer_bytes,
             "dealer_wire": prep.dealer_wire,
         }
@@ -273,16 +294,20 @@ class QueryLoop:
     def _answered(self, s: PartySession, n: int) -> None:
         """Count a query's answered requests; P0 tells the dealer at once (before a request
         limit can end the session), so `--num-requests` stops the dealer too."""
-        s.answered += n
+        with s.cond:  # lanes answer from their own threads
+            s.answered += n
+            total = s.answered
         if self.party == 0:
             try:
-                Answered(s.answered).send(s.dealer)
+                Answered(total).send(s.dealer)
             except PartyError:
                 pass  # the session is ending: its error is reported where it is noticed
 
-    def _query_failed(self, s: PartySession, batch: list[Request], e: MpccError) -> None:
+    def _query_failed(
+        self, s: PartySession, lane: Lane, batch: list[Request], e: MpccError
+    ) -> None:
         why = f"{self.label}: query failed: {e}" if s.alive else f"{self.label}: {s.ended}"
         if s.alive:
-            s.peer.abort(str(e))
+            lane.peer.abort(str(e))
         self._fail(batch, why)
         s.end(str(e))

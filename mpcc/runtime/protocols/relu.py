@@ -1,17 +1,26 @@
 """ReLU, optionally with a fused known-MSB truncation: [x] -> [ReLU(trunc(x, shift))], for
-signed |x| < 2^62, in 8 rounds (`costs.relu`).
+signed |x| < 2^62, in 5 rounds (`costs.relu`).
 
 Round 1 opens c = x + 2^62 + r (P0 adds the bias); x' = x + 2^62 lies in [0, 2^63).
   - shift > 0: y = ((c mod 2^63) >> shift) - [r_hi] + [b] 2^(63-shift) - 2^(62-shift) with
     [b] = c_63 + [r_63] - 2 c_63 [r_63] (the known-MSB truncation of `truncation.py`):
     y = floor(x / 2^shift) + u, u in {0, 1}, P(u = 1) = (x mod 2^shift) / 2^shift.
   - shift = 0: y = x.
-Rounds 2..7 compute beta = [c mod 2^62 < r mod 2^62] with a bit-sliced tree over bits 0..61
+Rounds 2..4 compute beta = [c mod 2^62 < r mod 2^62] with a bit-sliced tree over bits 0..61
 of c (public) and r (XOR-shared by the dealer): leaves lt_i = ~c_i & r_i, eq_i = ~(c_i ^ r_i);
-nodes lt = lt_hi ^ (eq_hi & lt_lo), eq = eq_hi & eq_lo, eq skipped for nodes holding bit 0;
-61, 29, 15, 7, 3, 1 Beaver ANDs per level, one exchange per level. Round 2 also opens
-d = y - sigma. Then t = c_62 ^ r_62 ^ beta is bit 62 of x' = c - r, i.e. 1 iff x >= 0.
-Round 8 opens e = t ^ rho (daBit rho) and sets t^A = e + (1 - 2e)[rho],
+four nodes join into a parent, lt = l3 ^ e3 l2 ^ e3 e2 l1 ^ e3 e2 e1 l0, eq = e0 e1 e2 e3,
+so 62 -> 16 -> 4 -> 1 in three levels (the pairwise tree takes six). A parent's products
+of up to four shared bits cost one round, by masked wires with multi-fan-in AND gates from
+the dealer (as in ABY2.0, Patra et al., USENIX Security 2021, and the dealer's monomials of
+Ohata and Nuida's multi-input ANDs, FC 2020): each party draws XOR shares of a random mask
+m_i per wire, the level opens o_i = w_i ^ m_i (7 wires a group), and with the dealer's
+shares of every product of two or more masks a product is local,
+
+    prod_S w_i = XOR over T <= S of (prod_{S-T} o_i) & (prod_T m_i)
+
+(`bitslice.group_close`). Round 2 also opens d = y - sigma. Then t = c_62 ^ r_62 ^ beta is
+bit 62 of x' = c - r, i.e. 1 iff x >= 0. Round 5 opens e = t ^ rho (daBit rho) and sets
+t^A = e + (1 - 2e)[rho],
 
     t y = d t^A + e [sigma] + (1 - 2e) [rho sigma].
 
@@ -19,15 +28,17 @@ So the output is max(floor(x / 2^shift), 0), plus u for x >= 0 (error 0 or +1 LS
 wrong sign); exactly max(x, 0) for shift = 0.
 
 Material (drawn from each party's prg in the order of `_draw`): r; P0's XOR shares of bits
-0..62 of r; triples u, v (both seeds) and P0's share of w = u & v; the daBit <rho> (both
-seeds) and P0's [rho]; sigma (both seeds) and P0's [rho sigma]; with a shift P0's [r_hi],
-[r_63]. P1's shares of the structured values are the dealer's correction, flat, in order:
-r bits [63, words], w [116, words], [rho] [n], [rho sigma] [n], then [r_hi] [n], [r_63] [n].
+0..62 of r; the wires' masks mu (both seeds) and P0's shares of their monomials; the daBit
+<rho> (both seeds) and P0's [rho]; sigma (both seeds) and P0's [rho sigma]; with a shift
+P0's [r_hi], [r_63]. P1's shares of the structured values are the dealer's correction,
+flat, in order: r bits [63, words], monomials [462 words], [rho] [n], [rho sigma] [n], then
+[r_hi] [n], [r_63] [n].
 
 Padding lanes (beyond n in the last word) carry c = 0 and r bits = 0: a consistent virtual
-element. Every word kernel is lane-wise, the openings in those lanes are masked by fresh
-u, v, rho like any other lane, and unpacking drops them, so they neither leak nor disturb
-the real lanes.
+element, and padding nodes (beyond a level's, at the top of its last group) are lt = 0,
+eq = 1: they leave their parent as it would be without them. Every word kernel is
+lane-wise, every opened wire is masked by a fresh m_i, and unpacking drops the padding
+lanes, so they neither leak nor disturb the real lanes.
 """
 
 from __future__ import annotations
@@ -46,20 +57,11 @@ from mpcc.runtime.protocols.base import Protocol
 from mpcc.runtime.protocols.truncation import LOW63, SIXTY_THREE
 from mpcc.runtime.transport import Channel
 
-
-def _and_levels(m: int) -> tuple[int, ...]:
-    """AND gates per level of the pairwise tree over m leaves (an odd top node carried)."""
-    levels = []
-    while m > 1:
-        levels.append(bitslice.level_ands(m))
-        m = (m + 1) // 2
-    return tuple(levels)
-
-
 COMPARE_BITS = 62  # the tree compares bits 0..61; bit 62 gives the sign
 MASK_BITS = COMPARE_BITS + 1  # bits 0..62 of r are XOR-shared
-AND_LEVELS = _and_levels(COMPARE_BITS)  # (61, 29, 15, 7, 3, 1)
-ANDS = sum(AND_LEVELS)  # 116
+TREE_GROUPS = bitslice.tree_groups(COMPARE_BITS)  # (16, 4, 1)
+WIRES = bitslice.GROUP_WIRES * sum(TREE_GROUPS)  # 147 masked wires per packed word
+MONOMIALS = bitslice.GROUP_MONOMIALS * sum(TREE_GROUPS)  # 462 dealer words per packed word
 
 _ONE = np.uint64(1)
 
@@ -72,9 +74,8 @@ class ReluMaterial:
     shift: int
     r: np.ndarray  # [r]_p, n
     r_bits: np.ndarray  # <bits 0..62 of r>_p, [63, words]
-    u: np.ndarray  # AND triples, [116, words]
-    v: np.ndarray
-    w: np.ndarray
+    mu: np.ndarray  # <the tree's wire masks>_p, 147 words per packed word (`_levels`)
+    mono: np.ndarray  # <their monomials>_p, 462 words per packed word
     rho_bits: np.ndarray  # <rho>_p, [words]
     rho: np.ndarray  # [rho]_p, n
     sigma: np.ndarray  # [sigma]_p, n
@@ -97,21 +98,31 @@ def _check_shift(shift: int) -> int:
 
 def correction_words(n: int, shift: int) -> int:
     """Length of P1's correction (uint64 words)."""
-    return (MASK_BITS + ANDS) * bitslice.words(n) + (4 if shift else 2) * n
+    return (MASK_BITS + MONOMIALS) * bitslice.words(n) + (4 if shift else 2) * n
+
+
+def _levels(nw: int):
+    """Per tree level: its groups and the slices of the flat mu and mono that are its
+    [groups, nw, 7] masks and [groups, nw, 22] monomials."""
+    at_mu = at_mono = 0
+    for g in TREE_GROUPS:
+        n_mu, n_mono = g * nw * bitslice.GROUP_WIRES, g * nw * bitslice.GROUP_MONOMIALS
+        yield g, slice(at_mu, at_mu + n_mu), slice(at_mono, at_mono + n_mono)
+        at_mu, at_mono = at_mu + n_mu, at_mono + n_mono
 
 
 def draw_compare(party: int, n: int, prg: Prg) -> dict[str, np.ndarray]:
-    """The seeded parts of the comparison (the mask r and its bits, the AND triples, the
-    bit rho), in the one order dealer and party both use; the sign protocol's whole draw."""
+    """The seeded parts of the comparison (the mask r and its bits, the tree's wire masks
+    and their monomials, the bit rho), in the one order dealer and party both use; the sign
+    protocol's whole draw."""
     nw = bitslice.words(n)
     p0 = party == 0
     m = {"r": prg.uint64(n)}
     if p0:
         m["r_bits"] = prg.uint64(MASK_BITS, nw)
-    m["u"] = prg.uint64(ANDS, nw)
-    m["v"] = prg.uint64(ANDS, nw)
+    m["mu"] = prg.uint64(WIRES * nw)
     if p0:
-        m["w"] = prg.uint64(ANDS, nw)
+        m["mono"] = prg.uint64(MONOMIALS * nw)
     m["rho_bits"] = prg.uint64(nw)
     if p0:
         m["rho"] = prg.uint64(n)
@@ -135,7 +146,7 @@ def _draw(party: int, n: int, shift: int, prg: Prg) -> dict[str, np.ndarray]:
 def _correction_layout(n: int, shift: int) -> dict[str, tuple[int, ...]]:
     """The shapes of P1's correction parts, in the order they lie in it."""
     nw = bitslice.words(n)
-    shapes = {"r_bits": (MASK_BITS, nw), "w": (ANDS, nw), "rho": (n,), "rho_sigma": (n,)}
+    shapes = {"r_bits": (MASK_BITS, nw), "mono": (MONOMIALS * nw,), "rho": (n,), "rho_sigma": (n,)}
     if shift:
         shapes |= {"r_hi": (n,), "r_63": (n,)}
     return shapes
@@ -151,6 +162,26 @@ def _split(flat: np.ndarray, n: int, shift: int) -> dict[str, np.ndarray]:
     return parts
 
 
+def deal_compare(
+    n: int, prg0: Prg, prg1: Prg, c: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dealer: the comparison's parts of P1's correction (`c`'s "r_bits", "mono", "rho"
+    views), drawing both streams in `draw_compare`'s order; returns r and rho (0/1)."""
+    nw = bitslice.words(n)
+    r = prg0.uint64(n)  # P0: r, its bits, mu, the monomials; P1: r, mu
+    r += prg1.uint64(n)
+    np.bitwise_xor(bitslice.pack(r, MASK_BITS), prg0.uint64(MASK_BITS, nw), out=c["r_bits"])
+    mu = prg0.uint64(WIRES * nw)
+    mu ^= prg1.uint64(WIRES * nw)
+    mono = prg0.fill(c["mono"])
+    for g, at_mu, at_mono in _levels(nw):
+        full = bitslice.monomials(mu[at_mu].reshape(g, nw, bitslice.GROUP_WIRES))
+        mono[at_mono] ^= full.reshape(-1)  # the monomials, less P0's share
+    rho = bitslice.unpack(prg0.uint64(nw) ^ prg1.uint64(nw), n)  # both: rho_bits
+    np.subtract(rho, prg0.fill(c["rho"]), out=c["rho"])  # P0: [rho]
+    return r, rho
+
+
 def deal(n: int | Sequence[int], shift: int, prg0: Prg, prg1: Prg) -> np.ndarray:
     """Dealer: P1's correction, flat uint64 (`costs.relu(n, shift).dealer` bytes).
 
@@ -158,22 +189,9 @@ def deal(n: int | Sequence[int], shift: int, prg0: Prg, prg1: Prg) -> np.ndarray
     part is written into its place in the output as soon as it is known: a big layer's call
     holds a few arrays of its size, not both parties' whole material."""
     n, shift = _size(n), _check_shift(shift)
-    nw = bitslice.words(n)
     out = np.empty(correction_words(n, shift), dtype=np.uint64)
     c = _split(out, n, shift)
-    r = prg0.uint64(n)  # P0: r
-    r += prg1.uint64(n)  # P1: r
-    np.bitwise_xor(bitslice.pack(r, MASK_BITS), prg0.uint64(MASK_BITS, nw), out=c["r_bits"])
-    u = prg0.uint64(ANDS, nw)  # P0: u, v, w; P1: u, v
-    v = prg0.uint64(ANDS, nw)
-    prg0.fill(c["w"])
-    u ^= prg1.uint64(ANDS, nw)
-    v ^= prg1.uint64(ANDS, nw)
-    u &= v
-    c["w"] ^= u  # w = u & v, less P0's share
-    del u, v
-    rho = bitslice.unpack(prg0.uint64(nw) ^ prg1.uint64(nw), n)  # both: rho_bits
-    np.subtract(rho, prg0.fill(c["rho"]), out=c["rho"])  # P0: [rho]
+    r, rho = deal_compare(n, prg0, prg1, c)
     sigma = prg0.uint64(n)  # P0: sigma, then [rho sigma]; P1: sigma
     sigma += prg1.uint64(n)
     rho *= sigma
@@ -210,21 +228,21 @@ def _open_masked(
 def _nonneg(
     ch: Channel, party: int, mat: ReluMaterial, c: np.ndarray, extra: list[np.ndarray]
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Rounds 2..7: XOR shares of t = [x >= 0] (packed, [words]); `extra` rides in round 2
+    """Rounds 2..4: XOR shares of t = [x >= 0] (packed, [words]); `extra` rides in round 2
     and the peer's counterpart is returned."""
     c_bits = bitslice.pack(c, MASK_BITS)
     lt, eq = bitslice.leaves(party, c_bits[:COMPARE_BITS], mat.r_bits[:COMPARE_BITS])
-    at = 0
+    nw = c_bits.shape[1]
     peer_extra: list[np.ndarray] = []
-    for level, k in enumerate(AND_LEVELS):
-        u, v, w = mat.u[at : at + k], mat.v[at : at + k], mat.w[at : at + k]
-        at += k
-        de = bitslice.level_open(lt, eq, u, v)
-        got = ch.exchange([de, *extra] if level == 0 else [de])
+    for level, (g, at_mu, at_mono) in enumerate(_levels(nw)):
+        mu = mat.mu[at_mu].reshape(g, nw, bitslice.GROUP_WIRES)
+        mine = bitslice.group_open(party, lt, eq, mu)
+        got = ch.exchange([mine, *extra] if level == 0 else [mine])
         if level == 0:
             peer_extra = got[1:]
-        lt, eq = bitslice.level_close(party, lt, eq, de, got[0], u, v, w)
-    assert lt.shape[0] == 1 and at == ANDS
+        mono = mat.mono[at_mono].reshape(g, nw, bitslice.GROUP_MONOMIALS)
+        lt, eq = bitslice.group_close(party, lt, mine ^ got[0], mu, mono)
+    assert lt.shape[0] == 1
     t = lt[0] ^ mat.r_bits[COMPARE_BITS]
     if party == 0:
         t ^= c_bits[COMPARE_BITS]
@@ -232,7 +250,7 @@ def _nonneg(
 
 
 def run(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray) -> np.ndarray:
-    """Online: this party's share of ReLU(trunc(x, shift)), same shape as x (8 rounds)."""
+    """Online: this party's share of ReLU(trunc(x, shift)), same shape as x (5 rounds)."""
     common.consume("relu", mat, "a reused mask leaks the input")
     x = np.asarray(x, dtype=np.uint64)
     if x.size != mat.n:

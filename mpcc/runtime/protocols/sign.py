@@ -1,16 +1,16 @@
 """The comparison bit [x >= 0] as an arithmetic 0/1 share (DReLU), for signed |x| < 2^62, in
-8 rounds (`costs.sign`): the ReLU protocol (`relu.py`) without its select.
+5 rounds (`costs.sign`): the ReLU protocol (`relu.py`) without its select.
 
-Round 1 opens c = x + 2^62 + r; rounds 2..7 evaluate the same bit-sliced comparison tree,
-giving XOR shares of t = [x >= 0]; round 8 opens e = t ^ rho (daBit rho) and converts,
-t^A = e + (1 - 2e)[rho] (bit injection, as in ABY's B2A with a daBit: Demmler et al. NDSS
-2015; Rotaru and Wood, INDOCRYPT 2019). Against a ReLU this saves the opening of
-d = y - sigma in round 2 (one word per element) and the dealer's [rho sigma]: a comparison
-bit costs ~37 B per element and party, where relu(x + 1) - relu(x) costs two ReLUs (~90 B).
+Round 1 opens c = x + 2^62 + r; rounds 2..4 evaluate the same bit-sliced comparison tree
+(four nodes to a parent, by masked wires), giving XOR shares of t = [x >= 0]; round 5 opens
+e = t ^ rho (daBit rho) and converts, t^A = e + (1 - 2e)[rho] (bit injection, as in ABY's
+B2A with a daBit: Demmler et al. NDSS 2015; Rotaru and Wood, INDOCRYPT 2019). Against a ReLU
+this saves the opening of d = y - sigma in round 2 (one word per element) and the dealer's
+[rho sigma].
 
-Material: r; P0's XOR shares of bits 0..62 of r; AND triples u, v and P0's w; the daBit
-<rho> (both seeds) and P0's [rho]. P1's correction, flat: r bits [63, words], w [116, words],
-[rho] [n].
+Material: r; P0's XOR shares of bits 0..62 of r; the tree's wire masks (both seeds) and P0's
+shares of their monomials; the daBit <rho> (both seeds) and P0's [rho]. P1's correction,
+flat: r bits [63, words], monomials [462 words], [rho] [n].
 """
 
 from __future__ import annotations
@@ -25,11 +25,12 @@ from mpcc.runtime.prg import Prg
 from mpcc.runtime.protocols import common
 from mpcc.runtime.protocols.base import Protocol
 from mpcc.runtime.protocols.relu import (
-    ANDS,
     MASK_BITS,
+    MONOMIALS,
     ReluMaterial,
     _nonneg,
     _open_masked,
+    deal_compare,
     draw_compare,
 )
 from mpcc.runtime.transport import Channel
@@ -40,12 +41,12 @@ _EMPTY = np.empty(0, np.uint64)
 
 def correction_words(n: int) -> int:
     """Length of P1's correction (uint64 words)."""
-    return (MASK_BITS + ANDS) * bitslice.words(n) + n
+    return (MASK_BITS + MONOMIALS) * bitslice.words(n) + n
 
 
 def _layout(n: int) -> dict[str, tuple[int, ...]]:
     nw = bitslice.words(n)
-    return {"r_bits": (MASK_BITS, nw), "w": (ANDS, nw), "rho": (n,)}
+    return {"r_bits": (MASK_BITS, nw), "mono": (MONOMIALS * nw,), "rho": (n,)}
 
 
 def _split(flat: np.ndarray, n: int) -> dict[str, np.ndarray]:
@@ -62,21 +63,8 @@ _draw = draw_compare  # the ReLU's comparison part, drawn in the same order
 
 def deal(n: int, prg0: Prg, prg1: Prg) -> np.ndarray:
     """Dealer: P1's correction, flat uint64 (`costs.sign(n).dealer` bytes)."""
-    nw = bitslice.words(n)
     out = np.empty(correction_words(n), dtype=np.uint64)
-    c = _split(out, n)
-    r = prg0.uint64(n)
-    r += prg1.uint64(n)
-    np.bitwise_xor(bitslice.pack(r, MASK_BITS), prg0.uint64(MASK_BITS, nw), out=c["r_bits"])
-    u = prg0.uint64(ANDS, nw)
-    v = prg0.uint64(ANDS, nw)
-    prg0.fill(c["w"])
-    u ^= prg1.uint64(ANDS, nw)
-    v ^= prg1.uint64(ANDS, nw)
-    u &= v
-    c["w"] ^= u
-    rho = bitslice.unpack(prg0.uint64(nw) ^ prg1.uint64(nw), n)
-    np.subtract(rho, prg0.fill(c["rho"]), out=c["rho"])
+    deal_compare(n, prg0, prg1, _split(out, n))
     return out
 
 
@@ -90,7 +78,7 @@ def expand(party: int, n: int, prg: Prg, correction: np.ndarray | None) -> ReluM
 
 
 def run(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray) -> np.ndarray:
-    """Online: this party's arithmetic share of [x >= 0], same shape as x (8 rounds)."""
+    """Online: this party's arithmetic share of [x >= 0], same shape as x (5 rounds)."""
     common.consume("sign", mat, "a reused mask leaks the input")
     x = np.asarray(x, dtype=np.uint64)
     if x.size != mat.n:

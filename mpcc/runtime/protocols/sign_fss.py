@@ -1,6 +1,6 @@
 """The comparison bit [x >= 0] as arithmetic 0/1 shares in ONE round, for signed |x| < 2^62,
 by function secret sharing (`costs.sign_fss`): the round-reduced counterpart of `sign.py`
-(8 rounds), for links where a round costs more than ~1.5 KB of dealer material per element.
+(5 rounds), for links where a round costs more than ~1.5 KB of dealer material per element.
 
 Signed comparison by a DCF on the biased input (BCG+21 Sec. 4's "DReLU" on the low n - 1 bits,
 as in LLAMA and SIGMA; the known-MSB bias of `truncation.py`). The dealer draws
@@ -33,12 +33,12 @@ cost model prices the P1 copy in `Cost.dealer` and the P0 copy in `calls.SignFss
 
 Sizes (`dcf.key_words` with m = 62): 62 (3n + 2 ceil(n/64)) + n words, ~1,512 B per element
 to each party; online 8 B per element and party, one round. Time (`benchmarks/fss.py`,
-n = 10^5, the 2-core dev box shared with other jobs at load average 5-10, wall / CPU seconds):
-key generation 0.76 / 0.29 at the dealer, evaluation 0.16 / 0.07 per party (fixed-key AES
-0.02-0.03 of it), the whole online phase 0.26-0.37 wall for both parties in two threads --
-against 0.004-0.007 for the 8-round `sign.py`. So FSS pays where 7 saved one-way delays
-outweigh ~1.6 us of evaluation per element and party (on this box, a layer of up to ~20,000
-elements at 10 ms RTT), at ~100x the dealer bytes.
+n = 10^5, the 2-core dev box (Zen 3, AES-NI and VAES) at load ~2.5, CPU seconds): key
+generation 0.10 at the dealer, evaluation 0.031 per party (4.9 ns per element and level;
+0.07-0.09 through OpenSSL level by level, on CPUs without AES-NI), the whole online phase
+0.074 wall for both parties in two threads -- against 0.006 for the 5-round `sign.py`.
+So FSS pays where 4 saved one-way delays outweigh ~0.7 us of online time per element (on
+this box, a layer of up to ~30,000 elements at 10 ms RTT), at ~40x the dealer bytes.
 """
 
 from __future__ import annotations

@@ -1,0 +1,281 @@
+"""Answers per second across an emulated WAN with many clients at once (issue 13 item 4).
+
+The three parties run as `python -m mpcc party` processes over TLS 1.3 in the namespaces of
+`mpcc.bench.wan.WanBed` (a relay holds every chunk RTT/2 each way; tbf caps each role's
+link); N clients in a fourth namespace each send one sample at a time, and the next as soon
+as the answer is in, for a fixed time. A session runs one query at a time per lane
+(`[serving] lanes`, each lane its own P0-P1 link), and a plan of batch B lets P0 put up to B
+clients' requests into one query. Every answer is checked against onnxruntime.
+
+    sudo .venv/bin/python benchmarks/wan_throughput.py --rtt 10 --clients 16 \\
+        --setting 1x16 --setting 4x4 --setting 8x2 [--compile-network 10,1]
+
+A setting BxL is a plan of batch B served with L lanes; each gets a fresh bed. Prints a line
+per setting and writes benchmarks/results/wan_throughput.md and .json. Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wan import MODELS, NAMES, RESULTS, TOLERANCE  # noqa: E402
+
+from mpcc.bench import machine_info  # noqa: E402
+from mpcc.bench.wan import WanBed, unavailable  # noqa: E402
+from mpcc.compiler.pipeline import compile_onnx  # noqa: E402
+from mpcc.serving.client import Client  # noqa: E402
+from mpcc.serving.owner import deploy_program  # noqa: E402
+
+WARM_S = 3.0  # each client's first queries, not counted (links, material stock)
+TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) * TICK_S
+
+
+def cpu_of(bed: WanBed) -> dict[str, float]:
+    """CPU seconds so far of each party, the relay and this process (the clients)."""
+    out = {role: cpu_s(p.pid) for role, p in bed.procs.items()}
+    if bed.relay is not None:
+        out["relay"] = cpu_s(bed.relay.pid)
+    out["clients"] = cpu_s(os.getpid())
+    return out
+
+
+def setting(text: str) -> tuple[int, int]:
+    """'BxL' -> (batch, lanes)."""
+    try:
+        b, lanes = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a setting is BATCHxLANES, e.g. 4x4, not {text!r}"
+        ) from None
+    if b < 1 or lanes < 1:
+        raise argparse.ArgumentTypeError(f"batch and lanes must be >= 1, not {text!r}")
+    return b, lanes
+
+
+def clients_run(
+    cfg: Any,
+    n: int,
+    seconds: float,
+    X: np.ndarray,
+    ref: np.ndarray,
+    on_window: Any = None,
+) -> tuple[list[float], list[int], list[int]]:
+    """n clients, each one query at a time for WARM_S + seconds; returns the counted
+    answers' latencies, the requests sharing each one's query and the lanes that ran them.
+    A wrong answer (or any client's error) stops the run with an error. `on_window()` is
+    called as the counted window opens and as it closes."""
+    lat: list[float] = []
+    shared: list[int] = []
+    lanes: list[int] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+    start = time.perf_counter()
+    count_from, end = start + WARM_S, start + WARM_S + seconds
+
+    def one(k: int) -> None:
+        try:
+            with Client(cfg) as c:
+                i = k
+                while time.perf_counter() < end:
+                    t0 = time.perf_counter()
+                    y = c.predict(X[i % len(X) : i % len(X) + 1])
+                    t = time.perf_counter() - t0
+                    r = ref[i % len(X)]
+                    if y.argmax() != r.argmax() or np.abs(y - r).max() > TOLERANCE:
+                        raise AssertionError(f"wrong answer: {np.abs(y - r).max():.3g} off")
+                    if t0 >= count_from and t0 + t <= end:
+                        (req,) = c.stats.requests
+                        with lock:
+                            lat.append(t)
+                            shared.append(req.batch_requests)
+                            lanes.append(req.lane)
+                    i += n
+        except BaseException as e:  # noqa: BLE001 - reported below
+            with lock:
+                errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(n)]
+    for th in threads:
+        th.start()
+    for t in (count_from, end):
+        time.sleep(max(0.0, t - time.perf_counter()))
+        if on_window is not None:
+            on_window()
+    for th in threads:
+        th.join(WARM_S + seconds + 120)
+    if errors:
+        raise RuntimeError(f"{len(errors)} clients failed; first: {errors[0]!r}")
+    return lat, shared, lanes
+
+
+def run_setting(
+    tmp: str,
+    name: str,
+    rtt: float,
+    gbps: float,
+    clients: int,
+    seconds: float,
+    batch: int,
+    lanes: int,
+    network: str | None,
+) -> dict[str, Any]:
+    from mpcc.zoo.reference import run_logits
+
+    path, X = MODELS[name](64)
+    ref = run_logits(path, X)
+    prog, weights = compile_onnx(path, (batch, *X.shape[1:]), network=network)
+    stock = max(4, 2 * lanes)
+    with WanBed(
+        tempfile.mkdtemp(dir=tmp), rtt, gbps, timeout_s=60, lanes=lanes, stock=stock
+    ) as bed:
+        bed.start_parties()
+        with bed.inside("client"):
+            deploy_program(prog, weights, bed.view("client"))
+            with Client(bed.view("client")) as c:
+                c.wait_ready(120)
+            marks: list[dict[str, float]] = []
+            lat, shared, used = clients_run(
+                bed.view("client"), clients, seconds, X, ref, lambda: marks.append(cpu_of(bed))
+            )
+    cpu = {k: (marks[1][k] - marks[0][k]) / max(1, len(lat)) * 1e3 for k in marks[0]}
+    row = {
+        "model": name,
+        "rtt_ms": rtt,
+        "gbps": gbps,
+        "clients": clients,
+        "batch": batch,
+        "lanes": lanes,
+        "stock": stock,
+        "compiled_for": network,
+        "seconds": seconds,
+        "answers": len(lat),
+        "answers_per_s": len(lat) / seconds,
+        "latency_ms": {
+            "median": statistics.median(lat) * 1e3,
+            "p90": float(np.percentile(lat, 90)) * 1e3,
+        },
+        "requests_per_query": statistics.mean(shared),
+        "lanes_used": sorted(set(used)),
+        "cpu_ms_per_answer": cpu,
+    }
+    print(line(row), flush=True)
+    return row
+
+
+def line(r: dict) -> str:
+    net = f", plan for {r['compiled_for']}" if r["compiled_for"] else ""
+    return (
+        f"{r['model']} RTT {r['rtt_ms']:g} ms, {r['clients']} clients, batch {r['batch']} x "
+        f"{r['lanes']} lanes{net}: {r['answers_per_s']:.1f} answers/s, median "
+        f"{r['latency_ms']['median']:.0f} ms, p90 {r['latency_ms']['p90']:.0f} ms, "
+        f"{r['requests_per_query']:.1f} requests per query; CPU ms per answer: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms_per_answer"].items())
+    )
+
+
+def markdown(report: dict) -> str:
+    out = [
+        "# Answers per second across an emulated WAN (`benchmarks/wan_throughput.py`)",
+        "",
+        f"Generated {report['when']} by `{report['command']}`.",
+        "",
+        "Three party processes over TLS 1.3, each in its own network namespace, every link",
+        "through a relay holding each chunk RTT/2 each way; clients in a fourth namespace,",
+        "each sending one sample and the next when the answer is in. Counted after a",
+        f"{WARM_S:g} s warm-up; every answer checked against onnxruntime (a wrong one stops",
+        "the run, so every row had none). A setting B x L is",
+        "a plan of batch B (P0 puts up to B clients' requests in one query) served with L",
+        "lanes (queries in flight at once, each on its own P0-P1 link).",
+        "",
+        "| model | RTT ms | clients | batch x lanes | plan | answers/s | median ms | p90 ms "
+        "| requests/query |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        out.append(
+            f"| {NAMES[r['model']]} | {r['rtt_ms']:g} | {r['clients']} | {r['batch']} x "
+            f"{r['lanes']} | {r['compiled_for'] or 'LAN'} | {r['answers_per_s']:.1f} "
+            f"| {r['latency_ms']['median']:.0f} | {r['latency_ms']['p90']:.0f} "
+            f"| {r['requests_per_query']:.1f} |"
+        )
+    m = report["machine"]
+    out += [
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_avg_1m']:.1f} at "
+        "the start (the three parties, the relays and the clients share those cores).",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rtt", type=float, default=10.0, help="round trip, ms")
+    ap.add_argument("--gbps", type=float, default=1.0, help="each role's link rate")
+    ap.add_argument("--model", default="lenet", choices=sorted(MODELS))
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=20.0, help="measured time per setting")
+    ap.add_argument(
+        "--setting", type=setting, action="append", help="BATCHxLANES (repeatable; default 1x1)"
+    )
+    ap.add_argument("--compile-network", metavar="RTT_ms,Gbps", help="mpcc compile --network")
+    ap.add_argument("--out", default=str(RESULTS / "wan_throughput"), help="path without suffix")
+    args = ap.parse_args(argv)
+    why = unavailable()
+    if why:
+        print(f"benchmarks/wan_throughput.py: {why}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    report: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/wan_throughput.py " + " ".join(argv or sys.argv[1:]),
+        "nice": os.getpriority(os.PRIO_PROCESS, 0),
+        "machine": machine_info(),
+        "rows": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="mpcc-wanthr-") as tmp:
+        for batch, lanes in args.setting or [(1, 1)]:
+            report["rows"].append(
+                run_setting(
+                    tmp,
+                    args.model,
+                    args.rtt,
+                    args.gbps,
+                    args.clients,
+                    args.seconds,
+                    batch,
+                    lanes,
+                    args.compile_network,
+                )
+            )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    print(f"wrote {out.with_suffix('.md')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
