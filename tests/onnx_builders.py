@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -188,13 +189,23 @@ def export(kind: str, dynamo: bool, opset: int | None = None) -> tuple[onnx.Mode
     """A small torch model ("convnet", "mixed": input [N, 1, 12, 12]; "kitchen": [N, 3, 16, 16];
     a dynamic batch axis) exported with the dynamo or the TorchScript exporter (by default
     opset 13 and constant folding off for TorchScript); returns (model, module)."""
+    import torch
+
+    from tests.export_cache import cached_onnx, torch_key
+
+    module = _torch_module(kind)
+    x = torch.randn(2, 3, 16, 16) if kind == "kitchen" else torch.randn(2, 1, 12, 12)
+    # the dynamo exporter takes seconds: the graph is kept on disk under a content key
+    key = torch_key(Path(__file__).read_bytes(), kind, str(dynamo), str(opset), module=module)
+    return cached_onnx(key, lambda: _export(module, x, kind, dynamo, opset)), module
+
+
+def _export(module, x, kind: str, dynamo: bool, opset: int | None) -> onnx.ModelProto:
     import tempfile
     import warnings
 
     import torch
 
-    module = _torch_module(kind)
-    x = torch.randn(2, 3, 16, 16) if kind == "kitchen" else torch.randn(2, 1, 12, 12)
     with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = f"{tmp}/{kind}.onnx"
@@ -221,4 +232,4 @@ def export(kind: str, dynamo: bool, opset: int | None = None) -> tuple[onnx.Mode
                 dynamic_axes={"x": {0: "batch"}},
                 do_constant_folding=False,
             )
-        return onnx.load(path), module
+        return onnx.load(path)

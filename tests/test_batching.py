@@ -9,7 +9,7 @@ import pytest
 from mpcc.compiler.batching import row_mixing, rows_independent
 from mpcc.compiler.pipeline import compile_onnx
 from mpcc.errors import InputError, PartyError
-from tests.concurrent_clients import each_client
+from tests.concurrent_clients import close_all, each_client
 from tests.onnx_builders import model, node, rand, run
 
 B = 2
@@ -99,8 +99,7 @@ def servers(tmp_path):
     try:
         yield cfg
     finally:
-        for p in parties:
-            p.close()
+        close_all(parties)
 
 
 def _serve_concurrently(cfg, xs):
@@ -228,5 +227,4 @@ def test_one_request_limit_stops_all_three_on_a_plan_that_mixes_rows(tmp_path):
         assert np.abs(y - ref).max() < 1e-3
         assert all(p.stop_event.wait(10) for p in parties)
     finally:
-        for p in parties:
-            p.close()
+        close_all(parties)

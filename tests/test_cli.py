@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import signal
@@ -66,10 +68,17 @@ def test_run_any_number_of_samples(lenet_plan, digits_test, tmp_path, mode) -> N
     assert y.shape == (10, 10) and np.abs(y - ref).max() < 0.02
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "mpcc", *args], capture_output=True, text=True, timeout=300
-    )
+def _cli(*args: str, process: bool = False) -> subprocess.CompletedProcess:
+    """`mpcc ARGS` in this process (`cli.main`, what `python -m mpcc` calls), or with
+    `process=True` as `python -m mpcc ARGS` (a second or two to start: one test does it)."""
+    if process:
+        return subprocess.run(
+            [sys.executable, "-m", "mpcc", *args], capture_output=True, text=True, timeout=300
+        )
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(list(args))
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
 
 def _assert_user_error(res: subprocess.CompletedProcess, *needles: str) -> None:
@@ -83,7 +92,7 @@ def _assert_user_error(res: subprocess.CompletedProcess, *needles: str) -> None:
 def test_malformed_file_is_a_clear_error(tmp_path) -> None:
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage")
-    _assert_user_error(_cli("compile", str(bad)), "bad.onnx")
+    _assert_user_error(_cli("compile", str(bad), process=True), "bad.onnx")
 
 
 def test_unsupported_ops_are_listed_at_once(tmp_path) -> None:

@@ -28,12 +28,20 @@ from mpcc.frontends import keras as kf  # noqa: E402
 from mpcc.runtime.cleartext import predict  # noqa: E402
 from mpcc.runtime.cluster import LocalCluster  # noqa: E402
 from mpcc.zoo.reference import run_logits, run_onnxruntime  # noqa: E402
+from tests.export_cache import cache_exports  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
 
 S = (2, 12, 12, 3)
+
+
+@pytest.fixture(autouse=True)
+def _cached_exports(monkeypatch, request) -> None:
+    """torch's dynamo exporter takes ~1.5 s a graph: keep each test's exported graphs on disk,
+    keyed by everything that decides them (tests/export_cache.py)."""
+    cache_exports(monkeypatch, request)
 
 
 def rand(shape, seed: int = 0) -> np.ndarray:

@@ -6,8 +6,9 @@
   ``padding="same"`` max pooling, global average pooling, Dropout, softmax), via the Keras
   frontend. Its trained weights are cached next to the zoo's (``zoo_cache_dir``).
 
-Each must agree with onnxruntime's argmax on every one of ``N`` test digits, with every logit
-within ``MAX_LOGIT_ERROR``.
+Each must agree with onnxruntime's argmax on every one of ``N`` test digits (two queries of
+``BATCH``, the second padded), with every logit within ``MAX_LOGIT_ERROR``; the same on the whole
+test split is the ``all`` case, behind ``slow``.
 """
 
 from __future__ import annotations
@@ -23,13 +24,17 @@ from mpcc.compiler.costmodel import estimate
 from mpcc.compiler.pipeline import compile_onnx
 from mpcc.runtime.cluster import LocalCluster
 from mpcc.zoo.reference import run_logits
+from tests.export_cache import cache_exports
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning"
 )
 
-N = 160  # test digits per model (the digits test split has 450)
+N = 48  # test digits per model in the default suite (the digits test split has 450)
 BATCH = 32
+DIGITS = pytest.mark.parametrize(
+    "n", [N, pytest.param(None, marks=pytest.mark.slow)], ids=[str(N), "all"]
+)
 MAX_LOGIT_ERROR = 0.02
 
 
@@ -49,7 +54,8 @@ def _secure_matches_onnxruntime(prog, weights, onnx_model, x: np.ndarray) -> Non
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
 @pytest.mark.parametrize("name", ["mobilenet", "resnet_deep"])
-def test_torch_zoo_network(name, dynamo, zoo_model, digits_test) -> None:
+@DIGITS
+def test_torch_zoo_network(n, name, dynamo, zoo_model, digits_test) -> None:
     path = zoo_model(name, dynamo=dynamo)
     prog, weights = compile_onnx(path, (BATCH, 1, 28, 28), name=name)
     ops = [i.op.name for i in prog.instrs]
@@ -60,7 +66,7 @@ def test_torch_zoo_network(name, dynamo, zoo_model, digits_test) -> None:
     else:
         assert ops.count("add") >= 3, "three residual additions expected"
     assert not any("BatchNormalization" in n and "Mul" in n for n in prog.notes), prog.notes
-    _secure_matches_onnxruntime(prog, weights, path, digits_test[0][:N])
+    _secure_matches_onnxruntime(prog, weights, path, digits_test[0][:n])
 
 
 # ---- Keras (NHWC) -----------------------------------------------------------------------
@@ -120,9 +126,11 @@ def keras_weights(zoo_cache_dir: Path, digits_train) -> Path:
     return path
 
 
-def test_keras_nhwc_network(keras_weights, digits_test) -> None:
+@DIGITS
+def test_keras_nhwc_network(n, keras_weights, digits_test, monkeypatch, request) -> None:
     from mpcc import api
 
+    cache_exports(monkeypatch, request)  # tests/export_cache.py: the export is content-keyed
     model = keras_cnn(batch_size=BATCH)
     proto = api.export_onnx(model, weights=keras_weights)
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [
@@ -135,7 +143,7 @@ def test_keras_nhwc_network(keras_weights, digits_test) -> None:
     assert prog.value(prog.inputs[0][1]).shape == (BATCH, 28, 28, 1)
     ops = [i.op.name for i in prog.instrs]
     assert {"transpose", "maxpool", "clip", "avgpool", "concat"} <= set(ops), ops
-    x = np.ascontiguousarray(digits_test[0][:N].transpose(0, 2, 3, 1))
-    accuracy = float((run_logits(proto, x).argmax(1) == digits_test[1][:N]).mean())
+    x = np.ascontiguousarray(digits_test[0][:n].transpose(0, 2, 3, 1))
+    accuracy = float((run_logits(proto, x).argmax(1) == digits_test[1][:n]).mean())
     assert accuracy >= 0.85, f"the Keras CNN is undertrained: test accuracy {accuracy:.1%}"
     _secure_matches_onnxruntime(prog, weights, proto, x)

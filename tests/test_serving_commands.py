@@ -14,6 +14,7 @@ from mpcc.errors import MpccError
 from mpcc.serving import config as cfgmod
 from mpcc.serving.commands import add_commands
 from mpcc.serving.local import init_local
+from tests.concurrent_clients import close_all
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -134,8 +135,7 @@ def test_deploy_and_predict_commands(tmp_path, zoo_model, digits_test, capsys):
         status = capsys.readouterr().out
         assert "P1: unreachable" in status and "P0: mlp" in status, status
     finally:
-        for p in parties:
-            p.close()
+        close_all(parties)
     with pytest.raises(MpccError, match="no cluster configuration"):
         cfgmod.load(tmp_path / "missing.toml")
 

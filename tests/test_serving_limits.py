@@ -38,6 +38,7 @@ from mpcc.serving.wire import (
     encode,
     encode_message,
 )
+from tests.concurrent_clients import close_all
 
 DEADLINE_S = 1.0
 
@@ -557,8 +558,7 @@ def test_serving_with_frames_smaller_than_bundles_and_weights(tmp_path, mlp, dig
         with Client(cfg) as c:  # and the party keeps serving
             assert np.array_equal(c.predict(X[:4]).argmax(1), ref[:4].argmax(1))
     finally:
-        for p in parties:
-            p.close()
+        close_all(parties)
 
 
 def test_the_settings_table_in_the_guide_matches_the_defaults():

@@ -27,7 +27,7 @@ from mpcc.serving.state import FILE as STATE_FILE
 from mpcc.serving.state import load as load_state
 from mpcc.serving.state import share_commitment
 from mpcc.serving.tlscontext import client_context
-from tests.concurrent_clients import each_client
+from tests.concurrent_clients import close_all, each_client
 
 # Served logits against onnxruntime's float32 ones: with 16 fractional bits the secure plan
 # is off by a few hundred LSBs at most (about 3e-4 on logits of magnitude ~20 for this MLP).
@@ -77,8 +77,7 @@ class Servers:
         self.parties.pop(role).close()
 
     def close(self):
-        for role in list(self.parties):
-            self.stop(role)
+        close_all(self.parties.pop(role) for role in list(self.parties))
 
 
 @pytest.fixture

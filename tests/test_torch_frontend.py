@@ -14,6 +14,7 @@ from mpcc.runtime.cleartext import encode_weights, run_encoded
 from mpcc.runtime.cluster import LocalCluster
 from mpcc.runtime.fixedpoint import decode, encode
 from mpcc.zoo.reference import run_logits, run_onnxruntime
+from tests.export_cache import cache_exports
 from tests.onnx_builders import model, node, rand, run
 from tests.test_ops import pos, w
 
@@ -67,7 +68,8 @@ def test_compile_a_module_in_eval_mode(dynamo, zoo_module, digits_test) -> None:
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn", "resnet", "mobilenet"])
-def test_both_exporters_give_the_same_plan(name, zoo_module) -> None:
+def test_both_exporters_give_the_same_plan(name, zoo_module, monkeypatch, request) -> None:
+    cache_exports(monkeypatch, request)  # tests/export_cache.py: the exports are content-keyed
     module = zoo_module(name)
     x = torch.zeros(2, 1, 28, 28)
     plans = [api.compile(module, x, dynamo=d)[0] for d in (False, True)]
@@ -231,7 +233,8 @@ TORCH_OPS = {
 
 @EXPORTERS
 @pytest.mark.parametrize("name", sorted(TORCH_OPS))
-def test_torch_op(name: str, dynamo: bool) -> None:
+def test_torch_op(name: str, dynamo: bool, monkeypatch, request) -> None:
+    cache_exports(monkeypatch, request)  # tests/export_cache.py: the exports are content-keyed
     torch.manual_seed(0)
     module = TORCH_OPS[name]().eval()
     x = torch.randn(1, 4, 8, 8)

@@ -1,9 +1,12 @@
 """The kernel warm-up: after `warm_up()` no query compiles a numba kernel.
 
-The claim is checked where it matters, in a fresh process with an empty numba cache (a fresh
-clone, CI): warm-up compiles every kernel, then the zoo's models run in cleartext and
-securely at batch 1 and 4 (and the MLP at `kernels.FEW_ROWS`, the transposed-weight matmul)
-without any dispatcher gaining a signature.
+The claim is checked in a fresh process: warm-up loads or compiles every kernel, then the
+zoo's models run in cleartext and securely at batch 1 and 4 (and the MLP at
+`kernels.FEW_ROWS`, the transposed-weight matmul) without any dispatcher gaining a signature
+(loaded from numba's cache or compiled: both count). Where it matters most, with an empty numba
+cache (a fresh clone, CI), warm-up compiles every kernel, ~25 s on two cores: that case, which
+also checks that every kernel got a signature, is behind `slow`. The default suite's child uses
+the usual cache, where a signature warm-up misses still shows up as one gained (a load) after.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from mpcc.runtime.kernels import FEW_ROWS
 from mpcc.runtime.warmup import WarmupReport, warm_up
@@ -48,15 +53,17 @@ print(json.dumps({
 """
 
 
-def test_no_kernel_compiles_after_warm_up_with_an_empty_cache(zoo_model, tmp_path):
+@pytest.mark.parametrize("cache", ["usual", pytest.param("empty", marks=pytest.mark.slow)])
+def test_no_kernel_compiles_after_warm_up(cache, zoo_model, tmp_path):
     names = ("lenet", "resnet", "mobilenet", "cnn", "mlp")
     runs = [(str(zoo_model(n)), b) for n in names for b in (1, 4)]
     runs.append((str(zoo_model("mlp")), FEW_ROWS))
     env = dict(
         os.environ,
-        NUMBA_CACHE_DIR=str(tmp_path / "numba-cache"),  # empty: every kernel compiles
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
     )
+    if cache == "empty":
+        env["NUMBA_CACHE_DIR"] = str(tmp_path / "numba-cache")  # every kernel compiles
     proc = subprocess.run(
         [sys.executable, "-c", CHILD, json.dumps(runs)],
         capture_output=True,
@@ -67,10 +74,16 @@ def test_no_kernel_compiles_after_warm_up_with_an_empty_cache(zoo_model, tmp_pat
     )
     assert proc.returncode == 0, proc.stderr[-4000:]
     got = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert got["loaded"] == 0 and got["compiled"] > 0  # the cache really was empty
     warm = got["warm"]
-    uncompiled = [k for k, n in warm.items() if n == 0]
-    assert warm and not uncompiled, f"warm-up compiled no signature of {uncompiled}"
+    assert warm
+    if cache == "empty":
+        assert got["loaded"] == 0 and got["compiled"] > 0  # the cache really was empty
+        # Every kernel compiled. (Not checkable from the usual cache: a kernel called only
+        # from other kernels is inside their cached code and never loaded on its own.)
+        uncompiled = [k for k, n in warm.items() if n == 0]
+        assert not uncompiled, f"warm-up compiled no signature of {uncompiled}"
+    else:
+        assert got["loaded"] + got["compiled"] > 0  # a fresh process: nothing was in memory
     gained = {k: (warm.get(k, 0), n) for k, n in got["after"].items() if n != warm.get(k, 0)}
     assert not gained, f"compiled after warm-up (before, after): {gained}"
     assert got["counts"][0] == got["counts"][1]
