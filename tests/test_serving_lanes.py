@@ -122,3 +122,22 @@ def test_many_lanes_fit_in_the_party_link_pool(tmp_path, mlp1, reference):
             assert c.info()["p0"]["lanes"] == 20
     finally:
         servers.close()
+
+
+def test_lanes_keep_one_query_of_material_each_over_the_memory_limit(tmp_path, mlp1, reference):
+    # A stock under the lane count (stock_mb below one query) let a lane take a query number
+    # beyond P1's credit while the lane holding the lower one sat idle: the session stalled,
+    # then ended ("no preprocessing for query N"), for a sequential client (4 of 40 failed).
+    prog, weights = mlp1
+    X, ref = reference
+    servers = Servers(init_local(tmp_path, timeout_s=2.0, stock=1, stock_mb=0.001, lanes=2))
+    try:
+        for role in ("p0", "p1", "dealer"):
+            servers.start(role)
+        servers.deploy(prog, weights)
+        with Client(servers.cfg) as c:
+            assert c.info()["p1"]["stock"] == 2
+            for i in range(30):
+                check(c.predict(X[i % 12 : i % 12 + 1]), ref[i % 12 : i % 12 + 1])
+    finally:
+        servers.close()

@@ -39,7 +39,7 @@ from mpcc.serving.tls import TlsChannel
 from mpcc.serving.wire import Message
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 1.0
-P1_GRACE_S = 1.0  # see `DealerParty._limit_reached`
+LIMIT_GRACE_S = 1.0  # see `DealerParty._limit_reached`
 
 
 class DealerParty(PartyServer):
@@ -57,7 +57,7 @@ class DealerParty(PartyServer):
         self._links: dict[str, TlsChannel] = {}
         self.answered = 0  # requests answered, over all sessions (--num-requests)
         self._counts: dict[str, int] = {"P0": 0, "P1": 0}  # ... by party, this session's
-        self._p1_done_at: float | None = None
+        self._first_done_at: float | None = None
         self.session: str | None = None
 
     def start(self) -> None:
@@ -146,7 +146,7 @@ class DealerParty(PartyServer):
         p0, p1 = self._links["p0"], self._links["p1"]
         upto, q, base = -1, 0, self.answered
         self._counts = {"P0": base, "P1": base}
-        self._p1_done_at = None
+        self._first_done_at = None
         try:
             while not self.stop_event.is_set():
                 if self.deploy_generation != generation:
@@ -201,19 +201,21 @@ class DealerParty(PartyServer):
         return self._limit_reached()
 
     def _limit_reached(self) -> bool:
-        """Whether `--num-requests` is reached: P0's count, or P1's for a second. P1 may
-        report the last answers while P0 still finishes the same query (the two end their
-        online phase together), and stopping closes P0's dealer link, which would fail them."""
+        """Whether `--num-requests` is reached: by both compute parties' counts, or a second
+        after the first of them. The two end a query's online phase together but report
+        apart, and stopping closes the dealer links, which ends the session at both: the
+        other party may still be finishing the same query (its last requests would fail)."""
         n = self.num_requests
         if n is None:
             return False
-        if self._counts["P1"] >= n and self._p1_done_at is None:
-            self._p1_done_at = time.monotonic()
-        if self._counts["P0"] >= n or (
-            self._p1_done_at is not None and time.monotonic() - self._p1_done_at > P1_GRACE_S
+        done = [who for who, count in self._counts.items() if count >= n]
+        if done and self._first_done_at is None:
+            self._first_done_at = time.monotonic()
+        if len(done) == 2 or (
+            self._first_done_at is not None
+            and time.monotonic() - self._first_done_at > LIMIT_GRACE_S
         ):
-            who = "P0" if self._counts["P0"] >= n else "P1"
-            self.stop(f"{who} answered {self.answered} requests")
+            self.stop(f"{' and '.join(done)} answered {self.answered} requests")
             return True
         return False
 

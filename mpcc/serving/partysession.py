@@ -166,7 +166,7 @@ class SessionSetup:
             s.add_lanes(lanes[1:])
             Ready(sid).send(dealer)
             if self.party == 1:
-                Credit(upto=s.stock() - 1, answered=0).send(dealer)
+                Credit(upto=s.credit()[0], answered=0).send(dealer)
         except BaseException:
             for ch in lanes:
                 ch.close("start-up failed")

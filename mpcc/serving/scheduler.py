@@ -191,14 +191,16 @@ class QueryLoop:
                     raise PartyError(f"P0 sent {msg.kind!r} between queries")
                 announced = Announce.parse(msg.meta)
                 q = announced.q
-                s.announced(q)
+                more = s.announced(q)
+                with self._req:  # a query may be about to run: shutdown waits for it
+                    self._idle.clear()
+                if more is not None:  # a lane's query beyond the stock: let the dealer on
+                    Credit(more, s.answered).send(s.dealer)
                 batch, rejected, absent = self._gather(announced.reqs, s.dep.prog.batch)
                 with self._req:
                     arrived, self._arrived = self._arrived, []
                     # as at P0: a request id being run is taken until its answer is sent
                     self._inflight.update((r.rid, r) for r in batch)
-                    if batch:
-                        self._idle.clear()
                 held = batch
                 reply = (Go if batch else Skip)([r.rid for r in batch], rejected, absent, arrived)
                 reply.send(lane.peer)
@@ -206,7 +208,7 @@ class QueryLoop:
                     continue
                 self._execute(s, lane, q, batch)
                 batch = []  # answered
-                Credit(s.next_q - 1 + s.stock(), s.answered).send(s.dealer)
+                Credit(s.credit()[0], s.answered).send(s.dealer)
             except MpccError as e:
                 self._query_failed(s, lane, batch, e)
                 return

@@ -80,6 +80,7 @@ class PartySession:
         self._ran_below = 0  # every query below this one has run
         self._ran: set[int] = set()  # ... and these above it
         self.last_offline_s: float | None = None
+        self._credited = -1  # P1: the highest query the dealer may make material for
         self.running = 0  # queries in their online phase (one per lane at most)
         self.waiting = 0  # lanes waiting for a query's material
         self.answered = 0  # requests answered in this session
@@ -108,13 +109,25 @@ class PartySession:
             self.cond.notify_all()
             return q
 
-    def announced(self, q: int) -> None:
-        """P1: P0 announced query q; it must not have run (its material is gone)."""
+    def announced(self, q: int) -> int | None:
+        """P1: P0 announced query q; it must not have run (its material is gone). Returns the
+        credit to give the dealer if it rose (material up to the highest query announced
+        plus the stock), else None."""
         with self.cond:
             if q < self._ran_below or q in self._ran:
                 raise PartyError(f"P0 announced query {q}, which has run already")
             self.next_q = max(self.next_q, q + 1)
             self.cond.notify_all()
+            upto, rose = self.credit()
+            return upto if rose else None
+
+    def credit(self) -> tuple[int, bool]:
+        """P1: the highest query the dealer may make material for (the highest announced
+        plus the stock), and whether it rose since last asked."""
+        with self.cond:
+            upto = max(self._credited, self.next_q - 1 + self.stock())
+            rose, self._credited = upto > self._credited, upto
+            return upto, rose
 
     def end(self, reason: str) -> None:
         with self.cond:
@@ -139,11 +152,13 @@ class PartySession:
             self.cond.notify_all()
 
     def stock(self) -> int:
-        """Queries of material to keep ready: `stock` (at least one per lane), lowered so
-        they fit in `stock_mb` (never below one, or no query could run)."""
+        """Queries of material to keep ready: `stock`, lowered so they fit in `stock_mb`,
+        but never below one per lane: each lane holds a query's number until it runs, and a
+        lane whose query is beyond the stock would wait for material that P1's credit does
+        not let the dealer make (so `stock_mb` is exceeded rather than lanes stalled)."""
         serving = self.server.cfg.serving
         fits = int(serving.stock_mb * 2**20) // self.query_bytes
-        return max(1, min(max(serving.stock, len(self.lanes)), fits))
+        return max(len(self.lanes), min(serving.stock, fits))
 
     def prep_timeout(self) -> float:
         """How long a query may wait for its material. The first one of a session waits as
@@ -156,13 +171,19 @@ class PartySession:
         return serving.timeout_s + 2 * self.last_offline_s
 
     def wait_prepared(self, q: int) -> Prepared:
+        """Query q's material, once made. The wait fails after `prep_timeout` without
+        progress: each query made ahead of q (lanes wait in turn for one maker) restarts it."""
         timeout = self.prep_timeout()
         deadline = time.monotonic() + timeout
         with self.cond:
             self.waiting += 1
             self.cond.notify_all()
+            seen = self.prepared_upto
             try:
                 while q not in self.prepared:
+                    if self.prepared_upto > seen:
+                        seen = self.prepared_upto
+                        deadline = time.monotonic() + timeout
                     left = deadline - time.monotonic()
                     if self.ended is not None:
                         raise PartyError(f"session ended: {self.ended}")
