@@ -52,6 +52,7 @@ BG_WAIT_S = 1.0  # the background reader's longest single wait for the socket
 # faster than its messages are taken (a client over its rate) is then held back by TCP, not
 # queued for in memory (the soak benchmark's `info` flood grew P0's RSS 55% in 60 s).
 INBOX_MAX = 256
+ROUND_LAYOUTS = 4096  # frame prefixes of round messages a link keeps, by layout
 
 
 class _ReadFailed(Exception):
@@ -109,6 +110,7 @@ class TlsChannel(Channel):
         # protocol round's answer is often that close, and sleeping costs a wake-up (tens of
         # us on a VM) and lets the scheduler run both ends by turns on one CPU.
         self.spin_s = 0.0
+        self._round_prefixes: dict[tuple, bytes] = {}  # see `_put`
         self._closed: str | None = None
         self._close_lock = threading.Lock()
         self._on_close: list[Callable[[str], None]] = []
@@ -255,12 +257,19 @@ class TlsChannel(Channel):
     def send_msg(self, kind: str, meta: dict[str, Any] | None = None, arrays=()) -> None:
         """Send one message (in as many frames as the frame limit needs); raises PartyError
         if the link is closed or stalls."""
+        bufs, frames = self._encode(kind, meta or {}, list(arrays))
+        self._send_frames(bufs, frames)
+
+    def _encode(self, kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> tuple:
         if self._closed is not None:
             raise PartyError(f"link to {self.peer} is closed: {self._closed}")
         try:
-            bufs, frames = encode_message(kind, meta or {}, list(arrays), self.send_frame_bytes)
+            return encode_message(kind, meta, arrays, self.send_frame_bytes)
         except ValueError as e:
             raise PartyError(f"cannot send to {self.peer}: {e}") from None
+
+    def _send_frames(self, bufs: list, frames: int) -> None:
+        """Send whole frames; raises PartyError if the link is closed or stalls."""
         try:
             self._send_raw(*bufs)
         except _ReadFailed as e:  # reading while the socket was full: the link is over
@@ -358,7 +367,18 @@ class TlsChannel(Channel):
 
     # -- Channel interface (protocol rounds) ------------------------------------------------
     def _put(self, arrays: list[np.ndarray]) -> None:
-        self.send_msg("data", None, arrays)
+        """A round's message: its frame's prefix depends only on the arrays' layout, so it is
+        kept per layout and the arrays follow it as they are (a message over one frame, or
+        of a new layout, takes `send_msg`'s way)."""
+        key = tuple([(a.dtype.str, a.shape) for a in arrays])
+        prefix = self._round_prefixes.get(key)
+        if prefix is None or self._closed is not None:
+            bufs, frames = self._encode("data", {}, arrays)
+            if frames == 1 and len(self._round_prefixes) < ROUND_LAYOUTS:
+                self._round_prefixes[key] = bytes(bufs[0])
+            self._send_frames(bufs, frames)
+            return
+        self._send_frames([prefix, *[a for a in arrays if a.nbytes]], 1)
 
     def _get(self) -> list[np.ndarray]:
         return self.recv_msg(expect="data").arrays
