@@ -45,19 +45,31 @@ WARM_S = 3.0  # each client's first queries, not counted (links, material stock)
 TICK_S = 1.0 / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) a process has used so far."""
+def usage(pid: int) -> tuple[float, float, int]:
+    """CPU seconds in user and in system mode a process has used so far, and its minor page
+    faults (a fresh page costs ~4 us on this VM: big arrays allocated anew are not free)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) * TICK_S
+    return int(fields[11]) * TICK_S, int(fields[12]) * TICK_S, int(fields[7])
 
 
-def cpu_of(bed: WanBed) -> dict[str, float]:
-    """CPU seconds so far of each party, the relay and this process (the clients)."""
-    out = {role: cpu_s(p.pid) for role, p in bed.procs.items()}
+def usage_of(bed: WanBed) -> dict[str, tuple[float, float, int]]:
+    """`usage` of each party, the relay and this process (the clients)."""
+    out = {role: usage(p.pid) for role, p in bed.procs.items()}
     if bed.relay is not None:
-        out["relay"] = cpu_s(bed.relay.pid)
-    out["clients"] = cpu_s(os.getpid())
+        out["relay"] = usage(bed.relay.pid)
+    out["clients"] = usage(os.getpid())
     return out
+
+
+def per_answer(marks: list[dict], answers: int) -> tuple[dict, dict, dict]:
+    """CPU ms (user + system), system ms and minor faults per answer, by process, over the
+    counted window."""
+    n = max(1, answers)
+    (a, b), keys = marks, marks[0]
+    cpu = {k: (b[k][0] + b[k][1] - a[k][0] - a[k][1]) / n * 1e3 for k in keys}
+    sys_ = {k: (b[k][1] - a[k][1]) / n * 1e3 for k in keys}
+    faults = {k: (b[k][2] - a[k][2]) / n for k in keys}
+    return cpu, sys_, faults
 
 
 def setting(text: str) -> tuple[int, int]:
@@ -156,9 +168,9 @@ def run_setting(
                 c.wait_ready(120)
             marks: list[dict[str, float]] = []
             lat, shared, used = clients_run(
-                bed.view("client"), clients, seconds, X, ref, lambda: marks.append(cpu_of(bed))
+                bed.view("client"), clients, seconds, X, ref, lambda: marks.append(usage_of(bed))
             )
-    cpu = {k: (marks[1][k] - marks[0][k]) / max(1, len(lat)) * 1e3 for k in marks[0]}
+    cpu, sys_ms, faults = per_answer(marks, len(lat))
     row = {
         "model": name,
         "rtt_ms": rtt,
@@ -178,6 +190,9 @@ def run_setting(
         "requests_per_query": statistics.mean(shared),
         "lanes_used": sorted(set(used)),
         "cpu_ms_per_answer": cpu,
+        "sys_ms_per_answer": sys_ms,
+        "minor_faults_per_answer": faults,
+        "load_avg": os.getloadavg(),
     }
     print(line(row), flush=True)
     return row
@@ -191,6 +206,9 @@ def line(r: dict) -> str:
         f"{r['latency_ms']['median']:.0f} ms, p90 {r['latency_ms']['p90']:.0f} ms, "
         f"{r['requests_per_query']:.1f} requests per query; CPU ms per answer: "
         + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms_per_answer"].items())
+        + " (of which system: "
+        + ", ".join(f"{v:.1f}" for v in r["sys_ms_per_answer"].values())
+        + f"); load {r['load_avg'][0]:.1f}"
     )
 
 
@@ -209,15 +227,21 @@ def markdown(report: dict) -> str:
         "lanes (queries in flight at once, each on its own P0-P1 link).",
         "",
         "| model | RTT ms | clients | batch x lanes | plan | answers/s | median ms | p90 ms "
-        "| requests/query |",
-        "|---|---:|---:|---|---|---:|---:|---:|---:|",
+        "| requests/query | CPU ms per answer (system): P0, P1, dealer, relay | load |",
+        "|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|",
     ]
     for r in report["rows"]:
         out.append(
             f"| {NAMES[r['model']]} | {r['rtt_ms']:g} | {r['clients']} | {r['batch']} x "
             f"{r['lanes']} | {r['compiled_for'] or 'LAN'} | {r['answers_per_s']:.1f} "
             f"| {r['latency_ms']['median']:.0f} | {r['latency_ms']['p90']:.0f} "
-            f"| {r['requests_per_query']:.1f} |"
+            f"| {r['requests_per_query']:.1f} | "
+            + ", ".join(
+                f"{r['cpu_ms_per_answer'][k]:.1f} ({r['sys_ms_per_answer'][k]:.1f})"
+                for k in ("p0", "p1", "dealer", "relay")
+                if k in r["cpu_ms_per_answer"]
+            )
+            + f" | {r['load_avg'][0]:.1f} |"
         )
     m = report["machine"]
     out += [
