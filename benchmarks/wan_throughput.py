@@ -92,14 +92,16 @@ def clients_run(
     X: np.ndarray,
     ref: np.ndarray,
     on_window: Any = None,
-) -> tuple[list[float], list[int], list[int]]:
+) -> tuple[list[float], list[int], list[int], list[tuple[float, float]]]:
     """n clients, each one query at a time for WARM_S + seconds; returns the counted
-    answers' latencies, the requests sharing each one's query and the lanes that ran them.
+    answers' latencies, the requests sharing each one's query, the lanes that ran them and
+    each one's (wait at P0 before its query began, that query's online phase).
     A wrong answer (or any client's error) stops the run with an error. `on_window()` is
     called as the counted window opens and as it closes."""
     lat: list[float] = []
     shared: list[int] = []
     lanes: list[int] = []
+    split: list[tuple[float, float]] = []  # each answer's wait at P0 and its query's online
     errors: list[BaseException] = []
     lock = threading.Lock()
     start = time.perf_counter()
@@ -122,6 +124,7 @@ def clients_run(
                             lat.append(t)
                             shared.append(req.batch_requests)
                             lanes.append(req.lane)
+                            split.append((req.queued_s, req.online_s))
                     i += n
         except BaseException as e:  # noqa: BLE001 - reported below
             with lock:
@@ -138,7 +141,7 @@ def clients_run(
         th.join(WARM_S + seconds + 120)
     if errors:
         raise RuntimeError(f"{len(errors)} clients failed; first: {errors[0]!r}")
-    return lat, shared, lanes
+    return lat, shared, lanes, split
 
 
 def run_setting(
@@ -167,7 +170,7 @@ def run_setting(
             with Client(bed.view("client")) as c:
                 c.wait_ready(120)
             marks: list[dict[str, float]] = []
-            lat, shared, used = clients_run(
+            lat, shared, used, split = clients_run(
                 bed.view("client"), clients, seconds, X, ref, lambda: marks.append(usage_of(bed))
             )
     cpu, sys_ms, faults = per_answer(marks, len(lat))
@@ -188,6 +191,10 @@ def run_setting(
             "p90": float(np.percentile(lat, 90)) * 1e3,
         },
         "requests_per_query": statistics.mean(shared),
+        # where a median answer's time goes: waiting at P0 (for a lane, a batch and its
+        # material) and its query's online phase; the rest is the client's legs
+        "queued_ms_median": statistics.median(q for q, _ in split) * 1e3,
+        "online_ms_median": statistics.median(o for _, o in split) * 1e3,
         "lanes_used": sorted(set(used)),
         "cpu_ms_per_answer": cpu,
         "sys_ms_per_answer": sys_ms,
@@ -204,7 +211,9 @@ def line(r: dict) -> str:
         f"{r['model']} RTT {r['rtt_ms']:g} ms, {r['clients']} clients, batch {r['batch']} x "
         f"{r['lanes']} lanes{net}: {r['answers_per_s']:.1f} answers/s, median "
         f"{r['latency_ms']['median']:.0f} ms, p90 {r['latency_ms']['p90']:.0f} ms, "
-        f"{r['requests_per_query']:.1f} requests per query; CPU ms per answer: "
+        f"{r['requests_per_query']:.1f} requests per query (median wait at P0 "
+        f"{r['queued_ms_median']:.0f} ms, online {r['online_ms_median']:.0f} ms); CPU ms "
+        "per answer: "
         + ", ".join(f"{k} {v:.1f}" for k, v in r["cpu_ms_per_answer"].items())
         + " (of which system: "
         + ", ".join(f"{v:.1f}" for v in r["sys_ms_per_answer"].values())
