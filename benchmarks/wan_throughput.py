@@ -165,6 +165,7 @@ def run_setting(
     lanes: int,
     network: str | None,
     nice: int = 0,
+    batch_wait_ms: float | None = None,
 ) -> dict[str, Any]:
     from mpcc.zoo.reference import run_logits
 
@@ -172,9 +173,10 @@ def run_setting(
     ref = run_logits(path, X)
     prog, weights = compile_onnx(path, (batch, *X.shape[1:]), network=network)
     stock = max(4, 2 * lanes)
-    with WanBed(
-        tempfile.mkdtemp(dir=tmp), rtt, gbps, timeout_s=60, lanes=lanes, stock=stock
-    ) as bed:
+    serving: dict[str, Any] = {"timeout_s": 60, "lanes": lanes, "stock": stock}
+    if batch_wait_ms is not None:
+        serving["batch_wait_ms"] = batch_wait_ms
+    with WanBed(tempfile.mkdtemp(dir=tmp), rtt, gbps, **serving) as bed:
         bed.start_parties()
         with bed.inside("client"):
             deploy_program(prog, weights, bed.view("client"))
@@ -202,6 +204,7 @@ def run_setting(
         "stock": stock,
         "compiled_for": network,
         "party_nice": nice,
+        "batch_wait_ms": batch_wait_ms,
         "seconds": seconds,
         "answers": len(lat),
         "answers_per_s": len(lat) / seconds,
@@ -226,6 +229,8 @@ def run_setting(
 
 def line(r: dict) -> str:
     net = f", plan for {r['compiled_for']}" if r["compiled_for"] else ""
+    if r.get("batch_wait_ms") is not None:
+        net += f", batch wait {r['batch_wait_ms']:g} ms"
     if r.get("party_nice"):
         net += f", parties at nice {r['party_nice']}"
     return (
@@ -302,6 +307,11 @@ def main(argv: list[str] | None = None) -> int:
         "other work on a shared machine then takes less of their time; the relay runs at "
         "-10 always)",
     )
+    ap.add_argument(
+        "--batch-wait-ms",
+        type=float,
+        help="[serving] batch_wait_ms: how long P0 waits to fill a batch (default: the config's)",
+    )
     ap.add_argument("--out", default=str(RESULTS / "wan_throughput"), help="path without suffix")
     args = ap.parse_args(argv)
     why = unavailable()
@@ -330,6 +340,7 @@ def main(argv: list[str] | None = None) -> int:
                     lanes,
                     args.compile_network,
                     args.party_nice,
+                    args.batch_wait_ms,
                 )
             )
     out = Path(args.out)
