@@ -8,7 +8,7 @@ in-process query has its material made first: neither shares the cores with maki
 query's material. Reports the median online time of each (the slower party's, as each
 transport counts it), their ratio, and the extra time per round. The machine's other work
 shows in the numbers: compare ratios, and repeat. `--cpus p0=0,p1=1` pins the parties apart
-(as on machines of their own), `--spin-us` sets their `[serving] spin_us`.
+(as on machines of their own).
 
     .venv/bin/python benchmarks/tls_overhead.py --models lenet resnet18 --queries 30
 
@@ -38,15 +38,11 @@ from mpcc.serving.local import serve_locally  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def measure(
-    name: str, n: int, cpus: dict[str, str] | None = None, spin_us: float = 0.0
-) -> dict[str, Any]:
+def measure(name: str, n: int, cpus: dict[str, str] | None = None) -> dict[str, Any]:
     path, X = MODELS[name](max(n, 4))
     prog, weights = compile_onnx(path, (1, *X.shape[1:]))
     local, tls, stock = [], [], []
-    served = serve_locally(
-        prog, weights, cpus, timeout_s=30, handshake_timeout_s=30, spin_us=spin_us
-    )
+    served = serve_locally(prog, weights, cpus, timeout_s=30, handshake_timeout_s=30)
     with LocalCluster(prog, weights) as lc, served as client:
 
         def a(i: int) -> None:
@@ -83,7 +79,6 @@ def measure(
         "ratio": tm / lm,
         "per_round_extra_us": (tm - lm) / r.rounds * 1e6,
         "cpus": cpus or {},
-        "spin_us": spin_us,
         "inprocess_all": local,
         "tls_all": tls,
     }
@@ -100,15 +95,15 @@ def markdown(report: dict) -> str:
         f"Generated {report['when']}; {report['note']}",
         "",
         "| model | rounds | bytes/party | in process (median) | TLS, 3 processes (median) "
-        "| ratio | extra per round | parties pinned | spin |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| ratio | extra per round | parties pinned |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in report["rows"]:
         out.append(
             f"| {NAMES[r['model']]} | {r['rounds']} | {max(r['sent_bytes']) / 1e6:.2f} MB "
             f"| {r['inprocess_s'] * 1e3:.1f} ms | {r['tls_s'] * 1e3:.1f} ms "
             f"| {r['ratio']:.2f}x | {r['per_round_extra_us']:.0f} us "
-            f"| {_pins(r.get('cpus'))} | {r.get('spin_us', 0):g} us |"
+            f"| {_pins(r.get('cpus'))} |"
         )
     m = report["machine"]
     out += ["", f"Machine: {m['cpu']}, {m['cores']} cores, load {m['load_avg_1m']:.1f}.", ""]
@@ -125,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
         default="",
         help="pin parties to CPUs, e.g. p0=0,p1=1 (as on machines of their own; default: not)",
     )
-    ap.add_argument("--spin-us", type=float, default=0.0, help="[serving] spin_us of the parties")
     ap.add_argument("--out", default=str(RESULTS / "tls_overhead"), help="path without suffix")
     args = ap.parse_args(argv)
     report = {
@@ -136,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for name in args.models:
         cpus = dict(kv.split("=", 1) for kv in args.cpus.split(",") if kv)
-        row = measure(name, args.queries, cpus, args.spin_us)
+        row = measure(name, args.queries, cpus)
         print(
             f"{name}: in process {row['inprocess_s'] * 1e3:.1f} ms, TLS {row['tls_s'] * 1e3:.1f}"
             f" ms ({row['ratio']:.2f}x, {row['per_round_extra_us']:.0f} us/round extra)",

@@ -106,10 +106,6 @@ class TlsChannel(Channel):
         self._rbuf = bytearray(CHUNK)  # what the socket gave the reader (reader role only)
         self._rview = memoryview(self._rbuf)
         self.send_frame_bytes = send_frame_bytes or max_frame_bytes
-        # A consumer waiting for a message first polls the socket busily for this long: a
-        # protocol round's answer is often that close, and sleeping costs a wake-up (tens of
-        # us on a VM) and lets the scheduler run both ends by turns on one CPU.
-        self.spin_s = 0.0
         self._round_prefixes: dict[tuple, bytes] = {}  # see `_put`
         self._closed: str | None = None
         self._close_lock = threading.Lock()
@@ -161,19 +157,15 @@ class TlsChannel(Channel):
             if reader:
                 self._drop_role()
 
-    def _read_step(self, wait: float | None, spin: bool = False) -> bool:
+    def _read_step(self, wait: float | None) -> bool:
         """With the reader role: read what has arrived, waiting up to `wait` s (None: no
-        limit) for something, first busy for up to `spin_s` if `spin`; deliver the messages
-        it completes. Raises _ReadFailed when the link is over; returns whether anything
-        arrived."""
-        busy_until = time.perf_counter() + self.spin_s if spin and wait != 0 else 0.0
+        limit) for something; deliver the messages it completes. Raises _ReadFailed when the
+        link is over; returns whether anything arrived."""
         while True:
             try:
                 n = self._sock.recv_into(self._rbuf)
                 break
             except (BlockingIOError, InterruptedError):
-                if busy_until and time.perf_counter() < busy_until:
-                    continue
                 if wait == 0 or not wait_for(self._sock, POLL_IN, wait):
                     return False
                 wait = 0
@@ -323,7 +315,7 @@ class TlsChannel(Channel):
                 return item
             failed = None
             try:
-                self._read_step(BG_WAIT_S if left is None else max(0.0, left), spin=True)
+                self._read_step(BG_WAIT_S if left is None else max(0.0, left))
             except _ReadFailed as e:
                 failed = e.args[0]
             finally:
