@@ -1,5 +1,5 @@
-"""What every party process shares: its listener (`listener.Listener`), deployments from
-the owner, kernel warm-up and shutdown."""
+"""What every party process shares: its listener (`listener.Listener`) and control loop
+(`controlloop.ControlLoop`), deployments from the owner, kernel warm-up and shutdown."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.warmup import warm_up
 from mpcc.serving import state
 from mpcc.serving.config import ClusterConfig
+from mpcc.serving.controlloop import ControlLoop
 from mpcc.serving.listener import Handler, Listener
 from mpcc.serving.messages import (
     Activate,
@@ -91,6 +92,7 @@ class PartyServer:
                 self.state_dir,
             )
         self.listener: Listener | None = None
+        self.control: ControlLoop | None = None
 
     # -- to be filled by subclasses -------------------------------------------------------
     def handlers(self) -> dict[str, tuple[set[str], Handler]]:
@@ -105,7 +107,8 @@ class PartyServer:
     # -- running --------------------------------------------------------------------------
     def start(self) -> None:
         """Listen and start background work (returns at once)."""
-        self.listener = Listener(self.cfg, self.role, self.handlers(), self.log)
+        self.control = ControlLoop(self.role, self.log)
+        self.listener = Listener(self.cfg, self.role, self.handlers(), self.log, self.control)
         self.listener.start()
         host, port = self.cfg.address(self.role)
         self.log.info("%s listening on %s (TLS 1.3, mutual auth)", self.role, f"{host}:{port}")
@@ -165,6 +168,8 @@ class PartyServer:
         if self.listener is not None:
             self.listener.close()
         self.shutdown()
+        if self.control is not None:
+            self.control.close()
         self.log.info("stopped")
 
     # -- deployment -----------------------------------------------------------------------

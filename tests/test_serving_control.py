@@ -1,0 +1,92 @@
+"""The control plane on the party's event loop: open client links cost the party no thread.
+
+Each client link used to hold three threads at a party (its handshake thread, which then ran
+the link, the channel's reader, and the outbox's sender); now a greeted link is a task of
+the party's control loop (`controlloop`, `controllink`). The clients here are plain blocking
+TLS sockets, so the test process's thread count is the party's.
+"""
+
+from __future__ import annotations
+
+import socket
+import ssl
+import threading
+import time
+
+import pytest
+
+from mpcc.serving.frameparser import FrameParser
+from mpcc.serving.local import init_local
+from mpcc.serving.party import ComputeParty
+from mpcc.serving.tlscontext import client_context
+from mpcc.serving.wire import Message, encode
+
+CLIENTS = 40
+
+
+def _send(s: ssl.SSLSocket, kind: str, meta: dict) -> None:
+    s.sendall(b"".join(bytes(b) for b in encode(kind, meta, [])))
+
+
+def _recv(s: ssl.SSLSocket, parser: FrameParser) -> Message:
+    while True:
+        data = s.recv(1 << 16)
+        assert data, "the party closed the link"
+        msgs = parser.feed(data)
+        if msgs:
+            assert len(msgs) == 1, msgs
+            return msgs[0]
+
+
+def _client(cfg, ctx: ssl.SSLContext) -> tuple[ssl.SSLSocket, FrameParser]:
+    """A greeted client link, thread-free on this side."""
+    s = ctx.wrap_socket(socket.create_connection(cfg.address("p0"), timeout=10))
+    parser = FrameParser(1 << 20)
+    _send(s, "hello", {"link": "client", "version": 1})
+    assert _recv(s, parser).kind == "welcome"
+    return s, parser
+
+
+def _threads_settle(at_most: int, within: float = 5.0) -> int:
+    """The thread count, once it is at most `at_most` (or after `within` s)."""
+    end = time.monotonic() + within
+    while threading.active_count() > at_most and time.monotonic() < end:
+        time.sleep(0.05)
+    return threading.active_count()
+
+
+@pytest.fixture
+def p0(tmp_path):
+    cfg = init_local(tmp_path, max_connections=64, client_connections=64, timeout_s=5.0)
+    party = ComputeParty(cfg, "p0")
+    party.start()
+    assert party.kernels_ready.wait(120)
+    try:
+        yield cfg, party
+    finally:
+        party.close()
+
+
+def test_open_client_links_cost_the_party_no_thread(p0):
+    cfg, party = p0
+    ctx = client_context(cfg, "client")
+    links = [_client(cfg, ctx)]  # the control loop and its first link are up
+    base = _threads_settle(0, within=1.0)
+    try:
+        for _ in range(CLIENTS):
+            links.append(_client(cfg, ctx))
+        for s, _ in links:  # every link is served: each asks, each is answered
+            _send(s, "info", {})
+        for s, parser in links:
+            assert _recv(s, parser).kind == "info"
+        assert len(party._outboxes) == CLIENTS + 1
+        # before: about three more threads per link (120 here)
+        assert _threads_settle(base + 2) <= base + 2, threading.enumerate()
+    finally:
+        for s, _ in links:
+            s.close()
+    end = time.monotonic() + 5
+    while len(party._outboxes) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert len(party._outboxes) == 0  # each task ended its link
+    assert party.listener.connections_of("client") == 0  # and gave its slot back
