@@ -90,3 +90,53 @@ def test_open_client_links_cost_the_party_no_thread(p0):
         time.sleep(0.05)
     assert len(party._outboxes) == 0  # each task ended its link
     assert party.listener.connections_of("client") == 0  # and gave its slot back
+
+
+def test_messages_sent_with_the_hello_survive_the_move_to_the_loop(p0):
+    """What the channel read before the link moved (here, a request in the same write as the
+    hello) is answered from the loop: the parser's state and the unread messages move too."""
+    cfg, _ = p0
+    s = client_context(cfg, "client").wrap_socket(
+        socket.create_connection(cfg.address("p0"), timeout=10)
+    )
+    parser = FrameParser(1 << 20)
+    hello = encode("hello", {"link": "client", "version": 1}, [])
+    s.sendall(b"".join(bytes(b) for b in [*hello, *encode("info", {}, [])]))
+    try:
+        assert _recv(s, parser).kind == "welcome"
+        assert _recv(s, parser).kind == "info"
+    finally:
+        s.close()
+
+
+def test_a_client_that_does_not_read_is_cut_off_while_others_are_served(p0):
+    cfg, party = p0
+    ctx = client_context(cfg, "client")
+    flooder, _ = _client(cfg, ctx)
+    info = b"".join(bytes(b) for b in encode("info", {}, [])) * 1000
+
+    def flood() -> None:  # asks for `info` as fast as it can, reads nothing
+        try:
+            for _ in range(100):
+                flooder.sendall(info)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    try:
+        other, parser = _client(cfg, ctx)
+        for _ in range(5):  # another client is answered at once meanwhile
+            t0 = time.monotonic()
+            _send(other, "info", {})
+            assert _recv(other, parser).kind == "info"
+            assert time.monotonic() - t0 < 1.0
+            time.sleep(0.2)
+        end = time.monotonic() + 10  # the flooder's link is closed: its answers pile up
+        while len(party._outboxes) > 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert len(party._outboxes) == 1
+        other.close()
+    finally:
+        flooder.close()
+        t.join(5)

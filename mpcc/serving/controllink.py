@@ -1,5 +1,5 @@
-"""A greeted control link (a client's) as a task of the party's event loop
-(`controlloop.ControlLoop`), instead of the threads of a `TlsChannel`.
+"""A greeted control link (a client's, or the owner's deploy link) as a task of the party's
+event loop (`controlloop.ControlLoop`), instead of the threads of a `TlsChannel`.
 
 The listener handshakes and greets every link on a synchronous `TlsChannel` (its bounded
 handshake pool, `handshakes`), then `ControlLink.adopt` moves a control link's socket and
@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("mpcc.serving.controllink")
 ADOPT_WAIT_S = 2.0  # longest wait for the channel's reader thread to let go of the socket
+# Bytes read per step: the messages one read completes wait in the link's inbox until taken
+# (a client's are paced one by one), so this bounds what a flooding client makes it hold.
+READ_BYTES = 1 << 16
 
 
 class ControlLink:
@@ -54,7 +57,7 @@ class ControlLink:
         self.wire = self._tls.wire
         self._sock = self._tls.sock
         self._inbox: deque[Message] = deque(inbox)
-        self._rbuf = bytearray(CHUNK)
+        self._rbuf = bytearray(READ_BYTES)
         self._closed: str | None = None
         self._close_lock = threading.Lock()
         self._send_lock: asyncio.Lock | None = None  # made in the loop, at the first send

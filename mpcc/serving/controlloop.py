@@ -1,9 +1,10 @@
 """The control plane's event loop: one asyncio loop per party process, in a thread of its own.
 
-Client links (requests, `info`, `mpcc cluster status`) run on it, one task each, so an open
-link costs the party no thread (`controllink.ControlLink`). The hot links -- P0<->P1 and the
-dealer's material -- stay on their synchronous `TlsChannel`s. Work that would hold the loop
-up goes to a small executor of its own (`blocking`), whose threads start only when used.
+Client links (requests, `info`, `mpcc cluster status`) and the owner's deploy links run on
+it, one task each, so an open link costs the party no thread (`controllink.ControlLink`). The
+hot links -- P0<->P1 and the dealer's material -- stay on their synchronous `TlsChannel`s.
+Work that would hold the loop up (deploy staging: plan verification, file writes, fsync)
+goes to a small executor of its own (`blocking`), whose threads start only when used.
 """
 
 from __future__ import annotations
