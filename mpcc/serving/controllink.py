@@ -38,6 +38,7 @@ ADOPT_WAIT_S = 2.0  # longest wait for the channel's reader thread to let go of 
 # Bytes read per step: the messages one read completes wait in the link's inbox until taken
 # (a client's are paced one by one), so this bounds what a flooding client makes it hold.
 READ_BYTES = 1 << 16
+YIELD_EVERY = 16  # messages `recv` returns in a row without letting the loop run others
 
 
 class ControlLink:
@@ -63,6 +64,7 @@ class ControlLink:
         self._send_lock: asyncio.Lock | None = None  # made in the loop, at the first send
         self._waiters: set[asyncio.Future] = set()
         self._last_wire = self.wire.received
+        self._unyielded = 0  # messages returned without waiting for the socket
 
     @classmethod
     def adopt(cls, ch: TlsChannel, control: ControlLoop) -> ControlLink:
@@ -139,46 +141,42 @@ class ControlLink:
         loop = self.control.loop
         fut = loop.create_future()
         fd = self._sock.fileno()
-
-        def ready() -> None:
-            if not fut.done():
-                fut.set_result(True)
-
-        (loop.add_writer if write else loop.add_reader)(fd, ready)
+        (loop.add_writer if write else loop.add_reader)(fd, _settle, fut, True)
+        timer = None if timeout is None else loop.call_later(timeout, _settle, fut, False)
         self._waiters.add(fut)
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            return False
+            return await fut
         finally:
             self._waiters.discard(fut)
+            if timer is not None:
+                timer.cancel()
             if self._closed is None:
                 (loop.remove_writer if write else loop.remove_reader)(fd)
 
     # -- reading --------------------------------------------------------------------------
-    def _read_step(self) -> None:
+    def _read_step(self) -> bool:
         """Read what the socket has, decrypt it, and queue the messages it completes; closes
-        the link if the peer closed it or sent something bad."""
+        the link if the peer closed it or sent something bad. False if nothing had come."""
         try:
             n = self._sock.recv_into(self._rbuf)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as e:
             self.close(f"connection error: {e}")
-            return
+            return True
         if not n:
             self.close("the connection was closed")
-            return
+            return True
         self.wire.received += n
         try:
             msgs, ended = self._tls.decrypt(memoryview(self._rbuf)[:n], self._parser)
         except ssl.SSLError as e:
             self.close(f"TLS error: {ssl_reason(e)}")
-            return
+            return True
         except FrameError as e:
             log.warning("%s: %s; closing the link", self.peer, e)
             self.close(f"rejected a frame: {e}")
-            return
+            return True
         self.wire.frames_received = self._parser.frames
         for msg in msgs:
             msg.wire_bytes = self.wire.received - self._last_wire
@@ -186,19 +184,26 @@ class ControlLink:
         self._inbox.extend(msgs)
         if ended:
             self.close("the connection was closed")
+        return True
 
     async def recv(self, timeout: float | None) -> Message | None:
         """The next message, or None after `timeout` s; PartyError once the link is closed
         (or the peer aborted)."""
         end = None if timeout is None else time.monotonic() + timeout
+        self._unyielded += 1
+        if self._unyielded >= YIELD_EVERY:  # a link whose peer keeps sending lets others run
+            self._unyielded = 0
+            await asyncio.sleep(0)
         while not self._inbox:
             if self._closed is not None:
                 raise PartyError(f"{self.peer}: {self._closed}")
             left = None if end is None else end - time.monotonic()
+            if self._read_step():  # what has arrived already, without waiting for it
+                continue
             if left is not None and left <= 0:
                 return None
-            if await self._ready(False, left):
-                self._read_step()
+            await self._ready(False, left)
+            self._unyielded = 0
         msg = self._inbox.popleft()
         if msg.kind == Abort.KIND:
             raise PartyError(f"{self.peer} failed: {Abort.lenient(msg.meta).reason}")
@@ -254,6 +259,11 @@ class ControlLink:
                 view = view[n:]
             elif not await self._ready(True, self.timeout) and self._closed is None:
                 self.close("send stalled")
+
+
+def _settle(fut: asyncio.Future, ready: bool) -> None:
+    if not fut.done():
+        fut.set_result(ready)
 
 
 def _records(tls: TlsStream, bufs: list[bytes | memoryview]):
