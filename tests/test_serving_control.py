@@ -8,6 +8,7 @@ TLS sockets, so the test process's thread count is the party's.
 
 from __future__ import annotations
 
+import gc
 import socket
 import ssl
 import threading
@@ -18,6 +19,7 @@ import pytest
 from mpcc.serving.frameparser import FrameParser
 from mpcc.serving.local import init_local
 from mpcc.serving.party import ComputeParty
+from mpcc.serving.tls import TlsChannel
 from mpcc.serving.tlscontext import client_context
 from mpcc.serving.wire import Message, encode
 
@@ -82,6 +84,8 @@ def test_open_client_links_cost_the_party_no_thread(p0):
         assert len(party._outboxes) == CLIENTS + 1
         # before: about three more threads per link (120 here)
         assert _threads_settle(base + 2) <= base + 2, threading.enumerate()
+        gc.collect()  # nor a channel (and its read buffer) left behind by the move to the loop
+        assert not [o for o in gc.get_objects() if isinstance(o, TlsChannel)]
     finally:
         for s, _ in links:
             s.close()

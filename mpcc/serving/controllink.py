@@ -326,4 +326,12 @@ def _detach(ch: TlsChannel) -> tuple[TlsStream, Any, list[Message], list[Callabl
     ch._reader.join(ADOPT_WAIT_S)
     tls: TlsStream = ch._tls
     tls.send_lock.acquire()
+    # The stream's callbacks into the channel are never called now (it never sends itself),
+    # and would keep the channel and its read buffer alive as long as the link.
+    tls._wait_to_send = _never_called
+    tls._stall_s = _never_called
     return tls, ch._parser, inbox, callbacks
+
+
+def _never_called(*_args: Any) -> Any:
+    raise AssertionError("a control link's TLS stream sent by itself")
