@@ -9,14 +9,19 @@ TLS sockets, so the test process's thread count is the party's.
 from __future__ import annotations
 
 import gc
+import logging
 import socket
 import ssl
 import threading
 import time
 
+import numpy as np
 import pytest
 
+from mpcc.errors import PartyError
+from mpcc.serving.controlloop import ControlLoop
 from mpcc.serving.frameparser import FrameParser
+from mpcc.serving.listener import Listener
 from mpcc.serving.local import init_local
 from mpcc.serving.party import ComputeParty
 from mpcc.serving.tls import TlsChannel
@@ -144,3 +149,40 @@ def test_a_client_that_does_not_read_is_cut_off_while_others_are_served(p0):
     finally:
         flooder.close()
         t.join(5)
+
+
+def test_a_send_that_makes_no_progress_closes_the_link(tmp_path):
+    """A coroutine handler's link (here a bare listener's): a peer that stops reading stalls
+    the sends; after `timeout` s without progress the link closes and frees its slot."""
+    cfg = init_local(tmp_path, timeout_s=5.0)
+    got: dict = {}
+    done = threading.Event()
+
+    async def blast(link, hello) -> None:
+        await link.send_msg("welcome", {"role": "p0"})
+        link.timeout = 0.5
+        try:
+            while True:
+                await link.send_msg("blob", {}, [np.zeros(1 << 20, np.uint8)])
+        except PartyError:
+            got["why"] = link.closed
+        finally:
+            done.set()
+
+    log = logging.getLogger("mpcc.serving.test-p0")
+    control = ControlLoop("test", log)
+    ls = Listener(cfg, "p0", {"client": ({"client"}, blast)}, log, control)
+    ls.start()
+    try:
+        s, _ = _client(cfg, client_context(cfg, "client"))  # then reads nothing
+        try:
+            t0 = time.monotonic()
+            assert done.wait(10)
+            assert got["why"] == "send stalled"
+            assert time.monotonic() - t0 < 5
+            assert ls.connections_of("client") == 0
+        finally:
+            s.close()
+    finally:
+        ls.close()
+        control.close()

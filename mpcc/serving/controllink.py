@@ -114,8 +114,8 @@ class ControlLink:
                 log.exception("close callback failed")
 
     def _teardown(self) -> None:
-        """In the loop: wake the waits, say close_notify if the socket takes it at once, and
-        close the socket."""
+        """In the loop: wake the waits, say close_notify if no send is under way and the
+        socket takes it at once, and close the socket."""
         fd = self._sock.fileno()
         if fd >= 0:
             self.control.loop.remove_reader(fd)
@@ -123,13 +123,14 @@ class ControlLink:
         for fut in self._waiters:
             if not fut.done():
                 fut.set_result(False)
-        try:
-            with self._tls._ssl_lock:  # see `_detach`
-                self._tls._ssl.unwrap()
-                data = self._tls._out.read()
-            self._sock.send(data)
-        except (ssl.SSLError, ValueError, OSError):
-            pass
+        if self._send_lock is None or not self._send_lock.locked():  # not amid a record
+            try:
+                with self._tls._ssl_lock:  # see `_detach`
+                    self._tls._ssl.unwrap()
+                    data = self._tls._out.read()
+                self._sock.send(data)
+            except (ssl.SSLError, ValueError, OSError):
+                pass
         self._tls.close(notify=False)
 
     # -- waiting for the socket -----------------------------------------------------------
