@@ -34,14 +34,16 @@ from mpcc.serving.local import serve_locally  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def measure(name: str, n: int) -> dict[str, Any]:
+def measure(
+    name: str, n: int, cpus: dict[str, str] | None = None, spin_us: float = 0.0
+) -> dict[str, Any]:
     path, X = MODELS[name](max(n, 4))
     prog, weights = compile_onnx(path, (1, *X.shape[1:]))
     local, tls, stock = [], [], []
-    with (
-        LocalCluster(prog, weights) as lc,
-        serve_locally(prog, weights, timeout_s=30, handshake_timeout_s=30) as client,
-    ):
+    served = serve_locally(
+        prog, weights, cpus, timeout_s=30, handshake_timeout_s=30, spin_us=spin_us
+    )
+    with LocalCluster(prog, weights) as lc, served as client:
 
         def a(i: int) -> None:
             lc.preprocess(1)  # material first, outside the online clock, as `mpcc bench`
@@ -75,9 +77,15 @@ def measure(name: str, n: int) -> dict[str, Any]:
         "tls_s": tm,
         "ratio": tm / lm,
         "per_round_extra_us": (tm - lm) / r.rounds * 1e6,
+        "cpus": cpus or {},
+        "spin_us": spin_us,
         "inprocess_all": local,
         "tls_all": tls,
     }
+
+
+def _pins(cpus: dict[str, str] | None) -> str:
+    return ", ".join(f"{k} on CPU {v}" for k, v in sorted((cpus or {}).items())) or "no"
 
 
 def markdown(report: dict) -> str:
@@ -87,14 +95,15 @@ def markdown(report: dict) -> str:
         f"Generated {report['when']}; {report['note']}",
         "",
         "| model | rounds | bytes/party | in process (median) | TLS, 3 processes (median) "
-        "| ratio | extra per round |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| ratio | extra per round | parties pinned | spin |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in report["rows"]:
         out.append(
             f"| {NAMES[r['model']]} | {r['rounds']} | {max(r['sent_bytes']) / 1e6:.2f} MB "
             f"| {r['inprocess_s'] * 1e3:.1f} ms | {r['tls_s'] * 1e3:.1f} ms "
-            f"| {r['ratio']:.2f}x | {r['per_round_extra_us']:.0f} us |"
+            f"| {r['ratio']:.2f}x | {r['per_round_extra_us']:.0f} us "
+            f"| {_pins(r.get('cpus'))} | {r.get('spin_us', 0):g} us |"
         )
     m = report["machine"]
     out += ["", f"Machine: {m['cpu']}, {m['cores']} cores, load {m['load_avg_1m']:.1f}.", ""]
@@ -106,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="+", default=["lenet", "resnet18"], choices=sorted(MODELS))
     ap.add_argument("--queries", type=int, default=30, help="queries per transport")
     ap.add_argument("--note", default="", help="what this run measures (e.g. before/after)")
+    ap.add_argument(
+        "--cpus",
+        default="",
+        help="pin parties to CPUs, e.g. p0=0,p1=1 (as on machines of their own; default: not)",
+    )
+    ap.add_argument("--spin-us", type=float, default=0.0, help="[serving] spin_us of the parties")
     ap.add_argument("--out", default=str(RESULTS / "tls_overhead"), help="path without suffix")
     args = ap.parse_args(argv)
     report = {
@@ -115,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         "rows": [],
     }
     for name in args.models:
-        row = measure(name, args.queries)
+        cpus = dict(kv.split("=", 1) for kv in args.cpus.split(",") if kv)
+        row = measure(name, args.queries, cpus, args.spin_us)
         print(
             f"{name}: in process {row['inprocess_s'] * 1e3:.1f} ms, TLS {row['tls_s'] * 1e3:.1f}"
             f" ms ({row['ratio']:.2f}x, {row['per_round_extra_us']:.0f} us/round extra)",

@@ -145,3 +145,16 @@ def test_predict_timeout_must_be_in_range(tmp_path, capsys):
         argv = ["predict", "--config", "c.toml", "--input", "x.npy", "--timeout", t]
         assert main(argv) == 2
         assert f"--timeout must be from 0.1 to 86400 s, not {t}" in capsys.readouterr().err
+
+
+def test_party_cpus_are_checked():
+    from mpcc.errors import InputError
+    from mpcc.serving.commands import parse_cpus, pin_to_cpus
+
+    assert parse_cpus("0") == {0}
+    assert parse_cpus("2-3,6") == {2, 3, 6}
+    for bad in ("x", "3-1", "-1", ""):
+        with pytest.raises(InputError, match="--cpus"):
+            parse_cpus(bad)
+    with pytest.raises(InputError, match=r"CPU 4096 is not available here \(CPUs 0"):
+        pin_to_cpus("4096")

@@ -65,8 +65,8 @@ def test_credentials_and_config(cluster):
 class Server:
     """A one-connection TLS server for `role` that greets with the given rules."""
 
-    def __init__(self, cfg, role, allowed):
-        self.cfg, self.allowed = cfg, allowed
+    def __init__(self, cfg, role, allowed, delay_s=0.0):
+        self.cfg, self.allowed, self.delay_s = cfg, allowed, delay_s
         self.sock = socket.create_server(cfg.address(role))
         self.ctx = server_context(cfg, role)
         self.role = role
@@ -90,6 +90,7 @@ class Server:
             self.result["ch"] = ch
             msg = ch.recv_msg(2.0)
             self.result["msg"] = msg
+            time.sleep(self.delay_s)
             ch.send(msg.arrays)  # echo as a data message
         except Exception as e:  # noqa: BLE001 - inspected by the test
             self.result["error"] = e
@@ -133,6 +134,23 @@ def test_payload_accounting_matches_the_in_process_link(cluster):
     assert [a.tolist() for a in l0.recv()] == [a.tolist() for a in echoed]
     assert ch.traffic == l0.traffic  # same payload bytes and messages as in process
     assert ch.wire.sent > ch.traffic.bytes_sent  # framing and TLS come on top
+    ch.close()
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.05])
+def test_a_spinning_reader_gets_prompt_and_late_messages(cluster, delay_s):
+    """`spin_s` polls busily for 10 ms, then sleeps: an answer within it and one after both
+    arrive whole."""
+    srv = Server(cluster, "p0", {"peer": {"p1"}}, delay_s=delay_s)
+    ch, _ = dial(cluster, client_context(cluster, "p1"), "p0", me="p1", link="peer")
+    ch.spin_s = 0.01
+    x = np.arange(50_000, dtype=np.uint64)
+    t0 = time.monotonic()
+    ch.send([x])
+    (back,) = ch.recv()
+    srv.close()
+    assert np.array_equal(back, x)
+    assert time.monotonic() - t0 >= delay_s
     ch.close()
 
 

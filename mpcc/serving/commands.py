@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import secrets
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mpcc.errors import MpccError
+from mpcc.errors import InputError, MpccError
 from mpcc.inputs import load_npy
 from mpcc.serving import config as cfgmod
 from mpcc.serving.config import DEFAULT_DAYS, ROLES
@@ -76,6 +77,12 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--timeout", type=float, help="override [serving] timeout_s")
     p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    p.add_argument(
+        "--cpus",
+        metavar="LIST",
+        help="run on these CPUs only, e.g. 0 or 2-3,6 (parties sharing one machine: give P0 and "
+        "P1 CPUs of their own, or the scheduler runs them by turns on one)",
+    )
     p.set_defaults(fn=cmd_party)
 
     d = subparsers.add_parser(
@@ -165,11 +172,40 @@ def _setup_logging(role: str, level: str) -> None:
     )
 
 
+def parse_cpus(spec: str) -> set[int]:
+    """CPU numbers from a list such as "0", "2-3,6"; raises InputError if malformed."""
+    cpus: set[int] = set()
+    for part in spec.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            a = int(lo)
+            b = int(hi) if sep else a
+        except ValueError:
+            raise InputError(f"--cpus {spec!r}: expected CPU numbers such as 0 or 2-3,6") from None
+        if a < 0 or b < a:
+            raise InputError(f"--cpus {spec!r}: {part.strip()!r} is not a CPU range")
+        cpus.update(range(a, b + 1))
+    return cpus
+
+
+def pin_to_cpus(spec: str) -> None:
+    """Restrict this process (and the threads it starts) to the CPUs `spec` lists."""
+    cpus = parse_cpus(spec)
+    have = os.sched_getaffinity(0)
+    if not cpus <= have:
+        extra = ",".join(map(str, sorted(cpus - have)))
+        mine = ",".join(map(str, sorted(have)))
+        raise InputError(f"--cpus {spec}: CPU {extra} is not available here (CPUs {mine} are)")
+    os.sched_setaffinity(0, cpus)
+
+
 def cmd_party(args: argparse.Namespace) -> int:
     from mpcc.serving import heap
     from mpcc.serving.certs import check_expiry
 
     heap.limit_arenas()  # before any thread: a long-running party's RSS stays flat
+    if args.cpus:
+        pin_to_cpus(args.cpus)
     cfg = cfgmod.load(args.config)
     if args.timeout is not None:
         cfg = cfg.with_serving(timeout_s=args.timeout)

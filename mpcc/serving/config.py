@@ -48,6 +48,7 @@ SERVING_RANGES: dict[str, tuple[float, float]] = {
     "client_burst": (1, 1_000_000),
     "client_queue_mb": (0.001, 2.0**20),
     "metrics_port": (0, 65534),
+    "spin_us": (0.0, 10_000.0),
 }
 
 
@@ -81,6 +82,7 @@ class Serving:
     client_burst: int = 1000  # ... and at once, after a quiet spell (the bucket's size)
     client_queue_mb: float = 256.0  # its waiting requests and unsent answers, in memory
     metrics_port: int = 0  # Prometheus text on 127.0.0.1: P0 at this port, P1 the next; 0 off
+    spin_us: float = 0.0  # a compute party polls busily this long for a round's answer, then sleeps
 
     def __post_init__(self) -> None:
         for f in fields(self):

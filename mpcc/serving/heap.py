@@ -39,6 +39,15 @@ def limit_arenas(arenas: int = ARENAS) -> bool:
     return bool(libc is not None and libc.mallopt(M_ARENA_MAX, arenas))
 
 
+def freeze_startup_objects() -> None:
+    """Move what start-up left alive (modules, numba's compiled kernels: ~10^6 objects) out of
+    the cyclic collector's sight, once the party is warm: a full collection (each `trim`'s,
+    and the collector's own now and then) then walks only what serving allocated, ~1 ms
+    instead of ~90 ms with the interpreter held, in the middle of whatever query runs."""
+    gc.collect()
+    gc.freeze()
+
+
 def trim() -> None:
     """Collect garbage and give freed heap memory back to the system."""
     gc.collect()

@@ -80,8 +80,10 @@ class ProcessCluster:
     On Linux each is killed when the thread that started it ends (PR_SET_PDEATHSIG): start
     them from a thread that outlives them, such as the main thread."""
 
-    def __init__(self, directory: Path, **serving: Any) -> None:
+    def __init__(self, directory: Path, cpus: dict[str, str] | None = None, **serving: Any) -> None:
+        """`cpus` pins roles to CPUs (`mpcc party --cpus`), e.g. {"p0": "0", "p1": "1"}."""
         self.dir = Path(directory)
+        self.cpus = dict(cpus or {})
         self.cfg = init_local(self.dir, **serving)
         self.procs: dict[str, subprocess.Popen] = {}
         self.logs = self.dir / "logs"
@@ -103,6 +105,8 @@ class ProcessCluster:
         path = os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))
         env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
         cmd = [sys.executable, "-m", "mpcc", "party", "--config", str(self.cfg.path)]
+        if role in self.cpus:
+            cmd += ["--cpus", self.cpus[role]]
         self.procs[role] = subprocess.Popen(
             [*cmd, "--role", role, *extra],
             stdout=log,
@@ -168,11 +172,14 @@ class ProcessCluster:
 
 @contextmanager
 def serve_locally(
-    plan: Any, weights: dict[str, Any] | None = None, **serving: Any
+    plan: Any,
+    weights: dict[str, Any] | None = None,
+    cpus: dict[str, str] | None = None,
+    **serving: Any,
 ) -> Iterator[Any]:
     """Three party processes on 127.0.0.1 serving `plan` (a Plan, a plan file, or a Program
     and its `weights`), and a `Client` of them with a live session; everything is stopped
-    and removed on exit."""
+    and removed on exit. `cpus` pins roles to CPUs (see `ProcessCluster`)."""
     from mpcc.compiler.plan import as_plan
     from mpcc.serving.client import Client
     from mpcc.serving.owner import deploy_program
@@ -180,7 +187,7 @@ def serve_locally(
     prog, weights = as_plan(plan, weights)
     with (
         tempfile.TemporaryDirectory(prefix="mpcc-local-") as tmp,
-        ProcessCluster(Path(tmp), **serving) as pc,
+        ProcessCluster(Path(tmp), cpus, **serving) as pc,
     ):
         pc.start_all()
         deploy_program(prog, weights, pc.cfg, allow_public_weights=True)  # all on this machine

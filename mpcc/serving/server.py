@@ -13,7 +13,7 @@ import numpy as np
 
 from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.warmup import warm_up
-from mpcc.serving import state
+from mpcc.serving import heap, state
 from mpcc.serving.config import ClusterConfig
 from mpcc.serving.controllink import ControlLink
 from mpcc.serving.controlloop import ControlLoop
@@ -119,6 +119,7 @@ class PartyServer:
         the kernels then compile on first use, which is slow but correct)."""
         try:
             self.log.info("kernels ready in %s", warm_up())
+            heap.freeze_startup_objects()
         except Exception:  # noqa: BLE001 - the party still works without the warm-up
             self.log.exception("kernel warm-up failed: kernels will compile on first use")
         finally:

@@ -73,6 +73,8 @@ class PartySession:
             consume_shares=True,
         )
         self.lanes = [Lane(0, peer, self.ex)]
+        self._spin_s = server.cfg.serving.spin_us * 1e-6
+        peer.spin_s = self._spin_s
         self.cond = threading.Condition()
         self.prepared: dict[int, Prepared] = {}
         self.prepared_upto = -1
@@ -95,6 +97,7 @@ class PartySession:
     def add_lanes(self, peers: list[TlsChannel]) -> None:
         """More lanes over these links (after the weights are opened over lane 0's)."""
         for ch in peers:
+            ch.spin_s = self._spin_s
             self.lanes.append(Lane(len(self.lanes), ch, self.ex.on_channel(ch)))
 
     def watch_links(self) -> None:

@@ -52,6 +52,7 @@ BG_WAIT_S = 1.0  # the background reader's longest single wait for the socket
 # faster than its messages are taken (a client over its rate) is then held back by TCP, not
 # queued for in memory (the soak benchmark's `info` flood grew P0's RSS 55% in 60 s).
 INBOX_MAX = 256
+ROUND_LAYOUTS = 4096  # frame prefixes of round messages a link keeps, by layout
 
 
 class _ReadFailed(Exception):
@@ -105,6 +106,11 @@ class TlsChannel(Channel):
         self._rbuf = bytearray(CHUNK)  # what the socket gave the reader (reader role only)
         self._rview = memoryview(self._rbuf)
         self.send_frame_bytes = send_frame_bytes or max_frame_bytes
+        # A consumer waiting for a message first polls the socket busily for this long: a
+        # protocol round's answer is often that close, and sleeping costs a wake-up (tens of
+        # us on a VM) and lets the scheduler run both ends by turns on one CPU.
+        self.spin_s = 0.0
+        self._round_prefixes: dict[tuple, bytes] = {}  # see `_put`
         self._closed: str | None = None
         self._close_lock = threading.Lock()
         self._on_close: list[Callable[[str], None]] = []
@@ -155,15 +161,19 @@ class TlsChannel(Channel):
             if reader:
                 self._drop_role()
 
-    def _read_step(self, wait: float | None) -> bool:
+    def _read_step(self, wait: float | None, spin: bool = False) -> bool:
         """With the reader role: read what has arrived, waiting up to `wait` s (None: no
-        limit) for something; deliver the messages it completes. Raises _ReadFailed when the
-        link is over; returns whether anything arrived."""
+        limit) for something, first busy for up to `spin_s` if `spin`; deliver the messages
+        it completes. Raises _ReadFailed when the link is over; returns whether anything
+        arrived."""
+        busy_until = time.perf_counter() + self.spin_s if spin and wait != 0 else 0.0
         while True:
             try:
                 n = self._sock.recv_into(self._rbuf)
                 break
             except (BlockingIOError, InterruptedError):
+                if busy_until and time.perf_counter() < busy_until:
+                    continue
                 if wait == 0 or not wait_for(self._sock, POLL_IN, wait):
                     return False
                 wait = 0
@@ -247,12 +257,19 @@ class TlsChannel(Channel):
     def send_msg(self, kind: str, meta: dict[str, Any] | None = None, arrays=()) -> None:
         """Send one message (in as many frames as the frame limit needs); raises PartyError
         if the link is closed or stalls."""
+        bufs, frames = self._encode(kind, meta or {}, list(arrays))
+        self._send_frames(bufs, frames)
+
+    def _encode(self, kind: str, meta: dict[str, Any], arrays: list[np.ndarray]) -> tuple:
         if self._closed is not None:
             raise PartyError(f"link to {self.peer} is closed: {self._closed}")
         try:
-            bufs, frames = encode_message(kind, meta or {}, list(arrays), self.send_frame_bytes)
+            return encode_message(kind, meta, arrays, self.send_frame_bytes)
         except ValueError as e:
             raise PartyError(f"cannot send to {self.peer}: {e}") from None
+
+    def _send_frames(self, bufs: list, frames: int) -> None:
+        """Send whole frames; raises PartyError if the link is closed or stalls."""
         try:
             self._send_raw(*bufs)
         except _ReadFailed as e:  # reading while the socket was full: the link is over
@@ -306,7 +323,7 @@ class TlsChannel(Channel):
                 return item
             failed = None
             try:
-                self._read_step(BG_WAIT_S if left is None else max(0.0, left))
+                self._read_step(BG_WAIT_S if left is None else max(0.0, left), spin=True)
             except _ReadFailed as e:
                 failed = e.args[0]
             finally:
@@ -350,7 +367,18 @@ class TlsChannel(Channel):
 
     # -- Channel interface (protocol rounds) ------------------------------------------------
     def _put(self, arrays: list[np.ndarray]) -> None:
-        self.send_msg("data", None, arrays)
+        """A round's message: its frame's prefix depends only on the arrays' layout, so it is
+        kept per layout and the arrays follow it as they are (a message over one frame, or
+        of a new layout, takes `send_msg`'s way)."""
+        key = tuple([(a.dtype.str, a.shape) for a in arrays])
+        prefix = self._round_prefixes.get(key)
+        if prefix is None or self._closed is not None:
+            bufs, frames = self._encode("data", {}, arrays)
+            if frames == 1 and len(self._round_prefixes) < ROUND_LAYOUTS:
+                self._round_prefixes[key] = bytes(bufs[0])
+            self._send_frames(bufs, frames)
+            return
+        self._send_frames([prefix, *[a for a in arrays if a.nbytes]], 1)
 
     def _get(self) -> list[np.ndarray]:
         return self.recv_msg(expect="data").arrays
