@@ -189,14 +189,14 @@ class ControlLink:
 
     async def recv(self, timeout: float | None) -> Message | None:
         """The next message, or None after `timeout` s; PartyError once the link is closed
-        (or the peer aborted)."""
+        (messages read and not yet taken are dropped then) or the peer aborted."""
         end = None if timeout is None else time.monotonic() + timeout
         self._unyielded += 1
         if self._unyielded >= YIELD_EVERY:  # a link whose peer keeps sending lets others run
             self._unyielded = 0
             await asyncio.sleep(0)
-        while not self._inbox:
-            if self._closed is not None:
+        while not self._inbox or self._closed is not None:
+            if self._closed is not None:  # what it sent before is not acted on any more
                 raise PartyError(f"{self.peer}: {self._closed}")
             left = None if end is None else end - time.monotonic()
             if self._read_step():  # what has arrived already, without waiting for it
