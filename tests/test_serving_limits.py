@@ -589,10 +589,10 @@ class _StuckLink:
         self.closed: str | None = None
         self.sent = 0
 
-    async def send_msg(self, kind, meta, arrays) -> None:
+    async def send_msgs(self, msgs) -> None:
         while not self.release.is_set():
             await asyncio.sleep(0.01)
-        self.sent += 1
+        self.sent += len(msgs)
 
     def close(self, reason: str = "") -> None:
         self.closed = reason

@@ -230,12 +230,24 @@ class ControlLink:
     async def send_msg(self, kind: str, meta: dict[str, Any] | None = None, arrays=()) -> None:
         """Send one message (as many frames as the frame limit needs); PartyError if the
         link is closed or a send makes no progress for `timeout` s (the link is closed)."""
+        await self.send_msgs([(kind, meta, arrays)])
+
+    async def send_msgs(self, msgs: list[tuple[str, dict[str, Any] | None, Any]]) -> None:
+        """Send several messages at once, in as few TLS records and system calls as they
+        fit; a message that cannot be encoded is logged and left out. PartyError as
+        `send_msg`."""
         if self._closed is not None:
             raise PartyError(f"link to {self.peer} is closed: {self._closed}")
-        try:
-            bufs, frames = encode_message(kind, meta or {}, list(arrays), self.send_frame_bytes)
-        except ValueError as e:
-            raise PartyError(f"cannot send to {self.peer}: {e}") from None
+        bufs: list[Any] = []
+        frames = 0
+        for kind, meta, arrays in msgs:
+            try:
+                b, n = encode_message(kind, meta or {}, list(arrays), self.send_frame_bytes)
+            except ValueError as e:
+                log.warning("cannot send a %s to %s: %s", kind, self.peer, e)
+                continue
+            bufs += b
+            frames += n
         if self._send_lock is None:
             self._send_lock = asyncio.Lock()
         async with self._send_lock:

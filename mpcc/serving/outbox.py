@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from mpcc.serving.controllink import ControlLink
 
 _Item = tuple[str, dict[str, Any], list[np.ndarray]]
+SEND_TOGETHER = 64  # messages waiting that one write sends at most
 
 
 class Outbox:
@@ -113,15 +114,18 @@ class Outbox:
                 while not self._q:
                     self._wake.clear()
                     await self._wake.wait()
-                item = self._q.popleft()
-                if item is None:
-                    return
-                if self.ch.closed is None:
+                batch: list[_Item] = []  # what waits goes out together (one write)
+                while self._q and self._q[0] is not None and len(batch) < SEND_TOGETHER:
+                    batch.append(self._q.popleft())
+                if batch and self.ch.closed is None:
                     try:
-                        await self.ch.send_msg(*item)
+                        await self.ch.send_msgs(batch)
                     except PartyError as e:  # the link closes itself; later items are dropped
-                        self.log.info("could not send a %s to %s: %s", item[0], self.ch.peer, e)
-                self._sent(item)
+                        self.log.info("could not send to %s: %s", self.ch.peer, e)
+                for item in batch:
+                    self._sent(item)
+                if self._q and self._q[0] is None:
+                    return
         finally:
             for item in self._q:  # cancelled (the party stops): what was left is dropped
                 if item is not None:
