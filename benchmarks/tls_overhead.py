@@ -3,9 +3,12 @@
 One `LocalCluster` (P0 and P1 as threads of this process, in-process queues) and one set of
 three party processes over mutually authenticated TLS 1.3 (`serve_locally`) serve the same
 plan at once; queries alternate between them (ABBA order), so both see the same machine
-load. Reports the median online time of each (the slower party's, as each transport counts
-it), their ratio, and the extra time per round. The machine's other work shows in the
-numbers: compare ratios, and repeat.
+load. Each TLS query waits until the parties hold their stock of material again, as each
+in-process query has its material made first: neither shares the cores with making the next
+query's material. Reports the median online time of each (the slower party's, as each
+transport counts it), their ratio, and the extra time per round. The machine's other work
+shows in the numbers: compare ratios, and repeat. `--cpus p0=0,p1=1` pins the parties apart
+(as on machines of their own), `--spin-us` sets their `[serving] spin_us`.
 
     .venv/bin/python benchmarks/tls_overhead.py --models lenet resnet18 --queries 30
 
@@ -27,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from wan import MODELS, NAMES  # noqa: E402
 
 from mpcc.bench import machine_info  # noqa: E402
+from mpcc.bench.measure import wait_for_stock  # noqa: E402
 from mpcc.compiler.pipeline import compile_onnx  # noqa: E402
 from mpcc.runtime.cluster import LocalCluster  # noqa: E402
 from mpcc.serving.local import serve_locally  # noqa: E402
@@ -51,6 +55,7 @@ def measure(
             local.append(lc.stats.online_s)
 
         def b(i: int) -> None:
+            wait_for_stock(client)  # the dealer and the parties idle, as `a` has its material
             client.predict(X[i % len(X)][None])
             r = client.stats.requests[-1]
             tls.append(r.online_s)
