@@ -7,6 +7,7 @@ a frame travel as several frames, and a frame over the limit is still refused.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import select
 import socket
@@ -21,6 +22,7 @@ from mpcc.errors import PartyError
 from mpcc.serving.client import Client
 from mpcc.serving.config import ConfigError
 from mpcc.serving.config import load as load_config
+from mpcc.serving.controlloop import ControlLoop
 from mpcc.serving.frameparser import FrameParser
 from mpcc.serving.links import dial, greet
 from mpcc.serving.listener import Listener
@@ -577,26 +579,35 @@ def test_the_settings_table_in_the_guide_matches_the_defaults():
 
 
 class _StuckLink:
-    """A client link whose sends block until released (a client that does not read)."""
+    """A client link whose sends wait until released (a client that does not read)."""
 
     peer = "client"
 
-    def __init__(self) -> None:
+    def __init__(self, control: ControlLoop) -> None:
+        self.control = control
         self.release = threading.Event()
         self.closed: str | None = None
         self.sent = 0
 
-    def send_msg(self, kind, meta, arrays) -> None:
-        self.release.wait(10)
-        self.sent += 1
+    async def send_msgs(self, msgs) -> None:
+        while not self.release.is_set():
+            await asyncio.sleep(0.01)
+        self.sent += len(msgs)
 
     def close(self, reason: str = "") -> None:
         self.closed = reason
 
 
-def test_outbox_is_bounded_and_closes_a_link_that_does_not_read():
+@pytest.fixture
+def control():
+    loop = ControlLoop("test", logging.getLogger("test"))
+    yield loop
+    loop.close()
+
+
+def test_outbox_is_bounded_and_closes_a_link_that_does_not_read(control):
     # issue 14: `info` posted far faster than it is read grew the queue without bound
-    link = _StuckLink()
+    link = _StuckLink(control)
     box = Outbox(link, logging.getLogger("test"), max_messages=8, max_bytes=1 << 20)
     for _ in range(8):
         box.post("info", {"x": 1})
@@ -609,8 +620,8 @@ def test_outbox_is_bounded_and_closes_a_link_that_does_not_read():
     assert box.waiting == (0, 0)
 
 
-def test_outbox_bounds_bytes_too():
-    link = _StuckLink()
+def test_outbox_bounds_bytes_too(control):
+    link = _StuckLink(control)
     box = Outbox(link, logging.getLogger("test"), max_messages=100, max_bytes=10_000)
     box.post("answer", {}, [np.zeros(1000, np.uint64)])  # 8 KB: fits
     assert link.closed is None

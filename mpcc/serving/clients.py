@@ -1,5 +1,8 @@
 """A compute party's client links: reading and pacing them, admitting requests (the limits
 per link, per client identity and in all), and answering them through each link's outbox.
+Each link is a task of the party's control loop (`controlloop`, `controllink`); admission
+runs in the loop (it holds `_req` only for a few list operations), answers are posted to the
+outbox from the query loops' threads.
 
 A mixin of `ComputeParty` (`mpcc.serving.party`), whose request state it uses: `_req` (the
 lock and condition over all of it), `_queue` (P0), `_pending`, `_rejected` and `_arrived`
@@ -8,6 +11,7 @@ lock and condition over all of it), `_queue` (P0), `_pending`, `_rejected` and `
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import deque
@@ -20,10 +24,10 @@ from mpcc.compiler.batching import rows_independent
 from mpcc.errors import InputError, PartyError
 from mpcc.serving import heap, messages
 from mpcc.serving.admission import Identity
+from mpcc.serving.controllink import ControlLink
 from mpcc.serving.messages import Hello, Welcome
 from mpcc.serving.outbox import Outbox
 from mpcc.serving.state import Deployment
-from mpcc.serving.tls import TlsChannel
 from mpcc.serving.wire import Message
 
 TRIM_EVERY_S = 60.0  # the janitor gives freed heap memory back this often
@@ -42,7 +46,7 @@ class Request:
     rid: str
     rows: int
     share: np.ndarray
-    ch: TlsChannel
+    ch: ControlLink
     arrived: float
     not_before: float = 0.0  # P0: P1 did not have it yet; offer it again from then on
     retries: int = 0
@@ -65,15 +69,17 @@ def _who(r: Request) -> str:
 class ClientLinks:
     """Client links and request admission (a mixin of `ComputeParty`)."""
 
-    def on_client(self, ch: TlsChannel, hello: Hello) -> None:
+    async def on_client(self, ch: ControlLink, hello: Hello) -> None:
+        """A client link, a task of the control loop: read, pace and admit its messages until
+        it leaves, idles out, is revoked, or the party stops; answers go through its outbox."""
         # A client that stops reading must not hold up the query loop that answers it: a
         # send to it that makes no progress for this long fails, and its link is closed.
         ch.timeout = min(self.cfg.serving.timeout_s, CLIENT_SEND_STALL_S)
         dep = self.deployment
         ch.limit_frames(self._client_frame_limit(dep))
-        Welcome(self.role).send(ch)
         who = self._identity(_identity_of(ch))
         outbox = Outbox(ch, self.log, account=who)
+        outbox.post(Welcome.KIND, Welcome(self.role).to_meta())
         with self._req:
             self._outboxes[ch] = outbox
         heard = checked = time.monotonic()
@@ -87,7 +93,7 @@ class ClientLinks:
                     if self._revoked(ch):
                         self.log.warning("closing the link to %s: certificate revoked", ch.peer)
                         break
-                msg = ch.poll(0.5)
+                msg = await ch.recv(0.5)
                 if msg is None:
                     if time.monotonic() - heard > self.cfg.serving.client_idle_s and (
                         self._idle_link(ch, outbox)
@@ -96,7 +102,7 @@ class ClientLinks:
                         break
                     continue
                 heard = time.monotonic()
-                self._pace(ch, who)
+                await self._pace(ch, who)
                 if msg.kind == "info":
                     outbox.post("info", self.info())
                 elif msg.kind == messages.Request.KIND:
@@ -112,7 +118,7 @@ class ClientLinks:
                 self._queue = deque(r for r in self._queue if r.ch is not ch)
                 for rid in [rid for rid, r in self._pending.items() if r.ch is ch]:
                     del self._pending[rid]
-            outbox.close(self.cfg.serving.timeout_s)
+            await outbox.aclose(self.cfg.serving.timeout_s)
             ch.close("client link done")
             self.metrics.link_closed("client", ch.wire.sent, ch.wire.received)
 
@@ -126,19 +132,19 @@ class ClientLinks:
                 self._identities[name] = Identity(name, s.client_rate, s.client_burst, limit)
             return self._identities[name]
 
-    def _revoked(self, ch: TlsChannel) -> bool:
+    def _revoked(self, ch: ControlLink) -> bool:
         return self.listener is not None and self.listener.revocations.revoked(ch.peer_serial)
 
-    def _pace(self, ch: TlsChannel, who: Identity) -> None:
+    async def _pace(self, ch: ControlLink, who: Identity) -> None:
         """Hold this link's next read until its identity's rate allows another message:
         a client over `client_rate` is slowed down (TCP pushes back), not queued for."""
         delay = who.bucket.reserve()
         until = time.monotonic() + delay
         while delay > 0 and ch.closed is None and not self._clients_done.is_set():
-            self._clients_done.wait(min(delay, 0.5))
+            await asyncio.sleep(min(delay, 0.5))
             delay = until - time.monotonic()
 
-    def _idle_link(self, ch: TlsChannel, outbox: Outbox) -> bool:
+    def _idle_link(self, ch: ControlLink, outbox: Outbox) -> bool:
         """Whether a client link holds nothing: no request waiting or running, no answer
         still to send (an idle link only takes a connection slot)."""
         with self._req:
@@ -153,7 +159,7 @@ class ClientLinks:
         shape = dep.prog.value(dep.prog.inputs[0][1]).shape
         return min(self.cfg.serving.max_frame_bytes, 8 * math.prod(shape) + 4096)
 
-    def _on_request(self, ch: TlsChannel, msg: Message) -> None:
+    def _on_request(self, ch: ControlLink, msg: Message) -> None:
         self.metrics.requests.inc()
         rid = messages.Request.rid_of(msg.meta)
         try:
@@ -216,7 +222,7 @@ class ClientLinks:
         elif why is not None:
             self._reject(ch, rid, why)
 
-    def _reject(self, ch: TlsChannel, rid: str, why: str, code: str | None = None) -> None:
+    def _reject(self, ch: ControlLink, rid: str, why: str, code: str | None = None) -> None:
         """Refuse a request; P1 remembers it, so P0 fails its twin at once."""
         with self._req:
             self._rejected[rid] = time.monotonic()
@@ -258,7 +264,7 @@ class ClientLinks:
         return req
 
     def _post(
-        self, ch: TlsChannel, msg: messages.ControlMessage, arrays: list[np.ndarray] | None = None
+        self, ch: ControlLink, msg: messages.ControlMessage, arrays: list[np.ndarray] | None = None
     ) -> bool:
         """Queue a message for a client (False if its link is gone); never blocks."""
         with self._req:
@@ -268,7 +274,7 @@ class ClientLinks:
         outbox.post(msg.KIND, msg.to_meta(), arrays)
         return True
 
-    def _send_failed(self, ch: TlsChannel, rid: str, why: str, code: str | None = None) -> None:
+    def _send_failed(self, ch: ControlLink, rid: str, why: str, code: str | None = None) -> None:
         self.metrics.failed(why, code)
         # `code`: what the client can act on ("stale_plan": read the plan again)
         self._post(ch, messages.Failed(rid, why, code))

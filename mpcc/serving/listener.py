@@ -3,19 +3,28 @@ handshake and hello in its own thread (bounded in time and number; see `Listener
 connection pools), and hands a greeted link to the handler for its kind. A bad peer -- no
 or wrong certificate, wrong role, oversized or malformed frame, too slow a handshake -- is
 logged and dropped; the party keeps serving.
+
+A handler is either a function, which runs in the handshake's thread and keeps the
+`TlsChannel` (the parties' own links: the hot path), or a coroutine function, whose link is
+moved to the party's control loop (`controllink.ControlLink`) and served there as a task:
+client and deploy links cost no thread while they are open.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from mpcc.errors import MpccError, PartyError
 from mpcc.serving.certs import Revocations
 from mpcc.serving.config import ClusterConfig, format_address
+from mpcc.serving.controllink import ControlLink
+from mpcc.serving.controlloop import ControlLoop
 from mpcc.serving.handshakes import HandshakeSlots, Pending, party_hosts
 from mpcc.serving.links import greet
 from mpcc.serving.messages import Hello, Refused
@@ -24,7 +33,10 @@ from mpcc.serving.tlscontext import server_context
 from mpcc.serving.tlsstream import HandshakeEOF, HandshakeTimeout, LinkRefused
 from mpcc.serving.wire import CLIENT_HEADER_MAX, PARTY_HEADER_MAX
 
-Handler = Callable[[TlsChannel, Hello], None]
+Handler = (
+    Callable[[TlsChannel, Hello], None]  # runs in the handshake's thread
+    | Callable[[ControlLink, Hello], Coroutine[Any, Any, None]]  # a task of the control loop
+)
 HELLO_MAX_FRAME = 1 << 16  # before a peer has said what its link is for
 PARTY_ROLES = frozenset({"p0", "p1", "dealer", "owner"})
 # links from the other parties and the owner held at once (their own pool), and two for each
@@ -67,9 +79,14 @@ class Listener:
         role: str,
         handlers: dict[str, tuple[set[str], Handler]],
         log: logging.Logger,
+        control: ControlLoop | None = None,
     ) -> None:
+        """`control`: the loop that serves the links of coroutine handlers (needed if any)."""
         self.cfg, self.role, self.log = cfg, role, log
         self._handlers = handlers
+        self.control = control
+        if control is None and any(inspect.iscoroutinefunction(h) for _, h in handlers.values()):
+            raise ValueError("coroutine handlers need a control loop")
         self._ctx = server_context(cfg, role)
         s = cfg.serving
         self.evict_after = min(EVICT_AFTER_MAX_S, s.handshake_timeout_s / 2)
@@ -215,7 +232,13 @@ class Listener:
                 Refused(f"{self.role} is shutting down").send(ch)
                 ch.close("shutting down")
                 return
-            self._handlers[hello.link][1](ch, hello)
+            handler = self._handlers[hello.link][1]
+            if inspect.iscoroutinefunction(handler):
+                assert self.control is not None
+                link = ControlLink.adopt(ch, self.control)  # ch is done with
+                self.control.spawn(handler(link, hello), name=f"{hello.link} {link.peer}")
+                return
+            handler(ch, hello)
         except HandshakeEOF:
             self.log.debug("connection from %s closed before TLS started", where)
             if ch is not None:

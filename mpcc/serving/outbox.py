@@ -1,9 +1,10 @@
-"""A client link's outgoing messages, sent by a thread of their own and bounded."""
+"""A client link's outgoing messages, sent by a task of the control loop and bounded."""
 
 from __future__ import annotations
 
-import queue
+import asyncio
 import threading
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -12,12 +13,16 @@ from mpcc.errors import PartyError
 
 if TYPE_CHECKING:
     from mpcc.serving.admission import Identity
-    from mpcc.serving.tls import TlsChannel
+    from mpcc.serving.controllink import ControlLink
+
+_Item = tuple[str, dict[str, Any], list[np.ndarray]]
+SEND_TOGETHER = 64  # messages waiting that one write sends at most
 
 
 class Outbox:
-    """Messages to one client, sent by a thread of their own: the query loops hand answers
-    over and go on, so a client that reads slowly (or not at all) delays nobody else.
+    """Messages to one client, sent by a task of the link's control loop: the query loops
+    hand answers over from their threads (`post` never blocks) and go on, so a client that
+    reads slowly (or not at all) delays nobody else.
 
     It is bounded: a client that asks faster than it reads (say `info` at thousands a
     second, reading a little now and then, so no single send stalls) would otherwise grow
@@ -28,7 +33,7 @@ class Outbox:
 
     def __init__(
         self,
-        ch: TlsChannel,
+        ch: ControlLink,
         log: Any,
         max_messages: int = MAX_MESSAGES,
         max_bytes: int = MAX_BYTES,
@@ -39,16 +44,17 @@ class Outbox:
         self.ch, self.log = ch, log
         self.max_messages, self.max_bytes = max_messages, max_bytes
         self.account = account
-        self._q: queue.SimpleQueue[tuple[str, dict[str, Any], list[np.ndarray]] | None] = (
-            queue.SimpleQueue()
-        )
         self._lock = threading.Lock()
         self._waiting = 0  # messages posted and not yet sent (or dropped)
         self._bytes = 0
-        self._thread = threading.Thread(target=self._run, name="mpcc-outbox", daemon=True)
-        self._thread.start()
+        self._q: deque[_Item | None] = deque()  # touched in the loop only
+        self._wake: asyncio.Event | None = None  # made by the sender, in the loop
+        self._done = threading.Event()
+        self._fin: asyncio.Event | None = None
+        ch.control.spawn(self._run(), name=f"outbox {ch.peer}")
 
     def post(self, kind: str, meta: dict[str, Any], arrays: list[np.ndarray] | None = None) -> None:
+        """Queue a message (from any thread); closes the link instead if it is over a bound."""
         arrays = arrays or []
         size = _message_bytes(arrays)
         with self._lock:
@@ -69,7 +75,7 @@ class Outbox:
                 )
                 self.ch.close("the client does not read its answers")
             return
-        self._q.put((kind, meta, arrays))
+        self.ch.control.call(self._enqueue, (kind, meta, arrays))
 
     @property
     def waiting(self) -> tuple[int, int]:
@@ -77,24 +83,64 @@ class Outbox:
         with self._lock:
             return self._waiting, self._bytes
 
-    def close(self, timeout: float) -> None:
-        """Send what is queued (within `timeout` s), then stop."""
-        self._q.put(None)
-        self._thread.join(timeout)
+    def _enqueue(self, item: _Item | None) -> None:
+        self._q.append(item)
+        if self._wake is not None:
+            self._wake.set()
 
-    def _run(self) -> None:
-        while (item := self._q.get()) is not None:
-            if self.ch.closed is None:
-                try:
-                    self.ch.send_msg(*item)
-                except PartyError as e:  # the link closes itself; later items are dropped
-                    self.log.info("could not send a %s to %s: %s", item[0], self.ch.peer, e)
-            size = _message_bytes(item[2])
-            with self._lock:
-                self._waiting -= 1
-                self._bytes -= size
-            if self.account is not None:
-                self.account.release_answer(size)
+    def close(self, timeout: float) -> None:
+        """From another thread: send what is queued (within `timeout` s), then stop."""
+        self.ch.control.call(self._enqueue, None)
+        self._done.wait(timeout)
+
+    async def aclose(self, timeout: float) -> None:
+        """From the loop: send what is queued (within `timeout` s), then stop."""
+        self._enqueue(None)
+        try:
+            await asyncio.wait_for(self._finished().wait(), timeout)
+        except TimeoutError:
+            pass
+
+    def _finished(self) -> asyncio.Event:
+        """Set when the sender has stopped (made in the loop by whoever asks first)."""
+        if self._fin is None:
+            self._fin = asyncio.Event()
+        return self._fin
+
+    async def _run(self) -> None:
+        self._wake = asyncio.Event()
+        try:
+            while True:
+                while not self._q:
+                    self._wake.clear()
+                    await self._wake.wait()
+                batch: list[_Item] = []  # what waits goes out together (one write)
+                while self._q and self._q[0] is not None and len(batch) < SEND_TOGETHER:
+                    batch.append(self._q.popleft())
+                if batch and self.ch.closed is None:
+                    try:
+                        await self.ch.send_msgs(batch)
+                    except PartyError as e:  # the link closes itself; later items are dropped
+                        self.log.info("could not send to %s: %s", self.ch.peer, e)
+                for item in batch:
+                    self._sent(item)
+                if self._q and self._q[0] is None:
+                    return
+        finally:
+            for item in self._q:  # cancelled (the party stops): what was left is dropped
+                if item is not None:
+                    self._sent(item)
+            self._q.clear()
+            self._done.set()
+            self._finished().set()
+
+    def _sent(self, item: _Item) -> None:
+        size = _message_bytes(item[2])
+        with self._lock:
+            self._waiting -= 1
+            self._bytes -= size
+        if self.account is not None:
+            self.account.release_answer(size)
 
 
 def _message_bytes(arrays: list[np.ndarray]) -> int:

@@ -35,6 +35,7 @@ from mpcc.errors import MpccError
 from mpcc.serving.admission import Identity
 from mpcc.serving.clients import MAX_PER_LINK, ClientLinks, Request
 from mpcc.serving.config import ClusterConfig
+from mpcc.serving.controllink import ControlLink
 from mpcc.serving.messages import Hello, PartyInfo, PlanInterface, Welcome
 from mpcc.serving.metrics import PartyMetrics
 from mpcc.serving.outbox import Outbox
@@ -77,7 +78,7 @@ class ComputeParty(ClientLinks, SessionSetup, QueryLoop, PartyServer):
         self._idle.set()
         # client links stay open until shutdown has answered or failed what they wait for
         self._clients_done = threading.Event()
-        self._outboxes: dict[TlsChannel, Outbox] = {}
+        self._outboxes: dict[ControlLink, Outbox] = {}
         self._identities: dict[str, Identity] = {}  # client identities seen, by name
         self._last_served: dict[Any, int] = {}  # P0: identity -> when a batch last took one
         self.answered = 0

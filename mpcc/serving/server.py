@@ -1,5 +1,5 @@
-"""What every party process shares: its listener (`listener.Listener`), deployments from
-the owner, kernel warm-up and shutdown."""
+"""What every party process shares: its listener (`listener.Listener`) and control loop
+(`controlloop.ControlLoop`), deployments from the owner, kernel warm-up and shutdown."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from mpcc.errors import MpccError, PartyError
 from mpcc.runtime.warmup import warm_up
 from mpcc.serving import heap, state
 from mpcc.serving.config import ClusterConfig
+from mpcc.serving.controllink import ControlLink
+from mpcc.serving.controlloop import ControlLoop
 from mpcc.serving.listener import Handler, Listener
 from mpcc.serving.messages import (
     Activate,
@@ -28,13 +30,12 @@ from mpcc.serving.messages import (
     Welcome,
 )
 from mpcc.serving.state import Deployment
-from mpcc.serving.tls import TlsChannel
 from mpcc.serving.tlscontext import client_context
 
 ERROR_LINGER_S = 5.0  # a refused deploy keeps reading until the owner has its error
 
 
-def _drain_until_closed(ch: TlsChannel, within_s: float) -> None:
+async def _drain_until_closed(ch: ControlLink, within_s: float) -> None:
     """Read and drop what the peer still sends until it closes the link (or `within_s`).
 
     Closing a socket with unread data resets the connection, and the reset can destroy the
@@ -43,7 +44,7 @@ def _drain_until_closed(ch: TlsChannel, within_s: float) -> None:
     hung up closes the link cleanly."""
     end = time.monotonic() + within_s
     while (left := end - time.monotonic()) > 0:
-        ch.poll(left)  # raises PartyError once the peer has closed
+        await ch.recv(left)  # raises PartyError once the peer has closed
 
 
 class PartyServer:
@@ -91,6 +92,7 @@ class PartyServer:
                 self.state_dir,
             )
         self.listener: Listener | None = None
+        self.control: ControlLoop | None = None
 
     # -- to be filled by subclasses -------------------------------------------------------
     def handlers(self) -> dict[str, tuple[set[str], Handler]]:
@@ -105,7 +107,8 @@ class PartyServer:
     # -- running --------------------------------------------------------------------------
     def start(self) -> None:
         """Listen and start background work (returns at once)."""
-        self.listener = Listener(self.cfg, self.role, self.handlers(), self.log)
+        self.control = ControlLoop(self.role, self.log)
+        self.listener = Listener(self.cfg, self.role, self.handlers(), self.log, self.control)
         self.listener.start()
         host, port = self.cfg.address(self.role)
         self.log.info("%s listening on %s (TLS 1.3, mutual auth)", self.role, f"{host}:{port}")
@@ -166,31 +169,31 @@ class PartyServer:
         if self.listener is not None:
             self.listener.close()
         self.shutdown()
+        if self.control is not None:
+            self.control.close()
         self.log.info("stopped")
 
     # -- deployment -----------------------------------------------------------------------
     def takes_shares(self) -> bool:
         return self.role in ("p0", "p1")
 
-    def on_deploy(self, ch: TlsChannel, hello: Hello) -> None:
+    async def on_deploy(self, ch: ControlLink, hello: Hello) -> None:
         """A two-phase deploy: the owner sends the public plan and, to P0/P1, this party's
         weight shares, which are checked (the plan verified) and staged; the party answers
         "staged", and switches to them only when the owner says "activate" -- once all three
         have staged. Until then, and for good if the owner aborts or goes away, the previous
-        deployment stays active and serving."""
+        deployment stays active and serving.
+
+        A task of the control loop: checking, writing and switching run in its executor."""
+        assert self.control is not None
         t = self.cfg.serving.setup_timeout_s
-        Welcome(self.role).send(ch)
+        await ch.send(Welcome(self.role))
         staged: Deployment | None = None
         try:
-            staged = self._receive_deployment(ch, t)
-            Staged(self.role, staged.plan_hash, staged.deploy_id).send(ch)
-            Activate.recv(ch, t)
-            with self.deployed:
-                state.activate(self.state_dir, staged.deploy_id)
-                dep = staged.public_part()
-                self.deployment = dep
-                self.deploy_generation += 1
-                self.deployed.notify_all()
+            staged = await self._receive_deployment(ch, t)
+            await ch.send(Staged(self.role, staged.plan_hash, staged.deploy_id))
+            Activate.parse((await ch.recv_msg(t, expect=Activate.KIND)).meta)
+            dep = await self.control.blocking(self._activate, staged)
         except MpccError as e:
             if staged is None:
                 self.log.error("deployment from %s rejected: %s", ch.peer, e)
@@ -203,12 +206,12 @@ class PartyServer:
                 )
                 why = f"{self.role} did not activate the deployment: {e}"
                 try:
-                    state.discard(self.state_dir, staged.deploy_id)
+                    await self.control.blocking(state.discard, self.state_dir, staged.deploy_id)
                 except (OSError, MpccError) as err:
                     self.log.error("could not remove the staged deployment: %s", err)
             try:
-                ErrorReply(why).send(ch)
-                _drain_until_closed(ch, ERROR_LINGER_S)
+                await ch.send(ErrorReply(why))
+                await _drain_until_closed(ch, ERROR_LINGER_S)
             except PartyError:
                 pass
             ch.close("deployment not activated")
@@ -219,15 +222,26 @@ class PartyServer:
             dep.prog.name,
             dep.deploy_id[:8],
         )
-        self.on_new_deployment()
+        await self.control.blocking(self.on_new_deployment)
         try:
-            Deployed(self.role, dep.plan_hash).send(ch)
+            await ch.send(Deployed(self.role, dep.plan_hash))
         finally:
             ch.close("deployment done")
 
-    def _receive_deployment(self, ch: TlsChannel, t: float) -> Deployment:
-        """The deploy header, one message per weight share, then a commit."""
-        head = DeployHead.recv(ch, t)
+    def _activate(self, staged: Deployment) -> Deployment:
+        """Switch to a staged deployment (on disk, then in memory); its public part."""
+        with self.deployed:
+            state.activate(self.state_dir, staged.deploy_id)
+            dep = staged.public_part()
+            self.deployment = dep
+            self.deploy_generation += 1
+            self.deployed.notify_all()
+        return dep
+
+    async def _receive_deployment(self, ch: ControlLink, t: float) -> Deployment:
+        """The deploy header, one message per weight share, then a commit; then checked and
+        staged (in the control loop's executor)."""
+        head = DeployHead.parse((await ch.recv_msg(t, expect=DeployHead.KIND)).meta)
         names = head.weights
         if self.takes_shares() != bool(names):
             raise PartyError(
@@ -237,21 +251,25 @@ class PartyServer:
             )
         shares: dict[str, np.ndarray] = {}
         for n in names:
-            msg = ch.recv_msg(t, expect=Share.KIND)
+            msg = await ch.recv_msg(t, expect=Share.KIND)
             if Share.of(msg).name != n or len(msg.arrays) != 1:
                 raise PartyError("weight shares arrived out of order")
             shares[n] = msg.arrays[0]
-        Commit.recv(ch, t)
+        Commit.parse((await ch.recv_msg(t, expect=Commit.KIND)).meta)
+        assert self.control is not None
+        return await self.control.blocking(self._stage, head, shares if names else None)
+
+    def _stage(self, head: DeployHead, shares: dict[str, np.ndarray] | None) -> Deployment:
         dep = Deployment.build(  # checks the hash, verifies the plan, checks the shares
             head.plan,
             head.plan_hash,
             head.deploy_id,
-            shares if names else None,
+            shares,
             role=self.role,
             commitments=head.commitments,
             salt=head.salt,
         )
-        state.stage(self.state_dir, dep)
+        state.stage(self.state_dir, dep)  # written and fsynced
         # The shares stay on disk: each session reads (and checks) them afresh, so between
         # sessions a party holds its opened weights alone.
         return dep.public_part()

@@ -1,0 +1,192 @@
+"""The control plane on the party's event loop: open client links cost the party no thread.
+
+Each client link used to hold three threads at a party (its handshake thread, which then ran
+the link, the channel's reader, and the outbox's sender); now a greeted link is a task of
+the party's control loop (`controlloop`, `controllink`). The clients here are plain blocking
+TLS sockets, so the test process's thread count is the party's.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import socket
+import ssl
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from mpcc.errors import PartyError
+from mpcc.serving.controlloop import ControlLoop
+from mpcc.serving.frameparser import FrameParser
+from mpcc.serving.listener import Listener
+from mpcc.serving.local import init_local
+from mpcc.serving.party import ComputeParty
+from mpcc.serving.tls import TlsChannel
+from mpcc.serving.tlscontext import client_context
+from mpcc.serving.wire import Message, encode
+
+CLIENTS = 40
+
+
+def _send(s: ssl.SSLSocket, kind: str, meta: dict) -> None:
+    s.sendall(b"".join(bytes(b) for b in encode(kind, meta, [])))
+
+
+_LEFT: dict[int, list[Message]] = {}  # messages a read completed beyond the one asked for
+
+
+def _recv(s: ssl.SSLSocket, parser: FrameParser) -> Message:
+    left = _LEFT.setdefault(id(parser), [])
+    while not left:
+        data = s.recv(1 << 16)
+        assert data, "the party closed the link"
+        left += parser.feed(data)
+    return left.pop(0)
+
+
+def _client(cfg, ctx: ssl.SSLContext) -> tuple[ssl.SSLSocket, FrameParser]:
+    """A greeted client link, thread-free on this side."""
+    s = ctx.wrap_socket(socket.create_connection(cfg.address("p0"), timeout=10))
+    parser = FrameParser(1 << 20)
+    _LEFT.pop(id(parser), None)  # an id an earlier parser had
+    _send(s, "hello", {"link": "client", "version": 1})
+    assert _recv(s, parser).kind == "welcome"
+    return s, parser
+
+
+def _threads_settle(at_most: int, within: float = 5.0) -> int:
+    """The thread count, once it is at most `at_most` (or after `within` s)."""
+    end = time.monotonic() + within
+    while threading.active_count() > at_most and time.monotonic() < end:
+        time.sleep(0.05)
+    return threading.active_count()
+
+
+@pytest.fixture
+def p0(tmp_path):
+    cfg = init_local(tmp_path, max_connections=64, client_connections=64, timeout_s=5.0)
+    party = ComputeParty(cfg, "p0")
+    party.start()
+    assert party.kernels_ready.wait(120)
+    try:
+        yield cfg, party
+    finally:
+        party.close()
+
+
+def test_open_client_links_cost_the_party_no_thread(p0):
+    cfg, party = p0
+    ctx = client_context(cfg, "client")
+    links = [_client(cfg, ctx)]  # the control loop and its first link are up
+    base = _threads_settle(0, within=1.0)
+    try:
+        for _ in range(CLIENTS):
+            links.append(_client(cfg, ctx))
+        for s, _ in links:  # every link is served: each asks, each is answered
+            _send(s, "info", {})
+        for s, parser in links:
+            assert _recv(s, parser).kind == "info"
+        assert len(party._outboxes) == CLIENTS + 1
+        # before: about three more threads per link (120 here)
+        assert _threads_settle(base + 2) <= base + 2, threading.enumerate()
+        gc.collect()  # nor a channel (and its read buffer) left behind by the move to the loop
+        assert not [o for o in gc.get_objects() if isinstance(o, TlsChannel)]
+    finally:
+        for s, _ in links:
+            s.close()
+    end = time.monotonic() + 5
+    while len(party._outboxes) and time.monotonic() < end:
+        time.sleep(0.05)
+    assert len(party._outboxes) == 0  # each task ended its link
+    assert party.listener.connections_of("client") == 0  # and gave its slot back
+
+
+def test_messages_sent_with_the_hello_survive_the_move_to_the_loop(p0):
+    """What the channel read before the link moved (here, a request in the same write as the
+    hello) is answered from the loop: the parser's state and the unread messages move too."""
+    cfg, _ = p0
+    s = client_context(cfg, "client").wrap_socket(
+        socket.create_connection(cfg.address("p0"), timeout=10)
+    )
+    parser = FrameParser(1 << 20)
+    _LEFT.pop(id(parser), None)
+    hello = encode("hello", {"link": "client", "version": 1}, [])
+    s.sendall(b"".join(bytes(b) for b in [*hello, *encode("info", {}, [])]))
+    try:
+        assert _recv(s, parser).kind == "welcome"
+        assert _recv(s, parser).kind == "info"
+    finally:
+        s.close()
+
+
+def test_a_client_that_does_not_read_is_cut_off_while_others_are_served(p0):
+    cfg, party = p0
+    ctx = client_context(cfg, "client")
+    flooder, _ = _client(cfg, ctx)
+    info = b"".join(bytes(b) for b in encode("info", {}, [])) * 1000
+
+    def flood() -> None:  # asks for `info` as fast as it can, reads nothing
+        try:
+            for _ in range(100):
+                flooder.sendall(info)
+        except OSError:
+            pass
+
+    t = threading.Thread(target=flood, daemon=True)
+    t.start()
+    try:
+        other, parser = _client(cfg, ctx)
+        for _ in range(5):  # another client is answered at once meanwhile
+            t0 = time.monotonic()
+            _send(other, "info", {})
+            assert _recv(other, parser).kind == "info"
+            assert time.monotonic() - t0 < 1.0
+            time.sleep(0.2)
+        end = time.monotonic() + 10  # the flooder's link is closed: its answers pile up
+        while len(party._outboxes) > 1 and time.monotonic() < end:
+            time.sleep(0.05)
+        assert len(party._outboxes) == 1
+        other.close()
+    finally:
+        flooder.close()
+        t.join(5)
+
+
+def test_a_send_that_makes_no_progress_closes_the_link(tmp_path):
+    """A coroutine handler's link (here a bare listener's): a peer that stops reading stalls
+    the sends; after `timeout` s without progress the link closes and frees its slot."""
+    cfg = init_local(tmp_path, timeout_s=5.0)
+    got: dict = {}
+    done = threading.Event()
+
+    async def blast(link, hello) -> None:
+        await link.send_msg("welcome", {"role": "p0"})
+        link.timeout = 0.5
+        try:
+            while True:
+                await link.send_msg("blob", {}, [np.zeros(1 << 20, np.uint8)])
+        except PartyError:
+            got["why"] = link.closed
+        finally:
+            done.set()
+
+    log = logging.getLogger("mpcc.serving.test-p0")
+    control = ControlLoop("test", log)
+    ls = Listener(cfg, "p0", {"client": ({"client"}, blast)}, log, control)
+    ls.start()
+    try:
+        s, _ = _client(cfg, client_context(cfg, "client"))  # then reads nothing
+        try:
+            t0 = time.monotonic()
+            assert done.wait(10)
+            assert got["why"] == "send stalled"
+            assert time.monotonic() - t0 < 5
+            assert ls.connections_of("client") == 0
+        finally:
+            s.close()
+    finally:
+        ls.close()
+        control.close()
