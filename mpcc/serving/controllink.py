@@ -48,13 +48,15 @@ class ControlLink:
     the wire counters (`wire`) are the channel's."""
 
     def __init__(self, ch: TlsChannel, control: ControlLoop) -> None:
-        """Use `adopt`: this takes over the state `_detach` took from `ch`."""
+        """Use `adopt`: this takes over what `TlsChannel.detach` gives up."""
         self.control = control
         self.peer, self.peer_role, self.peer_addr = ch.peer, ch.peer_role, ch.peer_addr
         self.peer_identity, self.peer_serial = ch.peer_identity, ch.peer_serial
         self.timeout = ch.timeout  # a send that makes no progress this long fails
         self.send_frame_bytes = ch.send_frame_bytes
-        self._tls, self._parser, inbox, self._on_close = _detach(ch)
+        link = ch.detach(ADOPT_WAIT_S)
+        self._tls, self._parser, self._on_close = link.stream, link.parser, link.on_close
+        inbox = link.unread
         self.wire = self._tls.wire
         self._sock = self._tls.sock
         self._inbox: deque[Message] = deque(inbox)
@@ -84,12 +86,7 @@ class ControlLink:
         max_header_bytes: int | None = None,
     ) -> None:
         """As `TlsChannel.limit_frames`."""
-        self._parser.max_frame_bytes = max_frame_bytes
-        self._parser.max_message_bytes = (
-            max_frame_bytes if max_message_bytes is None else max_message_bytes
-        )
-        if max_header_bytes is not None:
-            self._parser.max_header_bytes = max_header_bytes
+        self._parser.limit(max_frame_bytes, max_message_bytes, max_header_bytes)
 
     def on_close(self, fn: Callable[[str], None]) -> None:
         """Call fn(reason) once when the link closes (at once if it is closed already)."""
@@ -125,11 +122,8 @@ class ControlLink:
                 fut.set_result(False)
         if self._send_lock is None or not self._send_lock.locked():  # not amid a record
             try:
-                with self._tls._ssl_lock:  # see `_detach`
-                    self._tls._ssl.unwrap()
-                    data = self._tls._out.read()
-                self._sock.send(data)
-            except (ssl.SSLError, ValueError, OSError):
+                self._sock.send(self._tls.close_notify())
+            except OSError:
                 pass
         self._tls.close(notify=False)
 
@@ -289,62 +283,8 @@ def _records(tls: TlsStream, bufs: list[bytes | memoryview]):
             small += view
             continue
         if small:
-            yield _encrypt(tls, small)
+            yield tls.encrypt(small)
             small = bytearray()
         for start in range(0, len(view), CHUNK):
-            yield _encrypt(tls, view[start : start + CHUNK])
-    yield _encrypt(tls, small)
-
-
-def _encrypt(tls: TlsStream, plain: bytes | bytearray | memoryview) -> bytes:
-    # `TlsStream.write` encrypts and sends in one blocking step; the loop must not block,
-    # so it encrypts here and sends itself (the lead's TlsStream could offer `encrypt`).
-    with tls._ssl_lock:
-        if len(plain):
-            tls._ssl.write(plain)
-        return tls._out.read()
-
-
-def _detach(ch: TlsChannel) -> tuple[TlsStream, Any, list[Message], list[Callable[[str], None]]]:
-    """Take a greeted channel's TLS state, parser, unread messages and close callbacks, and
-    end its reader thread; PartyError if it closed meanwhile.
-
-    `TlsChannel` (owned by the TLS hot path) has no public way to give its socket away, so
-    this reaches into it: it takes the reader role (waiting for the background reader to
-    finish a read it is in), marks the channel closed without closing the socket, which
-    ends the reader thread, and holds the stream's send lock for good, so that the stream
-    never sends by itself (after a decrypt) behind the loop's back. A `TlsChannel.detach()`
-    doing exactly this would replace it."""
-    end = time.monotonic() + ADOPT_WAIT_S
-    with ch._lock:
-        ch._lease_until = time.monotonic() + 1e6  # the reader stays parked
-        while ch._reading:  # the background reader is in a read
-            if time.monotonic() > end:
-                raise PartyError(f"{ch.peer}: its reader did not let go of the link")
-            ch._waiters += 1  # so that it notifies us when done
-            try:
-                ch._msg_cv.wait(0.05)
-            finally:
-                ch._waiters -= 1
-        ch._reading = True
-    with ch._close_lock:
-        if ch._closed is not None:
-            raise PartyError(f"{ch.peer}: {ch._closed}")
-        ch._closed = "moved to the control loop"
-        callbacks, ch._on_close = ch._on_close, []
-    with ch._lock:
-        ch._bg_cv.notify_all()
-        inbox = [m for m in ch._inbox if isinstance(m, Message)]
-        ch._inbox.clear()
-    ch._reader.join(ADOPT_WAIT_S)
-    tls: TlsStream = ch._tls
-    tls.send_lock.acquire()
-    # The stream's callbacks into the channel are never called now (it never sends itself),
-    # and would keep the channel and its read buffer alive as long as the link.
-    tls._wait_to_send = _never_called
-    tls._stall_s = _never_called
-    return tls, ch._parser, inbox, callbacks
-
-
-def _never_called(*_args: Any) -> Any:
-    raise AssertionError("a control link's TLS stream sent by itself")
+            yield tls.encrypt(view[start : start + CHUNK])
+    yield tls.encrypt(small)

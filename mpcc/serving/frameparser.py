@@ -81,6 +81,19 @@ class FrameParser:
         self._then: Callable[[], Message | None] | None = None  # ... and then this
         self._split: _Split | None = None
 
+    def limit(
+        self,
+        max_frame_bytes: int,
+        max_message_bytes: int | None = None,
+        max_header_bytes: int | None = None,
+    ) -> None:
+        """Change the largest frame accepted, the largest message split over frames
+        (default: one frame's worth) and the largest frame header (default: unchanged)."""
+        self.max_frame_bytes = max_frame_bytes
+        self.max_message_bytes = max_frame_bytes if max_message_bytes is None else max_message_bytes
+        if max_header_bytes is not None:
+            self.max_header_bytes = max_header_bytes
+
     def buffer(self) -> memoryview:
         """Where the next bytes of the stream go (never empty); see `advance`."""
         if len(self._sink):

@@ -23,6 +23,7 @@ and reassembled by the receiver, which bounds their total separately (`max_messa
 from __future__ import annotations
 
 import logging
+import math
 import queue
 import socket
 import ssl
@@ -67,6 +68,16 @@ class LinkClosed:
 
 
 _Closed = LinkClosed
+
+
+@dataclass(frozen=True)
+class Detached:
+    """A link taken from its `TlsChannel` (see `TlsChannel.detach`)."""
+
+    stream: TlsStream
+    parser: FrameParser
+    unread: list[Message]
+    on_close: list[Callable[[str], None]]
 
 
 class TlsChannel(Channel):
@@ -382,6 +393,37 @@ class TlsChannel(Channel):
             pass
 
     # -- lifecycle ------------------------------------------------------------------------
+    def detach(self, wait_s: float = 2.0) -> Detached:
+        """Give the link to another owner (an event loop's task): its TLS stream (disowned:
+        see `TlsStream.disown`), frame parser, messages read and not taken, and close
+        callbacks. The channel is closed without closing the socket and its reader thread
+        ends. PartyError if it closed first, or its reader is still in a read after
+        `wait_s`."""
+        end = time.monotonic() + wait_s
+        with self._lock:
+            self._lease_until = math.inf  # the background reader stays parked
+            while self._reading:  # ... once it ends the read it is in
+                if time.monotonic() > end:
+                    raise PartyError(f"{self.peer}: its reader did not let go of the link")
+                self._waiters += 1
+                try:
+                    self._msg_cv.wait(0.05)
+                finally:
+                    self._waiters -= 1
+            self._reading = True
+        with self._close_lock:
+            if self._closed is not None:
+                raise PartyError(f"{self.peer}: {self._closed}")
+            self._closed = "detached"
+            callbacks, self._on_close = self._on_close, []
+        with self._lock:
+            self._bg_cv.notify_all()
+            unread = [m for m in self._inbox if isinstance(m, Message)]
+            self._inbox.clear()
+        self._reader.join(wait_s)
+        self._tls.disown()
+        return Detached(self._tls, self._parser, unread, callbacks)
+
     @property
     def closed(self) -> str | None:
         """None while open, else why it closed."""
@@ -393,15 +435,9 @@ class TlsChannel(Channel):
         max_message_bytes: int | None = None,
         max_header_bytes: int | None = None,
     ) -> None:
-        """Change the largest frame this end accepts, the largest message split over frames
-        (default: one frame's worth) and the largest frame header (default: unchanged), e.g.
-        once the link's kind is known."""
-        self._parser.max_frame_bytes = max_frame_bytes
-        self._parser.max_message_bytes = (
-            max_frame_bytes if max_message_bytes is None else max_message_bytes
-        )
-        if max_header_bytes is not None:
-            self._parser.max_header_bytes = max_header_bytes
+        """What this end accepts from now on, e.g. once the link's kind is known (see
+        `FrameParser.limit`)."""
+        self._parser.limit(max_frame_bytes, max_message_bytes, max_header_bytes)
 
     def on_close(self, fn: Callable[[str], None]) -> None:
         """Call fn(reason) once when the link closes (at once if it is closed already)."""

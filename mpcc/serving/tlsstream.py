@@ -84,6 +84,10 @@ def wait_for(sock: socket.socket, events: int, timeout: float | None) -> int:
     return got[0][1] if got else 0
 
 
+def _owned_elsewhere(*_args: object) -> float:
+    raise AssertionError("a disowned TLS stream was asked to send")
+
+
 class TlsStream:
     """A TLS 1.3 connection on a non-blocking socket, handshaken by `deadline`.
 
@@ -266,12 +270,32 @@ class TlsStream:
 
     def write(self, plain: bytes | memoryview) -> None:
         """Encrypt `plain` and send the records (the caller holds `send_lock`)."""
+        data = self.encrypt(plain)
+        if data:
+            self._sock_send(data)
+
+    def encrypt(self, plain: bytes | bytearray | memoryview) -> bytes:
+        """`plain` as TLS records, and whatever TLS itself has to send, for the caller to
+        send in order (it holds `send_lock`, or owns the stream: see `TlsChannel.detach`)."""
         with self._ssl_lock:
             if len(plain):
                 self._ssl.write(plain)
-            data = self._out.read()
-        if data:
-            self._sock_send(data)
+            return self._out.read()
+
+    def close_notify(self) -> bytes:
+        """TLS's close_notify, for the caller to send (empty if TLS cannot say it now)."""
+        try:
+            with self._ssl_lock:
+                self._ssl.unwrap()
+                return self._out.read()
+        except (ssl.SSLError, ValueError):
+            return b""
+
+    def disown(self) -> None:
+        """From now on nobody but the caller sends on this stream, and it never sends by
+        itself: `send_lock` is held for good, and the callbacks into the old owner cut."""
+        self.send_lock.acquire()
+        self._stall_s = self._wait_to_send = _owned_elsewhere
 
     def close(self, notify: bool) -> None:
         """Close the socket; first, if `notify`, try briefly to send TLS's close_notify."""
