@@ -27,7 +27,6 @@ from mpcc.errors import PartyError
 from mpcc.serving.messages import Abort, ControlMessage, ErrorReply
 from mpcc.serving.tls import TlsChannel
 from mpcc.serving.tlscontext import ssl_reason
-from mpcc.serving.tlsstream import CHUNK, TlsStream
 from mpcc.serving.wire import FrameError, Message, encode_message
 
 if TYPE_CHECKING:
@@ -245,7 +244,7 @@ class ControlLink:
         if self._send_lock is None:
             self._send_lock = asyncio.Lock()
         async with self._send_lock:
-            for data in _records(self._tls, bufs):
+            for data in self._tls.records(bufs):
                 await self._send_bytes(data)
         self.wire.frames_sent += frames
 
@@ -271,20 +270,3 @@ class ControlLink:
 def _settle(fut: asyncio.Future, ready: bool) -> None:
     if not fut.done():
         fut.set_result(ready)
-
-
-def _records(tls: TlsStream, bufs: list[bytes | memoryview]):
-    """Encrypt buffers into TLS records, about `CHUNK` plaintext bytes per yield (small
-    buffers coalesced into one record), plus whatever TLS itself has to send."""
-    small = bytearray()
-    for b in bufs:
-        view = memoryview(b).cast("B")
-        if len(small) + len(view) <= CHUNK:
-            small += view
-            continue
-        if small:
-            yield tls.encrypt(small)
-            small = bytearray()
-        for start in range(0, len(view), CHUNK):
-            yield tls.encrypt(view[start : start + CHUNK])
-    yield tls.encrypt(small)

@@ -14,7 +14,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from mpcc.errors import PartyError
@@ -250,23 +250,31 @@ class TlsStream:
         return msgs, ended
 
     def send(self, *bufs: bytes | memoryview) -> None:
-        """Encrypt and send buffers as one unit. Small buffers are coalesced into one TLS
-        record and one system call; `send_lock` keeps frames whole and ciphertext in order."""
+        """Encrypt and send buffers as one unit (see `records`); `send_lock` keeps frames
+        whole and ciphertext in order."""
         with self.send_lock:
-            small = bytearray()
-            for b in bufs:
-                view = memoryview(b).cast("B")
-                if len(small) + len(view) <= CHUNK:
-                    small += view
-                    continue
-                if small:
-                    self.write(small)
-                    small = bytearray()
-                for start in range(0, len(view), CHUNK):
-                    self.write(view[start : start + CHUNK])
-            self.write(small)  # also flushes what TLS itself has to send
+            for data in self.records(bufs):
+                if data:
+                    self._sock_send(data)
             if self._out.pending:  # written by a reader meanwhile
                 self.write(b"")
+
+    def records(self, bufs: Iterable[bytes | memoryview]) -> Iterator[bytes]:
+        """The buffers as TLS records, about `CHUNK` plaintext bytes at a time, small ones
+        coalesced (one record, one system call), and at the end what TLS itself has to send;
+        for the caller to send in order (it holds `send_lock`, or owns the stream)."""
+        small = bytearray()
+        for b in bufs:
+            view = memoryview(b).cast("B")
+            if len(small) + len(view) <= CHUNK:
+                small += view
+                continue
+            if small:
+                yield self.encrypt(small)
+                small = bytearray()
+            for start in range(0, len(view), CHUNK):
+                yield self.encrypt(view[start : start + CHUNK])
+        yield self.encrypt(small)
 
     def write(self, plain: bytes | memoryview) -> None:
         """Encrypt `plain` and send the records (the caller holds `send_lock`)."""
