@@ -151,6 +151,21 @@ def test_a_round_answered_at_once_or_late_arrives_whole(cluster, delay_s):
     ch.close()
 
 
+def test_a_detached_stream_still_says_close_notify(cluster):
+    """`close_notify` hands back TLS's alert to send even though the peer has not closed
+    yet (unwrap raises once it has written the alert)."""
+    srv = Server(cluster, "p0", {"client": {"client"}})
+    ch, _ = dial(cluster, client_context(cluster, "client"), "p0", me="client", link="client")
+    ch.send_msg("q", {}, [np.arange(3, dtype=np.uint64)])
+    ch.recv()
+    link = ch.detach()
+    assert len(link.stream.close_notify()) > 0
+    with pytest.raises(PartyError, match="detached"):
+        ch.send_msg("q")
+    link.stream.close(notify=False)
+    srv.close()
+
+
 def test_wrong_role_is_refused(cluster):
     srv = Server(cluster, "p0", {"client": {"client"}})
     with pytest.raises(LinkRefused, match="role 'dealer' may not open a client link"):

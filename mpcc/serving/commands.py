@@ -172,6 +172,9 @@ def _setup_logging(role: str, level: str) -> None:
     )
 
 
+MAX_CPU = 1 << 16  # CPU numbers above this are typos, not machines
+
+
 def parse_cpus(spec: str) -> set[int]:
     """CPU numbers from a list such as "0", "2-3,6"; raises InputError if malformed."""
     cpus: set[int] = set()
@@ -182,21 +185,31 @@ def parse_cpus(spec: str) -> set[int]:
             b = int(hi) if sep else a
         except ValueError:
             raise InputError(f"--cpus {spec!r}: expected CPU numbers such as 0 or 2-3,6") from None
-        if a < 0 or b < a:
+        if a < 0 or b < a or b >= MAX_CPU:
             raise InputError(f"--cpus {spec!r}: {part.strip()!r} is not a CPU range")
         cpus.update(range(a, b + 1))
     return cpus
 
 
 def pin_to_cpus(spec: str) -> None:
-    """Restrict this process (and the threads it starts) to the CPUs `spec` lists."""
+    """Restrict this process -- its threads so far and those it starts -- to the CPUs `spec`
+    lists; InputError if one is not available here."""
+    if not hasattr(os, "sched_setaffinity"):
+        raise InputError("--cpus: this system cannot pin a process to CPUs")
     cpus = parse_cpus(spec)
     have = os.sched_getaffinity(0)
     if not cpus <= have:
         extra = ",".join(map(str, sorted(cpus - have)))
         mine = ",".join(map(str, sorted(have)))
-        raise InputError(f"--cpus {spec}: CPU {extra} is not available here (CPUs {mine} are)")
-    os.sched_setaffinity(0, cpus)
+        raise InputError(f"--cpus {spec}: CPU(s) {extra} not available here (CPUs {mine} are)")
+    # sched_setaffinity(0) pins the calling thread alone: pin each thread started so far
+    # (numpy's BLAS workers), and those started later inherit it
+    tasks = Path("/proc/self/task")
+    for tid in [int(t.name) for t in tasks.iterdir()] if tasks.is_dir() else [0]:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # a thread that ended meanwhile
+            pass
 
 
 def cmd_party(args: argparse.Namespace) -> int:

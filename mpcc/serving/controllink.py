@@ -188,11 +188,18 @@ class ControlLink:
         if self._unyielded >= YIELD_EVERY:  # a link whose peer keeps sending lets others run
             self._unyielded = 0
             await asyncio.sleep(0)
+        reads = 0
         while not self._inbox or self._closed is not None:
-            if self._closed is not None:  # what it sent before is not acted on any more
+            if self._closed is not None:  # what it sent before is not acted on any more,
+                why = next((m for m in self._inbox if m.kind == Abort.KIND), None)
+                if why is not None:  # ... but a last word says why it ended
+                    raise PartyError(f"{self.peer} failed: {Abort.lenient(why.meta).reason}")
                 raise PartyError(f"{self.peer}: {self._closed}")
             left = None if end is None else end - time.monotonic()
             if self._read_step():  # what has arrived already, without waiting for it
+                reads += 1
+                if reads % YIELD_EVERY == 0:  # a large message coming in lets others run
+                    await asyncio.sleep(0)
                 continue
             if left is not None and left <= 0:
                 return None

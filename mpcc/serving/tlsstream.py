@@ -292,12 +292,12 @@ class TlsStream:
 
     def close_notify(self) -> bytes:
         """TLS's close_notify, for the caller to send (empty if TLS cannot say it now)."""
-        try:
-            with self._ssl_lock:
-                self._ssl.unwrap()
-                return self._out.read()
-        except (ssl.SSLError, ValueError):
-            return b""
+        with self._ssl_lock:
+            try:
+                self._ssl.unwrap()  # raises SSLWantReadError once the alert is written: the
+            except (ssl.SSLError, ValueError):  # peer's own close_notify has not come yet
+                pass
+            return self._out.read()
 
     def disown(self) -> None:
         """From now on nobody but the caller sends on this stream, and it never sends by
