@@ -629,3 +629,22 @@ def test_outbox_bounds_bytes_too(control):
     assert link.closed is not None
     link.release.set()
     box.close(5)
+
+
+def test_an_answer_posted_after_the_outbox_closed_gives_its_bytes_back(control):
+    """A client that disconnects just as its answer is posted: the answer is dropped, and
+    what it held of the client identity's bound is released (else, race by race, the
+    identity's `client_queue_mb` would fill up for good)."""
+    from mpcc.serving.admission import Identity
+
+    who = Identity("c", rate=1e6, burst=1000, max_bytes=1 << 20)
+    link = _StuckLink(control)
+    link.release.set()
+    box = Outbox(link, logging.getLogger("test"), account=who)
+    box.close(5)  # the sender has stopped
+    box.post("answer", {}, [np.zeros(1000, np.uint64)])
+    deadline = time.monotonic() + 5
+    while box.waiting != (0, 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert box.waiting == (0, 0)
+    assert who.hold_answer(1 << 20)  # all of the identity's bound is free again

@@ -84,6 +84,10 @@ class Outbox:
             return self._waiting, self._bytes
 
     def _enqueue(self, item: _Item | None) -> None:
+        if self._done.is_set():  # the sender has stopped (the link closed as this was posted):
+            if item is not None:  # what it holds of the client's bounds is given back
+                self._sent(item)
+            return
         self._q.append(item)
         if self._wake is not None:
             self._wake.set()
