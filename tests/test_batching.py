@@ -97,6 +97,8 @@ def servers(tmp_path):
     for p in parties:
         p.start()
     try:
+        for p in parties:  # on a fresh checkout the first warm-up compiles every kernel
+            p.await_kernels(600)
         yield cfg
     finally:
         close_all(parties)

@@ -233,6 +233,7 @@ def cmd_party(args: argparse.Namespace) -> int:
         from mpcc.serving.party import ComputeParty
 
         server = ComputeParty(cfg, args.role, state_dir, args.num_requests)
+    server.owns_process = True  # see `heap.freeze_startup_objects`
     return server.run()
 
 

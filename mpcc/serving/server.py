@@ -73,6 +73,9 @@ class PartyServer:
         self.deploy_generation = 0
         self.last_error: str | None = None
         self.deployment: Deployment | None = None
+        # The process is the party's own (`mpcc party`), not a test's or a program's that
+        # embeds it: freeze what start-up left for the garbage collector once warm.
+        self.owns_process = False
         self.load_error: str | None = None  # why the stored deployment was rejected
         self.kernels_ready = threading.Event()
         left = state.clean(self.state_dir)  # what a crash mid-write or mid-deploy left
@@ -119,7 +122,8 @@ class PartyServer:
         the kernels then compile on first use, which is slow but correct)."""
         try:
             self.log.info("kernels ready in %s", warm_up())
-            heap.freeze_startup_objects()
+            if self.owns_process:
+                heap.freeze_startup_objects()
         except Exception:  # noqa: BLE001 - the party still works without the warm-up
             self.log.exception("kernel warm-up failed: kernels will compile on first use")
         finally:
