@@ -10,6 +10,7 @@
 | `state` | a party's deployed model on disk (public plan, deployment id, its shares) |
 | `server` | the listener and what every party process shares (deploys, stopping) |
 | `controlloop` / `controllink` | the asyncio loop serving client and deploy links, one task each |
+| `linkend` | what both kinds of link end share: why it closed, close callbacks, frame limits |
 | `party` / `dealer` | the compute parties and the dealer as long-running servers |
 | `owner` / `client` | `mpcc deploy` and `mpcc predict` (`Client`) |
 | `commands` | the argparse subcommands; `local`: three processes on 127.0.0.1 for tests |

@@ -80,8 +80,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cpus",
         metavar="LIST",
-        help="run on these CPUs only, e.g. 0 or 2-3,6 (parties sharing one machine: give P0 and "
-        "P1 CPUs of their own, or the scheduler runs them by turns on one)",
+        help="run on these CPUs only, e.g. 0 or 2-3,6 (parties sharing one machine: P0 and P1 "
+        "on CPUs of their own run their rounds side by side)",
     )
     p.set_defaults(fn=cmd_party)
 

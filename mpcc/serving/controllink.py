@@ -20,10 +20,10 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from mpcc.errors import PartyError
+from mpcc.serving.linkend import LinkEnd
 from mpcc.serving.messages import Abort, ControlMessage, ErrorReply
 from mpcc.serving.tls import TlsChannel
 from mpcc.serving.tlscontext import ssl_reason
@@ -40,7 +40,7 @@ READ_BYTES = 1 << 16
 YIELD_EVERY = 16  # messages `recv` returns in a row without letting the loop run others
 
 
-class ControlLink:
+class ControlLink(LinkEnd):
     """One end of a control link, served by the control loop. `recv`, `send_msg` and `send`
     are coroutines of the loop; `close`, `on_close` and `limit_frames` may be called from
     any thread. The peer's names (`peer`, `peer_role`, `peer_identity`, `peer_serial`) and
@@ -73,41 +73,13 @@ class ControlLink:
         return cls(ch, control)
 
     # -- state --------------------------------------------------------------------------------
-    @property
-    def closed(self) -> str | None:
-        """None while open, else why it closed."""
-        return self._closed
-
-    def limit_frames(
-        self,
-        max_frame_bytes: int,
-        max_message_bytes: int | None = None,
-        max_header_bytes: int | None = None,
-    ) -> None:
-        """As `TlsChannel.limit_frames`."""
-        self._parser.limit(max_frame_bytes, max_message_bytes, max_header_bytes)
-
-    def on_close(self, fn: Callable[[str], None]) -> None:
-        """Call fn(reason) once when the link closes (at once if it is closed already)."""
-        with self._close_lock:
-            if self._closed is None:
-                self._on_close.append(fn)
-                return
-        fn(self._closed)
-
     def close(self, reason: str = "closed by this side") -> None:
         """Close the link (from any thread): its waits end, its socket closes in the loop."""
-        with self._close_lock:
-            if self._closed is not None:
-                return
-            self._closed = reason
-            callbacks, self._on_close = self._on_close, []
+        callbacks = self._mark_closed(reason)
+        if callbacks is None:
+            return
         self.control.call(self._teardown)
-        for fn in callbacks:
-            try:
-                fn(reason)
-            except Exception:  # noqa: BLE001 - a callback must not break closing
-                log.exception("close callback failed")
+        self._closed_callbacks(callbacks, reason)
 
     def _teardown(self) -> None:
         """In the loop: wake the waits, say close_notify if no send is under way and the

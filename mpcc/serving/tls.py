@@ -40,6 +40,7 @@ from mpcc.errors import PartyError
 from mpcc.runtime.transport import Channel
 from mpcc.serving.certs import identity_from_peercert, role_from_peercert, serial_from_peercert
 from mpcc.serving.frameparser import FrameParser
+from mpcc.serving.linkend import LinkEnd
 from mpcc.serving.messages import Abort, ErrorReply
 from mpcc.serving.tlscontext import ssl_reason
 from mpcc.serving.tlsstream import CHUNK, POLL_IN, POLL_OUT, TlsStream, wait_for
@@ -80,7 +81,7 @@ class Detached:
     on_close: list[Callable[[str], None]]
 
 
-class TlsChannel(Channel):
+class TlsChannel(LinkEnd, Channel):
     """One end of a mutually authenticated TLS 1.3 link to a peer of a pinned role.
 
     `max_frame_bytes` bounds each frame this end accepts, `max_message_bytes` a message split
@@ -424,42 +425,13 @@ class TlsChannel(Channel):
         self._tls.disown()
         return Detached(self._tls, self._parser, unread, callbacks)
 
-    @property
-    def closed(self) -> str | None:
-        """None while open, else why it closed."""
-        return self._closed
-
-    def limit_frames(
-        self,
-        max_frame_bytes: int,
-        max_message_bytes: int | None = None,
-        max_header_bytes: int | None = None,
-    ) -> None:
-        """What this end accepts from now on, e.g. once the link's kind is known (see
-        `FrameParser.limit`)."""
-        self._parser.limit(max_frame_bytes, max_message_bytes, max_header_bytes)
-
-    def on_close(self, fn: Callable[[str], None]) -> None:
-        """Call fn(reason) once when the link closes (at once if it is closed already)."""
-        with self._close_lock:
-            if self._closed is None:
-                self._on_close.append(fn)
-                return
-        fn(self._closed)
-
     def close(self, reason: str = "closed by this side", _from_reader: bool = False) -> None:
-        with self._close_lock:
-            if self._closed is not None:
-                return
-            self._closed = reason
-            callbacks, self._on_close = self._on_close, []
+        callbacks = self._mark_closed(reason)
+        if callbacks is None:
+            return
         self._deliver([_Closed(reason)])
         with self._lock:
             self._bg_cv.notify_all()
             self._msg_cv.notify_all()
         self._tls.close(notify=not _from_reader)
-        for fn in callbacks:
-            try:
-                fn(reason)
-            except Exception:  # noqa: BLE001 - a callback must not break closing
-                log.exception("close callback failed")
+        self._closed_callbacks(callbacks, reason)
