@@ -122,6 +122,49 @@ def test_messages_sent_with_the_hello_survive_the_move_to_the_loop(p0):
         s.close()
 
 
+def test_a_link_handed_over_late_is_welcomed_at_once(p0, monkeypatch):
+    """A party busy elsewhere (loading its kernels, under load) may take a while between a
+    link's hello and its move to the loop. The channel must not start reading the socket
+    meanwhile: its reader would sit in a wait for data the client sends only after the
+    welcome, the move would wait for it, and past `ADOPT_WAIT_S` the link was closed with
+    no reason given ("p0 did not accept the client link: the connection was closed", seen
+    in CI right after a party started)."""
+    from mpcc.serving import controllink
+
+    cfg, party = p0
+    monkeypatch.setattr(controllink, "ADOPT_WAIT_S", 0.3)
+    admit = Listener._admit
+
+    def slow_admit(self, ch, is_party):
+        time.sleep(0.4)  # longer than the consumers' read lease
+        return admit(self, ch, is_party)
+
+    monkeypatch.setattr(Listener, "_admit", slow_admit)
+    t0 = time.monotonic()
+    s, parser = _client(cfg, client_context(cfg, "client"))
+    try:
+        assert time.monotonic() - t0 < 1.0  # no wait for a reader's poll to run out
+        _send(s, "info", {})
+        assert _recv(s, parser).kind == "info"
+    finally:
+        s.close()
+
+
+
+def test_a_link_that_cannot_move_to_the_loop_is_told_why(p0, monkeypatch):
+    """A greeted link the party fails to take is told why, not just closed."""
+    from mpcc.serving.controllink import ControlLink
+    from mpcc.serving.links import dial
+
+    cfg, _ = p0
+
+    def fail(ch, control):
+        raise PartyError("the loop is gone")
+
+    monkeypatch.setattr(ControlLink, "adopt", staticmethod(fail))
+    with pytest.raises(PartyError, match="could not take the link: the loop is gone"):
+        dial(cfg, client_context(cfg, "client"), "p0", me="client", link="client")
+
 def test_a_client_that_does_not_read_is_cut_off_while_others_are_served(p0):
     cfg, party = p0
     ctx = client_context(cfg, "client")

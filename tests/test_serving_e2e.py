@@ -313,7 +313,8 @@ def test_kill_p1_mid_query_then_restart(cluster, reference):
     assert not t.is_alive()
     assert "error" in outcome, "the client should see P1 fail"
     assert outcome["at"] - killed < TIMEOUT_S + 1
-    assert re.search(r"P1|peer", str(outcome["error"]))
+    # (or, had P1 died while the client's link to it was still opening: "p1 did not accept")
+    assert re.search(r"(?i)p1|peer", str(outcome["error"]))
     # nobody hangs: P0 answers at once and the dealer is still up
     assert cluster.alive("p0") and cluster.alive("dealer")
     ch = _raw_link(cluster, "p0")
@@ -348,6 +349,11 @@ def test_logs_hold_no_secrets(cluster):
 
 
 def test_clean_shutdown_on_sigterm(cluster):
+    down = [role for role in ("p0", "p1", "dealer") if not cluster.alive(role)]
+    for role in down:  # an earlier test failed half-way: this one is about shutting down
+        cluster.start(role)
+    if down:
+        cluster.wait_listening()
     for role in ("p0", "p1", "dealer"):
         cluster.kill(role, signal.SIGTERM)
         assert cluster.procs[role].returncode == 0, cluster.log(role)[-2000:]

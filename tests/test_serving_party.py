@@ -419,7 +419,10 @@ def test_no_dealer_gives_a_clear_error_in_time(servers, mlp, ort_logits):
             t0 = time.monotonic()
             with pytest.raises(PartyError) as e:
                 c.predict(X[:4])
-            assert time.monotonic() - t0 < servers.cfg.serving.timeout_s + 1.5
+            # P0 holds a request for a session up to timeout_s (3 s), then fails it: well
+            # before the client's own 10 s (the slack is for a loaded CI machine, where this
+            # once took 5.3 s)
+            assert time.monotonic() - t0 < servers.cfg.serving.timeout_s + 3.0
             if "no session" in str(e.value):
                 break
             assert re.search(r"dealer|peer|session ended", str(e.value)), e.value

@@ -185,6 +185,7 @@ class Listener:
         s = self.cfg.serving
         where, deadline = p.where, p.since + s.handshake_timeout_s
         ch = None
+        handed = False  # the link's handler owns it
         try:
             try:
                 ch = TlsChannel(
@@ -196,6 +197,7 @@ class Listener:
                     max_frame_bytes=HELLO_MAX_FRAME,  # raised once the link is known
                     send_frame_bytes=s.max_frame_bytes,
                     deadline=deadline,
+                    reader=False,  # see `_serve`'s end: the link may move to the loop
                 )
                 allowed = {k: roles for k, (roles, _) in self._handlers.items()}
                 hello = greet(ch, allowed, max(0.0, deadline - time.monotonic()))
@@ -236,8 +238,11 @@ class Listener:
             if inspect.iscoroutinefunction(handler):
                 assert self.control is not None
                 link = ControlLink.adopt(ch, self.control)  # ch is done with
+                handed = True
                 self.control.spawn(handler(link, hello), name=f"{hello.link} {link.peer}")
                 return
+            handed = True
+            ch.start_reader()  # a background reader from here: the link stays a TlsChannel
             handler(ch, hello)
         except HandshakeEOF:
             self.log.debug("connection from %s closed before TLS started", where)
@@ -252,6 +257,8 @@ class Listener:
         except PartyError as e:
             self.log.warning("connection from %s ended: %s", where, e)
             if ch is not None:
+                if not handed:  # greeted, then failed here: the peer is told why
+                    ch.abort(f"{self.role} could not take the link: {e}")
                 ch.close(str(e))
         except Exception as e:  # noqa: BLE001 - one bad connection must not take the party down
             self.log.exception("connection from %s failed", where)

@@ -88,6 +88,8 @@ class TlsChannel(LinkEnd, Channel):
     over several frames (default: one frame's worth); `send_frame_bytes` is the largest frame
     this end sends (default: `max_frame_bytes`). The TLS handshake must end by `deadline`
     (a `time.monotonic()` value; default: `timeout` s from now), however the peer paces it.
+    With `reader=False` the background reader starts only at `start_reader()`: a link that
+    may yet be detached is read by its consumers alone until then.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class TlsChannel(LinkEnd, Channel):
         max_message_bytes: int | None = None,
         send_frame_bytes: int | None = None,
         deadline: float | None = None,
+        reader: bool = True,
     ) -> None:
         super().__init__(name, label or "peer", timeout)
         # The inbox, the reader role and the consumers' lease, under one lock:
@@ -151,10 +154,17 @@ class TlsChannel(LinkEnd, Channel):
             self.close(e.args[0], _from_reader=True)
         finally:
             self._reading = False
-        self._reader = threading.Thread(
-            target=self._read_loop, name=f"mpcc-read-{self.peer}", daemon=True
-        )
-        self._reader.start()
+        self._reader: threading.Thread | None = None
+        if reader:
+            self.start_reader()
+
+    def start_reader(self) -> None:
+        """Start the background reader (once; see the module docstring)."""
+        if self._reader is None:
+            self._reader = threading.Thread(
+                target=self._read_loop, name=f"mpcc-read-{self.peer}", daemon=True
+            )
+            self._reader.start()
 
     # -- TLS plumbing ---------------------------------------------------------------------
     def _wait_to_send(self, left: float) -> None:
@@ -399,7 +409,8 @@ class TlsChannel(LinkEnd, Channel):
         see `TlsStream.disown`), frame parser, messages read and not taken, and close
         callbacks. The channel is closed without closing the socket and its reader thread
         ends. PartyError if it closed first, or its reader is still in a read after
-        `wait_s`."""
+        `wait_s` (a reader's wait for the socket lasts up to `BG_WAIT_S`: a channel meant
+        to be detached is made with `reader=False`, and then nothing waits)."""
         end = time.monotonic() + wait_s
         with self._lock:
             self._lease_until = math.inf  # the background reader stays parked
@@ -421,7 +432,8 @@ class TlsChannel(LinkEnd, Channel):
             self._bg_cv.notify_all()
             unread = [m for m in self._inbox if isinstance(m, Message)]
             self._inbox.clear()
-        self._reader.join(wait_s)
+        if self._reader is not None:
+            self._reader.join(wait_s)
         self._tls.disown()
         return Detached(self._tls, self._parser, unread, callbacks)
 
