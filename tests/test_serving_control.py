@@ -150,7 +150,6 @@ def test_a_link_handed_over_late_is_welcomed_at_once(p0, monkeypatch):
         s.close()
 
 
-
 def test_a_link_that_cannot_move_to_the_loop_is_told_why(p0, monkeypatch):
     """A greeted link the party fails to take is told why, not just closed."""
     from mpcc.serving.controllink import ControlLink
@@ -164,6 +163,7 @@ def test_a_link_that_cannot_move_to_the_loop_is_told_why(p0, monkeypatch):
     monkeypatch.setattr(ControlLink, "adopt", staticmethod(fail))
     with pytest.raises(PartyError, match="could not take the link: the loop is gone"):
         dial(cfg, client_context(cfg, "client"), "p0", me="client", link="client")
+
 
 def test_a_client_that_does_not_read_is_cut_off_while_others_are_served(p0):
     cfg, party = p0
