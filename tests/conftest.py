@@ -66,3 +66,43 @@ def zoo_module(zoo_cache_dir: Path) -> Callable[[str], Any]:
     from mpcc.zoo.models import trained
 
     return lambda name: trained(name, cache_dir=zoo_cache_dir)
+
+
+# -- a cold cache is filled on the other core (see tests/prebuild.py) ------------------------
+PREBUILD_MIN_TESTS = 300  # only a large run starts it: a few tests would only compete with it
+_prebuild: list = []
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    import subprocess
+    import sys
+
+    from mpcc.serving.local import die_with_parent
+    from tests import prebuild
+
+    if len(session.items) < PREBUILD_MIN_TESTS or os.environ.get("MPCC_NO_PREBUILD"):
+        return
+    if not prebuild.is_cold():
+        return
+    log = prebuild.cache_dir() / "prebuild.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out:
+        _prebuild.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "tests.prebuild"],
+                cwd=REPO,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=die_with_parent(),  # a run killed outright takes it along
+            )
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    for p in _prebuild:
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(10)
+            except Exception:  # noqa: BLE001 - a stuck builder is killed
+                p.kill()
