@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pickle
 import re
 import sys
@@ -154,7 +155,7 @@ def all_cases() -> list[Case]:
             )
         )
     CACHE.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # another process may write too
     with tmp.open("wb") as f:
         pickle.dump([(c.name, c.model, c.inputs, c.outputs) for c in cases], f)
     tmp.replace(path)

@@ -80,13 +80,17 @@ def pytest_collection_finish(session: pytest.Session) -> None:
     from mpcc.serving.local import die_with_parent
     from tests import prebuild
 
-    if len(session.items) < PREBUILD_MIN_TESTS or os.environ.get("MPCC_NO_PREBUILD"):
-        return
-    if not prebuild.is_cold():
+    if (
+        len(session.items) < PREBUILD_MIN_TESTS
+        or os.environ.get("MPCC_NO_PREBUILD", "0") not in ("", "0")
+        or session.config.option.collectonly
+        or hasattr(session.config, "workerinput")  # a pytest-xdist worker
+        or not prebuild.is_cold()
+    ):
         return
     log = prebuild.cache_dir() / "prebuild.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "wb") as out:
+    with open(log, "ab") as out:
         _prebuild.append(
             subprocess.Popen(
                 [sys.executable, "-m", "tests.prebuild"],
@@ -99,10 +103,13 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
+    import subprocess
+
     for p in _prebuild:
         if p.poll() is None:
             p.terminate()
             try:
                 p.wait(10)
-            except Exception:  # noqa: BLE001 - a stuck builder is killed
+            except subprocess.TimeoutExpired:  # a stuck builder is killed
                 p.kill()
+                p.wait()

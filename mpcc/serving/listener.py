@@ -185,7 +185,7 @@ class Listener:
         s = self.cfg.serving
         where, deadline = p.where, p.since + s.handshake_timeout_s
         ch = None
-        handed = False  # the link's handler owns it
+        greeted = handed = False  # a valid hello came; the link's handler owns the link
         try:
             try:
                 ch = TlsChannel(
@@ -201,6 +201,7 @@ class Listener:
                 )
                 allowed = {k: roles for k, (roles, _) in self._handlers.items()}
                 hello = greet(ch, allowed, max(0.0, deadline - time.monotonic()))
+                greeted = True
             except PartyError as e:
                 if p.evicted:
                     raise HandshakeEOF("dropped from the handshake pool") from None
@@ -250,19 +251,22 @@ class Listener:
                 ch.close("dropped")
         except HandshakeTimeout as e:
             self.log.warning("dropped the connection from %s: %s", where, e)
-            if ch is not None:
+            if ch is not None:  # TLS is up: the peer is told why
+                ch.abort(f"{self.role}: {e}")
                 ch.close(str(e))
         except LinkRefused as e:
             self.log.warning("refused connection from %s: %s", where, e)
         except PartyError as e:
             self.log.warning("connection from %s ended: %s", where, e)
             if ch is not None:
-                if not handed:  # greeted, then failed here: the peer is told why
+                if greeted and not handed:  # failed here, not the peer: it is told why
                     ch.abort(f"{self.role} could not take the link: {e}")
                 ch.close(str(e))
         except Exception as e:  # noqa: BLE001 - one bad connection must not take the party down
             self.log.exception("connection from %s failed", where)
             if ch is not None:
+                if not handed:
+                    ch.abort(f"{self.role}: internal error ({type(e).__name__})")
                 ch.close(f"internal error: {type(e).__name__}")
         finally:
             if ch is None:  # the handshake failed: TlsChannel closed the socket, or never ran

@@ -134,7 +134,7 @@ def export(seq: int, cache: Path | None = None, layers: int = 6) -> Path:
     if path.exists():
         return path
     cache.mkdir(parents=True, exist_ok=True)
-    part = path.with_suffix(".part")
+    part = path.with_name(f".{path.name}.{os.getpid()}.part")  # another process may export too
     ids = torch.from_numpy(tokenize(["a sentence to trace the graph with"], seq))
     with torch.no_grad():
         torch.onnx.export(
