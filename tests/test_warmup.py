@@ -98,3 +98,39 @@ def test_warm_up_runs_once_per_process():
         isinstance(first, WarmupReport) and first.plans == 6
     )  # 2 models x 2 batches, and at batch 1 for a WAN
     assert str(first).endswith(f"({first.loaded} loaded from cache, {first.compiled} compiled)")
+
+
+def test_a_later_process_warms_up_without_the_onnx_frontend():
+    """The first warm-up of this source keeps the plans it compiled; a later process loads
+    them and never imports onnx (~1.5 s of a party's start-up here)."""
+    code = (
+        "import sys; from mpcc.runtime.warmup import warm_up; warm_up(); "
+        "print('onnx' in sys.modules)"
+    )
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
+    )
+    out = []
+    for _ in range(2):
+        proc = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600
+        )
+        assert proc.returncode == 0, proc.stderr[-4000:]
+        out.append(proc.stdout.strip().splitlines()[-1])
+    assert out[1] == "False", out
+
+
+def test_kept_warm_up_plans_are_what_the_compiler_makes_now():
+    from mpcc.compiler import planfile
+    from mpcc.compiler.pipeline import compile_onnx
+    from mpcc.runtime import warmup
+
+    for (model, batch, network), (prog, weights, x, _) in zip(
+        warmup._specs(), warmup._plans(), strict=True
+    ):
+        onnx_model = warmup._model(batch) if model == "conv" else warmup._attention_model(batch)
+        fresh, fresh_weights = compile_onnx(onnx_model, name="warmup", network=network)
+        assert planfile.plan_hash(prog) == planfile.plan_hash(fresh), (model, batch, network)
+        assert sorted(weights) == sorted(fresh_weights)
+        assert x.shape[0] == batch

@@ -10,7 +10,9 @@ query compiles anything. The plans cover Conv (plain, grouped, depthwise, single
 channel, strided), MaxPool, AveragePool (2^j and other windows), ReLU, LeakyReLU, Clip,
 Mul of two secrets, Gemm and MatMul, and an attention block (MatMul of two secrets, Softmax,
 LayerNormalization, GELU); at batch 1 each also as compiled for a WAN (`--network`), whose
-comparisons are by function secret sharing (the DCF kernels).
+comparisons are by function secret sharing (the DCF kernels). The plans are compiled once
+per mpcc source and kept beside numba's cache (`_plans`), so a later process -- a party
+starting or restarting -- loads them without importing the ONNX frontend.
 
     report = warm_up()   # once per process; later calls return the same report at once
     log.info("kernels ready in %s", report)
@@ -18,13 +20,19 @@ comparisons are by function secret sharing (the DCF kernels).
 
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 import sys
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from mpcc.errors import MpccError
 
 __all__ = ["WarmupReport", "kernel_signatures", "numba_counts", "warm_up"]
 
@@ -176,30 +184,103 @@ def _attention_model(batch: int) -> Any:
     return onnx.shape_inference.infer_shapes(m)
 
 
-def _run_plans() -> int:
-    """Compile the warm-up models at each batch and run them in cleartext and securely."""
+def _specs() -> list[tuple[str, int, str | None]]:
+    """The warm-up plans: (model, batch, network), at batch 1 also as compiled for a WAN
+    (every comparison by FSS: the DCF kernels)."""
+    from mpcc.runtime import kernels
+
+    return [
+        (model, batch, network)
+        for batch in (1, kernels.FEW_ROWS)
+        for model in ("conv", "attention")
+        for network in ((None, WAN) if batch == 1 else (None,))
+    ]
+
+
+def _source_key() -> str:
+    """A digest of mpcc's source and numpy's version: what decides the compiled plans."""
+    import mpcc
+
+    root = Path(mpcc.__file__).resolve().parent
+    h = hashlib.sha256(np.__version__.encode())
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def _plan_dir() -> Path:
+    """Where compiled warm-up plans are kept, beside numba's cache of the kernels."""
+    env = os.environ.get("NUMBA_CACHE_DIR")
+    base = Path(env) if env else Path(__file__).resolve().parent / "__pycache__"
+    return base / f"warmup-plans-{_source_key()}"
+
+
+def _plans() -> list[tuple[Any, dict[str, np.ndarray], np.ndarray, bool]]:
+    """(program, weights, input, run in cleartext too) for each warm-up plan.
+
+    Compiling them needs the ONNX frontend, whose imports alone take a party process ~1.5 s
+    here (onnx pulls in ml_dtypes); so the first warm-up of a given mpcc source saves the
+    plans it compiled as plan files, and later processes load those instead."""
+    from mpcc.compiler import planfile
+
+    where = _plan_dir()
+    specs = _specs()
+    files = [where / f"{m}-b{b}-{'wan' if n else 'lan'}.mpcc" for m, b, n in specs]
+    out = []
+    try:
+        for (model, batch, network), path in zip(specs, files, strict=True):
+            prog, weights = planfile.load(path)
+            out.append((prog, weights, _input(model, batch), network is None))
+        return out
+    except (OSError, MpccError):
+        pass  # not saved yet (or unreadable): compile
     from mpcc.compiler.pipeline import compile_onnx
-    from mpcc.runtime import cleartext, kernels
+
+    out = []
+    for model, batch, network in specs:
+        onnx_model = _model(batch) if model == "conv" else _attention_model(batch)
+        prog, weights = compile_onnx(onnx_model, name="warmup", network=network)
+        out.append((prog, weights, _input(model, batch), network is None))
+    _save(where, files, [(p, w) for p, w, _, _ in out])
+    return out
+
+
+def _save(where: Path, files: list[Path], plans: list[tuple[Any, dict]]) -> None:
+    """Keep the compiled plans for the next process (best effort: a read-only install only
+    compiles them each time), and drop those of other mpcc sources."""
+    from mpcc.compiler import planfile
+
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+        for path, (prog, weights) in zip(files, plans, strict=True):
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            planfile.save(tmp, prog, weights)
+            os.replace(tmp, path)
+        for old in where.parent.glob("warmup-plans-*"):
+            if old != where:
+                shutil.rmtree(old, ignore_errors=True)
+    except OSError:
+        pass
+
+
+def _input(model: str, batch: int) -> np.ndarray:
+    shape = (batch, 2, _WIDTH, _WIDTH) if model == "conv" else (batch, 4, 8)
+    return np.linspace(-1.0, 1.0, int(np.prod(shape)), dtype=np.float32).reshape(shape)
+
+
+def _run_plans() -> int:
+    """Run the warm-up plans in cleartext and securely."""
+    from mpcc.runtime import cleartext
     from mpcc.runtime.cluster import LocalCluster
 
-    batches = (1, kernels.FEW_ROWS)
     runs = 0
-    for batch in batches:
-        for model, shape in (
-            (_model(batch), (batch, 2, _WIDTH, _WIDTH)),
-            (_attention_model(batch), (batch, 4, 8)),
-        ):
-            x = np.linspace(-1.0, 1.0, int(np.prod(shape)), dtype=np.float32).reshape(shape)
-            # at batch 1 also as compiled for a WAN: every comparison by FSS (the DCF kernels)
-            for network in (None, WAN) if batch == 1 else (None,):
-                prog, weights = compile_onnx(model, name="warmup", network=network)
-                if network is None:
-                    cleartext.predict(prog, weights, x)
-                # A cold compile takes seconds inside the session: no link timeout may cut
-                # it short.
-                with LocalCluster(prog, weights, timeout=600.0) as cluster:
-                    cluster.run_batch(x)
-                runs += 1
+    for prog, weights, x, in_cleartext in _plans():
+        if in_cleartext:
+            cleartext.predict(prog, weights, x)
+        # A cold compile takes seconds inside the session: no link timeout may cut it short.
+        with LocalCluster(prog, weights, timeout=600.0) as cluster:
+            cluster.run_batch(x)
+        runs += 1
     return runs
 
 
