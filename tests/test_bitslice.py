@@ -47,7 +47,8 @@ def test_pack_fewer_planes_any_shape() -> None:
 
 def test_levels_match_cost_model() -> None:
     assert relu.TREE_GROUPS == costs.COMPARE_GROUPS == bitslice.tree_groups(62) == (16, 4, 1)
-    assert relu.WIRES == costs.COMPARE_WIRES and relu.MONOMIALS == costs.COMPARE_MONOMIALS
+    assert relu.WIRES == costs.COMPARE_WIRES
+    assert relu.LEAF_MONOMIALS + relu.MONOMIALS == costs.COMPARE_MONOMIALS
     assert relu.MASK_BITS == costs.MASK_BITS
     assert bitslice.tree_groups(1) == () and bitslice.tree_groups(5) == (2, 1)
 
@@ -130,3 +131,28 @@ def test_comparison_tree() -> None:
     beta = _shared_tree(c, r, rng)
     want = ((c & low) < (r & low)).astype(np.uint64)
     np.testing.assert_array_equal(bitslice.unpack(beta, n), want)
+
+
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 5, 7, 16, 17, 62])
+def test_leaf_level_is_the_masked_level_without_a_round(m: int) -> None:
+    """The first level from public c, XOR-shared r bits and the dealer's products of each
+    group's r bits equals the masked level's parents (an opening round) on the same leaves."""
+    rng = np.random.default_rng(100 + m)
+    nw = 3
+    c = rng.integers(0, 2**64, (m, nw), dtype=np.uint64)
+    r = rng.integers(0, 2**64, (m, nw), dtype=np.uint64)
+    r0 = rng.integers(0, 2**64, r.shape, dtype=np.uint64)
+    full = bitslice.leaf_monomials(r)
+    assert full.shape == (-(-m // 4), nw, bitslice.LEAF_MONOMIALS)
+    k0 = rng.integers(0, 2**64, full.shape, dtype=np.uint64)
+    got = [bitslice.leaf_level(p, c, s, k) for p, s, k in ((0, r0, k0), (1, r ^ r0, full ^ k0))]
+    lt, eq = got[0][0] ^ got[1][0], got[0][1] ^ got[1][1]
+    # the same level through the masked kernels, with zero masks on the leaves' values
+    leaves = bitslice.leaves(0, c, r)
+    g = -(-m // 4)
+    zero = np.zeros((g, nw, bitslice.GROUP_WIRES), np.uint64)
+    wires = bitslice.group_open(0, *leaves, zero)
+    mono = np.zeros((g, nw, bitslice.GROUP_MONOMIALS), np.uint64)
+    want_lt, want_eq = bitslice.group_close(0, leaves[0], wires, zero, mono)
+    np.testing.assert_array_equal(lt, want_lt)
+    np.testing.assert_array_equal(eq, want_eq)

@@ -49,15 +49,16 @@ def test_lenet_lowering_swaps_relu_after_maxpool_and_fuses_truncation(lenet) -> 
 
 def _relu(n: int, truncating: bool) -> tuple[int, int, int]:
     """rounds, bytes sent per party, dealer bytes of one ReLU over n elements, by hand:
-    open c (8n); the tree's three levels of 16, 4 and 1 groups of four nodes, each group 7
-    masked wires of 8 B per 64 elements; d (8n), e (1 bit); dealer: 63 mask-bit words + 22
-    monomials per group (21 groups) per 64 elements, [rho], [rho*sigma] (16n), and for a
-    truncating ReLU [r_hi], [r_63] (16n)."""
+    open c (8n); the tree's three levels of 16, 4 and 1 groups of four nodes, the first
+    local, each group of the other two 7 masked wires of 8 B per 64 elements; d (8n), e (1
+    bit); dealer: 63 mask-bit words, 11 products of r bits per leaf group (16 groups) and 22
+    monomials per later group (5 groups) per 64 elements, [rho], [rho*sigma] (16n), and for
+    a truncating ReLU [r_hi], [r_63] (16n)."""
     w = -(-n // 64)
     return (
-        5,
-        8 * n + 21 * 7 * 8 * w + 8 * n + 8 * w,
-        (63 + 21 * 22) * 8 * w + 16 * n + (16 * n if truncating else 0),
+        4,
+        8 * n + 5 * 7 * 8 * w + 8 * n + 8 * w,
+        (63 + 16 * 11 + 5 * 22) * 8 * w + 16 * n + (16 * n if truncating else 0),
     )
 
 
@@ -89,7 +90,7 @@ def test_lenet_cost_totals_match_a_hand_computation(lenet) -> None:
     macs = 20 * 24 * 24 * 25 + 50 * 8 * 8 * 500 + 800 * 500 + 500 * 10
     total = estimate(prog).total
     assert (total.rounds, total.sent, total.dealer, total.macs) == (rounds, sent, dealer, macs)
-    assert total.rounds == 39  # 60 with the pairwise tree
+    assert total.rounds == 32  # 39 with the tree's first level opened, 60 with the pairwise tree
     assert estimate(prog).setup.setup == 8 * (20 * 25 + 50 * 500 + 800 * 500 + 500 * 10)
 
 

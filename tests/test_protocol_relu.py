@@ -184,7 +184,7 @@ VIEW_RUNS = 40
 
 def _opened(rounds: list[tuple[list[np.ndarray], list[np.ndarray]]]) -> list[list[np.ndarray]]:
     """The values a party learns each round: its own share combined with the peer's."""
-    assert [len(sent) for sent, _ in rounds] == [1, 2, 1, 1, 1]
+    assert [len(sent) for sent, _ in rounds] == [1, 2, 1, 1]
     out = []
     for i, (sent, got) in enumerate(rounds):
         arith = [i == 0] if i != 1 else [False, True]  # c and d_sel are additive
@@ -205,14 +205,14 @@ def _views(x: np.ndarray, shift: int, tag: str) -> dict[str, np.ndarray]:
                 np.testing.assert_array_equal(u, v)
         kinds["c"].append(opened[0][0])
         kinds["d_sel"].append(opened[1][1])
-        kinds["wire"] += [m[0].reshape(-1) for m in opened[1:4]]
-        kinds["e"].append(opened[4][0])
+        kinds["wire"] += [m[0].reshape(-1) for m in opened[1:3]]
+        kinds["e"].append(opened[3][0])
         for p, mat in enumerate(mats):
             kinds[f"c|P{p}"].append(opened[0][0] - mat.r)
             kinds[f"d_sel|P{p}"].append(opened[1][1] + mat.sigma)
-            mu = np.concatenate([m[0].reshape(-1) for m in opened[1:4]])
+            mu = np.concatenate([m[0].reshape(-1) for m in opened[1:3]])
             kinds[f"wire|P{p}"].append(mu ^ mat.mu)  # the opened wires less P_p's mask share
-            kinds[f"e|P{p}"].append(opened[4][0] ^ mat.rho_bits)
+            kinds[f"e|P{p}"].append(opened[3][0] ^ mat.rho_bits)
     return {k: np.concatenate(v) for k, v in kinds.items()}
 
 
@@ -262,11 +262,13 @@ def test_no_message_is_a_plaintext() -> None:
     opened = _opened(views[0])
     c = opened[0][0]
     r = c - x.astype(np.uint64) - np.uint64(BIAS)
-    # The tree's wires in the clear, through the same kernels with zero masks.
+    # The tree's wires in the clear, through the same kernels with zero masks (the first
+    # level is local: P0 alone with r's bits and their products gives its values).
     c_bits, r_bits = bitslice.pack(c, 63), bitslice.pack(r, 63)
-    lt, eq = bitslice.leaves(0, c_bits[:62], r_bits[:62])
+    leaf = bitslice.leaf_monomials(r_bits[:62])
+    lt, eq = bitslice.leaf_level(0, c_bits[:62], r_bits[:62], leaf)
     plain_and = []
-    for g in relu.TREE_GROUPS:
+    for g in relu.TREE_GROUPS[1:]:
         zero = np.zeros((g, lt.shape[1], bitslice.GROUP_WIRES), np.uint64)
         wires = bitslice.group_open(0, lt, eq, zero)
         plain_and.append(wires)
@@ -285,7 +287,7 @@ def test_no_message_is_a_plaintext() -> None:
             assert not np.any(msgs[1][1] == plain)
         for level, plain in enumerate(plain_and):
             assert not np.any(msgs[1 + level][0] == plain)
-        assert not np.any(msgs[4][0] == sign)
+        assert not np.any(msgs[3][0] == sign)
 
 
 @pytest.mark.slow

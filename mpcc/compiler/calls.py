@@ -108,7 +108,7 @@ class Truncate(Call):
 
 @dataclass(frozen=True)
 class Relu(Call):
-    """ReLU of n elements, `shift` bits truncated in the same protocol (5 rounds)."""
+    """ReLU of n elements, `shift` bits truncated in the same protocol (4 rounds)."""
 
     n: int
     shift: int
@@ -119,7 +119,7 @@ class Relu(Call):
 
 @dataclass(frozen=True)
 class Sign(Call):
-    """[x >= 0] of n elements as arithmetic 0/1 shares (the ReLU's comparison, 5 rounds)."""
+    """[x >= 0] of n elements as arithmetic 0/1 shares (the ReLU's comparison, 4 rounds)."""
 
     n: int
 

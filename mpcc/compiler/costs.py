@@ -21,13 +21,16 @@ from dataclasses import asdict, dataclass
 WORD = 8  # bytes per ring element / packed word
 
 # Comparison tree over the low 62 bits of the opened value: four nodes to a parent, so
-# 62 -> 16 -> 4 -> 1 in three levels (`mpcc.runtime.bitslice`). Per group and packed word a
+# 62 -> 16 -> 4 -> 1 in three levels (`mpcc.runtime.bitslice`). The first level is local:
+# its leaves are public bits of c against the dealer's bits of r, and the dealer shares the
+# 11 products of two or more of each group's four r bits. Per group and packed word a later
 # level opens 7 masked wires (eq of the four children, lt of the lower three) and takes the
 # dealer's 22 monomials of their masks.
 COMPARE_BITS = 62
 COMPARE_GROUPS = (16, 4, 1)
-COMPARE_WIRES = 7 * sum(COMPARE_GROUPS)  # 147 words opened per packed word
-COMPARE_MONOMIALS = 22 * sum(COMPARE_GROUPS)  # 462 dealer words per packed word
+COMPARE_ROUNDS = len(COMPARE_GROUPS) - 1  # the opened levels
+COMPARE_WIRES = 7 * sum(COMPARE_GROUPS[1:])  # 35 words opened per packed word
+COMPARE_MONOMIALS = 11 * COMPARE_GROUPS[0] + 22 * sum(COMPARE_GROUPS[1:])  # 286 dealer words
 MASK_BITS = COMPARE_BITS + 1  # bits 0..62 of the mask r are shared as bits
 
 
@@ -116,9 +119,10 @@ def powers(n: int, levels: int, products: int, squares: int) -> Cost:
 def relu(n: int, shift: int = 0) -> Cost:
     """ReLU of x (optionally of x truncated by `shift` bits) by masked opening + bit tree.
 
-    Round 1 opens c = x + 2^62 + r. Rounds 2..4 evaluate the comparison tree, one level of
-    masked wires each; round 2 also opens d = y - sigma for the select. Round 5 opens
-    e = t xor rho (one bit per element). Dealer: bits 0..62 of r, the tree's mask
+    Round 1 opens c = x + 2^62 + r. Rounds 2..3 evaluate the comparison tree's second and
+    third levels, one level of masked wires each (the first is local); round 2 also opens
+    d = y - sigma for the select. Round 4 opens e = t xor rho (one bit per element).
+    Dealer: bits 0..62 of r, the products of the leaf groups' r bits, the tree's mask
     monomials, [rho], [rho*sigma], and with a shift the truncation corrections [r_hi],
     [r_63].
     """
@@ -127,16 +131,16 @@ def relu(n: int, shift: int = 0) -> Cost:
     dealer = WORD * (MASK_BITS + COMPARE_MONOMIALS) * w + 2 * WORD * n
     if shift:
         dealer += 2 * WORD * n
-    return Cost(rounds=2 + len(COMPARE_GROUPS), sent=sent, dealer=dealer)
+    return Cost(rounds=2 + COMPARE_ROUNDS, sent=sent, dealer=dealer)
 
 
 def sign(n: int) -> Cost:
     """[x >= 0] as an arithmetic bit: a ReLU without its select (no d opening, no
-    [rho sigma]): round 1 opens c, rounds 2..4 the tree, round 5 opens e."""
+    [rho sigma]): round 1 opens c, rounds 2..3 the tree, round 4 opens e."""
     w = words(n)
     sent = WORD * n + WORD * COMPARE_WIRES * w + WORD * w
     dealer = WORD * (MASK_BITS + COMPARE_MONOMIALS) * w + WORD * n
-    return Cost(rounds=2 + len(COMPARE_GROUPS), sent=sent, dealer=dealer)
+    return Cost(rounds=2 + COMPARE_ROUNDS, sent=sent, dealer=dealer)
 
 
 # Function secret sharing (BCG+21 DCF, `mpcc.runtime.dcf`): the comparison's 62 low bits.

@@ -1,7 +1,7 @@
 """Choosing each comparison's protocol for a network: `mpcc compile --network RTT_ms,Gbps`.
 
-On a LAN a round costs tens of microseconds, and the bit-tree comparison (5 rounds, ~35 B
-per element, ~80 B of dealer material) is the cheapest. On a WAN a round costs RTT/2, and
+On a LAN a round costs tens of microseconds, and the bit-tree comparison (4 rounds, ~21 B
+per element, ~60 B of dealer material) is the cheapest. On a WAN a round costs RTT/2, and
 function secret sharing (a ReLU in 2 rounds, a sign in 1, ~16 B per element online but
 ~1-1.5 KB of dealer keys per element, to each party, and ~3-9x the CPU: `calls.ReluFss`)
 wins for all but the largest layers (at 0.2 ms, for the small ones only). Each comparison

@@ -155,6 +155,43 @@ GROUP_MONOMIALS = len(_MONOMIALS)  # 22
 _MONO_WIRES = np.array([sum(1 << w for w in t) for t in _MONOMIALS], np.int64)
 
 
+# The tree's first level is local: its children are leaves, lt_i = a_i r_i and
+# eq_i = a_i ^ r_i with a_i = ~c_i public, so each product a group needs expands into public
+# words times products of the group's r bits, which the dealer shares: the 11 products of
+# two or more of its four bits (`LEAF_MONOMIALS`). A product of factors e_i (i in E) and l_i
+# (i in L) is XOR over T <= E of (prod_{E - T} a_i)(prod_L a_i) r_{T + L}; as bit masks over
+# the four children, each term is (output: 0 lt / 1 eq, mask of its a factors, mask of its
+# r factors).
+_LEAF_PRODUCTS = (  # (output, E, L): lt = l3 ^ e3 l2 ^ e3 e2 l1 ^ e3 e2 e1 l0, eq = e0 e1 e2 e3
+    (0, (), (3,)),
+    (0, (3,), (2,)),
+    (0, (3, 2), (1,)),
+    (0, (3, 2, 1), (0,)),
+    (1, (0, 1, 2, 3), ()),
+)
+_LEAF_SETS = sorted(
+    (t for k in range(2, FAN_IN + 1) for t in combinations(range(FAN_IN), k)),
+    key=lambda t: (len(t), t),
+)
+LEAF_MONOMIALS = len(_LEAF_SETS)  # 11
+
+
+def _leaf_terms() -> np.ndarray:
+    terms = []
+    for out, e, lo in _LEAF_PRODUCTS:
+        for k in range(len(e) + 1):
+            for t in combinations(e, k):
+                a = sum(1 << i for i in (*e, *lo) if i not in t)
+                terms.append((out, a, sum(1 << i for i in (*t, *lo))))
+    return np.array(terms, np.int64)
+
+
+_LEAF_TERMS = _leaf_terms()  # 31 terms: 15 for lt, 16 for eq
+_LEAF_INDEX = np.full(1 << FAN_IN, -1, np.int64)  # r-factor mask -> its monomial, if >= 2 bits
+for _j, _t in enumerate(_LEAF_SETS):
+    _LEAF_INDEX[sum(1 << i for i in _t)] = _j
+
+
 def tree_groups(m: int) -> tuple[int, ...]:
     """Groups per level of the four-to-one tree over m leaves: (16, 4, 1) for 62."""
     levels = []
@@ -269,3 +306,79 @@ def monomials(mu: np.ndarray) -> np.ndarray:
     """Dealer: every monomial of a level's masks, [groups, words, 22], from the masks
     themselves (both shares XORed), [groups, words, 7]."""
     return _monomials(_u64(mu), _MONO_WIRES)
+
+
+@_jit
+def _leaf_monomials(r_bits, sets):
+    m, nw = r_bits.shape
+    g_n = -(-m // 4)
+    out = np.empty((g_n, nw, sets.shape[0]), dtype=np.uint64)
+    for g in range(g_n):
+        for q in range(nw):
+            for j in range(sets.shape[0]):
+                v = ~np.uint64(0)
+                for i in range(4):
+                    if (sets[j] >> i) & 1:
+                        node = 4 * g + i
+                        v &= r_bits[node, q] if node < m else np.uint64(0)
+                out[g, q, j] = v
+    return out
+
+
+@_jit
+def _leaf_level(party, c_bits, r_bits, mono, terms, index):
+    m, nw = r_bits.shape
+    g_n = mono.shape[0]
+    pm = ~np.uint64(0) if party == 0 else np.uint64(0)
+    ones = ~np.uint64(0)
+    lt = np.empty((g_n, nw), dtype=np.uint64)
+    eq = np.empty((g_n, nw), dtype=np.uint64)
+    a = np.empty(4, dtype=np.uint64)
+    r = np.empty(4, dtype=np.uint64)
+    for g in range(g_n):
+        for q in range(nw):
+            for i in range(4):
+                node = 4 * g + i
+                a[i] = ~c_bits[node, q] if node < m else ones  # padding leaf: lt 0, eq 1
+                r[i] = r_bits[node, q] if node < m else np.uint64(0)
+            acc0 = np.uint64(0)
+            acc1 = np.uint64(0)
+            for t in range(terms.shape[0]):
+                coef = ones
+                for i in range(4):
+                    if (terms[t, 1] >> i) & 1:
+                        coef &= a[i]
+                rs = terms[t, 2]
+                if rs == 0:
+                    v = pm
+                elif rs & (rs - 1) == 0:  # one r bit: its share
+                    v = r[0] if rs == 1 else r[1] if rs == 2 else r[2] if rs == 4 else r[3]
+                else:
+                    v = mono[g, q, index[rs]]
+                if terms[t, 0] == 0:
+                    acc0 ^= coef & v
+                else:
+                    acc1 ^= coef & v
+            lt[g, q] = acc0
+            eq[g, q] = acc1 if g > 0 else np.uint64(0)  # group 0's eq is never used
+    return lt, eq
+
+
+def leaf_monomials(r_bits: np.ndarray) -> np.ndarray:
+    """Dealer: the products of two or more of each leaf group's r bits, [groups, words, 11],
+    from the bits themselves [leaves, words] (padding leaves are 0)."""
+    sets = np.array([sum(1 << i for i in t) for t in _LEAF_SETS], np.int64)
+    return _leaf_monomials(_u64(r_bits), sets)
+
+
+def leaf_level(
+    party: int, c_bits: np.ndarray, r_bits: np.ndarray, mono: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The tree's first level without a round: the parents' (lt, eq) shares [groups, words]
+    of the leaves lt_i = ~c_i & r_i, eq_i = ~(c_i ^ r_i), from public c, this party's XOR
+    shares of r's bits and of their products `mono` [groups, words, 11]. eq of group 0 is
+    left 0, as in `group_close`."""
+    g_n = -(-r_bits.shape[0] // FAN_IN)
+    if c_bits.shape != r_bits.shape or mono.shape != (g_n, r_bits.shape[1], LEAF_MONOMIALS):
+        raise ValueError(f"c {c_bits.shape}, r {r_bits.shape} and monomials {mono.shape} differ")
+    return _leaf_level(int(party), _u64(c_bits), _u64(r_bits), _u64(mono), _LEAF_TERMS, _LEAF_INDEX)

@@ -151,7 +151,7 @@ def unstack(em: Emitter, s: Value) -> list[Value]:
 
 
 def relus(em: Emitter, vals: Sequence[Value]) -> list[Value]:
-    """relu of each value, in one ReLU call (5 rounds, whatever the count)."""
+    """relu of each value, in one ReLU call (4 rounds, whatever the count)."""
     if len(vals) == 1:
         return [em.emit(ops.relu, (vals[0].id,), shift=0)]
     return unstack(em, em.emit(ops.relu, (stack(em, vals).id,), shift=0))

@@ -11,7 +11,8 @@ for x in [-16, 0] at an output scale of f (inputs below -16 give exp(-16) ~ 1.1e
 within the bound; inputs above 0 give 1). exp(-16) is below one LSB at f = 16, so no relative
 bound can hold near the bottom of the range; the absolute term covers it.
 
-Cost per element and party (f = 16): the clamp 1-2 ReLUs (45 B each; a softmax's x - max
+Cost per element and party (f = 16; counted when a ReLU took 5 rounds, `costs` has today's):
+the clamp 1-2 ReLUs (45 B each; a softmax's x - max
 needs only the lower one), t..t^4 in one `powers` call (4 wires, 3 rounds), the polynomial's
 sum (local), and y^16 in a second one that truncates y as it opens it (5 wires, 5 rounds;
 `runtime/protocols/powers.py`), a final truncation: 170 B, 17 rounds, 365 B of dealer

@@ -24,8 +24,9 @@ Bounds (f = 16, tested over 10^6 log-uniform points), at the output's scale R:
 Cost per element and party (f = 16): the clamp 2 ReLUs, K comparison bits (`ge_zero`, ~37 B
 each; K = 20 for the reciprocal and log, 24 for 1/sqrt), two products, powers of degree 5-6
 and 3-4 truncations: reciprocal 937 B / 25 rounds, 1/sqrt 1077 B / 25, sqrt 1200 B / 36, log
-913 B / 24. These only ever apply to reduced values (a softmax denominator or a variance per
-row), so the per-row cost is small beside the row's elementwise work.
+913 B / 24 (counted when a comparison took 5 rounds and ~14 B more; `costs` has today's).
+These only ever apply to reduced values (a softmax denominator or a variance per row), so
+the per-row cost is small beside the row's elementwise work.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@
   encoded at f + 8 bits (relative error <= n 2^-(f+9)) and one truncation.
 - max: the reduced axes are moved last and flattened (local), then a tournament of pairwise
   maxima max(a, b) = b + relu(a - b) halves the candidates per level (as MaxPool does):
-  n - 1 ReLUs per output in ceil(log2 n) levels, 5 rounds each. Exact for |a - b| < 2^62.
+  n - 1 ReLUs per output in ceil(log2 n) levels, 4 rounds each. Exact for |a - b| < 2^62.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Comparison-based ops: ReLU (with a fused truncation), LeakyReLU and Clip.
 
 Each is composed over the secure ReLU protocol (`calls.Relu`: masked opening plus a 62-bit
-comparison tree, 5 rounds); the runtime composes the same way over the exact plaintext ReLU
+comparison tree, 4 rounds); the runtime composes the same way over the exact plaintext ReLU
 in the cleartext interpreter.
 """
 

@@ -1,16 +1,19 @@
 """ReLU, optionally with a fused known-MSB truncation: [x] -> [ReLU(trunc(x, shift))], for
-signed |x| < 2^62, in 5 rounds (`costs.relu`).
+signed |x| < 2^62, in 4 rounds (`costs.relu`).
 
 Round 1 opens c = x + 2^62 + r (P0 adds the bias); x' = x + 2^62 lies in [0, 2^63).
   - shift > 0: y = ((c mod 2^63) >> shift) - [r_hi] + [b] 2^(63-shift) - 2^(62-shift) with
     [b] = c_63 + [r_63] - 2 c_63 [r_63] (the known-MSB truncation of `truncation.py`):
     y = floor(x / 2^shift) + u, u in {0, 1}, P(u = 1) = (x mod 2^shift) / 2^shift.
   - shift = 0: y = x.
-Rounds 2..4 compute beta = [c mod 2^62 < r mod 2^62] with a bit-sliced tree over bits 0..61
+Rounds 2..3 compute beta = [c mod 2^62 < r mod 2^62] with a bit-sliced tree over bits 0..61
 of c (public) and r (XOR-shared by the dealer): leaves lt_i = ~c_i & r_i, eq_i = ~(c_i ^ r_i);
 four nodes join into a parent, lt = l3 ^ e3 l2 ^ e3 e2 l1 ^ e3 e2 e1 l0, eq = e0 e1 e2 e3,
-so 62 -> 16 -> 4 -> 1 in three levels (the pairwise tree takes six). A parent's products
-of up to four shared bits cost one round, by masked wires with multi-fan-in AND gates from
+so 62 -> 16 -> 4 -> 1 in three levels (the pairwise tree takes six). The first level costs
+no round: with a_i = ~c_i public, lt_i = a_i r_i and eq_i = a_i ^ r_i, so each of its
+products is a sum of public words times products of a group's r bits, and the dealer shares
+those products (`bitslice.leaf_level`). A later level's products of up to four shared bits
+cost one round, by masked wires with multi-fan-in AND gates from
 the dealer (as in ABY2.0, Patra et al., USENIX Security 2021, and the dealer's monomials of
 Ohata and Nuida's multi-input ANDs, FC 2020): each party draws XOR shares of a random mask
 m_i per wire, the level opens o_i = w_i ^ m_i (7 wires a group), and with the dealer's
@@ -19,7 +22,7 @@ shares of every product of two or more masks a product is local,
     prod_S w_i = XOR over T <= S of (prod_{S-T} o_i) & (prod_T m_i)
 
 (`bitslice.group_close`). Round 2 also opens d = y - sigma. Then t = c_62 ^ r_62 ^ beta is
-bit 62 of x' = c - r, i.e. 1 iff x >= 0. Round 5 opens e = t ^ rho (daBit rho) and sets
+bit 62 of x' = c - r, i.e. 1 iff x >= 0. Round 4 opens e = t ^ rho (daBit rho) and sets
 t^A = e + (1 - 2e)[rho],
 
     t y = d t^A + e [sigma] + (1 - 2e) [rho sigma].
@@ -28,11 +31,11 @@ So the output is max(floor(x / 2^shift), 0), plus u for x >= 0 (error 0 or +1 LS
 wrong sign); exactly max(x, 0) for shift = 0.
 
 Material (drawn from each party's prg in the order of `_draw`): r; P0's XOR shares of bits
-0..62 of r; the wires' masks mu (both seeds) and P0's shares of their monomials; the daBit
-<rho> (both seeds) and P0's [rho]; sigma (both seeds) and P0's [rho sigma]; with a shift
-P0's [r_hi], [r_63]. P1's shares of the structured values are the dealer's correction,
-flat, in order: r bits [63, words], monomials [462 words], [rho] [n], [rho sigma] [n], then
-[r_hi] [n], [r_63] [n].
+0..62 of r and of the leaf groups' products of r bits; the wires' masks mu (both seeds) and
+P0's shares of their monomials; the daBit <rho> (both seeds) and P0's [rho]; sigma (both
+seeds) and P0's [rho sigma]; with a shift P0's [r_hi], [r_63]. P1's shares of the structured
+values are the dealer's correction, flat, in order: r bits [63, words], leaf products [176
+words], monomials [110 words], [rho] [n], [rho sigma] [n], then [r_hi] [n], [r_63] [n].
 
 Padding lanes (beyond n in the last word) carry c = 0 and r bits = 0: a consistent virtual
 element, and padding nodes (beyond a level's, at the top of its last group) are lt = 0,
@@ -59,9 +62,10 @@ from mpcc.runtime.transport import Channel
 
 COMPARE_BITS = 62  # the tree compares bits 0..61; bit 62 gives the sign
 MASK_BITS = COMPARE_BITS + 1  # bits 0..62 of r are XOR-shared
-TREE_GROUPS = bitslice.tree_groups(COMPARE_BITS)  # (16, 4, 1)
-WIRES = bitslice.GROUP_WIRES * sum(TREE_GROUPS)  # 147 masked wires per packed word
-MONOMIALS = bitslice.GROUP_MONOMIALS * sum(TREE_GROUPS)  # 462 dealer words per packed word
+TREE_GROUPS = bitslice.tree_groups(COMPARE_BITS)  # (16, 4, 1); the first level is local
+LEAF_MONOMIALS = bitslice.LEAF_MONOMIALS * TREE_GROUPS[0]  # 176 dealer words per packed word
+WIRES = bitslice.GROUP_WIRES * sum(TREE_GROUPS[1:])  # 35 masked wires per packed word
+MONOMIALS = bitslice.GROUP_MONOMIALS * sum(TREE_GROUPS[1:])  # 110 dealer words per packed word
 
 _ONE = np.uint64(1)
 
@@ -74,8 +78,9 @@ class ReluMaterial:
     shift: int
     r: np.ndarray  # [r]_p, n
     r_bits: np.ndarray  # <bits 0..62 of r>_p, [63, words]
-    mu: np.ndarray  # <the tree's wire masks>_p, 147 words per packed word (`_levels`)
-    mono: np.ndarray  # <their monomials>_p, 462 words per packed word
+    leaf_mono: np.ndarray  # <products of 2+ of each leaf group's r bits>_p, 176 words per word
+    mu: np.ndarray  # <the tree's wire masks>_p, 35 words per packed word (`_levels`)
+    mono: np.ndarray  # <their monomials>_p, 110 words per packed word
     rho_bits: np.ndarray  # <rho>_p, [words]
     rho: np.ndarray  # [rho]_p, n
     sigma: np.ndarray  # [sigma]_p, n
@@ -98,14 +103,14 @@ def _check_shift(shift: int) -> int:
 
 def correction_words(n: int, shift: int) -> int:
     """Length of P1's correction (uint64 words)."""
-    return (MASK_BITS + MONOMIALS) * bitslice.words(n) + (4 if shift else 2) * n
+    return (MASK_BITS + LEAF_MONOMIALS + MONOMIALS) * bitslice.words(n) + (4 if shift else 2) * n
 
 
 def _levels(nw: int):
-    """Per tree level: its groups and the slices of the flat mu and mono that are its
-    [groups, nw, 7] masks and [groups, nw, 22] monomials."""
+    """Per tree level after the first (which is local): its groups and the slices of the flat
+    mu and mono that are its [groups, nw, 7] masks and [groups, nw, 22] monomials."""
     at_mu = at_mono = 0
-    for g in TREE_GROUPS:
+    for g in TREE_GROUPS[1:]:
         n_mu, n_mono = g * nw * bitslice.GROUP_WIRES, g * nw * bitslice.GROUP_MONOMIALS
         yield g, slice(at_mu, at_mu + n_mu), slice(at_mono, at_mono + n_mono)
         at_mu, at_mono = at_mu + n_mu, at_mono + n_mono
@@ -120,6 +125,7 @@ def draw_compare(party: int, n: int, prg: Prg) -> dict[str, np.ndarray]:
     m = {"r": prg.uint64(n)}
     if p0:
         m["r_bits"] = prg.uint64(MASK_BITS, nw)
+        m["leaf_mono"] = prg.uint64(LEAF_MONOMIALS * nw)
     m["mu"] = prg.uint64(WIRES * nw)
     if p0:
         m["mono"] = prg.uint64(MONOMIALS * nw)
@@ -146,7 +152,13 @@ def _draw(party: int, n: int, shift: int, prg: Prg) -> dict[str, np.ndarray]:
 def _correction_layout(n: int, shift: int) -> dict[str, tuple[int, ...]]:
     """The shapes of P1's correction parts, in the order they lie in it."""
     nw = bitslice.words(n)
-    shapes = {"r_bits": (MASK_BITS, nw), "mono": (MONOMIALS * nw,), "rho": (n,), "rho_sigma": (n,)}
+    shapes = {
+        "r_bits": (MASK_BITS, nw),
+        "leaf_mono": (LEAF_MONOMIALS * nw,),
+        "mono": (MONOMIALS * nw,),
+        "rho": (n,),
+        "rho_sigma": (n,),
+    }
     if shift:
         shapes |= {"r_hi": (n,), "r_63": (n,)}
     return shapes
@@ -165,12 +177,16 @@ def _split(flat: np.ndarray, n: int, shift: int) -> dict[str, np.ndarray]:
 def deal_compare(
     n: int, prg0: Prg, prg1: Prg, c: dict[str, np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Dealer: the comparison's parts of P1's correction (`c`'s "r_bits", "mono", "rho"
-    views), drawing both streams in `draw_compare`'s order; returns r and rho (0/1)."""
+    """Dealer: the comparison's parts of P1's correction (`c`'s "r_bits", "leaf_mono",
+    "mono", "rho" views), drawing both streams in `draw_compare`'s order; returns r and rho
+    (0/1)."""
     nw = bitslice.words(n)
-    r = prg0.uint64(n)  # P0: r, its bits, mu, the monomials; P1: r, mu
+    r = prg0.uint64(n)  # P0: r, its bits, the leaf monomials, mu, the monomials; P1: r, mu
     r += prg1.uint64(n)
-    np.bitwise_xor(bitslice.pack(r, MASK_BITS), prg0.uint64(MASK_BITS, nw), out=c["r_bits"])
+    r_bits = bitslice.pack(r, MASK_BITS)
+    np.bitwise_xor(r_bits, prg0.uint64(MASK_BITS, nw), out=c["r_bits"])
+    leaf = prg0.fill(c["leaf_mono"])
+    leaf ^= bitslice.leaf_monomials(r_bits[:COMPARE_BITS]).reshape(-1)
     mu = prg0.uint64(WIRES * nw)
     mu ^= prg1.uint64(WIRES * nw)
     mono = prg0.fill(c["mono"])
@@ -228,11 +244,12 @@ def _open_masked(
 def _nonneg(
     ch: Channel, party: int, mat: ReluMaterial, c: np.ndarray, extra: list[np.ndarray]
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Rounds 2..4: XOR shares of t = [x >= 0] (packed, [words]); `extra` rides in round 2
+    """Rounds 2..3: XOR shares of t = [x >= 0] (packed, [words]); `extra` rides in round 2
     and the peer's counterpart is returned."""
     c_bits = bitslice.pack(c, MASK_BITS)
-    lt, eq = bitslice.leaves(party, c_bits[:COMPARE_BITS], mat.r_bits[:COMPARE_BITS])
     nw = c_bits.shape[1]
+    leaf_mono = mat.leaf_mono.reshape(TREE_GROUPS[0], nw, bitslice.LEAF_MONOMIALS)
+    lt, eq = bitslice.leaf_level(party, c_bits[:COMPARE_BITS], mat.r_bits[:COMPARE_BITS], leaf_mono)
     peer_extra: list[np.ndarray] = []
     for level, (g, at_mu, at_mono) in enumerate(_levels(nw)):
         mu = mat.mu[at_mu].reshape(g, nw, bitslice.GROUP_WIRES)
@@ -250,7 +267,7 @@ def _nonneg(
 
 
 def run(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray) -> np.ndarray:
-    """Online: this party's share of ReLU(trunc(x, shift)), same shape as x (5 rounds)."""
+    """Online: this party's share of ReLU(trunc(x, shift)), same shape as x (4 rounds)."""
     common.consume("relu", mat, "a reused mask leaks the input")
     x = np.asarray(x, dtype=np.uint64)
     if x.size != mat.n:

@@ -1,7 +1,7 @@
 """ReLU, optionally with a fused known-MSB truncation, in TWO rounds by function secret sharing
 (`costs.relu_fss`): [x] -> [ReLU(trunc(x, shift))] for signed -2^62 + 2^h <= x < 2^62 with
 h = min(shift, 61) (all of -2^62 <= x < 2^62 for shift 0), the round-reduced counterpart of
-`relu.py` (5 rounds).
+`relu.py` (4 rounds).
 
 Round 1 opens c = x + 2^62 + r (as `sign_fss.py`), and with shift = 0 also d = x - sigma.
 Each party then evaluates its key of a DCF with ONE-BIT outputs (`mpcc.runtime.dcf`,

@@ -1,16 +1,18 @@
 """The comparison bit [x >= 0] as an arithmetic 0/1 share (DReLU), for signed |x| < 2^62, in
-5 rounds (`costs.sign`): the ReLU protocol (`relu.py`) without its select.
+4 rounds (`costs.sign`): the ReLU protocol (`relu.py`) without its select.
 
-Round 1 opens c = x + 2^62 + r; rounds 2..4 evaluate the same bit-sliced comparison tree
-(four nodes to a parent, by masked wires), giving XOR shares of t = [x >= 0]; round 5 opens
+Round 1 opens c = x + 2^62 + r; rounds 2..3 evaluate the same bit-sliced comparison tree
+(four nodes to a parent; the first level local, the others by masked wires), giving XOR
+shares of t = [x >= 0]; round 4 opens
 e = t ^ rho (daBit rho) and converts, t^A = e + (1 - 2e)[rho] (bit injection, as in ABY's
 B2A with a daBit: Demmler et al. NDSS 2015; Rotaru and Wood, INDOCRYPT 2019). Against a ReLU
 this saves the opening of d = y - sigma in round 2 (one word per element) and the dealer's
 [rho sigma].
 
-Material: r; P0's XOR shares of bits 0..62 of r; the tree's wire masks (both seeds) and P0's
+Material: r; P0's XOR shares of bits 0..62 of r and of the leaf groups' products of r
+bits; the tree's wire masks (both seeds) and P0's
 shares of their monomials; the daBit <rho> (both seeds) and P0's [rho]. P1's correction,
-flat: r bits [63, words], monomials [462 words], [rho] [n].
+flat: r bits [63, words], leaf products [176 words], monomials [110 words], [rho] [n].
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from mpcc.runtime.prg import Prg
 from mpcc.runtime.protocols import common
 from mpcc.runtime.protocols.base import Protocol
 from mpcc.runtime.protocols.relu import (
+    LEAF_MONOMIALS,
     MASK_BITS,
     MONOMIALS,
     ReluMaterial,
@@ -41,12 +44,17 @@ _EMPTY = np.empty(0, np.uint64)
 
 def correction_words(n: int) -> int:
     """Length of P1's correction (uint64 words)."""
-    return (MASK_BITS + MONOMIALS) * bitslice.words(n) + n
+    return (MASK_BITS + LEAF_MONOMIALS + MONOMIALS) * bitslice.words(n) + n
 
 
 def _layout(n: int) -> dict[str, tuple[int, ...]]:
     nw = bitslice.words(n)
-    return {"r_bits": (MASK_BITS, nw), "mono": (MONOMIALS * nw,), "rho": (n,)}
+    return {
+        "r_bits": (MASK_BITS, nw),
+        "leaf_mono": (LEAF_MONOMIALS * nw,),
+        "mono": (MONOMIALS * nw,),
+        "rho": (n,),
+    }
 
 
 def _split(flat: np.ndarray, n: int) -> dict[str, np.ndarray]:
@@ -78,7 +86,7 @@ def expand(party: int, n: int, prg: Prg, correction: np.ndarray | None) -> ReluM
 
 
 def run(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray) -> np.ndarray:
-    """Online: this party's arithmetic share of [x >= 0], same shape as x (5 rounds)."""
+    """Online: this party's arithmetic share of [x >= 0], same shape as x (4 rounds)."""
     common.consume("sign", mat, "a reused mask leaks the input")
     x = np.asarray(x, dtype=np.uint64)
     if x.size != mat.n:

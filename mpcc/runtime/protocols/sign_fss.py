@@ -1,6 +1,6 @@
 """The comparison bit [x >= 0] as arithmetic 0/1 shares in ONE round, for signed |x| < 2^62,
 by function secret sharing (`costs.sign_fss`): the round-reduced counterpart of `sign.py`
-(5 rounds), for links where a round costs more than ~1.5 KB of dealer material per element.
+(4 rounds), for links where a round costs more than ~1.5 KB of dealer material per element.
 
 Signed comparison by a DCF on the biased input (BCG+21 Sec. 4's "DReLU" on the low n - 1 bits,
 as in LLAMA and SIGMA; the known-MSB bias of `truncation.py`). The dealer draws
