@@ -139,6 +139,9 @@ def test_dealer_material_is_consistent(shift: int) -> None:
     r = m0.r + m1.r
     np.testing.assert_array_equal(m0.r_bits ^ m1.r_bits, bitslice.pack(r, 63))
     nw = bitslice.words(n)
+    # the leaf groups' products of r bits (the tree's local first level)
+    want_leaf = bitslice.leaf_monomials(bitslice.pack(r, 63)[:62]).reshape(-1)
+    np.testing.assert_array_equal(m0.leaf_mono ^ m1.leaf_mono, want_leaf)
     for g, at_mu, at_mono in relu._levels(nw):  # every monomial is its masks' product
         mu = (m0.mu[at_mu] ^ m1.mu[at_mu]).reshape(g, nw, bitslice.GROUP_WIRES)
         mono = (m0.mono[at_mono] ^ m1.mono[at_mono]).reshape(g, nw, bitslice.GROUP_MONOMIALS)

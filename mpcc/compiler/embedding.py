@@ -24,7 +24,7 @@ model's client bytes):
 
 **Alternatives considered.**
 - *Ids shared as numbers, one-hot computed securely* by V equality tests per id: n V secure
-  comparisons (4 rounds each, ~100 bits a comparison) instead of n V words uploaded.
+  comparisons (4 rounds each, ~100 bits sent per sign bit) instead of n V words uploaded.
 - *Dealer-assisted rotation*: the dealer shares a random unit vector e_r, the parties open
   u = id - r (mod V) and rotate their shares of e_r by u into shares of e_id. The client
   then uploads n words, but the dealer's material is n V words a query, and the product

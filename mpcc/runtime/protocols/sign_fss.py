@@ -36,9 +36,10 @@ to each party; online 8 B per element and party, one round. Time (`benchmarks/fs
 n = 10^5, the 2-core dev box (Zen 3, AES-NI and VAES) at load ~2.5, CPU seconds): key
 generation 0.10 at the dealer, evaluation 0.031 per party (4.9 ns per element and level;
 0.07-0.09 through OpenSSL level by level, on CPUs without AES-NI), the whole online phase
-0.074 wall for both parties in two threads -- against 0.006 for the 5-round `sign.py`.
-So FSS pays where 4 saved one-way delays outweigh ~0.7 us of online time per element (on
-this box, a layer of up to ~30,000 elements at 10 ms RTT), at ~40x the dealer bytes.
+0.074 wall for both parties in two threads -- against 0.006 for `sign.py` (then 5 rounds).
+So FSS pays where the saved one-way delays outweigh ~0.7 us of online time per element: with
+`sign.py` at 4 rounds now, 3 delays, on this box a layer of up to ~21,000 elements at 10 ms
+RTT, at ~60x the dealer bytes.
 """
 
 from __future__ import annotations
