@@ -11,11 +11,10 @@ waiting in `poll`/`recv_msg` takes the reader role, waits for the socket, decryp
 parses, so a protocol round costs no hand-off between threads. A background thread reads
 only while no consumer has asked for a message for `READ_LEASE_S` (and always for links
 whose messages are forwarded to a queue), so a closed link is still noticed and its
-`on_close` callbacks run when nobody is reading (a server's channel starts it only once the
-link stays a channel: see `reader`); it stops while `INBOX_MAX` messages wait
-unread, so a peer that sends faster than it is read is held back by TCP. A sender whose
-socket is full reads too while it waits, so two ends that send large messages at once never
-block each other.
+`on_close` callbacks run when nobody is reading (with `reader=False`, from `start_reader`);
+it stops while `INBOX_MAX` messages wait unread, so a peer that sends faster than it is read
+is held back by TCP. A sender whose socket is full reads too while it waits, so two ends
+that send large messages at once never block each other.
 
 Large messages are split into frames no larger than the frame limit (`wire.encode_message`)
 and reassembled by the receiver, which bounds their total separately (`max_message_bytes`).
