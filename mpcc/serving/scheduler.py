@@ -139,10 +139,9 @@ class QueryLoop:
                 else:
                     self._requeue(batch)
                 return
+            q = None
             try:
-                if lane.q is None:
-                    lane.q = s.number()
-                q = lane.q
+                q = lane.q = s.number(lane.q)
                 Announce(q, [[r.rid, r.rows] for r in batch]).send(lane.peer)
                 msg = lane.peer.recv_msg(2 * t + 1)
                 if msg.kind not in (Go.KIND, Skip.KIND):
@@ -175,6 +174,8 @@ class QueryLoop:
                 self._query_failed(s, lane, batch, why)
                 return
             finally:
+                if q is not None:
+                    s.settled(q)
                 self._landed(batch)
 
     def _follow(self, s: PartySession, lane: Lane) -> None:
@@ -183,6 +184,7 @@ class QueryLoop:
         while s.alive:
             batch: list[Request] = []  # to fail if the query fails
             held: list[Request] = []  # in flight on this lane
+            q = None
             try:
                 msg = lane.peer.poll(0.5)
                 if msg is None:
@@ -218,6 +220,8 @@ class QueryLoop:
                 self._query_failed(s, lane, batch, why)
                 return
             finally:
+                if q is not None:
+                    s.settled(q)
                 self._landed(held)
 
     def _gather(self, reqs: list[list], cap: int) -> tuple[list[Request], list[str], list[str]]:

@@ -82,6 +82,7 @@ class PartySession:
         self.last_offline_s: float | None = None
         self._credited = -1  # P1: the highest query the dealer may make material for
         self.running = 0  # queries in their online phase (one per lane at most)
+        self.starting: set[int] = set()  # queries a lane is about to run (see `defer_preparing`)
         self.waiting = 0  # lanes waiting for a query's material
         self.answered = 0  # requests answered in this session
         # bytes of one query's material here: the cost model's dealer bytes until measured
@@ -102,22 +103,38 @@ class PartySession:
         for lane in self.lanes:
             lane.peer.on_close(lambda why: self.end(f"the link to the peer closed ({why})"))
 
-    def number(self) -> int:
-        """P0: the next query's number (a lane keeps it until the query runs)."""
+    def number(self, q: int | None) -> int:
+        """P0: a lane with requests is about to run query `q`, or (None) the next query's
+        number (a lane keeps it until the query runs). Until `settled(q)`, the query counts
+        as starting (see `defer_preparing`)."""
         with self.cond:
-            q, self.next_q = self.next_q, self.next_q + 1
+            if q is None:
+                q, self.next_q = self.next_q, self.next_q + 1
+            self.starting.add(q)
             self.cond.notify_all()
             return q
 
+    def settled(self, q: int) -> None:
+        """Query q runs, ran, was skipped or failed: it no longer counts as starting."""
+        with self.cond:
+            self.starting.discard(q)
+            self.cond.notify_all()
+
     def announced(self, q: int) -> int | None:
-        """P1: P0 announced query q; it must not have run (its material is gone). Returns the
-        credit to give the dealer if it rose (material up to the highest query announced
-        plus the stock), else None."""
+        """P1: P0 announced query q; it must not have run (its material is gone). It counts
+        as starting until `settled(q)`. Returns the credit to give the dealer now if it rose
+        (material up to the highest query announced plus the stock), else None. With one
+        lane, None: the credit given when the previous query ended covers q, and the rise
+        waits until q's online phase is over, so the dealer's material for a later query does
+        not arrive (and get decrypted) while q runs; P1 could not expand it before then."""
         with self.cond:
             if q < self._ran_below or q in self._ran:
                 raise PartyError(f"P0 announced query {q}, which has run already")
             self.next_q = max(self.next_q, q + 1)
+            self.starting.add(q)
             self.cond.notify_all()
+            if len(self.lanes) == 1:
+                return None
             upto, rose = self.credit()
             return upto if rose else None
 
@@ -193,6 +210,7 @@ class PartySession:
             finally:
                 self.waiting -= 1
             self.running += 1
+            self.starting.discard(q)
             return self.prepared.pop(q)
 
     def consumed(self, q: int) -> None:
@@ -216,10 +234,12 @@ class PartySession:
         query's online phase runs: preparing would only slow that phase down (same cores,
         and the GIL), and the query took its material before the phase began. With several
         lanes, a query mostly waits for round trips, and the next ones' material is made
-        meanwhile, until there is one query's worth for every lane."""
-        if self.running == 0:
-            return False
-        return len(self.lanes) == 1 or len(self.prepared) >= len(self.lanes)
+        meanwhile, until there is one query's worth for every lane. With one lane, a query
+        about to run whose material is ready counts as running (the prompt to prepare came
+        when its number was taken, a round trip before its online phase begins)."""
+        if len(self.lanes) == 1:
+            return self.running > 0 or any(q in self.prepared for q in self.starting)
+        return self.running > 0 and len(self.prepared) >= len(self.lanes)
 
     def yield_to_online(self) -> None:
         """Block while preparing should wait for an online phase (see `defer_preparing`)."""

@@ -1,0 +1,92 @@
+"""When a compute party makes material and lets the dealer make more: never beside a query's
+online phase on a one-lane session (it would share the cores, and the GIL, with the rounds);
+on several lanes, meanwhile. The session's bookkeeping alone, without links or executors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from mpcc.serving.sessionstate import Lane, PartySession, Prepared
+
+
+def _session(lanes: int, stock: int = 2) -> PartySession:
+    s = PartySession.__new__(PartySession)  # the state alone: no links, no executor
+    s.lanes = [Lane(i, None, None) for i in range(lanes)]  # type: ignore[arg-type]
+    s.cond = threading.Condition()
+    s.prepared, s.prepared_upto, s.next_q = {}, -1, 0
+    s._ran_below, s._ran, s._credited = 0, set(), -1
+    s.running, s.starting, s.waiting = 0, set(), 0
+    s.ended = None
+    s.stock = lambda: stock  # type: ignore[method-assign]
+    s.prep_timeout = lambda: 5.0  # type: ignore[method-assign]
+    return s
+
+
+def _made(s: PartySession, *qs: int) -> None:
+    for q in qs:
+        s.mark_prepared(q, Prepared(0.0, time.monotonic()), 1)
+
+
+def test_one_lane_defers_preparing_from_the_moment_a_query_is_numbered():
+    s = _session(lanes=1)
+    _made(s, 0, 1)
+    assert not s.defer_preparing()
+    q = s.number(None)  # P0 took requests: the prep thread is woken, the stock one short
+    assert q == 0 and not s.stock_full()
+    assert s.defer_preparing(), "material was made in the round trip before the online phase"
+    s.wait_prepared(q)
+    assert s.defer_preparing()
+    s.online_over()
+    s.consumed(q)
+    s.settled(q)
+    assert not s.defer_preparing()
+
+
+def test_one_lane_makes_the_material_a_numbered_query_still_lacks():
+    s = _session(lanes=1)
+    q = s.number(None)
+    assert not s.defer_preparing(), "the query would wait for material nobody makes"
+    got = []
+    waiter = threading.Thread(target=lambda: got.append(s.wait_prepared(q)))
+    waiter.start()
+    _made(s, q)
+    waiter.join(5)
+    assert got and s.running == 1
+
+
+def test_a_skipped_query_stops_deferring_until_its_lane_takes_requests_again():
+    s = _session(lanes=1)
+    _made(s, 0)
+    q = s.number(None)
+    s.settled(q)  # P1 had none of the requests: the lane keeps q and waits
+    assert not s.defer_preparing()
+    assert s.number(q) == q and s.next_q == 1
+    assert s.defer_preparing()
+
+
+def test_one_lane_p1_raises_the_dealers_credit_only_after_the_online_phase():
+    s = _session(lanes=1, stock=2)
+    assert s.credit() == (1, True)  # at the session's start: queries 0 and 1
+    assert s.announced(0) is None  # the dealer must not make query 2's material now
+    assert s.defer_preparing() is False  # (query 0's material is not here yet)
+    _made(s, 0)
+    assert s.defer_preparing()  # nor may P1 read the dealer's link for it
+    s.wait_prepared(0)
+    s.online_over()
+    s.settled(0)
+    assert s.credit() == (2, True)  # sent as the query ends
+
+
+@pytest.mark.parametrize("lanes", [2, 4])
+def test_several_lanes_let_the_dealer_on_at_each_announcement(lanes):
+    s = _session(lanes=lanes, stock=lanes)
+    s.credit()
+    assert s.announced(0) == lanes
+    _made(s, 0)
+    s.wait_prepared(0)
+    assert not s.defer_preparing(), "the other lanes' material is made meanwhile"
+    _made(s, *range(1, lanes + 1))
+    assert s.defer_preparing()
