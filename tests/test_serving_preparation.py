@@ -80,6 +80,12 @@ def test_one_lane_p1_raises_the_dealers_credit_only_after_the_online_phase():
     assert s.credit() == (2, True)  # sent as the query ends
 
 
+def test_one_lane_with_a_stock_of_one_lets_the_dealer_make_the_next_query_meanwhile():
+    s = _session(lanes=1, stock=1)
+    assert s.credit() == (0, True)
+    assert s.announced(0) == 1, "else query 1 would wait for the dealer after query 0"
+
+
 @pytest.mark.parametrize("lanes", [2, 4])
 def test_several_lanes_let_the_dealer_on_at_each_announcement(lanes):
     s = _session(lanes=lanes, stock=lanes)

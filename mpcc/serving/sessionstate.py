@@ -124,16 +124,17 @@ class PartySession:
         """P1: P0 announced query q; it must not have run (its material is gone). It counts
         as starting until `settled(q)`. Returns the credit to give the dealer now if it rose
         (material up to the highest query announced plus the stock), else None. With one
-        lane, None: the credit given when the previous query ended covers q, and the rise
-        waits until q's online phase is over, so the dealer's material for a later query does
-        not arrive (and get decrypted) while q runs; P1 could not expand it before then."""
+        lane and the next query's material credited already (a stock of two or more), None:
+        the rise waits until q's online phase is over, so the dealer's material for a later
+        query does not arrive (and get decrypted) while q runs; P1 could not expand it before
+        then anyway. With a stock of one, the next query's material is dealt meanwhile."""
         with self.cond:
             if q < self._ran_below or q in self._ran:
                 raise PartyError(f"P0 announced query {q}, which has run already")
             self.next_q = max(self.next_q, q + 1)
             self.starting.add(q)
             self.cond.notify_all()
-            if len(self.lanes) == 1:
+            if len(self.lanes) == 1 and self._credited > q:
                 return None
             upto, rose = self.credit()
             return upto if rose else None
