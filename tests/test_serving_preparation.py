@@ -1,15 +1,26 @@
-"""When a compute party makes material and lets the dealer make more: never beside a query's
-online phase on a one-lane session (it would share the cores, and the GIL, with the rounds);
-on several lanes, meanwhile. The session's bookkeeping alone, without links or executors."""
+"""When a compute party makes material and lets the dealer make more: never beside the online
+phase of a query that finds the stock full on a one-lane session (it would share the cores,
+and the GIL, with the rounds); on several lanes, meanwhile. The session's bookkeeping alone,
+without links or executors, and then real parties in this process, timed."""
 
 from __future__ import annotations
 
 import threading
 import time
 
+import numpy as np
 import pytest
 
+from mpcc.bench.measure import wait_for_stock
+from mpcc.runtime.dealer import Dealer
+from mpcc.runtime.executor import PartyExecutor
+from mpcc.serving.client import Client
+from mpcc.serving.dealer import DealerParty
+from mpcc.serving.local import init_local
+from mpcc.serving.owner import deploy_program
+from mpcc.serving.party import ComputeParty
 from mpcc.serving.sessionstate import Lane, PartySession, Prepared
+from tests.concurrent_clients import close_all
 
 
 def _session(lanes: int, stock: int = 2) -> PartySession:
@@ -96,3 +107,69 @@ def test_several_lanes_let_the_dealer_on_at_each_announcement(lanes):
     assert not s.defer_preparing(), "the other lanes' material is made meanwhile"
     _made(s, *range(1, lanes + 1))
     assert s.defer_preparing()
+
+
+def _timed(spans: list, who, fn):
+    def wrapper(self, *args, **kwargs):
+        t0 = time.monotonic()
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            spans.append((who(self), t0, time.monotonic()))
+
+    return wrapper
+
+
+def test_a_query_that_finds_the_stock_full_runs_alone(
+    tmp_path, zoo_model, digits_test, monkeypatch
+):
+    """One lane: while a query's online phase runs at a party, that party expands no
+    material, and while it runs at P1 the dealer deals none (each query sent once the stock
+    is full again)."""
+    from mpcc.compiler.pipeline import compile_onnx
+    from mpcc.zoo.reference import run_logits
+
+    spans: list[tuple[str, float, float]] = []
+    party = lambda ex: f"p{ex.party}"  # noqa: E731
+    monkeypatch.setattr(
+        PartyExecutor, "run", _timed(spans, lambda ex: "run " + party(ex), PartyExecutor.run)
+    )
+    monkeypatch.setattr(
+        PartyExecutor,
+        "prepare",
+        _timed(spans, lambda ex: "prepare " + party(ex), PartyExecutor.prepare),
+    )
+    monkeypatch.setattr(Dealer, "deal", _timed(spans, lambda _: "deal", Dealer.deal))
+    prog, weights = compile_onnx(zoo_model("mlp"), (1, 1, 28, 28))
+    X = np.asarray(digits_test[0][:8])
+    ref = run_logits(zoo_model("mlp"), X)
+    cfg = init_local(tmp_path, timeout_s=5.0, stock=2)
+    parties = {}
+    try:
+        for role in ("p0", "p1", "dealer"):
+            parties[role] = (DealerParty if role == "dealer" else ComputeParty)(cfg, role)
+            parties[role].start()
+        deploy_program(prog, weights, cfg)
+        with Client(cfg) as c:
+            c.wait_ready(30)
+            wait_for_stock(c, timeout=30)
+            start = time.monotonic()  # (the parties' kernel warm-up runs plans too)
+            for i in range(len(X)):
+                wait_for_stock(c, timeout=30)
+                y = c.predict(X[i : i + 1])
+                assert y.argmax() == ref[i].argmax()
+    finally:
+        close_all(parties.values())
+    spans = [span for span in spans if span[1] >= start]
+    runs = {p: [(a, b) for w, a, b in spans if w == f"run {p}"] for p in ("p0", "p1")}
+    assert len(runs["p0"]) == len(runs["p1"]) == len(X)
+    # P1 lets the dealer on when its online phase ends; P0's may end a little later
+    beside = [
+        (w, p, round(1e3 * (min(b, rb) - max(a, ra)), 2))
+        for w, a, b in spans
+        for p in ("p0", "p1")
+        if w == f"prepare {p}" or (w, p) == ("deal", "p1")
+        for ra, rb in runs[p]
+        if a < rb and ra < b
+    ]
+    assert not beside, f"material made during an online phase (what, ms): {beside}"

@@ -196,7 +196,7 @@ class QueryLoop:
                 more = s.announced(q)
                 with self._req:  # a query may be about to run: shutdown waits for it
                     self._idle.clear()
-                if more is not None:  # a lane's query beyond the stock: let the dealer on
+                if more is not None:  # several lanes, or a stock of one: let the dealer on
                     Credit(more, s.answered).send(s.dealer)
                 batch, rejected, absent = self._gather(announced.reqs, s.dep.prog.batch)
                 with self._req:

@@ -105,8 +105,8 @@ class PartySession:
 
     def number(self, q: int | None) -> int:
         """P0: a lane with requests is about to run query `q`, or (None) the next query's
-        number (a lane keeps it until the query runs). Until `settled(q)`, the query counts
-        as starting (see `defer_preparing`)."""
+        number (a lane keeps it until the query runs). Until its online phase begins or
+        `settled(q)`, the query counts as starting (see `defer_preparing`)."""
         with self.cond:
             if q is None:
                 q, self.next_q = self.next_q, self.next_q + 1
@@ -122,12 +122,12 @@ class PartySession:
 
     def announced(self, q: int) -> int | None:
         """P1: P0 announced query q; it must not have run (its material is gone). It counts
-        as starting until `settled(q)`. Returns the credit to give the dealer now if it rose
-        (material up to the highest query announced plus the stock), else None. With one
-        lane and the next query's material credited already (a stock of two or more), None:
-        the rise waits until q's online phase is over, so the dealer's material for a later
-        query does not arrive (and get decrypted) while q runs; P1 could not expand it before
-        then anyway. With a stock of one, the next query's material is dealt meanwhile."""
+        as starting until its online phase begins or `settled(q)`. Returns the credit to give
+        the dealer now if it rose (material up to the highest query announced plus the
+        stock), else None. With one lane and query q + 1's material credited already (a stock
+        of two or more), None: the rise waits for the credit sent when q ends, so a query that
+        found the stock full runs with no dealing for it and no bundle arriving (P1 could not
+        expand one before q ends anyway). With a stock of one, q + 1 is dealt meanwhile."""
         with self.cond:
             if q < self._ran_below or q in self._ran:
                 raise PartyError(f"P0 announced query {q}, which has run already")
@@ -236,8 +236,8 @@ class PartySession:
         and the GIL), and the query took its material before the phase began. With several
         lanes, a query mostly waits for round trips, and the next ones' material is made
         meanwhile, until there is one query's worth for every lane. With one lane, a query
-        about to run whose material is ready counts as running (the prompt to prepare came
-        when its number was taken, a round trip before its online phase begins)."""
+        about to run whose material is ready counts as running: the prompt to prepare came
+        when P0 numbered it (a round trip before its online phase) or P1 saw it announced."""
         if len(self.lanes) == 1:
             return self.running > 0 or any(q in self.prepared for q in self.starting)
         return self.running > 0 and len(self.prepared) >= len(self.lanes)
