@@ -233,3 +233,56 @@ def test_a_send_that_makes_no_progress_closes_the_link(tmp_path):
     finally:
         ls.close()
         control.close()
+
+
+def test_a_link_greeted_after_the_loop_stopped_is_closed_and_frees_its_slot(tmp_path):
+    """A party stopping: a client greeted just after its control loop closed is closed at
+    once (its handler never runs), not left open with its connection slot until exit."""
+    cfg = init_local(tmp_path, timeout_s=5.0)
+    ran = threading.Event()
+
+    async def serve(link, hello) -> None:
+        ran.set()
+
+    log = logging.getLogger("mpcc.serving.test-p0")
+    control = ControlLoop("test", log)
+    ls = Listener(cfg, "p0", {"client": ({"client"}, serve)}, log, control)
+    ls.start()
+    control.close()
+    try:
+        s = client_context(cfg, "client").wrap_socket(
+            socket.create_connection(cfg.address("p0"), timeout=10)
+        )
+        try:
+            s.settimeout(3.0)
+            _send(s, "hello", {"link": "client", "version": 1})
+            t0 = time.monotonic()
+            try:
+                while s.recv(1 << 16):
+                    pass
+            except (ssl.SSLError, OSError):
+                pass  # the party closed the link, with or without TLS's close_notify
+            assert time.monotonic() - t0 < 2.5, "the link stayed open"
+        finally:
+            s.close()
+        deadline = time.monotonic() + 2
+        while ls.connections_of("client") and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ls.connections_of("client") == 0
+        assert not ran.is_set()
+    finally:
+        ls.close()
+
+
+def test_a_coroutine_spawned_on_a_closed_loop_is_dropped_unrun():
+    control = ControlLoop("test", logging.getLogger("mpcc.serving.test"))
+    control.close()
+    ran, dropped = [], []
+
+    async def body() -> None:
+        ran.append(1)
+
+    coro = body()
+    control.spawn(coro, on_drop=lambda: dropped.append(1))
+    assert dropped == [1] and not ran
+    assert coro.cr_frame is None  # closed: no "never awaited" warning later

@@ -43,17 +43,32 @@ class ControlLoop:
         """Whether the caller runs in the loop's thread."""
         return threading.current_thread() is self._thread
 
-    def spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> None:
+    def spawn(
+        self,
+        coro: Coroutine[Any, Any, None],
+        name: str | None = None,
+        on_drop: Callable[[], None] | None = None,
+    ) -> None:
         """Run a link's coroutine as a task of the loop (from any thread); its exceptions
-        are logged, never propagated."""
+        are logged, never propagated. If the loop has closed (the party stopped), the
+        coroutine is dropped unrun and `on_drop` called: e.g. to close the link, which
+        would otherwise keep its socket and its connection slot until the process ends."""
+
+        def drop() -> None:
+            coro.close()
+            if on_drop is not None:
+                on_drop()
 
         def start() -> None:
+            if self.loop.is_closed():  # closed after `spawn` looked (`call` runs us here)
+                drop()
+                return
             task = self.loop.create_task(self._guard(coro), name=name)
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
         if self.loop.is_closed():
-            coro.close()
+            drop()
             return
         self.call(start)
 

@@ -240,7 +240,11 @@ class Listener:
                 assert self.control is not None
                 link = ControlLink.adopt(ch, self.control)  # ch is done with
                 handed = True
-                self.control.spawn(handler(link, hello), name=f"{hello.link} {link.peer}")
+                self.control.spawn(
+                    handler(link, hello),
+                    name=f"{hello.link} {link.peer}",
+                    on_drop=lambda: link.close(f"{self.role} is shutting down"),
+                )
                 return
             handed = True
             ch.start_reader()  # a background reader from here: the link stays a TlsChannel
