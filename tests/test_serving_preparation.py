@@ -5,6 +5,8 @@ without links or executors, and then real parties in this process, timed."""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 
@@ -173,3 +175,35 @@ def test_a_query_that_finds_the_stock_full_runs_alone(
         if a < rb and ra < b
     ]
     assert not beside, f"material made during an online phase (what, ms): {beside}"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a niceness per thread")
+def test_the_threads_that_make_material_yield_to_the_rounds(tmp_path, zoo_model):
+    """The compute parties' preparation threads and the dealer's dealing thread run at the
+    configured niceness above the rest of the process (the lanes' threads among them)."""
+    from mpcc.compiler.pipeline import compile_onnx
+
+    prog, weights = compile_onnx(zoo_model("mlp"), (1, 1, 28, 28))
+    cfg = init_local(tmp_path, timeout_s=5.0, stock=2, background_nice=7)
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    parties = {}
+    try:
+        for role in ("p0", "p1", "dealer"):
+            parties[role] = (DealerParty if role == "dealer" else ComputeParty)(cfg, role)
+            parties[role].start()
+        deploy_program(prog, weights, cfg)
+        with Client(cfg) as c:
+            c.wait_ready(30)
+            wait_for_stock(c, timeout=30)
+        nice = {}
+        for th in threading.enumerate():
+            try:
+                nice.setdefault(th.name, set()).add(os.getpriority(os.PRIO_PROCESS, th.native_id))
+            except OSError:
+                pass  # the thread ended meanwhile
+    finally:
+        close_all(parties.values())
+    lowered = min(19, base + 7)
+    assert nice["mpcc-prep"] == {lowered}  # P0's and P1's
+    assert nice["mpcc-dealer"] == {lowered}
+    assert nice["mpcc-conn"] == {base}  # lane 0 at each party, and the handshakes

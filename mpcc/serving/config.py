@@ -38,6 +38,7 @@ SERVING_RANGES: dict[str, tuple[float, float]] = {
     "stock_mb": (0.001, 2.0**20),  # below one query's material: one query ahead
     "batch_wait_ms": (0.001, 10_000.0),
     "lanes": (1, 64),
+    "background_nice": (0, 19),
     "max_connections": (1, 100_000),
     "max_handshakes": (1, 100_000),
     "max_handshakes_per_source": (1, 100_000),
@@ -68,6 +69,7 @@ class Serving:
     stock_mb: float = 1024.0  # memory that stock may hold at a compute party (>= one query)
     batch_wait_ms: float = 2.0  # how long P0 waits to fill a batch with queued requests
     lanes: int = 1  # queries a session runs at once, each over its own P0-P1 link (a WAN: 4+)
+    background_nice: int = 10  # niceness added to the threads that make material; 0: none
     max_connections: int = 64  # concurrent client links a party accepts
     handshake_timeout_s: float = 5.0  # a new connection's TLS handshake and hello, in all
     max_handshakes: int = 16  # connections in their handshake (not yet authenticated) at once

@@ -32,6 +32,7 @@ from mpcc.serving.messages import (
     Ready,
     Start,
 )
+from mpcc.serving.priority import lower_this_thread
 from mpcc.serving.server import PartyServer
 from mpcc.serving.startup import contribution, mismatch, prg_kat, session_id
 from mpcc.serving.state import Deployment
@@ -76,6 +77,7 @@ class DealerParty(PartyServer):
             ch.close(why)
 
     def _loop(self) -> None:
+        lower_this_thread(self.cfg.serving.background_nice)  # the parties' rounds come first
         backoff, said = BACKOFF_MIN_S, None
         while not self.stop_event.is_set():
             if not self.kernels_ready.wait(0.5):  # offer no session before they are loaded

@@ -30,6 +30,7 @@ from mpcc.serving.messages import (
     Start,
     Welcome,
 )
+from mpcc.serving.priority import lower_this_thread
 from mpcc.serving.sessionstate import PartySession, Prepared
 from mpcc.serving.startup import (
     contribution,
@@ -241,6 +242,7 @@ class SessionSetup:
         """Keep up to `s.stock()` queries of material ready (P1: as the dealer's bundles
         arrive; its credit to the dealer holds the dealer to that stock; P0 likewise for a
         plan with FSS keys, whose bundles the dealer sends with P1's)."""
+        lower_this_thread(self.cfg.serving.background_nice)  # the online rounds come first
         try:
             from_dealer = s.ex.needs_dealer  # P1; P0 too for a plan with FSS keys
             while s.alive:
