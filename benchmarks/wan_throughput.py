@@ -74,12 +74,17 @@ def per_answer(marks: list[dict], answers: int) -> tuple[dict, dict, dict]:
 
 
 def renice(bed: WanBed, nice: int) -> None:
-    """Set every thread of the three parties to `nice` (Linux keeps a nice value per thread;
-    threads made later inherit their maker's)."""
+    """Set the three parties' main threads to `nice` and shift their other threads with them,
+    keeping each thread's offset (`[serving] background_nice`; Linux keeps a nice value per
+    thread, and threads made later inherit their maker's)."""
     for p in bed.procs.values():
-        for task in Path(f"/proc/{p.pid}/task").iterdir():
-            with contextlib.suppress(OSError):  # a thread that has just ended
-                os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
+        with contextlib.suppress(OSError):
+            delta = nice - os.getpriority(os.PRIO_PROCESS, p.pid)
+            for task in Path(f"/proc/{p.pid}/task").iterdir():
+                with contextlib.suppress(OSError):  # a thread that has just ended
+                    tid = int(task.name)
+                    now = os.getpriority(os.PRIO_PROCESS, tid)
+                    os.setpriority(os.PRIO_PROCESS, tid, max(-20, min(19, now + delta)))
 
 
 def setting(text: str) -> tuple[int, int]:
@@ -166,6 +171,7 @@ def run_setting(
     network: str | None,
     nice: int = 0,
     batch_wait_ms: float | None = None,
+    background_nice: int | None = None,
 ) -> dict[str, Any]:
     from mpcc.zoo.reference import run_logits
 
@@ -176,6 +182,8 @@ def run_setting(
     serving: dict[str, Any] = {"timeout_s": 60, "lanes": lanes, "stock": stock}
     if batch_wait_ms is not None:
         serving["batch_wait_ms"] = batch_wait_ms
+    if background_nice is not None:
+        serving["background_nice"] = background_nice
     with WanBed(tempfile.mkdtemp(dir=tmp), rtt, gbps, **serving) as bed:
         bed.start_parties()
         with bed.inside("client"):
@@ -205,6 +213,7 @@ def run_setting(
         "compiled_for": network,
         "party_nice": nice,
         "batch_wait_ms": batch_wait_ms,
+        "background_nice": background_nice,
         "seconds": seconds,
         "answers": len(lat),
         "answers_per_s": len(lat) / seconds,
@@ -233,6 +242,8 @@ def line(r: dict) -> str:
         net += f", batch wait {r['batch_wait_ms']:g} ms"
     if r.get("party_nice"):
         net += f", parties at nice {r['party_nice']}"
+    if r.get("background_nice") is not None:
+        net += f", material makers at +{r['background_nice']}"
     return (
         f"{r['model']} RTT {r['rtt_ms']:g} ms, {r['clients']} clients, batch {r['batch']} x "
         f"{r['lanes']} lanes{net}: {r['answers_per_s']:.1f} answers/s, median "
@@ -312,6 +323,12 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         help="[serving] batch_wait_ms: how long P0 waits to fill a batch (default: the config's)",
     )
+    ap.add_argument(
+        "--background-nice",
+        type=int,
+        help="[serving] background_nice: niceness added to the threads that make material "
+        "(default: the config's)",
+    )
     ap.add_argument("--out", default=str(RESULTS / "wan_throughput"), help="path without suffix")
     args = ap.parse_args(argv)
     why = unavailable()
@@ -341,6 +358,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.compile_network,
                     args.party_nice,
                     args.batch_wait_ms,
+                    args.background_nice,
                 )
             )
     out = Path(args.out)
