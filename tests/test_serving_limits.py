@@ -234,6 +234,7 @@ def test_config_keys(tmp_path):
         ("batch_wait_ms", "1e9", "0.001 to 10000"),
         ("stock", "0", "1 to 1000"),
         ("background_nice", "20", "0 to 19"),
+        ("background_nice", "-1", "0 to 19"),
         ("max_connections", "10000000", "1 to 100000"),
     ],
 )

@@ -9,8 +9,14 @@ niceness (`[serving] background_nice`). They lose nothing when the rounds wait f
 network or for material: then the cores are theirs. With four lanes on the two-core WAN bed
 this gave 47 answers/s against 43 (`docs/benchmarks.md`, "Many queries in flight").
 
-Linux sets a niceness per thread (`setpriority` on a thread id); elsewhere the call would
-renice the whole process, so it does nothing there.
+Linux keeps a niceness per thread (`setpriority` on a thread id; at most 19); elsewhere a
+thread's native id is no process id, so this does nothing there. Threads a lowered thread
+starts inherit its niceness (the dealer's link readers: all of its work is material). Nice
+values rank the threads of one scheduling group (an autogroup, a systemd unit's cgroup), so
+they weigh the rounds against material within a party's process, not against other
+programs. Starved by other busy programs on its host, material comes slower (about a tenth of
+a core against one busy thread): a big model whose queries then fail with "no preprocessing
+for query" there wants `background_nice = 0`.
 """
 
 from __future__ import annotations

@@ -196,8 +196,6 @@ class QueryLoop:
                 more = s.announced(q)
                 with self._req:  # a query may be about to run: shutdown waits for it
                     self._idle.clear()
-                if more is not None:  # several lanes, or a stock of one: let the dealer on
-                    Credit(more, s.answered).send(s.dealer)
                 batch, rejected, absent = self._gather(announced.reqs, s.dep.prog.batch)
                 with self._req:
                     arrived, self._arrived = self._arrived, []
@@ -206,6 +204,10 @@ class QueryLoop:
                 held = batch
                 reply = (Go if batch else Skip)([r.rid for r in batch], rejected, absent, arrived)
                 reply.send(lane.peer)
+                if more is not None:  # several lanes, or a stock of one: let the dealer on
+                    # (after the reply, which P0 waits for: the dealer link may be busy with
+                    # a bundle that the preparation thread, lower in priority, is reading)
+                    Credit(more, s.answered).send(s.dealer)
                 if not batch:
                     continue
                 self._execute(s, lane, q, batch)
