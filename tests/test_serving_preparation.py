@@ -5,10 +5,12 @@ without links or executors, and then real parties in this process, timed."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -36,6 +38,23 @@ def _session(lanes: int, stock: int = 2) -> PartySession:
     s.stock = lambda: stock  # type: ignore[method-assign]
     s.prep_timeout = lambda: 5.0  # type: ignore[method-assign]
     return s
+
+
+@contextlib.contextmanager
+def _serving(cfg, prog, weights) -> Iterator[Client]:
+    """P0, P1 and the dealer in this process, serving `prog` with a full stock; a client."""
+    parties = {}
+    try:
+        for role in ("p0", "p1", "dealer"):
+            parties[role] = (DealerParty if role == "dealer" else ComputeParty)(cfg, role)
+            parties[role].start()
+        deploy_program(prog, weights, cfg)
+        with Client(cfg) as c:
+            c.wait_ready(30)
+            wait_for_stock(c, timeout=30)
+            yield c
+    finally:
+        close_all(parties.values())
 
 
 def _made(s: PartySession, *qs: int) -> None:
@@ -145,23 +164,12 @@ def test_a_query_that_finds_the_stock_full_runs_alone(
     prog, weights = compile_onnx(zoo_model("mlp"), (1, 1, 28, 28))
     X = np.asarray(digits_test[0][:8])
     ref = run_logits(zoo_model("mlp"), X)
-    cfg = init_local(tmp_path, timeout_s=5.0, stock=2)
-    parties = {}
-    try:
-        for role in ("p0", "p1", "dealer"):
-            parties[role] = (DealerParty if role == "dealer" else ComputeParty)(cfg, role)
-            parties[role].start()
-        deploy_program(prog, weights, cfg)
-        with Client(cfg) as c:
-            c.wait_ready(30)
+    with _serving(init_local(tmp_path, timeout_s=5.0, stock=2), prog, weights) as c:
+        start = time.monotonic()  # (the parties' kernel warm-up runs plans too)
+        for i in range(len(X)):
             wait_for_stock(c, timeout=30)
-            start = time.monotonic()  # (the parties' kernel warm-up runs plans too)
-            for i in range(len(X)):
-                wait_for_stock(c, timeout=30)
-                y = c.predict(X[i : i + 1])
-                assert y.argmax() == ref[i].argmax()
-    finally:
-        close_all(parties.values())
+            y = c.predict(X[i : i + 1])
+            assert y.argmax() == ref[i].argmax()
     spans = [span for span in spans if span[1] >= start]
     runs = {p: [(a, b) for w, a, b in spans if w == f"run {p}"] for p in ("p0", "p1")}
     assert len(runs["p0"]) == len(runs["p1"]) == len(X)
@@ -186,17 +194,8 @@ def test_the_threads_that_make_material_yield_to_the_rounds(tmp_path, zoo_model)
     prog, weights = compile_onnx(zoo_model("mlp"), (1, 1, 28, 28))
     cfg = init_local(tmp_path, timeout_s=5.0, stock=2, background_nice=7)
     base = os.getpriority(os.PRIO_PROCESS, 0)
-    others = threading.enumerate()
-    parties = {}
-    try:
-        for role in ("p0", "p1", "dealer"):
-            parties[role] = (DealerParty if role == "dealer" else ComputeParty)(cfg, role)
-            parties[role].start()
-        deploy_program(prog, weights, cfg)
-        with Client(cfg) as c:
-            c.wait_ready(30)
-            wait_for_stock(c, timeout=30)
-        before = {th.native_id for th in others}
+    before = {th.native_id for th in threading.enumerate()}
+    with _serving(cfg, prog, weights):
         nice: dict[str, list[int]] = {}
         for th in threading.enumerate():
             if th.native_id in before:
@@ -205,8 +204,6 @@ def test_the_threads_that_make_material_yield_to_the_rounds(tmp_path, zoo_model)
                 nice.setdefault(th.name, []).append(os.getpriority(os.PRIO_PROCESS, th.native_id))
             except OSError:
                 pass  # the thread ended meanwhile
-    finally:
-        close_all(parties.values())
     lowered = min(19, base + 7)
     assert nice["mpcc-prep"] == [lowered, lowered]  # P0's and P1's
     assert nice["mpcc-dealer"] == [lowered]
