@@ -187,8 +187,9 @@ def test_a_query_that_finds_the_stock_full_runs_alone(
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="a niceness per thread")
 def test_the_threads_that_make_material_yield_to_the_rounds(tmp_path, zoo_model):
-    """The compute parties' preparation threads and the dealer's dealing thread run at the
-    configured niceness above the rest of the process (the lanes' threads among them)."""
+    """The compute parties' preparation threads, their dealer links' readers and the dealer's
+    dealing thread run at the configured niceness above the rest of the process (the lanes'
+    threads among them)."""
     from mpcc.compiler.pipeline import compile_onnx
 
     prog, weights = compile_onnx(zoo_model("mlp"), (1, 1, 28, 28))
@@ -207,4 +208,6 @@ def test_the_threads_that_make_material_yield_to_the_rounds(tmp_path, zoo_model)
     lowered = min(19, base + 7)
     assert nice["mpcc-prep"] == [lowered, lowered]  # P0's and P1's
     assert nice["mpcc-dealer"] == [lowered]
+    readers = [n for name, ns in nice.items() if name.startswith("mpcc-read-dealer") for n in ns]
+    assert readers == [lowered, lowered]  # the links bringing P0 and P1 their material
     assert set(nice["mpcc-conn"]) == {base}  # lane 0 at each party, and the handshakes

@@ -63,6 +63,7 @@ class SessionSetup:
     def on_dealer(self, ch: TlsChannel, hello: Hello) -> None:
         """The dealer starts a session; this thread then runs it until it ends."""
         ch.peer = "dealer"
+        ch.lower_reader(self.cfg.serving.background_nice)  # it brings material
         self._end_session("the dealer started a new session")
         Welcome(self.role).send(ch)
         generation = self.deploy_generation

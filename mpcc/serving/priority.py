@@ -1,7 +1,8 @@
 """Thread priorities: material is made beside the online rounds, and yields to them.
 
-A party's preparation thread (expanding material from seeds and the dealer's bundles) and
-the dealer's dealing thread do throughput work: each query's material must be ready when
+A party's preparation thread (expanding material from seeds and the dealer's bundles), its
+dealer link's reader (which decrypts bundles while that thread waits) and the dealer's
+dealing thread do throughput work: each query's material must be ready when
 its turn comes, not sooner. The lanes' online rounds are latency work: every round trip
 waits for a party to be scheduled. On a machine whose cores the parties share (or are busy
 otherwise), the scheduler then favours the rounds if the material makers run at a higher
@@ -30,12 +31,17 @@ log = logging.getLogger(__name__)
 
 
 def lower_this_thread(nice: int) -> None:
-    """Add `nice` (0-19) to the calling thread's niceness (Linux only; at most 19)."""
+    """Run the calling thread `nice` (0-19) steps nicer than its process's main thread."""
+    lower_thread(threading.get_native_id(), nice)
+
+
+def lower_thread(tid: int, nice: int) -> None:
+    """Run thread `tid` of this process `nice` (0-19) steps nicer than the main thread, at
+    most 19 (Linux only; setting it again changes nothing)."""
     if nice <= 0 or not sys.platform.startswith("linux"):
         return
-    tid = threading.get_native_id()
     try:
-        now = os.getpriority(os.PRIO_PROCESS, tid)
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, now + nice))
-    except OSError as e:  # e.g. a sandbox that forbids it: run as we are
-        log.debug("could not lower thread %s's priority: %s", threading.current_thread().name, e)
+        base = os.getpriority(os.PRIO_PROCESS, os.getpid())
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, base + nice))
+    except OSError as e:  # e.g. a sandbox that forbids it, or a thread that has just ended
+        log.debug("could not lower thread %d's priority: %s", tid, e)

@@ -42,6 +42,7 @@ from mpcc.serving.certs import identity_from_peercert, role_from_peercert, seria
 from mpcc.serving.frameparser import FrameParser
 from mpcc.serving.linkend import LinkEnd
 from mpcc.serving.messages import Abort, ErrorReply
+from mpcc.serving.priority import lower_thread
 from mpcc.serving.tlscontext import ssl_reason
 from mpcc.serving.tlsstream import CHUNK, POLL_IN, POLL_OUT, TlsStream, wait_for
 from mpcc.serving.wire import FrameError, Message, encode_message
@@ -118,6 +119,7 @@ class TlsChannel(LinkEnd, Channel):
         self._waiters = 0  # consumers waiting while another thread reads
         self._lease_until = 0.0  # the background reader stays parked until then
         self._parser = FrameParser(max_frame_bytes, max_message_bytes)
+        self._reader_nice = 0  # see `lower_reader`
         self._rbuf = bytearray(CHUNK)  # what the socket gave the reader (reader role only)
         self._rview = memoryview(self._rbuf)
         self.send_frame_bytes = send_frame_bytes or max_frame_bytes
@@ -165,6 +167,14 @@ class TlsChannel(LinkEnd, Channel):
                 target=self._read_loop, name=f"mpcc-read-{self.peer}", daemon=True
             )
             self._reader.start()
+
+    def lower_reader(self, nice: int) -> None:
+        """Run the background reader `nice` steps nicer (`mpcc.serving.priority`): for a
+        link that carries material, which must not take the cores from the rounds."""
+        self._reader_nice = nice
+        th = self._reader
+        if th is not None and th.native_id is not None:
+            lower_thread(th.native_id, nice)
 
     # -- TLS plumbing ---------------------------------------------------------------------
     def _wait_to_send(self, left: float) -> None:
@@ -241,6 +251,7 @@ class TlsChannel(LinkEnd, Channel):
 
     def _read_loop(self) -> None:
         """The background reader: reads while no consumer does (see the module docstring)."""
+        lower_thread(threading.get_native_id(), self._reader_nice)
         while True:
             with self._lock:
                 while self._closed is None:
