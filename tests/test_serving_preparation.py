@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from mpcc.bench.measure import wait_for_stock
+from mpcc.errors import PartyError
 from mpcc.runtime.dealer import Dealer
 from mpcc.runtime.executor import PartyExecutor
 from mpcc.serving.client import Client
@@ -33,7 +34,7 @@ def _session(lanes: int, stock: int = 2) -> PartySession:
     s.cond = threading.Condition()
     s.prepared, s.prepared_upto, s.next_q = {}, -1, 0
     s._ran_below, s._ran, s._credited = 0, set(), -1
-    s.running, s.starting, s.waiting = 0, set(), 0
+    s.running, s.starting, s.waiting, s.pieces = 0, set(), 0, 0
     s.ended = None
     s.stock = lambda: stock  # type: ignore[method-assign]
     s.prep_timeout = lambda: 5.0  # type: ignore[method-assign]
@@ -116,6 +117,27 @@ def test_one_lane_with_a_stock_of_one_lets_the_dealer_make_the_next_query_meanwh
     s = _session(lanes=1, stock=1)
     assert s.credit() == (0, True)
     assert s.announced(0) == 1, "else query 1 would wait for the dealer after query 0"
+
+
+def test_a_query_waits_for_material_as_long_as_it_is_being_made():
+    """A query's material made slower than the timeout allows (a big model whose maker other
+    programs starve) still arrives: each call's material made restarts the wait. Material
+    that stops coming fails it."""
+    s = _session(lanes=1)
+    s.prep_timeout = lambda: 0.2  # type: ignore[method-assign]
+
+    def maker() -> None:  # 0.6 s for one query's material, a call every 0.05 s
+        for _ in range(12):
+            time.sleep(0.05)
+            s.yield_to_online()
+        _made(s, 0)
+
+    th = threading.Thread(target=maker)
+    th.start()
+    s.wait_prepared(0)
+    th.join()
+    with pytest.raises(PartyError, match="no preprocessing for query 1 after 0.2 s"):
+        s.wait_prepared(1)
 
 
 @pytest.mark.parametrize("lanes", [2, 4])

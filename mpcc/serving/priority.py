@@ -13,11 +13,12 @@ this gave 47 answers/s against 43 (`docs/benchmarks.md`, "Many queries in flight
 Linux keeps a niceness per thread (`setpriority` on a thread id; at most 19); elsewhere a
 thread's native id is no process id, so this does nothing there. Threads a lowered thread
 starts inherit its niceness (the dealer's link readers: all of its work is material). Nice
-values rank the threads of one scheduling group (an autogroup, a systemd unit's cgroup), so
-they weigh the rounds against material within a party's process, not against other
-programs. Starved by other busy programs on its host, material comes slower (about a tenth of
-a core against one busy thread): a big model whose queries then fail with "no preprocessing
-for query" there wants `background_nice = 0`.
+values rank the threads of one scheduling group (an autogroup, a systemd unit's cgroup):
+where other busy programs share a party's group, its material makers get about a tenth of a
+core against each busy thread of theirs. A query waits as long as its material keeps coming
+(`PartySession.wait_prepared`: each call's material restarts the wait), but P1 also waits
+for the dealer's bundles: if a big model's queries fail with "no preprocessing for query"
+on such hosts, set `background_nice = 0` there.
 """
 
 from __future__ import annotations

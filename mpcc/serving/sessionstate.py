@@ -84,6 +84,7 @@ class PartySession:
         self.running = 0  # queries in their online phase (one per lane at most)
         self.starting: set[int] = set()  # queries a lane is about to run (see `defer_preparing`)
         self.waiting = 0  # lanes waiting for a query's material
+        self.pieces = 0  # calls' material made so far (progress within a query's material)
         self.answered = 0  # requests answered in this session
         # bytes of one query's material here: the cost model's dealer bytes until measured
         self.query_bytes = max(1, estimate(dep.prog).total.dealer)
@@ -190,17 +191,19 @@ class PartySession:
 
     def wait_prepared(self, q: int) -> Prepared:
         """Query q's material, once made. The wait fails after `prep_timeout` without
-        progress: each query made ahead of q (lanes wait in turn for one maker) restarts it."""
+        progress: each query made ahead of q (lanes wait in turn for one maker), and each
+        call's material made (a big model's, made slower than the last query's, as when
+        other programs take the cores from the lower-priority maker), restarts it."""
         timeout = self.prep_timeout()
         deadline = time.monotonic() + timeout
         with self.cond:
             self.waiting += 1
             self.cond.notify_all()
-            seen = self.prepared_upto
+            seen = (self.prepared_upto, self.pieces)
             try:
                 while q not in self.prepared:
-                    if self.prepared_upto > seen:
-                        seen = self.prepared_upto
+                    if (self.prepared_upto, self.pieces) != seen:
+                        seen = (self.prepared_upto, self.pieces)
                         deadline = time.monotonic() + timeout
                     left = deadline - time.monotonic()
                     if self.ended is not None:
@@ -243,8 +246,10 @@ class PartySession:
         return self.running > 0 and len(self.prepared) >= len(self.lanes)
 
     def yield_to_online(self) -> None:
-        """Block while preparing should wait for an online phase (see `defer_preparing`)."""
+        """Before each call's material: count the progress (see `wait_prepared`), and block
+        while preparing should wait for an online phase (see `defer_preparing`)."""
         with self.cond:
+            self.pieces += 1
             while self.alive and self.defer_preparing():
                 self.cond.wait(0.5)
 
