@@ -173,7 +173,7 @@ class TlsChannel(LinkEnd, Channel):
         link that carries material, which must not take the cores from the rounds."""
         self._reader_nice = nice
         th = self._reader
-        if th is not None and th.native_id is not None:
+        if th is not None and th.native_id is not None and th.is_alive():  # (ids are reused)
             lower_thread(th.native_id, nice)
 
     # -- TLS plumbing ---------------------------------------------------------------------
