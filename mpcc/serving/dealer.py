@@ -177,16 +177,21 @@ class DealerParty(PartyServer):
                     p1.traffic.messages_sent += 1
                     q += 1
         except PartyError:
+            if self.num_requests is None:
+                raise
             # A party that reached its request limit ends the session at once: its last
-            # count may still wait, unread, on a link that is now closing.
+            # count may still be on its way, or unread, on a link that is now closing. Read
+            # each link until it says it closed (its reader, of low priority, may lag: see
+            # `background_nice`), for at most LIMIT_GRACE_S in all.
+            deadline = time.monotonic() + LIMIT_GRACE_S
             for who, ch, kind in (("P0", p0, Answered), ("P1", p1, Credit)):
                 try:
-                    while (last := ch.poll(0)) is not None:
+                    while (last := ch.poll(max(0.0, deadline - time.monotonic()))) is not None:
                         if self._counted(who, last, kind, base):
                             return
                 except PartyError:
                     pass
-            if self.num_requests is not None and self.answered >= self.num_requests:
+            if self.answered >= self.num_requests:
                 self.stop(f"the parties answered {self.answered} requests")  # no grace left
                 return
             raise
