@@ -49,6 +49,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -116,10 +117,10 @@ def _levels(nw: int):
         at_mu, at_mono = at_mu + n_mu, at_mono + n_mono
 
 
-def draw_compare(party: int, n: int, prg: Prg) -> dict[str, np.ndarray]:
-    """The seeded parts of the comparison (the mask r and its bits, the tree's wire masks
-    and their monomials, the bit rho), in the one order dealer and party both use; the sign
-    protocol's whole draw."""
+def draw_tree(party: int, n: int, prg: Prg) -> dict[str, np.ndarray]:
+    """The seeded parts of the comparison tree for n elements (the mask r and its bits, the
+    leaf products, the wire masks and their monomials), in the one order dealer and party
+    both use."""
     nw = bitslice.words(n)
     p0 = party == 0
     m = {"r": prg.uint64(n)}
@@ -129,8 +130,15 @@ def draw_compare(party: int, n: int, prg: Prg) -> dict[str, np.ndarray]:
     m["mu"] = prg.uint64(WIRES * nw)
     if p0:
         m["mono"] = prg.uint64(MONOMIALS * nw)
-    m["rho_bits"] = prg.uint64(nw)
-    if p0:
+    return m
+
+
+def draw_compare(party: int, n: int, prg: Prg) -> dict[str, np.ndarray]:
+    """The seeded parts of the comparison (the tree's, then the bit rho), in the one order
+    dealer and party both use; the sign protocol's whole draw."""
+    m = draw_tree(party, n, prg)
+    m["rho_bits"] = prg.uint64(bitslice.words(n))
+    if party == 0:
         m["rho"] = prg.uint64(n)
     return m
 
@@ -174,12 +182,9 @@ def _split(flat: np.ndarray, n: int, shift: int) -> dict[str, np.ndarray]:
     return parts
 
 
-def deal_compare(
-    n: int, prg0: Prg, prg1: Prg, c: dict[str, np.ndarray]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Dealer: the comparison's parts of P1's correction (`c`'s "r_bits", "leaf_mono",
-    "mono", "rho" views), drawing both streams in `draw_compare`'s order; returns r and rho
-    (0/1)."""
+def deal_tree(n: int, prg0: Prg, prg1: Prg, c: dict[str, np.ndarray]) -> np.ndarray:
+    """Dealer: the comparison tree's parts of P1's correction (`c`'s "r_bits", "leaf_mono",
+    "mono" views), drawing both streams in `draw_tree`'s order; returns r."""
     nw = bitslice.words(n)
     r = prg0.uint64(n)  # P0: r, its bits, the leaf monomials, mu, the monomials; P1: r, mu
     r += prg1.uint64(n)
@@ -193,6 +198,17 @@ def deal_compare(
     for g, at_mu, at_mono in _levels(nw):
         full = bitslice.monomials(mu[at_mu].reshape(g, nw, bitslice.GROUP_WIRES))
         mono[at_mono] ^= full.reshape(-1)  # the monomials, less P0's share
+    return r
+
+
+def deal_compare(
+    n: int, prg0: Prg, prg1: Prg, c: dict[str, np.ndarray]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dealer: the comparison's parts of P1's correction (`c`'s "r_bits", "leaf_mono",
+    "mono", "rho" views), drawing both streams in `draw_compare`'s order; returns r and rho
+    (0/1)."""
+    nw = bitslice.words(n)
+    r = deal_tree(n, prg0, prg1, c)
     rho = bitslice.unpack(prg0.uint64(nw) ^ prg1.uint64(nw), n)  # both: rho_bits
     np.subtract(rho, prg0.fill(c["rho"]), out=c["rho"])  # P0: [rho]
     return r, rho
@@ -241,11 +257,13 @@ def _open_masked(
     return c, x
 
 
-def _nonneg(
-    ch: Channel, party: int, mat: ReluMaterial, c: np.ndarray, extra: list[np.ndarray]
+def nonneg(
+    ch: Channel, party: int, mat: Any, c: np.ndarray, extra: list[np.ndarray]
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Rounds 2..3: XOR shares of t = [x >= 0] (packed, [words]); `extra` rides in round 2
-    and the peer's counterpart is returned."""
+    """Rounds 2..3: XOR shares of t = [x >= 0] (packed, [words]) from the opened
+    c = x + 2^62 + r and the tree's material (`mat.r_bits`, `.leaf_mono`, `.mu`, `.mono`, as
+    `draw_tree` names them); `extra` rides in round 2 and the peer's counterpart is
+    returned."""
     c_bits = bitslice.pack(c, MASK_BITS)
     nw = c_bits.shape[1]
     leaf_mono = mat.leaf_mono.reshape(TREE_GROUPS[0], nw, bitslice.LEAF_MONOMIALS)
@@ -275,7 +293,7 @@ def run(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray) -> np.ndarray
     shape = x.shape
     c, y = _open_masked(ch, party, mat, x.reshape(-1))
     d_share = y - mat.sigma
-    t, (d_peer,) = _nonneg(ch, party, mat, c, [d_share])
+    t, (d_peer,) = nonneg(ch, party, mat, c, [d_share])
     d = d_share + d_peer
     e_share = t ^ mat.rho_bits
     (e_peer,) = ch.exchange([e_share])

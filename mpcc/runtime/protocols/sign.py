@@ -31,10 +31,10 @@ from mpcc.runtime.protocols.relu import (
     MASK_BITS,
     MONOMIALS,
     ReluMaterial,
-    _nonneg,
     _open_masked,
     deal_compare,
     draw_compare,
+    nonneg,
 )
 from mpcc.runtime.transport import Channel
 
@@ -92,7 +92,7 @@ def run(ch: Channel, party: int, mat: ReluMaterial, x: np.ndarray) -> np.ndarray
     if x.size != mat.n:
         raise ValueError(f"sign: input has {x.size} elements, material is for {mat.n}")
     c, _ = _open_masked(ch, party, mat, x.reshape(-1))
-    t, _ = _nonneg(ch, party, mat, c, [])
+    t, _ = nonneg(ch, party, mat, c, [])
     e_share = t ^ mat.rho_bits
     (e_peer,) = ch.exchange([e_share])
     e = bitslice.unpack(e_share ^ e_peer, mat.n)
