@@ -127,6 +127,18 @@ class Sign(Call):
         return costs.sign(self.n)
 
 
+@dataclass(frozen=True)
+class MaxPairs(Call):
+    """The max of k candidates ([k, n] in, n out) with all k(k-1)/2 pairs compared at once
+    and the winner selected by an AND of its comparison bits: 5 rounds (`costs.max_pairs`)."""
+
+    n: int
+    k: int
+
+    def cost(self) -> Cost:
+        return costs.max_pairs(self.n, self.k)
+
+
 def power_levels(exponents: tuple[int, ...]) -> list[list[tuple[int, int, int]]]:
     """The products that raise t to every exponent in `exponents`, level by level: each
     level's products (e, hi, lo), e = hi + lo, use only exponents of earlier levels, so a
@@ -212,4 +224,5 @@ CALL_TYPES: tuple[type[Call], ...] = (
     Powers,
     SignFss,
     ReluFss,
+    MaxPairs,
 )

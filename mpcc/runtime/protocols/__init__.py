@@ -4,6 +4,7 @@ from mpcc.compiler.calls import Call
 from mpcc.runtime.protocols import (
     linear,
     matmul_ss,
+    max_pairs,
     multiply,
     powers,
     relu,
@@ -28,6 +29,7 @@ BY_CALL: dict[type[Call], Protocol] = {
         powers,
         sign_fss,
         relu_fss,
+        max_pairs,
     )
 }
 
