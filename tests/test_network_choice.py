@@ -11,6 +11,7 @@ from mpcc.cli import main as cli_main
 from mpcc.compiler import planfile
 from mpcc.compiler.costmodel import dealer_to_p0, estimate
 from mpcc.compiler.network import Network
+from mpcc.compiler.ops.base import RuleError, Site
 from mpcc.compiler.pipeline import compile_onnx
 from mpcc.errors import MpccError
 from mpcc.runtime.cluster import LocalCluster
@@ -55,18 +56,77 @@ def test_by_default_the_tree_stays_and_on_a_lan_the_big_layers_keep_it(lenet_pat
     assert first == [None, None], first  # None: the tree
 
 
-def test_a_material_budget_keeps_the_tree_where_fss_buys_least(lenet_path) -> None:
+def test_a_material_budget_gives_up_first_what_buys_least_time_per_byte(lenet_path) -> None:
     free, _ = compile_onnx(lenet_path, (1, 1, 28, 28), network="10,1")
     full = estimate(free).total.dealer + dealer_to_p0(free)
     prog, _ = compile_onnx(
         lenet_path, (1, 1, 28, 28), network="10,1", material_budget_mb=full / 2e6
     )
     cmps = _cmps(prog)
-    assert "fss" in cmps and None in cmps
+    # the first MaxPool's FSS keys (~9 MB) buy one round over comparing all pairs at once
+    assert cmps[0] == "pairs" and "fss" in cmps
     assert estimate(prog).total.dealer + dealer_to_p0(prog) <= full / 2
-    assert "material budget" in prog.notes[-1]
+    assert "material budget" in prog.notes[-1] and "1 uses FSS" not in prog.notes[-1]
+    # just above the tree's material: the small MaxPool compares all pairs, the rest the tree
+    tree = estimate(compile_onnx(lenet_path, (1, 1, 28, 28))[0]).total.dealer
+    prog, _ = compile_onnx(
+        lenet_path, (1, 1, 28, 28), network="10,1", material_budget_mb=tree * 1.2 / 1e6
+    )
+    assert _cmps(prog) == [None, None, "pairs", None, None]
+    assert estimate(prog).total.rounds == 32 - 3
     with pytest.raises(MpccError, match="material-budget 0.001 MB is below"):
         compile_onnx(lenet_path, (1, 1, 28, 28), network="10,1", material_budget_mb=0.001)
+
+
+def test_all_pairs_maxpools_match_onnxruntime_and_the_cost_model(lenet_path, digits_test) -> None:
+    """Within 2 MB of material at 10 ms, both MaxPools compare all pairs at once (5 rounds
+    each instead of 8): run securely, answers as onnxruntime's, traffic as priced."""
+    prog, weights = compile_onnx(lenet_path, (2, 1, 28, 28), network="10,1", material_budget_mb=4)
+    assert _cmps(prog) == ["pairs", None, "pairs", None, None]
+    want = estimate(prog).total
+    assert want.rounds == 32 - 2 * 3 and dealer_to_p0(prog) == 0
+    X = digits_test[0][:6]
+    ref = session(lenet_path).run(None, {"input": X.astype(np.float32)})[0]
+    with LocalCluster(prog, weights) as cluster:
+        for i in range(0, len(X), 2):
+            y = cluster.predict(X[i : i + 2])
+            st = cluster.stats
+            assert st.sent == (want.sent, want.sent) and st.rounds == want.rounds
+            assert st.dealer_bytes == want.dealer
+            assert np.abs(y - ref[i : i + 2]).max() < 2e-3
+            np.testing.assert_array_equal(y.argmax(axis=1), ref[i : i + 2].argmax(axis=1))
+
+
+def _pool_model(kernel: list[int], pads: list[int]):
+    from tests import onnx_builders as ob
+
+    pool = ob.node("MaxPool", ["x"], ["y"], kernel_shape=kernel, pads=pads, strides=[1, 2])
+    return ob.model([pool], {"x": [1, 3, 9, 10]}, ["y"])
+
+
+def test_all_pairs_takes_windows_of_three_with_padding_and_not_of_nine() -> None:
+    """A 1x3 MaxPool with padding compares all pairs at once on a WAN (the pad loses every
+    comparison, as in the tournament) and matches onnxruntime; a 3x3 one keeps the
+    tournament (36 pairs a window), and a plan that asks for all pairs there is refused by
+    name."""
+    from tests import onnx_builders as ob
+
+    m = _pool_model([1, 3], [0, 1, 0, 1])
+    prog, weights = compile_onnx(m, network="40,1", material_budget_mb=0.1)
+    assert _cmps(prog) == ["pairs"]
+    x = ob.rand(1, 3, 9, 10, seed=4) * 50
+    (ref,) = ob.run(m, {"x": x})
+    with LocalCluster(prog, weights) as cluster:
+        y = cluster.predict(x)
+        assert cluster.stats.rounds == estimate(prog).total.rounds == 5
+    assert np.abs(y - ref).max() < 1e-4
+
+    prog, _ = compile_onnx(_pool_model([3, 3], [1, 1, 1, 1]), network="40,1")
+    assert _cmps(prog) != ["pairs"]
+    (pool,) = prog.instrs[1:2]
+    pool.attrs["cmp"] = "pairs"
+    with pytest.raises(RuleError, match="windows of 3 or 4 elements, not 9"):
+        pool.op.calls(Site(prog, pool))
 
 
 def test_the_choice_survives_the_plan_file_and_shows_in_the_report(

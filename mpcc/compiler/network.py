@@ -4,15 +4,18 @@ On a LAN a round costs tens of microseconds, and the bit-tree comparison (4 roun
 per element, ~60 B of dealer material) is the cheapest. On a WAN a round costs RTT/2, and
 function secret sharing (a ReLU in 2 rounds, a sign in 1, ~16 B per element online but
 ~1-1.5 KB of dealer keys per element, to each party, and ~3-9x the CPU: `calls.ReluFss`)
-wins for all but the largest layers (at 0.2 ms, for the small ones only). Each comparison
-instruction (ReLU, Clip, LeakyReLU, MaxPool, [x >= 0]: the ops with a `cmp` attribute) gets
-the protocol that minimises its projected time on the network,
+wins for all but the largest layers (at 0.2 ms, for the small ones only). A MaxPool over
+windows of 3 or 4 may also compare all pairs at once (`calls.MaxPairs`: 5 rounds against the
+tournament's 8, with ~1.8x its dealer material and bytes). Each comparison instruction
+(ReLU, Clip, LeakyReLU, MaxPool, [x >= 0]: the ops with a `cmp` attribute) gets the protocol
+that minimises its projected time on the network,
 
     time = rounds * RTT / 2 + bytes sent / bandwidth + elements * online CPU per element,
 
 within an optional budget of dealer material per query (P1's and P0's bytes together): over
-budget, the FSS choices that save the least time per extra byte go back to the tree first.
-Without a network the plan keeps the tree everywhere (today's LAN choice).
+budget, the switches to a protocol with less material that cost the least time per byte
+saved are made first (FSS to all pairs or to the tree, all pairs to the tree). Without a
+network the plan keeps the tree everywhere (today's LAN choice).
 
 The CPU figures are measured on the 2-core reference machine (`benchmarks/fss.py`: both
 parties, wall time per element of a whole layer); they only tip the choice for big layers
@@ -24,15 +27,31 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from mpcc.compiler.calls import Call, Relu, ReluFss, Sign, SignFss
+from mpcc.compiler.calls import Call, MaxPairs, Relu, ReluFss, Sign, SignFss
 from mpcc.compiler.costmodel import calls
-from mpcc.compiler.ir import Program
+from mpcc.compiler.costs import max_pairs_sizes
+from mpcc.compiler.ir import Instr, Program
 from mpcc.compiler.ops import Op
+from mpcc.compiler.ops.base import RuleError
 from mpcc.errors import MpccError
 
 # Online CPU per compared element (the whole online phase, both parties, wall), on the
-# reference machine at n = 10^5 (`benchmarks/fss.py`).
-CPU_S_PER_ELEMENT = {Relu: 0.11e-6, Sign: 0.08e-6, ReluFss: 0.31e-6, SignFss: 0.71e-6}
+# reference machine at n = 10^5 (`benchmarks/fss.py`); for MaxPairs per pair compared (it
+# ran at 2.4x a tournament's ReLUs' time for windows of 4, 6 pairs against 3).
+CPU_S_PER_ELEMENT = {
+    Relu: 0.11e-6,
+    Sign: 0.08e-6,
+    ReluFss: 0.31e-6,
+    SignFss: 0.71e-6,
+    MaxPairs: 0.11e-6,
+}
+
+
+def _compared(c: Call) -> int:
+    """The elements a call compares (0 for the calls that compare none)."""
+    if isinstance(c, MaxPairs):
+        return c.n * max_pairs_sizes(c.k)[0]
+    return getattr(c, "n", 0)
 
 
 @dataclass(frozen=True)
@@ -61,9 +80,8 @@ class Network:
         total = 0.0
         for c in call_list:
             cost = c.cost()
-            n = getattr(c, "n", 0)
             total += cost.rounds * self.rtt_s / 2 + cost.sent * 8 / (self.gbps * 1e9)
-            total += n * CPU_S_PER_ELEMENT.get(type(c), 0.0)
+            total += _compared(c) * CPU_S_PER_ELEMENT.get(type(c), 0.0)
         return total
 
 
@@ -85,57 +103,75 @@ class Choice:
     extra: int  # material beyond the tree's
 
 
-def choose(prog: Program, net: Network, budget_bytes: int | None = None) -> list[Choice]:
-    """Set each comparison instruction's `cmp` for `net` (in place) and return the choices."""
-    options = []
-    for i, ins in enumerate(prog.instrs):
-        if "cmp" not in ins.op.attrs:
-            continue
-        per = {}
-        for cmp in ("tree", "fss"):
-            ins.attrs["cmp"] = cmp
+def _options(prog: Program, ins: Instr, net: Network) -> dict[str, tuple[float, int]]:
+    """Each protocol the instruction's op offers and can use here: (seconds, material)."""
+    per = {}
+    for cmp in ins.op.attrs["cmp"].choices:
+        ins.attrs["cmp"] = cmp
+        try:
             cl = calls(prog, ins)
-            per[cmp] = (net.seconds(cl), material(cl))
-        best = min(per, key=lambda k: per[k][0])
-        tree_s, tree_m = per["tree"]
-        options.append(
-            Choice(i, ins.op, best, *per[best], tree_s - per[best][0], per[best][1] - tree_m)
-        )
+        except RuleError:  # not for this instruction (all pairs: windows of 3 or 4 only)
+            continue
+        per[cmp] = (net.seconds(cl), material(cl))
+    return per
+
+
+def choose(prog: Program, net: Network, budget_bytes: int | None = None) -> list[Choice]:
+    """Set each comparison instruction's `cmp` for `net` (in place) and return the choices.
+
+    Each takes its fastest protocol; over the budget, the switch to a protocol with less
+    material that costs the least time per byte saved is made first, until the plan fits."""
+    options: dict[int, dict[str, tuple[float, int]]] = {}
+    picked: dict[int, str] = {}
+    for i, ins in enumerate(prog.instrs):
+        if "cmp" in ins.op.attrs:
+            options[i] = per = _options(prog, ins, net)
+            picked[i] = min(per, key=lambda k: per[k][0])
     if budget_bytes is not None:
         total = sum(material(calls(prog, ins)) for ins in prog.instrs if "cmp" not in ins.op.attrs)
-        total += sum(c.material for c in options)
-        # over budget: drop the FSS choices that buy the least time per extra byte first
-        for c in sorted(
-            (c for c in options if c.cmp == "fss"), key=lambda c: c.saved_s / max(c.extra, 1)
-        ):
-            if total <= budget_bytes:
-                break
-            tree = Choice(c.index, c.op, "tree", c.seconds + c.saved_s, c.material - c.extra, 0, 0)
-            options[options.index(c)] = tree
-            total -= c.extra
-        if total > budget_bytes:
-            raise MpccError(
-                f"--material-budget {budget_bytes / 1e6:g} MB is below what the plan needs with "
-                f"the cheapest protocols ({total / 1e6:.1f} MB of dealer material per query)"
-            )
-    for c in options:
-        ins = prog.instrs[c.index]
-        if c.cmp == "fss":
-            ins.attrs["cmp"] = "fss"
-        else:
+        total += sum(options[i][k][1] for i, k in picked.items())
+        while total > budget_bytes:
+            moves = [
+                ((s - options[i][picked[i]][0]) / (options[i][picked[i]][1] - m), i, k)
+                for i in picked
+                for k, (s, m) in options[i].items()
+                if m < options[i][picked[i]][1]
+            ]
+            if not moves:
+                raise MpccError(
+                    f"--material-budget {budget_bytes / 1e6:g} MB is below what the plan needs "
+                    f"with the cheapest protocols ({total / 1e6:.1f} MB of dealer material per "
+                    "query)"
+                )
+            _, i, k = min(moves)
+            total -= options[i][picked[i]][1] - options[i][k][1]
+            picked[i] = k
+    out = []
+    for i, k in picked.items():
+        ins, (s, m) = prog.instrs[i], options[i][k]
+        tree_s, tree_m = options[i]["tree"]
+        out.append(Choice(i, ins.op, k, s, m, tree_s - s, m - tree_m))
+        if k == "tree":
             ins.attrs.pop("cmp", None)
-    return options
+        else:
+            ins.attrs["cmp"] = k
+    return out
+
+
+_NAMES = {"fss": "FSS", "pairs": "all pairs at once"}
 
 
 def describe(choices: list[Choice], net: Network, budget_bytes: int | None) -> str:
     """One note for the compile report: how many comparisons use which protocol, and why."""
-    fss = [c for c in choices if c.cmp == "fss"]
+    moved = [c for c in choices if c.cmp != "tree"]
     budget = "" if budget_bytes is None else f", material budget {budget_bytes / 1e6:g} MB"
-    saved = sum(c.saved_s for c in fss)
+    counts = {k: sum(c.cmp == k for c in choices) for k in _NAMES}
+    used = ", ".join(f"{m} use{'s' if m == 1 else ''} {_NAMES[k]}" for k, m in counts.items() if m)
     return (
-        f"protocols chosen for {net}{budget}: {len(fss)} of {len(choices)} comparison "
-        f"instructions use FSS (projected {saved * 1e3:.1f} ms saved online, "
-        f"{sum(c.extra for c in fss) / 1e6:.1f} MB more dealer material per query)"
+        f"protocols chosen for {net}{budget}: of {len(choices)} comparison instructions, "
+        f"{used or 'none leaves the tree'} (projected "
+        f"{sum(c.saved_s for c in moved) * 1e3:.1f} ms saved online, "
+        f"{sum(c.extra for c in moved) / 1e6:.1f} MB more dealer material per query)"
     )
 
 

@@ -13,6 +13,7 @@ and the tests measure through them, the executor is never patched.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +23,7 @@ from mpcc.compiler.calls import (
     Call,
     Linear,
     MatMulSS,
+    MaxPairs,
     Multiply,
     Powers,
     Relu,
@@ -38,6 +40,7 @@ from mpcc.runtime.material import Bundle, MaterialStore
 from mpcc.runtime.protocols import (
     linear,
     matmul_ss,
+    max_pairs,
     multiply,
     powers,
     protocol_for,
@@ -324,6 +327,11 @@ class PartyExecutor(Backend):
             return sign_fss.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
         mat = self._material(Sign, n=x.size)
         return sign.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
+
+    def max_pairs(self, x: np.ndarray) -> np.ndarray:
+        k, out = x.shape[0], x.shape[1:]
+        mat = self._material(MaxPairs, n=math.prod(out), k=k)
+        return max_pairs.run(self.ch, self.party, mat, x.reshape(k, -1)).reshape(out)
 
     def powers(self, x: np.ndarray, shift: int, scale: int, exponents: list[int]) -> np.ndarray:
         mat = self._material(Powers, n=x.size, shift=shift, scale=scale)

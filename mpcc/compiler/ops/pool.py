@@ -11,7 +11,7 @@ import math
 
 import numpy as np
 
-from mpcc.compiler.calls import Call
+from mpcc.compiler.calls import Call, MaxPairs
 from mpcc.compiler.ops.base import (
     EVERY_0,
     EVERY_1,
@@ -26,7 +26,7 @@ from mpcc.compiler.ops.base import (
     require,
     window_lengths,
 )
-from mpcc.compiler.ops.compare import CMP, relu_call
+from mpcc.compiler.ops.compare import COMPARISONS, relu_call
 from mpcc.compiler.ops.rows import same_rows
 from mpcc.compiler.poolshapes import avgpool_counts, pool_output_shape
 
@@ -37,6 +37,10 @@ _WINDOW = {
     "dilations": Ints(lo=1, optional=True, hide=EVERY_1, short="d"),
 }
 _CEIL = {"ceil_mode": Int(lo=0, hi=1, hide=0)}
+# A MaxPool compares by a tournament of ReLUs (each level "tree" or "fss"), or, for a window
+# of 3 or 4, all pairs at once ("pairs": `calls.MaxPairs`, 5 rounds against 8).
+PAIRS_WINDOWS = (3, 4)
+_MAX_CMP = {"cmp": Str(*COMPARISONS, "pairs", optional=True)}
 
 
 def maxpool_levels(window: int) -> list[int]:
@@ -70,7 +74,18 @@ def pool_shape(site: Site) -> tuple[int, ...]:
     return (*x.shape[:2], *out)
 
 
+def _check_pairs(site: Site) -> None:
+    if site.attrs.get("cmp") == "pairs":
+        k = math.prod(site.attrs["kernel"])
+        require(
+            k in PAIRS_WINDOWS,
+            f"cmp 'pairs' compares windows of {' or '.join(map(str, PAIRS_WINDOWS))} "
+            f"elements, not {k}",
+        )
+
+
 def _maxpool(site: Site) -> Type:
+    _check_pairs(site)
     return Type(pool_shape(site), site.x.scale)
 
 
@@ -94,9 +109,11 @@ def _avgpool(site: Site) -> Type:
 
 
 def _maxpool_calls(site: Site) -> list[Call]:
-    n = math.prod(site.out.shape)
-    levels = maxpool_levels(math.prod(site.attrs["kernel"]))
-    return [relu_call(site, n * pairs, 0) for pairs in levels]
+    _check_pairs(site)
+    n, k = math.prod(site.out.shape), math.prod(site.attrs["kernel"])
+    if site.attrs.get("cmp") == "pairs":
+        return [MaxPairs(n, k)]
+    return [relu_call(site, n * pairs, 0) for pairs in maxpool_levels(k)]
 
 
 def _pool_rows(site: Site) -> str | None:
@@ -108,9 +125,9 @@ def _pool_rows(site: Site) -> str | None:
 maxpool = declare(
     Op(
         "maxpool",
-        "max over each window: a tournament of comparisons",
+        "max over each window: a tournament of comparisons, or all pairs at once",
         _maxpool,
-        attrs={**_WINDOW, **_CEIL, **CMP},
+        attrs={**_WINDOW, **_CEIL, **_MAX_CMP},
         calls=_maxpool_calls,
         rows=_pool_rows,
     )

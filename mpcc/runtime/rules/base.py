@@ -68,6 +68,10 @@ class Backend:
         """[x >= 0] as ring elements 0/1, same shape as x."""
         raise NotImplementedError
 
+    def max_pairs(self, x: np.ndarray) -> np.ndarray:
+        """The max over axis 0 of x [k, ...] (k = 3 or 4), signed |x| < 2^61."""
+        raise NotImplementedError
+
     def powers(self, x: np.ndarray, shift: int, scale: int, exponents: list[int]) -> np.ndarray:
         """[t^e for e in exponents] on a new last axis, t = floor(x / 2^shift), each product
         floor-divided by 2^scale (the secure protocol may add 1 LSB per wire)."""

@@ -3,6 +3,8 @@ means local."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from mpcc.compiler import ops
@@ -13,6 +15,8 @@ from mpcc.runtime import kernels
 from mpcc.runtime.rules.base import Backend, register
 from mpcc.runtime.rules.compare import ReluFn
 
+MaxFn = Callable[[np.ndarray], np.ndarray]  # [k, ...] -> the max over axis 0
+
 # MaxPool's padding. The tournament compares differences a - b, and the comparison needs
 # |a - b| < 2^62, so a MaxPool input must satisfy |x| < 2^61 at its scale (at 2f = 32 bits:
 # |v| < 2^29 in real terms). The pad is the bottom of that range: below every legal value,
@@ -20,8 +24,9 @@ from mpcc.runtime.rules.compare import ReluFn
 MAXPOOL_PAD = -(2**61)
 
 
-def maxpool(x: np.ndarray, attrs: dict, party: int, relu: ReluFn) -> np.ndarray:
-    """Max over windows by a tournament: max(a, b) = b + relu(a - b), a level at a time.
+def maxpool(x: np.ndarray, attrs: dict, party: int, relu: ReluFn, max_pairs: MaxFn) -> np.ndarray:
+    """Max over windows by a tournament, max(a, b) = b + relu(a - b) a level at a time, or
+    (`cmp` "pairs") by the backend's max over all of a window's candidates at once.
 
     Exact for inputs with |x| < 2^61 (as signed ring elements); padded positions hold
     `MAXPOOL_PAD`, which loses every comparison with such an input."""
@@ -34,6 +39,8 @@ def maxpool(x: np.ndarray, attrs: dict, party: int, relu: ReluFn) -> np.ndarray:
         bool(attrs["ceil_mode"]),
         MAXPOOL_PAD % 2**64 if party == 0 else 0,
     )
+    if attrs.get("cmp") == "pairs":
+        return max_pairs(np.ascontiguousarray(np.moveaxis(win, -1, 0)))
     cand = [win[..., j] for j in range(win.shape[-1])]
     for pairs in maxpool_levels(len(cand)):
         a = np.stack(cand[0 : 2 * pairs : 2])
@@ -66,7 +73,7 @@ def avgpool(x: np.ndarray, attrs: dict) -> np.ndarray:
 
 
 def _maxpool(b: Backend, ins: Instr, args: list[np.ndarray]) -> np.ndarray:
-    return maxpool(args[0], ins.attrs, b.party, b.relu)
+    return maxpool(args[0], ins.attrs, b.party, b.relu, b.max_pairs)
 
 
 register(ops.maxpool, _maxpool)
