@@ -5,9 +5,10 @@ Prints, for n elements (default 10^5): the dealer's Gen and one party's Eval for
 bits with 64-bit and with one-bit outputs (wall and CPU seconds, best of --reps, and CPU ns
 per element and tree level), by both paths (AES-NI inside the fused kernels, where the CPU
 has it; OpenSSL's ECB between level kernels), what OpenSSL's AES alone takes, and deal /
-expand / online wall time of `sign_fss`, `relu_fss`, `sign`, `relu` (both parties in two
-threads, no network: the online time is compute only).
-Run: `.venv/bin/python benchmarks/fss.py [--n 100000] [--reps 3]`.
+expand / online wall time of `sign_fss`, `relu_fss`, `sign`, `relu` and `max_pairs` beside a
+tournament's ReLUs (both parties in two threads, no network: the online time is compute
+only).
+Run: `.venv/bin/python benchmarks/fss.py [--n 100000] [--reps 3] [--protocols-only]`.
 """
 
 from __future__ import annotations
@@ -101,10 +102,22 @@ def _online(proto, mats, xs, ch, party):
 
 
 def protocol_times(n: int, reps: int) -> None:
-    x = np.random.default_rng(2).integers(-(2**61), 2**61, n)
-    xs = share(x.view(np.uint64))
-    print(f"protocols, n = {n}: wall seconds, best of {reps} (online: two threads, no network)")
-    for call in (calls.SignFss(n), calls.ReluFss(n, 16), calls.Sign(n), calls.Relu(n, 16)):
+    rng = np.random.default_rng(2)
+    print(
+        f"protocols, n = {n}: wall seconds, best of {reps} (online: two threads, no network); "
+        "MaxPairs: n maxima of 4, beside the tournament's two levels of Relu (2n, then n)"
+    )
+    tournament = (calls.Relu(2 * n, 0), calls.Relu(n, 0))
+    for call in (
+        calls.SignFss(n),
+        calls.ReluFss(n, 16),
+        calls.Sign(n),
+        calls.Relu(n, 16),
+        calls.MaxPairs(n, 4),
+        *tournament,
+    ):
+        shape = (call.k, call.n) if isinstance(call, calls.MaxPairs) else (call.n,)
+        xs = share(rng.integers(-(2**60), 2**60, shape).view(np.uint64))
         proto = BY_CALL[type(call)]
         seeds = (os.urandom(16), os.urandom(16))
         deal_s, _ = _best(partial(_deal, proto, call, seeds), reps)
@@ -129,9 +142,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=100_000)
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--protocols-only", action="store_true", help="skip the DCF kernels alone")
     args = ap.parse_args()
     print(f"load average {os.getloadavg()}, {os.cpu_count()} cores")
-    dcf_times(args.n, args.reps)
+    if not args.protocols_only:
+        dcf_times(args.n, args.reps)
     protocol_times(args.n, args.reps)
 
 

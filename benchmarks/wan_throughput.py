@@ -38,6 +38,7 @@ from wan import MODELS, NAMES, RESULTS, TOLERANCE  # noqa: E402
 
 from mpcc.bench import machine_info  # noqa: E402
 from mpcc.bench.wan import WanBed, unavailable  # noqa: E402
+from mpcc.compiler.costmodel import dealer_to_p0, estimate  # noqa: E402
 from mpcc.compiler.pipeline import compile_onnx  # noqa: E402
 from mpcc.serving.client import Client  # noqa: E402
 from mpcc.serving.owner import deploy_program  # noqa: E402
@@ -172,12 +173,18 @@ def run_setting(
     nice: int = 0,
     batch_wait_ms: float | None = None,
     background_nice: int | None = None,
+    material_budget_mb: float | None = None,
 ) -> dict[str, Any]:
     from mpcc.zoo.reference import run_logits
 
     path, X = MODELS[name](64)
     ref = run_logits(path, X)
-    prog, weights = compile_onnx(path, (batch, *X.shape[1:]), network=network)
+    prog, weights = compile_onnx(
+        path, (batch, *X.shape[1:]), network=network, material_budget_mb=material_budget_mb
+    )
+    plan = estimate(prog).total
+    if network and material_budget_mb is not None:
+        network = f"{network} within {material_budget_mb:g} MB"
     stock = max(4, 2 * lanes)
     serving: dict[str, Any] = {"timeout_s": 60, "lanes": lanes, "stock": stock}
     if batch_wait_ms is not None:
@@ -211,6 +218,8 @@ def run_setting(
         "lanes": lanes,
         "stock": stock,
         "compiled_for": network,
+        "rounds": plan.rounds,
+        "dealer_mb_per_query": (plan.dealer + dealer_to_p0(prog)) / 1e6,
         "party_nice": nice,
         "batch_wait_ms": batch_wait_ms,
         "background_nice": background_nice,
@@ -238,6 +247,8 @@ def run_setting(
 
 def line(r: dict) -> str:
     net = f", plan for {r['compiled_for']}" if r["compiled_for"] else ""
+    if "rounds" in r:
+        net += f" ({r['rounds']} rounds, {r['dealer_mb_per_query']:.1f} MB of material a query)"
     if r.get("batch_wait_ms") is not None:
         net += f", batch wait {r['batch_wait_ms']:g} ms"
     if r.get("party_nice"):
@@ -311,6 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--compile-network", metavar="RTT_ms,Gbps", help="mpcc compile --network")
     ap.add_argument(
+        "--material-budget",
+        type=float,
+        metavar="MB",
+        help="with --compile-network: mpcc compile --material-budget (dealer MB per query)",
+    )
+    ap.add_argument(
         "--party-nice",
         type=int,
         default=0,
@@ -359,6 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.party_nice,
                     args.batch_wait_ms,
                     args.background_nice,
+                    args.material_budget,
                 )
             )
     out = Path(args.out)
