@@ -76,7 +76,7 @@ def test_every_call_type_has_a_protocol_priced_as_it_deals() -> None:
         calls.Powers: calls.Powers(70, 3, 20, (1, 2, 3, 5, 7)),
         calls.SignFss: calls.SignFss(130),
         calls.ReluFss: calls.ReluFss(130, 16),
-        calls.MaxPairs: calls.MaxPairs(70, 4),
+        calls.MaxPairs: calls.MaxPairs(70, 4, 16),
     }
     assert set(calls.CALL_TYPES) == set(BY_CALL) == set(samples)
     for kind, call in samples.items():

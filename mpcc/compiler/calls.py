@@ -130,13 +130,16 @@ class Sign(Call):
 @dataclass(frozen=True)
 class MaxPairs(Call):
     """The max of k candidates ([k, n] in, n out) with all k(k-1)/2 pairs compared at once
-    and the winner selected by an AND of its comparison bits: 5 rounds (`costs.max_pairs`)."""
+    and the winner selected by an AND of its comparison bits, in 5 rounds
+    (`costs.max_pairs`); with `relu` (a shift, 0..62) also against 0, giving the ReLU of
+    the max with `relu` bits truncated."""
 
     n: int
     k: int
+    relu: int | None = None
 
     def cost(self) -> Cost:
-        return costs.max_pairs(self.n, self.k)
+        return costs.max_pairs(self.n, self.k, self.relu)
 
 
 def power_levels(exponents: tuple[int, ...]) -> list[list[tuple[int, int, int]]]:

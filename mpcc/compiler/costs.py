@@ -143,27 +143,33 @@ def sign(n: int) -> Cost:
     return Cost(rounds=2 + COMPARE_ROUNDS, sent=sent, dealer=dealer)
 
 
-def max_pairs_sizes(k: int) -> tuple[int, int]:
-    """For a max over k candidates by all pairs: the comparisons k(k-1)/2, and the dealer's
-    AND monomials per candidate (the products of two or more of its k - 1 comparison bits)."""
-    return k * (k - 1) // 2, 2 ** (k - 1) - k
+def max_pairs_sizes(k: int, relu: bool = False) -> tuple[int, int]:
+    """For a max over k candidates by all pairs (with a ReLU: each also against 0): the
+    comparisons, and the dealer's AND monomials per candidate (the products of two or more
+    of its win bits' masks)."""
+    bits = k - 1 + relu
+    return k * (k - 1) // 2 + (k if relu else 0), 2**bits - bits - 1
 
 
-def max_pairs(n: int, k: int) -> Cost:
+def max_pairs(n: int, k: int, relu: int | None = None) -> Cost:
     """The max of k candidates for each of n outputs, every pair compared at once
-    (`runtime/protocols/max_pairs.py`): 5 rounds for any k, against the tournament's
-    4 per level (8 for k = 3 or 4).
+    (`runtime/protocols/max_pairs.py`), optionally with the ReLU after it and `relu` bits
+    truncated: 5 rounds for any k, against the tournament's 4 per level (8 for k = 3 or 4,
+    and 4 more for the ReLU).
 
-    Round 1 opens c = x_i - x_j + 2^62 + r for all k(k-1)/2 pairs; rounds 2..3 are their
-    comparison trees (round 2 also opens d = x - sigma for every candidate); round 4 opens
-    each comparison bit under a fresh mask, so that each candidate's AND of its k - 1 win
-    bits is local with the dealer's mask monomials; round 5 opens e = win xor rho per
-    candidate, and the output is the sum of the daBit selects. Dealer: the trees' material
-    for the pairs, the AND monomials, and [rho], [rho sigma] per candidate."""
-    pairs, monos = max_pairs_sizes(k)
-    m, w = pairs * n, words(n)
-    sent = WORD * (m + k * n + COMPARE_WIRES * words(m) + pairs * w + k * w)
+    Round 1 opens c = x_i - x_j + 2^62 + r for all k(k-1)/2 pairs (and c = x_i + 2^62 + r
+    for each candidate, with a ReLU); rounds 2..3 are their comparison trees (round 2 also
+    opens d = y - sigma for every candidate); round 4 opens each comparison bit under a
+    fresh mask, so that each candidate's AND of its win bits is local with the dealer's mask
+    monomials; round 5 opens e = win xor rho per candidate, and the output is the sum of the
+    daBit selects. Dealer: the trees' material, the AND monomials, [rho], [rho sigma] per
+    candidate, and with a truncating ReLU [r_hi], [r_63] per candidate."""
+    cmps, monos = max_pairs_sizes(k, relu is not None)
+    m, w = cmps * n, words(n)
+    sent = WORD * (m + k * n + COMPARE_WIRES * words(m) + cmps * w + k * w)
     dealer = WORD * ((MASK_BITS + COMPARE_MONOMIALS) * words(m) + k * monos * w + 2 * k * n)
+    if relu:
+        dealer += 2 * WORD * k * n
     return Cost(rounds=3 + COMPARE_ROUNDS, sent=sent, dealer=dealer)
 
 

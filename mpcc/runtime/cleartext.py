@@ -71,8 +71,9 @@ class Cleartext(Backend):
     def ge_zero(self, x: np.ndarray) -> np.ndarray:
         return (x.view(np.int64) >= 0).astype(np.uint64)
 
-    def max_pairs(self, x: np.ndarray) -> np.ndarray:
-        return x.view(np.int64).max(axis=0).view(np.uint64)
+    def max_pairs(self, x: np.ndarray, relu: int | None) -> np.ndarray:
+        m = x.view(np.int64).max(axis=0).view(np.uint64)
+        return m if relu is None else plain_relu(m, relu)
 
     def powers(self, x: np.ndarray, shift: int, scale: int, exponents: list[int]) -> np.ndarray:
         pw = {1: arith_shift(x, shift)}

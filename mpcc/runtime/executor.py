@@ -328,9 +328,9 @@ class PartyExecutor(Backend):
         mat = self._material(Sign, n=x.size)
         return sign.run(self.ch, self.party, mat, x.reshape(-1)).reshape(x.shape)
 
-    def max_pairs(self, x: np.ndarray) -> np.ndarray:
+    def max_pairs(self, x: np.ndarray, relu: int | None) -> np.ndarray:
         k, out = x.shape[0], x.shape[1:]
-        mat = self._material(MaxPairs, n=math.prod(out), k=k)
+        mat = self._material(MaxPairs, n=math.prod(out), k=k, relu=relu)
         return max_pairs.run(self.ch, self.party, mat, x.reshape(k, -1)).reshape(out)
 
     def powers(self, x: np.ndarray, shift: int, scale: int, exponents: list[int]) -> np.ndarray:

@@ -38,9 +38,15 @@ _WINDOW = {
 }
 _CEIL = {"ceil_mode": Int(lo=0, hi=1, hide=0)}
 # A MaxPool compares by a tournament of ReLUs (each level "tree" or "fss"), or, for a window
-# of 3 or 4, all pairs at once ("pairs": `calls.MaxPairs`, 5 rounds against 8).
+# of 3 or 4, all pairs at once ("pairs": `calls.MaxPairs`, 5 rounds against 8). With
+# `relu_shift` the ReLU after it is part of it (`mpcc compile --network` fuses the two where
+# all pairs can take it): the tournament then ends with a ReLU call, all pairs compares each
+# candidate with 0 too, in the same 5 rounds.
 PAIRS_WINDOWS = (3, 4)
-_MAX_CMP = {"cmp": Str(*COMPARISONS, "pairs", optional=True)}
+_MAX_CMP = {
+    "cmp": Str(*COMPARISONS, "pairs", optional=True),
+    "relu_shift": Int(lo=0, hi=62, optional=True, short="relu"),
+}
 
 
 def maxpool_levels(window: int) -> list[int]:
@@ -86,7 +92,11 @@ def _check_pairs(site: Site) -> None:
 
 def _maxpool(site: Site) -> Type:
     _check_pairs(site)
-    return Type(pool_shape(site), site.x.scale)
+    shift = site.attrs.get("relu_shift") or 0
+    require(
+        shift <= site.x.scale, f"relu_shift {shift} is more than the input's {site.x.scale} bits"
+    )
+    return Type(pool_shape(site), site.x.scale - shift)
 
 
 def _sumpool(site: Site) -> Type:
@@ -111,9 +121,11 @@ def _avgpool(site: Site) -> Type:
 def _maxpool_calls(site: Site) -> list[Call]:
     _check_pairs(site)
     n, k = math.prod(site.out.shape), math.prod(site.attrs["kernel"])
+    relu = site.attrs.get("relu_shift")
     if site.attrs.get("cmp") == "pairs":
-        return [MaxPairs(n, k)]
-    return [relu_call(site, n * pairs, 0) for pairs in maxpool_levels(k)]
+        return [MaxPairs(n, k, relu)]
+    tournament = [relu_call(site, n * pairs, 0) for pairs in maxpool_levels(k)]
+    return tournament + ([] if relu is None else [relu_call(site, n, relu)])
 
 
 def _pool_rows(site: Site) -> str | None:
@@ -125,7 +137,8 @@ def _pool_rows(site: Site) -> str | None:
 maxpool = declare(
     Op(
         "maxpool",
-        "max over each window: a tournament of comparisons, or all pairs at once",
+        "max over each window: a tournament of comparisons, or all pairs at once; with "
+        "`relu_shift`, the ReLU of the max (that many bits truncated)",
         _maxpool,
         attrs={**_WINDOW, **_CEIL, **_MAX_CMP},
         calls=_maxpool_calls,

@@ -68,8 +68,9 @@ class Backend:
         """[x >= 0] as ring elements 0/1, same shape as x."""
         raise NotImplementedError
 
-    def max_pairs(self, x: np.ndarray) -> np.ndarray:
-        """The max over axis 0 of x [k, ...] (k = 3 or 4), signed |x| < 2^61."""
+    def max_pairs(self, x: np.ndarray, relu: int | None) -> np.ndarray:
+        """The max over axis 0 of x [k, ...] (k = 3 or 4), signed |x| < 2^61; with `relu`
+        the ReLU of it, that many bits truncated (the secure protocol may add 1 LSB)."""
         raise NotImplementedError
 
     def powers(self, x: np.ndarray, shift: int, scale: int, exponents: list[int]) -> np.ndarray:

@@ -15,7 +15,7 @@ from mpcc.runtime import kernels
 from mpcc.runtime.rules.base import Backend, register
 from mpcc.runtime.rules.compare import ReluFn
 
-MaxFn = Callable[[np.ndarray], np.ndarray]  # [k, ...] -> the max over axis 0
+MaxFn = Callable[[np.ndarray, int | None], np.ndarray]  # ([k, ...], ReLU shift) -> the max
 
 # MaxPool's padding. The tournament compares differences a - b, and the comparison needs
 # |a - b| < 2^62, so a MaxPool input must satisfy |x| < 2^61 at its scale (at 2f = 32 bits:
@@ -26,7 +26,8 @@ MAXPOOL_PAD = -(2**61)
 
 def maxpool(x: np.ndarray, attrs: dict, party: int, relu: ReluFn, max_pairs: MaxFn) -> np.ndarray:
     """Max over windows by a tournament, max(a, b) = b + relu(a - b) a level at a time, or
-    (`cmp` "pairs") by the backend's max over all of a window's candidates at once.
+    (`cmp` "pairs") by the backend's max over all of a window's candidates at once; with
+    `relu_shift`, the ReLU of the max with that many bits truncated.
 
     Exact for inputs with |x| < 2^61 (as signed ring elements); padded positions hold
     `MAXPOOL_PAD`, which loses every comparison with such an input."""
@@ -39,15 +40,16 @@ def maxpool(x: np.ndarray, attrs: dict, party: int, relu: ReluFn, max_pairs: Max
         bool(attrs["ceil_mode"]),
         MAXPOOL_PAD % 2**64 if party == 0 else 0,
     )
+    shift = attrs.get("relu_shift")
     if attrs.get("cmp") == "pairs":
-        return max_pairs(np.ascontiguousarray(np.moveaxis(win, -1, 0)))
+        return max_pairs(np.ascontiguousarray(np.moveaxis(win, -1, 0)), shift)
     cand = [win[..., j] for j in range(win.shape[-1])]
     for pairs in maxpool_levels(len(cand)):
         a = np.stack(cand[0 : 2 * pairs : 2])
         b = np.stack(cand[1 : 2 * pairs : 2])
         m = b + relu(a - b, 0)
         cand = list(m) + cand[2 * pairs :]
-    return cand[0]
+    return cand[0] if shift is None else relu(cand[0], shift)
 
 
 def sumpool(x: np.ndarray, attrs: dict) -> np.ndarray:
