@@ -17,9 +17,9 @@ import pytest
 from mpcc.compiler import calls, costs
 from mpcc.errors import MaterialError
 from mpcc.runtime import bitslice, dcf
-from mpcc.runtime.prg import Prg, share
+from mpcc.runtime.prg import Prg
 from mpcc.runtime.protocols import BY_CALL, relu_fss, sign_fss
-from tests.twoparty import run_parties
+from tests.twoparty import run_call
 
 ROOT = bytes(16)
 BIAS = 1 << 62
@@ -158,32 +158,10 @@ def _secure(call: calls.Call, x: np.ndarray, tag: object, record: bool = False):
     """Deal, expand (P0 gets the shared words, P1 the whole correction) and run `call` on x.
     Returns (output as int64, channels, correction, views, material), views[p] listing
     party p's rounds as (arrays sent, arrays received)."""
-    proto = BY_CALL[type(call)]
-    s0, s1 = _prg("p0", tag).bytes(16).tobytes(), _prg("p1", tag).bytes(16).tobytes()
-    corr = proto.deal(call, Prg.derive(s0, "op"), Prg.derive(s1, "op"))
-    shared = corr[: proto.shared_words(call)].copy()
-    mats = [
-        proto.expand(0, call, Prg.derive(s0, "op"), shared),
-        proto.expand(1, call, Prg.derive(s1, "op"), corr),
-    ]
-    xs = share(x.astype(np.uint64), _prg("input", tag))
-    views: list[list[tuple[list[np.ndarray], list[np.ndarray]]]] = [[], []]
-
-    def party(ch, p):
-        if record:
-            exchange = ch.exchange
-
-            def recording(arrays):
-                got = exchange(arrays)
-                views[p].append(([a.copy() for a in arrays], got))
-                return got
-
-            ch.exchange = recording
-        return proto.run(ch, p, mats[p], xs[p])
-
-    y0, y1, chans = run_parties(party)
-    assert y0.shape == x.shape
-    return (y0 + y1).view(np.int64), chans, corr, views, mats
+    seeds = _prg("p0", tag).bytes(16).tobytes(), _prg("p1", tag).bytes(16).tobytes()
+    y, chans, corr, views, mats = run_call(call, x, seeds, _prg("input", tag), record)
+    assert y.shape == x.shape
+    return y.view(np.int64), chans, corr, views, mats
 
 
 def _check(call: calls.Call, x: np.ndarray, y: np.ndarray) -> None:

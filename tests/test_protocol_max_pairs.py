@@ -15,13 +15,13 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from mpcc.compiler import costs
+from mpcc.compiler import calls, costs
 from mpcc.errors import MaterialError
 from mpcc.runtime import bitslice
-from mpcc.runtime.prg import Prg, share
+from mpcc.runtime.prg import Prg
 from mpcc.runtime.protocols import max_pairs
 from mpcc.runtime.rules.pool import MAXPOOL_PAD
-from tests.twoparty import run_parties
+from tests.twoparty import run_call
 
 ROOT = bytes(16)
 LIMIT = (1 << 61) - 1  # |x| <= LIMIT, and the pad -2^61
@@ -35,30 +35,12 @@ def _secure(x: np.ndarray, tag: object, record: bool = False, relu: int | None =
     """Deal, expand and run on x [k, n]; returns (output as int64, channels, correction,
     views, material), views[p] listing party p's rounds as (arrays sent, arrays received)."""
     k, n = x.shape
-    s0, s1 = _seed("p0", tag), _seed("p1", tag)
-    corr = max_pairs.deal(n, k, Prg.derive(s0, "op"), Prg.derive(s1, "op"), relu)
-    mats = [
-        max_pairs.expand(0, n, k, Prg.derive(s0, "op"), None, relu),
-        max_pairs.expand(1, n, k, Prg.derive(s1, "op"), corr, relu),
-    ]
-    xs = share(x.astype(np.uint64), Prg.derive(ROOT, "input", tag))
-    views: list[list[tuple[list[np.ndarray], list[np.ndarray]]]] = [[], []]
-
-    def party(ch, p):
-        if record:
-            exchange = ch.exchange
-
-            def recording(arrays):
-                got = exchange(arrays)
-                views[p].append((arrays, got))
-                return got
-
-            ch.exchange = recording
-        return max_pairs.run(ch, p, mats[p], xs[p])
-
-    y0, y1, chans = run_parties(party)
-    assert y0.shape == (n,)
-    return (y0 + y1).view(np.int64), chans, corr, views, mats
+    seeds = _seed("p0", tag), _seed("p1", tag)
+    y, chans, corr, views, mats = run_call(
+        calls.MaxPairs(n, k, relu), x, seeds, Prg.derive(ROOT, "input", tag), record
+    )
+    assert y.shape == (n,)
+    return y.view(np.int64), chans, corr, views, mats
 
 
 def _check(x: np.ndarray, y: np.ndarray, relu: int | None) -> None:

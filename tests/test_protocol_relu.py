@@ -16,12 +16,12 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from mpcc.compiler import costs
+from mpcc.compiler import calls, costs
 from mpcc.errors import MaterialError
 from mpcc.runtime import bitslice
-from mpcc.runtime.prg import Prg, share
+from mpcc.runtime.prg import Prg
 from mpcc.runtime.protocols import relu
-from tests.twoparty import run_parties
+from tests.twoparty import run_call
 
 ROOT = bytes(16)
 BIAS = 1 << 62
@@ -35,30 +35,11 @@ def _seed(*label: object) -> bytes:
 def _secure(x: np.ndarray, shift: int, tag: object, record: bool = False):
     """Deal, expand and run; returns (output as int64, channels, correction, views, material),
     where views[p] lists party p's rounds as (arrays sent, arrays received)."""
-    s0, s1 = _seed("p0", tag), _seed("p1", tag)
-    corr = relu.deal(x.shape, shift, Prg.derive(s0, "op"), Prg.derive(s1, "op"))
-    mats = [
-        relu.expand(0, x.shape, shift, Prg.derive(s0, "op"), None),
-        relu.expand(1, x.shape, shift, Prg.derive(s1, "op"), corr),
-    ]
-    xs = share(x.astype(np.uint64), Prg.derive(ROOT, "input", tag))
-    views: list[list[tuple[list[np.ndarray], list[np.ndarray]]]] = [[], []]
-
-    def party(ch, p):
-        if record:
-            exchange = ch.exchange
-
-            def recording(arrays):
-                got = exchange(arrays)
-                views[p].append((arrays, got))
-                return got
-
-            ch.exchange = recording
-        return relu.run(ch, p, mats[p], xs[p])
-
-    y0, y1, chans = run_parties(party)
-    assert y0.shape == x.shape
-    return (y0 + y1).view(np.int64), chans, corr, views, mats
+    seeds = _seed("p0", tag), _seed("p1", tag)
+    y, chans, corr, views, mats = run_call(
+        calls.Relu(x.size, shift), x.reshape(-1), seeds, Prg.derive(ROOT, "input", tag), record
+    )
+    return y.view(np.int64).reshape(x.shape), chans, corr, views, mats
 
 
 def _check(x: np.ndarray, y: np.ndarray, shift: int) -> None:

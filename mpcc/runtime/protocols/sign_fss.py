@@ -99,7 +99,10 @@ def deal(n: int, prg0: Prg, prg1: Prg) -> np.ndarray:
 
 
 def checked_key(protocol: str, party: int, correction: np.ndarray | None, words: int) -> np.ndarray:
-    """The dealer's words a party of an FSS protocol must hold (both parties), checked."""
+    """The dealer's words a party of an FSS protocol must hold (both parties), checked. An
+    empty call has none, and the runtime hands P0 nothing then (no shared words)."""
+    if correction is None and words == 0:
+        return np.empty(0, dtype=np.uint64)
     if correction is None or correction.size != words:
         got = None if correction is None else correction.size
         raise MaterialError(f"{protocol}: P{party} needs {words} key words, got {got}")
