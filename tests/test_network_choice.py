@@ -105,32 +105,41 @@ def _pool_model(kernel: list[int], pads: list[int]):
     return ob.model([pool], {"x": [1, 3, 9, 10]}, ["y"])
 
 
-def test_all_pairs_takes_windows_of_three_with_padding_and_not_of_nine() -> None:
-    """A 1x3 MaxPool with padding compares all pairs at once on a WAN (the pad loses every
-    comparison, as in the tournament) and matches onnxruntime; a 3x3 one keeps the
-    tournament (36 pairs a window; by FSS at 40 ms, also as onnxruntime), and a plan that
-    asks for all pairs there is refused by name."""
+@pytest.mark.parametrize(
+    ("kernel", "pads", "rounds", "budget"),
+    [
+        ([1, 3], [0, 1, 0, 1], 5, 0.1),
+        ([3, 3], [1, 1, 1, 1], 10, 1.0),
+        ([4, 4], [1, 2, 2, 1], 10, 1.0),
+    ],
+)
+def test_all_pairs_takes_any_window_with_padding(kernel, pads, rounds, budget) -> None:
+    """Within a material budget, a MaxPool with padding compares all pairs (a 3x3 or 4x4
+    window in two levels of groups; the pads lose every comparison) and matches
+    onnxruntime; without one, at 40 ms, each takes FSS's tournament (2 rounds a level) and
+    matches it too."""
     from tests import onnx_builders as ob
 
-    m = _pool_model([1, 3], [0, 1, 0, 1])
-    prog, weights = compile_onnx(m, network="40,1", material_budget_mb=0.1)
-    assert _cmps(prog) == ["pairs"]
+    m = _pool_model(kernel, pads)
     x = ob.rand(1, 3, 9, 10, seed=4) * 50
     (ref,) = ob.run(m, {"x": x})
-    with LocalCluster(prog, weights) as cluster:
-        y = cluster.predict(x)
-        assert cluster.stats.rounds == estimate(prog).total.rounds == 5
-    assert np.abs(y - ref).max() < 1e-4
+    for mb, cmp in ((budget, "pairs"), (None, "fss")):
+        prog, weights = compile_onnx(m, network="40,1", material_budget_mb=mb)
+        assert _cmps(prog) == [cmp]
+        with LocalCluster(prog, weights) as cluster:
+            y = cluster.predict(x)
+            assert cluster.stats.rounds == estimate(prog).total.rounds
+        assert np.abs(y - ref).max() < 1e-4
+        if mb:
+            assert estimate(prog).total.rounds == rounds
 
-    m = _pool_model([3, 3], [1, 1, 1, 1])
-    prog, weights = compile_onnx(m, network="40,1")
-    assert _cmps(prog) == ["fss"]  # a tournament of FSS ReLUs
-    (ref,) = ob.run(m, {"x": x})
-    with LocalCluster(prog, weights) as cluster:
-        assert np.abs(cluster.predict(x) - ref).max() < 1e-4
+
+def test_all_pairs_is_refused_for_a_window_of_two() -> None:
+    prog, _ = compile_onnx(_pool_model([1, 2], [0, 0, 0, 0]), network="40,1")
+    assert _cmps(prog) != ["pairs"]
     (pool,) = prog.instrs[1:2]
     pool.attrs["cmp"] = "pairs"
-    with pytest.raises(RuleError, match="windows of 3 or 4 elements, not 9"):
+    with pytest.raises(RuleError, match="windows of 3 or more elements, not 2"):
         pool.op.calls(Site(prog, pool))
 
 

@@ -37,12 +37,13 @@ _WINDOW = {
     "dilations": Ints(lo=1, optional=True, hide=EVERY_1, short="d"),
 }
 _CEIL = {"ceil_mode": Int(lo=0, hi=1, hide=0)}
-# A MaxPool compares by a tournament of ReLUs (each level "tree" or "fss"), or, for a window
-# of 3 or 4, all pairs at once ("pairs": `calls.MaxPairs`, 5 rounds against 8). With
-# `relu_shift` the ReLU after it is part of it (`mpcc compile --network` fuses the two where
-# all pairs can take it): the tournament then ends with a ReLU call, all pairs compares each
-# candidate with 0 too, in the same 5 rounds.
-PAIRS_WINDOWS = (3, 4)
+# A MaxPool compares by a tournament of ReLUs (each level "tree" or "fss": 4 or 2 rounds per
+# halving of the window), or by all pairs ("pairs": `calls.MaxPairs`, 5 rounds for a window of
+# 3 or 4; bigger windows in levels of groups of 3 or 4, `pairs_levels`: 10 rounds for 3x3,
+# against the tree's 16). With `relu_shift` the ReLU after it is part of it
+# (`mpcc compile --network` fuses the two): the tournament then ends with a ReLU call, all
+# pairs compares each candidate of its last level with 0 too, in the same 5 rounds.
+PAIRS_MIN_WINDOW = 3
 _MAX_CMP = {
     "cmp": Str(*COMPARISONS, "pairs", optional=True),
     "relu_shift": Int(lo=0, hi=62, optional=True, short="relu"),
@@ -80,13 +81,27 @@ def pool_shape(site: Site) -> tuple[int, ...]:
     return (*x.shape[:2], *out)
 
 
+def pairs_levels(window: int) -> list[tuple[int, int]]:
+    """The levels of an all-pairs max over `window` (>= 3) elements: (group size k, groups)
+    each, k in 3..4 (the last group of a level filled with pads that lose every comparison),
+    as few levels as 4-way groups need, each with the smallest k that still fits."""
+    depth = 1
+    while 4**depth < window:
+        depth += 1
+    levels, left = [], window
+    for remaining in range(depth, 0, -1):
+        k = 3 if 3**remaining >= left else 4
+        left = -(-left // k)
+        levels.append((k, left))
+    return levels
+
+
 def _check_pairs(site: Site) -> None:
     if site.attrs.get("cmp") == "pairs":
         k = math.prod(site.attrs["kernel"])
         require(
-            k in PAIRS_WINDOWS,
-            f"cmp 'pairs' compares windows of {' or '.join(map(str, PAIRS_WINDOWS))} "
-            f"elements, not {k}",
+            k >= PAIRS_MIN_WINDOW,
+            f"cmp 'pairs' compares windows of {PAIRS_MIN_WINDOW} or more elements, not {k}",
         )
 
 
@@ -123,7 +138,11 @@ def _maxpool_calls(site: Site) -> list[Call]:
     n, k = math.prod(site.out.shape), math.prod(site.attrs["kernel"])
     relu = site.attrs.get("relu_shift")
     if site.attrs.get("cmp") == "pairs":
-        return [MaxPairs(n, k, relu)]
+        levels = pairs_levels(k)
+        last = len(levels) - 1
+        return [
+            MaxPairs(n * g, size, relu if i == last else None) for i, (size, g) in enumerate(levels)
+        ]
     tournament = [relu_call(site, n * pairs, 0) for pairs in maxpool_levels(k)]
     return tournament + ([] if relu is None else [relu_call(site, n, relu)])
 

@@ -10,6 +10,7 @@ import numpy as np
 from mpcc.compiler import ops
 from mpcc.compiler.ir import Instr
 from mpcc.compiler.ops import maxpool_levels
+from mpcc.compiler.ops.pool import pairs_levels
 from mpcc.compiler.poolshapes import avgpool_counts
 from mpcc.runtime import kernels
 from mpcc.runtime.rules.base import Backend, register
@@ -38,11 +39,11 @@ def maxpool(x: np.ndarray, attrs: dict, party: int, relu: ReluFn, max_pairs: Max
         tuple(attrs["pads"]),
         tuple(attrs["dilations"]),
         bool(attrs["ceil_mode"]),
-        MAXPOOL_PAD % 2**64 if party == 0 else 0,
+        _pad(party),
     )
     shift = attrs.get("relu_shift")
     if attrs.get("cmp") == "pairs":
-        return max_pairs(np.ascontiguousarray(np.moveaxis(win, -1, 0)), shift)
+        return _max_by_pairs(np.moveaxis(win, -1, 0), party, shift, max_pairs)
     cand = [win[..., j] for j in range(win.shape[-1])]
     for pairs in maxpool_levels(len(cand)):
         a = np.stack(cand[0 : 2 * pairs : 2])
@@ -50,6 +51,25 @@ def maxpool(x: np.ndarray, attrs: dict, party: int, relu: ReluFn, max_pairs: Max
         m = b + relu(a - b, 0)
         cand = list(m) + cand[2 * pairs :]
     return cand[0] if shift is None else relu(cand[0], shift)
+
+
+def _max_by_pairs(cand: np.ndarray, party: int, shift: int | None, max_pairs: MaxFn) -> np.ndarray:
+    """The max over axis 0 of cand [K, ...], in the levels of `pairs_levels(K)`: each level
+    fills its last group with pads and takes every group's max by all pairs at once (the
+    last level with the ReLU, if any)."""
+    levels = pairs_levels(len(cand))
+    for i, (k, groups) in enumerate(levels):
+        if groups * k > len(cand):
+            pad = np.full((groups * k - len(cand), *cand.shape[1:]), _pad(party), np.uint64)
+            cand = np.concatenate([cand, pad])
+        grouped = cand.reshape(groups, k, *cand.shape[1:]).swapaxes(0, 1)
+        cand = max_pairs(np.ascontiguousarray(grouped), shift if i == len(levels) - 1 else None)
+    return cand[0]
+
+
+def _pad(party: int) -> int:
+    """Party p's share of `MAXPOOL_PAD` (public: party 0 holds it)."""
+    return MAXPOOL_PAD % 2**64 if party == 0 else 0
 
 
 def sumpool(x: np.ndarray, attrs: dict) -> np.ndarray:
