@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from mpcc.cli import main as cli_main
-from mpcc.compiler import planfile
+from mpcc.compiler import network, planfile
 from mpcc.compiler.costmodel import dealer_to_p0, estimate
-from mpcc.compiler.network import Network
+from mpcc.compiler.network import Network, fuse_pool_relu
 from mpcc.compiler.ops.base import RuleError, Site
 from mpcc.compiler.pipeline import compile_onnx
 from mpcc.errors import MpccError
@@ -96,6 +96,104 @@ def test_all_pairs_maxpools_match_onnxruntime_and_the_cost_model(lenet_path, dig
             assert st.dealer_bytes == want.dealer
             assert np.abs(y - ref[i : i + 2]).max() < 2e-3
             np.testing.assert_array_equal(y.argmax(axis=1), ref[i : i + 2].argmax(axis=1))
+
+
+def test_fusing_a_maxpool_with_its_relu_keeps_the_plan_whole(lenet_path, tmp_path) -> None:
+    """`fuse_pool_relu` on LeNet's LAN plan: two MaxPools take their ReLUs, the rebuilt
+    program verifies (ids, inputs, outputs, types), keeps its notes and flags, and a second
+    pass changes nothing; a MaxPool that is also an output, or over a window of two, keeps
+    its ReLU apart."""
+    from mpcc.compiler.verify import verify
+    from tests import onnx_builders as ob
+
+    for public in (False, True):
+        prog, weights = compile_onnx(lenet_path, (1, 1, 28, 28), public_weights=public)
+        notes, n = list(prog.notes), len(prog.instrs)
+        ids = fuse_pool_relu(prog)
+        assert len(prog.instrs) == n - 2 and len(ids) == n
+        assert [i.attrs.get("relu_shift") for i in prog.instrs if i.op.name == "maxpool"] == [
+            16,
+            16,
+        ]
+        verify(prog, weights)
+        assert prog.notes == notes and prog.public_weights is public
+        assert fuse_pool_relu(prog) == {} and len(prog.instrs) == n - 2
+
+    nodes = [
+        ob.node("MaxPool", ["x"], ["p"], kernel_shape=[3, 3]),
+        ob.node("Relu", ["p"], ["r"]),
+        ob.node("MaxPool", ["x"], ["q"], kernel_shape=[1, 2]),
+        ob.node("Relu", ["q"], ["s"]),
+    ]
+    m = ob.model(nodes, {"x": [1, 2, 6, 6]}, ["p", "r", "s"])
+    prog, _ = compile_onnx(m)
+    assert fuse_pool_relu(prog) == {}
+
+
+def test_a_budget_left_over_buys_back_the_faster_protocols(lenet_path) -> None:
+    """Whatever the budget, no comparison instruction could take a faster protocol within
+    what the plan leaves of it."""
+    net = Network.parse("10,1")
+    for mb in (1.5, 2.15, 2.6, 3.5):
+        prog, _ = compile_onnx(lenet_path, (1, 1, 28, 28), network=net, material_budget_mb=mb)
+        total = estimate(prog).total.dealer + dealer_to_p0(prog)
+        assert total <= mb * 1e6
+        for ins in prog.instrs:
+            if "cmp" not in ins.op.attrs:
+                continue
+            mine = ins.attrs.get("cmp", "tree")
+            per = network._options(prog, ins, net)
+            ins.attrs.pop("cmp")
+            if mine != "tree":
+                ins.attrs["cmp"] = mine
+            s0, m0 = per[mine]
+            assert not [k for k, (s, m) in per.items() if s < s0 and total + m - m0 <= mb * 1e6]
+
+
+def test_a_fused_maxpool_on_the_tree_and_by_fss_matches_onnxruntime(lenet_path, digits_test):
+    """The fused instruction's tournament path (the ReLU call after the tournament's), on
+    the tree and by FSS, served as onnxruntime answers and priced as counted."""
+    from mpcc.compiler.verify import verify
+
+    X = digits_test[0][:2]
+    ref = session(lenet_path).run(None, {"input": X.astype(np.float32)})[0]
+    for cmp in ("tree", "fss"):
+        prog, weights = compile_onnx(lenet_path, (1, 1, 28, 28), network="10,1")
+        first = next(i for i in prog.instrs if i.op.name == "maxpool")
+        assert first.attrs["relu_shift"] == 16
+        first.attrs.pop("cmp")
+        if cmp == "fss":
+            first.attrs["cmp"] = "fss"
+        verify(prog, weights)
+        want = estimate(prog).total
+        with LocalCluster(prog, weights) as cluster:
+            for i in range(len(X)):
+                y = cluster.predict(X[i : i + 1])
+                assert cluster.stats.sent == (want.sent, want.sent)
+                assert cluster.stats.rounds == want.rounds
+                assert cluster.stats.dealer_bytes == want.dealer
+                assert np.abs(y - ref[i : i + 1]).max() < 2e-3
+
+
+def test_a_calibration_report_follows_the_fused_plan(lenet_path, digits_test) -> None:
+    """With --calibrate and --network, the report's value ids are the plan's: the fused
+    MaxPool's id holds both its max and its ReLU's output, the latter at the plan's scale."""
+    import mpcc
+
+    x = digits_test[0][:50]
+    plan = mpcc.compile(lenet_path, input_shape=(1, 1, 28, 28), calibrate=x, network="10,1")
+    prog, rep = plan.program, plan.calibration
+    pools = [i.out for i in prog.instrs if i.op.name == "maxpool"]
+    assert len(pools) == 2 and rep is not None
+    for v in rep.values:
+        assert v.vid < len(prog.values)
+        if v.op != "maxpool":
+            assert prog.value(v.vid).scale == v.scale, v
+    for vid in pools:
+        held = sorted(v.op for v in rep.values if v.vid == vid)
+        assert held == ["maxpool", "relu"], held
+    for name, v, _ in rep.outputs:
+        assert (name, v.vid) in prog.outputs
 
 
 def _pool_model(kernel: list[int], pads: list[int]):

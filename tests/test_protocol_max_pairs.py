@@ -276,6 +276,19 @@ def test_view_does_not_depend_on_input(relu: int | None) -> None:
     win = np.tile(_winners(inputs["mixed"], relu).reshape(-1), VIEW_RUNS)
     agree = _bit_freq(~(views["mixed"]["e"] ^ win))
     assert np.all(np.abs(agree - 0.5) < 6 * 0.5 / np.sqrt(win.size))
+    # nor do the opened comparison bits track the comparisons
+    bits = np.tile(_comparison_bits(inputs["mixed"], relu).reshape(-1), VIEW_RUNS)
+    agree = _bit_freq(~(views["mixed"]["o"] ^ bits))
+    assert np.all(np.abs(agree - 0.5) < 6 * 0.5 / np.sqrt(bits.size))
+
+
+def _comparison_bits(x: np.ndarray, relu: int | None) -> np.ndarray:
+    """Each comparison's bit in the clear, packed [comparisons, words]."""
+    rows = [
+        x[a] >= (0 if b is None else x[b])
+        for a, b in max_pairs.comparisons(len(x), relu is not None)
+    ]
+    return np.stack([bitslice.pack(r.astype(np.uint64), 1)[0] for r in rows])
 
 
 def test_no_message_is_a_plaintext() -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -96,6 +96,12 @@ class Report:
     # The plan's own fixed-point outputs on calibration samples against the float graph's:
     # output -> (samples, max |diff|, rms diff, argmax agreement or None). See `check`.
     fixed_point: dict[str, tuple[int, float, float, float | None]] = field(default_factory=dict)
+
+    def renumber(self, ids: dict[int, int]) -> None:
+        """Follow the plan's values renumbered (`network.fuse_pool_relu`): each value takes its
+        new id; a MaxPool fused with its ReLU holds two, its max and the ReLU's output."""
+        self.values = [replace(v, vid=ids[v.vid]) for v in self.values]
+        self.outputs = [(name, replace(v, vid=ids[v.vid]), gap) for name, v, gap in self.outputs]
 
     def lsbs(self, magnitude: float) -> float:
         """A magnitude in LSBs of the plan's resolution 2^-f."""

@@ -27,6 +27,7 @@ on fast links.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -42,21 +43,21 @@ from mpcc.compiler.ops.pool import PAIRS_MIN_WINDOW
 from mpcc.errors import MpccError
 
 # Online CPU per compared element (the whole online phase, both parties, wall), on the
-# reference machine at n = 10^5 (`benchmarks/fss.py`); for MaxPairs per pair compared (it
-# ran at 2.4x a tournament's ReLUs' time for windows of 4, 6 pairs against 3).
+# reference machine at n = 10^5 (`benchmarks/fss.py`); for MaxPairs per comparison (it ran
+# at 2.4x a tournament's three ReLUs' time for windows of 4, with 6 comparisons).
 CPU_S_PER_ELEMENT = {
     Relu: 0.11e-6,
     Sign: 0.08e-6,
     ReluFss: 0.31e-6,
     SignFss: 0.71e-6,
-    MaxPairs: 0.11e-6,
+    MaxPairs: 0.13e-6,
 }
 
 
 def _compared(c: Call) -> int:
     """The elements a call compares (0 for the calls that compare none)."""
     if isinstance(c, MaxPairs):
-        return c.n * max_pairs_sizes(c.k)[0]
+        return c.n * max_pairs_sizes(c.k, c.relu is not None)[0]
     return getattr(c, "n", 0)
 
 
@@ -110,11 +111,13 @@ class Choice:
     with_relu: bool = False  # a MaxPool with the ReLU after it fused in (`fuse_pool_relu`)
 
 
-def fuse_pool_relu(prog: Program) -> int:
+def fuse_pool_relu(prog: Program) -> dict[int, int]:
     """Make each MaxPool over windows of 3 or more whose one use is a ReLU a single instruction
     with the ReLU in it (`relu_shift`), so that comparing all pairs at once can take both in
-    its 5 rounds (the tree and FSS run the same calls as the two instructions did). Rebuilds
-    the program in place (value ids renumbered); returns how many were fused."""
+    its last level's 5 rounds (the tree and FSS run the same calls as the two instructions
+    did). Rebuilds the program in place, its value ids renumbered; returns the new id of
+    every old value (a fused MaxPool's own output: its instruction's), empty if nothing was
+    fused."""
     uses = Counter(a for ins in prog.instrs for a in ins.args)
     made_by = {ins.out: ins for ins in prog.instrs}
     relu_of: dict[int, Instr] = {}  # a fused MaxPool's output -> its ReLU
@@ -129,13 +132,13 @@ def fuse_pool_relu(prog: Program) -> int:
         ):
             relu_of[pool.out] = ins
     if not relu_of:
-        return 0
-    fused_away = {r.out: pool for pool, r in relu_of.items()}
-    new = Program(prog.name, prog.frac_bits, weights=prog.weights)
+        return {}
+    pool_of = {r.out: pool for pool, r in relu_of.items()}
+    new = dataclasses.replace(prog, values=[], instrs=[], inputs=[], outputs=[], notes=[])
     ids: dict[int, int] = {}
     for ins in prog.instrs:
-        if ins.out in fused_away:
-            ids[ins.out] = ids[fused_away[ins.out]]
+        if ins.out in pool_of:
+            ids[ins.out] = ids[pool_of[ins.out]]
             continue
         attrs = dict(ins.attrs)
         if ins.out in relu_of:
@@ -144,7 +147,7 @@ def fuse_pool_relu(prog: Program) -> int:
     prog.values[:], prog.instrs[:] = new.values, new.instrs
     prog.inputs[:] = [(name, ids[v]) for name, v in prog.inputs]
     prog.outputs[:] = [(name, ids[v]) for name, v in prog.outputs]
-    return len(relu_of)
+    return ids
 
 
 def _options(prog: Program, ins: Instr, net: Network) -> dict[str, tuple[float, int]]:
@@ -154,7 +157,7 @@ def _options(prog: Program, ins: Instr, net: Network) -> dict[str, tuple[float, 
         ins.attrs["cmp"] = cmp
         try:
             cl = calls(prog, ins)
-        except RuleError:  # not for this instruction (all pairs: windows of 3 or 4 only)
+        except RuleError:  # not for this instruction (all pairs: windows of 3 or more)
             continue
         per[cmp] = (net.seconds(cl), material(cl))
     return per
@@ -163,9 +166,11 @@ def _options(prog: Program, ins: Instr, net: Network) -> dict[str, tuple[float, 
 def choose(prog: Program, net: Network, budget_bytes: int | None = None) -> list[Choice]:
     """Set each comparison instruction's `cmp` for `net` (in place) and return the choices.
 
-    Each takes its fastest protocol; over the budget, the switch to a protocol with less
-    material that costs the least time per byte saved is made first, until the plan fits."""
-    fuse_pool_relu(prog)
+    Each takes its fastest protocol. Over the budget, the switch to a protocol with less
+    material that costs the least time per byte saved is made first, until the plan fits;
+    then what the budget has left buys back the switches to faster protocols that save the
+    most time per byte, while they fit. (Run `fuse_pool_relu` first to let all pairs take
+    a MaxPool's ReLU too.)"""
     options: dict[int, dict[str, tuple[float, int]]] = {}
     picked: dict[int, str] = {}
     for i, ins in enumerate(prog.instrs):
@@ -175,22 +180,31 @@ def choose(prog: Program, net: Network, budget_bytes: int | None = None) -> list
     if budget_bytes is not None:
         total = sum(material(calls(prog, ins)) for ins in prog.instrs if "cmp" not in ins.op.attrs)
         total += sum(options[i][k][1] for i, k in picked.items())
+
+        def switches(cheaper: bool) -> list[tuple[float, int, str, int]]:
+            """(time per byte, instruction, protocol, material change) of each switch."""
+            out = []
+            for i, k0 in picked.items():
+                s0, m0 = options[i][k0]
+                for k, (s, m) in options[i].items():
+                    fits = total + m - m0 <= budget_bytes
+                    if (m < m0) if cheaper else (s < s0 and fits):
+                        out.append(((s - s0) / max(abs(m - m0), 1), i, k, m - m0))
+            return out
+
         while total > budget_bytes:
-            moves = [
-                ((s - options[i][picked[i]][0]) / (options[i][picked[i]][1] - m), i, k)
-                for i in picked
-                for k, (s, m) in options[i].items()
-                if m < options[i][picked[i]][1]
-            ]
+            moves = switches(cheaper=True)
             if not moves:
                 raise MpccError(
                     f"--material-budget {budget_bytes / 1e6:g} MB is below what the plan needs "
                     f"with the cheapest protocols ({total / 1e6:.1f} MB of dealer material per "
                     "query)"
                 )
-            _, i, k = min(moves)
-            total -= options[i][picked[i]][1] - options[i][k][1]
-            picked[i] = k
+            _, i, k, dm = min(moves)
+            total, picked[i] = total + dm, k
+        while moves := switches(cheaper=False):
+            _, i, k, dm = min(moves)  # the most time saved per byte (most negative)
+            total, picked[i] = total + dm, k
     out = []
     for i, k in picked.items():
         ins, (s, m) = prog.instrs[i], options[i][k]

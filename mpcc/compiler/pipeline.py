@@ -13,7 +13,7 @@ from mpcc.compiler.blockers import NEEDS_CONSTANT, UNFIXED, Blocker, raise_if_an
 from mpcc.compiler.graph import Graph
 from mpcc.compiler.ir import MAX_FRAC_BITS, MIN_FRAC_BITS
 from mpcc.compiler.lowering import lower
-from mpcc.compiler.network import Network, choose, describe
+from mpcc.compiler.network import Network, choose, describe, fuse_pool_relu
 from mpcc.compiler.plan import Plan
 from mpcc.compiler.supported import node_blockers
 from mpcc.compiler.verify import verify
@@ -95,6 +95,9 @@ def compile_onnx(
     if network is not None:
         net = Network.parse(network) if isinstance(network, str) else network
         budget = None if material_budget_mb is None else int(material_budget_mb * 1e6)
+        ids = fuse_pool_relu(prog)
+        if ids and report is not None:
+            report.renumber(ids)
         prog.notes.append(describe(choose(prog, net, budget), net, budget))
     verify(prog, weights)
     return Plan(prog, weights, calibration=report)
