@@ -17,8 +17,13 @@ that minimises its projected time on the network,
 
 within an optional budget of dealer material per query (P1's and P0's bytes together): over
 budget, the switches to a protocol with less material that cost the least time per byte
-saved are made first (FSS to all pairs or to the tree, all pairs to the tree). Without a
-network the plan keeps the tree everywhere (today's LAN choice).
+saved are made first (FSS to all pairs or to the tree, all pairs to the tree), and what the
+budget has left then buys back the faster protocols that fit, most time per byte first.
+Without a network the plan keeps the tree everywhere (today's LAN choice).
+
+The plan's rounds and bytes are priced for one query on an idle link. With many queries in
+flight the material's bandwidth and CPU decide instead (`docs/benchmarks.md`): serve the LAN
+plan for throughput, a `--network` plan for one query's latency.
 
 The CPU figures are measured on the 2-core reference machine (`benchmarks/fss.py`: both
 parties, wall time per element of a whole layer); they only tip the choice for big layers
