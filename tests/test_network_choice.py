@@ -259,9 +259,24 @@ def test_a_bad_network_is_a_clear_error(bad) -> None:
         Network.parse(bad)
 
 
-def test_a_wan_plan_is_served_with_p0_receiving_its_keys(lenet_path, digits_test, tmp_path):
+def test_a_wan_plan_is_served_with_p0_receiving_its_keys(
+    lenet_path, digits_test, tmp_path, monkeypatch
+):
     """Served over TLS by the three parties: the dealer sends P0 the FSS keys' common words
-    with P1's bundle, and the answers match onnxruntime."""
+    with P1's bundle, and the answers match onnxruntime. The dealer tells both how far its
+    dealing got after every call here (`PROGRESS_S` 0), and they take it as progress."""
+    import mpcc.serving.dealer
+    import mpcc.serving.sessionstate
+
+    told: list[int] = []
+    progress = mpcc.serving.sessionstate.PartySession.progress
+
+    def counted(self) -> None:
+        told.append(1)
+        progress(self)
+
+    monkeypatch.setattr(mpcc.serving.dealer, "PROGRESS_S", 0.0)
+    monkeypatch.setattr(mpcc.serving.sessionstate.PartySession, "progress", counted)
     from mpcc.serving.client import Client
     from mpcc.serving.local import init_local
     from mpcc.serving.owner import deploy_program
@@ -284,3 +299,4 @@ def test_a_wan_plan_is_served_with_p0_receiving_its_keys(lenet_path, digits_test
                 assert req.rounds == estimate(prog).total.rounds
     finally:
         servers.close()
+    assert told, "the parties heard the dealer's progress"

@@ -48,6 +48,7 @@ EXAMPLES = [
     m.Go([RID], [], ["cd" * 16], []),
     m.Skip([], [RID]),
     m.Dealt(0.125),
+    m.Dealing(3, 17),
     m.Credit(7, 40),
     m.Answered(41),
     m.PlanInterface("f" * 64, 4, [4, 1, 28, 28], [4, 10], 16, 16, True),

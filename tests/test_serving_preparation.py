@@ -140,6 +140,27 @@ def test_a_query_waits_for_material_as_long_as_it_is_being_made():
         s.wait_prepared(1)
 
 
+def test_a_query_waits_for_the_dealer_as_long_as_it_says_it_deals():
+    """P1's material comes from the dealer in one bundle a query: while a big one is dealt
+    slower than the timeout allows, the dealer's word of how far it got restarts the wait.
+    Silence fails it."""
+    s = _session(lanes=1)
+    s.prep_timeout = lambda: 0.2  # type: ignore[method-assign]
+
+    def dealer() -> None:  # 0.6 s to deal, word every 0.05 s
+        for _ in range(12):
+            time.sleep(0.05)
+            s.progress()
+        _made(s, 0)
+
+    th = threading.Thread(target=dealer)
+    th.start()
+    s.wait_prepared(0)
+    th.join()
+    with pytest.raises(PartyError, match="no preprocessing for query 1 after 0.2 s"):
+        s.wait_prepared(1)
+
+
 @pytest.mark.parametrize("lanes", [2, 4])
 def test_several_lanes_let_the_dealer_on_at_each_announcement(lanes):
     s = _session(lanes=lanes, stock=lanes)

@@ -8,6 +8,7 @@ exactly the protocol calls the instruction's op declares, in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -68,8 +69,9 @@ class Dealer:
         ]
         return Bundle(bundle.session, bundle.query, parts)
 
-    def deal(self, query: int) -> Bundle:
-        """All of P1's corrections for one query, in the plan's call order."""
+    def deal(self, query: int, progress: Callable[[int], None] | None = None) -> Bundle:
+        """All of P1's corrections for one query, in the plan's call order; `progress` is
+        told how many calls are dealt after each."""
         s = self.session
         out: list[np.ndarray] = []
         for i, ins in enumerate(self.prog.instrs):
@@ -77,4 +79,6 @@ class Dealer:
                 prg0 = s.call_prg(self._seeds[0], query, i, j)
                 prg1 = s.call_prg(self._seeds[1], query, i, j)
                 out.append(protocol_for(call).deal(call, prg0, prg1, *self._aux(i, ins)))
+                if progress is not None:
+                    progress(len(out))
         return Bundle(s.id, query, out)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from mpcc.serving.messages import (
     Accept,
     Answered,
     Credit,
+    Dealing,
     Dealt,
     ErrorReply,
     Offer,
@@ -41,6 +43,7 @@ from mpcc.serving.wire import Message
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.2, 1.0
 LIMIT_GRACE_S = 1.0  # see `DealerParty._limit_reached`
+PROGRESS_S = 1.0  # while a query is dealt, how often the parties hear how far (`_progress`)
 
 
 class DealerParty(PartyServer):
@@ -165,7 +168,7 @@ class DealerParty(PartyServer):
                     upto = max(upto, Credit.of(msg).upto)
                 if q <= upto:
                     t0 = time.perf_counter()
-                    bundle = dealer.deal(q)
+                    bundle = dealer.deal(q, self._progress(q, p0 if dealer.sends_p0 else None, p1))
                     deal_s = time.perf_counter() - t0
                     if dealer.sends_p0:  # FSS keys' common words, sent with P1's bundle
                         mine = dealer.for_p0(bundle)
@@ -195,6 +198,23 @@ class DealerParty(PartyServer):
                 self.stop(f"the parties answered {self.answered} requests")  # no grace left
                 return
             raise
+
+    def _progress(self, q: int, p0: TlsChannel | None, p1: TlsChannel) -> Callable[[int], None]:
+        """While query q's material is dealt: tell the parties that wait for it how far it
+        got, every PROGRESS_S, so that a big model's bundle, dealt slower than its wait
+        (`serving.timeout_s`, restarted by progress) by a dealer at `background_nice`, is
+        not given up on."""
+        last = time.monotonic()
+
+        def told(calls: int) -> None:
+            nonlocal last
+            if time.monotonic() - last >= PROGRESS_S:
+                last = time.monotonic()
+                for ch in (p0, p1):
+                    if ch is not None:
+                        Dealing(q, calls).send(ch)
+
+        return told
 
     def _counted(
         self, who: str, msg: Message, kind: type[Answered] | type[Credit], base: int

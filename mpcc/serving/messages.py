@@ -430,6 +430,16 @@ class Dealt(ControlMessage):
 
 
 @dataclass(frozen=True)
+class Dealing(ControlMessage):
+    """The dealer, while it deals a big query's material: `calls` of its protocol calls are
+    dealt (progress, so that a party waiting for the bundle does not give up on it)."""
+
+    KIND = "dealing"
+    query: int = field(COUNT, 0)
+    calls: int = field(COUNT, 0)
+
+
+@dataclass(frozen=True)
 class Credit(ControlMessage):
     """P1 to the dealer: material may be dealt up to query `upto`; requests answered."""
 

@@ -21,6 +21,7 @@ from mpcc.serving.links import dial
 from mpcc.serving.messages import (
     Accept,
     Credit,
+    Dealing,
     Dealt,
     ErrorReply,
     Hello,
@@ -259,6 +260,10 @@ class SessionSetup:
                 else:
                     msg = s.dealer.poll(0.5)
                     if msg is None:
+                        continue
+                    if msg.kind == Dealing.KIND:  # the dealer is still at it: progress
+                        Dealing.of(msg)
+                        s.progress()
                         continue
                     if msg.kind != Dealt.KIND:
                         raise PartyError(f"the dealer sent {msg.kind!r} where material was due")

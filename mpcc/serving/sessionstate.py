@@ -191,9 +191,10 @@ class PartySession:
 
     def wait_prepared(self, q: int) -> Prepared:
         """Query q's material, once made. The wait fails after `prep_timeout` without
-        progress: each query made ahead of q (lanes wait in turn for one maker), and each
+        progress: each query made ahead of q (lanes wait in turn for one maker), each
         call's material made (a big model's, made slower than the last query's, as when
-        other programs take the cores from the lower-priority maker), restarts it."""
+        other programs take the cores from the lower-priority maker), and each word from the
+        dealer of how far its dealing got (`progress`) restarts it."""
         timeout = self.prep_timeout()
         deadline = time.monotonic() + timeout
         with self.cond:
@@ -244,6 +245,13 @@ class PartySession:
         if len(self.lanes) == 1:
             return self.running > 0 or any(q in self.prepared for q in self.starting)
         return self.running > 0 and len(self.prepared) >= len(self.lanes)
+
+    def progress(self) -> None:
+        """Material is on its way (the dealer says how far it got): count it as progress, as
+        each call's material made is (`wait_prepared`)."""
+        with self.cond:
+            self.pieces += 1
+            self.cond.notify_all()
 
     def yield_to_online(self) -> None:
         """Before each call's material: count the progress (see `wait_prepared`), and block
