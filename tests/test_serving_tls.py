@@ -24,22 +24,32 @@ from mpcc.serving import config as cfgmod
 from mpcc.serving.certs import ROLES, check_expiry, init_ca, issue, write_role
 from mpcc.serving.frameparser import FrameParser
 from mpcc.serving.links import dial, greet
+from mpcc.serving.local import free_port
 from mpcc.serving.tls import TlsChannel
 from mpcc.serving.tlscontext import client_context, server_context
 from mpcc.serving.tlsstream import LinkRefused
 from mpcc.serving.wire import FRAME_HEAD, MAGIC, FrameError, decode_body, encode
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def test_free_ports_lie_below_the_ephemeral_range_and_apart() -> None:
+    """Outgoing connections take their ports from the ephemeral range, so a test server's
+    port lies below it (one once went to a connection before its server listened)."""
+    from mpcc.serving.local import LOW_PORT, _ephemeral_low
+
+    taken: set[int] = set()
+    for _ in range(20):
+        port = free_port(taken=taken)
+        assert LOW_PORT <= port < _ephemeral_low() and port not in taken
+        taken.add(port)
 
 
 def make_cluster(d, **validity) -> cfgmod.ClusterConfig:
     """A cluster on free loopback ports; `validity`: init_ca's `days` and `not_before`."""
     init_ca(d, "test", **validity)
-    addrs = {r: ("127.0.0.1", free_port()) for r in cfgmod.PARTIES}
+    taken: set[int] = set()
+    for _ in cfgmod.PARTIES:
+        taken.add(free_port(taken=taken))
+    addrs = {r: ("127.0.0.1", p) for r, p in zip(cfgmod.PARTIES, sorted(taken), strict=True)}
     (d / "cluster.toml").write_text(cfgmod.render("test", addrs))
     return cfgmod.load(d / "cluster.toml").with_serving(timeout_s=2.0, max_frame_mb=1.0)
 

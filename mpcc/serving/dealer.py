@@ -73,7 +73,8 @@ class DealerParty(PartyServer):
 
     def shutdown(self) -> None:
         self._close_links("the dealer is shutting down")
-        self._thread.join(timeout=self.cfg.serving.timeout_s)
+        if self._thread.ident is not None:  # (not if it failed to start, e.g. to listen)
+            self._thread.join(timeout=self.cfg.serving.timeout_s)
 
     def _close_links(self, why: str) -> None:
         for ch in list(self._links.values()):

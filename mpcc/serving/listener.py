@@ -124,7 +124,8 @@ class Listener:
     def close(self) -> None:
         self._closed.set()
         self._sock.close()
-        self._thread.join(timeout=2)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=2)
         self.slots.close()
 
     def _accept_loop(self) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -59,8 +60,33 @@ def die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
+LOW_PORT = 10_000  # free_port's ports are at least this
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel gives outgoing connections (Linux's default: 32768)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port(host: str = "127.0.0.1", taken: set[int] | None = None) -> int:
+    """A port that nothing holds on `host` now, below the kernel's ephemeral range: a port
+    there (as bind(0) gives) may go to another program's outgoing connection before the
+    server that was given it listens, which failed a test run once (EADDRINUSE)."""
+    top = _ephemeral_low()
+    for _ in range(200):
+        port = LOW_PORT + secrets.randbelow(max(1, top - LOW_PORT))
+        if taken and port in taken:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # the range below is full: let the kernel choose
         s.bind((host, 0))
         return s.getsockname()[1]
 
@@ -68,7 +94,11 @@ def free_port(host: str = "127.0.0.1") -> int:
 def init_local(directory: Path, **serving: Any) -> cfgmod.ClusterConfig:
     """`cluster init` on free 127.0.0.1 ports, with optional `[serving]` values."""
     init_ca(directory, "local")
-    addrs = {r: ("127.0.0.1", free_port()) for r in cfgmod.PARTIES}
+    taken: set[int] = set()
+    addrs = {}
+    for r in cfgmod.PARTIES:
+        addrs[r] = ("127.0.0.1", free_port(taken=taken))
+        taken.add(addrs[r][1])
     text = cfgmod.render("local", addrs, serving=cfgmod.Serving(**serving))
     (directory / cfgmod.CONFIG_NAME).write_text(text)
     return cfgmod.load(directory / cfgmod.CONFIG_NAME)
